@@ -1,0 +1,72 @@
+"""raw/prices, raw/universe, raw/concepts: one validated, transactional load from the price source."""
+
+import dagster as dg
+import pandas as pd
+
+from qpipe.data import warehouse as wh
+from qpipe.partitions import trading_days
+from qpipe.resources import PriceSource, Warehouse
+
+PRICES, UNIVERSE, CONCEPTS = dg.AssetKey(["raw", "prices"]), dg.AssetKey(["raw", "universe"]), dg.AssetKey(["raw", "concepts"])
+
+
+def partition_dates(context: dg.AssetExecutionContext) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First and last trading day of the partitions this run materializes."""
+    keys = context.partition_key_range
+    return pd.Timestamp(keys.start), pd.Timestamp(keys.end)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(PRICES, description="Adjusted daily OHLCV, vwap and factor per (date, instrument).",
+                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.PRICES}),
+        dg.AssetSpec(UNIVERSE, description="Index membership spans (market, instrument, start, end).",
+                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.UNIVERSE}),
+        dg.AssetSpec(CONCEPTS, description="Sector and concept memberships (HIST's stock2concept).",
+                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.CONCEPTS}),
+    ],
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="duckdb",
+    group_name="ingest",
+    can_subset=True,
+)
+def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_source: PriceSource):
+    start, end = partition_dates(context)
+    if end.date() > pd.Timestamp.now(tz="America/New_York").date():
+        raise dg.Failure(f"partition {end.date()} is in the future; prices are ingested after the close")
+    context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()}")
+    batch = price_source.load()
+    rows = batch.between(start, end)
+    if rows.empty:
+        first, last = batch.prices["date"].min().date(), batch.prices["date"].max().date()
+        raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
+                         f"(it covers {first}..{last}); nothing was written")
+    selected = context.selected_asset_keys
+    with warehouse.get_connection() as con:
+        wh.write_prices(con, start, end,
+                        prices=rows if PRICES in selected else None,
+                        universe=batch.universe if UNIVERSE in selected else None,
+                        concepts=batch.concepts if CONCEPTS in selected else None)
+    if PRICES in selected:
+        suspended = int(rows["close"].isna().sum())
+        context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for "
+                         f"{rows['instrument'].nunique()} instruments")
+        yield dg.MaterializeResult(asset_key=PRICES, metadata={
+            "dagster/partition_row_count": len(rows),
+            "instruments": int(rows["instrument"].nunique()),
+            "suspended_rows": suspended,
+            "first_date": str(rows["date"].min().date()),
+            "last_date": str(rows["date"].max().date()),
+            "source": price_source.describe(),
+        })
+    if UNIVERSE in selected:
+        yield dg.MaterializeResult(asset_key=UNIVERSE, metadata={
+            "dagster/row_count": len(batch.universe),
+            "markets": ", ".join(sorted(batch.universe["market"].unique())),
+        })
+    if CONCEPTS in selected:
+        yield dg.MaterializeResult(asset_key=CONCEPTS, metadata={
+            "dagster/row_count": len(batch.concepts),
+            "concepts": int(batch.concepts["concept"].nunique()),
+        })

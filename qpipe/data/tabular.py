@@ -1,0 +1,165 @@
+"""CSV / Parquet price rows (one file, or a folder of files) -> the canonical price frame.
+
+Columns are found by name, case-insensitively, through common aliases (``Date``, ``symbol``,
+``ticker``, ``Adj Close`` ...) or an explicit ``columns={"your name": "close"}`` mapping.
+DuckDB parses the files; every value is read as text first so that a bad value can be named
+with its file, instrument and date instead of failing somewhere inside a parser.
+"""
+
+import csv
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+
+from qpipe.data.validation import PriceDataError, validate_prices
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "date": ("date", "datetime", "timestamp", "trade_date", "day", "time"),
+    "instrument": ("instrument", "symbol", "ticker", "code", "name", "stock", "asset"),
+    "open": ("open",),
+    "high": ("high",),
+    "low": ("low",),
+    "close": ("close",),
+    "volume": ("volume", "vol"),
+    "vwap": ("vwap",),
+    "factor": ("factor", "adj_factor", "adjfactor"),
+    "adj_close": ("adj_close", "adj close", "adjclose", "adjusted_close", "adjusted close"),
+}
+REQUIRED = ("date", "instrument", "open", "high", "low", "close", "volume")
+NUMERIC = ("open", "high", "low", "close", "volume", "vwap", "factor", "adj_close")
+SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
+
+
+@dataclass(frozen=True)
+class TabularSource:
+    """A file or folder of CSV/Parquet rows.
+
+    ``prices_adjusted=False`` (default) means open/high/low/close/vwap are traded prices and
+    are multiplied by the factor (``factor`` column, else ``adj_close / close``, else 1), volume
+    divided by it, as Qlib adjusts. Set it True for rows that are already adjusted.
+    """
+
+    path: str
+    columns: dict[str, str] = field(default_factory=dict)
+    prices_adjusted: bool = False
+
+    def files(self) -> list[Path]:
+        root = Path(self.path)
+        if root.is_file():
+            return [root]
+        if not root.is_dir():
+            raise PriceDataError("source not found", str(root), detail="no such file or folder")
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(SUFFIXES))
+        if not files:
+            raise PriceDataError("empty source", str(root), detail=f"no {', '.join(SUFFIXES)} files inside")
+        return files
+
+    def load(self) -> pd.DataFrame:
+        files = self.files()
+        groups: dict[tuple, list[int]] = {}
+        for i, f in enumerate(files):  # files sharing a header are read by one multi-file scan
+            groups.setdefault((self._is_parquet(f), tuple(self._header(f))), []).append(i)
+        con = duckdb.connect()
+        try:
+            con.execute("CREATE TEMP TABLE rows AS " + " UNION ALL BY NAME ".join(
+                self._select(files, ids, parquet, list(header), self._mapping(files[ids[0]], list(header)))
+                for (parquet, header), ids in groups.items()))
+            self._check_values(con, files)
+            frame = con.execute(self._canonical_sql(con)).df()
+        finally:
+            con.close()
+        frame["date"] = frame["date"].astype("datetime64[ns]")
+        frame["_file"] = pd.Categorical.from_codes(frame.pop("_file_id"), [str(f) for f in files])
+        return validate_prices(frame, self.path)
+
+    @staticmethod
+    def _is_parquet(file: Path) -> bool:
+        return file.name.lower().endswith((".parquet", ".pq"))
+
+    def _header(self, file: Path) -> list[str]:
+        if self._is_parquet(file):
+            return pq.read_schema(file).names
+        opener = gzip.open if file.name.lower().endswith(".gz") else open
+        with opener(file, "rt", newline="") as fh:
+            return next(csv.reader(fh), [])
+
+    def _mapping(self, file: Path, header: list[str]) -> dict[str, str]:
+        """Source column name -> canonical name for one file; errors name the file and what is missing."""
+        explicit = {k: v for k, v in self.columns.items() if k in header}
+        taken = set(explicit.values())
+        mapping = dict(explicit)
+        for canonical, names in ALIASES.items():
+            if canonical in taken:
+                continue
+            for col in header:
+                if col not in mapping and col.strip().lower() in names:
+                    mapping[col] = canonical
+                    break
+        missing = [c for c in REQUIRED if c not in mapping.values()]
+        if missing:
+            raise PriceDataError(
+                "missing columns", str(file),
+                detail=f"required {missing} not found among {header}; map them with columns={{'<name in file>': '<qpipe name>'}}")
+        return mapping
+
+    @staticmethod
+    def _select(files: list[Path], ids: list[int], parquet: bool, header: list[str], mapping: dict[str, str]) -> str:
+        """One multi-file scan; ``_file_id`` remembers which file each row came from."""
+        paths = [str(files[i]).replace("'", "''") for i in ids]
+        reader = "read_parquet" if parquet else "read_csv"
+        options = "filename=true"
+        if not parquet:  # the header is known: no per-file type sniffing, every value read as text
+            types = ", ".join("'" + h.replace("'", "''") + "': 'VARCHAR'" for h in header)
+            options += f", header=true, auto_detect=false, delim=',', quote='\"', columns={{{types}}}"
+        cols = ", ".join(f'CAST("{src}" AS VARCHAR) AS {dst}' for src, dst in mapping.items())
+        listing = ", ".join(f"'{p}'" for p in paths)
+        ids_by_name = ", ".join(f"('{p}', {i})" for p, i in zip(paths, ids))
+        return (f"SELECT {cols}, f.id AS _file_id FROM {reader}([{listing}], {options}) "
+                f"JOIN (VALUES {ids_by_name}) AS f(name, id) ON filename = f.name")
+
+    @staticmethod
+    def _check_values(con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
+        present = {d[0] for d in con.execute("SELECT * FROM rows LIMIT 0").description}
+        bad_date = con.execute(
+            "SELECT _file_id, instrument, date FROM rows WHERE date IS NULL OR TRY_CAST(date AS DATE) IS NULL LIMIT 1"
+        ).fetchone()
+        if bad_date:
+            raise PriceDataError("unparseable date", str(files[bad_date[0]]), instrument=bad_date[1],
+                                 detail=f"date value {bad_date[2]!r} is not a date (YYYY-MM-DD)")
+        missing_symbol = con.execute(
+            "SELECT _file_id, date FROM rows WHERE instrument IS NULL OR trim(instrument) = '' LIMIT 1").fetchone()
+        if missing_symbol:
+            raise PriceDataError("missing instrument", str(files[missing_symbol[0]]), date=missing_symbol[1],
+                                 detail="a row has no symbol")
+        for col in NUMERIC:
+            if col not in present:
+                continue
+            bad = con.execute(
+                f"SELECT _file_id, instrument, date, {col}, count(*) OVER () FROM rows "
+                f"WHERE {col} IS NOT NULL AND trim({col}) <> '' AND TRY_CAST({col} AS DOUBLE) IS NULL LIMIT 1"
+            ).fetchone()
+            if bad:
+                raise PriceDataError(f"non-numeric {col}", str(files[bad[0]]), instrument=bad[1], date=bad[2],
+                                     detail=f"{col} value {bad[3]!r} is not a number", count=bad[4])
+
+    def _canonical_sql(self, con: duckdb.DuckDBPyConnection) -> str:
+        present = {d[0] for d in con.execute("SELECT * FROM rows LIMIT 0").description}
+
+        def num(col: str) -> str:
+            return f"TRY_CAST(NULLIF(trim({col}), '') AS DOUBLE)" if col in present else "CAST(NULL AS DOUBLE)"
+
+        factor = f"COALESCE({num('factor')}, {num('adj_close')} / {num('close')}, 1.0)"
+        scale = "1.0" if self.prices_adjusted else "factor"
+        return f"""
+            WITH typed AS (
+              SELECT CAST(date AS DATE) AS date, trim(instrument) AS instrument,
+                     {num('open')} AS open, {num('high')} AS high, {num('low')} AS low, {num('close')} AS close,
+                     {num('vwap')} AS vwap, {num('volume')} AS volume, {factor} AS factor, _file_id
+              FROM rows)
+            SELECT date, instrument, open * {scale} AS open, high * {scale} AS high, low * {scale} AS low,
+                   close * {scale} AS close, vwap * {scale} AS vwap, volume / {scale} AS volume, factor, _file_id
+            FROM typed ORDER BY date, instrument"""

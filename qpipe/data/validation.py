@@ -1,0 +1,71 @@
+"""Rules every price row must satisfy before anything is written, with errors that say where.
+
+A canonical price frame has the columns of ``PRICE_COLUMNS``: ``date`` (datetime64), ``instrument``
+(str) and float64 adjusted ``open high low close vwap volume factor``. A suspended day is a row
+whose price and volume fields are all NaN (Qlib's bins carry such rows inside a listing span).
+"""
+
+import numpy as np
+import pandas as pd
+
+PRICE_COLUMNS = ("date", "instrument", "open", "high", "low", "close", "vwap", "volume", "factor")
+OHLC = ("open", "high", "low", "close")
+
+
+class PriceDataError(ValueError):
+    """Bad input: names the source (file), the instrument, the date and the rule broken."""
+
+    def __init__(self, rule: str, source: str, *, instrument: str | None = None, date=None,
+                 detail: str = "", count: int = 1) -> None:
+        where = [f"source {source}"]
+        if instrument is not None:
+            where.append(f"instrument {instrument}")
+        if date is not None:
+            where.append(f"date {pd.Timestamp(date).date()}")
+        more = f" ({count} rows break this rule; the first is shown)" if count > 1 else ""
+        super().__init__(f"{rule}: {', '.join(where)}{': ' + detail if detail else ''}{more}. Nothing was written.")
+        self.rule, self.source, self.instrument, self.date = rule, source, instrument, date
+
+
+def _first_bad(frame: pd.DataFrame, bad: np.ndarray, rule: str, source: str, detail_of) -> None:
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    row = frame.iloc[i]
+    origin = row["_file"] if "_file" in frame.columns else source
+    raise PriceDataError(rule, str(origin), instrument=row["instrument"], date=row["date"],
+                         detail=detail_of(row), count=int(bad.sum()))
+
+
+def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Check a canonical frame; return it sorted by (date, instrument) without helper columns."""
+    if len(frame) == 0:
+        raise PriceDataError("empty source", source, detail="no price rows were found")
+    missing = [c for c in PRICE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise PriceDataError("missing columns", source, detail=f"{missing} (found {list(frame.columns)})")
+
+    dup = frame.duplicated(["date", "instrument"], keep="first").to_numpy()
+    _first_bad(frame, dup, "duplicate (instrument, date) row", source, lambda r: "the row appears more than once")
+
+    prices = frame[list(OHLC)].to_numpy(dtype=np.float64)
+    has_price = ~np.isnan(prices)
+    partial = has_price.any(axis=1) & ~has_price.all(axis=1)
+    _first_bad(frame, partial, "incomplete price row", source,
+               lambda r: "some of open/high/low/close are missing; a suspended day leaves all of them empty")
+    with np.errstate(invalid="ignore"):
+        for col in (*OHLC, "vwap", "factor"):
+            values = frame[col].to_numpy(dtype=np.float64)
+            _first_bad(frame, np.isinf(values), f"infinite {col}", source, lambda r, c=col: f"{c}={r[c]}")
+            _first_bad(frame, values <= 0, f"non-positive {col}", source, lambda r, c=col: f"{c}={r[c]}")
+        volume = frame["volume"].to_numpy(dtype=np.float64)
+        _first_bad(frame, (volume < 0) | np.isinf(volume), "negative or infinite volume", source,
+                   lambda r: f"volume={r['volume']}")
+        high, low = frame["high"].to_numpy(dtype=np.float64), frame["low"].to_numpy(dtype=np.float64)
+        _first_bad(frame, high < low, "high < low", source, lambda r: f"high={r['high']} low={r['low']}")
+    factor = frame["factor"].to_numpy(dtype=np.float64)
+    _first_bad(frame, np.isnan(factor) & has_price.all(axis=1), "missing factor", source,
+               lambda r: "factor is empty on a trading (non-suspended) row")
+
+    out = frame.drop(columns=[c for c in frame.columns if c not in PRICE_COLUMNS])
+    return out.sort_values(["date", "instrument"], kind="stable").reset_index(drop=True)

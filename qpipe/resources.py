@@ -1,0 +1,48 @@
+"""Dagster resources: the DuckDB warehouse and the configured price source."""
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from qpipe.data.sources import SOURCE_KINDS, PriceBatch, load_source
+from qpipe.settings import Settings, get_settings
+
+
+class Warehouse(DuckDBResource):
+    """The qpipe DuckDB file; its folder is created on first use."""
+
+    @contextmanager
+    def get_connection(self):
+        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        with super().get_connection() as con:
+            yield con
+
+
+class PriceSource(dg.ConfigurableResource):
+    """Where raw prices come from. Defaults come from QPIPE_SOURCE* settings."""
+
+    kind: str = Field(description=f"one of {SOURCE_KINDS}")
+    path: str = Field(default="", description="CSV/Parquet file or folder, or Qlib provider directory")
+    columns: dict[str, str] = Field(default_factory=dict, description="source column -> qpipe column")
+    market: str = Field(default="all", description="Qlib instruments/<market>.txt used as the universe")
+    seed: int = Field(default=7, description="synthetic market seed")
+    n_instruments: int = Field(default=300, description="synthetic market size")
+
+    def load(self) -> PriceBatch:
+        return load_source(self.kind, self.path, self.columns, self.market, self.seed, self.n_instruments)
+
+    def describe(self) -> str:
+        return f"synthetic(seed={self.seed}, n={self.n_instruments})" if self.kind == "synthetic" else f"{self.kind}:{self.path}"
+
+
+def build_resources(settings: Settings | None = None) -> dict:
+    s = settings or get_settings()
+    return {
+        "warehouse": Warehouse(database=str(s.warehouse)),
+        "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,
+                                    market=s.qlib_market, seed=s.synthetic_seed,
+                                    n_instruments=s.synthetic_instruments),
+    }

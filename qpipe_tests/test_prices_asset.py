@@ -1,0 +1,72 @@
+"""raw/prices through Dagster: partitions, ranges in one run, idempotency, nothing written on bad input."""
+
+import dagster as dg
+import pytest
+
+from qpipe.assets.prices import raw_prices
+from qpipe.resources import PriceSource, Warehouse
+from qpipe_tests.conftest import table_rows
+from qpipe_tests.test_sources import BAD_CASES, GOOD
+
+
+def _materialize(warehouse_path, source: PriceSource, partition: str | None = None,
+                 partition_range: tuple[str, str] | None = None, raise_on_error: bool = True):
+    tags = {}
+    if partition_range:
+        tags = {"dagster/asset_partition_range_start": partition_range[0],
+                "dagster/asset_partition_range_end": partition_range[1]}
+    return dg.materialize([raw_prices], partition_key=partition, tags=tags, raise_on_error=raise_on_error,
+                          resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+
+
+SYNTHETIC = PriceSource(kind="synthetic", n_instruments=40, seed=3)
+
+
+def test_one_day_then_rerun_replaces_never_duplicates(warehouse_path):
+    _materialize(warehouse_path, SYNTHETIC, "2024-03-01")
+    first = table_rows(warehouse_path, "raw.prices")
+    assert len(first) > 0 and {r[0].isoformat() for r in first} == {"2024-03-01"}
+    _materialize(warehouse_path, SYNTHETIC, "2024-03-01")
+    assert table_rows(warehouse_path, "raw.prices") == first
+    universe = table_rows(warehouse_path, "raw.universe")
+    assert {r[0] for r in universe} == {"all", "syn26"}
+    concepts = table_rows(warehouse_path, "raw.concepts")
+    assert {r[2] for r in concepts} == {"sector", "concept"}
+
+
+def test_a_range_of_days_materializes_in_one_run(warehouse_path):
+    result = _materialize(warehouse_path, SYNTHETIC, partition_range=("2024-03-01", "2024-03-08"))
+    assert result.success
+    days = {r[0].isoformat() for r in table_rows(warehouse_path, "raw.prices")}
+    assert days == {"2024-03-01", "2024-03-04", "2024-03-05", "2024-03-06", "2024-03-07", "2024-03-08"}
+    materializations = result.asset_materializations_for_node("raw_prices")
+    assert len([m for m in materializations if m.asset_key == dg.AssetKey(["raw", "prices"])]) == 6
+
+
+def test_a_day_outside_the_source_fails_clearly(warehouse_path):
+    result = _materialize(warehouse_path, SYNTHETIC, "2012-03-01", raise_on_error=False)
+    assert not result.success
+    assert "has no rows between 2012-03-01 and 2012-03-01" in _failure_text(result)
+
+
+def _failure_text(result: dg.ExecuteInProcessResult) -> str:
+    error = result.get_step_failure_events()[0].event_specific_data.error
+    return error.to_string()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_fails_and_leaves_the_warehouse_exactly_as_it_was(tmp_path, warehouse_path, case):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    good = folder / "good.csv"
+    good.write_text(GOOD)
+    _materialize(warehouse_path, PriceSource(kind="tabular", path=str(folder)), "2024-01-02")
+    before = {t: table_rows(warehouse_path, t) for t in ("raw.prices", "raw.universe")}
+    assert len(before["raw.prices"]) == 1
+
+    (folder / "bad.csv").write_text(BAD_CASES[case][0].replace("AAA", "ZZZ"))
+    result = _materialize(warehouse_path, PriceSource(kind="tabular", path=str(folder)), "2024-01-02",
+                          raise_on_error=False)
+    assert not result.success
+    assert BAD_CASES[case][1] in _failure_text(result) and "bad.csv" in _failure_text(result)
+    assert {t: table_rows(warehouse_path, t) for t in before} == before

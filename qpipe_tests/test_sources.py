@@ -1,0 +1,138 @@
+"""Price sources read real data exactly, and bad input fails with a message that says where."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qpipe.data.qlib_provider import QlibSource, write_qlib_provider
+from qpipe.data.sources import load_source
+from qpipe.data.tabular import TabularSource
+from qpipe.data.validation import PriceDataError
+
+
+def _expected_adjusted(sp500: pd.DataFrame) -> pd.DataFrame:
+    """What qpipe must hold for the S&P data: Yahoo OHLC x (adj_close / close), volume / factor."""
+    f = sp500["adj_close"] / sp500["close"]
+    out = pd.DataFrame({"date": pd.to_datetime(sp500["date"]), "instrument": sp500["symbol"],
+                        "close": sp500["close"] * f, "high": sp500["high"] * f, "volume": sp500["volume"] / f})
+    return out.sort_values(["date", "instrument"]).reset_index(drop=True)
+
+
+def test_csv_folder_of_per_symbol_files_reads_all_of_sp500(tmp_path, sp500):
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    raw = sp500.drop(columns=["factor"]).rename(columns={"date": "Date", "adj_close": "Adj Close"})
+    for symbol, rows in raw.groupby("symbol"):
+        rows.to_csv(folder / f"{symbol}.csv", index=False)
+    prices = TabularSource(str(folder)).load()
+    expected = _expected_adjusted(sp500)
+    assert len(prices) == 606_505 and prices["instrument"].nunique() == 489
+    np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
+    np.testing.assert_allclose(prices["volume"], expected["volume"], rtol=1e-12)
+    assert prices["vwap"].isna().all()  # the source has no vwap, so VWAP features will be NaN as in Qlib
+    assert (prices["high"] >= prices["low"]).all()
+
+
+def test_parquet_file_with_mapped_columns(tmp_path, sp500):
+    path = tmp_path / "renamed.parquet"
+    sp500.rename(columns={"symbol": "permno", "close": "px_last"}).to_parquet(path)
+    prices = TabularSource(str(path), columns={"permno": "instrument", "px_last": "close"}).load()
+    expected = _expected_adjusted(sp500)
+    np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
+
+
+def test_already_adjusted_rows_are_taken_as_they_are(tmp_path, sp500):
+    path = tmp_path / "adj.csv"
+    sp500.head(100).to_csv(path, index=False)
+    prices = TabularSource(str(path), prices_adjusted=True).load()
+    expected = sp500.head(100).sort_values(["date", "symbol"])
+    np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
+
+
+def test_qlib_provider_round_trip_keeps_suspension_rows_and_membership(tmp_path, sp500):
+    canonical = load_source("tabular", str(_write(tmp_path, sp500)))
+    universe = pd.DataFrame({"market": "sp10", "instrument": ["AAPL", "MSFT", "AAPL"],
+                             "start_date": pd.to_datetime(["2013-01-02", "2013-01-02", "2016-01-04"]),
+                             "end_date": pd.to_datetime(["2014-12-31", "2017-12-05", "2017-12-05"])})
+    root = write_qlib_provider(canonical.prices, tmp_path / "qlib", universe)
+    back = QlibSource(str(root), market="sp10")
+    loaded = back.load()
+    # Qlib has a row for every calendar day of a listing span; MMC and ESS each lack one day -> NaN rows.
+    gaps = loaded[loaded["close"].isna()]
+    assert set(gaps["instrument"]) >= {"MMC", "ESS"}
+    merged = canonical.prices.merge(loaded, on=["date", "instrument"], suffixes=("", "_q"))
+    assert len(merged) == len(canonical.prices)
+    np.testing.assert_allclose(merged["close_q"], merged["close"].astype(np.float32), rtol=0)
+    spans = back.universe()
+    assert spans.groupby("instrument").size().to_dict() == {"AAPL": 2, "MSFT": 1}
+
+
+def _write(tmp_path, sp500):
+    path = tmp_path / "sp500.csv"
+    sp500.drop(columns=["factor"]).to_csv(path, index=False)
+    return path
+
+
+GOOD = "date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,10.5,1000\n2024-01-03,AAA,10.5,11,10,10.8,900\n"
+BAD_CASES = {
+    "missing column": ("date,symbol,open,high,low,volume\n2024-01-02,AAA,10,11,9,1000\n", "missing columns", None),
+    "misnamed column": ("date,symbol,open,high,low,closing,volume\n2024-01-02,AAA,10,11,9,10,1000\n",
+                        "missing columns", None),
+    "non-numeric": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,abc,1000\n",
+                    "non-numeric close", "AAA"),
+    "negative price": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,-3,1000\n",
+                       "non-positive close", "AAA"),
+    "zero price": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,0,11,9,10,1000\n",
+                   "non-positive open", "AAA"),
+    "high below low": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,9,11,10,1000\n",
+                       "high < low", "AAA"),
+    "duplicate row": (GOOD + "2024-01-03,AAA,10.5,11,10,10.8,900\n", "duplicate (instrument, date) row", "AAA"),
+    "unparseable date": ("date,symbol,open,high,low,close,volume\n2024-13-45,AAA,10,11,9,10,1000\n",
+                         "unparseable date", "AAA"),
+    "NaN price": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,,1000\n",
+                  "incomplete price row", "AAA"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_csv_names_file_instrument_date_and_rule(tmp_path, case):
+    text, rule, instrument = BAD_CASES[case]
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "good.csv").write_text(GOOD.replace("AAA", "BBB"))
+    (folder / "bad.csv").write_text(text)
+    with pytest.raises(PriceDataError) as err:
+        TabularSource(str(folder)).load()
+    message = str(err.value)
+    assert rule in message and "bad.csv" in message and "Nothing was written" in message
+    if instrument:
+        assert f"instrument {instrument}" in message
+    if rule not in ("missing columns", "unparseable date"):
+        assert "2024-01-0" in message  # the offending row's date
+
+
+def test_empty_source_and_missing_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PriceDataError, match="empty source"):
+        TabularSource(str(tmp_path / "empty")).load()
+    (tmp_path / "header_only.csv").write_text("date,symbol,open,high,low,close,volume\n")
+    with pytest.raises(PriceDataError, match="empty source"):
+        TabularSource(str(tmp_path / "header_only.csv")).load()
+    with pytest.raises(PriceDataError, match="source not found"):
+        TabularSource(str(tmp_path / "nowhere")).load()
+
+
+def test_qlib_bin_longer_than_calendar_is_rejected(tmp_path, sp500):
+    canonical = load_source("tabular", str(_write(tmp_path, sp500)))
+    root = write_qlib_provider(canonical.prices[canonical.prices["instrument"].isin(["AAPL", "MSFT"])], tmp_path / "q")
+    bin_path = root / "features" / "msft" / "close.day.bin"
+    np.hstack([np.fromfile(bin_path, dtype="<f4"), np.float32(1.0)]).astype("<f4").tofile(bin_path)
+    with pytest.raises(PriceDataError) as err:
+        QlibSource(str(root)).load()
+    assert "bin length does not match the calendar" in str(err.value)
+    assert "msft" in str(err.value) and "MSFT" in str(err.value)
+
+
+def test_unknown_source_kind_is_named():
+    with pytest.raises(ValueError, match="unknown price source 'yahoo'"):
+        load_source("yahoo", "/tmp")
