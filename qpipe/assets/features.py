@@ -9,37 +9,38 @@ from qpipe.features import store
 from qpipe.partitions import trading_days
 from qpipe.resources import Warehouse
 
+FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATURE_SETS.items()}
 
-def _feature_asset(feature_set: store.FeatureSet) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=["features", feature_set.name],
-        description=f"Qlib {feature_set.name.capitalize()}: {len(feature_set.columns)} raw float32 columns "
-                    "with Qlib's names and order (no normalization stored).",
-        partitions_def=trading_days,
-        deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-store.LOOKBACK))],
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool="duckdb",
-        group_name="features",
-        kinds={"duckdb", "numpy"},
-        metadata={"dagster/table_name": feature_set.table},
-    )
-    def _asset(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
-        start, end = partition_dates(context)
-        began = time.perf_counter()
-        with warehouse.get_connection() as con:
-            rows = store.write_features(con, feature_set, start, end)
-        seconds = time.perf_counter() - began
-        context.log.info(f"{feature_set.table}: {rows} rows for {start.date()}..{end.date()} in {seconds:.1f}s")
-        return dg.MaterializeResult(metadata={
-            "dagster/partition_row_count": rows,
-            "columns": len(feature_set.columns),
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(key, description=f"Qlib {fs.name.capitalize()}: {len(fs.columns)} raw float32 columns with "
+                                      "Qlib's names and order (normalization is fitted per checkpoint, not stored).",
+                     deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(
+                         start_offset=-store.LOOKBACK))],
+                     kinds={"duckdb", "numpy"}, metadata={"dagster/table_name": fs.table})
+        for key, fs in FEATURE_KEYS.items()
+    ],
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="duckdb",
+    group_name="features",
+    can_subset=True,
+)
+def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse):
+    start, end = partition_dates(context)
+    selected = [FEATURE_KEYS[key] for key in FEATURE_KEYS if key in context.selected_asset_keys]
+    began = time.perf_counter()
+    with warehouse.get_connection() as con:
+        written = store.write_features(con, selected, start, end)
+    seconds = time.perf_counter() - began
+    context.log.info(f"{written} rows for {start.date()}..{end.date()} in {seconds:.1f}s")
+    for fs in selected:
+        yield dg.MaterializeResult(asset_key=["features", fs.name], metadata={
+            "dagster/partition_row_count": written[fs.name],
+            "columns": len(fs.columns),
             "seconds": round(seconds, 3),
         })
-
-    return _asset
-
-
-feature_assets = [_feature_asset(fs) for fs in store.FEATURE_SETS.values()]
 
 
 @dg.asset(
@@ -54,7 +55,7 @@ feature_assets = [_feature_asset(fs) for fs in store.FEATURE_SETS.values()]
     kinds={"duckdb", "numpy"},
     metadata={"dagster/table_name": store.LABEL_TABLE},
 )
-def label_asset(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     start, end = partition_dates(context)
     with warehouse.get_connection() as con:
         rows = store.write_labels(con, start, end)

@@ -39,7 +39,10 @@ def ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns_sql: str) -
     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns_sql})")
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame | pa.Table) -> None:
+def insert(con: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame | pa.Table) -> None:
+    """Append rows, matching columns by the table's column order."""
+    if len(data) == 0:
+        return
     con.register("_incoming", data)
     try:
         columns = [d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
@@ -48,25 +51,9 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame | pa.
         con.unregister("_incoming")
 
 
-def replace_range(con: duckdb.DuckDBPyConnection, table: str, columns_sql: str, data: pd.DataFrame | pa.Table,
-                  start, end, date_column: str = "date") -> int:
-    """Atomically replace the rows of ``table`` whose ``date_column`` lies in [start, end]."""
-    ensure_table(con, table, columns_sql)
-    with transaction(con):
-        con.execute(f"DELETE FROM {table} WHERE {date_column} BETWEEN ? AND ?",
-                    [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
-        if len(data):
-            _insert(con, table, data)
-    return len(data)
-
-
-def replace_all(con: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame) -> int:
-    ensure_table(con, table, DDL[table])
-    with transaction(con):
-        con.execute(f"DELETE FROM {table}")
-        if len(data):
-            _insert(con, table, data)
-    return len(data)
+def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> None:
+    con.execute(f"DELETE FROM {table} WHERE {date_column} BETWEEN ? AND ?",
+                [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
 
 
 def write_prices(con: duckdb.DuckDBPyConnection, start, end, prices: pd.DataFrame | None = None,
@@ -76,13 +63,12 @@ def write_prices(con: duckdb.DuckDBPyConnection, start, end, prices: pd.DataFram
         ensure_table(con, table, cols)
     with transaction(con):
         if prices is not None:
-            con.execute(f"DELETE FROM {PRICES} WHERE date BETWEEN ? AND ?",
-                        [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
-            _insert(con, PRICES, prices)
+            delete_range(con, PRICES, start, end)
+            insert(con, PRICES, prices)
         for table, frame in ((UNIVERSE, universe), (CONCEPTS, concepts)):
             if frame is not None:
                 con.execute(f"DELETE FROM {table}")
-                _insert(con, table, frame)
+                insert(con, table, frame)
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:

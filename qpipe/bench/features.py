@@ -1,0 +1,76 @@
+"""Alpha158 + Alpha360 + label on a synthetic market: compute time, DuckDB write time, peak RSS.
+
+Qlib 0.9.7 on the 2-core reference machine, 300 instruments x 2500 days (raw features only):
+Alpha158 21.0 s, Alpha360 21.7 s, peak 9 GB.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from qpipe.bench import peak_rss_gb, timed
+from qpipe.calendar import trading_days
+from qpipe.data import warehouse as wh
+from qpipe.data.synthetic import SyntheticSpec, generate_market
+from qpipe.features import store
+
+QLIB_SECONDS = {"alpha158": 21.0, "alpha360": 21.7}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--instruments", type=int, default=300)
+    parser.add_argument("--days", type=int, default=2500)
+    parser.add_argument("--start", default="2015-01-02")
+    parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory_limit (the Warehouse resource default)")
+    args = parser.parse_args()
+
+    end = trading_days(args.start, "2035-12-31")[args.days - 1]
+    market = generate_market(SyntheticSpec(n_instruments=args.instruments, start=args.start, end=str(end),
+                                           index_size=min(200, args.instruments * 2 // 3)))
+    first, last = market.prices["date"].min(), market.prices["date"].max()
+    print(f"synthetic market: {args.instruments} instruments x {args.days} days, {len(market.prices):,} price rows")
+    t: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        con = duckdb.connect(str(Path(tmp) / "bench.duckdb"), config={"memory_limit": args.memory_limit})
+        wh.write_prices(con, first, last, market.prices, market.universe, market.concepts)
+        for name, fs in store.FEATURE_SETS.items():
+            with timed(f"compute {name}", t):
+                blocks = list(store.feature_blocks(con, [fs], first, last))
+            with timed(f"write {name}", t):
+                with wh.transaction(con):
+                    wh.ensure_table(con, fs.table, fs.ddl)
+                    for _, table in blocks:
+                        wh.insert(con, fs.table, table)
+            del blocks
+        with timed("compute label", t):
+            labels = list(store.label_blocks(con, first, last))
+        with timed("write label", t):
+            wh.ensure_table(con, store.LABEL_TABLE, store.LABEL_DDL)
+            for table in labels:
+                wh.insert(con, store.LABEL_TABLE, table)
+        with timed("both sets + label, as the assets do", t):
+            store.write_features(con, list(store.FEATURE_SETS.values()), first, last)
+            store.write_labels(con, first, last)
+        day = np.datetime64(last, "D")
+        with timed("daily increment (3 tables, 1 day)", t):
+            store.write_features(con, list(store.FEATURE_SETS.values()), day, day)
+            store.write_labels(con, day, day)
+        con.close()
+
+    compute = sum(v for k, v in t.items() if k.startswith("compute"))
+    total = t["both sets + label, as the assets do"]
+    rows = len(market.prices)
+    qlib = sum(QLIB_SECONDS.values())
+    raw_sets = t["compute alpha158"] + t["compute alpha360"]
+    print(f"\ncompute, three tables:     {compute:6.2f} s  ({rows / compute:,.0f} rows/s)")
+    print(f"compute + DuckDB writes:   {total:6.2f} s")
+    print(f"Alpha158 + Alpha360 vs Qlib 0.9.7 ({qlib:.1f} s): {qlib / raw_sets:.1f}x faster")
+    print(f"peak RSS:                  {peak_rss_gb():6.2f} GB  (Qlib: 9 GB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Qlib's Alpha158 feature set (qlib.md §3.1): 9 kbar + 4 price + 29 rolling families x 5 windows.
+
+Each formula below is the Qlib expression written with `ops`; the dtype flow (float32 element-wise
+steps, float64 rolling results, one float32 cast at the end) is the one `ops` documents. Columns are
+yielded one at a time in Qlib's order; families that share rolling intermediates (MAX/MIN/RSV,
+IMAX/IMIN/IMXD, CNTP/CNTN/CNTD, SUMP/SUMN/SUMD, VSUMP/VSUMN/VSUMD) are computed together per window,
+and only their not-yet-due float32 columns are held.
+"""
+
+from collections.abc import Callable, Iterator
+from functools import cached_property
+
+import numpy as np
+
+from qpipe.features import ops
+from qpipe.features.panel import Panel
+
+Column = tuple[str, np.ndarray]
+
+WINDOWS = (5, 10, 20, 30, 60)
+KBAR_NAMES = ["KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2"]
+PRICE_NAMES = ["OPEN0", "HIGH0", "LOW0", "VWAP0"]
+ROLLING_FAMILIES = [
+    "ROC", "MA", "STD", "BETA", "RSQR", "RESI", "MAX", "MIN", "QTLU", "QTLD", "RANK", "RSV",
+    "IMAX", "IMIN", "IMXD", "CORR", "CORD", "CNTP", "CNTN", "CNTD", "SUMP", "SUMN", "SUMD",
+    "VMA", "VSTD", "WVMA", "VSUMP", "VSUMN", "VSUMD",
+]  # fmt: skip
+ALPHA158_NAMES: list[str] = KBAR_NAMES + PRICE_NAMES + [f"{f}{d}" for f in ROLLING_FAMILIES for d in WINDOWS]
+
+# The 20 columns the Alpha158 deep-learning benchmarks keep (FilterCol): original Alpha158 order.
+FILTER_COL_20: list[str] = [
+    name
+    for name in ALPHA158_NAMES
+    if name in {
+        "KLEN", "KLOW", "ROC60", "STD5", "RSQR5", "RSQR10", "RSQR20", "RSQR60", "RESI5", "RESI10",
+        "CORR5", "CORR10", "CORR20", "CORR60", "CORD5", "CORD10", "CORD60", "VSTD5", "WVMA5", "WVMA60",
+    }  # fmt: skip
+]
+
+
+def alpha158_columns(panel: Panel) -> Iterator[Column]:
+    """Yield (name, float32 [T, J]) for the 158 Alpha158 features, in Qlib's column order."""
+    x = _Inputs(panel)
+    yield from _evaluate(lambda: _kbar(x)).items()
+    yield from _evaluate(lambda: _price(x)).items()
+    held: dict[str, np.ndarray] = {}
+    for family in ROLLING_FAMILIES:
+        for d in WINDOWS:
+            name = f"{family}{d}"
+            if name not in held:
+                group = _evaluate(lambda: _ROLLING[family](x, d))
+                held.update((f"{sibling}{d}", values) for sibling, values in group.items())
+            yield name, held.pop(name)
+
+
+class _Inputs:
+    """The panel's float32 fields and the element-wise series several families share."""
+
+    def __init__(self, panel: Panel) -> None:
+        self.open, self.high, self.low = panel["open"], panel["high"], panel["low"]
+        self.close, self.vwap, self.volume = panel["close"], panel["vwap"], panel["volume"]
+        self.first = panel.first
+
+    @cached_property
+    def prev_close(self) -> np.ndarray:
+        return ops.ref(self.close, 1, self.first)
+
+    @cached_property
+    def prev_volume(self) -> np.ndarray:
+        return ops.ref(self.volume, 1, self.first)
+
+
+def _evaluate(compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Run formulas with IEEE division (x/0 = ±inf, 0/0 = NaN, silently) and cast results to float32."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {name: values.astype(np.float32, copy=False) for name, values in compute().items()}
+
+
+def _kbar(x: _Inputs) -> dict[str, np.ndarray]:
+    o, h, l, c = x.open, x.high, x.low, x.close  # noqa: E741 - Qlib's field letters
+    spread = h - l + 1e-12
+    upper = h - ops.greater(o, c)
+    lower = ops.less(o, c) - l
+    shift = 2 * c - h - l
+    return {
+        "KMID": (c - o) / o,
+        "KLEN": (h - l) / o,
+        "KMID2": (c - o) / spread,
+        "KUP": upper / o,
+        "KUP2": upper / spread,
+        "KLOW": lower / o,
+        "KLOW2": lower / spread,
+        "KSFT": shift / o,
+        "KSFT2": shift / spread,
+    }
+
+
+def _price(x: _Inputs) -> dict[str, np.ndarray]:
+    return {"OPEN0": x.open / x.close, "HIGH0": x.high / x.close, "LOW0": x.low / x.close, "VWAP0": x.vwap / x.close}
+
+
+def _extremes(x: _Inputs, d: int) -> dict[str, np.ndarray]:
+    highest, lowest = ops.max(x.high, d, x.first), ops.min(x.low, d, x.first)
+    return {"MAX": highest / x.close, "MIN": lowest / x.close, "RSV": (x.close - lowest) / (highest - lowest + 1e-12)}
+
+
+def _extreme_days(x: _Inputs, d: int) -> dict[str, np.ndarray]:
+    high_day, low_day = ops.idxmax(x.high, d, x.first), ops.idxmin(x.low, d, x.first)
+    return {"IMAX": high_day / d, "IMIN": low_day / d, "IMXD": (high_day - low_day) / d}
+
+
+def _up_down_days(x: _Inputs, d: int) -> dict[str, np.ndarray]:
+    up = ops.mean(ops.gt(x.close, x.prev_close), d, x.first)
+    down = ops.mean(ops.lt(x.close, x.prev_close), d, x.first)
+    return {"CNTP": up, "CNTN": down, "CNTD": up - down}
+
+
+def _up_down_moves(prefix: str, now: np.ndarray, before: np.ndarray, first: np.ndarray, d: int) -> dict[str, np.ndarray]:
+    """SUMP/SUMN/SUMD (prefix "SUM") and VSUMP/VSUMN/VSUMD (prefix "VSUM")."""
+    up = ops.sum(ops.greater(now - before, 0), d, first)
+    down = ops.sum(ops.greater(before - now, 0), d, first)
+    total = ops.sum(ops.abs(now - before), d, first) + 1e-12
+    return {f"{prefix}P": up / total, f"{prefix}N": down / total, f"{prefix}D": (up - down) / total}
+
+
+def _close_moves(x: _Inputs, d: int) -> dict[str, np.ndarray]:
+    return _up_down_moves("SUM", x.close, x.prev_close, x.first, d)
+
+
+def _volume_moves(x: _Inputs, d: int) -> dict[str, np.ndarray]:
+    return _up_down_moves("VSUM", x.volume, x.prev_volume, x.first, d)
+
+
+def _weighted_volume(x: _Inputs) -> np.ndarray:
+    """`Abs($close/Ref($close, 1)-1)*$volume`."""
+    return ops.abs(x.close / x.prev_close - 1) * x.volume
+
+
+_ROLLING: dict[str, Callable[[_Inputs, int], dict[str, np.ndarray]]] = {
+    "ROC": lambda x, d: {"ROC": ops.ref(x.close, d, x.first) / x.close},
+    "MA": lambda x, d: {"MA": ops.mean(x.close, d, x.first) / x.close},
+    "STD": lambda x, d: {"STD": ops.std(x.close, d, x.first) / x.close},
+    "BETA": lambda x, d: {"BETA": ops.slope(x.close, d, x.first) / x.close},
+    "RSQR": lambda x, d: {"RSQR": ops.rsquare(x.close, d, x.first)},
+    "RESI": lambda x, d: {"RESI": ops.resi(x.close, d, x.first) / x.close},
+    "MAX": _extremes,
+    "MIN": _extremes,
+    "QTLU": lambda x, d: {"QTLU": ops.quantile(x.close, d, 0.8, x.first) / x.close},
+    "QTLD": lambda x, d: {"QTLD": ops.quantile(x.close, d, 0.2, x.first) / x.close},
+    "RANK": lambda x, d: {"RANK": ops.rank(x.close, d, x.first)},
+    "RSV": _extremes,
+    "IMAX": _extreme_days,
+    "IMIN": _extreme_days,
+    "IMXD": _extreme_days,
+    "CORR": lambda x, d: {"CORR": ops.corr(x.close, ops.log(x.volume + 1), d, x.first)},
+    "CORD": lambda x, d: {
+        "CORD": ops.corr(x.close / x.prev_close, ops.log(x.volume / x.prev_volume + 1), d, x.first)
+    },
+    "CNTP": _up_down_days,
+    "CNTN": _up_down_days,
+    "CNTD": _up_down_days,
+    "SUMP": _close_moves,
+    "SUMN": _close_moves,
+    "SUMD": _close_moves,
+    "VMA": lambda x, d: {"VMA": ops.mean(x.volume, d, x.first) / (x.volume + 1e-12)},
+    "VSTD": lambda x, d: {"VSTD": ops.std(x.volume, d, x.first) / (x.volume + 1e-12)},
+    "WVMA": lambda x, d: {
+        "WVMA": ops.std(_weighted_volume(x), d, x.first) / (ops.mean(_weighted_volume(x), d, x.first) + 1e-12)
+    },
+    "VSUMP": _volume_moves,
+    "VSUMN": _volume_moves,
+    "VSUMD": _volume_moves,
+}
