@@ -115,7 +115,9 @@ def _up_down_days(x: _Inputs, d: int) -> dict[str, np.ndarray]:
     return {"CNTP": up, "CNTN": down, "CNTD": up - down}
 
 
-def _up_down_moves(prefix: str, now: np.ndarray, before: np.ndarray, first: np.ndarray, d: int) -> dict[str, np.ndarray]:
+def _up_down_moves(
+    prefix: str, now: np.ndarray, before: np.ndarray, first: np.ndarray, d: int
+) -> dict[str, np.ndarray]:
     """SUMP/SUMN/SUMD (prefix "SUM") and VSUMP/VSUMN/VSUMD (prefix "VSUM")."""
     up = ops.sum(ops.greater(now - before, 0), d, first)
     down = ops.sum(ops.greater(before - now, 0), d, first)

@@ -24,15 +24,16 @@ the window's own values in a fixed order (oldest first), never from running sums
 series, so a day's value depends only on its window: a panel holding 60 prior rows reproduces the
 full-history value bit for bit.
 
-Kernels parallelise over rows and vectorise over instruments (``prange`` over t, inner loop over j
-on a contiguous row); the quantile kernel keeps a sorted window per instrument instead.
+The window-sum kernels (mean, sum, std, rank, regression, corr) parallelise over rows and vectorise
+over instruments (``prange`` over t, inner loop over j along a contiguous row); max/min/idxmax/idxmin
+walk each instrument with a monotonic queue and quantile with a sorted window (``prange`` over j).
+Order statistics are exact whatever the traversal, so these stay history-independent too.
 """
 
 import numpy as np
 from numba import njit, prange
 
-# Qlib's flat-window tolerance for Rsquare and Corr: np.isclose(rolling std, 0, atol=2e-5).
-FLAT_STD_ATOL = 2e-5
+FLAT_STD_ATOL = 2e-5  # Rsquare/Corr are NaN where np.isclose(rolling std, 0, atol=2e-5)
 
 _KERNEL = {"cache": True, "parallel": True, "error_model": "numpy"}
 
@@ -171,7 +172,7 @@ def rsquare(x: np.ndarray, n: int, first: np.ndarray) -> np.ndarray:
     """`Rsquare(x, N)`: r² of the same regression, ``((nΣxy−ΣxΣy)/sqrt((nΣx²−(Σx)²)(nΣy²−(Σy)²)))²``,
     then NaN where ``np.isclose(Std(x, N), 0, atol=2e-5)`` (flat windows)."""
     out = _regression_kernel(*_rolling_args(x, n, first), _RSQUARE)
-    out[np.isclose(std(x, n, first), 0, atol=FLAT_STD_ATOL)] = np.nan
+    out[_is_flat(x, n, first)] = np.nan
     return out
 
 
@@ -179,10 +180,15 @@ def corr(a: np.ndarray, b: np.ndarray, n: int, first: np.ndarray) -> np.ndarray:
     """`Corr(a, b, N)` = ``a.rolling(N).corr(b)`` over the pairs where both are finite:
     ``(mean(ab) − mean(a)·mean(b))·k/(k−1) / sqrt(var(a)·var(b))`` (ddof 1, k pairs; k < 2 -> NaN),
     then NaN where either input's own ``Std(·, N)`` is close to 0 (atol 2e-5)."""
-    out = _corr_kernel(*_rolling_args(a, n, first), _values(b))
-    flat = np.isclose(std(a, n, first), 0, atol=FLAT_STD_ATOL) | np.isclose(std(b, n, first), 0, atol=FLAT_STD_ATOL)
-    out[flat] = np.nan
+    a_values, n, first = _rolling_args(a, n, first)
+    out = _corr_kernel(a_values, _values(b), n, first)
+    out[_is_flat(a, n, first) | _is_flat(b, n, first)] = np.nan
     return out
+
+
+def _is_flat(x: np.ndarray, n: int, first: np.ndarray) -> np.ndarray:
+    """Qlib's flat-window test for Rsquare and Corr: ``np.isclose(Std(x, N), 0, atol=2e-5)``."""
+    return np.isclose(std(x, n, first), 0, atol=FLAT_STD_ATOL)
 
 
 def _values(x: np.ndarray) -> np.ndarray:
@@ -197,7 +203,7 @@ def _rolling_args(x: np.ndarray, n: int, first: np.ndarray) -> tuple[np.ndarray,
 
 
 # ---------------------------------------------------------------------------------------------
-# kernels: out[t, j] from rows max(t-n+1, first[j]) .. t of column j
+# kernels; a rolling one gives out[t, j] (float64) from rows max(t-n+1, first[j]) .. t of column j
 # ---------------------------------------------------------------------------------------------
 
 _SLOPE, _RESI, _RSQUARE = 0, 1, 2
@@ -253,15 +259,17 @@ def _std_kernel(x, n, first):
     return out
 
 
-@njit(**_KERNEL)
+@njit(cache=True)  # one memory-bound pass: threads would only add synchronisation
 def _ref_kernel(x, n, first):
     t_len, j_len = x.shape
     out = np.empty_like(x)
-    for t in prange(t_len):
+    for t in range(t_len):
         source = t - n
+        if source < 0 or source >= t_len:
+            out[t] = np.nan
+            continue
         for j in range(j_len):
-            inside = (source >= 0) & (source < t_len) & (source >= first[j]) & (t >= first[j])
-            out[t, j] = x[source, j] if inside else np.nan
+            out[t, j] = x[source, j] if (source >= first[j]) & (t >= first[j]) else np.nan
     return out
 
 
@@ -395,7 +403,7 @@ def _regression_kernel(y, n, first, kind):
 
 
 @njit(**_KERNEL)
-def _corr_kernel(a, n, first, b):
+def _corr_kernel(a, b, n, first):
     """pandas Rolling.corr: pairwise-complete means and ddof-1 variances of the window."""
     t_len, j_len = a.shape
     out = np.empty((t_len, j_len))
@@ -447,9 +455,8 @@ def _quantile_kernel(x, n, first, q):
         window = np.empty(n)
         m = 0
         for t in range(first[j], t_len):
-            if t - n >= first[j]:
-                m = _sorted_remove(window, m, np.float64(x[t - n, j]))
-            m = _sorted_insert(window, m, np.float64(x[t, j]))
+            leaving = np.float64(x[t - n, j]) if t - n >= first[j] else np.nan
+            m = _sorted_slide(window, m, leaving, np.float64(x[t, j]))
             if m == 1:
                 out[t, j] = window[0]
             elif m > 1:
@@ -463,26 +470,35 @@ def _quantile_kernel(x, n, first, q):
 
 
 @njit(cache=True)
-def _sorted_insert(window, m, v):
-    """Insert v into the sorted window[:m] (an insertion-sort step); missing values are not kept."""
-    if not np.isfinite(v):
-        return m
-    i = m
-    while i > 0 and window[i - 1] > v:
-        window[i] = window[i - 1]
-        i -= 1
-    window[i] = v
-    return m + 1
+def _sorted_slide(window, m, leaving, entering):
+    """Replace `leaving` by `entering` in the sorted window[:m], returning the new m.
 
-
-@njit(cache=True)
-def _sorted_remove(window, m, v):
-    """Remove one copy of v (a value inserted earlier) from the sorted window[:m]."""
-    if not np.isfinite(v):
+    Missing values are never kept. The slot of the leaving value moves to where the entering one
+    belongs, so only the values in between shift.
+    """
+    if np.isfinite(leaving):
+        lo, hi = 0, m - 1  # binary search for a copy of `leaving`, which is in the window
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if window[mid] < leaving:
+                lo = mid + 1
+            else:
+                hi = mid
+        slot = lo
+    elif np.isfinite(entering):
+        slot = m
+        m += 1
+    else:
         return m
-    i = 0
-    while window[i] != v:
-        i += 1
-    for k in range(i, m - 1):
-        window[k] = window[k + 1]
-    return m - 1
+    if not np.isfinite(entering):
+        for k in range(slot, m - 1):
+            window[k] = window[k + 1]
+        return m - 1
+    while slot + 1 < m and window[slot + 1] < entering:
+        window[slot] = window[slot + 1]
+        slot += 1
+    while slot > 0 and window[slot - 1] > entering:
+        window[slot] = window[slot - 1]
+        slot -= 1
+    window[slot] = entering
+    return m
