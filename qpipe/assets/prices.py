@@ -1,4 +1,5 @@
-"""raw/prices, raw/universe, raw/concepts: one validated, transactional load from the price source."""
+"""raw/prices (partitioned by trading day) and raw/universe + raw/concepts (source-wide): validated,
+transactional loads from the configured price source."""
 
 import dagster as dg
 import pandas as pd
@@ -16,20 +17,15 @@ def partition_dates(context: dg.AssetExecutionContext) -> tuple[pd.Timestamp, pd
     return pd.Timestamp(keys.start), pd.Timestamp(keys.end)
 
 
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(PRICES, description="Adjusted daily OHLCV, vwap and factor per (date, instrument).",
-                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.PRICES}),
-        dg.AssetSpec(UNIVERSE, description="Index membership spans (market, instrument, start, end).",
-                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.UNIVERSE}),
-        dg.AssetSpec(CONCEPTS, description="Sector and concept memberships (HIST's stock2concept).",
-                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.CONCEPTS}),
-    ],
+@dg.asset(
+    key=PRICES,
+    description="Adjusted daily OHLCV, vwap and factor per (date, instrument); suspended days are NULL rows.",
     partitions_def=trading_days,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb",
     group_name="ingest",
-    can_subset=True,
+    kinds={"duckdb"},
+    metadata={"dagster/table_name": wh.PRICES},
 )
 def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_source: PriceSource):
     start, end = partition_dates(context)
@@ -42,31 +38,40 @@ def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_so
         first, last = batch.prices["date"].min().date(), batch.prices["date"].max().date()
         raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
                          f"(it covers {first}..{last}); nothing was written")
-    selected = context.selected_asset_keys
     with warehouse.get_connection() as con:
-        wh.write_prices(con, start, end,
-                        prices=rows if PRICES in selected else None,
-                        universe=batch.universe if UNIVERSE in selected else None,
-                        concepts=batch.concepts if CONCEPTS in selected else None)
-    if PRICES in selected:
-        suspended = int(rows["close"].isna().sum())
-        context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for "
-                         f"{rows['instrument'].nunique()} instruments")
-        yield dg.MaterializeResult(asset_key=PRICES, metadata={
-            "dagster/partition_row_count": len(rows),
-            "instruments": int(rows["instrument"].nunique()),
-            "suspended_rows": suspended,
-            "first_date": str(rows["date"].min().date()),
-            "last_date": str(rows["date"].max().date()),
-            "source": price_source.describe(),
-        })
-    if UNIVERSE in selected:
-        yield dg.MaterializeResult(asset_key=UNIVERSE, metadata={
-            "dagster/row_count": len(batch.universe),
-            "markets": ", ".join(sorted(batch.universe["market"].unique())),
-        })
-    if CONCEPTS in selected:
-        yield dg.MaterializeResult(asset_key=CONCEPTS, metadata={
-            "dagster/row_count": len(batch.concepts),
-            "concepts": int(batch.concepts["concept"].nunique()),
-        })
+        wh.write_prices(con, start, end, prices=rows)
+    suspended = int(rows["close"].isna().sum())
+    context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for {rows['instrument'].nunique()} instruments")
+    return dg.MaterializeResult(metadata={
+        "dagster/partition_row_count": len(rows),
+        "instruments": int(rows["instrument"].nunique()),
+        "suspended_rows": suspended,
+        "first_date": str(rows["date"].min().date()),
+        "last_date": str(rows["date"].max().date()),
+        "source": price_source.describe(),
+    })
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(UNIVERSE, description="Index membership spans (market, instrument, start_date, end_date).",
+                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.UNIVERSE}),
+        dg.AssetSpec(CONCEPTS, description="Sector and concept memberships (HIST's stock2concept).",
+                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.CONCEPTS}),
+    ],
+    pool="duckdb",
+    group_name="ingest",
+)
+def raw_universe(context: dg.AssetExecutionContext, warehouse: Warehouse, price_source: PriceSource):
+    batch = price_source.load()
+    with warehouse.get_connection() as con:
+        wh.write_prices(con, None, None, universe=batch.universe, concepts=batch.concepts)
+    context.log.info(f"{len(batch.universe)} membership spans, {len(batch.concepts)} concept memberships")
+    yield dg.MaterializeResult(asset_key=UNIVERSE, metadata={
+        "dagster/row_count": len(batch.universe),
+        "markets": ", ".join(sorted(batch.universe["market"].unique())),
+    })
+    yield dg.MaterializeResult(asset_key=CONCEPTS, metadata={
+        "dagster/row_count": len(batch.concepts),
+        "concepts": int(batch.concepts["concept"].nunique()),
+    })
