@@ -3,13 +3,14 @@
 import dagster as dg
 
 from qpipe.assets.features import feature_tables, label_table
+from qpipe.assets.models import model_assets
 from qpipe.assets.prices import raw_prices, raw_universe
 from qpipe.jobs import daily_pipeline
 from qpipe.resources import build_resources
 from qpipe.schedules import after_close
 
 defs = dg.Definitions(
-    assets=[raw_prices, raw_universe, feature_tables, label_table],
+    assets=[raw_prices, raw_universe, feature_tables, label_table, *model_assets],
     jobs=[daily_pipeline],
     schedules=[after_close],
     resources=build_resources(),

@@ -1,9 +1,13 @@
 """The main job on the embedded default market: ``python -m qpipe.main``.
 
-Runs ``daily_pipeline`` over the last two years of the synthetic market (recorded in the
-instance at $DAGSTER_HOME, so the runs show in ``dagster dev``), then prints what it built.
-Prices are loaded from ``LOOKBACK`` trading days earlier, so the first day's features see the
-same history as a full-history computation.
+Runs ``daily_pipeline`` on the synthetic market as four Dagster runs, recorded in the instance
+at $DAGSTER_HOME so they show in ``dagster dev``:
+1. prices from ``LOOKBACK`` trading days before ``--start`` (so the first day's features see the
+   same history as a full-history computation), and the universe;
+2. Alpha158, Alpha360 and labels for [start, end];
+3. one checkpoint per architecture on ``--checkpoint-day``, with a quick training profile;
+4. out-of-sample predictions and IC reports for the days after it;
+then prints the leaderboard: IC, ICIR, Rank IC, Rank ICIR per model.
 """
 
 import argparse
@@ -13,58 +17,59 @@ import dagster as dg
 import duckdb
 
 from qpipe.calendar import trading_days
+from qpipe.evaluation.report import leaderboard, read_daily_ic
 from qpipe.features.store import LOOKBACK
+from qpipe.models.registry import SPECS
 from qpipe.settings import get_settings
 
-FIRST_DAY, LAST_DAY = "2023-01-03", "2024-12-31"
+FIRST_DAY, CHECKPOINT_DAY, LAST_DAY = "2023-01-03", "2023-12-29", "2024-12-31"
+# A few epochs on a 240 + 60 day window: minutes on two CPU cores, enough to find the planted signal.
+QUICK_PROFILE = {"train_days": 240, "valid_days": 60}
+QUICK_EPOCHS = {"mlp": {"n_epochs": 15}, "lstm": {"n_epochs": 4}, "gru": {"n_epochs": 4}, "alstm": {"n_epochs": 4}}
 
 
-def summary(warehouse: str) -> str:
-    with duckdb.connect(warehouse, read_only=True) as con:
-        rows = con.execute("""
-            SELECT table_schema || '.' || table_name FROM information_schema.tables
-            WHERE table_schema IN ('raw', 'features') ORDER BY 1""").fetchall()
-        lines = [f"{'table':<20}{'rows':>12}  {'first':>10}  {'last':>10}"]
-        for (table,) in rows:
-            date_col = "known_on" if table == "features.label" else ("date" if table != "raw.universe" else "start_date")
-            if table == "raw.concepts":
-                n = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                lines.append(f"{table:<20}{n:>12,}")
-                continue
-            n, lo, hi = con.execute(f"SELECT count(*), min({date_col}), max({date_col}) FROM {table}").fetchone()
-            lines.append(f"{table:<20}{n:>12,}  {lo!s:>10}  {hi!s:>10}")
-    return "\n".join(lines)
+def _run(job: dg.JobDefinition, name: str, keys: list[str], **kwargs) -> None:
+    began = time.perf_counter()
+    result = job.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False,
+                                    asset_selection=[dg.AssetKey.from_user_string(k) for k in keys], **kwargs)
+    print(f"{name}: {'succeeded' if result.success else 'FAILED'} in {time.perf_counter() - began:.0f}s "
+          f"(run {result.run_id})", flush=True)
+    if not result.success:
+        raise SystemExit(1)
+
+
+def _range(start: str, end: str) -> dict:
+    return {"tags": {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", default=FIRST_DAY)
+    parser.add_argument("--checkpoint-day", default=CHECKPOINT_DAY)
     parser.add_argument("--end", default=LAST_DAY)
     args = parser.parse_args()
 
     from qpipe.definitions import defs
 
     job = defs.resolve_job_def("daily_pipeline")
-    instance = dg.DagsterInstance.get()
     prices_from = str(trading_days("2000-01-03", args.start)[-LOOKBACK - 1])
-    phases = [
-        ("prices and universe", prices_from, ["raw/prices", "raw/universe", "raw/concepts"]),
-        ("features and labels", args.start, ["features/alpha158", "features/alpha360", "features/label"]),
-    ]
-    for name, start, keys in phases:
-        began = time.perf_counter()
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=[dg.AssetKey.from_user_string(k) for k in keys],
-            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": args.end},
-            raise_on_error=False,
-        )
-        print(f"{name} {start}..{args.end}: {'succeeded' if result.success else 'FAILED'} "
-              f"in {time.perf_counter() - began:.0f}s (run {result.run_id})", flush=True)
-        if not result.success:
-            raise SystemExit(1)
-    print()
-    print(summary(str(get_settings().warehouse)))
+    first_scored = str(trading_days(args.checkpoint_day, args.end)[1])
+    _run(job, f"prices {prices_from}..{args.end}", ["raw/prices", "raw/universe", "raw/concepts"],
+         **_range(prices_from, args.end))
+    _run(job, f"features and labels {args.start}..{args.end}",
+         ["features/alpha158", "features/alpha360", "features/label"], **_range(args.start, args.end))
+    _run(job, f"checkpoints of {', '.join(SPECS)} on {args.checkpoint_day}",
+         [f"models/{arch}/checkpoint" for arch in SPECS], partition_key=args.checkpoint_day,
+         run_config={"ops": {f"models__{arch}__checkpoint": {"config": {**QUICK_PROFILE, "params": QUICK_EPOCHS.get(arch, {})}}
+                             for arch in SPECS}})
+    _run(job, f"predictions and IC reports {first_scored}..{args.end}",
+         [key for arch in SPECS for key in (f"predictions/{arch}", f"reports/{arch}/ic")],
+         **_range(first_scored, args.end))
+
+    with duckdb.connect(str(get_settings().warehouse), read_only=True) as con:
+        board = leaderboard(read_daily_ic(con))
+    print(f"\nOut-of-sample, {first_scored}..{args.end} (daily IC against the raw label, as Qlib's SigAnaRecord):")
+    print(board.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 if __name__ == "__main__":

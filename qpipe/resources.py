@@ -42,7 +42,26 @@ def build_resources(settings: Settings | None = None) -> dict:
     s = settings or get_settings()
     return {
         "warehouse": Warehouse(database=str(s.warehouse)),
+        "checkpoints": CheckpointStore(root=str(s.checkpoints)),
         "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,
                                     market=s.qlib_market, seed=s.synthetic_seed,
                                     n_instruments=s.synthetic_instruments),
     }
+
+
+class CheckpointStore(dg.ConfigurableResource):
+    """``<root>/<arch>/<partition>.safetensors`` + ``.json`` sidecar, one pair per checkpoint partition."""
+
+    root: str
+
+    def path_for(self, arch: str, partition: str) -> Path:
+        return Path(self.root) / arch / partition
+
+    def partitions(self, arch: str) -> list[str]:
+        folder = Path(self.root) / arch
+        return sorted(p.name.removesuffix(".json") for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def newest_at_or_before(self, arch: str, day: str) -> str | None:
+        """The checkpoint a prediction for ``day`` uses: the newest one trained at or before it."""
+        earlier = [p for p in self.partitions(arch) if p <= day]
+        return earlier[-1] if earlier else None

@@ -27,6 +27,12 @@ class Settings:
     device: str = field(default_factory=lambda: _env("QPIPE_DEVICE", "auto"))
 
     @property
+    def market(self) -> str:
+        """The universe models train and predict on (QPIPE_MARKET), by default the source's index."""
+        default = {"synthetic": "syn200", "qlib": self.qlib_market}.get(self.source, "all")
+        return _env("QPIPE_MARKET", default)
+
+    @property
     def warehouse(self) -> Path:
         return Path(_env("QPIPE_WAREHOUSE", str(self.home / "warehouse.duckdb")))
 

@@ -46,7 +46,8 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame | pa.T
     con.register("_incoming", data)
     try:
         columns = [d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
-        con.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM _incoming")
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        con.execute(f"INSERT INTO {table} SELECT {quoted} FROM _incoming")
     finally:
         con.unregister("_incoming")
 

@@ -1,0 +1,166 @@
+"""models/<arch>/checkpoint, predictions/<arch>, reports/<arch>/ic: built for every registered architecture."""
+
+import time
+from typing import Any
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from qpipe.assets.prices import UNIVERSE, partition_dates
+from qpipe.evaluation import report
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, calendar
+from qpipe.models.config import ModelConfig, config_from_qlib_yaml, model_config
+from qpipe.models.registry import SPECS, ModelSpec
+from qpipe.partitions import trading_days
+from qpipe.resources import CheckpointStore, Warehouse
+from qpipe.settings import get_settings
+from qpipe.training import dataset, predicting
+from qpipe.training.checkpoint import save_checkpoint
+from qpipe.training.engine import epoch_line, train
+
+LABEL = dg.AssetKey(["features", "label"])
+
+
+class TrainConfig(dg.Config):
+    """How a checkpoint is trained; hyper-parameters use Qlib's names."""
+
+    feature_set: str = Field(default="alpha360", description="alpha360 or alpha158")
+    train_days: int = Field(default=480, ge=20, description="trading days of labels to train on")
+    valid_days: int = Field(default=120, ge=5, description="trading days of labels for early stopping")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="Qlib hyper-parameter overrides, e.g. {n_epochs: 20, lr: 0.001}")
+    qlib_yaml: str = Field(default="", description="a Qlib workflow YAML whose task.model is used (then params)")
+    market: str = Field(default="", description="universe to train on; default QPIPE_MARKET")
+    device: str = Field(default="", description="auto, cpu or cuda[:i]; default QPIPE_DEVICE")
+
+    def resolve(self, spec: ModelSpec) -> ModelConfig:
+        if self.qlib_yaml:
+            base = config_from_qlib_yaml(self.qlib_yaml)
+            if base.model != spec.name:
+                raise dg.Failure(f"{self.qlib_yaml} configures {base.model!r}, not {spec.name!r}")
+            return model_config(spec.name, base.feature_set, step_len=base.step_len, **{**base.params, **self.params})
+        return model_config(spec.name, self.feature_set, **self.params)
+
+
+def _checkpoint_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["models", spec.name, "checkpoint"],
+        description=f"{spec.name.upper()} trained on the window of labels known at the partition's close; "
+                    "safetensors weights + JSON sidecar (config, windows, processor state, metrics).",
+        partitions_def=trading_days,
+        deps=[dg.AssetDep(["features", fs], partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-720))
+              for fs in FEATURE_SETS] + [dg.AssetDep(LABEL), dg.AssetDep(UNIVERSE)],
+        pool="gpu",
+        group_name="models",
+        kinds={"pytorch", "safetensors"},
+        tags={"qpipe/arch": spec.name},
+    )
+    def _checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, warehouse: Warehouse,
+                    checkpoints: CheckpointStore) -> dg.MaterializeResult:
+        day = context.partition_key
+        settings = get_settings()
+        model = config.resolve(spec)
+        with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
+            days = calendar(con)
+            windows = dataset.windows_as_of(days, day, config.train_days, config.valid_days)
+            rows = dataset.read_rows(con, model, dataset.history_start(days, windows.train[0], model),
+                                     windows.valid[1], known_by=day, market=config.market or settings.market)
+        infer, learn = dataset.benchmark_processors(windows)
+        processed = learn(infer.fit_transform(rows))
+        columns = dataset.feature_columns(model)
+        dates = processed.index.get_level_values("datetime").to_numpy().astype("datetime64[D]")
+        train_rows = processed[dates <= windows.train[1]]
+        valid_rows = processed[dates >= dataset.history_start(days, windows.valid[0], model)]
+        train_frame = dataset.to_frame(train_rows, columns, samples_from=windows.train[0])
+        valid_frame = dataset.to_frame(valid_rows, columns, samples_from=windows.valid[0])
+        context.log.info(f"{spec.name}: {int(train_frame.is_sample.sum())} train / {int(valid_frame.is_sample.sum())} "
+                         f"valid samples, windows {windows.to_json()}")
+        began = time.perf_counter()
+        result = train(model, train_frame, valid_frame, device=config.device or settings.device,
+                       on_epoch=lambda m: context.log.info(epoch_line(m)))
+        path = checkpoints.path_for(spec.name, day)
+        weights, sidecar = save_checkpoint(path, result, model, columns=columns, windows=windows.to_json(),
+                                           processor_state={"infer": infer.to_state(), "learn": learn.to_state()})
+        best = result.history[result.best_epoch - 1]
+        return dg.MaterializeResult(metadata={
+            "dagster/uri": str(weights),
+            "best_epoch": result.best_epoch,
+            "valid_loss": float(best["valid_loss"]),
+            "valid_ic": float(best["valid_ic"]),
+            "train_samples": int(train_frame.is_sample.sum()),
+            "parameters": result.n_params,
+            "device": result.device,
+            "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+            "seconds": round(time.perf_counter() - began, 1),
+            "sidecar": dg.MetadataValue.path(str(sidecar)),
+        })
+
+    return _checkpoint
+
+
+def _predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["predictions", spec.name],
+        description=f"{spec.name.upper()} scores per (date, instrument) from the newest checkpoint at or before "
+                    "each day; DuckDB predictions.scores.",
+        partitions_def=trading_days,
+        deps=[dg.AssetDep(["models", spec.name, "checkpoint"])] + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="duckdb",
+        group_name="predictions",
+        kinds={"duckdb", "pytorch"},
+        tags={"qpipe/arch": spec.name},
+        metadata={"dagster/table_name": predicting.PREDICTIONS},
+    )
+    def _predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
+                     checkpoints: CheckpointStore) -> dg.MaterializeResult:
+        start, end = partition_dates(context)
+        with warehouse.get_connection() as con:
+            written, used = predicting.write_predictions(con, checkpoints, spec.name, start, end,
+                                                         market=get_settings().market)
+        context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoints {used}")
+        return dg.MaterializeResult(metadata={"dagster/partition_row_count": written,
+                                              "checkpoints": ", ".join(used)})
+
+    return _predictions
+
+
+def _ic_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["reports", spec.name, "ic"],
+        description=f"{spec.name.upper()} daily IC and Rank IC against the raw label (Qlib SigAnaRecord), for the "
+                    "labels that became known on the partition's days; IC, ICIR, Rank IC, Rank ICIR to date.",
+        partitions_def=trading_days,
+        deps=[dg.AssetDep(["predictions", spec.name], partition_mapping=dg.TimeWindowPartitionMapping(
+            start_offset=-LABEL_HORIZON, end_offset=-LABEL_HORIZON)), dg.AssetDep(LABEL)],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="duckdb",
+        group_name="reports",
+        kinds={"duckdb", "matplotlib"},
+        tags={"qpipe/arch": spec.name},
+    )
+    def _ic(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+        start, end = partition_dates(context)
+        with warehouse.get_connection() as con:
+            daily = report.write_daily_ic(con, spec.name, start, end)
+            history = report.read_daily_ic(con, spec.name, end)
+        chart = report.cumulative_ic_chart(history, spec.name, get_settings().home / "reports" / f"{spec.name}_ic.png")
+        summary = report.summary(history)
+        context.log.info(f"{spec.name}: {len(daily)} new IC days; to date {report.format_summary(summary)}")
+        numbers = {**({"IC": daily["IC"].iloc[-1], "Rank IC": daily["Rank IC"].iloc[-1]} if len(daily) else {}),
+                   **{f"{k} to date": v for k, v in summary.items()}}
+        return dg.MaterializeResult(metadata={
+            **{k: float(v) for k, v in numbers.items() if np.isfinite(v)},  # the UI plots these over partitions
+            "days": len(history),
+            "cumulative IC chart": dg.MetadataValue.path(str(chart)),
+        })
+
+    return _ic
+
+
+def build_model_defs(spec: ModelSpec) -> list[dg.AssetsDefinition]:
+    return [_checkpoint_asset(spec), _predictions_asset(spec), _ic_asset(spec)]
+
+
+model_assets = [asset for spec in SPECS.values() for asset in build_model_defs(spec)]

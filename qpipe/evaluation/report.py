@@ -1,0 +1,84 @@
+"""IC reports: daily IC / Rank IC of stored predictions against the raw label, summaries, a chart."""
+
+from pathlib import Path
+
+import duckdb
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from qpipe.data import warehouse as wh  # noqa: E402
+from qpipe.evaluation.ic import daily_ic, ic_summary  # noqa: E402
+from qpipe.features.label import LABEL_NAME  # noqa: E402
+from qpipe.features.store import LABEL_TABLE  # noqa: E402
+from qpipe.training.predicting import PREDICTIONS  # noqa: E402
+
+DAILY_IC = "reports.daily_ic"
+DAILY_IC_DDL = 'model VARCHAR NOT NULL, date DATE NOT NULL, known_on DATE NOT NULL, "IC" DOUBLE, "Rank IC" DOUBLE, n INTEGER'
+
+
+def write_daily_ic(con: duckdb.DuckDBPyConnection, model: str, start, end) -> pd.DataFrame:
+    """Daily IC of ``model`` for the days whose labels became known on [start, end]; replaces them."""
+    rows = con.execute(f"""
+        SELECT p.date, l.known_on, p.score, l.{LABEL_NAME} AS label FROM {PREDICTIONS} p
+        JOIN {LABEL_TABLE} l ON l.date = p.date AND l.instrument = p.instrument
+        WHERE p.model = ? AND l.known_on BETWEEN ? AND ? ORDER BY p.date""",
+        [model, pd.Timestamp(start).date(), pd.Timestamp(end).date()]).df()
+    daily = daily_ic(rows["score"].to_numpy(), rows["label"].to_numpy(), rows["date"].to_numpy())
+    daily = daily.reset_index().rename(columns={"datetime": "date"})
+    daily["known_on"] = rows.groupby("date")["known_on"].first().to_numpy()
+    daily["n"] = rows.groupby("date")["score"].size().to_numpy()
+    daily.insert(0, "model", model)
+    wh.ensure_table(con, DAILY_IC, DAILY_IC_DDL)
+    with wh.transaction(con):
+        con.execute(f"DELETE FROM {DAILY_IC} WHERE model = ? AND known_on BETWEEN ? AND ?",
+                    [model, pd.Timestamp(start).date(), pd.Timestamp(end).date()])
+        wh.insert(con, DAILY_IC, daily[["model", "date", "known_on", "IC", "Rank IC", "n"]])
+    return daily
+
+
+def read_daily_ic(con: duckdb.DuckDBPyConnection, model: str | None = None, known_by=None) -> pd.DataFrame:
+    """Stored daily ICs (all models when ``model`` is None) known by ``known_by``, ordered by date."""
+    where, args = ["TRUE"], []
+    if model is not None:
+        where.append("model = ?")
+        args.append(model)
+    if known_by is not None:
+        where.append("known_on <= ?")
+        args.append(pd.Timestamp(known_by).date())
+    return con.execute(f'SELECT model, date, "IC", "Rank IC", n FROM {DAILY_IC} WHERE {" AND ".join(where)} '
+                       "ORDER BY model, date", args).df()
+
+
+def summary(daily: pd.DataFrame) -> dict[str, float]:
+    return ic_summary(daily)
+
+
+def format_summary(s: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in s.items())
+
+
+def leaderboard(daily: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: IC, ICIR, Rank IC, Rank ICIR, days; best Rank IC first."""
+    rows = [{"model": model, **ic_summary(group), "days": len(group)} for model, group in daily.groupby("model")]
+    return pd.DataFrame(rows).sort_values("Rank IC", ascending=False, ignore_index=True)
+
+
+def cumulative_ic_chart(daily: pd.DataFrame, title: str, path: Path) -> Path:
+    """Cumulative daily IC and Rank IC per model: a steadily rising line is a model that works."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for model, group in daily.groupby("model"):
+        dates = pd.to_datetime(group["date"])
+        ax.plot(dates, group["Rank IC"].fillna(0).cumsum(), label=f"{model} Rank IC")
+        ax.plot(dates, group["IC"].fillna(0).cumsum(), linestyle="--", label=f"{model} IC")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_title(f"{title}: cumulative daily IC")
+    ax.set_ylabel("sum of daily IC")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,252 @@
+"""The hyper-parameters of one model run: Qlib benchmark presets or a Qlib workflow YAML, validated.
+
+Keys keep Qlib's names. The network's constructor arguments (``d_feat``, ``hidden_size``, ...)
+are checked against their type hints; every other key belongs to the training engine
+(``TRAINING_DEFAULTS``). Every error names the offending key and value.
+"""
+
+import inspect
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qpipe.models.registry import get_spec, spec_for_qlib_class
+from qpipe.models.spec import ModelSpec
+
+FEATURE_SETS = {"Alpha158": "alpha158", "Alpha360": "alpha360"}  # Qlib handler class -> qpipe feature set
+QLIB_TSDATASET_STEP_LEN = 30  # TSDatasetH's default step_len
+
+TRAINING_DEFAULTS: dict[str, Any] = {
+    # Qlib's NN recipe class defaults (LSTM/GRU/ALSTM).
+    "n_epochs": 200,
+    "lr": 0.001,
+    "batch_size": 2000,
+    "early_stop": 20,
+    "loss": "mse",
+    "optimizer": "adam",
+    "metric": "loss",
+    "weight_decay": 0.0,
+    # qpipe additions.
+    "seed": 0,  # Qlib's default is unseeded; None draws a seed and records it in the result
+    "steps_per_epoch": None,  # None = one pass over the training samples
+    "scheduler": None,  # None | "plateau" (ReduceLROnPlateau on the valid loss, Qlib DNN's "default")
+}
+# Accepted in a Qlib YAML and ignored: qpipe picks the device itself, and batches are gathered
+# on the device, so there are no DataLoader workers.
+QLIB_IGNORED = frozenset({"GPU", "n_jobs"})
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str  # registry name
+    feature_set: str  # "alpha158" | "alpha360"
+    step_len: int | None  # TSDatasetH window length; None = DatasetH (Alpha360 rows are reshaped instead)
+    params: Mapping[str, Any]  # every hyper-parameter, defaults filled in
+
+    def to_json(self) -> dict[str, Any]:
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}
+        return {"model": self.model, "feature_set": self.feature_set, "step_len": self.step_len, "params": params}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str = "config") -> "ModelConfig":
+        return validated_config(get_spec(data["model"]), data["feature_set"], data["step_len"], data["params"], source)
+
+
+def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
+    """Qlib's benchmark setting of ``model`` on ``feature_set``, with ``overrides`` (``step_len`` included)."""
+    spec = get_spec(model)
+    if feature_set not in spec.presets:
+        raise ConfigError(f"model {spec.name!r} has no preset for feature set {feature_set!r}; valid: {', '.join(spec.presets)}")
+    preset = spec.presets[feature_set]
+    step_len = overrides.pop("step_len", preset.step_len)
+    params = {**spec.from_qlib({**spec.class_defaults, **preset.params}), **spec.from_qlib(overrides)}
+    return validated_config(spec, feature_set, step_len, params, source=f"{spec.name}/{feature_set}")
+
+
+def config_from_qlib_yaml(path: str | Path) -> ModelConfig:
+    """Read task.model and task.dataset of a Qlib workflow YAML (as Qlib would: class defaults + kwargs)."""
+    path = Path(path)
+    try:
+        document = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read the workflow YAML: {error}") from error
+
+    def lookup(dotted: str, default: Any = inspect.Parameter.empty) -> Any:
+        node = document
+        for key in dotted.split("."):
+            if not isinstance(node, dict) or key not in node:
+                if default is not inspect.Parameter.empty:
+                    return default
+                raise ConfigError(f"{path}: missing {dotted}")
+            node = node[key]
+        return node
+
+    try:
+        spec = spec_for_qlib_class(lookup("task.model.class"))
+    except LookupError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    handler = lookup("task.dataset.kwargs.handler.class")
+    if handler not in FEATURE_SETS:
+        raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}; supported: {', '.join(FEATURE_SETS)}")
+    dataset = lookup("task.dataset.class")
+    if dataset == "DatasetH":
+        step_len = None
+    elif dataset == "TSDatasetH":
+        step_len = lookup("task.dataset.kwargs.step_len", QLIB_TSDATASET_STEP_LEN)
+    else:
+        raise ConfigError(f"{path}: task.dataset.class = {dataset!r}; supported: DatasetH, TSDatasetH")
+    kwargs = lookup("task.model.kwargs", None) or {}
+    kwargs = {k: v for k, v in kwargs.items() if k not in QLIB_IGNORED}
+    try:
+        params = spec.from_qlib({**spec.class_defaults, **kwargs})
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return validated_config(spec, FEATURE_SETS[handler], step_len, params, source=str(path))
+
+
+def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Mapping[str, Any], source: str) -> ModelConfig:
+    net_parameters = spec.net_parameters()
+    unknown = sorted(set(given) - set(TRAINING_DEFAULTS) - set(net_parameters))
+    if unknown:
+        valid = ", ".join(sorted({*TRAINING_DEFAULTS, *net_parameters}))
+        raise ConfigError(f"{source}: unknown hyper-parameter {unknown[0]!r} = {given[unknown[0]]!r} for model {spec.name!r}; valid: {valid}")
+    if feature_set not in FEATURE_SETS.values():
+        raise ConfigError(f"{source}: unknown feature set {feature_set!r}; valid: {', '.join(FEATURE_SETS.values())}")
+    if step_len is not None:
+        step_len = _check(source, "step_len", step_len, _positive_int)
+        if spec.sampler == "flat":
+            raise ConfigError(f"{source}: step_len = {step_len} (TSDatasetH) but model {spec.name!r} takes flat rows (DatasetH)")
+
+    params: dict[str, Any] = {}
+    for key, default in TRAINING_DEFAULTS.items():
+        params[key] = _check(source, key, given.get(key, default), _ENGINE_CHECKS[key])
+    for key, parameter in net_parameters.items():
+        if key not in given and parameter.default is inspect.Parameter.empty:
+            raise ConfigError(f"{source}: model {spec.name!r} needs hyper-parameter {key!r}")
+        value = given.get(key, parameter.default)
+        params[key] = _check(source, key, value, _net_check(key, parameter.annotation))
+    return ModelConfig(spec.name, feature_set, step_len, params)
+
+
+Check = Callable[[Any], Any]  # returns the normalized value or raises ValueError saying what is wrong
+
+
+def _check(source: str, key: str, value: Any, check: Check) -> Any:
+    try:
+        return check(value)
+    except ValueError as error:
+        raise ConfigError(f"{source}: hyper-parameter {key} = {value!r}: {error}") from None
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, not {type(value).__name__}")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if _integer(value) <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if _integer(value) < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"must be a finite number, not {type(value).__name__}")
+    return float(value)
+
+
+def _positive_number(value: Any) -> float:
+    if _number(value) <= 0:
+        raise ValueError("must be > 0")
+    return float(value)
+
+
+def _non_negative_number(value: Any) -> float:
+    if _number(value) < 0:
+        raise ValueError("must be >= 0")
+    return float(value)
+
+
+def _probability(value: Any) -> float:
+    if not 0 <= _number(value) < 1:
+        raise ValueError("must be in [0, 1)")
+    return float(value)
+
+
+def _choice(*choices: str, aliases: Mapping[str, str] | None = None, case_sensitive: bool = True) -> Check:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        name = value if case_sensitive else value.lower()
+        name = (aliases or {}).get(name, name)
+        if name not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return name
+
+    return check
+
+
+def _optional(check: Check) -> Check:
+    return lambda value: None if value is None else check(value)
+
+
+def _positive_ints(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError("must be a non-empty list of integers")
+    return tuple(_positive_int(v) for v in value)
+
+
+_ENGINE_CHECKS: dict[str, Check] = {
+    "n_epochs": _positive_int,
+    "lr": _positive_number,
+    "batch_size": _positive_int,
+    "early_stop": _positive_int,
+    "loss": _choice("mse"),
+    "optimizer": _choice("adam", "gd", case_sensitive=False),  # Qlib lower-cases it
+    "metric": _choice("loss", "ic", aliases={"": "loss"}),  # Qlib: "" means the loss
+    "weight_decay": _non_negative_number,
+    "seed": _optional(_non_negative_int),
+    "steps_per_epoch": _optional(_positive_int),
+    "scheduler": _optional(_choice("plateau")),
+}
+
+
+def _net_check(key: str, annotation: Any) -> Check:
+    """The check a network argument gets from its type hint."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return _choice(*typing.get_args(annotation))
+    if annotation is int:
+        return _positive_int
+    if annotation is float:
+        return _probability if "dropout" in key else _non_negative_number
+    if typing.get_origin(annotation) is tuple:
+        return _positive_ints
+    raise TypeError(f"network argument {key!r} has no supported type hint: {annotation!r}")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` as a float, as YAML 1.2 (and Qlib's ruamel loader) do."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)

@@ -1,0 +1,48 @@
+"""What the engine needs to know about an architecture, besides its nn.Module."""
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+
+SamplerKind = Literal["flat", "sequence", "daily"]
+"""How samples reach the network: "flat" rows [B, F]; "sequence" per-instrument windows
+[B, T, F] in shuffled row batches; "daily" the same windows, one whole day per batch."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Qlib's benchmark setting for one feature set (examples/benchmarks/<Model>/*.yaml)."""
+
+    step_len: int | None  # TSDatasetH window length; None = DatasetH
+    params: Mapping[str, Any]  # the YAML's task.model.kwargs, in Qlib's names
+
+
+def _unchanged(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return kwargs
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One architecture: its network, how it is fed, and the Qlib names and settings it answers to.
+
+    Hyper-parameters use Qlib's names. The network's constructor arguments are its own
+    hyper-parameters (d_feat, hidden_size, ...); every other key belongs to the training engine.
+    """
+
+    name: str
+    net: type[nn.Module]
+    sampler: SamplerKind
+    qlib_classes: tuple[str, ...]
+    presets: Mapping[str, Preset]  # feature set -> Qlib benchmark setting
+    class_defaults: Mapping[str, Any] = field(default_factory=dict)  # Qlib class defaults that differ from the engine's
+    from_qlib: Callable[[dict[str, Any]], dict[str, Any]] = _unchanged  # Qlib-only kwargs -> engine names
+
+    def net_parameters(self) -> dict[str, inspect.Parameter]:
+        """The network constructor's arguments, whose defaults are the Qlib class defaults."""
+        return dict(inspect.signature(self.net).parameters)
+
+    def build(self, params: Mapping[str, Any]) -> nn.Module:
+        return self.net(**{name: params[name] for name in self.net_parameters() if name in params})

@@ -1,0 +1,166 @@
+"""Checkpoints: ``<path>.safetensors`` (weights) + ``<path>.json`` (everything needed to reuse them).
+
+Nothing is pickled and loading runs no code: the sidecar names a registered architecture and its
+hyper-parameters, the weights are plain tensors. The sidecar records the weights' SHA-256, so a
+truncated, corrupt or mismatched pair is refused with the file named. Both files are written to
+temporary names and renamed into place only once both are complete, so a failed save leaves any
+existing checkpoint as it was.
+"""
+
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from qpipe.models.config import ModelConfig
+from qpipe.training.engine import TrainResult, build_model
+
+FORMAT = "qpipe-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: nn.Module  # weights loaded, in eval mode
+    config: ModelConfig
+    columns: list[str]
+    sidecar: dict[str, Any]  # the whole JSON document (windows, processor_state, history, ...)
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """(weights, sidecar) for a checkpoint path given with or without an extension."""
+    base = Path(path)
+    if base.suffix in (".safetensors", ".json"):
+        base = base.with_suffix("")
+    return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+
+
+def save_checkpoint(
+    path: str | Path,
+    result: TrainResult,
+    config: ModelConfig,
+    *,
+    columns: list[str],
+    windows: Mapping[str, Any],
+    processor_state: Mapping[str, Any],
+) -> tuple[Path, Path]:
+    """Write the pair atomically; ``windows`` (train/valid date ranges) and ``processor_state`` must be JSON."""
+    weights_path, sidecar_path = checkpoint_paths(path)
+    weights = safetensors.torch.save(result.state_dict)
+    sidecar = {
+        "format": FORMAT,
+        "architecture": config.model,
+        "config": config.to_json(),
+        "feature_set": config.feature_set,
+        "columns": list(columns),
+        "windows": dict(windows),
+        "processor_state": dict(processor_state),
+        "seed": result.seed,
+        "best_epoch": result.best_epoch,
+        "best_score": result.best_score,
+        "history": result.history,
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "n_params": result.n_params,
+        "device": result.device,
+        "versions": _versions(),
+        "weights": {"file": weights_path.name, "sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights)},
+    }
+    try:
+        text = json.dumps(_json_safe(sidecar), indent=2, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{sidecar_path}: checkpoint metadata is not JSON-serializable: {error}") from error
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    staged: list[Path] = []
+    try:
+        for final, data in ((weights_path, weights), (sidecar_path, text.encode())):
+            staged.append(_stage(final, data))
+    except BaseException:
+        for temporary in staged:
+            temporary.unlink()
+        raise
+    for temporary, final in zip(staged, (weights_path, sidecar_path)):
+        os.replace(temporary, final)
+    return weights_path, sidecar_path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    weights_path, sidecar_path = checkpoint_paths(path)
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{sidecar_path}: missing checkpoint sidecar (the JSON next to {weights_path.name})") from None
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{sidecar_path}: unreadable checkpoint sidecar: {error}") from error
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+        raise CheckpointError(f"{sidecar_path}: not a {FORMAT} sidecar")
+    try:
+        weights = weights_path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"{weights_path}: cannot read checkpoint weights: {error}") from error
+    if hashlib.sha256(weights).hexdigest() != sidecar["weights"]["sha256"]:
+        raise CheckpointError(
+            f"{weights_path}: weights do not match {sidecar_path.name} (sha256 differs: truncated, corrupt, or from another save)"
+        )
+    try:
+        state_dict = safetensors.torch.load(weights)
+    except Exception as error:  # safetensors raises its own error types for malformed files
+        raise CheckpointError(f"{weights_path}: not a valid safetensors file: {error}") from error
+    try:
+        config = ModelConfig.from_json(sidecar["config"], source=str(sidecar_path))
+        model = build_model(config)
+        model.load_state_dict(state_dict)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{sidecar_path}: the weights in {weights_path.name} do not fit the recorded model: {error}") from error
+    return Checkpoint(model.to(device).eval(), config, sidecar["columns"], sidecar)
+
+
+def _stage(final: Path, data: bytes) -> Path:
+    """Write ``data`` to a synced temporary file next to ``final``."""
+    descriptor, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> null (strict JSON), numpy scalars -> Python numbers, tuples -> lists."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("qpipe", "torch", "numpy", "safetensors"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions

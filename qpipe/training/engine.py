@@ -1,0 +1,210 @@
+"""The one training loop every architecture uses (Qlib's NN recipe, reference/qlib.md §6.0).
+
+Per epoch: shuffled batches of ``batch_size`` (the last incomplete one dropped), MSE over the
+rows whose label is known, ``clip_grad_value_(3.0)``, Adam or SGD; then the validation set is
+scored once. Early stopping keeps the weights of the best valid score (strict ``>``, patience
+``early_stop``; score = -valid loss, or the mean daily valid IC with ``metric: ic``) in memory
+and restores them at the end.
+
+Fixed or dropped Qlib behaviour:
+- Qlib re-scores the whole training set every epoch only to log it (~40% of the epoch); the
+  train loss logged here is the mean over the epoch's training batches.
+- Qlib drops the last partial batch when scoring the valid set; here every valid row counts.
+- Qlib's GRU without a valid set reloads its untrained initial weights at the end; here training
+  without a valid set keeps the final weights.
+- A batch whose labels are all NaN gives loss 0 (Qlib: NaN, which poisons the weights).
+- Qlib seeds numpy and torch only and shuffles with numpy; here python, numpy and torch are
+  seeded and the batch order has its own torch.Generator, so CPU runs repeat byte for byte.
+- Qlib pickles the whole model object; see qpipe.training.checkpoint for safetensors + JSON.
+"""
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qpipe.evaluation.ic import daily_ic
+from qpipe.models.config import ModelConfig
+from qpipe.models.registry import get_spec
+from qpipe.training.frame import TrainingFrame
+from qpipe.training.reproducibility import draw_seed, resolve_device, seed_everything
+from qpipe.training.samplers import Sampler, make_sampler
+
+CLIP_GRAD_VALUE = 3.0
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    state_dict: dict[str, torch.Tensor]  # the best epoch's weights, on the CPU
+    best_epoch: int  # 1-based
+    history: list[dict[str, Any]]  # one entry per epoch (see epoch_line)
+    best_score: float  # -valid loss (metric "loss") or valid IC (metric "ic"); NaN without a valid set
+    seconds_per_epoch: float
+    n_params: int
+    device: str
+    seed: int
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    return get_spec(config.model).build(config.params)
+
+
+def make_frame_sampler(config: ModelConfig, frame: TrainingFrame, device: torch.device) -> Sampler:
+    """The sampler the config's architecture takes, after checking the frame's width against it."""
+    spec = get_spec(config.model)
+    params = config.params
+    n_columns = len(frame.columns)
+    if "input_dim" in params and params["input_dim"] != n_columns:
+        raise ValueError(f"input_dim = {params['input_dim']} but the frame has {n_columns} feature columns")
+    return make_sampler(frame, spec.sampler, device, step_len=config.step_len, d_feat=params.get("d_feat"))
+
+
+def train(
+    config: ModelConfig,
+    train_frame: TrainingFrame,
+    valid_frame: TrainingFrame | None = None,
+    *,
+    device: str | torch.device = "auto",
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train ``config``'s model; without a valid frame all ``n_epochs`` run and the last weights are kept."""
+    params = config.params
+    target = resolve_device(device)
+    seed = params["seed"] if params["seed"] is not None else draw_seed()
+    train_set = make_frame_sampler(config, train_frame, target)
+    valid_set = make_frame_sampler(config, valid_frame, target) if valid_frame is not None else None
+    batch_size = params["batch_size"]
+    steps = params["steps_per_epoch"] or train_set.steps_per_pass(batch_size)
+
+    generator = seed_everything(seed)
+    model = build_model(config).to(target)
+    optimizer = _optimizer(params, model)
+    scheduler = _scheduler(params, optimizer)
+    batches = train_set.train_batches(batch_size, generator)
+    best = _BestWeights()
+    history: list[dict[str, Any]] = []
+    for epoch in range(1, params["n_epochs"] + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = _train_epoch(model, train_set, islice(batches, steps), optimizer)
+        validating = time.perf_counter()
+        valid_loss = valid_ic = math.nan
+        if valid_set is not None:
+            valid_loss, valid_ic = _validate(model, valid_set, batch_size)
+            best.update(epoch, valid_ic if params["metric"] == "ic" else -valid_loss, model)
+            if scheduler is not None:
+                scheduler.step(valid_loss)
+        metrics = {
+            "epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "valid_ic": valid_ic, "lr": lr,
+            "seconds": time.perf_counter() - started, "valid_seconds": time.perf_counter() - validating,
+            "best_epoch": best.epoch if valid_set is not None else epoch, "best_score": best.score,
+        }
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if best.stale >= params["early_stop"]:
+            break
+    if valid_set is not None:
+        if best.state is None:
+            raise RuntimeError(f"{config.model}: the valid {params['metric']} was NaN at every epoch; training diverged")
+        model.load_state_dict(best.state)
+
+    return TrainResult(
+        state_dict={k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
+        best_epoch=history[-1]["best_epoch"],
+        history=history,
+        best_score=best.score,
+        seconds_per_epoch=float(np.mean([m["seconds"] for m in history])),
+        n_params=sum(p.numel() for p in model.parameters()),
+        device=str(target),
+        seed=seed,
+    )
+
+
+class _BestWeights:
+    """Early-stopping state: the best valid score (strictly greater wins) and its weights, in memory."""
+
+    def __init__(self) -> None:
+        self.score = math.nan
+        self.epoch = 0
+        self.state: dict[str, torch.Tensor] | None = None
+        self.stale = 0  # epochs since the last improvement
+
+    def update(self, epoch: int, score: float, model: nn.Module) -> None:
+        if (self.state is None and not math.isnan(score)) or score > self.score:
+            self.score, self.epoch, self.stale = score, epoch, 0
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, frame: TrainingFrame, config: ModelConfig, batch_size: int | None = None) -> np.ndarray:
+    """Scores for the frame's sample rows, in row order (eval mode, the last partial batch included)."""
+    device = next(model.parameters()).device
+    return _scores(model, make_frame_sampler(config, frame, device), batch_size or config.params["batch_size"]).cpu().numpy()
+
+
+def masked_mse(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the rows whose label is not NaN (0 when there are none)."""
+    known = ~torch.isnan(label)
+    error = torch.where(known, pred - label, 0.0)
+    return error.square().sum() / known.sum().clamp(min=1)
+
+
+def epoch_line(metrics: dict[str, Any]) -> str:
+    """One log line per epoch, for on_epoch callbacks."""
+    return (
+        f"epoch {metrics['epoch']:>3}  train loss {metrics['train_loss']:.6f}  valid loss {metrics['valid_loss']:.6f}  "
+        f"valid IC {metrics['valid_ic']:+.4f}  lr {metrics['lr']:.2e}  {metrics['seconds']:.1f}s (valid {metrics['valid_seconds']:.1f}s)  "
+        f"best epoch {metrics['best_epoch']} ({metrics['best_score']:.6f})"
+    )
+
+
+def _optimizer(params: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    optimizer = {"adam": torch.optim.Adam, "gd": torch.optim.SGD}[params["optimizer"]]
+    return optimizer(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+
+
+def _scheduler(params: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """Qlib DNN's "default" scheduler, stepped on the valid loss."""
+    if params["scheduler"] != "plateau":
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=10, threshold=1e-4, min_lr=1e-5, eps=1e-8)
+
+
+def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Tensor], optimizer: torch.optim.Optimizer) -> float:
+    """Mean training-batch loss (accumulated on the device: no sync per batch)."""
+    model.train()
+    total, count = torch.zeros((), device=samples.label.device), 0
+    for positions in batches:
+        loss = masked_mse(model(samples.gather(positions)), samples.label.index_select(0, positions))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_value_(model.parameters(), CLIP_GRAD_VALUE)
+        optimizer.step()
+        total += loss.detach()
+        count += 1
+    return total.item() / count
+
+
+def _scores(model: nn.Module, samples: Sampler, batch_size: int) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(samples.gather(positions)) for positions in samples.eval_batches(batch_size)])
+
+
+@torch.inference_mode()
+def _validate(model: nn.Module, samples: Sampler, batch_size: int) -> tuple[float, float]:
+    """(valid loss over all known labels, mean daily Pearson IC) of one pass over the valid set."""
+    scores = _scores(model, samples, batch_size)
+    loss = masked_mse(scores, samples.label).item()
+    ic = daily_ic(scores.cpu().numpy(), samples.label.cpu().numpy(), samples.dates)["IC"].mean()
+    return loss, float(ic)

@@ -1,0 +1,85 @@
+"""The documented command line works, and its run is visible to a real dagster-webserver."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from qpipe_tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+DAY = "2024-12-30"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+@pytest.fixture
+def dagster_home(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "QPIPE_HOME": str(tmp_path / "qpipe"),
+           "QPIPE_SYNTHETIC_INSTRUMENTS": "40"}
+    return home, env
+
+
+@pytest.mark.slow
+def test_cli_materialize_then_the_run_shows_in_the_webserver(dagster_home, tmp_path):
+    home, env = dagster_home
+    cli = subprocess.run([str(BIN / "dagster"), "asset", "materialize", "-m", "qpipe.definitions",
+                          "--select", "raw/prices", "--partition", DAY],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    with duckdb.connect(str(tmp_path / "qpipe" / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT date FROM raw.prices").fetchall()[0][0].isoformat() == DAY
+    assert (home / "history" / "runs.db").exists()  # persistent sqlite storage under DAGSTER_HOME
+
+    port = _free_port()
+    server = subprocess.Popen([str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
+                               "-p", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                location = _graphql(port, "{ workspaceOrError { ... on Workspace { locationEntries "
+                                          "{ name loadStatus } } } }")["workspaceOrError"]["locationEntries"]
+                if location and location[0]["loadStatus"] == "LOADED":
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "dagster-webserver did not load the qpipe location"
+            time.sleep(1)
+        assert location[0]["name"] == "qpipe"
+        runs = _graphql(port, "{ runsOrError { ... on Runs { results { runId status } } } }")
+        assert [r["status"] for r in runs["runsOrError"]["results"]] == ["SUCCESS"]
+        asset = _graphql(port, '{ assetOrError(assetKey: {path: ["raw", "prices"]}) { ... on Asset { '
+                               'assetMaterializations { partition runId } } } }')
+        materialized = asset["assetOrError"]["assetMaterializations"]
+        assert [m["partition"] for m in materialized] == [DAY]
+        assert materialized[0]["runId"] == runs["runsOrError"]["results"][0]["runId"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)

@@ -1,0 +1,93 @@
+"""Checkpoints, predictions and IC reports through Dagster on a small synthetic market."""
+
+import json
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pytest
+
+from qpipe.assets.features import feature_tables, label_table
+from qpipe.assets.models import model_assets
+from qpipe.assets.prices import raw_prices, raw_universe
+from qpipe.calendar import trading_days
+from qpipe.resources import CheckpointStore, PriceSource, Warehouse
+
+DAY = "2024-01-31"  # the checkpoint partition
+SCORED = ("2024-02-01", "2024-03-28")
+ASSETS = [raw_prices, raw_universe, feature_tables, label_table, *model_assets]
+QUICK = {"train_days": 60, "valid_days": 20, "params": {"n_epochs": 3, "batch_size": 256}}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QPIPE_MARKET", "syn26")
+        resources = {"warehouse": Warehouse(database=str(root / "warehouse.duckdb")),
+                     "checkpoints": CheckpointStore(root=str(root / "checkpoints")),
+                     "price_source": PriceSource(kind="synthetic", n_instruments=40, seed=5)}
+        run("2023-06-01", "2024-03-28", ["raw/prices", "raw/universe", "raw/concepts"], resources)
+        run("2023-09-01", "2024-03-28", ["features/alpha360", "features/label"], resources)
+        yield resources, root
+
+
+def run(start, end, keys, resources, config=None, raise_on_error=True):
+    selection = [dg.AssetKey.from_user_string(k) for k in keys]
+    tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+    return dg.materialize(ASSETS, selection=selection, tags=tags, resources=resources,
+                          run_config={"ops": config or {}}, raise_on_error=raise_on_error)
+
+
+def test_checkpoint_predictions_and_ic_report(env, isolated_home):
+    resources, root = env
+    run(DAY, DAY, ["models/mlp/checkpoint"], resources, {"models__mlp__checkpoint": {"config": QUICK}})
+    sidecar = json.loads((root / "checkpoints" / "mlp" / f"{DAY}.json").read_text())
+    assert (root / "checkpoints" / "mlp" / f"{DAY}.safetensors").stat().st_size > 0
+    days = [str(d) for d in trading_days("2023-06-01", DAY)]
+    # no leakage: the last label trained on is the last one known at the checkpoint day's close
+    assert sidecar["windows"]["valid"][1] == days[-3]
+    assert sidecar["windows"]["train"][1] < sidecar["windows"]["valid"][0]
+    assert set(sidecar["processor_state"]) == {"infer", "learn"} and sidecar["feature_set"] == "alpha360"
+
+    result = run(*SCORED, ["predictions/mlp", "reports/mlp/ic"], resources)
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        per_day = con.execute("""SELECT p.date, count(*), count(DISTINCT checkpoint_partition), min(checkpoint_partition)
+            FROM predictions.scores p GROUP BY 1 ORDER BY 1""").fetchall()
+        members = con.execute("""SELECT count(*) FROM features.alpha360 f JOIN raw.universe u
+            ON u.market = 'syn26' AND u.instrument = f.instrument AND f.date BETWEEN u.start_date AND u.end_date
+            WHERE f.date = ?""", [SCORED[0]]).fetchone()[0]
+        ic_days = con.execute('SELECT count(*), count("IC") FROM reports.daily_ic WHERE model = ?', ["mlp"]).fetchone()
+    assert str(per_day[0][0]) == SCORED[0] and str(per_day[-1][0]) == SCORED[1]
+    assert per_day[0][1] == members and all(r[2] == 1 and r[3] == DAY for r in per_day)
+    assert ic_days[0] == len(per_day) - 2 and ic_days[1] == ic_days[0]  # the last two days' labels are not known yet
+    metadata = result.asset_materializations_for_node("reports__mlp__ic")[-1].metadata
+    assert {"IC to date", "ICIR to date", "Rank IC to date", "Rank ICIR to date"} <= set(metadata)
+    assert (isolated_home / "reports" / "mlp_ic.png").stat().st_size > 10_000
+
+
+def test_bad_hyperparameter_fails_before_anything_is_written(env):
+    resources, root = env
+    bad = {"models__gru__checkpoint": {"config": {**QUICK, "params": {"lr": -1, "batch_size": 256}}}}
+    result = run(DAY, DAY, ["models/gru/checkpoint"], resources, bad, raise_on_error=False)
+    assert not result.success
+    message = result.get_step_failure_events()[0].event_specific_data.error.to_string()
+    assert "lr" in message and "-1" in message
+    assert not (root / "checkpoints" / "gru").exists()
+
+
+def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):
+    resources, root = env
+    run(DAY, DAY, ["models/lstm/checkpoint"], resources,
+        {"models__lstm__checkpoint": {"config": {**QUICK, "params": {"n_epochs": 1, "batch_size": 256}}}})
+    run(*SCORED, ["predictions/lstm"], resources)
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        before = con.execute("SELECT * FROM predictions.scores WHERE model = 'lstm' ORDER BY date, instrument").fetchall()
+    weights = root / "checkpoints" / "lstm" / f"{DAY}.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    result = run(*SCORED, ["predictions/lstm"], resources, raise_on_error=False)
+    assert not result.success
+    assert str(weights) in result.get_step_failure_events()[0].event_specific_data.error.to_string()
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        after = con.execute("SELECT * FROM predictions.scores WHERE model = 'lstm' ORDER BY date, instrument").fetchall()
+    assert after == before and len(before) > 0 and np.isfinite([r[2] for r in before]).all()

@@ -1,0 +1,160 @@
+"""Architectures, the registry, and configuration from Qlib workflow YAMLs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from qpipe.models.config import ConfigError, config_from_qlib_yaml, model_config
+from qpipe.models.registry import SPECS, UnknownModelError, get_spec, spec_for_qlib_class
+from qpipe.training import TrainingFrame, build_model
+from qpipe.training.engine import make_frame_sampler
+
+QLIB_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "qlib_configs"
+FIELDS = ("CLOSE", "OPEN", "HIGH", "LOW", "VWAP", "VOLUME")
+ALPHA360 = [f"{field}{lag}" for field in FIELDS for lag in range(59, -1, -1)]
+CPU = torch.device("cpu")
+
+
+def frame(features: np.ndarray, columns: list[str], n_days: int = 1) -> TrainingFrame:
+    """Rows of n_days consecutive dates, the same instruments each day."""
+    n = len(features) // n_days
+    dates = np.repeat(np.datetime64("2020-01-01") + np.arange(n_days), n)
+    instruments = np.tile(np.array([f"S{i:02d}" for i in range(n)]), n_days)
+    return TrainingFrame(features.astype(np.float32), np.zeros(len(features), np.float32), dates, instruments, columns, np.ones(len(features), bool))
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("feature_set", ["alpha360", "alpha158"])
+def test_every_model_maps_a_batch_to_one_score_per_sample(name, feature_set):
+    config = model_config(name, feature_set)
+    if feature_set == "alpha360":
+        width, columns, n_days = 360, ALPHA360, 1
+    else:  # MLP: 157 flat columns; RNNs: the 20 FilterCol features in step_len windows
+        width = config.params.get("input_dim") or config.params["d_feat"]
+        columns, n_days = [f"F{i}" for i in range(width)], 3
+    data = frame(np.random.default_rng(0).standard_normal((5 * n_days, width)), columns, n_days)
+    sampler = make_frame_sampler(config, data, CPU)
+    inputs = sampler.gather(torch.arange(sampler.n))
+    expected_input = (5 * n_days, width) if name == "mlp" else (5 * n_days, config.step_len or 60, config.params["d_feat"])
+    assert tuple(inputs.shape) == expected_input
+    model = build_model(config).eval()
+    assert model(inputs).shape == (5 * n_days,)
+
+
+def test_alpha360_rows_become_time_major_sequences_oldest_first():
+    # Column FIELD<lag> holds 100 * field index - lag: along time it must rise (lag 59 -> 0), across features step by 100.
+    values = np.array([100 * FIELDS.index(c.rstrip("0123456789")) - int(c.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")) for c in ALPHA360])
+    sampler = make_frame_sampler(model_config("lstm", "alpha360"), frame(np.tile(values, (2, 1)), ALPHA360), CPU)
+    sequence = sampler.gather(torch.tensor([1]))[0]
+    assert sequence.shape == (60, 6)
+    expected = np.array([[100 * f - (59 - t) for f in range(6)] for t in range(60)])
+    np.testing.assert_array_equal(sequence.numpy(), expected)
+
+
+def test_models_keep_qlibs_state_dict_keys():
+    mlp_keys = set(build_model(model_config("mlp", "alpha360")).state_dict())
+    assert {"dnn_layers.1.0.weight", "dnn_layers.1.1.running_mean", "dnn_layers.3.weight", "dnn_layers.3.bias"} <= mlp_keys
+    lstm_keys = set(build_model(model_config("lstm", "alpha360")).state_dict())
+    assert lstm_keys == {f"rnn.{p}_{k}_l{i}" for p in ("weight", "bias") for k in ("ih", "hh") for i in (0, 1)} | {"fc_out.weight", "fc_out.bias"}
+    alstm_keys = set(build_model(model_config("alstm", "alpha360")).state_dict())
+    assert {"net.fc_in.weight", "att_net.att_fc_in.weight", "att_net.att_fc_out.weight", "fc_out.weight"} <= alstm_keys
+
+
+def test_alstm_honours_rnn_type():
+    assert isinstance(build_model(model_config("alstm", "alpha360")).rnn, nn.GRU)
+    assert isinstance(build_model(model_config("alstm", "alpha360", rnn_type="LSTM")).rnn, nn.LSTM)
+
+
+def test_registry_names_the_valid_models_for_an_unknown_one():
+    assert get_spec("LSTM") is SPECS["lstm"]
+    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gru, lstm, mlp"):
+        get_spec("lstn")
+    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GRU, LSTM"):
+        spec_for_qlib_class("TabnetModel")
+
+
+# --- Qlib workflow YAMLs -------------------------------------------------------------------------
+
+YAMLS = {
+    "workflow_config_mlp_Alpha360.yaml": ("mlp", "alpha360", None, {"lr": 0.002, "optimizer": "adam", "batch_size": 4096, "input_dim": 360, "layers": (256,), "n_epochs": 400, "steps_per_epoch": 20, "early_stop": 50, "scheduler": "plateau", "weight_decay": 0.0}),
+    "workflow_config_mlp_Alpha158.yaml": ("mlp", "alpha158", None, {"lr": 0.002, "batch_size": 8192, "input_dim": 157, "weight_decay": 0.0002, "n_epochs": 400}),
+    "workflow_config_lstm_Alpha360.yaml": ("lstm", "alpha360", None, {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "lr": 0.001, "early_stop": 20, "batch_size": 800, "n_epochs": 200, "metric": "loss"}),
+    "workflow_config_lstm_Alpha158.yaml": ("lstm", "alpha158", 20, {"d_feat": 20, "early_stop": 10, "batch_size": 800}),
+    "workflow_config_gru_Alpha360.yaml": ("gru", "alpha360", None, {"d_feat": 6, "lr": 0.001, "early_stop": 20}),
+    "workflow_config_gru_Alpha158.yaml": ("gru", "alpha158", 20, {"d_feat": 20, "lr": 0.0002, "early_stop": 10}),
+    "workflow_config_alstm_Alpha360.yaml": ("alstm", "alpha360", None, {"d_feat": 6, "rnn_type": "GRU", "early_stop": 20}),
+    "workflow_config_alstm_Alpha158.yaml": ("alstm", "alpha158", 20, {"d_feat": 20, "rnn_type": "GRU", "early_stop": 10}),
+}
+
+
+@pytest.mark.parametrize("file", sorted(YAMLS))
+def test_qlib_benchmark_yamls_load_and_match_the_presets(file):
+    model, feature_set, step_len, expected = YAMLS[file]
+    config = config_from_qlib_yaml(QLIB_CONFIGS / file)
+    assert (config.model, config.feature_set, config.step_len) == (model, feature_set, step_len)
+    assert {k: config.params[k] for k in expected} == expected
+    assert config == model_config(model, feature_set)
+
+
+def test_mlp_step_schedule_maps_onto_epochs():
+    config = model_config("mlp", "alpha360", max_steps=1000, eval_steps=30, early_stop_rounds=7, scheduler=None)
+    assert (config.params["n_epochs"], config.params["steps_per_epoch"], config.params["early_stop"]) == (34, 30, 7)
+    assert config.params["scheduler"] is None
+
+
+def _edited_yaml(tmp_path: Path, **kwargs) -> Path:
+    document = yaml.safe_load((QLIB_CONFIGS / "workflow_config_lstm_Alpha360.yaml").read_text())
+    document["task"]["model"]["kwargs"].update(kwargs)
+    path = tmp_path / "workflow.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"hidden_sise": 32}, "unknown hyper-parameter 'hidden_sise' = 32 for model 'lstm'"),
+        ({"batch_size": "800"}, "hyper-parameter batch_size = '800': must be an integer, not str"),
+        ({"n_epochs": 0}, "hyper-parameter n_epochs = 0: must be > 0"),
+        ({"lr": -0.001}, "hyper-parameter lr = -0.001: must be > 0"),
+        ({"optimizer": "rmsprop"}, "hyper-parameter optimizer = 'rmsprop': must be one of adam, gd"),
+        ({"loss": "mae"}, "hyper-parameter loss = 'mae': must be one of mse"),
+        ({"dropout": 1.5}, "hyper-parameter dropout = 1.5: must be in \\[0, 1\\)"),
+        ({"num_layers": 2.0}, "hyper-parameter num_layers = 2.0: must be an integer, not float"),
+    ],
+)
+def test_invalid_hyper_parameters_are_named(tmp_path, kwargs, message):
+    path = _edited_yaml(tmp_path, **kwargs)
+    with pytest.raises(ConfigError, match=f"workflow.yaml: {message}"):
+        config_from_qlib_yaml(path)
+
+
+def test_yaml_structure_errors_are_named(tmp_path):
+    document = yaml.safe_load((QLIB_CONFIGS / "workflow_config_lstm_Alpha158.yaml").read_text())
+    document["task"]["dataset"]["kwargs"]["handler"]["class"] = "Alpha101"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ConfigError, match="bad.yaml: task.dataset.kwargs.handler.class = 'Alpha101'"):
+        config_from_qlib_yaml(path)
+    del document["task"]["model"]
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ConfigError, match="bad.yaml: missing task.model.class"):
+        config_from_qlib_yaml(path)
+
+
+def test_flat_models_refuse_tsdataseth_windows():
+    with pytest.raises(ConfigError, match="step_len = 20 \\(TSDatasetH\\) but model 'mlp' takes flat rows"):
+        model_config("mlp", "alpha158", step_len=20)
+
+
+def test_feature_width_must_match_the_network():
+    config = model_config("lstm", "alpha158")  # d_feat 20
+    data = frame(np.zeros((3, 19)), [f"F{i}" for i in range(19)])
+    with pytest.raises(ValueError, match="d_feat = 20 but the frame has 19 feature columns"):
+        make_frame_sampler(config, data, CPU)
+    with pytest.raises(ValueError, match="input_dim = 157 but the frame has 19 feature columns"):
+        make_frame_sampler(model_config("mlp", "alpha158"), data, CPU)

@@ -1,0 +1,325 @@
+"""The training engine: samplers, the Qlib loop, reproducibility, checkpoints, and learning a planted signal."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qpipe.evaluation.ic import daily_ic
+from qpipe.models.config import model_config
+from qpipe.training import CheckpointError, TrainingFrame, build_model, load_checkpoint, predict, save_checkpoint, train
+from qpipe.training.engine import masked_mse
+from qpipe.training.reproducibility import resolve_device
+from qpipe.training.samplers import make_sampler, window_rows
+
+FIELDS = ("CLOSE", "OPEN", "HIGH", "LOW", "VWAP", "VOLUME")
+ALPHA360 = [f"{field}{lag}" for field in FIELDS for lag in range(59, -1, -1)]
+CPU = torch.device("cpu")
+SMALL_RNN = {"hidden_size": 16, "num_layers": 1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Keep CPU runs steady when other processes share the cores (OpenMP threads spin otherwise)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def market(n_instruments: int, n_days: int, strength: float, seed: int = 0) -> TrainingFrame:
+    """Alpha360-shaped random rows; label = strength * (CLOSE5 - VOLUME8) + N(0, 1) noise.
+
+    The signal sits a few steps back, where a freshly initialized RNN is barely sensitive, so a
+    model that learned nothing does not inherit a consistent correlation with it.
+    """
+    rng = np.random.default_rng(seed)
+    dates = np.repeat(np.datetime64("2020-01-01") + np.arange(n_days), n_instruments)
+    instruments = np.tile(np.array([f"S{i:03d}" for i in range(n_instruments)]), n_days)
+    features = rng.standard_normal((len(dates), len(ALPHA360))).astype(np.float32)
+    signal = features[:, ALPHA360.index("CLOSE5")] - features[:, ALPHA360.index("VOLUME8")]
+    label = (strength * signal + rng.standard_normal(len(dates))).astype(np.float32)
+    return TrainingFrame(features, label, dates, instruments, ALPHA360, np.ones(len(dates), dtype=bool))
+
+
+def days(frame: TrainingFrame, first: int, stop: int, label: np.ndarray | None = None) -> TrainingFrame:
+    """The rows of days [first, stop) of the frame (day 0 = its first date)."""
+    keep = (frame.dates >= frame.dates[0] + first) & (frame.dates < frame.dates[0] + stop)
+    label = frame.label if label is None else label
+    return TrainingFrame(frame.features[keep], label[keep], frame.dates[keep], frame.instruments[keep], frame.columns, frame.is_sample[keep])
+
+
+def t_stat(daily: np.ndarray) -> float:
+    return float(np.mean(daily) / np.std(daily, ddof=1) * math.sqrt(len(daily)))
+
+
+# --- samplers ---------------------------------------------------------------------------------
+
+
+def test_windows_follow_tsdataseth_ffill_bfill():
+    # Days 0..4. A is present every day; B enters on day 2, is missing on day 3, back on day 4.
+    dates = np.array([0, 1, 2, 2, 3, 4, 4], dtype="datetime64[D]")
+    instruments = np.array(["A", "A", "A", "B", "A", "A", "B"])
+    rows = window_rows(dates, instruments, np.arange(7), step_len=3)
+    expected = [
+        [0, 0, 0],  # A day 0: days -2, -1 do not exist -> back-filled with its day-0 row
+        [0, 0, 1],
+        [0, 1, 2],
+        [3, 3, 3],  # B day 2: just entered -> its first row repeated
+        [1, 2, 4],
+        [2, 4, 5],
+        [3, 3, 6],  # B day 4: day 3 missing -> forward-filled from day 2 (row 3)
+    ]
+    np.testing.assert_array_equal(rows, expected)
+
+
+def test_window_fill_stays_inside_the_window():
+    # B: day 0, gap on days 1-2, day 3. Window of day 3 (step 2) = days 2, 3: day 2 is back-filled
+    # from day 3 inside the window, not forward-filled from day 0 outside it (Qlib fills per window).
+    dates = np.array([0, 0, 1, 2, 3, 3], dtype="datetime64[D]")  # A makes days 1 and 2 exist
+    instruments = np.array(["A", "B", "A", "A", "A", "B"])
+    rows = window_rows(dates, instruments, np.array([5]), step_len=2)
+    np.testing.assert_array_equal(rows, [[5, 5]])
+
+
+def test_window_sampler_reads_history_rows_and_daily_batches_are_whole_days():
+    n = 4
+    dates = np.repeat(np.datetime64("2021-01-04") + np.arange(3), n)
+    instruments = np.tile(np.array(list("ABCD")), 3)
+    features = np.arange(12 * 2, dtype=np.float32).reshape(12, 2)
+    is_sample = dates > dates[0]  # day 0 is history only
+    frame = TrainingFrame(features, np.zeros(12, np.float32), dates, instruments, ["f0", "f1"], is_sample)
+    sampler = make_sampler(frame, "daily", CPU, step_len=2, d_feat=2)
+    assert sampler.n == 8
+    first = sampler.gather(torch.tensor([0]))  # A on day 1: rows 0 (history) and 4
+    np.testing.assert_array_equal(first.numpy(), features[[0, 4]][None])
+    stream = sampler.train_batches(batch_size=3, generator=torch.Generator().manual_seed(0))
+    one_pass = sorted(next(stream).tolist() for _ in range(sampler.steps_per_pass(3)))
+    assert one_pass == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_row_batches_drop_the_last_incomplete_batch_but_evaluation_keeps_it():
+    frame = days(market(10, 2, strength=0.0), 0, 2)  # 20 samples
+    sampler = make_sampler(frame, "flat", CPU)
+    stream = sampler.train_batches(batch_size=6, generator=torch.Generator().manual_seed(1))
+    epoch = [next(stream) for _ in range(sampler.steps_per_pass(6))]
+    assert [len(b) for b in epoch] == [6, 6, 6]
+    assert len(set(torch.cat(epoch).tolist())) == 18
+    assert [len(b) for b in sampler.eval_batches(6)] == [6, 6, 6, 2]
+
+
+def test_alpha360_sampler_refuses_columns_out_of_lag_order():
+    frame = days(market(4, 1, strength=0.0), 0, 1)
+    swapped = ALPHA360.copy()
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    bad = TrainingFrame(frame.features, frame.label, frame.dates, frame.instruments, swapped, frame.is_sample)
+    with pytest.raises(ValueError, match="column 0 is 'CLOSE58', expected 'CLOSE59'"):
+        make_sampler(bad, "sequence", CPU, d_feat=6)
+
+
+def test_frame_rejects_unsorted_rows_and_non_finite_features():
+    frame = days(market(3, 2, strength=0.0), 0, 2)
+    with pytest.raises(ValueError, match="sorted by \\(date, instrument\\)"):
+        TrainingFrame(frame.features, frame.label, frame.dates[::-1].copy(), frame.instruments, frame.columns, frame.is_sample)
+    features = frame.features.copy()
+    features[4, ALPHA360.index("VWAP7")] = np.inf
+    with pytest.raises(ValueError, match="feature 'VWAP7' is inf at \\(2020-01-02, S001\\)"):
+        TrainingFrame(features, frame.label, frame.dates, frame.instruments, frame.columns, frame.is_sample)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def test_masked_mse_ignores_nan_labels_and_their_gradients():
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
+    label = torch.tensor([0.0, float("nan"), 1.0, float("nan")])
+    loss = masked_mse(pred, label)
+    assert loss.item() == pytest.approx((1.0**2 + 2.0**2) / 2)
+    loss.backward()
+    np.testing.assert_allclose(pred.grad.numpy(), [1.0, 0.0, 2.0, 0.0])
+    assert masked_mse(pred, torch.full((4,), float("nan"))).item() == 0.0
+
+
+def test_nan_labels_are_masked_in_training():
+    frame = market(50, 30, strength=0.5)
+    label = frame.label.copy()
+    label[np.random.default_rng(3).random(len(label)) < 0.3] = np.nan
+    config = model_config("lstm", "alpha360", **SMALL_RNN, n_epochs=2, batch_size=100)
+    result = train(config, days(frame, 0, 20, label), days(frame, 20, 30, label), device="cpu")
+    assert all(math.isfinite(m["train_loss"]) and math.isfinite(m["valid_loss"]) for m in result.history)
+    assert all(torch.isfinite(w).all() for w in result.state_dict.values())
+
+
+def test_early_stopping_restores_the_best_weights():
+    frame = market(40, 40, strength=0.0)  # nothing to learn: the valid loss soon stops improving
+    train_frame, valid_frame = days(frame, 0, 30), days(frame, 30, 40)
+    config = model_config("mlp", "alpha360", layers=(64,), n_epochs=30, early_stop=3, batch_size=100, steps_per_epoch=None, lr=0.01)
+    result = train(config, train_frame, valid_frame, device="cpu")
+    losses = [m["valid_loss"] for m in result.history]
+    assert len(result.history) == result.best_epoch + 3 < 30  # stopped after 3 epochs without a strictly better score
+    assert losses[result.best_epoch - 1] == min(losses) < min(losses[result.best_epoch :])
+    assert result.best_score == -losses[result.best_epoch - 1]
+    model = build_model(config)
+    model.load_state_dict(result.state_dict)
+    restored = masked_mse(torch.from_numpy(predict(model, valid_frame, config)), torch.from_numpy(valid_frame.label)).item()
+    assert restored == pytest.approx(losses[result.best_epoch - 1], rel=1e-6)
+
+
+def test_metric_ic_early_stops_on_the_valid_ic():
+    frame = market(40, 40, strength=0.3)
+    config = model_config("mlp", "alpha360", layers=(16,), n_epochs=6, early_stop=2, batch_size=200, steps_per_epoch=None, metric="ic")
+    result = train(config, days(frame, 0, 30), days(frame, 30, 40), device="cpu")
+    ics = [m["valid_ic"] for m in result.history]
+    assert result.best_score == max(ics) == ics[result.best_epoch - 1]
+
+
+def test_without_a_valid_set_every_epoch_runs_and_the_last_weights_are_kept():
+    frame = market(20, 20, strength=0.3)
+    config = model_config("gru", "alpha360", **SMALL_RNN, n_epochs=3, early_stop=1, batch_size=50)
+    result = train(config, frame, device="cpu")
+    assert len(result.history) == 3 and result.best_epoch == 3 and math.isnan(result.best_score)
+    assert any(not torch.equal(w, build_model(config).state_dict()[k]) for k, w in result.state_dict.items())
+
+
+def test_epochs_are_reported_through_the_callback():
+    frame = market(20, 20, strength=0.3)
+    config = model_config("mlp", "alpha360", layers=(8,), n_epochs=2, batch_size=100, steps_per_epoch=3, scheduler="plateau")
+    seen: list[dict] = []
+    result = train(config, days(frame, 0, 15), days(frame, 15, 20), device="cpu", on_epoch=seen.append)
+    assert seen == result.history and [m["epoch"] for m in seen] == [1, 2]
+    assert set(seen[0]) == {"epoch", "train_loss", "valid_loss", "valid_ic", "lr", "seconds", "valid_seconds", "best_epoch", "best_score"}
+    assert seen[0]["lr"] == 0.002  # the MLP preset
+
+
+def test_auto_device_is_cuda_only_when_available():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- reproducibility and checkpoints -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    frame = market(30, 30, strength=0.3)
+    return frame, days(frame, 0, 20), days(frame, 20, 30)
+
+
+def _fit(small_run, seed: int):
+    _, train_frame, valid_frame = small_run
+    config = model_config("alstm", "alpha360", **SMALL_RNN, n_epochs=2, batch_size=100, seed=seed)
+    return config, train(config, train_frame, valid_frame, device="cpu")
+
+
+def _save(path, config, result, columns=ALPHA360, processor_state=None):
+    return save_checkpoint(
+        path, result, config, columns=columns, windows={"train": ["2020-01-01", "2020-01-20"], "valid": ["2020-01-21", "2020-01-30"]},
+        processor_state=processor_state if processor_state is not None else {"RobustZScoreNorm": {"median": [0.5]}},
+    )
+
+
+def test_same_seed_gives_identical_checkpoint_bytes_and_another_seed_differs(small_run, tmp_path):
+    config, first = _fit(small_run, seed=7)
+    _, again = _fit(small_run, seed=7)
+    _, other = _fit(small_run, seed=8)
+    paths = [_save(tmp_path / name, config, result)[0] for name, result in (("a", first), ("b", again), ("c", other))]
+    a, b, c = (p.read_bytes() for p in paths)
+    assert a == b
+    assert a != c
+
+
+def test_checkpoint_round_trip_predicts_identically(small_run, tmp_path):
+    config, result = _fit(small_run, seed=1)
+    weights, sidecar = _save(tmp_path / "lstm" / "2020-01-30", config, result)
+    assert (weights.name, sidecar.name) == ("2020-01-30.safetensors", "2020-01-30.json")
+    _, _, valid_frame = small_run
+    model = build_model(config)
+    model.load_state_dict(result.state_dict)
+    loaded = load_checkpoint(tmp_path / "lstm" / "2020-01-30")
+    np.testing.assert_array_equal(predict(loaded.model, valid_frame, loaded.config), predict(model, valid_frame, config))
+    assert loaded.config == config and loaded.columns == ALPHA360
+    document = json.loads(sidecar.read_text())
+    assert document["architecture"] == "alstm" and document["feature_set"] == "alpha360"
+    assert document["processor_state"] == {"RobustZScoreNorm": {"median": [0.5]}}
+    assert document["windows"]["valid"] == ["2020-01-21", "2020-01-30"]
+    assert document["best_epoch"] == result.best_epoch and len(document["history"]) == len(result.history)
+    assert document["seed"] == 1 and document["device"] == "cpu" and "torch" in document["versions"]
+
+
+def test_corrupt_or_mismatched_checkpoints_are_refused(small_run, tmp_path):
+    config, result = _fit(small_run, seed=1)
+    weights, sidecar = _save(tmp_path / "m", config, result)
+    intact = weights.read_bytes()
+
+    weights.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(CheckpointError, match="m.safetensors: weights do not match m.json"):
+        load_checkpoint(tmp_path / "m")
+
+    _, other = _fit(small_run, seed=2)
+    other_weights, _ = _save(tmp_path / "other", config, other)
+    weights.write_bytes(other_weights.read_bytes())
+    with pytest.raises(CheckpointError, match="m.safetensors: weights do not match"):
+        load_checkpoint(tmp_path / "m")
+
+    weights.write_bytes(intact)
+    sidecar.write_text(sidecar.read_text()[:100])
+    with pytest.raises(CheckpointError, match="m.json: unreadable checkpoint sidecar"):
+        load_checkpoint(tmp_path / "m")
+
+    sidecar.unlink()
+    with pytest.raises(CheckpointError, match="m.json: missing checkpoint sidecar"):
+        load_checkpoint(tmp_path / "m")
+
+
+def test_weights_that_do_not_fit_the_recorded_model_are_refused(small_run, tmp_path):
+    config, result = _fit(small_run, seed=1)
+    _, sidecar = _save(tmp_path / "m", config, result)
+    document = json.loads(sidecar.read_text())
+    document["config"]["params"]["hidden_size"] = 32
+    sidecar.write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="m.json: the weights in m.safetensors do not fit the recorded model"):
+        load_checkpoint(tmp_path / "m")
+
+
+def test_a_failed_save_leaves_the_existing_checkpoint_intact(small_run, tmp_path):
+    config, result = _fit(small_run, seed=1)
+    weights, sidecar = _save(tmp_path / "m", config, result)
+    before = weights.read_bytes(), sidecar.read_bytes()
+    _, other = _fit(small_run, seed=2)
+    with pytest.raises(CheckpointError, match="not JSON-serializable"):
+        _save(tmp_path / "m", config, other, processor_state={"median": np.zeros(3)})
+    assert (weights.read_bytes(), sidecar.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+
+
+# --- learning ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """200 instruments x 180 days: train on days 0-99, validate on 100-139, test on 140-179."""
+    return market(200, 180, strength=0.25, seed=11)
+
+
+def _test_rank_ic(planted: TrainingFrame, model: str, label: np.ndarray) -> np.ndarray:
+    overrides = {"layers": (32,), "steps_per_epoch": None} if model == "mlp" else SMALL_RNN
+    config = model_config(model, "alpha360", **overrides, n_epochs=4, early_stop=2, batch_size=512, lr=5e-3)
+    result = train(config, days(planted, 0, 100, label), days(planted, 100, 140, label), device="cpu")
+    net = build_model(config)
+    net.load_state_dict(result.state_dict)
+    test = days(planted, 140, 180)
+    return daily_ic(predict(net, test, config), test.label, test.dates)["Rank IC"].to_numpy()
+
+
+@pytest.mark.parametrize("model", ["mlp", "lstm", "gru", "alstm"])
+def test_each_model_learns_a_planted_lagged_signal(planted, model):
+    rank_ic = _test_rank_ic(planted, model, planted.label)
+    assert rank_ic.mean() > 0 and t_stat(rank_ic) > 3
+
+
+@pytest.mark.parametrize("model", ["mlp", "alstm"])
+def test_a_model_fed_shuffled_labels_finds_nothing(planted, model):
+    shuffled = np.random.default_rng(5).permutation(planted.label)
+    rank_ic = _test_rank_ic(planted, model, shuffled)  # scored against the true test labels
+    assert abs(t_stat(rank_ic)) < 3
