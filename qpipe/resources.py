@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from qpipe.data import warehouse as wh
 from qpipe.data.sources import SOURCE_KINDS, PriceBatch, load_source
 from qpipe.settings import Settings, get_settings
 
@@ -41,7 +42,7 @@ class PriceSource(dg.ConfigurableResource):
 def build_resources(settings: Settings | None = None) -> dict:
     s = settings or get_settings()
     return {
-        "warehouse": Warehouse(database=str(s.warehouse)),
+        "warehouse": Warehouse(database=str(s.warehouse), connection_config=wh.CONNECTION_CONFIG),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),
         "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,
                                     market=s.qlib_market, seed=s.synthetic_seed,

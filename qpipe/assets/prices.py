@@ -39,7 +39,7 @@ def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_so
         raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
                          f"(it covers {first}..{last}); nothing was written")
     with warehouse.get_connection() as con:
-        wh.write_prices(con, start, end, prices=rows)
+        wh.write_prices(con, rows, start, end)
     suspended = int(rows["close"].isna().sum())
     context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for {rows['instrument'].nunique()} instruments")
     return dg.MaterializeResult(metadata={
@@ -65,7 +65,7 @@ def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_so
 def raw_universe(context: dg.AssetExecutionContext, warehouse: Warehouse, price_source: PriceSource):
     batch = price_source.load()
     with warehouse.get_connection() as con:
-        wh.write_prices(con, None, None, universe=batch.universe, concepts=batch.concepts)
+        wh.write_universe(con, batch.universe, batch.concepts)
     context.log.info(f"{len(batch.universe)} membership spans, {len(batch.concepts)} concept memberships")
     yield dg.MaterializeResult(asset_key=UNIVERSE, metadata={
         "dagster/row_count": len(batch.universe),

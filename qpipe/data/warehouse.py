@@ -11,6 +11,9 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+# DuckDB would otherwise cache up to 80% of RAM; 2 GB keeps a 300 x 2500 feature backfill under 3 GB RSS.
+CONNECTION_CONFIG = {"memory_limit": "2GB"}
+
 PRICES = "raw.prices"
 UNIVERSE = "raw.universe"
 CONCEPTS = "raw.concepts"
@@ -43,13 +46,10 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame | pa.T
     """Append rows, matching columns by the table's column order."""
     if len(data) == 0:
         return
-    con.register("_incoming", data)
-    try:
-        columns = [d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
-        quoted = ", ".join(f'"{c}"' for c in columns)
-        con.execute(f"INSERT INTO {table} SELECT {quoted} FROM _incoming")
-    finally:
-        con.unregister("_incoming")
+    columns = ", ".join(f'"{d[0]}"' for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description)
+    con.register("_incoming", data)  # a failed INSERT leaves the view registered; the next register replaces it
+    con.execute(f"INSERT INTO {table} SELECT {columns} FROM _incoming")
+    con.unregister("_incoming")
 
 
 def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> None:
@@ -57,28 +57,19 @@ def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
                 [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
 
 
-def write_prices(con: duckdb.DuckDBPyConnection, start, end, prices: pd.DataFrame | None = None,
-                 universe: pd.DataFrame | None = None, concepts: pd.DataFrame | None = None) -> None:
-    """In one transaction: prices for [start, end], and the small source-wide universe and concept tables."""
-    for table, cols in DDL.items():
-        ensure_table(con, table, cols)
+def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, end) -> None:
+    """Replace the price rows dated [start, end] in one transaction."""
+    ensure_table(con, PRICES, DDL[PRICES])
     with transaction(con):
-        if prices is not None:
-            delete_range(con, PRICES, start, end)
-            insert(con, PRICES, prices)
+        delete_range(con, PRICES, start, end)
+        insert(con, PRICES, prices)
+
+
+def write_universe(con: duckdb.DuckDBPyConnection, universe: pd.DataFrame, concepts: pd.DataFrame) -> None:
+    """Replace the (small, source-wide) membership and concept tables in one transaction."""
+    for table in (UNIVERSE, CONCEPTS):
+        ensure_table(con, table, DDL[table])
+    with transaction(con):
         for table, frame in ((UNIVERSE, universe), (CONCEPTS, concepts)):
-            if frame is not None:
-                con.execute(f"DELETE FROM {table}")
-                insert(con, table, frame)
-
-
-def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    schema, name = table.split(".")
-    return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                       [schema, name]).fetchone()[0] > 0
-
-
-def connect(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(str(path), read_only=read_only)
-
-
+            con.execute(f"DELETE FROM {table}")
+            insert(con, table, frame)

@@ -134,12 +134,18 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
     for feature_set in feature_sets:
         wh.ensure_table(con, feature_set.table, feature_set.ddl)
     written = {feature_set.name: 0 for feature_set in feature_sets}
-    with wh.transaction(con):
-        for feature_set in feature_sets:
-            wh.delete_range(con, feature_set.table, start, end)
-        for feature_set, table in feature_blocks(con, feature_sets, start, end, chunk_days):
-            wh.insert(con, feature_set.table, table)
-            written[feature_set.name] += len(table)
+    # Float features barely compress (2.2 vs 2.9 GB for 300 x 2500) and writing them uncompressed
+    # is a quarter faster; the setting is reset so other tables keep DuckDB's compression.
+    con.execute("SET force_compression = 'uncompressed'")
+    try:
+        with wh.transaction(con):
+            for feature_set in feature_sets:
+                wh.delete_range(con, feature_set.table, start, end)
+            for feature_set, table in feature_blocks(con, feature_sets, start, end, chunk_days):
+                wh.insert(con, feature_set.table, table)
+                written[feature_set.name] += len(table)
+    finally:
+        con.execute("RESET force_compression")
     return written
 
 
