@@ -17,7 +17,7 @@ from qpipe.data import warehouse as wh
 from qpipe.features.alpha158 import FILTER_COL_20
 from qpipe.features.label import LABEL_NAME
 from qpipe.features.processors import ProcessorChain
-from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE
 from qpipe.models.config import ModelConfig
 from qpipe.training.frame import TrainingFrame
 
@@ -94,6 +94,3 @@ def to_frame(rows: pd.DataFrame, columns: list[str], samples_from) -> TrainingFr
         is_sample=dates >= np.datetime64(pd.Timestamp(samples_from).date(), "D"),
     )
 
-
-def last_day(con: duckdb.DuckDBPyConnection) -> np.datetime64:
-    return calendar(con)[-1]
