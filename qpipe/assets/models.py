@@ -51,6 +51,7 @@ def _checkpoint_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         partitions_def=trading_days,
         deps=[dg.AssetDep(["features", fs], partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-720))
               for fs in FEATURE_SETS] + [dg.AssetDep(LABEL), dg.AssetDep(UNIVERSE)],
+        backfill_policy=dg.BackfillPolicy.multi_run(1),  # a backfill = Qlib's rolling retrain, one run per day
         pool="gpu",
         group_name="models",
         kinds={"pytorch", "safetensors"},

@@ -59,6 +59,7 @@ def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_so
         dg.AssetSpec(CONCEPTS, description="Sector and concept memberships (HIST's stock2concept).",
                      kinds={"duckdb"}, metadata={"dagster/table_name": wh.CONCEPTS}),
     ],
+    backfill_policy=dg.BackfillPolicy.single_run(),  # so CLI partition ranges over group:ingest can include it
     pool="duckdb",
     group_name="ingest",
 )
