@@ -19,7 +19,10 @@ class Warehouse(DuckDBResource):
     def get_connection(self):
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)
         with super().get_connection() as con:
-            yield con
+            try:
+                yield con
+            finally:  # DuckDBResource only closes on success; a failed step must release the file too
+                con.close()
 
 
 class PriceSource(dg.ConfigurableResource):
