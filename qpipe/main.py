@@ -24,8 +24,10 @@ from qpipe.settings import get_settings
 
 FIRST_DAY, CHECKPOINT_DAY, LAST_DAY = "2023-01-03", "2023-12-29", "2024-12-31"
 # A few epochs on a 240 + 60 day window: minutes on two CPU cores, enough to find the planted signal.
+# The MLP takes batches of 512 instead of Qlib's 4096: on 37,600 training rows that gives it enough steps.
 QUICK_PROFILE = {"train_days": 240, "valid_days": 60}
-QUICK_EPOCHS = {"mlp": {"n_epochs": 15}, "lstm": {"n_epochs": 4}, "gru": {"n_epochs": 4}, "alstm": {"n_epochs": 4}}
+QUICK_PARAMS = {"mlp": {"n_epochs": 30, "batch_size": 512}, "lstm": {"n_epochs": 4}, "gru": {"n_epochs": 4},
+                "alstm": {"n_epochs": 4}}
 
 
 def _run(job: dg.JobDefinition, name: str, keys: list[str], **kwargs) -> None:
@@ -60,7 +62,7 @@ def main() -> None:
          ["features/alpha158", "features/alpha360", "features/label"], **_range(args.start, args.end))
     _run(job, f"checkpoints of {', '.join(SPECS)} on {args.checkpoint_day}",
          [f"models/{arch}/checkpoint" for arch in SPECS], partition_key=args.checkpoint_day,
-         run_config={"ops": {f"models__{arch}__checkpoint": {"config": {**QUICK_PROFILE, "params": QUICK_EPOCHS.get(arch, {})}}
+         run_config={"ops": {f"models__{arch}__checkpoint": {"config": {**QUICK_PROFILE, "params": QUICK_PARAMS.get(arch, {})}}
                              for arch in SPECS}})
     _run(job, f"predictions and IC reports {first_scored}..{args.end}",
          [key for arch in SPECS for key in (f"predictions/{arch}", f"reports/{arch}/ic")],
