@@ -64,8 +64,3 @@ class CheckpointStore(dg.ConfigurableResource):
     def partitions(self, arch: str) -> list[str]:
         folder = Path(self.root) / arch
         return sorted(p.name.removesuffix(".json") for p in folder.glob("*.json")) if folder.is_dir() else []
-
-    def newest_at_or_before(self, arch: str, day: str) -> str | None:
-        """The checkpoint a prediction for ``day`` uses: the newest one trained at or before it."""
-        earlier = [p for p in self.partitions(arch) if p <= day]
-        return earlier[-1] if earlier else None

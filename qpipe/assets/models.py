@@ -9,6 +9,7 @@ from pydantic import Field
 
 from qpipe.assets.prices import UNIVERSE, partition_dates
 from qpipe.evaluation import report
+from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, calendar
 from qpipe.models.config import ModelConfig, config_from_qlib_yaml, model_config
 from qpipe.models.registry import SPECS, ModelSpec
@@ -147,7 +148,7 @@ def _ic_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             daily = report.write_daily_ic(con, spec.name, start, end)
             history = report.read_daily_ic(con, spec.name, end)
         chart = report.cumulative_ic_chart(history, spec.name, get_settings().home / "reports" / f"{spec.name}_ic.png")
-        summary = report.summary(history)
+        summary = ic_summary(history)
         context.log.info(f"{spec.name}: {len(daily)} new IC days; to date {report.format_summary(summary)}")
         numbers = {**({"IC": daily["IC"].iloc[-1], "Rank IC": daily["Rank IC"].iloc[-1]} if len(daily) else {}),
                    **{f"{k} to date": v for k, v in summary.items()}}

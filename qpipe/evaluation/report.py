@@ -52,10 +52,6 @@ def read_daily_ic(con: duckdb.DuckDBPyConnection, model: str | None = None, know
                        "ORDER BY model, date", args).df()
 
 
-def summary(daily: pd.DataFrame) -> dict[str, float]:
-    return ic_summary(daily)
-
-
 def format_summary(s: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in s.items())
 

@@ -88,7 +88,7 @@ def _rows_table(panel: Panel, rows: slice, columns: Iterator[tuple[str, np.ndarr
     return pa.table(data)
 
 
-def _day_range(days: np.ndarray, start, end) -> tuple[int, int]:
+def day_range(days: np.ndarray, start, end) -> tuple[int, int]:
     """Indices of the first and last calendar day inside [start, end] (hi < lo when none is)."""
     lo = np.searchsorted(days, np.datetime64(pd.Timestamp(start).date(), "D"))
     hi = np.searchsorted(days, np.datetime64(pd.Timestamp(end).date(), "D"), "right") - 1
@@ -104,7 +104,7 @@ def feature_blocks(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
                    chunk_days: int = CHUNK_DAYS) -> Iterator[tuple[FeatureSet, pa.Table]]:
     """Each feature set's rows for the trading days in [start, end], block by block of days."""
     days, starts = calendar(con), first_dates(con)
-    lo, hi = _day_range(days, start, end)
+    lo, hi = day_range(days, start, end)
     for c0, c1 in _chunks(lo, hi, chunk_days):
         load_from = max(0, c0 - LOOKBACK)
         panel = load_panel(con, days[load_from], days[c1], starts)
@@ -119,7 +119,7 @@ def label_blocks(con: duckdb.DuckDBPyConnection, start, end, chunk_days: int = C
     d; only days whose two future closes are in the warehouse get a row.
     """
     days, starts = calendar(con), first_dates(con)
-    lo, hi = _day_range(days, start, end)
+    lo, hi = day_range(days, start, end)
     for c0, c1 in _chunks(max(lo - LABEL_HORIZON, 0), hi - LABEL_HORIZON, chunk_days):
         panel = load_panel(con, days[c0], days[c1 + LABEL_HORIZON], starts)
         n_rows = c1 - c0 + 1

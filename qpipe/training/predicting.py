@@ -1,12 +1,14 @@
 """Scores for a range of days, each day from the newest checkpoint trained at or before it."""
 
+import bisect
+
 import duckdb
 import numpy as np
 import pandas as pd
 
 from qpipe.data import warehouse as wh
 from qpipe.features.processors import ProcessorChain
-from qpipe.features.store import calendar
+from qpipe.features.store import calendar, day_range
 from qpipe.training import dataset
 from qpipe.training.checkpoint import Checkpoint, load_checkpoint
 from qpipe.training.engine import predict
@@ -16,10 +18,10 @@ PREDICTIONS_DDL = ("date DATE NOT NULL, instrument VARCHAR NOT NULL, score FLOAT
                    "checkpoint_partition VARCHAR NOT NULL")
 
 
-def score_days(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, first, last, market: str) -> pd.DataFrame:
+def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Checkpoint, first, last,
+               market: str) -> pd.DataFrame:
     """date, instrument, score for the market members on [first, last], processed as at training time."""
     config = checkpoint.config
-    days = calendar(con)
     rows = dataset.read_rows(con, config, dataset.history_start(days, first, config), last, known_by=first,
                              market=market)
     processed = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])(rows)
@@ -31,17 +33,18 @@ def score_days(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, first, la
 def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, end, market: str) -> tuple[int, list[str]]:
     """Replace ``arch``'s scores on [start, end]; returns (rows written, checkpoint partitions used)."""
     days = calendar(con)
-    in_range = days[(days >= np.datetime64(pd.Timestamp(start).date(), "D")) &
-                    (days <= np.datetime64(pd.Timestamp(end).date(), "D"))]
+    lo, hi = day_range(days, start, end)
+    available = store.partitions(arch)  # sorted ISO dates, listed once for the whole range
     by_checkpoint: dict[str, list[np.datetime64]] = {}
-    for day in in_range:
-        partition = store.newest_at_or_before(arch, str(day))
-        if partition is None:
+    for day in days[lo:hi + 1]:
+        newest = bisect.bisect_right(available, str(day)) - 1  # the newest checkpoint at or before the day
+        if newest < 0:
             raise ValueError(f"no {arch} checkpoint at or before {day}; materialize models/{arch}/checkpoint first")
-        by_checkpoint.setdefault(partition, []).append(day)
+        by_checkpoint.setdefault(available[newest], []).append(day)
     scored = []
     for partition, covered in by_checkpoint.items():
-        frame = score_days(con, load_checkpoint(store.path_for(arch, partition)), covered[0], covered[-1], market)
+        checkpoint = load_checkpoint(store.path_for(arch, partition))
+        frame = score_days(con, days, checkpoint, covered[0], covered[-1], market)
         scored.append(frame.assign(model=arch, checkpoint_partition=partition))
     scores = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
     wh.ensure_table(con, PREDICTIONS, PREDICTIONS_DDL)
