@@ -10,7 +10,7 @@ from pydantic import Field
 from qpipe.assets.prices import UNIVERSE, partition_dates
 from qpipe.evaluation import report
 from qpipe.evaluation.ic import ic_summary
-from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, calendar
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
 from qpipe.models.config import ModelConfig, config_from_qlib_yaml, model_config
 from qpipe.models.registry import SPECS, ModelSpec
 from qpipe.partitions import trading_days
@@ -64,33 +64,23 @@ def _checkpoint_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         settings = get_settings()
         model = config.resolve(spec)
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
-            days = calendar(con)
-            windows = dataset.windows_as_of(days, day, config.train_days, config.valid_days)
-            rows = dataset.read_rows(con, model, dataset.history_start(days, windows.train[0], model),
-                                     windows.valid[1], known_by=day, market=config.market or settings.market)
-        infer, learn = dataset.benchmark_processors(windows)
-        processed = learn(infer.fit_transform(rows))
-        columns = dataset.feature_columns(model)
-        dates = processed.index.get_level_values("datetime").to_numpy().astype("datetime64[D]")
-        train_rows = processed[dates <= windows.train[1]]
-        valid_rows = processed[dates >= dataset.history_start(days, windows.valid[0], model)]
-        train_frame = dataset.to_frame(train_rows, columns, samples_from=windows.train[0])
-        valid_frame = dataset.to_frame(valid_rows, columns, samples_from=windows.valid[0])
-        context.log.info(f"{spec.name}: {int(train_frame.is_sample.sum())} train / {int(valid_frame.is_sample.sum())} "
-                         f"valid samples, windows {windows.to_json()}")
+            data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
+                                              market=config.market or settings.market)
+        context.log.info(f"{spec.name}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
+                         f"valid samples, windows {data.windows.to_json()}")
         began = time.perf_counter()
-        result = train(model, train_frame, valid_frame, device=config.device or settings.device,
+        result = train(model, data.train, data.valid, device=config.device or settings.device,
                        on_epoch=lambda m: context.log.info(epoch_line(m)))
         path = checkpoints.path_for(spec.name, day)
-        weights, sidecar = save_checkpoint(path, result, model, columns=columns, windows=windows.to_json(),
-                                           processor_state={"infer": infer.to_state(), "learn": learn.to_state()})
+        weights, sidecar = save_checkpoint(path, result, model, columns=data.columns, windows=data.windows.to_json(),
+                                           processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state()})
         best = result.history[result.best_epoch - 1]
         return dg.MaterializeResult(metadata={
             "dagster/uri": str(weights),
             "best_epoch": result.best_epoch,
             "valid_loss": float(best["valid_loss"]),
             "valid_ic": float(best["valid_ic"]),
-            "train_samples": int(train_frame.is_sample.sum()),
+            "train_samples": int(data.train.is_sample.sum()),
             "parameters": result.n_params,
             "device": result.device,
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),

@@ -17,7 +17,7 @@ from qpipe.data import warehouse as wh
 from qpipe.features.alpha158 import FILTER_COL_20
 from qpipe.features.label import LABEL_NAME
 from qpipe.features.processors import ProcessorChain
-from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar
 from qpipe.models.config import ModelConfig
 from qpipe.training.frame import TrainingFrame
 
@@ -93,4 +93,34 @@ def to_frame(rows: pd.DataFrame, columns: list[str], samples_from) -> TrainingFr
         columns=columns,
         is_sample=dates >= np.datetime64(pd.Timestamp(samples_from).date(), "D"),
     )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything a checkpoint is trained from, and the fitted processors it is saved with."""
+
+    windows: Windows
+    train: TrainingFrame
+    valid: TrainingFrame
+    infer: ProcessorChain
+    learn: ProcessorChain
+    columns: list[str]
+
+
+def load_training_data(con: duckdb.DuckDBPyConnection, config: ModelConfig, as_of, train_days: int,
+                       valid_days: int, market: str) -> TrainingData:
+    """The train and valid frames of a checkpoint for ``as_of``: read, processed, split."""
+    days = calendar(con)
+    windows = windows_as_of(days, as_of, train_days, valid_days)
+    rows = read_rows(con, config, history_start(days, windows.train[0], config), windows.valid[1],
+                     known_by=as_of, market=market)
+    infer, learn = benchmark_processors(windows)
+    processed = learn(infer.fit_transform(rows))
+    columns = feature_columns(config)
+    dates = processed.index.get_level_values("datetime").to_numpy().astype("datetime64[D]")
+    train_rows = processed[dates <= windows.train[1]]
+    valid_rows = processed[dates >= history_start(days, windows.valid[0], config)]
+    return TrainingData(windows=windows, infer=infer, learn=learn, columns=columns,
+                        train=to_frame(train_rows, columns, samples_from=windows.train[0]),
+                        valid=to_frame(valid_rows, columns, samples_from=windows.valid[0]))
 
