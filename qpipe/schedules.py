@@ -1,12 +1,18 @@
-"""The after-close schedule: trading days only (reference/dagster.md §2.6 explains why it is hand-written)."""
+"""The after-close schedule: trading days only (reference/dagster.md §2.6 explains why it is hand-written).
+
+On days that are not retrain days (QPIPE_RETRAIN_EVERY) the run leaves the checkpoints out; the
+predictions then come from the newest checkpoint at or before the day.
+"""
 
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from qpipe.cadence import is_retrain_day
 from qpipe.calendar import is_trading_day
-from qpipe.jobs import daily_pipeline
+from qpipe.jobs import WITHOUT_RETRAINING, daily_pipeline
 from qpipe.partitions import TIMEZONE
+from qpipe.settings import get_settings
 
 AFTER_CLOSE = "30 17 * * 1-5"
 
@@ -18,4 +24,9 @@ def after_close(context: dg.ScheduleEvaluationContext):
     day = context.scheduled_execution_time.astimezone(ZoneInfo(TIMEZONE)).date()
     if not is_trading_day(day):
         return dg.SkipReason(f"{day} is an exchange holiday")
-    return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat())
+    settings = get_settings()
+    if is_retrain_day(day, settings.retrain_every, settings.partitions_start):
+        return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat(), tags={"qpipe/retrain": "yes"})
+    keys = sorted(WITHOUT_RETRAINING.resolve(context.repository_def.asset_graph))
+    return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat(), asset_selection=keys,
+                         tags={"qpipe/retrain": f"no (every {settings.retrain_every})"})

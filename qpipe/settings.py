@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qpipe.cadence import parse_cadence
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -25,6 +27,8 @@ class Settings:
     # First trading-day partition; sources may start later, never earlier.
     partitions_start: str = field(default_factory=lambda: _env("QPIPE_PARTITIONS_START", "2010-01-04"))
     device: str = field(default_factory=lambda: _env("QPIPE_DEVICE", "auto"))
+    # How often the daily schedule retrains checkpoints: daily, weekly, monthly or every N trading days.
+    retrain_every: str | int = field(default_factory=lambda: parse_cadence(_env("QPIPE_RETRAIN_EVERY", "daily")))
 
     @property
     def market(self) -> str:

@@ -5,7 +5,9 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import numpy as np
+import pytest
 
+from qpipe.cadence import parse_cadence, retrain_days
 from qpipe.calendar import is_trading_day, trading_days
 from qpipe.partitions import trading_days as partitions
 from qpipe.schedules import after_close
@@ -46,3 +48,37 @@ def test_schedule_runs_the_days_partition_after_close_and_skips_holidays():
     holiday = _tick(datetime(2024, 1, 15, 17, 30, tzinfo=ny))
     assert not holiday.run_requests and "holiday" in holiday.skip_message
     assert after_close.cron_schedule == "30 17 * * 1-5"  # no weekend ticks at all
+
+
+def test_retrain_cadences_pick_the_first_trading_day_of_each_period_or_every_nth_day():
+    def days(*args):
+        return [str(d) for d in retrain_days(*args)]
+
+    # weekly: Tuesday 2024-01-16 after MLK day; monthly: 2024-07-01 opens July, 2024-09-03 after Labor Day
+    assert days("2024-01-01", "2024-01-31", "weekly", "2010-01-04") == [
+        "2024-01-02", "2024-01-08", "2024-01-16", "2024-01-22", "2024-01-29"]
+    assert days("2024-06-15", "2024-09-30", "monthly", "2010-01-04") == ["2024-07-01", "2024-08-01", "2024-09-03"]
+    assert days("2024-01-10", "2024-01-12", "daily", "2010-01-04") == ["2024-01-10", "2024-01-11", "2024-01-12"]
+    # every 5 trading days counted from the first partition (2024-01-02), so a sub-range keeps the same days
+    assert days("2024-01-02", "2024-01-31", 5, "2024-01-02") == ["2024-01-02", "2024-01-09", "2024-01-17", "2024-01-24", "2024-01-31"]
+    assert days("2024-01-10", "2024-01-31", 5, "2024-01-02") == ["2024-01-17", "2024-01-24", "2024-01-31"]
+    assert parse_cadence(" Weekly ") == "weekly" and parse_cadence("20") == 20
+    for bad in ("fortnightly", "0", "-5", "2.5"):
+        with pytest.raises(ValueError, match="QPIPE_RETRAIN_EVERY"):
+            parse_cadence(bad)
+
+
+def test_schedule_leaves_checkpoints_out_on_days_that_are_not_retrain_days(monkeypatch):
+    ny = ZoneInfo("America/New_York")
+    monkeypatch.setenv("QPIPE_RETRAIN_EVERY", "weekly")
+    tuesday_after_mlk = _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny)).run_requests[0]
+    assert tuesday_after_mlk.asset_selection is None  # the whole job, checkpoints included
+    wednesday = _tick(datetime(2024, 1, 17, 17, 30, tzinfo=ny)).run_requests[0]
+    selected = {key.to_user_string() for key in wednesday.asset_selection}
+    assert wednesday.partition_key == "2024-01-17"
+    assert not any(key.startswith("models/") for key in selected)
+    assert {"raw/prices", "features/alpha360", "features/label", "predictions/lstm", "reports/lstm/ic"} <= selected
+    monkeypatch.setenv("QPIPE_RETRAIN_EVERY", "biweekly")
+    with pytest.raises(dg.DagsterUserCodeExecutionError) as failed:
+        _tick(datetime(2024, 1, 17, 17, 30, tzinfo=ny))
+    assert "QPIPE_RETRAIN_EVERY = 'biweekly'" in str(failed.value.__cause__)

@@ -1,42 +1,59 @@
-"""Training-engine benchmark: where an epoch's time goes, against a plain PyTorch floor.
+"""Training-engine benchmark: data to tensors from the warehouse, and where an epoch's time goes.
 
-Random Alpha360-shaped data (instruments x days rows, 360 columns), or with ``--feature-set
-alpha158`` 20 columns read through TSDatasetH step_len-20 windows. The engine's epoch
-(gathering batches on the device, masked loss, gradient clipping, loss accounting, validation
-with loss and daily IC) is timed against a floor: the same model and the same batches,
-pre-gathered into contiguous tensors, run through a bare forward/backward/step loop, plus a
-bare no-grad forward over the valid set. The ratio engine/floor is the engine's overhead.
+A synthetic market (instruments x days) is stored as the assets store it (prices, universe,
+features, labels in a temporary DuckDB file); then the checkpoint asset's own data path
+(``dataset.load_training_data``: read, fit and apply Qlib's processors, split) and the move to
+tensors on the device are timed. The engine's epoch (gathering batches on the device, masked
+loss, gradient clipping, loss accounting, validation with loss and daily IC) is timed against a
+floor: the same model and the same batches, pre-gathered into contiguous tensors, run through a
+bare forward/backward/step loop, plus a bare no-grad forward over the valid set. The ratio
+engine/floor is the engine's overhead.
 
-    python -m qpipe.bench.training                       # 300 x 2500, LSTM 64x2, batch 800
-    python -m qpipe.bench.training --steps-per-epoch 100 # bound the epoch on a small CPU
+    python -m qpipe.bench training                        # 300 x 2500, LSTM 64x2 on Alpha360, batch 800
+    python -m qpipe.bench training --steps-per-epoch 100  # bound the epoch on a small CPU
+    python -m qpipe.bench training --qlib-provider DIR    # also dump the market for qlib_lstm_epoch.py
 """
 
 import argparse
+import json
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
+import duckdb
 import torch
 
 from qpipe.bench import timed
+from qpipe.calendar import trading_days
+from qpipe.data import warehouse as wh
+from qpipe.data.qlib_provider import write_qlib_provider
+from qpipe.data.synthetic import SyntheticSpec, generate_market
+from qpipe.features import store
 from qpipe.models.config import ModelConfig, model_config
+from qpipe.training.dataset import load_training_data
 from qpipe.training.engine import build_model, make_frame_sampler, train
-from qpipe.training.frame import TrainingFrame
 from qpipe.training.reproducibility import resolve_device
 from qpipe.training.samplers import Sampler
 
-FIELDS = ("CLOSE", "OPEN", "HIGH", "LOW", "VWAP", "VOLUME")
-ALPHA360 = [f"{field}{lag}" for field in FIELDS for lag in range(59, -1, -1)]
+MARKET = "all"
 
 
-def random_frame(n_instruments: int, n_days: int, first_day: int, columns: list[str], seed: int) -> TrainingFrame:
-    rng = np.random.default_rng(seed)
-    dates = np.repeat(np.datetime64("2010-01-01") + first_day + np.arange(n_days), n_instruments)
-    instruments = np.tile(np.array([f"S{i:04d}" for i in range(n_instruments)]), n_days)
-    features = rng.standard_normal((len(dates), len(columns)), dtype=np.float32)
-    label = rng.standard_normal(len(dates), dtype=np.float32)
-    return TrainingFrame(features, label, dates, instruments, columns, np.ones(len(dates), dtype=bool))
+def build_warehouse(path: Path, n_instruments: int, n_days: int, feature_set: str, qlib_provider: str | None):
+    """The synthetic market stored as the assets store it; returns (connection, last day)."""
+    end = trading_days("2015-01-02", "2035-12-31")[n_days - 1]
+    market = generate_market(SyntheticSpec(n_instruments=n_instruments, start="2015-01-02", end=str(end),
+                                           index_size=min(200, n_instruments * 2 // 3)))
+    first, last = market.prices["date"].min(), market.prices["date"].max()
+    con = duckdb.connect(str(path), config=wh.CONNECTION_CONFIG)
+    wh.write_prices(con, market.prices, first, last)
+    wh.write_universe(con, market.universe, market.concepts)
+    store.write_features(con, [store.FEATURE_SETS[feature_set]], first, last)
+    store.write_labels(con, first, last)
+    if qlib_provider:
+        write_qlib_provider(market.prices, qlib_provider, market.universe)
+    return con, last
 
 
 def synchronize(device: torch.device) -> None:
@@ -88,8 +105,9 @@ def main() -> None:
     parser.add_argument("--model", default="lstm")
     parser.add_argument("--feature-set", choices=("alpha360", "alpha158"), default="alpha360")
     parser.add_argument("--instruments", type=int, default=300)
-    parser.add_argument("--days", type=int, default=2500, help="total days; the last --valid-days validate")
-    parser.add_argument("--valid-days", type=int, default=500)
+    parser.add_argument("--days", type=int, default=2500, help="trading days in the warehouse")
+    parser.add_argument("--train-days", type=int, default=720)
+    parser.add_argument("--valid-days", type=int, default=240)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=800)
@@ -97,6 +115,7 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="batches per epoch (default: one pass)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--qlib-provider", help="also write the market as a Qlib provider dir (+ segments.json)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -105,24 +124,34 @@ def main() -> None:
         args.model, args.feature_set, hidden_size=args.hidden_size, num_layers=args.num_layers, batch_size=args.batch_size,
         n_epochs=args.epochs, early_stop=args.epochs, steps_per_epoch=args.steps_per_epoch,
     )
-    train_days = args.days - args.valid_days
-    columns = ALPHA360 if args.feature_set == "alpha360" else [f"F{i}" for i in range(config.params["d_feat"])]
-    train_frame = random_frame(args.instruments, train_days, 0, columns, seed=1)
-    valid_frame = random_frame(args.instruments, args.valid_days, train_days, columns, seed=2)
-    print(f"{args.model} on {args.feature_set} (step_len {config.step_len}), hidden {args.hidden_size} x {args.num_layers}, batch {args.batch_size}, device {device}, "
-          f"{torch.get_num_threads()} threads; {train_frame.features.shape[0]} train / {valid_frame.features.shape[0]} valid rows")
-
-    with timed("data -> tensors", {}):
-        train_sampler = make_frame_sampler(config, train_frame, device)
-        valid_sampler = make_frame_sampler(config, valid_frame, device)
+    print(f"{args.model} on {args.feature_set} (step_len {config.step_len}), hidden {args.hidden_size} x {args.num_layers}, "
+          f"batch {args.batch_size}, device {device}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"storing a synthetic market of {args.instruments} x {args.days} days (prices, universe, {args.feature_set}, label)")
+        con, last = build_warehouse(Path(tmp) / "bench.duckdb", args.instruments, args.days, args.feature_set,
+                                    args.qlib_provider)
+        t: dict[str, float] = {}
+        with timed("warehouse -> processed frames", t):
+            data = load_training_data(con, config, last, args.train_days, args.valid_days, MARKET)
+        con.close()
+    with timed("frames -> tensors on the device", t):
+        train_sampler = make_frame_sampler(config, data.train, device)
+        valid_sampler = make_frame_sampler(config, data.valid, device)
         synchronize(device)
+    print(f"data -> tensors: {sum(t.values()):.2f} s (target 3 s; Qlib 0.9.7 builds its dataset in 31 s); "
+          f"{int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} valid samples, "
+          f"windows {data.windows.to_json()}")
+    if args.qlib_provider:
+        segments = {**data.windows.to_json(), "market": MARKET}
+        (Path(args.qlib_provider) / "segments.json").write_text(json.dumps(segments))
+        print(f"Qlib provider dir and segments.json written to {args.qlib_provider}")
     steps = args.steps_per_epoch or train_sampler.steps_per_pass(args.batch_size)
 
     # A floor epoch runs after every engine epoch (in the epoch callback, outside the engine's
     # timing), so drift in machine load hits both alike; the first of each is warm-up.
     floors: list[tuple[float, float]] = []
     result = train(
-        config, train_frame, valid_frame, device=device,
+        config, data.train, data.valid, device=device,
         on_epoch=lambda _: floors.append(floor_epoch(config, train_sampler, valid_sampler, device, steps)),
     )
     epochs = result.history[1:] or result.history
