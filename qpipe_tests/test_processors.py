@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from qpipe.features.processors import (
+    _median_and_mad,
     CSRankNorm,
     CSZFillna,
     CSZScoreNorm,
@@ -65,6 +66,24 @@ def test_robust_zscore_constant_column_scale_and_clip():
     np.testing.assert_array_equal(out["F"], np.float32([0, 3, -3, 3, -3, np.nan]))
     np.testing.assert_allclose(out["G"], [1 / 1.4826, 0, -3, np.nan, 3, -2 / 1.4826], rtol=1e-6)
     assert out["F"].dtype == np.float32
+
+
+def test_parallel_median_and_mad_equal_numpy_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1001, 7)).astype(np.float32) * 1e3
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[:, 1] = np.nan  # no values at all
+    x[:500, 2] = np.nan  # an even count left
+    x[::3, 3] = np.inf  # the median is inf: inf - inf deviations are NaN and not counted
+    x[::5, 4] = -np.inf
+    x[:, 5] = 1.5  # constant
+    window = slice(100, 950)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        median = np.nanmedian(x[window], axis=0)
+        mad = np.nanmedian(np.abs(x[window] - median), axis=0)
+    ours = _median_and_mad(np.asfortranarray(x), window.start, window.stop)
+    np.testing.assert_array_equal(ours[0], median)
+    np.testing.assert_array_equal(ours[1], mad)
 
 
 def test_robust_zscore_fits_only_inside_the_window_and_noclip_keeps_inf():

@@ -34,6 +34,8 @@ class TrainConfig(dg.Config):
     qlib_yaml: str = Field(default="", description="a Qlib workflow YAML whose task.model is used (then params)")
     market: str = Field(default="", description="universe to train on; default QPIPE_MARKET")
     device: str = Field(default="", description="auto, cpu or cuda[:i]; default QPIPE_DEVICE")
+    shuffle_labels: bool = Field(default=False, description="placebo control: permute each day's labels before "
+                                 "training; such a model must show no out-of-sample skill")
 
     def resolve(self, spec: ModelSpec) -> ModelConfig:
         if self.qlib_yaml:
@@ -65,15 +67,18 @@ def _checkpoint_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         model = config.resolve(spec)
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
-                                              market=config.market or settings.market)
+                                              market=config.market or settings.market,
+                                              shuffle_labels=config.shuffle_labels)
         context.log.info(f"{spec.name}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
-                         f"valid samples, windows {data.windows.to_json()}")
+                         f"valid samples, windows {data.windows.to_json()}"
+                         + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
         began = time.perf_counter()
         result = train(model, data.train, data.valid, device=config.device or settings.device,
                        on_epoch=lambda m: context.log.info(epoch_line(m)))
         path = checkpoints.path_for(spec.name, day)
         weights, sidecar = save_checkpoint(path, result, model, columns=data.columns, windows=data.windows.to_json(),
-                                           processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state()})
+                                           processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state()},
+                                           provenance={"train_config": config.model_dump(), "run_id": context.run_id})
         best = result.history[result.best_epoch - 1]
         return dg.MaterializeResult(metadata={
             "dagster/uri": str(weights),
@@ -81,6 +86,7 @@ def _checkpoint_asset(spec: ModelSpec) -> dg.AssetsDefinition:
             "valid_loss": float(best["valid_loss"]),
             "valid_ic": float(best["valid_ic"]),
             "train_samples": int(data.train.is_sample.sum()),
+            "shuffled_labels": config.shuffle_labels,
             "parameters": result.n_params,
             "device": result.device,
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numba import njit, prange
 
 LABEL_PREFIX = "LABEL"
 EPS = 1e-12  # qlib.constant.EPS
@@ -48,10 +49,112 @@ def _quiet(method):
     return wrapper
 
 
+def _edge_split(df: pd.DataFrame, cols: list[str]) -> int | None:
+    """Where ``cols`` sit when they are the frame's first or last columns (the usual layout:
+    features, then the label): the column position that splits them from the rest, else None."""
+    names, n = list(df.columns), len(cols)
+    if names[:n] == cols:
+        return n
+    if n and names[-n:] == cols:
+        return len(names) - n
+    return None
+
+
+def _values(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """``df[cols].to_numpy()``, without pandas' per-column take when ``cols`` is a block of the frame."""
+    if list(df.columns) == cols:
+        return df.to_numpy()  # a view of a single-block frame
+    split = _edge_split(df, cols)
+    if split is None:
+        return df[cols].to_numpy()
+    return (df.iloc[:, :split] if list(df.columns[:split]) == cols else df.iloc[:, split:]).to_numpy()
+
+
 def _with_columns(df: pd.DataFrame, cols: list[str], values: np.ndarray | pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
-    out[cols] = values
+    """A new frame: ``df`` with ``cols`` replaced by ``values`` (the input is not modified)."""
+    split = _edge_split(df, cols)
+    if split is None:
+        out = df.copy()
+        out[cols] = values
+        return out
+    # Built column block by column block: pandas' concat would consolidate them, copying everything.
+    values = np.asarray(values)
+    if list(df.columns[:split]) == cols:
+        out = pd.DataFrame(values, index=df.index, columns=cols, copy=False)
+        kept = list(df.columns[split:])
+    else:
+        out = df.iloc[:, :split].copy(deep=False)
+        kept = []
+        for k, name in enumerate(cols):
+            out[name] = values[:, k]
+    for name in kept:
+        out[name] = df[name].to_numpy()
     return out
+
+
+@njit(cache=True)
+def _middle(values: np.ndarray, n: int) -> np.float32:
+    """numpy's median of values[:n] (reordered in place): the middle element, or the float32 sum
+    of the two middle elements halved; NaN when n == 0."""
+    if n == 0:
+        return np.float32(np.nan)
+    k = n // 2
+    part = np.partition(values[:n], k)
+    if n % 2:
+        return part[k]
+    return np.float32(part[:k].max() + part[k]) / np.float32(2)
+
+
+@njit(parallel=True, cache=True)
+def _median_and_mad(x: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of float32 x[lo:hi]: np.nanmedian, and np.nanmedian(np.abs(x - median)), one column per thread."""
+    cols = x.shape[1]
+    median = np.empty(cols, dtype=np.float32)
+    mad = np.empty(cols, dtype=np.float32)
+    for j in prange(cols):
+        values = np.empty(hi - lo, dtype=np.float32)
+        n = 0
+        for i in range(lo, hi):
+            if not np.isnan(x[i, j]):
+                values[n] = x[i, j]
+                n += 1
+        median[j] = _middle(values, n)
+        m = 0
+        for i in range(n):  # inf - inf is NaN and, as in numpy's nanmedian, not counted
+            d = np.float32(abs(np.float32(values[i] - median[j])))
+            if not np.isnan(d):
+                values[m] = d
+                m += 1
+        mad[j] = _middle(values, m)
+    return median, mad
+
+
+@njit(parallel=True, cache=True)
+def _scale(x: np.ndarray, center: np.ndarray, scale: np.ndarray, clip: bool) -> np.ndarray:
+    """float32 (x - center) / scale per column, optionally clipped to [-3, 3] (NaN stays NaN), as numpy computes it."""
+    rows, cols = x.shape
+    out = np.empty((cols, rows), dtype=np.float32)  # returned transposed: column-major like x
+    for j in prange(cols):
+        for i in range(rows):
+            v = np.float32(np.float32(x[i, j] - center[j]) / scale[j])
+            if clip:
+                if v > 3:
+                    v = np.float32(3)
+                elif v < -3:
+                    v = np.float32(-3)
+            out[j, i] = v
+    return out.T
+
+
+@njit(parallel=True, cache=True)
+def _fill_nan(x: np.ndarray, value: np.float32) -> np.ndarray:
+    """A copy of float32 x with NaN replaced by ``value``, column-major like x."""
+    rows, cols = x.shape
+    out = np.empty((cols, rows), dtype=np.float32)
+    for j in prange(cols):
+        for i in range(rows):
+            out[j, i] = value if np.isnan(x[i, j]) else x[i, j]
+    return out.T
 
 
 def _by_day(df: pd.DataFrame, cols: list[str]) -> pd.api.typing.DataFrameGroupBy:
@@ -125,15 +228,20 @@ class FitWindowProcessor(Processor):
         self.fit_end_time = str(pd.Timestamp(fit_end_time).date())
         self.fields_group = fields_group
 
-    def _fit_values(self, df: pd.DataFrame) -> np.ndarray:
+    def _fit_rows(self, df: pd.DataFrame) -> np.ndarray:
+        """The fit window's rows (a boolean mask); also fixes the columns this processor works on."""
         dt = df.index.get_level_values("datetime")
-        rows = (dt >= pd.Timestamp(self.fit_start_time)) & (dt <= pd.Timestamp(self.fit_end_time))
+        rows = np.asarray((dt >= pd.Timestamp(self.fit_start_time)) & (dt <= pd.Timestamp(self.fit_end_time)))
         if not rows.any():
             raise ValueError(f"{type(self).__name__}: no rows in the fit window "
                              f"[{self.fit_start_time}, {self.fit_end_time}]")
         self.columns = group_columns(df, self.fields_group)
+        return rows
+
+    def _fit_values(self, df: pd.DataFrame) -> np.ndarray:
+        rows = self._fit_rows(df)
         # column-major like pandas' .values: numpy's pairwise float32 sums then match Qlib bit for bit
-        return np.asfortranarray(df.loc[rows, self.columns].to_numpy())
+        return np.asfortranarray(_values(df, self.columns)[rows])
 
     def _fitted_values(self, df: pd.DataFrame) -> np.ndarray:
         if not hasattr(self, "std_train"):
@@ -141,7 +249,7 @@ class FitWindowProcessor(Processor):
         missing = [c for c in self.columns if c not in df.columns]
         if missing:
             raise KeyError(f"{type(self).__name__} was fitted on columns missing from the frame: {missing}")
-        return df[self.columns].to_numpy()
+        return _values(df, self.columns)
 
     def _fitted_state(self) -> dict[str, Any] | None:
         if not hasattr(self, "std_train"):
@@ -165,13 +273,25 @@ class RobustZScoreNorm(FitWindowProcessor):
 
     @_quiet
     def fit(self, df: pd.DataFrame) -> None:
-        x = self._fit_values(df)
-        self.mean_train = np.nanmedian(x, axis=0)
-        self.std_train = (np.nanmedian(np.abs(x - self.mean_train), axis=0) + EPS) * MAD_TO_STD
+        rows = self._fit_rows(df)
+        x = _values(df, self.columns)
+        window = np.flatnonzero(rows)
+        lo, hi = int(window[0]), int(window[-1]) + 1
+        if x.dtype == np.float32 and hi - lo == len(window):  # a contiguous window: one parallel pass, no copy
+            self.mean_train, mad = _median_and_mad(np.asfortranarray(x), lo, hi)
+        else:
+            x = x[rows]
+            self.mean_train = np.nanmedian(x, axis=0)
+            mad = np.nanmedian(np.abs(x - self.mean_train), axis=0)
+        self.std_train = (mad + EPS) * MAD_TO_STD
 
     @_quiet
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        x = (self._fitted_values(df) - self.mean_train) / self.std_train
+        x = self._fitted_values(df)
+        if x.dtype == self.mean_train.dtype == self.std_train.dtype == np.float32:
+            return _with_columns(df, self.columns, _scale(np.asfortranarray(x), self.mean_train, self.std_train,
+                                                          self.clip_outlier))
+        x = (x - self.mean_train) / self.std_train
         return _with_columns(df, self.columns, np.clip(x, -3, 3) if self.clip_outlier else x)
 
 
@@ -201,6 +321,9 @@ class Fillna(Processor):
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         cols = group_columns(df, self.fields_group)
+        x = _values(df, cols)
+        if x.dtype == np.float32:
+            return _with_columns(df, cols, _fill_nan(np.asfortranarray(x), np.float32(self.fill_value)))
         return _with_columns(df, cols, df[cols].fillna(self.fill_value))
 
 

@@ -58,8 +58,10 @@ def save_checkpoint(
     columns: list[str],
     windows: Mapping[str, Any],
     processor_state: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Write the pair atomically; ``windows`` (train/valid date ranges) and ``processor_state`` must be JSON."""
+    """Write the pair atomically; ``windows`` (train/valid date ranges), ``processor_state`` and
+    ``provenance`` (how the run was configured) must be JSON."""
     weights_path, sidecar_path = checkpoint_paths(path)
     weights = safetensors.torch.save(result.state_dict)
     sidecar = {
@@ -70,6 +72,7 @@ def save_checkpoint(
         "columns": list(columns),
         "windows": dict(windows),
         "processor_state": dict(processor_state),
+        "provenance": dict(provenance or {}),
         "seed": result.seed,
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,

@@ -22,10 +22,10 @@ def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Che
                market: str) -> pd.DataFrame:
     """date, instrument, score for the market members on [first, last], processed as at training time."""
     config = checkpoint.config
-    rows = dataset.read_rows(con, config, dataset.history_start(days, first, config), last, known_by=first,
-                             market=market)
-    processed = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])(rows)
-    frame = dataset.to_frame(processed, checkpoint.columns, samples_from=first)
+    features, _ = dataset.read_rows(con, config, dataset.history_start(days, first, config), last, known_by=first,
+                                    market=market)
+    processed = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])(features)
+    frame = dataset.to_frame(processed[checkpoint.columns], None, samples_from=first)
     return pd.DataFrame({"date": frame.dates[frame.is_sample], "instrument": frame.instruments[frame.is_sample],
                          "score": predict(checkpoint.model, frame, config).astype(np.float32)})
 
