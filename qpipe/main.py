@@ -19,7 +19,7 @@ import duckdb
 from qpipe.calendar import trading_days
 from qpipe.evaluation.report import leaderboard, read_daily_ic
 from qpipe.features.store import LOOKBACK
-from qpipe.models.registry import SPECS
+from qpipe.models.registry import ARCHITECTURES
 from qpipe.settings import get_settings
 
 FIRST_DAY, CHECKPOINT_DAY, LAST_DAY = "2023-01-03", "2023-12-29", "2024-12-31"
@@ -60,12 +60,12 @@ def main() -> None:
          **_range(prices_from, args.end))
     _run(job, f"features and labels {args.start}..{args.end}",
          ["features/alpha158", "features/alpha360", "features/label"], **_range(args.start, args.end))
-    _run(job, f"checkpoints of {', '.join(SPECS)} on {args.checkpoint_day}",
-         [f"models/{arch}/checkpoint" for arch in SPECS], partition_key=args.checkpoint_day,
+    _run(job, f"checkpoints of {', '.join(ARCHITECTURES)} on {args.checkpoint_day}",
+         [f"models/{arch}/checkpoint" for arch in ARCHITECTURES], partition_key=args.checkpoint_day,
          run_config={"ops": {f"models__{arch}__checkpoint": {"config": {**QUICK_PROFILE, "params": QUICK_PARAMS.get(arch, {})}}
-                             for arch in SPECS}})
+                             for arch in ARCHITECTURES}})
     _run(job, f"predictions and IC reports {first_scored}..{args.end}",
-         [key for arch in SPECS for key in (f"predictions/{arch}", f"reports/{arch}/ic")],
+         [key for arch in ARCHITECTURES for key in (f"predictions/{arch}", f"reports/{arch}/ic")],
          **_range(first_scored, args.end))
 
     with duckdb.connect(str(get_settings().warehouse), read_only=True) as con:

@@ -12,3 +12,14 @@ def test_definitions_load_with_the_documented_assets_jobs_and_schedule():
             "features/alpha158", "features/alpha360", "features/label"} <= keys
     assert defs.resolve_job_def("daily_pipeline") is not None
     assert defs.get_schedule_def("after_close").default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_code_location_loads_without_torch_or_matplotlib():
+    """Every step process loads the code location; only training, scoring and charts need torch or matplotlib."""
+    import subprocess
+    import sys
+
+    probe = "import sys, qpipe.definitions; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    assert "BetaWarning" not in loaded.stderr

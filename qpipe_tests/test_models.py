@@ -9,7 +9,7 @@ import yaml
 from torch import nn
 
 from qpipe.models.config import ConfigError, config_from_qlib_yaml, model_config
-from qpipe.models.registry import SPECS, UnknownModelError, get_spec, spec_for_qlib_class
+from qpipe.models.registry import ARCHITECTURES, UnknownModelError, get_spec, spec_for_qlib_class
 from qpipe.training import TrainingFrame, build_model
 from qpipe.training.engine import make_frame_sampler
 
@@ -27,7 +27,7 @@ def frame(features: np.ndarray, columns: list[str], n_days: int = 1) -> Training
     return TrainingFrame(features.astype(np.float32), np.zeros(len(features), np.float32), dates, instruments, columns, np.ones(len(features), bool))
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("feature_set", ["alpha360", "alpha158"])
 def test_every_model_maps_a_batch_to_one_score_per_sample(name, feature_set):
     config = model_config(name, feature_set)
@@ -70,7 +70,7 @@ def test_alstm_honours_rnn_type():
 
 
 def test_registry_names_the_valid_models_for_an_unknown_one():
-    assert get_spec("LSTM") is SPECS["lstm"]
+    assert get_spec("LSTM") is get_spec("lstm")
     with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gru, lstm, mlp"):
         get_spec("lstn")
     with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GRU, LSTM"):

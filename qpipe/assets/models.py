@@ -1,24 +1,27 @@
-"""models/<arch>/checkpoint, predictions/<arch>, reports/<arch>/ic: built for every registered architecture."""
+"""models/<arch>/checkpoint, predictions/<arch>, reports/<arch>/ic: built for every registered architecture.
+
+torch, the engine and matplotlib are imported inside the steps that use them: the code location
+(and every step process that only ingests or computes features) loads without them.
+"""
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
 from qpipe.assets.prices import UNIVERSE, partition_dates
-from qpipe.evaluation import report
+from qpipe.data import warehouse as wh
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
-from qpipe.models.config import ModelConfig, config_from_qlib_yaml, model_config
-from qpipe.models.registry import SPECS, ModelSpec
+from qpipe.models.registry import ARCHITECTURES
 from qpipe.partitions import trading_days
 from qpipe.resources import CheckpointStore, Warehouse
 from qpipe.settings import get_settings
-from qpipe.training import dataset, predicting
-from qpipe.training.checkpoint import save_checkpoint
-from qpipe.training.engine import epoch_line, train
+
+if TYPE_CHECKING:
+    from qpipe.models.config import ModelConfig
 
 LABEL = dg.AssetKey(["features", "label"])
 
@@ -37,19 +40,21 @@ class TrainConfig(dg.Config):
     shuffle_labels: bool = Field(default=False, description="placebo control: permute each day's labels before "
                                  "training; such a model must show no out-of-sample skill")
 
-    def resolve(self, spec: ModelSpec) -> ModelConfig:
+    def resolve(self, arch: str) -> "ModelConfig":
+        from qpipe.models.config import config_from_qlib_yaml, model_config
+
         if self.qlib_yaml:
             base = config_from_qlib_yaml(self.qlib_yaml)
-            if base.model != spec.name:
-                raise dg.Failure(f"{self.qlib_yaml} configures {base.model!r}, not {spec.name!r}")
-            return model_config(spec.name, base.feature_set, step_len=base.step_len, **{**base.params, **self.params})
-        return model_config(spec.name, self.feature_set, **self.params)
+            if base.model != arch:
+                raise dg.Failure(f"{self.qlib_yaml} configures {base.model!r}, not {arch!r}")
+            return model_config(arch, base.feature_set, step_len=base.step_len, **{**base.params, **self.params})
+        return model_config(arch, self.feature_set, **self.params)
 
 
-def _checkpoint_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=["models", spec.name, "checkpoint"],
-        description=f"{spec.name.upper()} trained on the window of labels known at the partition's close; "
+        key=["models", arch, "checkpoint"],
+        description=f"{arch.upper()} trained on the window of labels known at the partition's close; "
                     "safetensors weights + JSON sidecar (config, windows, processor state, metrics).",
         partitions_def=trading_days,
         deps=[dg.AssetDep(["features", fs], partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-720))
@@ -58,24 +63,28 @@ def _checkpoint_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         pool="gpu",
         group_name="models",
         kinds={"pytorch", "safetensors"},
-        tags={"qpipe/arch": spec.name},
+        tags={"qpipe/arch": arch},
     )
     def _checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, warehouse: Warehouse,
                     checkpoints: CheckpointStore) -> dg.MaterializeResult:
+        from qpipe.training import dataset
+        from qpipe.training.checkpoint import save_checkpoint
+        from qpipe.training.engine import epoch_line, train
+
         day = context.partition_key
         settings = get_settings()
-        model = config.resolve(spec)
+        model = config.resolve(arch)
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
                                               market=config.market or settings.market,
                                               shuffle_labels=config.shuffle_labels)
-        context.log.info(f"{spec.name}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
+        context.log.info(f"{arch}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
                          f"valid samples, windows {data.windows.to_json()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
         began = time.perf_counter()
         result = train(model, data.train, data.valid, device=config.device or settings.device,
                        on_epoch=lambda m: context.log.info(epoch_line(m)))
-        path = checkpoints.path_for(spec.name, day)
+        path = checkpoints.path_for(arch, day)
         weights, sidecar = save_checkpoint(path, result, model, columns=data.columns, windows=data.windows.to_json(),
                                            processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state()},
                                            provenance={"train_config": config.model_dump(), "run_id": context.run_id})
@@ -97,25 +106,27 @@ def _checkpoint_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     return _checkpoint
 
 
-def _predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+def _predictions_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=["predictions", spec.name],
-        description=f"{spec.name.upper()} scores per (date, instrument) from the newest checkpoint at or before "
+        key=["predictions", arch],
+        description=f"{arch.upper()} scores per (date, instrument) from the newest checkpoint at or before "
                     "each day; DuckDB predictions.scores.",
         partitions_def=trading_days,
-        deps=[dg.AssetDep(["models", spec.name, "checkpoint"])] + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
+        deps=[dg.AssetDep(["models", arch, "checkpoint"])] + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",
         group_name="predictions",
         kinds={"duckdb", "pytorch"},
-        tags={"qpipe/arch": spec.name},
-        metadata={"dagster/table_name": predicting.PREDICTIONS},
+        tags={"qpipe/arch": arch},
+        metadata={"dagster/table_name": wh.PREDICTIONS},
     )
     def _predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
                      checkpoints: CheckpointStore) -> dg.MaterializeResult:
+        from qpipe.training import predicting
+
         start, end = partition_dates(context)
         with warehouse.get_connection() as con:
-            written, used = predicting.write_predictions(con, checkpoints, spec.name, start, end,
+            written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
                                                          market=get_settings().market)
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoints {used}")
         return dg.MaterializeResult(metadata={"dagster/partition_row_count": written,
@@ -124,28 +135,30 @@ def _predictions_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     return _predictions
 
 
-def _ic_asset(spec: ModelSpec) -> dg.AssetsDefinition:
+def _ic_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=["reports", spec.name, "ic"],
-        description=f"{spec.name.upper()} daily IC and Rank IC against the raw label (Qlib SigAnaRecord), for the "
+        key=["reports", arch, "ic"],
+        description=f"{arch.upper()} daily IC and Rank IC against the raw label (Qlib SigAnaRecord), for the "
                     "labels that became known on the partition's days; IC, ICIR, Rank IC, Rank ICIR to date.",
         partitions_def=trading_days,
-        deps=[dg.AssetDep(["predictions", spec.name], partition_mapping=dg.TimeWindowPartitionMapping(
+        deps=[dg.AssetDep(["predictions", arch], partition_mapping=dg.TimeWindowPartitionMapping(
             start_offset=-LABEL_HORIZON, end_offset=-LABEL_HORIZON)), dg.AssetDep(LABEL)],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",
         group_name="reports",
         kinds={"duckdb", "matplotlib"},
-        tags={"qpipe/arch": spec.name},
+        tags={"qpipe/arch": arch},
     )
     def _ic(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+        from qpipe.evaluation import report
+
         start, end = partition_dates(context)
         with warehouse.get_connection() as con:
-            daily = report.write_daily_ic(con, spec.name, start, end)
-            history = report.read_daily_ic(con, spec.name, end)
-        chart = report.cumulative_ic_chart(history, spec.name, get_settings().home / "reports" / f"{spec.name}_ic.png")
+            daily = report.write_daily_ic(con, arch, start, end)
+            history = report.read_daily_ic(con, arch, end)
+        chart = report.cumulative_ic_chart(history, arch, get_settings().home / "reports" / f"{arch}_ic.png")
         summary = ic_summary(history)
-        context.log.info(f"{spec.name}: {len(daily)} new IC days; to date {report.format_summary(summary)}")
+        context.log.info(f"{arch}: {len(daily)} new IC days; to date {report.format_summary(summary)}")
         numbers = {**({"IC": daily["IC"].iloc[-1], "Rank IC": daily["Rank IC"].iloc[-1]} if len(daily) else {}),
                    **{f"{k} to date": v for k, v in summary.items()}}
         return dg.MaterializeResult(metadata={
@@ -157,8 +170,8 @@ def _ic_asset(spec: ModelSpec) -> dg.AssetsDefinition:
     return _ic
 
 
-def build_model_defs(spec: ModelSpec) -> list[dg.AssetsDefinition]:
-    return [_checkpoint_asset(spec), _predictions_asset(spec), _ic_asset(spec)]
+def build_model_defs(arch: str) -> list[dg.AssetsDefinition]:
+    return [_checkpoint_asset(arch), _predictions_asset(arch), _ic_asset(arch)]
 
 
-model_assets = [asset for spec in SPECS.values() for asset in build_model_defs(spec)]
+model_assets = [asset for arch in ARCHITECTURES for asset in build_model_defs(arch)]

@@ -138,7 +138,7 @@ def main() -> None:
         train_sampler = make_frame_sampler(config, data.train, device)
         valid_sampler = make_frame_sampler(config, data.valid, device)
         synchronize(device)
-    print(f"data -> tensors: {sum(t.values()):.2f} s (target 3 s; Qlib 0.9.7 builds its dataset in 31 s); "
+    print(f"data -> tensors: {sum(t.values()):.2f} s (target 3 s; Qlib 0.9.7 built this dataset in 42.5 s, qlib_lstm_epoch.py, 2 cores); "
           f"{int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} valid samples, "
           f"windows {data.windows.to_json()}")
     if args.qlib_provider:

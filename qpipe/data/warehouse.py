@@ -18,6 +18,7 @@ CONNECTION_CONFIG = {"memory_limit": "1GB"}
 PRICES = "raw.prices"
 UNIVERSE = "raw.universe"
 CONCEPTS = "raw.concepts"
+PREDICTIONS = "predictions.scores"
 
 DDL = {
     PRICES: """date DATE NOT NULL, instrument VARCHAR NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE,

@@ -13,7 +13,6 @@ from qpipe.data import warehouse as wh  # noqa: E402
 from qpipe.evaluation.ic import daily_ic, ic_summary  # noqa: E402
 from qpipe.features.label import LABEL_NAME  # noqa: E402
 from qpipe.features.store import LABEL_TABLE  # noqa: E402
-from qpipe.training.predicting import PREDICTIONS  # noqa: E402
 
 DAILY_IC = "reports.daily_ic"
 DAILY_IC_DDL = 'model VARCHAR NOT NULL, date DATE NOT NULL, known_on DATE NOT NULL, "IC" DOUBLE, "Rank IC" DOUBLE, n INTEGER'
@@ -22,7 +21,7 @@ DAILY_IC_DDL = 'model VARCHAR NOT NULL, date DATE NOT NULL, known_on DATE NOT NU
 def write_daily_ic(con: duckdb.DuckDBPyConnection, model: str, start, end) -> pd.DataFrame:
     """Daily IC of ``model`` for the days whose labels became known on [start, end]; replaces them."""
     rows = con.execute(f"""
-        SELECT p.date, l.known_on, p.score, l.{LABEL_NAME} AS label FROM {PREDICTIONS} p
+        SELECT p.date, l.known_on, p.score, l.{LABEL_NAME} AS label FROM {wh.PREDICTIONS} p
         JOIN {LABEL_TABLE} l ON l.date = p.date AND l.instrument = p.instrument
         WHERE p.model = ? AND l.known_on BETWEEN ? AND ? ORDER BY p.date""",
         [model, pd.Timestamp(start).date(), pd.Timestamp(end).date()]).df()

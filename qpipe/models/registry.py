@@ -1,17 +1,13 @@
-"""Every architecture qpipe trains. Adding one = its file in qpipe/models/ + one line here."""
+"""Every architecture qpipe trains. Adding one = its file in qpipe/models/ (defining SPEC) + its name here.
 
-from qpipe.models import alstm, gru, lstm, mlp
+Model files are imported on first use, so loading the Dagster code location does not import torch.
+"""
+
+import importlib
+
 from qpipe.models.spec import ModelSpec
 
-SPECS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        mlp.SPEC,
-        lstm.SPEC,
-        gru.SPEC,
-        alstm.SPEC,
-    )
-}
+ARCHITECTURES = ("mlp", "lstm", "gru", "alstm")
 
 
 class UnknownModelError(LookupError):
@@ -19,16 +15,16 @@ class UnknownModelError(LookupError):
 
 
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return SPECS[name.lower()]
-    except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(sorted(SPECS))}") from None
+    if name.lower() not in ARCHITECTURES:
+        raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(sorted(ARCHITECTURES))}")
+    return importlib.import_module(f"qpipe.models.{name.lower()}").SPEC
 
 
 def spec_for_qlib_class(qlib_class: str) -> ModelSpec:
     """The architecture a Qlib model class (task.model.class) stands for."""
-    for spec in SPECS.values():
+    specs = [get_spec(name) for name in ARCHITECTURES]
+    for spec in specs:
         if qlib_class in spec.qlib_classes:
             return spec
-    known = sorted(c for spec in SPECS.values() for c in spec.qlib_classes)
+    known = sorted(c for spec in specs for c in spec.qlib_classes)
     raise UnknownModelError(f"Qlib model class {qlib_class!r} has no qpipe architecture; supported: {', '.join(known)}")

@@ -3,9 +3,10 @@
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+if TYPE_CHECKING:  # the registry imports this module without torch
+    from torch import nn
 
 SamplerKind = Literal["flat", "sequence", "daily"]
 """How samples reach the network: "flat" rows [B, F]; "sequence" per-instrument windows
@@ -33,7 +34,7 @@ class ModelSpec:
     """
 
     name: str
-    net: type[nn.Module]
+    net: "type[nn.Module]"
     sampler: SamplerKind
     qlib_classes: tuple[str, ...]
     presets: Mapping[str, Preset]  # feature set -> Qlib benchmark setting
@@ -44,5 +45,5 @@ class ModelSpec:
         """The network constructor's arguments, whose defaults are the Qlib class defaults."""
         return dict(inspect.signature(self.net).parameters)
 
-    def build(self, params: Mapping[str, Any]) -> nn.Module:
+    def build(self, params: Mapping[str, Any]) -> "nn.Module":
         return self.net(**{name: params[name] for name in self.net_parameters() if name in params})

@@ -13,7 +13,7 @@ from qpipe.training import dataset
 from qpipe.training.checkpoint import Checkpoint, load_checkpoint
 from qpipe.training.engine import predict
 
-PREDICTIONS = "predictions.scores"
+PREDICTIONS = wh.PREDICTIONS
 PREDICTIONS_DDL = ("date DATE NOT NULL, instrument VARCHAR NOT NULL, score FLOAT, model VARCHAR NOT NULL, "
                    "checkpoint_partition VARCHAR NOT NULL")
 
