@@ -64,6 +64,22 @@ def test_models_keep_qlibs_state_dict_keys():
     assert {"net.fc_in.weight", "att_net.att_fc_in.weight", "att_net.att_fc_out.weight", "fc_out.weight"} <= alstm_keys
 
 
+def test_transformers_keep_qlibs_state_dict_keys():
+    keys = set(build_model(model_config("transformer", "alpha360")).state_dict())
+    assert {"feature_layer.weight", "pos_encoder.pe", "decoder_layer.weight", "encoder_layer.linear1.weight",
+            "transformer_encoder.layers.1.self_attn.in_proj_weight", "transformer_encoder.layers.1.linear2.weight"} <= keys
+    keys = set(build_model(model_config("localformer", "alpha158")).state_dict())
+    assert {"rnn.weight_ih_l1", "transformer_encoder.conv.1.weight", "transformer_encoder.layers.1.norm2.bias",
+            "pos_encoder.pe", "decoder_layer.bias"} <= keys
+
+
+def test_transformer_layers_are_qlibs_pytorch_defaults():
+    model = build_model(model_config("transformer", "alpha360"))
+    layer = model.transformer_encoder.layers[0]
+    assert layer.linear1.out_features == 2048 and not layer.norm_first and layer.self_attn.num_heads == 2
+    assert torch.allclose(model.pos_encoder.pe[1, 0, :2], torch.tensor([np.sin(1.0), np.cos(1.0)], dtype=torch.float32))
+
+
 def test_alstm_honours_rnn_type():
     assert isinstance(build_model(model_config("alstm", "alpha360")).rnn, nn.GRU)
     assert isinstance(build_model(model_config("alstm", "alpha360", rnn_type="LSTM")).rnn, nn.LSTM)
@@ -71,9 +87,9 @@ def test_alstm_honours_rnn_type():
 
 def test_registry_names_the_valid_models_for_an_unknown_one():
     assert get_spec("LSTM") is get_spec("lstm")
-    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gru, lstm, mlp"):
+    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gru, localformer, lstm, mlp, transformer"):
         get_spec("lstn")
-    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GRU, LSTM"):
+    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GRU, LSTM, LocalformerModel, TransformerModel"):
         spec_for_qlib_class("TabnetModel")
 
 
@@ -88,6 +104,10 @@ YAMLS = {
     "workflow_config_gru_Alpha158.yaml": ("gru", "alpha158", 20, {"d_feat": 20, "lr": 0.0002, "early_stop": 10}),
     "workflow_config_alstm_Alpha360.yaml": ("alstm", "alpha360", None, {"d_feat": 6, "rnn_type": "GRU", "early_stop": 20}),
     "workflow_config_alstm_Alpha158.yaml": ("alstm", "alpha158", 20, {"d_feat": 20, "rnn_type": "GRU", "early_stop": 10}),
+    "workflow_config_transformer_Alpha360.yaml": ("transformer", "alpha360", None, {"d_feat": 6, "d_model": 64, "nhead": 2, "num_layers": 2, "dropout": 0.0, "lr": 1e-4, "n_epochs": 100, "early_stop": 5, "batch_size": 2048, "weight_decay": 1e-3, "seed": 0}),
+    "workflow_config_transformer_Alpha158.yaml": ("transformer", "alpha158", 20, {"d_feat": 20, "batch_size": 8192, "weight_decay": 1e-3, "lr": 1e-4}),
+    "workflow_config_localformer_Alpha360.yaml": ("localformer", "alpha360", None, {"d_feat": 6, "d_model": 64, "batch_size": 2048, "weight_decay": 1e-3, "early_stop": 5}),
+    "workflow_config_localformer_Alpha158.yaml": ("localformer", "alpha158", 20, {"d_feat": 20, "batch_size": 8192, "n_epochs": 100}),
 }
 
 

@@ -7,7 +7,7 @@ import importlib
 
 from qpipe.models.spec import ModelSpec
 
-ARCHITECTURES = ("mlp", "lstm", "gru", "alstm")
+ARCHITECTURES = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer")
 
 
 class UnknownModelError(LookupError):

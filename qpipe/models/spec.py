@@ -39,6 +39,7 @@ class ModelSpec:
     qlib_classes: tuple[str, ...]
     presets: Mapping[str, Preset]  # feature set -> Qlib benchmark setting
     class_defaults: Mapping[str, Any] = field(default_factory=dict)  # Qlib class defaults that differ from the engine's
+    ts_class_defaults: Mapping[str, Any] = field(default_factory=dict)  # where the _ts class (TSDatasetH) differs
     from_qlib: Callable[[dict[str, Any]], dict[str, Any]] = _unchanged  # Qlib-only kwargs -> engine names
 
     def net_parameters(self) -> dict[str, inspect.Parameter]:
