@@ -39,31 +39,32 @@ def run(start, end, keys, resources, config=None, raise_on_error=True):
                           run_config={"ops": config or {}}, raise_on_error=raise_on_error)
 
 
-def test_checkpoint_predictions_and_ic_report(env, isolated_home):
+@pytest.mark.parametrize("arch", ["mlp", "gats"])  # flat rows; whole-day batches
+def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     resources, root = env
-    run(DAY, DAY, ["models/mlp/checkpoint"], resources, {"models__mlp__checkpoint": {"config": QUICK}})
-    sidecar = json.loads((root / "checkpoints" / "mlp" / f"{DAY}.json").read_text())
-    assert (root / "checkpoints" / "mlp" / f"{DAY}.safetensors").stat().st_size > 0
+    run(DAY, DAY, [f"models/{arch}/checkpoint"], resources, {f"models__{arch}__checkpoint": {"config": QUICK}})
+    sidecar = json.loads((root / "checkpoints" / arch / f"{DAY}.json").read_text())
+    assert (root / "checkpoints" / arch / f"{DAY}.safetensors").stat().st_size > 0
     days = [str(d) for d in trading_days("2023-06-01", DAY)]
     # no leakage: the last label trained on is the last one known at the checkpoint day's close
     assert sidecar["windows"]["valid"][1] == days[-3]
     assert sidecar["windows"]["train"][1] < sidecar["windows"]["valid"][0]
     assert set(sidecar["processor_state"]) == {"infer", "learn"} and sidecar["feature_set"] == "alpha360"
 
-    result = run(*SCORED, ["predictions/mlp", "reports/mlp/ic"], resources)
+    result = run(*SCORED, [f"predictions/{arch}", f"reports/{arch}/ic"], resources)
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         per_day = con.execute("""SELECT p.date, count(*), count(DISTINCT checkpoint_partition), min(checkpoint_partition)
-            FROM predictions.scores p GROUP BY 1 ORDER BY 1""").fetchall()
+            FROM predictions.scores p WHERE model = ? GROUP BY 1 ORDER BY 1""", [arch]).fetchall()
         members = con.execute("""SELECT count(*) FROM features.alpha360 f JOIN raw.universe u
             ON u.market = 'syn26' AND u.instrument = f.instrument AND f.date BETWEEN u.start_date AND u.end_date
             WHERE f.date = ?""", [SCORED[0]]).fetchone()[0]
-        ic_days = con.execute('SELECT count(*), count("IC") FROM reports.daily_ic WHERE model = ?', ["mlp"]).fetchone()
+        ic_days = con.execute('SELECT count(*), count("IC") FROM reports.daily_ic WHERE model = ?', [arch]).fetchone()
     assert str(per_day[0][0]) == SCORED[0] and str(per_day[-1][0]) == SCORED[1]
     assert per_day[0][1] == members and all(r[2] == 1 and r[3] == DAY for r in per_day)
     assert ic_days[0] == len(per_day) - 2 and ic_days[1] == ic_days[0]  # the last two days' labels are not known yet
-    metadata = result.asset_materializations_for_node("reports__mlp__ic")[-1].metadata
+    metadata = result.asset_materializations_for_node(f"reports__{arch}__ic")[-1].metadata
     assert {"IC to date", "ICIR to date", "Rank IC to date", "Rank ICIR to date"} <= set(metadata)
-    assert (isolated_home / "reports" / "mlp_ic.png").stat().st_size > 10_000
+    assert (isolated_home / "reports" / f"{arch}_ic.png").stat().st_size > 10_000
 
 
 def test_bad_hyperparameter_fails_before_anything_is_written(env):

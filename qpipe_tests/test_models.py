@@ -80,6 +80,26 @@ def test_transformer_layers_are_qlibs_pytorch_defaults():
     assert torch.allclose(model.pos_encoder.pe[1, 0, :2], torch.tensor([np.sin(1.0), np.cos(1.0)], dtype=torch.float32))
 
 
+def test_gats_attends_over_the_days_stocks_as_qlib():
+    torch.manual_seed(0)
+    model = build_model(model_config("gats", "alpha360", hidden_size=8, num_layers=1, dropout=0.0)).eval()
+    assert {"rnn.weight_ih_l0", "transformation.weight", "a", "fc.weight", "fc_out.weight"} <= set(model.state_dict())
+    assert isinstance(model.rnn, nn.LSTM)  # the benchmark's base_model
+    hidden = torch.randn(5, 8)
+    x = model.transformation(hidden)
+    pairs = torch.cat((x.expand(5, 5, 8), x.expand(5, 5, 8).transpose(0, 1)), 2).view(-1, 16)  # Qlib's [N, N, 2H] route
+    qlib = torch.softmax(nn.functional.leaky_relu((model.a.t() @ pairs.t()).view(5, 5)), dim=1)
+    torch.testing.assert_close(model.attention(hidden), qlib)
+    day = torch.randn(5, 60, 6)
+    one_day = model(day)
+    assert one_day.shape == (5,) and not torch.allclose(model(day[:3]), one_day[:3])  # a stock's score depends on its day
+
+
+def test_gats_refuses_qlibs_pretrained_pickle_by_name():
+    with pytest.raises(ConfigError, match="model_path = 'benchmarks/LSTM/model_lstm_csi300.pkl': Qlib's pretrained base RNN"):
+        config_from_qlib_yaml(QLIB_CONFIGS / "workflow_config_gats_Alpha360.yaml")
+
+
 def test_alstm_honours_rnn_type():
     assert isinstance(build_model(model_config("alstm", "alpha360")).rnn, nn.GRU)
     assert isinstance(build_model(model_config("alstm", "alpha360", rnn_type="LSTM")).rnn, nn.LSTM)
@@ -87,9 +107,9 @@ def test_alstm_honours_rnn_type():
 
 def test_registry_names_the_valid_models_for_an_unknown_one():
     assert get_spec("LSTM") is get_spec("lstm")
-    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gru, localformer, lstm, mlp, transformer"):
+    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gats, gru, localformer, lstm, mlp, transformer"):
         get_spec("lstn")
-    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GRU, LSTM, LocalformerModel, TransformerModel"):
+    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GATs, GRU, LSTM, LocalformerModel, TransformerModel"):
         spec_for_qlib_class("TabnetModel")
 
 

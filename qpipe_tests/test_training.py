@@ -303,7 +303,7 @@ def planted():
 
 
 def _test_rank_ic(planted: TrainingFrame, model: str, label: np.ndarray) -> np.ndarray:
-    overrides = {"layers": (32,), "steps_per_epoch": None} if model == "mlp" else SMALL_RNN
+    overrides = {"mlp": {"layers": (32,), "steps_per_epoch": None}, "gats": {**SMALL_RNN, "dropout": 0.0}}.get(model, SMALL_RNN)
     config = model_config(model, "alpha360", **overrides, n_epochs=4, early_stop=2, batch_size=512, lr=5e-3)
     result = train(config, days(planted, 0, 100, label), days(planted, 100, 140, label), device="cpu")
     net = build_model(config)
@@ -312,7 +312,7 @@ def _test_rank_ic(planted: TrainingFrame, model: str, label: np.ndarray) -> np.n
     return daily_ic(predict(net, test, config), test.label, test.dates)["Rank IC"].to_numpy()
 
 
-@pytest.mark.parametrize("model", ["mlp", "lstm", "gru", "alstm"])
+@pytest.mark.parametrize("model", ["mlp", "lstm", "gru", "alstm", "gats"])
 def test_each_model_learns_a_planted_lagged_signal(planted, model):
     rank_ic = _test_rank_ic(planted, model, planted.label)
     assert rank_ic.mean() > 0 and t_stat(rank_ic) > 3

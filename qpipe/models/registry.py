@@ -7,7 +7,7 @@ import importlib
 
 from qpipe.models.spec import ModelSpec
 
-ARCHITECTURES = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer")
+ARCHITECTURES = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer", "gats")
 
 
 class UnknownModelError(LookupError):
