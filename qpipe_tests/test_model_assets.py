@@ -39,7 +39,7 @@ def run(start, end, keys, resources, config=None, raise_on_error=True):
                           run_config={"ops": config or {}}, raise_on_error=raise_on_error)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "gats"])  # flat rows; whole-day batches
+@pytest.mark.parametrize("arch", ["mlp", "gats", "hist"])  # flat rows; whole-day batches; + concepts
 def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     resources, root = env
     run(DAY, DAY, [f"models/{arch}/checkpoint"], resources, {f"models__{arch}__checkpoint": {"config": QUICK}})
@@ -50,6 +50,10 @@ def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     assert sidecar["windows"]["valid"][1] == days[-3]
     assert sidecar["windows"]["train"][1] < sidecar["windows"]["valid"][0]
     assert set(sidecar["processor_state"]) == {"infer", "learn"} and sidecar["feature_set"] == "alpha360"
+    if arch == "hist":  # the concept matrix's columns travel with the checkpoint
+        with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+            known = [c for (c,) in con.execute("SELECT DISTINCT concept FROM raw.concepts ORDER BY 1").fetchall()]
+        assert sidecar["concepts"] == known and len(known) > 10
 
     result = run(*SCORED, [f"predictions/{arch}", f"reports/{arch}/ic"], resources)
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
@@ -92,3 +96,15 @@ def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         after = con.execute("SELECT * FROM predictions.scores WHERE model = 'lstm' ORDER BY date, instrument").fetchall()
     assert after == before and len(before) > 0 and np.isfinite([r[2] for r in before]).all()
+
+
+def test_concept_rows_follow_the_checkpoints_concepts():
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA raw; CREATE TABLE raw.concepts (instrument VARCHAR, concept VARCHAR, kind VARCHAR)")
+    con.execute("""INSERT INTO raw.concepts VALUES ('A', 'Energy', 'sector'), ('A', 'AI', 'concept'),
+                   ('B', 'Energy', 'sector'), ('B', 'NewTheme', 'concept'), ('Z', 'AI', 'concept')""")
+    from qpipe.training.dataset import concept_names, concept_rows
+
+    assert concept_names(con) == ["AI", "Energy", "NewTheme"]
+    rows = concept_rows(con, np.array(["B", "A", "C", "A"]), ["AI", "Energy"])  # NewTheme came after training
+    np.testing.assert_array_equal(rows, [[0, 1], [1, 1], [0, 0], [1, 1]])  # C has no concepts: a zero row

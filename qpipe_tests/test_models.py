@@ -20,15 +20,16 @@ CPU = torch.device("cpu")
 
 
 def frame(features: np.ndarray, columns: list[str], n_days: int = 1) -> TrainingFrame:
-    """Rows of n_days consecutive dates, the same instruments each day."""
+    """Rows of n_days consecutive dates, the same instruments each day, each in 1-2 of 3 concepts."""
     n = len(features) // n_days
     dates = np.repeat(np.datetime64("2020-01-01") + np.arange(n_days), n)
     instruments = np.tile(np.array([f"S{i:02d}" for i in range(n)]), n_days)
-    return TrainingFrame(features.astype(np.float32), np.zeros(len(features), np.float32), dates, instruments, columns, np.ones(len(features), bool))
+    concepts = np.tile(np.eye(3, dtype=np.float32)[np.arange(n) % 3] + np.eye(3, dtype=np.float32)[np.arange(n) % 2], (n_days, 1))
+    return TrainingFrame(features.astype(np.float32), np.zeros(len(features), np.float32), dates, instruments, columns,
+                         np.ones(len(features), bool), concepts=np.minimum(concepts, 1))
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("feature_set", ["alpha360", "alpha158"])
+@pytest.mark.parametrize("name, feature_set", [(name, fs) for name in ARCHITECTURES for fs in get_spec(name).presets])
 def test_every_model_maps_a_batch_to_one_score_per_sample(name, feature_set):
     config = model_config(name, feature_set)
     if feature_set == "alpha360":
@@ -38,11 +39,28 @@ def test_every_model_maps_a_batch_to_one_score_per_sample(name, feature_set):
         columns, n_days = [f"F{i}" for i in range(width)], 3
     data = frame(np.random.default_rng(0).standard_normal((5 * n_days, width)), columns, n_days)
     sampler = make_frame_sampler(config, data, CPU)
-    inputs = sampler.gather(torch.arange(sampler.n))
+    inputs = sampler.inputs(torch.arange(sampler.n))
     expected_input = (5 * n_days, width) if name == "mlp" else (5 * n_days, config.step_len or 60, config.params["d_feat"])
-    assert tuple(inputs.shape) == expected_input
+    assert tuple(inputs[0].shape) == expected_input
+    assert len(inputs) == (2 if name == "hist" else 1)  # HIST also reads each stock's concept row
     model = build_model(config).eval()
-    assert model(inputs).shape == (5 * n_days,)
+    assert model(*inputs).shape == (5 * n_days,)
+
+
+def test_hist_every_stock_gets_a_score_and_concepts_matter():
+    torch.manual_seed(0)
+    model = build_model(model_config("hist", "alpha360", hidden_size=8, num_layers=1)).eval()
+    x = torch.randn(6, 60, 6)
+    concepts = torch.tensor([[1, 0], [1, 0], [1, 1], [0, 1], [0, 1], [0, 0]], dtype=torch.float32)  # the last has none
+    with torch.no_grad():
+        scores = model(x, concepts)
+        regrouped = model(x, concepts[:, [1, 0]].roll(1, 0))
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+    assert not torch.allclose(scores, regrouped)
+    with pytest.raises(ValueError, match="reads each stock's concepts"):
+        make_frame_sampler(model_config("hist", "alpha360"), TrainingFrame(
+            np.zeros((2, 360), np.float32), np.zeros(2, np.float32), np.repeat(np.datetime64("2020-01-01"), 2),
+            np.array(["A", "B"]), ALPHA360, np.ones(2, bool)), CPU)
 
 
 def test_alpha360_rows_become_time_major_sequences_oldest_first():
@@ -95,9 +113,15 @@ def test_gats_attends_over_the_days_stocks_as_qlib():
     assert one_day.shape == (5,) and not torch.allclose(model(day[:3]), one_day[:3])  # a stock's score depends on its day
 
 
-def test_gats_refuses_qlibs_pretrained_pickle_by_name():
+@pytest.mark.parametrize("file", ["workflow_config_gats_Alpha360.yaml", "workflow_config_hist_Alpha360.yaml"])
+def test_qlibs_pretrained_base_pickle_is_refused_by_name(file, tmp_path):
     with pytest.raises(ConfigError, match="model_path = 'benchmarks/LSTM/model_lstm_csi300.pkl': Qlib's pretrained base RNN"):
-        config_from_qlib_yaml(QLIB_CONFIGS / "workflow_config_gats_Alpha360.yaml")
+        config_from_qlib_yaml(QLIB_CONFIGS / file)
+    document = yaml.safe_load((QLIB_CONFIGS / file).read_text())
+    del document["task"]["model"]["kwargs"]["model_path"]  # then the benchmark's other settings load
+    (tmp_path / file).write_text(yaml.safe_dump(document))
+    config = config_from_qlib_yaml(tmp_path / file)
+    assert config.params["base_model"] == "LSTM" and config.params["lr"] == 1e-4
 
 
 def test_alstm_honours_rnn_type():
@@ -107,9 +131,9 @@ def test_alstm_honours_rnn_type():
 
 def test_registry_names_the_valid_models_for_an_unknown_one():
     assert get_spec("LSTM") is get_spec("lstm")
-    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gats, gru, localformer, lstm, mlp, transformer"):
+    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gats, gru, hist, localformer, lstm, mlp, transformer"):
         get_spec("lstn")
-    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GATs, GRU, LSTM, LocalformerModel, TransformerModel"):
+    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GATs, GRU, HIST, LSTM, LocalformerModel, TransformerModel"):
         spec_for_qlib_class("TabnetModel")
 
 

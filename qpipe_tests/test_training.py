@@ -41,14 +41,19 @@ def market(n_instruments: int, n_days: int, strength: float, seed: int = 0) -> T
     features = rng.standard_normal((len(dates), len(ALPHA360))).astype(np.float32)
     signal = features[:, ALPHA360.index("CLOSE5")] - features[:, ALPHA360.index("VOLUME8")]
     label = (strength * signal + rng.standard_normal(len(dates))).astype(np.float32)
-    return TrainingFrame(features, label, dates, instruments, ALPHA360, np.ones(len(dates), dtype=bool))
+    concepts = np.zeros((n_instruments, 8), dtype=np.float32)  # each stock in one or two of 8 concepts, for HIST
+    concepts[np.arange(n_instruments), np.arange(n_instruments) % 8] = 1
+    concepts[np.arange(0, n_instruments, 3), 7 - np.arange(0, n_instruments, 3) % 8] = 1
+    return TrainingFrame(features, label, dates, instruments, ALPHA360, np.ones(len(dates), dtype=bool),
+                         concepts=np.tile(concepts, (n_days, 1)))
 
 
 def days(frame: TrainingFrame, first: int, stop: int, label: np.ndarray | None = None) -> TrainingFrame:
     """The rows of days [first, stop) of the frame (day 0 = its first date)."""
     keep = (frame.dates >= frame.dates[0] + first) & (frame.dates < frame.dates[0] + stop)
     label = frame.label if label is None else label
-    return TrainingFrame(frame.features[keep], label[keep], frame.dates[keep], frame.instruments[keep], frame.columns, frame.is_sample[keep])
+    return TrainingFrame(frame.features[keep], label[keep], frame.dates[keep], frame.instruments[keep], frame.columns,
+                         frame.is_sample[keep], None if frame.concepts is None else frame.concepts[keep])
 
 
 def t_stat(daily: np.ndarray) -> float:
@@ -312,7 +317,7 @@ def _test_rank_ic(planted: TrainingFrame, model: str, label: np.ndarray) -> np.n
     return daily_ic(predict(net, test, config), test.label, test.dates)["Rank IC"].to_numpy()
 
 
-@pytest.mark.parametrize("model", ["mlp", "lstm", "gru", "alstm", "gats"])
+@pytest.mark.parametrize("model", ["mlp", "lstm", "gru", "alstm", "gats", "hist"])
 def test_each_model_learns_a_planted_lagged_signal(planted, model):
     rank_ic = _test_rank_ic(planted, model, planted.label)
     assert rank_ic.mean() > 0 and t_stat(rank_ic) > 3

@@ -87,7 +87,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         path = checkpoints.path_for(arch, day)
         weights, sidecar = save_checkpoint(path, result, model, columns=data.columns, windows=data.windows.to_json(),
                                            processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state()},
-                                           provenance={"train_config": config.model_dump(), "run_id": context.run.run_id})
+                                           provenance={"train_config": config.model_dump(), "run_id": context.run.run_id},
+                                           concepts=data.concepts)
         best = result.history[result.best_epoch - 1]
         return dg.MaterializeResult(metadata={
             "dagster/uri": str(weights),

@@ -41,6 +41,7 @@ class ModelSpec:
     class_defaults: Mapping[str, Any] = field(default_factory=dict)  # Qlib class defaults that differ from the engine's
     ts_class_defaults: Mapping[str, Any] = field(default_factory=dict)  # where the _ts class (TSDatasetH) differs
     from_qlib: Callable[[dict[str, Any]], dict[str, Any]] = _unchanged  # Qlib-only kwargs -> engine names
+    reads_concepts: bool = False  # forward(x, concepts): each stock's concept-membership row as well (HIST)
 
     def net_parameters(self) -> dict[str, inspect.Parameter]:
         """The network constructor's arguments, whose defaults are the Qlib class defaults."""

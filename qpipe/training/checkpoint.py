@@ -59,6 +59,7 @@ def save_checkpoint(
     windows: Mapping[str, Any],
     processor_state: Mapping[str, Any],
     provenance: Mapping[str, Any] | None = None,
+    concepts: list[str] | None = None,
 ) -> tuple[Path, Path]:
     """Write the pair atomically; ``windows`` (train/valid date ranges), ``processor_state`` and
     ``provenance`` (how the run was configured) must be JSON."""
@@ -70,6 +71,7 @@ def save_checkpoint(
         "config": config.to_json(),
         "feature_set": config.feature_set,
         "columns": list(columns),
+        "concepts": None if concepts is None else list(concepts),  # the concept matrix's columns (HIST)
         "windows": dict(windows),
         "processor_state": dict(processor_state),
         "provenance": dict(provenance or {}),

@@ -22,6 +22,7 @@ from qpipe.features.label import LABEL_NAME
 from qpipe.features.processors import ProcessorChain
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar
 from qpipe.models.config import ModelConfig
+from qpipe.models.registry import get_spec
 from qpipe.training.frame import TrainingFrame
 
 
@@ -116,7 +117,29 @@ def benchmark_processors(windows: Windows) -> tuple[ProcessorChain, ProcessorCha
     return infer, learn
 
 
-def to_frame(features: pd.DataFrame, label: np.ndarray | None, samples_from) -> TrainingFrame:
+def concept_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every sector and concept in raw/concepts, sorted: the columns of the stock-to-concept matrix."""
+    return [name for (name,) in con.execute(f"SELECT DISTINCT concept FROM {wh.CONCEPTS} ORDER BY 1").fetchall()]
+
+
+def concept_rows(con: duckdb.DuckDBPyConnection, instruments: np.ndarray, names: list[str]) -> np.ndarray:
+    """float32 [rows, len(names)]: 1 where the row's instrument belongs to the concept (sectors included).
+
+    A stock without concepts gets a zero row; a concept not in ``names`` (new since training) is left out.
+    """
+    pairs = con.execute(f"SELECT DISTINCT instrument, concept FROM {wh.CONCEPTS}").fetchall()
+    column = {name: k for k, name in enumerate(names)}
+    stocks, row_stock = np.unique(np.asarray(instruments, dtype=str), return_inverse=True)
+    membership = np.zeros((len(stocks), len(names)), dtype=np.float32)
+    for instrument, concept in pairs:
+        i = int(np.searchsorted(stocks, instrument))
+        if concept in column and i < len(stocks) and stocks[i] == instrument:
+            membership[i, column[concept]] = 1.0
+    return membership[row_stock]
+
+
+def to_frame(features: pd.DataFrame, label: np.ndarray | None, samples_from,
+             concepts: np.ndarray | None = None) -> TrainingFrame:
     """A TrainingFrame whose samples are the rows dated ``samples_from`` or later (earlier rows are history)."""
     dates = features.index.get_level_values("datetime").to_numpy().astype("datetime64[D]")
     return TrainingFrame(
@@ -126,6 +149,7 @@ def to_frame(features: pd.DataFrame, label: np.ndarray | None, samples_from) -> 
         instruments=features.index.get_level_values("instrument").to_numpy().astype(str),
         columns=list(features.columns),
         is_sample=dates >= np.datetime64(pd.Timestamp(samples_from).date(), "D"),
+        concepts=concepts,
     )
 
 
@@ -139,6 +163,7 @@ class TrainingData:
     infer: ProcessorChain
     learn: ProcessorChain
     columns: list[str]
+    concepts: list[str] | None  # the concept matrix's columns, for models that read it
 
 
 def shuffle_labels_within_days(label: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -169,7 +194,13 @@ def load_training_data(con: duckdb.DuckDBPyConnection, config: ModelConfig, as_o
     dates = features.index.get_level_values("datetime").to_numpy().astype("datetime64[D]")  # sorted
     train_end = int(np.searchsorted(dates, windows.train[1], "right"))
     valid_start = int(np.searchsorted(dates, history_start(days, windows.valid[0], config)))
+    names = matrix = None
+    if get_spec(config.model).reads_concepts:
+        names = concept_names(con)
+        matrix = concept_rows(con, features.index.get_level_values("instrument").to_numpy(), names)
     return TrainingData(
-        windows=windows, infer=infer, learn=learn, columns=list(features.columns),
-        train=to_frame(features.iloc[:train_end], target[:train_end], samples_from=windows.train[0]),
-        valid=to_frame(features.iloc[valid_start:], target[valid_start:], samples_from=windows.valid[0]))
+        windows=windows, infer=infer, learn=learn, columns=list(features.columns), concepts=names,
+        train=to_frame(features.iloc[:train_end], target[:train_end], samples_from=windows.train[0],
+                       concepts=None if matrix is None else matrix[:train_end]),
+        valid=to_frame(features.iloc[valid_start:], target[valid_start:], samples_from=windows.valid[0],
+                       concepts=None if matrix is None else matrix[valid_start:]))

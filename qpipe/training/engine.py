@@ -64,7 +64,8 @@ def make_frame_sampler(config: ModelConfig, frame: TrainingFrame, device: torch.
     n_columns = len(frame.columns)
     if "input_dim" in params and params["input_dim"] != n_columns:
         raise ValueError(f"input_dim = {params['input_dim']} but the frame has {n_columns} feature columns")
-    return make_sampler(frame, spec.sampler, device, step_len=config.step_len, d_feat=params.get("d_feat"))
+    return make_sampler(frame, spec.sampler, device, step_len=config.step_len, d_feat=params.get("d_feat"),
+                        with_concepts=spec.reads_concepts)
 
 
 def train(
@@ -186,7 +187,7 @@ def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Ten
     model.train()
     total, count = torch.zeros((), device=samples.label.device), 0
     for positions in batches:
-        loss = masked_mse(model(samples.gather(positions)), samples.label.index_select(0, positions))
+        loss = masked_mse(model(*samples.inputs(positions)), samples.label.index_select(0, positions))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_value_(model.parameters(), CLIP_GRAD_VALUE)
@@ -198,7 +199,7 @@ def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Ten
 
 def _scores(model: nn.Module, samples: Sampler, batch_size: int) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(samples.gather(positions)) for positions in samples.eval_batches(batch_size)])
+    return torch.cat([model(*samples.inputs(positions)) for positions in samples.eval_batches(batch_size)])
 
 
 @torch.inference_mode()

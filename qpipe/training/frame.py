@@ -19,6 +19,7 @@ class TrainingFrame:
     instruments: np.ndarray  # str [R]
     columns: list[str]  # F names, in the feature table's order
     is_sample: np.ndarray  # bool [R]
+    concepts: np.ndarray | None = None  # float32 [R, K] 0/1 concept membership, for models that read it (HIST)
 
     def __post_init__(self) -> None:
         n = len(self.dates)
@@ -29,6 +30,8 @@ class TrainingFrame:
         for name in ("label", "instruments", "is_sample"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} rows; dates has {n}")
+        if self.concepts is not None and (self.concepts.dtype != np.float32 or self.concepts.ndim != 2 or len(self.concepts) != n):
+            raise ValueError(f"concepts must be a float32 [rows, concepts] array with {n} rows, got {self.concepts.dtype} {self.concepts.shape}")
         if self.label.dtype != np.float32:
             raise ValueError(f"label must be float32, got {self.label.dtype}")
         if self.dates.dtype != np.dtype("datetime64[D]"):

@@ -25,7 +25,10 @@ def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Che
     features, _ = dataset.read_rows(con, config, dataset.history_start(days, first, config), last, known_by=first,
                                     market=market)
     processed = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])(features)
-    frame = dataset.to_frame(processed[checkpoint.columns], None, samples_from=first)
+    names = checkpoint.sidecar.get("concepts")
+    concepts = None if names is None else dataset.concept_rows(
+        con, processed.index.get_level_values("instrument").to_numpy(), names)
+    frame = dataset.to_frame(processed[checkpoint.columns], None, samples_from=first, concepts=concepts)
     return pd.DataFrame({"date": frame.dates[frame.is_sample], "instrument": frame.instruments[frame.is_sample],
                          "score": predict(checkpoint.model, frame, config).astype(np.float32)})
 

@@ -16,12 +16,18 @@ from qpipe.training.frame import TrainingFrame
 
 
 class Sampler:
-    def __init__(self, gather: Callable[[torch.Tensor], torch.Tensor], label: torch.Tensor, dates: np.ndarray, day_starts: np.ndarray | None):
-        self.gather = gather  # sample positions [B] -> model inputs
+    def __init__(self, gather: Callable[[torch.Tensor], torch.Tensor], label: torch.Tensor, dates: np.ndarray,
+                 day_starts: np.ndarray | None, side: tuple[torch.Tensor, ...] = ()):
+        self.gather = gather  # sample positions [B] -> the features the network reads
         self.label = label  # [n] on the device, NaN where unknown
         self.dates = dates  # datetime64[D] [n], for daily metrics
+        self.side = side  # per-sample tensors the network takes after the features (HIST's concept rows)
         self._day_starts = day_starts  # [n_days + 1] sample offsets when each batch is one day
         self._positions = torch.arange(len(label), device=label.device)
+
+    def inputs(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The network's arguments for a batch: its features, then any side inputs."""
+        return (self.gather(positions), *(t.index_select(0, positions) for t in self.side))
 
     @property
     def n(self) -> int:
@@ -59,8 +65,10 @@ def make_sampler(
     *,
     step_len: int | None = None,
     d_feat: int | None = None,
+    with_concepts: bool = False,
 ) -> Sampler:
-    """Flat rows, Alpha360 rows reshaped to [B, T, d_feat] (step_len None), or TSDatasetH windows."""
+    """Flat rows, Alpha360 rows reshaped to [B, T, d_feat] (step_len None), or TSDatasetH windows;
+    ``with_concepts`` adds each sample's concept-membership row as a side input."""
     samples = frame.sample_rows
     if kind == "flat" or step_len is None:
         if kind != "flat":
@@ -79,7 +87,12 @@ def make_sampler(
     day_starts = None
     if kind == "daily":
         day_starts = np.append(np.flatnonzero(np.r_[True, dates[1:] != dates[:-1]]), len(dates))
-    return Sampler(gather, label, dates, day_starts)
+    side = ()
+    if with_concepts:
+        if frame.concepts is None:
+            raise ValueError("this model reads each stock's concepts, but the frame has no concept membership")
+        side = (_to_device(frame.concepts[samples], device),)
+    return Sampler(gather, label, dates, day_starts, side)
 
 
 def window_rows(dates: np.ndarray, instruments: np.ndarray, samples: np.ndarray, step_len: int) -> np.ndarray:
