@@ -20,13 +20,17 @@ from torch import nn
 from qpipe.models.spec import ModelSpec, Preset
 
 
+def base_rnn(base_model: str, d_feat: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Module:
+    """The stock encoder of GATs and HIST: Qlib's GRUModel / LSTMModel recurrent layer."""
+    rnn_class = {"GRU": nn.GRU, "LSTM": nn.LSTM}[base_model]
+    return rnn_class(input_size=d_feat, hidden_size=hidden_size, num_layers=num_layers, batch_first=True, dropout=dropout)
+
+
 class GATModel(nn.Module):
     def __init__(self, d_feat: int = 6, hidden_size: int = 64, num_layers: int = 2, dropout: float = 0.0,
                  base_model: Literal["GRU", "LSTM"] = "GRU"):
         super().__init__()
-        rnn_class = {"GRU": nn.GRU, "LSTM": nn.LSTM}[base_model]
-        self.rnn = rnn_class(input_size=d_feat, hidden_size=hidden_size, num_layers=num_layers, batch_first=True,
-                             dropout=dropout)
+        self.rnn = base_rnn(base_model, d_feat, hidden_size, num_layers, dropout)
         self.transformation = nn.Linear(hidden_size, hidden_size)
         self.a = nn.Parameter(torch.randn(hidden_size * 2, 1))
         self.fc = nn.Linear(hidden_size, hidden_size)

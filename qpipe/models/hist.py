@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from qpipe.models.gats import base_rnn
 from qpipe.models.gats import from_qlib as refuse_pretrained_pickle
 from qpipe.models.spec import ModelSpec, Preset
 
@@ -39,9 +40,7 @@ class HISTModel(nn.Module):
     def __init__(self, d_feat: int = 6, hidden_size: int = 64, num_layers: int = 2, dropout: float = 0.0,
                  base_model: Literal["GRU", "LSTM"] = "GRU"):
         super().__init__()
-        rnn_class = {"GRU": nn.GRU, "LSTM": nn.LSTM}[base_model]
-        self.rnn = rnn_class(input_size=d_feat, hidden_size=hidden_size, num_layers=num_layers, batch_first=True,
-                             dropout=dropout)
+        self.rnn = base_rnn(base_model, d_feat, hidden_size, num_layers, dropout)
         # Qlib's layers, in its order (the initialization draws depend on it); the *_middle ones,
         # fc_indi_fore and fc_out_es/is/indi are unused there too, kept for its state-dict keys.
         for name in ("fc_es", "fc_is", "fc_es_middle", "fc_is_middle", "fc_es_fore", "fc_is_fore", "fc_indi_fore",

@@ -10,8 +10,8 @@ import copy
 import torch
 from torch import nn
 
-from qpipe.models.spec import ModelSpec, Preset
-from qpipe.models.transformer import CLASS_DEFAULTS, TS_CLASS_DEFAULTS, PositionalEncoding, from_qlib
+from qpipe.models.spec import ModelSpec
+from qpipe.models.transformer import CLASS_DEFAULTS, PRESETS, TS_CLASS_DEFAULTS, PositionalEncoding, from_qlib
 
 
 class LocalformerEncoder(nn.Module):
@@ -50,10 +50,7 @@ SPEC = ModelSpec(
     net=Localformer,
     sampler="sequence",
     qlib_classes=("LocalformerModel",),
-    presets={
-        "alpha360": Preset(None, {"d_feat": 6, "seed": 0}),
-        "alpha158": Preset(20, {"d_feat": 20, "seed": 0}),
-    },
+    presets=PRESETS,
     class_defaults=CLASS_DEFAULTS,
     ts_class_defaults=TS_CLASS_DEFAULTS,
     from_qlib=from_qlib,

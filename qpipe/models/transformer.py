@@ -60,15 +60,17 @@ CLASS_DEFAULTS = {"d_feat": 20, "d_model": 64, "batch_size": 2048, "nhead": 2, "
                   "reg": 1e-3}
 TS_CLASS_DEFAULTS = {"batch_size": 8192}
 
+PRESETS = {  # the benchmark YAMLs (Localformer's are the same): d_feat and seed 0 over the class defaults
+    "alpha360": Preset(None, {"d_feat": 6, "seed": 0}),
+    "alpha158": Preset(20, {"d_feat": 20, "seed": 0}),
+}
+
 SPEC = ModelSpec(
     name="transformer",
     net=Transformer,
     sampler="sequence",
     qlib_classes=("TransformerModel",),
-    presets={
-        "alpha360": Preset(None, {"d_feat": 6, "seed": 0}),
-        "alpha158": Preset(20, {"d_feat": 20, "seed": 0}),
-    },
+    presets=PRESETS,
     class_defaults=CLASS_DEFAULTS,
     ts_class_defaults=TS_CLASS_DEFAULTS,
     from_qlib=from_qlib,
