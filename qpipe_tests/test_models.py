@@ -131,9 +131,9 @@ def test_alstm_honours_rnn_type():
 
 def test_registry_names_the_valid_models_for_an_unknown_one():
     assert get_spec("LSTM") is get_spec("lstm")
-    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gats, gru, hist, localformer, lstm, mlp, transformer"):
+    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gats, gru, hist, localformer, lstm, mlp, sfm, transformer"):
         get_spec("lstn")
-    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GATs, GRU, HIST, LSTM, LocalformerModel, TransformerModel"):
+    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GATs, GRU, HIST, LSTM, LocalformerModel, SFM, TransformerModel"):
         spec_for_qlib_class("TabnetModel")
 
 
@@ -152,6 +152,7 @@ YAMLS = {
     "workflow_config_transformer_Alpha158.yaml": ("transformer", "alpha158", 20, {"d_feat": 20, "batch_size": 8192, "weight_decay": 1e-3, "lr": 1e-4}),
     "workflow_config_localformer_Alpha360.yaml": ("localformer", "alpha360", None, {"d_feat": 6, "d_model": 64, "batch_size": 2048, "weight_decay": 1e-3, "early_stop": 5}),
     "workflow_config_localformer_Alpha158.yaml": ("localformer", "alpha158", 20, {"d_feat": 20, "batch_size": 8192, "n_epochs": 100}),
+    "workflow_config_sfm_Alpha360.yaml": ("sfm", "alpha360", None, {"output_dim": 32, "freq_dim": 25, "batch_size": 1600, "n_epochs": 20, "optimizer": "adam"}),
 }
 
 
