@@ -39,10 +39,11 @@ def run(start, end, keys, resources, config=None, raise_on_error=True):
                           run_config={"ops": config or {}}, raise_on_error=raise_on_error)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "gats", "hist"])  # flat rows; whole-day batches; + concepts
+@pytest.mark.parametrize("arch", ["mlp", "gats", "hist", "tabnet"])  # flat rows; whole-day batches; + concepts; + pretraining
 def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     resources, root = env
-    run(DAY, DAY, [f"models/{arch}/checkpoint"], resources, {f"models__{arch}__checkpoint": {"config": QUICK}})
+    config = {**QUICK, "params": {**QUICK["params"], "pretrain_n_epochs": 1}} if arch == "tabnet" else QUICK
+    run(DAY, DAY, [f"models/{arch}/checkpoint"], resources, {f"models__{arch}__checkpoint": {"config": config}})
     sidecar = json.loads((root / "checkpoints" / arch / f"{DAY}.json").read_text())
     assert (root / "checkpoints" / arch / f"{DAY}.safetensors").stat().st_size > 0
     days = [str(d) for d in trading_days("2023-06-01", DAY)]
@@ -54,6 +55,7 @@ def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
         with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
             known = [c for (c,) in con.execute("SELECT DISTINCT concept FROM raw.concepts ORDER BY 1").fetchall()]
         assert sidecar["concepts"] == known and len(known) > 10
+    assert len(sidecar["pretrain_history"]) == (1 if arch == "tabnet" else 0)
 
     result = run(*SCORED, [f"predictions/{arch}", f"reports/{arch}/ic"], resources)
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:

@@ -40,7 +40,8 @@ def test_every_model_maps_a_batch_to_one_score_per_sample(name, feature_set):
     data = frame(np.random.default_rng(0).standard_normal((5 * n_days, width)), columns, n_days)
     sampler = make_frame_sampler(config, data, CPU)
     inputs = sampler.inputs(torch.arange(sampler.n))
-    expected_input = (5 * n_days, width) if name == "mlp" else (5 * n_days, config.step_len or 60, config.params["d_feat"])
+    flat = get_spec(name).sampler == "flat"
+    expected_input = (5 * n_days, width) if flat else (5 * n_days, config.step_len or 60, config.params["d_feat"])
     assert tuple(inputs[0].shape) == expected_input
     assert len(inputs) == (2 if name == "hist" else 1)  # HIST also reads each stock's concept row
     model = build_model(config).eval()
@@ -131,10 +132,10 @@ def test_alstm_honours_rnn_type():
 
 def test_registry_names_the_valid_models_for_an_unknown_one():
     assert get_spec("LSTM") is get_spec("lstm")
-    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gats, gru, hist, localformer, lstm, mlp, sfm, transformer"):
+    with pytest.raises(UnknownModelError, match="unknown model 'lstn'; valid models: alstm, gats, gru, hist, localformer, lstm, mlp, sfm, tabnet, transformer"):
         get_spec("lstn")
-    with pytest.raises(UnknownModelError, match="'TabnetModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GATs, GRU, HIST, LSTM, LocalformerModel, SFM, TransformerModel"):
-        spec_for_qlib_class("TabnetModel")
+    with pytest.raises(UnknownModelError, match="'XGBModel' has no qpipe architecture; supported: ALSTM, DNNModelPytorch, GATs, GRU, HIST, LSTM, LocalformerModel, SFM, TabnetModel, TransformerModel"):
+        spec_for_qlib_class("XGBModel")
 
 
 # --- Qlib workflow YAMLs -------------------------------------------------------------------------
@@ -153,6 +154,8 @@ YAMLS = {
     "workflow_config_localformer_Alpha360.yaml": ("localformer", "alpha360", None, {"d_feat": 6, "d_model": 64, "batch_size": 2048, "weight_decay": 1e-3, "early_stop": 5}),
     "workflow_config_localformer_Alpha158.yaml": ("localformer", "alpha158", 20, {"d_feat": 20, "batch_size": 8192, "n_epochs": 100}),
     "workflow_config_sfm_Alpha360.yaml": ("sfm", "alpha360", None, {"output_dim": 32, "freq_dim": 25, "batch_size": 1600, "n_epochs": 20, "optimizer": "adam"}),
+    "workflow_config_TabNet_Alpha360.yaml": ("tabnet", "alpha360", None, {"d_feat": 360, "pretrain": True, "seed": 993, "lr": 0.01, "batch_size": 4096, "vbs": 2048, "pretrain_n_epochs": 50, "ps": 0.3}),
+    "workflow_config_TabNet_Alpha158.yaml": ("tabnet", "alpha158", None, {"d_feat": 158, "pretrain": True, "n_steps": 5, "relax": 1.3}),
 }
 
 

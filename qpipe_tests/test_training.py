@@ -307,8 +307,12 @@ def planted():
     return market(200, 180, strength=0.25, seed=11)
 
 
+SMALL_TABNET = {"out_dim": 8, "n_d": 8, "n_a": 8, "n_steps": 3, "vbs": 256, "pretrain": True, "pretrain_n_epochs": 2}
+
+
 def _test_rank_ic(planted: TrainingFrame, model: str, label: np.ndarray) -> np.ndarray:
-    overrides = {"mlp": {"layers": (32,), "steps_per_epoch": None}, "gats": {**SMALL_RNN, "dropout": 0.0}}.get(model, SMALL_RNN)
+    overrides = {"mlp": {"layers": (32,), "steps_per_epoch": None}, "gats": {**SMALL_RNN, "dropout": 0.0},
+                 "tabnet": SMALL_TABNET}.get(model, SMALL_RNN)
     config = model_config(model, "alpha360", **overrides, n_epochs=4, early_stop=2, batch_size=512, lr=5e-3)
     result = train(config, days(planted, 0, 100, label), days(planted, 100, 140, label), device="cpu")
     net = build_model(config)
@@ -319,7 +323,7 @@ def _test_rank_ic(planted: TrainingFrame, model: str, label: np.ndarray) -> np.n
 
 # SFM is left out: its memory exposes only amplitudes |S|^2, blind to the sign of one lagged input;
 # test_qlib_model_golden.py checks it computes what Qlib's SFM computes.
-@pytest.mark.parametrize("model", ["mlp", "lstm", "gru", "alstm", "gats", "hist"])
+@pytest.mark.parametrize("model", ["mlp", "lstm", "gru", "alstm", "gats", "hist", "tabnet"])
 def test_each_model_learns_a_planted_lagged_signal(planted, model):
     rank_ic = _test_rank_ic(planted, model, planted.label)
     assert rank_ic.mean() > 0 and t_stat(rank_ic) > 3
@@ -349,3 +353,33 @@ def test_a_model_fed_shuffled_labels_finds_nothing(planted, model):
     shuffled = np.random.default_rng(5).permutation(planted.label)
     rank_ic = _test_rank_ic(planted, model, shuffled)  # scored against the true test labels
     assert abs(t_stat(rank_ic)) < 3
+
+
+def test_reconstruction_loss_is_qlibs_formula():
+    from qpipe.training.pretraining import reconstruction_loss
+
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    truth = torch.tensor([[1.0, 5.0], [7.0, 2.0]]) * hidden
+    reconstruction = torch.tensor([[0.0, 1.0], [1.0, 3.0]])  # column spreads sqrt(0.5) and sqrt(2)
+    assert reconstruction_loss(truth, reconstruction, hidden).item() == pytest.approx(1 / 0.5 + 1 / 2)
+
+
+def test_tabnet_pretraining_trains_the_encoder_only_and_is_recorded():
+    from qpipe.training.engine import make_frame_sampler
+    from qpipe.training.pretraining import pretrain
+
+    frame = market(40, 30, strength=0.5, seed=2)
+    config = model_config("tabnet", "alpha360", **SMALL_TABNET, batch_size=128, early_stop=5)
+    model = build_model(config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cpu = torch.device("cpu")
+    history = pretrain(model, dict(config.params), make_frame_sampler(config, days(frame, 0, 20), cpu),
+                       make_frame_sampler(config, days(frame, 20, 30), cpu), torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    assert [h["epoch"] for h in history] == [1, 2] and all(math.isfinite(h["valid_loss"]) for h in history)
+    assert set(after) == set(before)  # the decoder is not part of the model (nor of the checkpoint)
+    assert not torch.equal(after["model.first_step.independ.0.fc.weight"], before["model.first_step.independ.0.fc.weight"])
+    assert torch.equal(after["fc.weight"], before["fc.weight"])  # the head waits for the supervised loop
+    result = train(model_config("tabnet", "alpha360", **{**SMALL_TABNET, "pretrain_n_epochs": 1}, batch_size=128, n_epochs=1),
+                   days(frame, 0, 20), days(frame, 20, 30), device="cpu")
+    assert len(result.pretrain_history) == 1 and len(result.history) == 1

@@ -36,6 +36,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "seed": 0,  # Qlib's default is unseeded; None draws a seed and records it in the result
     "steps_per_epoch": None,  # None = one pass over the training samples
     "scheduler": None,  # None | "plateau" (ReduceLROnPlateau on the valid loss, Qlib DNN's "default")
+    # Self-supervised pretraining before the supervised loop (TabNet's masked-feature reconstruction).
+    "pretrain": False,
+    "pretrain_n_epochs": 50,
+    "ps": 0.3,  # the share of features masked out in each pretraining row
 }
 # Accepted in a Qlib YAML and ignored: qpipe picks the device itself, and batches are gathered
 # on the device, so there are no DataLoader workers.
@@ -150,6 +154,12 @@ def _check(source: str, key: str, value: Any, check: Check) -> Any:
         raise ConfigError(f"{source}: hyper-parameter {key} = {value!r}: {error}") from None
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {type(value).__name__}")
+    return value
+
+
 def _integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be an integer, not {type(value).__name__}")
@@ -227,6 +237,9 @@ _ENGINE_CHECKS: dict[str, Check] = {
     "seed": _optional(_non_negative_int),
     "steps_per_epoch": _optional(_positive_int),
     "scheduler": _optional(_choice("plateau")),
+    "pretrain": lambda value: _boolean(value),
+    "pretrain_n_epochs": _positive_int,
+    "ps": _probability,
 }
 
 

@@ -7,7 +7,7 @@ import importlib
 
 from qpipe.models.spec import ModelSpec
 
-ARCHITECTURES = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer", "gats", "hist", "sfm")
+ARCHITECTURES = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer", "gats", "hist", "sfm", "tabnet")
 
 
 class UnknownModelError(LookupError):

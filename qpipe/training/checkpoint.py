@@ -79,6 +79,7 @@ def save_checkpoint(
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,
         "history": result.history,
+        "pretrain_history": result.pretrain_history,
         "seconds_per_epoch": result.seconds_per_epoch,
         "n_params": result.n_params,
         "device": result.device,

@@ -21,7 +21,7 @@ Fixed or dropped Qlib behaviour:
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -33,6 +33,7 @@ from qpipe.evaluation.ic import daily_ic
 from qpipe.models.config import ModelConfig
 from qpipe.models.registry import get_spec
 from qpipe.training.frame import TrainingFrame
+from qpipe.training.pretraining import pretrain
 from qpipe.training.reproducibility import draw_seed, resolve_device, seed_everything
 from qpipe.training.samplers import Sampler, make_sampler
 
@@ -51,6 +52,7 @@ class TrainResult:
     n_params: int
     device: str
     seed: int
+    pretrain_history: list[dict[str, Any]] = field(default_factory=list)  # self-supervised epochs, if any
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -75,6 +77,7 @@ def train(
     *,
     device: str | torch.device = "auto",
     on_epoch: EpochCallback | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``config``'s model; without a valid frame all ``n_epochs`` run and the last weights are kept."""
     params = config.params
@@ -87,6 +90,7 @@ def train(
 
     generator = seed_everything(seed)
     model = build_model(config).to(target)
+    pretraining = pretrain(model, params, train_set, valid_set, generator, log) if params["pretrain"] else []
     optimizer = _optimizer(params, model)
     scheduler = _scheduler(params, optimizer)
     batches = train_set.train_batches(batch_size, generator)
@@ -127,6 +131,7 @@ def train(
         n_params=sum(p.numel() for p in model.parameters()),
         device=str(target),
         seed=seed,
+        pretrain_history=pretraining,
     )
 
 

@@ -24,6 +24,7 @@ from qlib.contrib.model.pytorch_localformer import Transformer as Localformer
 from qlib.contrib.model.pytorch_lstm import LSTMModel
 from qlib.contrib.model.pytorch_nn import Net
 from qlib.contrib.model.pytorch_sfm import SFM_Model
+from qlib.contrib.model.pytorch_tabnet import FinetuneModel, TabNet
 from qlib.contrib.model.pytorch_transformer import Transformer
 
 OUT = Path(__file__).resolve().parent / "qlib_models"
@@ -38,7 +39,16 @@ MODELS = {  # qpipe architecture -> (Qlib network, constructor arguments)
     "gats": (GATModel, {"d_feat": F, "hidden_size": 8, "num_layers": 2, "base_model": "LSTM"}),
     "hist": (HISTModel, {"d_feat": F, "hidden_size": 8, "num_layers": 2, "base_model": "LSTM"}),
     "sfm": (SFM_Model, {"d_feat": F, "hidden_size": 8, "output_dim": 4, "freq_dim": 5}),
+    "tabnet": (None, {"d_feat": F * T, "out_dim": 8, "n_d": 8, "n_a": 8, "n_shared": 2, "n_ind": 2, "n_steps": 3,
+                      "relax": 1.3, "vbs": 2048}),
 }
+
+
+def tabnet(d_feat, out_dim, n_d, n_a, n_shared, n_ind, n_steps, relax, vbs):
+    """TabnetModel's fine-tuned network: FinetuneModel(out_dim -> 1) over the TabNet encoder."""
+    encoder = TabNet(inp_dim=d_feat, out_dim=out_dim, n_d=n_d, n_a=n_a, n_shared=n_shared, n_ind=n_ind,
+                     n_steps=n_steps, relax=relax, vbs=vbs)
+    return FinetuneModel(out_dim, 1, encoder)
 
 
 def main() -> None:
@@ -46,12 +56,13 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     for seed, (arch, (network, kwargs)) in enumerate(MODELS.items()):
         torch.manual_seed(seed)
-        net = network(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}).eval()
+        net = (network or tabnet)(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}).eval()
         x = torch.randn(N, T, F)
         concepts = (torch.rand(N, 5) < 0.3).float()
         flat = x.permute(0, 2, 1).reshape(N, F * T)  # Qlib's Alpha360 row layout: field blocks of lags
         with torch.no_grad():
-            scores = net(flat, concepts) if arch == "hist" else net(flat)
+            extra = {"hist": (concepts,), "tabnet": (torch.ones_like(flat),)}.get(arch, ())  # TabNet: all-ones priors
+            scores = net(flat, *extra)
         arrays = {f"state.{k}": v.numpy() for k, v in net.state_dict().items()}
         np.savez_compressed(OUT / f"{arch}.npz", flat=flat.numpy(), concepts=concepts.numpy(),
                             scores=scores.reshape(-1).numpy(), **arrays)
