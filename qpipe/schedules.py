@@ -1,7 +1,8 @@
 """The after-close schedule: trading days only (reference/dagster.md §2.6 explains why it is hand-written).
 
 On days that are not retrain days (QPIPE_RETRAIN_EVERY) the run leaves the checkpoints out; the
-predictions then come from the newest checkpoint at or before the day.
+predictions then come from the newest checkpoint at or before the day. Architectures not listed in
+QPIPE_MODELS are left out of every run.
 """
 
 from zoneinfo import ZoneInfo
@@ -10,7 +11,8 @@ import dagster as dg
 
 from qpipe.cadence import is_retrain_day
 from qpipe.calendar import is_trading_day
-from qpipe.jobs import WITHOUT_RETRAINING, daily_pipeline
+from qpipe.jobs import DAILY, WITHOUT_RETRAINING, daily_pipeline
+from qpipe.models.registry import ARCHITECTURES
 from qpipe.partitions import TIMEZONE
 from qpipe.settings import get_settings
 
@@ -25,8 +27,11 @@ def after_close(context: dg.ScheduleEvaluationContext):
     if not is_trading_day(day):
         return dg.SkipReason(f"{day} is an exchange holiday")
     settings = get_settings()
-    if is_retrain_day(day, settings.retrain_every, settings.partitions_start):
-        return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat(), tags={"qpipe/retrain": "yes"})
-    keys = sorted(WITHOUT_RETRAINING.resolve(context.repository_def.asset_graph))
+    retrain = is_retrain_day(day, settings.retrain_every, settings.partitions_start)
+    selection = DAILY if retrain else WITHOUT_RETRAINING
+    for arch in set(ARCHITECTURES) - set(settings.models):
+        selection = selection - dg.AssetSelection.tag("qpipe/arch", arch)
+    keys = None if selection is DAILY else sorted(selection.resolve(context.repository_def.asset_graph))
     return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat(), asset_selection=keys,
-                         tags={"qpipe/retrain": f"no (every {settings.retrain_every})"})
+                         tags={"qpipe/retrain": "yes" if retrain else f"no (every {settings.retrain_every})",
+                               "qpipe/models": ",".join(settings.models)})

@@ -6,6 +6,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qpipe.cadence import parse_cadence
+from qpipe.models.registry import ARCHITECTURES
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    """QPIPE_MODELS: a comma-separated list of architectures, or "all"."""
+    if text.strip().lower() == "all":
+        return ARCHITECTURES
+    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ARCHITECTURES]
+    if unknown or not names:
+        raise ValueError(f"QPIPE_MODELS = {text!r}: unknown model {unknown[0] if unknown else '(none)'!r}; "
+                         f"valid models: {', '.join(ARCHITECTURES)} (or all)")
+    return names
 
 
 def _env(name: str, default: str) -> str:
@@ -29,6 +42,8 @@ class Settings:
     device: str = field(default_factory=lambda: _env("QPIPE_DEVICE", "auto"))
     # How often the daily schedule retrains checkpoints: daily, weekly, monthly or every N trading days.
     retrain_every: str | int = field(default_factory=lambda: parse_cadence(_env("QPIPE_RETRAIN_EVERY", "daily")))
+    # The architectures the daily schedule trains, scores and reports (all by default).
+    models: tuple[str, ...] = field(default_factory=lambda: parse_models(_env("QPIPE_MODELS", "all")))
 
     @property
     def market(self) -> str:

@@ -82,3 +82,17 @@ def test_schedule_leaves_checkpoints_out_on_days_that_are_not_retrain_days(monke
     with pytest.raises(dg.DagsterUserCodeExecutionError) as failed:
         _tick(datetime(2024, 1, 17, 17, 30, tzinfo=ny))
     assert "QPIPE_RETRAIN_EVERY = 'biweekly'" in str(failed.value.__cause__)
+
+
+def test_schedule_runs_only_the_models_listed_in_qpipe_models(monkeypatch):
+    ny = ZoneInfo("America/New_York")
+    monkeypatch.setenv("QPIPE_MODELS", "lstm, GRU")
+    request = _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny)).run_requests[0]
+    selected = {key.to_user_string() for key in request.asset_selection}
+    assert {"models/lstm/checkpoint", "predictions/gru", "reports/gru/ic", "raw/prices", "features/label"} <= selected
+    assert not any("transformer" in key or "mlp" in key for key in selected)
+    assert request.tags["qpipe/models"] == "lstm,gru"
+    monkeypatch.setenv("QPIPE_MODELS", "lstm,xgboost")
+    with pytest.raises(dg.DagsterUserCodeExecutionError) as failed:
+        _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny))
+    assert "QPIPE_MODELS = 'lstm,xgboost': unknown model 'xgboost'" in str(failed.value.__cause__)
