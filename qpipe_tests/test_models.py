@@ -193,6 +193,8 @@ def _edited_yaml(tmp_path: Path, **kwargs) -> Path:
         ({"loss": "mae"}, "hyper-parameter loss = 'mae': must be one of mse"),
         ({"dropout": 1.5}, "hyper-parameter dropout = 1.5: must be in \\[0, 1\\)"),
         ({"num_layers": 2.0}, "hyper-parameter num_layers = 2.0: must be an integer, not float"),
+        ({"pretrain": True}, "hyper-parameter pretrain = True: model 'lstm' has no self-supervised pretraining"),
+        ({"pretrain": "yes"}, "hyper-parameter pretrain = 'yes': must be true or false, not str"),
     ],
 )
 def test_invalid_hyper_parameters_are_named(tmp_path, kwargs, message):

@@ -136,6 +136,9 @@ def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Ma
     params: dict[str, Any] = {}
     for key, default in TRAINING_DEFAULTS.items():
         params[key] = _check(source, key, given.get(key, default), _ENGINE_CHECKS[key])
+    if params["pretrain"] and not hasattr(spec.net, "make_decoder"):
+        raise ConfigError(f"{source}: hyper-parameter pretrain = True: model {spec.name!r} has no self-supervised "
+                          "pretraining (TabNet has)")
     for key, parameter in net_parameters.items():
         if key not in given and parameter.default is inspect.Parameter.empty:
             raise ConfigError(f"{source}: model {spec.name!r} needs hyper-parameter {key!r}")

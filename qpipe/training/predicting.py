@@ -13,7 +13,6 @@ from qpipe.training import dataset
 from qpipe.training.checkpoint import Checkpoint, load_checkpoint
 from qpipe.training.engine import predict
 
-PREDICTIONS = wh.PREDICTIONS
 PREDICTIONS_DDL = ("date DATE NOT NULL, instrument VARCHAR NOT NULL, score FLOAT, model VARCHAR NOT NULL, "
                    "checkpoint_partition VARCHAR NOT NULL")
 
@@ -50,9 +49,9 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
         frame = score_days(con, days, checkpoint, covered[0], covered[-1], market)
         scored.append(frame.assign(model=arch, checkpoint_partition=partition))
     scores = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
-    wh.ensure_table(con, PREDICTIONS, PREDICTIONS_DDL)
+    wh.ensure_table(con, wh.PREDICTIONS, PREDICTIONS_DDL)
     with wh.transaction(con):
-        con.execute(f"DELETE FROM {PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ?",
+        con.execute(f"DELETE FROM {wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ?",
                     [arch, pd.Timestamp(start).date(), pd.Timestamp(end).date()])
-        wh.insert(con, PREDICTIONS, scores)
+        wh.insert(con, wh.PREDICTIONS, scores)
     return len(scores), list(by_checkpoint)
