@@ -116,7 +116,7 @@ def test_gats_attends_over_the_days_stocks_as_qlib():
 
 @pytest.mark.parametrize("file", ["workflow_config_gats_Alpha360.yaml", "workflow_config_hist_Alpha360.yaml"])
 def test_qlibs_pretrained_base_pickle_is_refused_by_name(file, tmp_path):
-    with pytest.raises(ConfigError, match="model_path = 'benchmarks/LSTM/model_lstm_csi300.pkl': Qlib's pretrained base RNN"):
+    with pytest.raises(ConfigError, match="model_path = 'benchmarks/LSTM/model_lstm_csi300.pkl': a pickled Qlib/PyTorch file is never loaded"):
         config_from_qlib_yaml(QLIB_CONFIGS / file)
     document = yaml.safe_load((QLIB_CONFIGS / file).read_text())
     del document["task"]["model"]["kwargs"]["model_path"]  # then the benchmark's other settings load

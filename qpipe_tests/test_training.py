@@ -10,7 +10,7 @@ import torch
 from qpipe.evaluation.ic import daily_ic
 from qpipe.models.config import model_config
 from qpipe.training import CheckpointError, TrainingFrame, build_model, load_checkpoint, predict, save_checkpoint, train
-from qpipe.training.engine import masked_mse
+from qpipe.training.engine import masked_mse, warm_start
 from qpipe.training.reproducibility import resolve_device
 from qpipe.training.samplers import make_sampler, window_rows
 
@@ -383,3 +383,19 @@ def test_tabnet_pretraining_trains_the_encoder_only_and_is_recorded():
     result = train(model_config("tabnet", "alpha360", **{**SMALL_TABNET, "pretrain_n_epochs": 1}, batch_size=128, n_epochs=1),
                    days(frame, 0, 20), days(frame, 20, 30), device="cpu")
     assert len(result.pretrain_history) == 1 and len(result.history) == 1
+
+
+def test_model_path_starts_gats_from_an_lstm_checkpoints_rnn_and_head(tmp_path):
+    frame = market(30, 20, strength=0.5, seed=4)
+    lstm = model_config("lstm", "alpha360", hidden_size=8, num_layers=2, n_epochs=1, batch_size=100)
+    _save(tmp_path / "lstm", lstm, train(lstm, days(frame, 0, 15), days(frame, 15, 20), device="cpu"))
+    base = load_checkpoint(tmp_path / "lstm").model.state_dict()
+    gats = build_model(model_config("gats", "alpha360", hidden_size=8, num_layers=2, dropout=0.0))
+    copied = warm_start(gats, str(tmp_path / "lstm.safetensors"))
+    assert copied == sorted(k for k in base if k.startswith(("rnn.", "fc_out.")))  # Qlib copies exactly these
+    assert all(torch.equal(gats.state_dict()[k], base[k]) for k in copied)
+    with pytest.raises(ValueError, match=r"does not fit this model: fc_out.weight is \(1, 8\) there, \(1, 16\) here"):
+        warm_start(build_model(model_config("gats", "alpha360", hidden_size=16)), str(tmp_path / "lstm.safetensors"))
+    with pytest.raises(CheckpointError, match="missing checkpoint sidecar"):
+        train(model_config("gats", "alpha360", hidden_size=8, n_epochs=1, model_path=str(tmp_path / "none")),
+              days(frame, 0, 15), device="cpu")

@@ -40,6 +40,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "pretrain": False,
     "pretrain_n_epochs": 50,
     "ps": 0.3,  # the share of features masked out in each pretraining row
+    # A qpipe checkpoint whose weights with matching names start the network (Qlib's pretrained base
+    # RNN of GATs and HIST: rnn.* and fc_out.* from an LSTM or GRU).
+    "model_path": None,
 }
 # Accepted in a Qlib YAML and ignored: qpipe picks the device itself, and batches are gathered
 # on the device, so there are no DataLoader workers.
@@ -157,6 +160,15 @@ def _check(source: str, key: str, value: Any, check: Check) -> Any:
         raise ConfigError(f"{source}: hyper-parameter {key} = {value!r}: {error}") from None
 
 
+def _checkpoint_path(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be the path of a qpipe checkpoint")
+    if value.endswith((".pkl", ".pt", ".pth", ".bin")):
+        raise ValueError("a pickled Qlib/PyTorch file is never loaded; point it at a qpipe checkpoint of the base "
+                         "model (e.g. .qpipe/checkpoints/lstm/2024-01-31.safetensors), or remove it to start from scratch")
+    return value
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, not {type(value).__name__}")
@@ -243,6 +255,7 @@ _ENGINE_CHECKS: dict[str, Check] = {
     "pretrain": lambda value: _boolean(value),
     "pretrain_n_epochs": _positive_int,
     "ps": _probability,
+    "model_path": _optional(lambda value: _checkpoint_path(value)),
 }
 
 

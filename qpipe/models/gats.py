@@ -8,11 +8,11 @@ The attention logits are computed from two N-vectors (a's halves times the trans
 instead of Qlib's [N, N, 2H] concatenation: the same values up to float rounding, in O(N^2) memory.
 
 Fixed Qlib bug: GATs_ts batched one stock's consecutive days instead of one day's stocks
-(microsoft/qlib#2319); here both variants batch whole days. Not supported yet: ``model_path``,
-Qlib's pretrained base RNN (a pickle); a config that sets it is refused with that message.
+(microsoft/qlib#2319); here both variants batch whole days. Qlib's pretrained base RNN
+(``model_path``) is a qpipe LSTM/GRU checkpoint here: the engine copies its rnn.* and fc_out.*.
 """
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -53,15 +53,6 @@ class GATModel(nn.Module):
         return self.fc_out(self.leaky_relu(self.fc(hidden))).squeeze(-1)
 
 
-def from_qlib(kwargs: dict[str, Any]) -> dict[str, Any]:
-    out = dict(kwargs)
-    model_path = out.pop("model_path", None)
-    if model_path:
-        raise ValueError(f"model_path = {model_path!r}: Qlib's pretrained base RNN (a pickle) is not supported; "
-                         "remove model_path to train the base RNN from scratch (what Qlib does without it)")
-    return out
-
-
 PRESET = {"hidden_size": 64, "num_layers": 2, "dropout": 0.7, "n_epochs": 200, "lr": 1e-4, "metric": "loss",
           "loss": "mse", "base_model": "LSTM"}
 
@@ -75,5 +66,4 @@ SPEC = ModelSpec(
         "alpha158": Preset(20, {**PRESET, "d_feat": 20, "early_stop": 10}),
     },
     class_defaults={"n_epochs": 200, "lr": 0.001, "early_stop": 20, "metric": "loss", "loss": "mse", "optimizer": "adam"},
-    from_qlib=from_qlib,
 )

@@ -9,8 +9,8 @@ One batch is one day's stocks, with their rows of the 0/1 stock-to-concept matri
 Where the concepts come from: Qlib needs two .npy files (a CSI300 stock index and a Tushare
 concept matrix it downloads at fit time); qpipe builds the matrix from ``raw/concepts`` (the
 source's sectors and concepts), so HIST runs on any market. A stock without concepts has an
-all-zero row (Qlib maps it to row 733, another stock's). Not supported yet: ``model_path``,
-Qlib's pretrained base RNN (a pickle); a config that sets it is refused with that message.
+all-zero row (Qlib maps it to row 733, another stock's). Qlib's pretrained base RNN (``model_path``)
+is a qpipe LSTM/GRU checkpoint here: the engine copies its rnn.* and fc_out.*.
 """
 
 from typing import Any, Literal
@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from qpipe.models.gats import base_rnn
-from qpipe.models.gats import from_qlib as refuse_pretrained_pickle
 from qpipe.models.spec import ModelSpec, Preset
 
 
@@ -90,8 +89,7 @@ class HISTModel(nn.Module):
 
 def from_qlib(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The concept matrix comes from raw/concepts: Qlib's .npy paths are not read."""
-    out = {k: v for k, v in kwargs.items() if k not in ("stock2concept", "stock_index")}
-    return refuse_pretrained_pickle(out)
+    return {k: v for k, v in kwargs.items() if k not in ("stock2concept", "stock_index")}
 
 
 SPEC = ModelSpec(

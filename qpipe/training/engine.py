@@ -59,6 +59,23 @@ def build_model(config: ModelConfig) -> nn.Module:
     return get_spec(config.model).build(config.params)
 
 
+def warm_start(model: nn.Module, path: str) -> list[str]:
+    """Copy the weights whose names the model shares with a qpipe checkpoint (Qlib's pretrained base:
+    an LSTM's or GRU's rnn.* and fc_out.* into GATs or HIST); returns the names copied."""
+    from qpipe.training.checkpoint import load_checkpoint  # checkpoint.py imports this module
+
+    source = load_checkpoint(path).model.state_dict()
+    target = model.state_dict()
+    shared = sorted(set(source) & set(target))
+    mismatched = [k for k in shared if source[k].shape != target[k].shape]
+    if not shared or mismatched:
+        detail = (f"{mismatched[0]} is {tuple(source[mismatched[0]].shape)} there, {tuple(target[mismatched[0]].shape)} here"
+                  if mismatched else "no weight names in common")
+        raise ValueError(f"model_path = {path!r} does not fit this model: {detail}")
+    model.load_state_dict({**target, **{k: source[k].to(target[k].device) for k in shared}})
+    return shared
+
+
 def make_frame_sampler(config: ModelConfig, frame: TrainingFrame, device: torch.device) -> Sampler:
     """The sampler the config's architecture takes, after checking the frame's width against it."""
     spec = get_spec(config.model)
@@ -90,6 +107,8 @@ def train(
 
     generator = seed_everything(seed)
     model = build_model(config).to(target)
+    if params["model_path"]:
+        warm_start(model, params["model_path"])
     pretraining = pretrain(model, params, train_set, valid_set, generator, log) if params["pretrain"] else []
     optimizer = _optimizer(params, model)
     scheduler = _scheduler(params, optimizer)
