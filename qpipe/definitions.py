@@ -3,6 +3,7 @@
 import dagster as dg
 
 from qpipe.assets.features import feature_tables, label_table
+from qpipe.assets.leaderboard import leaderboard, leaderboard_job, refresh_leaderboard
 from qpipe.assets.models import model_assets
 from qpipe.assets.prices import raw_prices, raw_universe
 from qpipe.jobs import daily_pipeline
@@ -10,8 +11,9 @@ from qpipe.resources import build_resources
 from qpipe.schedules import after_close
 
 defs = dg.Definitions(
-    assets=[raw_prices, raw_universe, feature_tables, label_table, *model_assets],
-    jobs=[daily_pipeline],
+    assets=[raw_prices, raw_universe, feature_tables, label_table, *model_assets, leaderboard],
+    jobs=[daily_pipeline, leaderboard_job],
     schedules=[after_close],
+    sensors=[refresh_leaderboard],
     resources=build_resources(),
 )

@@ -1,13 +1,13 @@
 """The main job on the embedded default market: ``python -m qpipe.main``.
 
-Runs ``daily_pipeline`` on the synthetic market as four Dagster runs, recorded in the instance
+Runs ``daily_pipeline`` (then ``leaderboard_job``) on the synthetic market as five Dagster runs, recorded in the instance
 at $DAGSTER_HOME so they show in ``dagster dev``:
 1. prices from ``LOOKBACK`` trading days before ``--start`` (so the first day's features see the
    same history as a full-history computation), and the universe;
 2. Alpha158, Alpha360 and labels for [start, end];
 3. one checkpoint per architecture on ``--checkpoint-day``, with a quick training profile;
 4. out-of-sample predictions and IC reports for the days after it;
-then prints the leaderboard: IC, ICIR, Rank IC, Rank ICIR per model.
+5. reports/leaderboard, which it prints: IC, ICIR, Rank IC, Rank ICIR per model.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import dagster as dg
 import duckdb
 
 from qpipe.calendar import trading_days
-from qpipe.evaluation.report import leaderboard, read_daily_ic
+from qpipe.assets.leaderboard import LEADERBOARD_TABLE
 from qpipe.features.store import LOOKBACK
 from qpipe.models.registry import ARCHITECTURES
 from qpipe.settings import get_settings
@@ -76,8 +76,9 @@ def main() -> None:
          [key for arch in models for key in (f"predictions/{arch}", f"reports/{arch}/ic")],
          **_range(first_scored, args.end))
 
+    _run(defs.resolve_job_def("leaderboard_job"), "leaderboard", ["reports/leaderboard"])
     with duckdb.connect(str(get_settings().warehouse), read_only=True) as con:
-        board = leaderboard(read_daily_ic(con))
+        board = con.execute(f"SELECT * FROM {LEADERBOARD_TABLE}").df()
     print(f"\nOut-of-sample, {first_scored}..{args.end} (daily IC against the raw label, as Qlib's SigAnaRecord):")
     print(board.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 

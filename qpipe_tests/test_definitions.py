@@ -12,6 +12,26 @@ def test_definitions_load_with_the_documented_assets_jobs_and_schedule():
             "features/alpha158", "features/alpha360", "features/label"} <= keys
     assert defs.resolve_job_def("daily_pipeline") is not None
     assert defs.get_schedule_def("after_close").default_status == dg.DefaultScheduleStatus.RUNNING
+    from qpipe.models.registry import ARCHITECTURES
+
+    for arch in ARCHITECTURES:  # one checkpoint, prediction and IC report asset per architecture
+        assert {f"models/{arch}/checkpoint", f"predictions/{arch}", f"reports/{arch}/ic"} <= keys
+    daily = {k.to_user_string() for k in defs.resolve_job_def("daily_pipeline").asset_layer.asset_graph.get_all_asset_keys()}
+    assert "reports/leaderboard" in keys and "reports/leaderboard" not in daily  # unpartitioned: its own job
+
+
+def test_leaderboard_is_requested_after_each_successful_daily_run():
+    sensor = defs.get_sensor_def("refresh_leaderboard")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.job_name == "leaderboard_job"
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(defs.resolve_job_def("daily_pipeline"), run_id="0123abcd-0000-0000-0000-000000000000")
+        instance.report_run_failed(run)  # only to have a run event to hand the context
+        event = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.RUN_FAILURE))[0].event_log_entry
+        context = dg.build_run_status_sensor_context(sensor_name="refresh_leaderboard", dagster_instance=instance,
+                                                     dagster_run=run, dagster_event=event.dagster_event,
+                                                     repository_def=defs.get_repository_def())
+        request = sensor(context)
+    assert request.run_key == run.run_id
 
 
 def test_code_location_loads_without_torch_or_matplotlib():

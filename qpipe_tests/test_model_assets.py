@@ -100,6 +100,25 @@ def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):
     assert after == before and len(before) > 0 and np.isfinite([r[2] for r in before]).all()
 
 
+def test_leaderboard_ranks_every_model_with_stored_ics(env, isolated_home):
+    from qpipe.assets.leaderboard import leaderboard
+    from qpipe.evaluation.report import read_daily_ic
+    from qpipe.evaluation.report import leaderboard as board_of
+
+    resources, _ = env
+    run(DAY, DAY, ["models/mlp/checkpoint"], resources, {"models__mlp__checkpoint": {"config": QUICK}})
+    run(*SCORED, ["predictions/mlp", "reports/mlp/ic"], resources)
+    result = dg.materialize([*ASSETS, leaderboard], selection=[leaderboard.key], resources=resources)
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        stored = con.execute('SELECT model, "Rank IC", days FROM reports.leaderboard').fetchall()
+        expected = board_of(read_daily_ic(con))
+    assert [row[0] for row in stored] == list(expected["model"]) and "mlp" in expected["model"].tolist()
+    assert [row[1] for row in stored] == sorted((row[1] for row in stored), reverse=True)  # best Rank IC first
+    metadata = result.asset_materializations_for_node("reports__leaderboard")[-1].metadata
+    assert "| model" in metadata["leaderboard"].value and metadata["mlp Rank IC"].value == stored[[r[0] for r in stored].index("mlp")][1]
+    assert (isolated_home / "reports" / "leaderboard.png").stat().st_size > 10_000
+
+
 def test_concept_rows_follow_the_checkpoints_concepts():
     con = duckdb.connect()
     con.execute("CREATE SCHEMA raw; CREATE TABLE raw.concepts (instrument VARCHAR, concept VARCHAR, kind VARCHAR)")

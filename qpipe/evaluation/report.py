@@ -61,14 +61,15 @@ def leaderboard(daily: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("Rank IC", ascending=False, ignore_index=True)
 
 
-def cumulative_ic_chart(daily: pd.DataFrame, title: str, path: Path) -> Path:
-    """Cumulative daily IC and Rank IC per model: a steadily rising line is a model that works."""
+def cumulative_ic_chart(daily: pd.DataFrame, title: str, path: Path, measures: tuple[str, ...] = ("Rank IC", "IC")) -> Path:
+    """Cumulative daily IC and/or Rank IC per model: a steadily rising line is a model that works."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for model, group in daily.groupby("model"):
         dates = pd.to_datetime(group["date"])
-        ax.plot(dates, group["Rank IC"].fillna(0).cumsum(), label=f"{model} Rank IC")
-        ax.plot(dates, group["IC"].fillna(0).cumsum(), linestyle="--", label=f"{model} IC")
+        for measure in measures:
+            ax.plot(dates, group[measure].fillna(0).cumsum(), linestyle="-" if measure == "Rank IC" else "--",
+                    label=f"{model} {measure}")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_title(f"{title}: cumulative daily IC")
     ax.set_ylabel("sum of daily IC")
