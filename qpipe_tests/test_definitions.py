@@ -26,7 +26,7 @@ def test_leaderboard_is_requested_after_each_successful_daily_run():
     with dg.instance_for_test() as instance:
         run = instance.create_run_for_job(defs.resolve_job_def("daily_pipeline"), run_id="0123abcd-0000-0000-0000-000000000000")
         instance.report_run_failed(run)  # only to have a run event to hand the context
-        event = instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.RUN_FAILURE))[0].event_log_entry
+        event = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_FAILURE, limit=1).records[0].event_log_entry
         context = dg.build_run_status_sensor_context(sensor_name="refresh_leaderboard", dagster_instance=instance,
                                                      dagster_run=run, dagster_event=event.dagster_event,
                                                      repository_def=defs.get_repository_def())
