@@ -20,7 +20,7 @@ from qpipe.calendar import trading_days
 from qpipe.assets.leaderboard import LEADERBOARD_TABLE
 from qpipe.features.store import LOOKBACK
 from qpipe.models.registry import ARCHITECTURES
-from qpipe.settings import get_settings
+from qpipe.settings import get_settings, parse_models
 
 FIRST_DAY, CHECKPOINT_DAY, LAST_DAY = "2023-01-03", "2023-12-29", "2024-12-31"
 # A few epochs on a 240 + 60 day window: minutes on two CPU cores, enough to find the planted signal.
@@ -54,10 +54,10 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(QUICK_PARAMS),
                         help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)})")
     args = parser.parse_args()
-    models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(models) - set(ARCHITECTURES))
-    if unknown:
-        parser.error(f"unknown model {unknown[0]!r}; valid models: {', '.join(ARCHITECTURES)}")
+    try:
+        models = parse_models(args.models)
+    except ValueError as error:
+        parser.error(str(error).replace("QPIPE_MODELS", "--models"))
 
     from qpipe.definitions import defs
 

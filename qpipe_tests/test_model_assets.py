@@ -24,12 +24,17 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QPIPE_MARKET", "syn26")
-        resources = {"warehouse": Warehouse(database=str(root / "warehouse.duckdb")),
-                     "checkpoints": CheckpointStore(root=str(root / "checkpoints")),
-                     "price_source": PriceSource(kind="synthetic", n_instruments=40, seed=5)}
+        resources = synthetic_resources(root, n_instruments=40, seed=5)
         run("2023-06-01", "2024-03-28", ["raw/prices", "raw/universe", "raw/concepts"], resources)
         run("2023-09-01", "2024-03-28", ["features/alpha360", "features/label"], resources)
         yield resources, root
+
+
+def synthetic_resources(root, **market) -> dict:
+    """A warehouse and a checkpoint store under ``root``, prices from the synthetic market (``market`` kwargs)."""
+    return {"warehouse": Warehouse(database=str(root / "warehouse.duckdb")),
+            "checkpoints": CheckpointStore(root=str(root / "checkpoints")),
+            "price_source": PriceSource(kind="synthetic", **market)}
 
 
 def run(start, end, keys, resources, config=None, raise_on_error=True):

@@ -13,8 +13,7 @@ import pytest
 
 from qpipe.calendar import trading_days
 from qpipe.features.store import LOOKBACK
-from qpipe.resources import CheckpointStore, PriceSource, Warehouse
-from qpipe_tests.test_model_assets import run
+from qpipe_tests.test_model_assets import run, synthetic_resources
 
 FEATURES_FROM, CHECKPOINT_DAY, LAST_DAY = "2023-01-03", "2024-01-31", "2024-09-30"
 PROFILE = {"train_days": 240, "valid_days": 40}
@@ -26,9 +25,7 @@ def market(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QPIPE_MARKET", "all")
-        resources = {"warehouse": Warehouse(database=str(root / "warehouse.duckdb")),
-                     "checkpoints": CheckpointStore(root=str(root / "checkpoints")),
-                     "price_source": PriceSource(kind="synthetic")}
+        resources = synthetic_resources(root)
         prices_from = str(trading_days("2022-01-03", FEATURES_FROM)[-LOOKBACK - 1])
         run(prices_from, LAST_DAY, ["raw/prices", "raw/universe", "raw/concepts"], resources)
         run(FEATURES_FROM, LAST_DAY, ["features/alpha360", "features/label"], resources)

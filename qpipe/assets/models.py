@@ -85,7 +85,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         result = train(model, data.train, data.valid, device=config.device or settings.device,
                        on_epoch=lambda m: context.log.info(epoch_line(m)), log=context.log.info)
         path = checkpoints.path_for(arch, day)
-        weights, sidecar = save_checkpoint(path, result, model, columns=data.columns, windows=data.windows.to_json(),
+        weights, sidecar = save_checkpoint(path, result, model, columns=data.train.columns, windows=data.windows.to_json(),
                                            processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state()},
                                            provenance={"train_config": config.model_dump(), "run_id": context.run.run_id},
                                            concepts=data.concepts)

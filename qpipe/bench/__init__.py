@@ -6,6 +6,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+def synthetic_market(n_instruments: int, n_days: int, start: str = "2015-01-02"):
+    """The benchmarks' embedded market: ``n_instruments`` over ``n_days`` NYSE trading days from ``start``."""
+    from qpipe.calendar import trading_days
+    from qpipe.data.synthetic import SyntheticSpec, generate_market
+
+    end = trading_days(start, "2035-12-31")[n_days - 1]
+    return generate_market(SyntheticSpec(n_instruments=n_instruments, start=start, end=str(end),
+                                         index_size=min(200, n_instruments * 2 // 3)))
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

@@ -11,10 +11,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from qpipe.bench import peak_rss_gb, timed
-from qpipe.calendar import trading_days
+from qpipe.bench import peak_rss_gb, synthetic_market, timed
 from qpipe.data import warehouse as wh
-from qpipe.data.synthetic import SyntheticSpec, generate_market
 from qpipe.features import store
 
 QLIB_SECONDS = {"alpha158": 21.0, "alpha360": 21.7}
@@ -29,9 +27,7 @@ def main() -> None:
                         help="DuckDB memory_limit (default: the Warehouse resource's)")
     args = parser.parse_args()
 
-    end = trading_days(args.start, "2035-12-31")[args.days - 1]
-    market = generate_market(SyntheticSpec(n_instruments=args.instruments, start=args.start, end=str(end),
-                                           index_size=min(200, args.instruments * 2 // 3)))
+    market = synthetic_market(args.instruments, args.days, args.start)
     first, last = market.prices["date"].min(), market.prices["date"].max()
     print(f"synthetic market: {args.instruments} instruments x {args.days} days, {len(market.prices):,} price rows")
     t: dict[str, float] = {}

@@ -25,11 +25,9 @@ from pathlib import Path
 import duckdb
 import torch
 
-from qpipe.bench import timed
-from qpipe.calendar import trading_days
+from qpipe.bench import synthetic_market, timed
 from qpipe.data import warehouse as wh
 from qpipe.data.qlib_provider import write_qlib_provider
-from qpipe.data.synthetic import SyntheticSpec, generate_market
 from qpipe.features import store
 from qpipe.models.config import ModelConfig, model_config
 from qpipe.training.dataset import load_training_data
@@ -42,9 +40,7 @@ MARKET = "all"
 
 def build_warehouse(path: Path, n_instruments: int, n_days: int, feature_set: str, qlib_provider: str | None):
     """The synthetic market stored as the assets store it; returns (connection, last day)."""
-    end = trading_days("2015-01-02", "2035-12-31")[n_days - 1]
-    market = generate_market(SyntheticSpec(n_instruments=n_instruments, start="2015-01-02", end=str(end),
-                                           index_size=min(200, n_instruments * 2 // 3)))
+    market = synthetic_market(n_instruments, n_days)
     first, last = market.prices["date"].min(), market.prices["date"].max()
     con = duckdb.connect(str(path), config=wh.CONNECTION_CONFIG)
     wh.write_prices(con, market.prices, first, last)

@@ -76,8 +76,7 @@ def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
         raise ConfigError(f"model {spec.name!r} has no preset for feature set {feature_set!r}; valid: {', '.join(spec.presets)}")
     preset = spec.presets[feature_set]
     step_len = overrides.pop("step_len", preset.step_len)
-    class_defaults = {**spec.class_defaults, **(spec.ts_class_defaults if step_len is not None else {})}
-    params = {**spec.from_qlib({**class_defaults, **preset.params}), **spec.from_qlib(overrides)}
+    params = {**spec.from_qlib({**spec.qlib_class_defaults(step_len), **preset.params}), **spec.from_qlib(overrides)}
     return validated_config(spec, feature_set, step_len, params, source=f"{spec.name}/{feature_set}")
 
 
@@ -115,9 +114,8 @@ def config_from_qlib_yaml(path: str | Path) -> ModelConfig:
         raise ConfigError(f"{path}: task.dataset.class = {dataset!r}; supported: DatasetH, TSDatasetH")
     kwargs = lookup("task.model.kwargs", None) or {}
     kwargs = {k: v for k, v in kwargs.items() if k not in QLIB_IGNORED}
-    class_defaults = {**spec.class_defaults, **(spec.ts_class_defaults if step_len is not None else {})}
     try:
-        params = spec.from_qlib({**class_defaults, **kwargs})
+        params = spec.from_qlib({**spec.qlib_class_defaults(step_len), **kwargs})
     except ValueError as error:
         raise ConfigError(f"{path}: {error}") from None
     return validated_config(spec, FEATURE_SETS[handler], step_len, params, source=str(path))
@@ -252,10 +250,10 @@ _ENGINE_CHECKS: dict[str, Check] = {
     "seed": _optional(_non_negative_int),
     "steps_per_epoch": _optional(_positive_int),
     "scheduler": _optional(_choice("plateau")),
-    "pretrain": lambda value: _boolean(value),
+    "pretrain": _boolean,
     "pretrain_n_epochs": _positive_int,
     "ps": _probability,
-    "model_path": _optional(lambda value: _checkpoint_path(value)),
+    "model_path": _optional(_checkpoint_path),
 }
 
 

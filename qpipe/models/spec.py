@@ -43,6 +43,10 @@ class ModelSpec:
     from_qlib: Callable[[dict[str, Any]], dict[str, Any]] = _unchanged  # Qlib-only kwargs -> engine names
     reads_concepts: bool = False  # forward(x, concepts): each stock's concept-membership row as well (HIST)
 
+    def qlib_class_defaults(self, step_len: int | None) -> dict[str, Any]:
+        """The Qlib class's defaults: the ``_ts`` class's where the dataset is TSDatasetH (step_len set)."""
+        return {**self.class_defaults, **(self.ts_class_defaults if step_len is not None else {})}
+
     def net_parameters(self) -> dict[str, inspect.Parameter]:
         """The network constructor's arguments, whose defaults are the Qlib class defaults."""
         return dict(inspect.signature(self.net).parameters)

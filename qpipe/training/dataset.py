@@ -162,7 +162,6 @@ class TrainingData:
     valid: TrainingFrame
     infer: ProcessorChain
     learn: ProcessorChain
-    columns: list[str]
     concepts: list[str] | None  # the concept matrix's columns, for models that read it
 
 
@@ -199,7 +198,7 @@ def load_training_data(con: duckdb.DuckDBPyConnection, config: ModelConfig, as_o
         names = concept_names(con)
         matrix = concept_rows(con, features.index.get_level_values("instrument").to_numpy(), names)
     return TrainingData(
-        windows=windows, infer=infer, learn=learn, columns=list(features.columns), concepts=names,
+        windows=windows, infer=infer, learn=learn, concepts=names,
         train=to_frame(features.iloc[:train_end], target[:train_end], samples_from=windows.train[0],
                        concepts=None if matrix is None else matrix[:train_end]),
         valid=to_frame(features.iloc[valid_start:], target[valid_start:], samples_from=windows.valid[0],
