@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qpipe.cadence import parse_cadence
+from qpipe.data.synthetic import ORIGIN as SYNTHETIC_ORIGIN, index_size_for
 from qpipe.models.registry import ARCHITECTURES
 
 
@@ -37,8 +38,9 @@ class Settings:
     qlib_market: str = field(default_factory=lambda: _env("QPIPE_QLIB_MARKET", "all"))
     synthetic_seed: int = field(default_factory=lambda: int(_env("QPIPE_SYNTHETIC_SEED", "7")))
     synthetic_instruments: int = field(default_factory=lambda: int(_env("QPIPE_SYNTHETIC_INSTRUMENTS", "300")))
-    # First trading-day partition; sources may start later, never earlier.
-    partitions_start: str = field(default_factory=lambda: _env("QPIPE_PARTITIONS_START", "2010-01-04"))
+    # First trading-day partition; sources may start later, never earlier. The embedded market starts at its origin.
+    partitions_start: str = field(default_factory=lambda: _env(
+        "QPIPE_PARTITIONS_START", SYNTHETIC_ORIGIN if _env("QPIPE_SOURCE", "synthetic") == "synthetic" else "2010-01-04"))
     device: str = field(default_factory=lambda: _env("QPIPE_DEVICE", "auto"))
     # How often the daily schedule retrains checkpoints: daily, weekly, monthly or every N trading days.
     retrain_every: str | int = field(default_factory=lambda: parse_cadence(_env("QPIPE_RETRAIN_EVERY", "daily")))
@@ -48,7 +50,7 @@ class Settings:
     @property
     def market(self) -> str:
         """The universe models train and predict on (QPIPE_MARKET), by default the source's index."""
-        default = {"synthetic": "syn200", "qlib": self.qlib_market}.get(self.source, "all")
+        default = {"synthetic": f"syn{index_size_for(self.synthetic_instruments)}", "qlib": self.qlib_market}.get(self.source, "all")
         return _env("QPIPE_MARKET", default)
 
     @property

@@ -42,10 +42,13 @@ def test_a_range_of_days_materializes_in_one_run(warehouse_path):
     assert len(result.asset_materializations_for_node("raw__prices")) == 6
 
 
-def test_a_day_outside_the_source_fails_clearly(warehouse_path):
-    result = _materialize(warehouse_path, SYNTHETIC, "2012-03-01", raise_on_error=False)
+def test_a_day_outside_the_source_fails_clearly(tmp_path, warehouse_path):
+    source = tmp_path / "prices.csv"
+    source.write_text(GOOD)  # 2024-01-02 and 2024-01-03 only
+    result = _materialize(warehouse_path, PriceSource(kind="tabular", path=str(source)), "2024-03-01",
+                          raise_on_error=False)
     assert not result.success
-    assert "has no rows between 2012-03-01 and 2012-03-01" in _failure_text(result)
+    assert "has no rows between 2024-03-01 and 2024-03-01 (it covers 2024-01-02..2024-01-03)" in _failure_text(result)
 
 
 def _failure_text(result: dg.ExecuteInProcessResult) -> str:

@@ -7,13 +7,18 @@ from contextlib import contextmanager
 
 
 def synthetic_market(n_instruments: int, n_days: int, start: str = "2015-01-02"):
-    """The benchmarks' embedded market: ``n_instruments`` over ``n_days`` NYSE trading days from ``start``."""
-    from qpipe.calendar import trading_days
-    from qpipe.data.synthetic import SyntheticSpec, generate_market
+    """The benchmarks' embedded market: ``n_instruments`` over ``n_days`` NYSE trading days from ``start``.
 
-    end = trading_days(start, "2035-12-31")[n_days - 1]
-    return generate_market(SyntheticSpec(n_instruments=n_instruments, start=start, end=str(end),
-                                         index_size=min(200, n_instruments * 2 // 3)))
+    ``start`` becomes the market's origin (its first session), so the result is the same whatever today is.
+    """
+    import pandas as pd
+
+    from qpipe.calendar import trading_days
+    from qpipe.data.synthetic import SyntheticSpec, generate_market, index_size_for
+
+    spec = SyntheticSpec(n_instruments=n_instruments, origin=start, index_size=index_size_for(n_instruments))
+    end = trading_days(start, pd.Timestamp(start) + pd.Timedelta(days=2 * n_days + 14))[n_days - 1]
+    return generate_market(spec, end=end)
 
 
 def peak_rss_gb() -> float:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from qpipe.data.qlib_provider import QlibSource
-from qpipe.data.synthetic import SyntheticSpec, generate_market
+from qpipe.data.synthetic import SyntheticSpec, generate_market, index_size_for
 from qpipe.data.tabular import TabularSource
 from qpipe.data.validation import validate_prices
 
@@ -37,8 +37,8 @@ def listing_spans(prices: pd.DataFrame, market: str = "all") -> pd.DataFrame:
 def load_source(kind: str = "synthetic", path: str = "", columns: dict | None = None, market: str = "all",
                 seed: int = 7, n_instruments: int = 300) -> PriceBatch:
     if kind == "synthetic":
-        spec = SyntheticSpec(n_instruments=n_instruments, seed=seed, index_size=min(200, n_instruments * 2 // 3))
-        market_data = generate_market(spec)
+        spec = SyntheticSpec(n_instruments=n_instruments, seed=seed, index_size=index_size_for(n_instruments))
+        market_data = generate_market(spec, end=None)  # the whole market, origin .. today (New York)
         prices = validate_prices(market_data.prices, f"synthetic(seed={seed})")
         return PriceBatch(prices, market_data.universe[UNIVERSE_COLUMNS], market_data.concepts[CONCEPT_COLUMNS])
     if not path:
