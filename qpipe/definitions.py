@@ -1,5 +1,7 @@
 """The composition root: the one Definitions object of the qpipe code location."""
 
+import warnings
+
 import dagster as dg
 
 from qpipe.assets.features import feature_tables, label_table
@@ -9,6 +11,10 @@ from qpipe.assets.prices import raw_prices, raw_universe
 from qpipe.jobs import daily_pipeline
 from qpipe.resources import build_resources
 from qpipe.schedules import after_close
+
+# Dagster's own parser of selection strings ("group:ingest" in `dg launch --assets`) passes AssetSelection's
+# beta parameter include_sources and so warns about it on every command that selects a group: not the user's doing.
+warnings.filterwarnings("ignore", message="Parameter `include_sources` of function", category=dg.BetaWarning)
 
 defs = dg.Definitions(
     assets=[raw_prices, raw_universe, feature_tables, label_table, *model_assets, leaderboard],

@@ -1,56 +1,133 @@
-"""The main job on the embedded default market: ``python -m qpipe.main``.
+"""The main job: ``python -m qpipe.main`` runs the daily pipeline on the embedded market and prints the leaderboard.
 
-Runs ``daily_pipeline`` (then ``leaderboard_job``) on the synthetic market as five Dagster runs, recorded in the instance
-at $DAGSTER_HOME so they show in ``dagster dev``:
-1. prices from ``LOOKBACK`` trading days before ``--start`` (so the first day's features see the
-   same history as a full-history computation), and the universe;
-2. Alpha158, Alpha360 and labels for [start, end];
-3. one checkpoint per architecture on ``--checkpoint-day``, with a quick training profile;
-4. out-of-sample predictions and IC reports for the days after it;
+Five Dagster runs, launched through a code server exactly as the UI launches them (so each one
+shows in ``dg dev`` with its lineage and can be stopped there, or with Ctrl-C here):
+1. prices from ``LOOKBACK`` sessions before the first training day to the latest session, and the universe;
+2. Alpha158, Alpha360 and labels from the first training day on;
+3. one checkpoint per architecture on the session ``--test-days`` before the latest (quick training
+   profile), the cheapest first, as many at once as the machine has training slots;
+4. out-of-sample predictions and IC reports for every session after it;
 5. reports/leaderboard, which it prints: IC, ICIR, Rank IC, Rank ICIR per model.
+The console shows each step as it finishes and the running steps' progress; the details are in
+each run's log in the UI.
 """
 
 import argparse
+import os
+import sys
 import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
 
 import dagster as dg
-import duckdb
+import pandas as pd
 
+from qpipe.assets.models import checkpoint_key, ic_key, predictions_key
 from qpipe.calendar import trading_days
-from qpipe.assets.leaderboard import LEADERBOARD_TABLE
-from qpipe.features.store import LOOKBACK
-from qpipe.models.registry import ARCHITECTURES
+from qpipe.compute import ComputePlan, compute_plan
+from qpipe.features.store import LABEL_HORIZON, LOOKBACK
+from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
 from qpipe.settings import get_settings, parse_models
 
-FIRST_DAY, CHECKPOINT_DAY, LAST_DAY = "2023-01-03", "2023-12-29", "2024-12-31"
-# A few epochs on a 240 + 60 day window: minutes on two CPU cores, enough to find the planted signal.
+# A few epochs on a 240 + 60 session window: minutes on two CPU cores, enough to find the planted signal.
 # The MLP takes batches of 512 instead of Qlib's 4096: on 37,600 training rows that gives it enough steps.
 QUICK_PROFILE = {"train_days": 240, "valid_days": 60}
 # The Transformer and Localformer (feed-forward width 2048, as in Qlib) need about 8 s per batch of 2048
 # on two CPU cores, 3 minutes per epoch of this profile: ask for them with --models on a GPU machine.
 QUICK_PARAMS = {"mlp": {"n_epochs": 30, "batch_size": 512}, "lstm": {"n_epochs": 4}, "gru": {"n_epochs": 4},
                 "alstm": {"n_epochs": 4}}
+TEST_DAYS = 250  # out-of-sample sessions scored after the checkpoint
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the run log keeps everything
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+# One ASSET_MATERIALIZATION_PLANNED event per asset of a range run instead of one per partition (Dagster's
+# own switch): a 250-day predictions run of four models writes 2,000 fewer sqlite events.
+os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
 
 
-def _run(job: dg.JobDefinition, name: str, keys: list[str], **kwargs) -> None:
+@dataclass(frozen=True)
+class Stage:
+    title: str
+    job: str
+    keys: list[str]
+    tags: dict[str, str]
+    run_config: dict
+
+
+def _span(start, end) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": str(start), "dagster/asset_partition_range_end": str(end)}
+
+
+def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: ComputePlan) -> list[Stage]:
+    """The five runs for a leaderboard over the ``test_days`` sessions up to ``last_day``."""
+    days = trading_days("2000-01-03", last_day)
+    checkpoint = len(days) - 1 - test_days
+    first_train = checkpoint - LABEL_HORIZON - QUICK_PROFILE["valid_days"] - QUICK_PROFILE["train_days"] + 1
+    prices_from, features_from = days[first_train - LOOKBACK], days[first_train]
+    checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
+    cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)
+    training = {"ops": {checkpoint_key(arch).to_python_identifier(): {
+        "config": {**QUICK_PROFILE, "params": QUICK_PARAMS.get(arch, {})}} for arch in models},
+        "execution": {"config": {"multiprocess": {"max_concurrent": plan.parallel_steps}}}}
+    return [
+        Stage(f"prices and universe {prices_from}..{end}", "daily_pipeline", ["raw/prices", "raw/universe", "raw/concepts"],
+              _span(prices_from, end), {**IN_PROCESS, **QUIET}),
+        Stage(f"features and labels {features_from}..{end}", "daily_pipeline",
+              ["features/alpha158", "features/alpha360", "features/label"], _span(features_from, end), {**IN_PROCESS, **QUIET}),
+        Stage(f"checkpoints on {checkpoint_day}: {', '.join(cheapest_first)} (cheapest first, "
+              f"{plan.parallel_steps} at once)", "daily_pipeline",
+              [checkpoint_key(arch).to_user_string() for arch in models], {"dagster/partition": str(checkpoint_day)},
+              {**training, **QUIET}),
+        Stage(f"predictions and IC reports {first_scored}..{end}", "daily_pipeline",
+              [key.to_user_string() for arch in models for key in (predictions_key(arch), ic_key(arch))],
+              _span(first_scored, end), {**IN_PROCESS, **QUIET}),
+        Stage("leaderboard", "leaderboard_job", ["reports/leaderboard"], {}, {**IN_PROCESS, **QUIET}),
+    ]
+
+
+def training_slots(instance: dg.DagsterInstance, plan: ComputePlan) -> int:
+    """The ``gpu`` pool's slots: as set on the instance, else one per CPU step slot on a machine without GPUs."""
+    storage = instance.event_log_storage
+    if "gpu" not in storage.get_concurrency_keys():
+        import torch
+
+        storage.set_concurrency_slots("gpu", 1 if torch.cuda.is_available() else plan.parallel_steps)
+    return storage.get_concurrency_info("gpu").slot_count
+
+
+def run_stage(server, stage: Stage, number: int, total: int) -> dg.DagsterRunStatus:
+    from qpipe.console import RunView
+
     began = time.perf_counter()
-    result = job.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=False,
-                                    asset_selection=[dg.AssetKey.from_user_string(k) for k in keys], **kwargs)
-    print(f"{name}: {'succeeded' if result.success else 'FAILED'} in {time.perf_counter() - began:.0f}s "
-          f"(run {result.run_id})", flush=True)
-    if not result.success:
-        raise SystemExit(1)
+    run_id = server.launch(stage.job, stage.keys, tags={**stage.tags, "qpipe/main": "yes"}, run_config=stage.run_config)
+    print(f"[{number}/{total}] {stage.title}  (run {run_id[:8]})", flush=True)
+    view = RunView(server.instance, run_id)
+    try:
+        status = view.follow()
+    except KeyboardInterrupt:
+        print(f"\nstopping run {run_id[:8]} (Ctrl-C again leaves it to the UI)...", flush=True)
+        server.cancel(run_id)
+        status = view.follow()
+    outcome = {dg.DagsterRunStatus.SUCCESS: "succeeded", dg.DagsterRunStatus.CANCELED: "canceled"}.get(status, "failed")
+    print(f"      {outcome} in {time.perf_counter() - began:.0f}s", flush=True)
+    return status
 
 
-def _range(start: str, end: str) -> dict:
-    return {"tags": {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}}
+def print_leaderboard(test_days: int) -> None:
+    import duckdb
+
+    from qpipe.assets.leaderboard import LEADERBOARD_TABLE
+
+    with duckdb.connect(str(get_settings().warehouse), read_only=True) as con:
+        board = con.execute(f"SELECT * FROM {LEADERBOARD_TABLE}").df()
+    print(f"\nOut-of-sample leaderboard, {test_days} sessions (daily IC against the raw label, as Qlib's SigAnaRecord):")
+    print(board.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--start", default=FIRST_DAY)
-    parser.add_argument("--checkpoint-day", default=CHECKPOINT_DAY)
-    parser.add_argument("--end", default=LAST_DAY)
+    parser.add_argument("--end", default=None, help="last session (default: the latest session up to today)")
+    parser.add_argument("--test-days", type=int, default=TEST_DAYS, help="sessions scored after the checkpoint")
     parser.add_argument("--models", default=",".join(QUICK_PARAMS),
                         help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)})")
     args = parser.parse_args()
@@ -58,29 +135,29 @@ def main() -> None:
         models = parse_models(args.models)
     except ValueError as error:
         parser.error(str(error).replace("QPIPE_MODELS", "--models"))
+    if not os.environ.get("DAGSTER_HOME"):
+        sys.exit("DAGSTER_HOME is not set: the runs need an instance to live in (the README uses export DAGSTER_HOME=$PWD)")
 
-    from qpipe.definitions import defs
+    from qpipe.launcher import code_server
 
-    job = defs.resolve_job_def("daily_pipeline")
-    prices_from = str(trading_days("2000-01-03", args.start)[-LOOKBACK - 1])
-    first_scored = str(trading_days(args.checkpoint_day, args.end)[1])
-    _run(job, f"prices {prices_from}..{args.end}", ["raw/prices", "raw/universe", "raw/concepts"],
-         **_range(prices_from, args.end))
-    _run(job, f"features and labels {args.start}..{args.end}",
-         ["features/alpha158", "features/alpha360", "features/label"], **_range(args.start, args.end))
-    _run(job, f"checkpoints of {', '.join(models)} on {args.checkpoint_day}",
-         [f"models/{arch}/checkpoint" for arch in models], partition_key=args.checkpoint_day,
-         run_config={"ops": {f"models__{arch}__checkpoint": {"config": {**QUICK_PROFILE, "params": QUICK_PARAMS.get(arch, {})}}
-                             for arch in models}})
-    _run(job, f"predictions and IC reports {first_scored}..{args.end}",
-         [key for arch in models for key in (f"predictions/{arch}", f"reports/{arch}/ic")],
-         **_range(first_scored, args.end))
-
-    _run(defs.resolve_job_def("leaderboard_job"), "leaderboard", ["reports/leaderboard"])
-    with duckdb.connect(str(get_settings().warehouse), read_only=True) as con:
-        board = con.execute(f"SELECT * FROM {LEADERBOARD_TABLE}").df()
-    print(f"\nOut-of-sample, {first_scored}..{args.end} (daily IC against the raw label, as Qlib's SigAnaRecord):")
-    print(board.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    began = time.perf_counter()
+    settings, plan = get_settings(), compute_plan()
+    last_day = pd.Timestamp(args.end or pd.Timestamp.now(tz="America/New_York").date()).date()
+    plan_stages = stages(last_day, models, args.test_days, plan)
+    instance = dg.DagsterInstance.get()
+    print(f"qpipe main job on the {settings.source} market; warehouse {settings.warehouse}\n"
+          f"  runs are kept in the Dagster instance at {os.environ['DAGSTER_HOME']} (see them with: dg dev)\n"
+          f"  {plan.describe()}; {training_slots(instance, plan)} training slot(s) (pool gpu); Ctrl-C stops the run",
+          flush=True)
+    log_file = Path(os.environ["DAGSTER_HOME"]) / "logs" / "qpipe-main.log"
+    with code_server(instance, log_file) as server:
+        for number, stage in enumerate(plan_stages, 1):
+            status = run_stage(server, stage, number, len(plan_stages))
+            if status != dg.DagsterRunStatus.SUCCESS:
+                sys.exit(130 if status == dg.DagsterRunStatus.CANCELED else
+                         f"the run's log is in the UI; the processes' console output in {log_file}")
+    print_leaderboard(args.test_days)
+    print(f"\nmain job done in {time.perf_counter() - began:.0f}s")
 
 
 if __name__ == "__main__":

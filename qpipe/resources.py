@@ -1,4 +1,4 @@
-"""Dagster resources: the DuckDB warehouse and the configured price source."""
+"""Dagster resources: the DuckDB warehouse, the configured price source, checkpoints and the step's threads."""
 
 from contextlib import contextmanager
 from pathlib import Path
@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from qpipe import compute
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import SOURCE_KINDS, PriceBatch, load_source
 from qpipe.settings import Settings, get_settings
@@ -20,6 +21,7 @@ class Warehouse(DuckDBResource):
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)
         with super().get_connection() as con:
             try:
+                con.execute("SET enable_progress_bar = false")  # it would draw on the console of every long step
                 yield con
             finally:  # DuckDBResource only closes on success; a failed step must release the file too
                 con.close()
@@ -42,10 +44,21 @@ class PriceSource(dg.ConfigurableResource):
         return f"synthetic(seed={self.seed}, n={self.n_instruments})" if self.kind == "synthetic" else f"{self.kind}:{self.path}"
 
 
+class Compute(dg.ConfigurableResource):
+    """The threads a step gives torch, numba and OpenMP (qpipe.compute says why they are few and fixed)."""
+
+    threads: int = Field(ge=1, description="threads per step (QPIPE_THREADS)")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        compute.use_threads(self.threads)
+
+
 def build_resources(settings: Settings | None = None) -> dict:
     s = settings or get_settings()
+    threads = compute.compute_plan().threads
     return {
-        "warehouse": Warehouse(database=str(s.warehouse), connection_config=wh.CONNECTION_CONFIG),
+        "compute": Compute(threads=threads),
+        "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads}),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),
         "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,
                                     market=s.qlib_market, seed=s.synthetic_seed,

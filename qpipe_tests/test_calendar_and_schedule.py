@@ -77,7 +77,7 @@ def test_schedule_leaves_checkpoints_out_on_days_that_are_not_retrain_days(monke
     selected = {key.to_user_string() for key in wednesday.asset_selection}
     assert wednesday.partition_key == "2024-01-17"
     assert not any(key.startswith("models/") for key in selected)
-    assert {"raw/prices", "features/alpha360", "features/label", "predictions/lstm", "reports/lstm/ic"} <= selected
+    assert {"raw/prices", "features/alpha360", "features/label", "predictions/lstm_predictions", "reports/lstm_ic"} <= selected
     monkeypatch.setenv("QPIPE_RETRAIN_EVERY", "biweekly")
     with pytest.raises(dg.DagsterUserCodeExecutionError) as failed:
         _tick(datetime(2024, 1, 17, 17, 30, tzinfo=ny))
@@ -89,7 +89,7 @@ def test_schedule_runs_only_the_models_listed_in_qpipe_models(monkeypatch):
     monkeypatch.setenv("QPIPE_MODELS", "lstm, GRU")
     request = _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny)).run_requests[0]
     selected = {key.to_user_string() for key in request.asset_selection}
-    assert {"models/lstm/checkpoint", "predictions/gru", "reports/gru/ic", "raw/prices", "features/label"} <= selected
+    assert {"models/lstm_checkpoint", "predictions/gru_predictions", "reports/gru_ic", "raw/prices", "features/label"} <= selected
     assert not any("transformer" in key or "mlp" in key for key in selected)
     assert request.tags["qpipe/models"] == "lstm,gru"
     monkeypatch.setenv("QPIPE_MODELS", "lstm,xgboost")

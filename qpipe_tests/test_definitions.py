@@ -15,7 +15,7 @@ def test_definitions_load_with_the_documented_assets_jobs_and_schedule():
     from qpipe.models.registry import ARCHITECTURES
 
     for arch in ARCHITECTURES:  # one checkpoint, prediction and IC report asset per architecture
-        assert {f"models/{arch}/checkpoint", f"predictions/{arch}", f"reports/{arch}/ic"} <= keys
+        assert {f"models/{arch}_checkpoint", f"predictions/{arch}_predictions", f"reports/{arch}_ic"} <= keys
     daily = {k.to_user_string() for k in defs.resolve_job_def("daily_pipeline").asset_layer.asset_graph.get_all_asset_keys()}
     assert "reports/leaderboard" in keys and "reports/leaderboard" not in daily  # unpartitioned: its own job
 

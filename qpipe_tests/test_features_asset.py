@@ -9,14 +9,14 @@ from qpipe.assets.features import feature_tables, label_table
 from qpipe.assets.prices import raw_prices
 from qpipe.features.alpha158 import ALPHA158_NAMES
 from qpipe.features.alpha360 import ALPHA360_NAMES
-from qpipe.resources import PriceSource, Warehouse
+from qpipe.resources import Compute, PriceSource, Warehouse
 
 FIRST, LAST = "2024-01-02", "2024-06-28"
 
 
 def _run(path, assets, start, end=None):
     tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end or start}
-    resources = {"warehouse": Warehouse(database=str(path)),
+    resources = {"warehouse": Warehouse(database=str(path)), "compute": Compute(threads=1),
                  "price_source": PriceSource(kind="synthetic", n_instruments=40, seed=11)}
     return dg.materialize(assets, tags=tags, resources=resources, selection=assets)
 

@@ -11,7 +11,7 @@ from qpipe.assets.features import feature_tables, label_table
 from qpipe.assets.models import model_assets
 from qpipe.assets.prices import raw_prices, raw_universe
 from qpipe.calendar import trading_days
-from qpipe.resources import CheckpointStore, PriceSource, Warehouse
+from qpipe.resources import CheckpointStore, Compute, PriceSource, Warehouse
 
 DAY = "2024-01-31"  # the checkpoint partition
 SCORED = ("2024-02-01", "2024-03-28")
@@ -32,7 +32,7 @@ def env(tmp_path_factory):
 
 def synthetic_resources(root, **market) -> dict:
     """A warehouse and a checkpoint store under ``root``, prices from the synthetic market (``market`` kwargs)."""
-    return {"warehouse": Warehouse(database=str(root / "warehouse.duckdb")),
+    return {"warehouse": Warehouse(database=str(root / "warehouse.duckdb")), "compute": Compute(threads=1),
             "checkpoints": CheckpointStore(root=str(root / "checkpoints")),
             "price_source": PriceSource(kind="synthetic", **market)}
 
@@ -48,7 +48,7 @@ def run(start, end, keys, resources, config=None, raise_on_error=True):
 def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     resources, root = env
     config = {**QUICK, "params": {**QUICK["params"], "pretrain_n_epochs": 1}} if arch == "tabnet" else QUICK
-    run(DAY, DAY, [f"models/{arch}/checkpoint"], resources, {f"models__{arch}__checkpoint": {"config": config}})
+    run(DAY, DAY, [f"models/{arch}_checkpoint"], resources, {f"models__{arch}_checkpoint": {"config": config}})
     sidecar = json.loads((root / "checkpoints" / arch / f"{DAY}.json").read_text())
     assert (root / "checkpoints" / arch / f"{DAY}.safetensors").stat().st_size > 0
     days = [str(d) for d in trading_days("2023-06-01", DAY)]
@@ -62,7 +62,7 @@ def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
         assert sidecar["concepts"] == known and len(known) > 10
     assert len(sidecar["pretrain_history"]) == (1 if arch == "tabnet" else 0)
 
-    result = run(*SCORED, [f"predictions/{arch}", f"reports/{arch}/ic"], resources)
+    result = run(*SCORED, [f"predictions/{arch}_predictions", f"reports/{arch}_ic"], resources)
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         per_day = con.execute("""SELECT p.date, count(*), count(DISTINCT checkpoint_partition), min(checkpoint_partition)
             FROM predictions.scores p WHERE model = ? GROUP BY 1 ORDER BY 1""", [arch]).fetchall()
@@ -73,15 +73,15 @@ def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     assert str(per_day[0][0]) == SCORED[0] and str(per_day[-1][0]) == SCORED[1]
     assert per_day[0][1] == members and all(r[2] == 1 and r[3] == DAY for r in per_day)
     assert ic_days[0] == len(per_day) - 2 and ic_days[1] == ic_days[0]  # the last two days' labels are not known yet
-    metadata = result.asset_materializations_for_node(f"reports__{arch}__ic")[-1].metadata
+    metadata = result.asset_materializations_for_node(f"reports__{arch}_ic")[-1].metadata
     assert {"IC to date", "ICIR to date", "Rank IC to date", "Rank ICIR to date"} <= set(metadata)
     assert (isolated_home / "reports" / f"{arch}_ic.png").stat().st_size > 10_000
 
 
 def test_bad_hyperparameter_fails_before_anything_is_written(env):
     resources, root = env
-    bad = {"models__gru__checkpoint": {"config": {**QUICK, "params": {"lr": -1, "batch_size": 256}}}}
-    result = run(DAY, DAY, ["models/gru/checkpoint"], resources, bad, raise_on_error=False)
+    bad = {"models__gru_checkpoint": {"config": {**QUICK, "params": {"lr": -1, "batch_size": 256}}}}
+    result = run(DAY, DAY, ["models/gru_checkpoint"], resources, bad, raise_on_error=False)
     assert not result.success
     message = result.get_step_failure_events()[0].event_specific_data.error.to_string()
     assert "lr" in message and "-1" in message
@@ -90,14 +90,14 @@ def test_bad_hyperparameter_fails_before_anything_is_written(env):
 
 def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):
     resources, root = env
-    run(DAY, DAY, ["models/lstm/checkpoint"], resources,
-        {"models__lstm__checkpoint": {"config": {**QUICK, "params": {"n_epochs": 1, "batch_size": 256}}}})
-    run(*SCORED, ["predictions/lstm"], resources)
+    run(DAY, DAY, ["models/lstm_checkpoint"], resources,
+        {"models__lstm_checkpoint": {"config": {**QUICK, "params": {"n_epochs": 1, "batch_size": 256}}}})
+    run(*SCORED, ["predictions/lstm_predictions"], resources)
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         before = con.execute("SELECT * FROM predictions.scores WHERE model = 'lstm' ORDER BY date, instrument").fetchall()
     weights = root / "checkpoints" / "lstm" / f"{DAY}.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    result = run(*SCORED, ["predictions/lstm"], resources, raise_on_error=False)
+    result = run(*SCORED, ["predictions/lstm_predictions"], resources, raise_on_error=False)
     assert not result.success
     assert str(weights) in result.get_step_failure_events()[0].event_specific_data.error.to_string()
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
@@ -111,8 +111,8 @@ def test_leaderboard_ranks_every_model_with_stored_ics(env, isolated_home):
     from qpipe.evaluation.report import leaderboard as board_of
 
     resources, _ = env
-    run(DAY, DAY, ["models/mlp/checkpoint"], resources, {"models__mlp__checkpoint": {"config": QUICK}})
-    run(*SCORED, ["predictions/mlp", "reports/mlp/ic"], resources)
+    run(DAY, DAY, ["models/mlp_checkpoint"], resources, {"models__mlp_checkpoint": {"config": QUICK}})
+    run(*SCORED, ["predictions/mlp_predictions", "reports/mlp_ic"], resources)
     result = dg.materialize([*ASSETS, leaderboard], selection=[leaderboard.key], resources=resources)
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         stored = con.execute('SELECT model, "Rank IC", days FROM reports.leaderboard').fetchall()

@@ -35,10 +35,10 @@ def market(tmp_path_factory):
 def out_of_sample_rank_ic_t(resources, arch: str, shuffle_labels: bool = False) -> tuple[float, int]:
     """Train ``arch`` on CHECKPOINT_DAY, score the days after it; t-statistic of the daily Rank IC."""
     config = {**PROFILE, "params": PARAMS[arch], "shuffle_labels": shuffle_labels}
-    run(CHECKPOINT_DAY, CHECKPOINT_DAY, [f"models/{arch}/checkpoint"], resources,
-        {f"models__{arch}__checkpoint": {"config": config}})
+    run(CHECKPOINT_DAY, CHECKPOINT_DAY, [f"models/{arch}_checkpoint"], resources,
+        {f"models__{arch}_checkpoint": {"config": config}})
     first_scored = str(trading_days(CHECKPOINT_DAY, LAST_DAY)[1])
-    run(first_scored, LAST_DAY, [f"predictions/{arch}", f"reports/{arch}/ic"], resources)
+    run(first_scored, LAST_DAY, [f"predictions/{arch}_predictions", f"reports/{arch}_ic"], resources)
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         rank_ic = con.execute('SELECT "Rank IC" FROM reports.daily_ic WHERE model = ? ORDER BY date',
                               [arch]).fetchnumpy()["Rank IC"]

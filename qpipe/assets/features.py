@@ -7,7 +7,7 @@ import dagster as dg
 from qpipe.assets.prices import PRICES, partition_dates
 from qpipe.features import store
 from qpipe.partitions import trading_days
-from qpipe.resources import Warehouse
+from qpipe.resources import Compute, Warehouse
 
 FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATURE_SETS.items()}
 
@@ -27,14 +27,15 @@ FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATUR
     group_name="features",
     can_subset=True,
 )
-def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse):
+def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, compute: Compute):
     start, end = partition_dates(context)
     selected = [FEATURE_KEYS[key] for key in FEATURE_KEYS if key in context.selected_asset_keys]
     began = time.perf_counter()
     with warehouse.get_connection() as con:
         written = store.write_features(con, selected, start, end)
     seconds = time.perf_counter() - began
-    context.log.info(f"{written} rows for {start.date()}..{end.date()} in {seconds:.1f}s")
+    counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
+    context.log.info(f"{counts} for {start.date()}..{end.date()} in {seconds:.1f}s ({compute.threads} threads)")
     for fs in selected:
         yield dg.MaterializeResult(asset_key=["features", fs.name], metadata={
             "dagster/partition_row_count": written[fs.name],

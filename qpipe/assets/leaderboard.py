@@ -6,6 +6,7 @@ Unpartitioned (one table for all days and models), so it sits outside the partit
 
 import dagster as dg
 
+from qpipe.assets.models import ic_key
 from qpipe.jobs import daily_pipeline
 from qpipe.models.registry import ARCHITECTURES
 from qpipe.resources import Warehouse
@@ -18,7 +19,7 @@ LEADERBOARD_TABLE = "reports.leaderboard"
     key=["reports", "leaderboard"],
     description="IC, ICIR, Rank IC, Rank ICIR and days per model over all scored days (Qlib SigAnaRecord), "
                 "best Rank IC first; DuckDB reports.leaderboard, a markdown table and a cumulative Rank IC chart.",
-    deps=[dg.AssetDep(["reports", arch, "ic"]) for arch in ARCHITECTURES],
+    deps=[dg.AssetDep(ic_key(arch)) for arch in ARCHITECTURES],
     group_name="summary",
     kinds={"duckdb", "matplotlib"},
     metadata={"dagster/table_name": LEADERBOARD_TABLE},
@@ -31,7 +32,7 @@ def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
         wh.ensure_table(con, report.DAILY_IC, report.DAILY_IC_DDL)
         daily = report.read_daily_ic(con)
         if daily.empty:
-            raise dg.Failure("no daily IC stored yet: materialize reports/<arch>/ic for some days first")
+            raise dg.Failure("no daily IC stored yet: materialize reports/<arch>_ic for some days first")
         board = report.leaderboard(daily)
         con.execute(f"CREATE SCHEMA IF NOT EXISTS reports; CREATE OR REPLACE TABLE {LEADERBOARD_TABLE} AS SELECT * FROM board")
     chart = report.cumulative_ic_chart(daily, "all models", get_settings().home / "reports" / "leaderboard.png",

@@ -1,7 +1,9 @@
-"""models/<arch>/checkpoint, predictions/<arch>, reports/<arch>/ic: built for every registered architecture.
+"""models/<arch>_checkpoint, predictions/<arch>_predictions, reports/<arch>_ic: built for every registered
+architecture. Each key ends with the architecture's name, which is what a node of the asset graph shows.
 
 torch, the engine and matplotlib are imported inside the steps that use them: the code location
-(and every step process that only ingests or computes features) loads without them.
+(and every step process that only ingests or computes features) loads without them. Cheap models
+have a higher step priority, so a run that trains several trains the fastest first.
 """
 
 import time
@@ -15,15 +17,32 @@ from qpipe.assets.prices import UNIVERSE, partition_dates
 from qpipe.data import warehouse as wh
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
-from qpipe.models.registry import ARCHITECTURES
+from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
 from qpipe.partitions import trading_days
-from qpipe.resources import CheckpointStore, Warehouse
+from qpipe.resources import CheckpointStore, Compute, Warehouse
 from qpipe.settings import get_settings
 
 if TYPE_CHECKING:
     from qpipe.models.config import ModelConfig
 
 LABEL = dg.AssetKey(["features", "label"])
+
+
+def checkpoint_key(arch: str) -> dg.AssetKey:
+    return dg.AssetKey(["models", f"{arch}_checkpoint"])
+
+
+def predictions_key(arch: str) -> dg.AssetKey:
+    return dg.AssetKey(["predictions", f"{arch}_predictions"])
+
+
+def ic_key(arch: str) -> dg.AssetKey:
+    return dg.AssetKey(["reports", f"{arch}_ic"])
+
+
+def _priority(arch: str) -> dict[str, str]:
+    """Dagster's step priority (an integer; higher runs first): the cheapest models train first."""
+    return {"dagster/priority": str(-sorted(TRAINING_COST, key=TRAINING_COST.__getitem__).index(arch))}
 
 
 class TrainConfig(dg.Config):
@@ -53,7 +72,7 @@ class TrainConfig(dg.Config):
 
 def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=["models", arch, "checkpoint"],
+        key=checkpoint_key(arch),
         description=f"{arch.upper()} trained on the window of labels known at the partition's close; "
                     "safetensors weights + JSON sidecar (config, windows, processor state, metrics).",
         partitions_def=trading_days,
@@ -64,9 +83,10 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         group_name="models",
         kinds={"pytorch", "safetensors"},
         tags={"qpipe/arch": arch},
+        op_tags=_priority(arch),
     )
     def _checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, warehouse: Warehouse,
-                    checkpoints: CheckpointStore) -> dg.MaterializeResult:
+                    checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:
         from qpipe.training import dataset
         from qpipe.training.checkpoint import save_checkpoint
         from qpipe.training.engine import epoch_line, train
@@ -83,13 +103,17 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
         began = time.perf_counter()
         result = train(model, data.train, data.valid, device=config.device or settings.device,
-                       on_epoch=lambda m: context.log.info(epoch_line(m)), log=context.log.info)
+                       on_epoch=lambda m: context.log.info(epoch_line(m)),
+                       on_progress=lambda p: context.log.info(p.line()), log=context.log.info)
         path = checkpoints.path_for(arch, day)
         weights, sidecar = save_checkpoint(path, result, model, columns=data.train.columns, windows=data.windows.to_json(),
                                            processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state()},
                                            provenance={"train_config": config.model_dump(), "run_id": context.run.run_id},
                                            concepts=data.concepts)
         best = result.history[result.best_epoch - 1]
+        context.log.info(f"best epoch {result.best_epoch}/{len(result.history)}: valid IC {best['valid_ic']:+.4f}, "
+                         f"valid loss {best['valid_loss']:.4f}; {result.seconds_per_epoch:.1f}s per epoch on "
+                         f"{result.device} ({compute.threads} thread{'s' if compute.threads > 1 else ''})")
         return dg.MaterializeResult(metadata={
             "dagster/uri": str(weights),
             "best_epoch": result.best_epoch,
@@ -99,6 +123,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             "shuffled_labels": config.shuffle_labels,
             "parameters": result.n_params,
             "device": result.device,
+            "threads": compute.threads,
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),
             "seconds": round(time.perf_counter() - began, 1),
             "sidecar": dg.MetadataValue.path(str(sidecar)),
@@ -109,11 +134,11 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
 
 def _predictions_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=["predictions", arch],
+        key=predictions_key(arch),
         description=f"{arch.upper()} scores per (date, instrument) from the newest checkpoint at or before "
                     "each day; DuckDB predictions.scores.",
         partitions_def=trading_days,
-        deps=[dg.AssetDep(["models", arch, "checkpoint"])] + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
+        deps=[dg.AssetDep(checkpoint_key(arch))] + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",
         group_name="predictions",
@@ -121,15 +146,16 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         tags={"qpipe/arch": arch},
         metadata={"dagster/table_name": wh.PREDICTIONS},
     )
-    def _predictions(context: dg.AssetExecutionContext, warehouse: Warehouse,
-                     checkpoints: CheckpointStore) -> dg.MaterializeResult:
+    def _predictions(context: dg.AssetExecutionContext, warehouse: Warehouse, checkpoints: CheckpointStore,
+                     compute: Compute) -> dg.MaterializeResult:
         from qpipe.training import predicting
 
         start, end = partition_dates(context)
         with warehouse.get_connection() as con:
             written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
                                                          market=get_settings().market)
-        context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoints {used}")
+        context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
+                         f"{', '.join(used)}")
         return dg.MaterializeResult(metadata={"dagster/partition_row_count": written,
                                               "checkpoints": ", ".join(used)})
 
@@ -138,11 +164,11 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
 
 def _ic_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=["reports", arch, "ic"],
+        key=ic_key(arch),
         description=f"{arch.upper()} daily IC and Rank IC against the raw label (Qlib SigAnaRecord), for the "
                     "labels that became known on the partition's days; IC, ICIR, Rank IC, Rank ICIR to date.",
         partitions_def=trading_days,
-        deps=[dg.AssetDep(["predictions", arch], partition_mapping=dg.TimeWindowPartitionMapping(
+        deps=[dg.AssetDep(predictions_key(arch), partition_mapping=dg.TimeWindowPartitionMapping(
             start_offset=-LABEL_HORIZON, end_offset=-LABEL_HORIZON)), dg.AssetDep(LABEL)],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",

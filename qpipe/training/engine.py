@@ -34,6 +34,7 @@ from qpipe.models.config import ModelConfig
 from qpipe.models.registry import get_spec
 from qpipe.training.frame import TrainingFrame
 from qpipe.training.pretraining import pretrain
+from qpipe.training.progress import ProgressCallback, ProgressClock
 from qpipe.training.reproducibility import draw_seed, resolve_device, seed_everything
 from qpipe.training.samplers import Sampler, make_sampler
 
@@ -94,9 +95,13 @@ def train(
     *,
     device: str | torch.device = "auto",
     on_epoch: EpochCallback | None = None,
+    on_progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train ``config``'s model; without a valid frame all ``n_epochs`` run and the last weights are kept."""
+    """Train ``config``'s model; without a valid frame all ``n_epochs`` run and the last weights are kept.
+
+    ``on_epoch`` gets each epoch's metrics; ``on_progress`` a Progress every PROGRESS_EVERY seconds.
+    """
     params = config.params
     target = resolve_device(device)
     seed = params["seed"] if params["seed"] is not None else draw_seed()
@@ -109,16 +114,18 @@ def train(
     model = build_model(config).to(target)
     if params["model_path"]:
         warm_start(model, params["model_path"])
-    pretraining = pretrain(model, params, train_set, valid_set, generator, log) if params["pretrain"] else []
+    pretraining = pretrain(model, params, train_set, valid_set, generator, log, on_progress) if params["pretrain"] else []
     optimizer = _optimizer(params, model)
     scheduler = _scheduler(params, optimizer)
     batches = train_set.train_batches(batch_size, generator)
     best = _BestWeights()
     history: list[dict[str, Any]] = []
+    clock = ProgressClock("train", params["n_epochs"], steps, on_progress)
     for epoch in range(1, params["n_epochs"] + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_epoch(model, train_set, islice(batches, steps), optimizer)
+        train_loss = _train_epoch(model, train_set, islice(batches, steps), optimizer,
+                                  lambda batch, epoch=epoch: clock.tick(epoch, batch))
         validating = time.perf_counter()
         valid_loss = valid_ic = math.nan
         if valid_set is not None:
@@ -127,7 +134,8 @@ def train(
             if scheduler is not None:
                 scheduler.step(valid_loss)
         metrics = {
-            "epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "valid_ic": valid_ic, "lr": lr,
+            "epoch": epoch, "n_epochs": params["n_epochs"], "train_loss": train_loss, "valid_loss": valid_loss,
+            "valid_ic": valid_ic, "lr": lr,
             "seconds": time.perf_counter() - started, "valid_seconds": time.perf_counter() - validating,
             "best_epoch": best.epoch if valid_set is not None else epoch, "best_score": best.score,
         }
@@ -188,7 +196,7 @@ def masked_mse(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 def epoch_line(metrics: dict[str, Any]) -> str:
     """One log line per epoch, for on_epoch callbacks."""
     return (
-        f"epoch {metrics['epoch']:>3}  train loss {metrics['train_loss']:.6f}  valid loss {metrics['valid_loss']:.6f}  "
+        f"epoch {metrics['epoch']}/{metrics['n_epochs']}  train loss {metrics['train_loss']:.6f}  valid loss {metrics['valid_loss']:.6f}  "
         f"valid IC {metrics['valid_ic']:+.4f}  lr {metrics['lr']:.2e}  {metrics['seconds']:.1f}s (valid {metrics['valid_seconds']:.1f}s)  "
         f"best epoch {metrics['best_epoch']} ({metrics['best_score']:.6f})"
     )
@@ -206,7 +214,8 @@ def _scheduler(params: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> t
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=10, threshold=1e-4, min_lr=1e-5, eps=1e-8)
 
 
-def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Tensor], optimizer: torch.optim.Optimizer) -> float:
+def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Tensor], optimizer: torch.optim.Optimizer,
+                 after_batch: Callable[[int], None]) -> float:
     """Mean training-batch loss (accumulated on the device: no sync per batch)."""
     model.train()
     total, count = torch.zeros((), device=samples.label.device), 0
@@ -218,6 +227,7 @@ def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Ten
         optimizer.step()
         total += loss.detach()
         count += 1
+        after_batch(count)
     return total.item() / count
 
 

@@ -41,7 +41,7 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
     for day in days[lo:hi + 1]:
         newest = bisect.bisect_right(available, str(day)) - 1  # the newest checkpoint at or before the day
         if newest < 0:
-            raise ValueError(f"no {arch} checkpoint at or before {day}; materialize models/{arch}/checkpoint first")
+            raise ValueError(f"no {arch} checkpoint at or before {day}; materialize models/{arch}_checkpoint first")
         by_checkpoint.setdefault(available[newest], []).append(day)
     scored = []
     for partition, covered in by_checkpoint.items():

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qpipe.training.progress import ProgressCallback, ProgressClock
 from qpipe.training.samplers import Sampler
 
 
@@ -33,7 +34,8 @@ def _masked_batch(x: torch.Tensor, ps: float, generator: torch.Generator) -> tup
 
 
 def _epoch_loss(encoder: nn.Module, decoder: nn.Module, samples: Sampler, batches: Iterator[torch.Tensor], ps: float,
-                generator: torch.Generator, optimizer: torch.optim.Optimizer | None) -> float:
+                generator: torch.Generator, optimizer: torch.optim.Optimizer | None,
+                after_batch: Callable[[int], None] | None = None) -> float:
     total, count = 0.0, 0
     for positions in batches:
         shown, hidden_truth, hidden = _masked_batch(samples.gather(positions), ps, generator)
@@ -43,11 +45,14 @@ def _epoch_loss(encoder: nn.Module, decoder: nn.Module, samples: Sampler, batche
             loss.backward()
             optimizer.step()
         total, count = total + loss.item(), count + 1
+        if after_batch is not None:
+            after_batch(count)
     return total / max(count, 1)
 
 
 def pretrain(model: nn.Module, params: dict[str, Any], train_set: Sampler, valid_set: Sampler | None,
-             generator: torch.Generator, log: Callable[[str], None] | None = None) -> list[dict[str, float]]:
+             generator: torch.Generator, log: Callable[[str], None] | None = None,
+             on_progress: ProgressCallback | None = None) -> list[dict[str, float]]:
     """Pretrain ``model.model`` (the encoder) with ``model.make_decoder()``; returns per-epoch losses."""
     encoder = model.model
     device = next(model.parameters()).device
@@ -58,10 +63,12 @@ def pretrain(model: nn.Module, params: dict[str, Any], train_set: Sampler, valid
     steps = train_set.steps_per_pass(batch_size)
     batches = train_set.train_batches(batch_size, generator)
     best_loss, best_state, stale, history = math.inf, None, 0, []
+    clock = ProgressClock("pretrain", params["pretrain_n_epochs"], steps, on_progress)
     for epoch in range(1, params["pretrain_n_epochs"] + 1):
         started = time.perf_counter()
         encoder.train(), decoder.train()
-        train_loss = _epoch_loss(encoder, decoder, train_set, islice(batches, steps), ps, generator, optimizer)
+        train_loss = _epoch_loss(encoder, decoder, train_set, islice(batches, steps), ps, generator, optimizer,
+                                 lambda batch, epoch=epoch: clock.tick(epoch, batch))
         valid_loss = math.nan
         if valid_set is not None and valid_set.n >= batch_size:
             encoder.eval(), decoder.eval()

@@ -1,0 +1,135 @@
+"""The main job's console: a concise live view of a run, read from the instance's event log.
+
+A line when a step finishes (or fails, with its error), and the running steps' latest progress
+(``epoch 2/4  batch 23/47  49%  ETA 0:41`` from training, the last log line otherwise): on a
+terminal one status line rewritten in place, elsewhere (a pipe, a CI log) one line every
+``every`` seconds while something runs. Everything else, DEBUG events included, stays in the run
+log in the UI.
+"""
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def step_name(step_key: str) -> str:
+    """models__lstm_checkpoint -> models/lstm_checkpoint (an asset step's key is its asset key)."""
+    return step_key.replace("__", "/")
+
+
+def root_cause(error) -> str:
+    """The innermost error's message: the user's exception, not Dagster's wrapper around it."""
+    while error is not None and (error.cause or error.context) is not None:
+        error = error.cause or error.context
+    return error.message if error is not None else ""
+
+
+def clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+@dataclass
+class _Step:
+    started: float
+    message: str = ""
+
+
+@dataclass
+class RunView:
+    """Follows one run: ``follow()`` prints as events arrive and returns the run's final status."""
+
+    instance: dg.DagsterInstance
+    run_id: str
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    every: float = 10.0  # seconds between progress lines when out is not a terminal
+    poll: float = 0.5
+    width: int = field(default_factory=lambda: min(shutil.get_terminal_size((110, 24)).columns, 140))
+
+    def __post_init__(self) -> None:
+        self.live = self.out.isatty()
+        self.started = time.monotonic()
+        self._cursor: str | None = None
+        self._running: dict[str, _Step] = {}
+        self._status_shown = False
+        self._last_progress = time.monotonic()
+        self._last_text: list[str] = []
+        self._step_failed = False
+
+    def follow(self) -> dg.DagsterRunStatus:
+        while True:
+            self.read_events()
+            run = self.instance.get_run_by_id(self.run_id)
+            if run is not None and run.status in FINISHED:
+                self.read_events()  # events written between the last read and the status change
+                self._clear_status()
+                return run.status
+            self._show_progress()
+            time.sleep(self.poll)
+
+    def read_events(self) -> None:
+        while True:
+            connection = self.instance.get_records_for_run(self.run_id, cursor=self._cursor, limit=1000)
+            for record in connection.records:
+                self._on_entry(record.event_log_entry)
+            self._cursor = connection.cursor
+            if not connection.has_more:
+                return
+
+    def _on_entry(self, entry) -> None:
+        event = entry.dagster_event
+        if event is None:  # a log message from a step
+            if entry.step_key and entry.step_key in self._running and entry.level >= 20:
+                step = self._running[entry.step_key]
+                step.message = entry.user_message.splitlines()[0] if entry.user_message else ""
+            return
+        kind = event.event_type
+        if kind == DagsterEventType.STEP_START:
+            self._running[event.step_key] = _Step(started=entry.timestamp)
+        elif kind == DagsterEventType.STEP_SUCCESS:
+            step = self._running.pop(event.step_key, _Step(entry.timestamp))
+            self._line(f"  done    {step_name(event.step_key):<30} {entry.timestamp - step.started:6.1f}s  {step.message}")
+        elif kind == DagsterEventType.STEP_FAILURE:
+            self._running.pop(event.step_key, None)
+            reason = root_cause(event.step_failure_data.error).strip().splitlines()
+            self._step_failed = True
+            self._line(f"  FAILED  {step_name(event.step_key):<30} {reason[0] if reason else ''}", cut=False)
+        elif kind in (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED) and not self._step_failed:
+            self._line(f"  {entry.message or kind.value}", cut=False)
+
+    def _show_progress(self) -> None:
+        if not self._running:
+            return
+        now = time.monotonic()
+        parts = [f"{step_name(key).split('/')[-1]} {step.message or 'started'}" for key, step in self._running.items()]
+        text = f"  [{clock(now - self.started)}] " + " | ".join(parts)
+        if self.live:
+            self._clear_status()
+            self.out.write(self._cut(text))
+            self.out.flush()
+            self._status_shown = True
+        elif now - self._last_progress >= (self.every if parts != self._last_text else 3 * self.every):
+            self._last_text = parts  # an unchanged status is repeated only as a heartbeat
+            self._line(text)
+
+    def _line(self, text: str, cut: bool = True) -> None:
+        self._clear_status()
+        self.out.write((self._cut(text) if cut else text.rstrip()) + "\n")
+        self.out.flush()
+        self._last_progress = time.monotonic()
+
+    def _cut(self, text: str) -> str:
+        text = text.rstrip()
+        return text if len(text) <= self.width else text[: self.width - 3] + "..."
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.out.write("\r\x1b[K")
+            self._status_shown = False

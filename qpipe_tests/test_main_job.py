@@ -1,0 +1,154 @@
+"""README command 1 as a user runs it: a concise live console, runs that the UI can stop, Ctrl-C, nothing left held.
+
+Each test starts ``python -m qpipe.main`` in a session of its own (as a terminal would: Ctrl-C
+reaches its whole process group) on a fresh DAGSTER_HOME and a small embedded market.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from qpipe_tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+class MainJob:
+    """``python -m qpipe.main`` in a new session, its output lines collected with their arrival times."""
+
+    def __init__(self, tmp_path: Path, *args: str, instruments: int = 60):
+        self.home = tmp_path / "dagster_home"
+        self.home.mkdir()
+        shutil.copy(REPO / "dagster.yaml", self.home / "dagster.yaml")
+        self.warehouse = tmp_path / "qpipe" / "warehouse.duckdb"
+        env = {**os.environ, "DAGSTER_HOME": str(self.home), "QPIPE_HOME": str(tmp_path / "qpipe"),
+               "QPIPE_SYNTHETIC_INSTRUMENTS": str(instruments), "PYTHONUNBUFFERED": "1"}
+        self.lines: list[tuple[float, str]] = []
+        self.process = subprocess.Popen([sys.executable, "-m", "qpipe.main", *args], cwd=REPO, env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def wait(self, timeout: float) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def instance(self) -> dg.DagsterInstance:
+        os.environ["DAGSTER_HOME"] = str(self.home)
+        return dg.DagsterInstance.get()
+
+    def wait_for_training(self, instance: dg.DagsterInstance, timeout: float = 400) -> dg.DagsterRun:
+        """The checkpoint run, once its training step has reported progress."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.text
+            for run in instance.get_runs(dg.RunsFilter(tags={"qpipe/main": "yes"})):
+                if any("_checkpoint" in key for key in run.step_keys_to_execute or []):
+                    if any("batch" in (e.user_message or "") for e in instance.all_logs(run.run_id)):
+                        return run
+            time.sleep(1)
+        raise AssertionError(f"no training progress within {timeout}s:\n{self.text}")
+
+    def leftover_processes(self) -> list[str]:
+        """Processes still in the main job's session (the code server, run workers, step processes)."""
+        left = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.process.pid:  # field 6 of /proc/<pid>/stat: the session id
+                left.append(stat.parent.name)
+        return left
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _nothing_held(job: MainJob, instance: dg.DagsterInstance) -> None:
+    gpu = instance.event_log_storage.get_concurrency_info("gpu")
+    assert gpu.claimed_slots == [] and gpu.pending_steps == []
+    deadline = time.monotonic() + 30
+    while job.leftover_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job.leftover_processes() == []
+    duckdb.connect(str(job.warehouse)).close()  # no process holds the warehouse's write lock
+
+
+def test_the_main_job_shows_progress_trains_the_cheapest_first_and_prints_the_leaderboard(tmp_path):
+    job = MainJob(tmp_path, "--models", "gru,mlp", "--test-days", "40")
+    try:
+        assert job.wait(timeout=900) == 0, job.text
+    finally:
+        job.kill()
+    text = job.text
+    assert len(job.lines) < 120, text
+    assert "DEBUG" not in text and "Warning" not in text, text
+    for stage in ("[1/5] prices and universe", "[2/5] features and labels", "[3/5] checkpoints on",
+                  "[4/5] predictions and IC reports", "[5/5] leaderboard"):
+        assert stage in text, text
+    done = [line for _, line in job.lines if line.lstrip().startswith("done")]
+    trained = [line.split()[1] for line in done if "_checkpoint" in line]
+    assert trained == ["models/mlp_checkpoint", "models/gru_checkpoint"], text  # the cheapest first
+    # While a model trains, a line arrives at least every 10 s (plus the console's half-second poll).
+    stage3 = next(i for i, (_, line) in enumerate(job.lines) if line.startswith("[3/5]"))
+    stage4 = next(i for i, (_, line) in enumerate(job.lines) if line.startswith("[4/5]"))
+    times = [t for t, _ in job.lines[stage3:stage4]]
+    assert max(b - a for a, b in zip(times, times[1:])) < 11.5, text
+    assert any("epoch" in line and "ETA" in line for _, line in job.lines[stage3:stage4]), text
+    board = text.split("Out-of-sample leaderboard")[1].splitlines()
+    assert board[1].split() == ["model", "IC", "ICIR", "Rank", "IC", "Rank", "ICIR", "days"], text
+    assert sorted(line.split()[0] for line in board[2:4]) == ["gru", "mlp"], text
+    instance = job.instance()
+    runs = instance.get_runs(dg.RunsFilter(tags={"qpipe/main": "yes"}))
+    assert len(runs) == 5 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+    _nothing_held(job, instance)
+
+
+def test_a_run_terminated_as_the_ui_does_ends_canceled_and_holds_nothing(tmp_path):
+    job = MainJob(tmp_path, "--models", "gru", "--test-days", "40")
+    try:
+        instance = job.instance()
+        run = job.wait_for_training(instance)
+        assert instance.run_coordinator.cancel_run(run.run_id)  # what the UI's Terminate button calls
+        assert job.wait(timeout=120) == 130, job.text
+    finally:
+        job.kill()
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+    assert "canceled" in job.text.lower()
+    _nothing_held(job, instance)
+
+
+def test_ctrl_c_cancels_the_running_run_and_holds_nothing(tmp_path):
+    job = MainJob(tmp_path, "--models", "gru", "--test-days", "40")
+    try:
+        instance = job.instance()
+        run = job.wait_for_training(instance)
+        os.killpg(job.process.pid, signal.SIGINT)  # what a terminal sends its foreground group on Ctrl-C
+        assert job.wait(timeout=120) == 130, job.text
+    finally:
+        job.kill()
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED, job.text
+    assert "stopping run" in job.text
+    _nothing_held(job, instance)
