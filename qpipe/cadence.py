@@ -13,19 +13,7 @@ import numpy as np
 import pandas as pd
 
 from qpipe.calendar import trading_days
-
-NAMED = ("daily", "weekly", "monthly")
-
-
-def parse_cadence(text: str) -> str | int:
-    """``daily``, ``weekly``, ``monthly`` or a positive whole number of trading days."""
-    value = text.strip().lower()
-    if value in NAMED:
-        return value
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise ValueError(f"QPIPE_RETRAIN_EVERY = {text!r}: expected one of {', '.join(NAMED)} "
-                     "or a positive number of trading days")
+from qpipe.settings import get_settings, parse_cadence
 
 
 def retrain_days(start: str | date, end: str | date, cadence: str | int, anchor: str | date) -> np.ndarray:
@@ -55,8 +43,6 @@ def is_retrain_day(day: str | date, cadence: str | int, anchor: str | date) -> b
 
 
 def main() -> None:
-    from qpipe.settings import get_settings
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("start")
     parser.add_argument("end")
@@ -64,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = get_settings()
     cadence = parse_cadence(args.every) if args.every else settings.retrain_every
-    print(",".join(str(d) for d in retrain_days(args.start, args.end, cadence, settings.partitions_start)))
+    print(",".join(str(d) for d in retrain_days(args.start, args.end, cadence, settings.first_partition)))
 
 
 if __name__ == "__main__":

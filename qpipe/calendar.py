@@ -1,75 +1,170 @@
-"""The NYSE trading calendar: weekdays minus exchange holidays and special closures.
+"""The market's trading calendar: its sessions, its time zone and its close, one for the whole project.
 
-Rules follow the NYSE holiday schedule (observed on the nearest weekday; Saturday holidays
-are not moved to Friday for New Year's Day). Dagster's trading-day partitions, the
-synthetic market and the real-data tests all use this one calendar.
+Partitions, the after-close schedule, the "future day" check, retrain cadences and the embedded
+market all read this one calendar. ``QPIPE_CALENDAR`` chooses it:
+
+- an exchange code (``XNYS``, ``XSHG``, ``XSHE``, ``XHKG``, ``XTKS``, ``XLON``, ...): the sessions,
+  time zone and close of exchange-calendars;
+- ``auto`` (the default): the source's own. The embedded market trades on XNYS; a Qlib provider
+  directory's calendar is its ``calendars/day.txt`` and a CSV/Parquet source's the dates in its
+  files, with the time zone and close of the exchange whose sessions they match best.
+
+A calendar knows its sessions up to ``last_known`` (an exchange's published holidays, the last
+line of ``day.txt``). After that, the weekdays on which it trades count as sessions, so a day a
+provider appends to ``day.txt`` tomorrow is a partition today, with no code change.
 """
 
-from datetime import date
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from pandas.tseries.holiday import (
-    AbstractHolidayCalendar,
-    GoodFriday,
-    Holiday,
-    USLaborDay,
-    USMartinLutherKingJr,
-    USMemorialDay,
-    USPresidentsDay,
-    USThanksgivingDay,
-    nearest_workday,
-    sunday_to_monday,
-)
 
-# Unscheduled closures (hurricanes, national days of mourning, 9/11).
-SPECIAL_CLOSURES = (
-    "2001-09-11", "2001-09-12", "2001-09-13", "2001-09-14",
-    "2004-06-11", "2007-01-02", "2012-10-29", "2012-10-30",
-    "2018-12-05", "2025-01-09",
-)
+from qpipe.settings import get_settings
+
+EARLIEST = "2000-01-03"
+DEFAULT_EXCHANGE = "XNYS"
+# Exchanges whose sessions a data calendar is matched against for its time zone and close.
+CANDIDATES = ("XNYS", "XSHG", "XHKG", "XTKS", "XLON", "XTSE", "XASX", "XETR", "XPAR", "XKRX", "XTAI", "XBOM")
+SCHEDULE_DELAY = timedelta(minutes=90)  # the daily run starts this long after the close (bars are published by then)
 
 
-class NYSEHolidays(AbstractHolidayCalendar):
-    rules = [
-        Holiday("New Year's Day", month=1, day=1, observance=sunday_to_monday),
-        USMartinLutherKingJr,
-        USPresidentsDay,
-        GoodFriday,
-        USMemorialDay,
-        Holiday("Juneteenth", month=6, day=19, start_date="2022-01-01", observance=nearest_workday),
-        Holiday("Independence Day", month=7, day=4, observance=nearest_workday),
-        USLaborDay,
-        USThanksgivingDay,
-        Holiday("Christmas", month=12, day=25, observance=nearest_workday),
-    ]
+@dataclass(frozen=True, eq=False)
+class MarketCalendar:
+    name: str  # "XNYS", or where a data calendar came from, e.g. "day.txt of /data/cn (XSHG hours)"
+    key: str  # what a warehouse remembers: the exchange code, or "qlib day.txt" / "tabular dates"
+    sessions: np.ndarray  # datetime64[D], ascending: the sessions known
+    timezone: str
+    close: time  # the local closing time of a regular session
+
+    @property
+    def last_known(self) -> np.datetime64:
+        return self.sessions[-1]
+
+    @property
+    def weekdays(self) -> tuple[int, ...]:
+        """Days of the week (Monday = 0) on which the market trades."""
+        return tuple(sorted({int(d) for d in (self.sessions.astype("datetime64[D]").view("int64") + 3) % 7}))
+
+    def trading_days(self, start, end) -> np.ndarray:
+        """Sessions in [start, end] as datetime64[D]; after ``last_known``, every trading weekday."""
+        lo, hi = _day(start), _day(end)
+        known = self.sessions[(self.sessions >= lo) & (self.sessions <= hi)]
+        if hi <= self.last_known:
+            return known
+        after = np.arange(max(lo, self.last_known + 1), hi + 1, dtype="datetime64[D]")
+        return np.concatenate([known, after[np.isin((after.view("int64") + 3) % 7, self.weekdays)]])
+
+    def is_session(self, day) -> bool:
+        d = _day(day)
+        return len(self.trading_days(d, d)) == 1
+
+    def closed_weekdays(self, start, end=None) -> list[date]:
+        """Trading weekdays in [start, min(end, last_known)] that are not sessions (holidays, closures)."""
+        hi = min(_day(end), self.last_known) if end is not None else self.last_known
+        days = np.arange(_day(start), hi + 1, dtype="datetime64[D]")
+        closed = days[np.isin((days.view("int64") + 3) % 7, self.weekdays) & ~np.isin(days, self.sessions)]
+        return [d.item() for d in closed]
+
+    def today(self) -> date:
+        """Today's date where the market is."""
+        return datetime.now(ZoneInfo(self.timezone)).date()
+
+    def latest_session(self, on_or_before=None) -> date:
+        day = _day(on_or_before if on_or_before is not None else self.today())
+        days = self.trading_days(day - 14, day)
+        return days[-1].item()
+
+    def schedule_cron(self) -> str:
+        """Cron of the daily run: SCHEDULE_DELAY after the close, in the market's time zone, on its weekdays."""
+        at = datetime.combine(date(2000, 1, 3), self.close) + SCHEDULE_DELAY
+        cron_days = ",".join(str((d + 1) % 7) for d in self.weekdays)  # cron counts Sunday as 0
+        return f"{at.minute} {at.hour} * * {'1-5' if self.weekdays == (0, 1, 2, 3, 4) else cron_days}"
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.timezone}, close {self.close:%H:%M}, {len(self.sessions)} sessions "
+                f"{self.sessions[0]}..{self.last_known}")
 
 
-CALENDAR_START = "2000-01-03"
-CALENDAR_END = "2035-12-31"
+def _day(value) -> np.datetime64:
+    return np.datetime64(pd.Timestamp(value).date(), "D")
 
 
-@lru_cache(maxsize=1)
-def _holidays() -> frozenset[date]:
-    rule_days = NYSEHolidays().holidays(CALENDAR_START, CALENDAR_END)
-    days = {d.date() for d in rule_days} | {date.fromisoformat(d) for d in SPECIAL_CLOSURES}
-    return frozenset(d for d in days if d.weekday() < 5)
+@lru_cache(maxsize=16)
+def exchange_calendar(code: str, start: str = EARLIEST) -> MarketCalendar:
+    import exchange_calendars as xcals
+
+    try:
+        calendar = xcals.get_calendar(code.upper(), start=start)
+    except xcals.errors.InvalidCalendarName:
+        raise ValueError(f"QPIPE_CALENDAR = {code!r}: not an exchange code of exchange-calendars "
+                         f"(e.g. {', '.join(CANDIDATES)}) and not 'auto'") from None
+    return MarketCalendar(code.upper(), code.upper(), calendar.sessions.to_numpy().astype("datetime64[D]"),
+                          str(calendar.tz), calendar.close_times[-1][1])
 
 
-def holidays(start: str | date = CALENDAR_START, end: str | date = CALENDAR_END) -> list[date]:
-    """Weekday exchange closures in [start, end], ascending."""
-    lo, hi = pd.Timestamp(start).date(), pd.Timestamp(end).date()
-    return sorted(d for d in _holidays() if lo <= d <= hi)
+def data_calendar(name: str, key: str, dates) -> MarketCalendar:
+    """A calendar of the dates a source has, with the hours of the exchange they match best."""
+    sessions = np.unique(np.asarray(dates).astype("datetime64[D]"))
+    if len(sessions) == 0:
+        raise ValueError(f"{name}: no dates to make a calendar of")
+    exchange = best_matching_exchange(sessions)
+    return MarketCalendar(f"{name} ({exchange.name} hours)", key, sessions, exchange.timezone, exchange.close)
 
 
-def trading_days(start: str | date, end: str | date) -> np.ndarray:
-    """NYSE trading days in [start, end] as datetime64[D], ascending."""
-    days = pd.bdate_range(start, end).date
-    closed = _holidays()
-    return np.array([d for d in days if d not in closed], dtype="datetime64[D]")
+def best_matching_exchange(sessions: np.ndarray) -> MarketCalendar:
+    """The candidate exchange whose sessions differ least from ``sessions`` over their last ~2 years
+    (the first that matches exactly: most data is from the first few candidates)."""
+    recent = sessions[-500:]
+    best, fewest = None, None
+    for code in CANDIDATES:
+        exchange = exchange_calendar(code, str(max(recent[0], np.datetime64(EARLIEST, "D"))))
+        theirs = exchange.trading_days(recent[0], min(recent[-1], exchange.last_known))
+        differences = len(np.setxor1d(recent[recent <= exchange.last_known], theirs))
+        if fewest is None or differences < fewest:
+            best, fewest = exchange, differences
+        if differences == 0:
+            break
+    return best
 
 
-def is_trading_day(day: str | date) -> bool:
-    d = pd.Timestamp(day).date()
-    return d.weekday() < 5 and d not in _holidays()
+def calendar_for(choice: str, source: str, source_path: str = "", columns: dict | None = None) -> MarketCalendar:
+    """The calendar ``QPIPE_CALENDAR = choice`` means for a source (see the module docstring)."""
+    if choice.strip().lower() != "auto":
+        return exchange_calendar(choice.strip())
+    if source == "qlib":
+        from qpipe.data.qlib_provider import read_calendar
+
+        root = Path(source_path).expanduser()
+        return data_calendar(f"day.txt of {root}", "qlib day.txt", read_calendar(root))
+    if source == "tabular":
+        from qpipe.data.tabular import TabularSource
+
+        return data_calendar(f"dates of {source_path}", "tabular dates",
+                             TabularSource(source_path, columns=dict(columns or {})).dates())
+    return exchange_calendar(DEFAULT_EXCHANGE)
+
+
+@lru_cache(maxsize=4)
+def _configured(choice: str, source: str, source_path: str, columns: str) -> MarketCalendar:
+    return calendar_for(choice, source, source_path, json.loads(columns))
+
+
+def market_calendar() -> MarketCalendar:
+    """The configured calendar (QPIPE_CALENDAR and the QPIPE_SOURCE* settings), loaded once per process."""
+    settings = get_settings()
+    return _configured(settings.calendar, settings.source, settings.source_path,
+                       json.dumps(settings.source_columns, sort_keys=True))
+
+
+def trading_days(start, end) -> np.ndarray:
+    """Sessions of the configured calendar in [start, end], as datetime64[D]."""
+    return market_calendar().trading_days(start, end)
+
+
+def is_trading_day(day) -> bool:
+    return market_calendar().is_session(day)

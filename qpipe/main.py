@@ -21,10 +21,9 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
-from qpipe.assets.models import checkpoint_key, ic_key, predictions_key
-from qpipe.calendar import trading_days
+from qpipe.assets.models import TrainConfig, checkpoint_key, ic_key, predictions_key
+from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
@@ -38,6 +37,7 @@ QUICK_PROFILE = {"train_days": 240, "valid_days": 60}
 QUICK_PARAMS = {"mlp": {"n_epochs": 30, "batch_size": 512}, "lstm": {"n_epochs": 4}, "gru": {"n_epochs": 4},
                 "alstm": {"n_epochs": 4}}
 TEST_DAYS = 250  # out-of-sample sessions scored after the checkpoint
+DAILY_WINDOW = TrainConfig.model_fields["train_days"].default + TrainConfig.model_fields["valid_days"].default
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the run log keeps everything
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 # One ASSET_MATERIALIZATION_PLANNED event per asset of a range run instead of one per partition (Dagster's
@@ -60,9 +60,12 @@ def _span(start, end) -> dict[str, str]:
 
 def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: ComputePlan) -> list[Stage]:
     """The five runs for a leaderboard over the ``test_days`` sessions up to ``last_day``."""
-    days = trading_days("2000-01-03", last_day)
+    days = trading_days(EARLIEST, last_day)
     checkpoint = len(days) - 1 - test_days
-    first_train = checkpoint - LABEL_HORIZON - QUICK_PROFILE["valid_days"] - QUICK_PROFILE["train_days"] + 1
+    # Features back far enough for this checkpoint's window and for a default one on the last day, so the
+    # after-close schedule's next run (QPIPE_RETRAIN_EVERY, TrainConfig's windows) finds its history.
+    first_train = min(checkpoint - LABEL_HORIZON - QUICK_PROFILE["valid_days"] - QUICK_PROFILE["train_days"] + 1,
+                      len(days) - 1 - LABEL_HORIZON - DAILY_WINDOW + 1)
     prices_from, features_from = days[first_train - LOOKBACK], days[first_train]
     checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
     cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)
@@ -142,10 +145,12 @@ def main() -> None:
 
     began = time.perf_counter()
     settings, plan = get_settings(), compute_plan()
-    last_day = pd.Timestamp(args.end or pd.Timestamp.now(tz="America/New_York").date()).date()
+    calendar = market_calendar()
+    last_day = calendar.latest_session(args.end)
     plan_stages = stages(last_day, models, args.test_days, plan)
     instance = dg.DagsterInstance.get()
-    print(f"qpipe main job on the {settings.source} market; warehouse {settings.warehouse}\n"
+    print(f"qpipe main job on the {settings.source} market, {calendar.name} sessions to {last_day}; "
+          f"warehouse {settings.warehouse}\n"
           f"  runs are kept in the Dagster instance at {os.environ['DAGSTER_HOME']} (see them with: dg dev)\n"
           f"  {plan.describe()}; {training_slots(instance, plan)} training slot(s) (pool gpu); Ctrl-C stops the run",
           flush=True)

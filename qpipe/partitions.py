@@ -1,22 +1,30 @@
-"""Trading-day partitions shared by every daily asset (NYSE weekdays minus holidays).
+"""Trading-day partitions shared by every daily asset: the sessions of the market's calendar (qpipe.calendar).
 
-``end_offset=1`` makes today's partition exist during today, so the after-close schedule can
-run it; the schedule itself skips weekends and holidays (reference/dagster.md §2.6).
+Days of the week on which the market never trades are excluded by cron, its holidays and
+closures up to the calendar's last known day by date; later trading weekdays are partitions
+already, so a session a provider appends to its calendar needs no code change. The partitions
+are dated in the exchange's time zone. ``end_offset=1`` makes today's partition exist during
+today, so the after-close schedule can run it; the schedule itself skips days that are not
+sessions (reference/dagster.md §2.6).
 """
 
 from datetime import datetime
 
 import dagster as dg
 
-from qpipe.calendar import holidays
+from qpipe.calendar import market_calendar
 from qpipe.settings import get_settings
 
-TIMEZONE = "America/New_York"
-WEEKENDS = ["0 0 * * 6", "0 0 * * 0"]
+CRON_DAY = {0: "1", 1: "2", 2: "3", 3: "4", 4: "5", 5: "6", 6: "0"}  # Monday = 0 -> cron's day of the week
 
-trading_days = dg.DailyPartitionsDefinition(
-    start_date=get_settings().partitions_start,
-    timezone=TIMEZONE,
-    end_offset=1,
-    exclusions=[*WEEKENDS, *(datetime(d.year, d.month, d.day) for d in holidays(get_settings().partitions_start))],
-)
+
+def build_partitions(first: str) -> dg.DailyPartitionsDefinition:
+    calendar = market_calendar()
+    start = str(calendar.trading_days(first, calendar.latest_session())[0])
+    never = [f"0 0 * * {CRON_DAY[d]}" for d in range(7) if d not in calendar.weekdays]
+    closed = [datetime(d.year, d.month, d.day) for d in calendar.closed_weekdays(start)]
+    return dg.DailyPartitionsDefinition(start_date=start, timezone=calendar.timezone, end_offset=1,
+                                        exclusions=[*never, *closed])
+
+
+trading_days = build_partitions(get_settings().first_partition)

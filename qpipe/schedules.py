@@ -1,4 +1,7 @@
-"""The after-close schedule: trading days only (reference/dagster.md §2.6 explains why it is hand-written).
+"""The after-close schedule: the market calendar's sessions only (reference/dagster.md §2.6: why hand-written).
+
+It fires ``qpipe.calendar.SCHEDULE_DELAY`` after the exchange's close, in the exchange's time zone
+(17:30 New York for XNYS, 16:30 Shanghai for XSHG), on the weekdays the market trades.
 
 On days that are not retrain days (QPIPE_RETRAIN_EVERY) the run leaves the checkpoints out; the
 predictions then come from the newest checkpoint at or before the day. Architectures not listed in
@@ -10,24 +13,24 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from qpipe.cadence import is_retrain_day
-from qpipe.calendar import is_trading_day
+from qpipe.calendar import market_calendar
 from qpipe.jobs import DAILY, WITHOUT_RETRAINING, daily_pipeline
 from qpipe.models.registry import ARCHITECTURES
-from qpipe.partitions import TIMEZONE
 from qpipe.settings import get_settings
 
-AFTER_CLOSE = "30 17 * * 1-5"
+CALENDAR = market_calendar()
 
 
-@dg.schedule(cron_schedule=AFTER_CLOSE, execution_timezone=TIMEZONE, job=daily_pipeline,
-             default_status=dg.DefaultScheduleStatus.RUNNING)
+@dg.schedule(cron_schedule=CALENDAR.schedule_cron(), execution_timezone=CALENDAR.timezone, job=daily_pipeline,
+             default_status=dg.DefaultScheduleStatus.RUNNING,
+             description=f"After the close of {CALENDAR.name} on its sessions: that day's partition of daily_pipeline.")
 def after_close(context: dg.ScheduleEvaluationContext):
-    """At 17:30 New York time on weekdays: run that day's partition, unless the exchange was closed."""
-    day = context.scheduled_execution_time.astimezone(ZoneInfo(TIMEZONE)).date()
-    if not is_trading_day(day):
-        return dg.SkipReason(f"{day} is an exchange holiday")
+    """After the close on the market's weekdays: run that day's partition, unless the exchange was closed."""
+    day = context.scheduled_execution_time.astimezone(ZoneInfo(CALENDAR.timezone)).date()
+    if not CALENDAR.is_session(day):
+        return dg.SkipReason(f"{day} is not a session of {CALENDAR.name} (an exchange holiday)")
     settings = get_settings()
-    retrain = is_retrain_day(day, settings.retrain_every, settings.partitions_start)
+    retrain = is_retrain_day(day, settings.retrain_every, settings.first_partition)
     selection = DAILY if retrain else WITHOUT_RETRAINING
     for arch in set(ARCHITECTURES) - set(settings.models):
         selection = selection - dg.AssetSelection.tag("qpipe/arch", arch)

@@ -1,17 +1,47 @@
-"""Paths and knobs from the environment (``QPIPE_*``), with defaults that work out of the box."""
+"""Paths and knobs from the environment (``QPIPE_*``), with defaults that work out of the box.
+
+One pydantic model validates them all; a bad value fails with the variable's name and value.
+This module imports nothing else of qpipe but the model registry's names, so any module may
+read the settings (cadence, calendar and partitions do).
+"""
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
-from qpipe.cadence import parse_cadence
-from qpipe.data.synthetic import ORIGIN as SYNTHETIC_ORIGIN, index_size_for
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from qpipe.models.registry import ARCHITECTURES
 
+CADENCES = ("daily", "weekly", "monthly")
+# Environment variable -> field. The field's default applies where the variable is unset.
+VARIABLES = {
+    "QPIPE_HOME": "home", "QPIPE_SOURCE": "source", "QPIPE_SOURCE_PATH": "source_path",
+    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_QLIB_MARKET": "qlib_market", "QPIPE_CALENDAR": "calendar",
+    "QPIPE_SYNTHETIC_SEED": "synthetic_seed", "QPIPE_SYNTHETIC_INSTRUMENTS": "synthetic_instruments",
+    "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
+    "QPIPE_MODELS": "models", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
+    "QPIPE_CHECKPOINTS": "checkpoints_override",
+}
 
-def parse_models(text: str) -> tuple[str, ...]:
+
+def parse_cadence(text: str | int) -> str | int:
+    """QPIPE_RETRAIN_EVERY: ``daily``, ``weekly``, ``monthly`` or a positive whole number of trading days."""
+    value = str(text).strip().lower()
+    if value in CADENCES:
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise ValueError(f"QPIPE_RETRAIN_EVERY = {text!r}: expected one of {', '.join(CADENCES)} "
+                     "or a positive number of trading days")
+
+
+def parse_models(text: str | tuple) -> tuple[str, ...]:
     """QPIPE_MODELS: a comma-separated list of architectures, or "all"."""
+    if isinstance(text, tuple):
+        text = ",".join(text)
     if text.strip().lower() == "all":
         return ARCHITECTURES
     names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
@@ -22,45 +52,104 @@ def parse_models(text: str) -> tuple[str, ...]:
     return names
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+class SettingsError(ValueError):
+    pass
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path = field(default_factory=lambda: Path(_env("QPIPE_HOME", ".qpipe")).resolve())
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = Path(".qpipe")
     # Where prices come from: "synthetic" (the embedded default market), "tabular" (CSV/Parquet
     # file or folder at QPIPE_SOURCE_PATH) or "qlib" (a Qlib provider directory at QPIPE_SOURCE_PATH).
-    source: str = field(default_factory=lambda: _env("QPIPE_SOURCE", "synthetic"))
-    source_path: str = field(default_factory=lambda: _env("QPIPE_SOURCE_PATH", ""))
+    source: Literal["synthetic", "tabular", "qlib"] = "synthetic"
+    source_path: str = ""
     # JSON object mapping source column names to qpipe names, e.g. {"Name": "instrument"}.
-    source_columns: dict = field(default_factory=lambda: json.loads(_env("QPIPE_SOURCE_COLUMNS", "{}")))
-    qlib_market: str = field(default_factory=lambda: _env("QPIPE_QLIB_MARKET", "all"))
-    synthetic_seed: int = field(default_factory=lambda: int(_env("QPIPE_SYNTHETIC_SEED", "7")))
-    synthetic_instruments: int = field(default_factory=lambda: int(_env("QPIPE_SYNTHETIC_INSTRUMENTS", "300")))
-    # First trading-day partition; sources may start later, never earlier. The embedded market starts at its origin.
-    partitions_start: str = field(default_factory=lambda: _env(
-        "QPIPE_PARTITIONS_START", SYNTHETIC_ORIGIN if _env("QPIPE_SOURCE", "synthetic") == "synthetic" else "2010-01-04"))
-    device: str = field(default_factory=lambda: _env("QPIPE_DEVICE", "auto"))
+    source_columns: dict[str, str] = Field(default_factory=dict)
+    qlib_market: str = "all"
+    # "auto" (the source's own calendar) or an exchange code of exchange-calendars (qpipe.calendar).
+    calendar: str = "auto"
+    synthetic_seed: int = 7
+    synthetic_instruments: int = Field(default=300, ge=3)
+    # First trading-day partition; sources may start later, never earlier. Default: the embedded market's
+    # origin for the embedded market, else 2010-01-04.
+    partitions_start: str | None = None
+    device: str = "auto"
     # How often the daily schedule retrains checkpoints: daily, weekly, monthly or every N trading days.
-    retrain_every: str | int = field(default_factory=lambda: parse_cadence(_env("QPIPE_RETRAIN_EVERY", "daily")))
+    retrain_every: str | int = "daily"
     # The architectures the daily schedule trains, scores and reports (all by default).
-    models: tuple[str, ...] = field(default_factory=lambda: parse_models(_env("QPIPE_MODELS", "all")))
+    models: tuple[str, ...] = ARCHITECTURES
+    market_override: str | None = None
+    warehouse_override: Path | None = None
+    checkpoints_override: Path | None = None
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("retrain_every", mode="before")
+    @classmethod
+    def _cadence(cls, value):
+        return parse_cadence(value)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value):
+        return parse_models(value)
+
+    @field_validator("source_columns", mode="before")
+    @classmethod
+    def _columns_from_json(cls, value):
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"QPIPE_SOURCE_COLUMNS = {value!r} is not a JSON object: {error}") from None
+        return value
+
+    @property
+    def first_partition(self) -> str:
+        if self.partitions_start:
+            return self.partitions_start
+        from qpipe.data.synthetic import ORIGIN
+
+        return ORIGIN if self.source == "synthetic" else "2010-01-04"
 
     @property
     def market(self) -> str:
         """The universe models train and predict on (QPIPE_MARKET), by default the source's index."""
-        default = {"synthetic": f"syn{index_size_for(self.synthetic_instruments)}", "qlib": self.qlib_market}.get(self.source, "all")
-        return _env("QPIPE_MARKET", default)
+        if self.market_override:
+            return self.market_override
+        if self.source == "synthetic":
+            from qpipe.data.synthetic import index_size_for
+
+            return f"syn{index_size_for(self.synthetic_instruments)}"
+        return self.qlib_market if self.source == "qlib" else "all"
 
     @property
     def warehouse(self) -> Path:
-        return Path(_env("QPIPE_WAREHOUSE", str(self.home / "warehouse.duckdb")))
+        return self.warehouse_override or self.home / "warehouse.duckdb"
 
     @property
     def checkpoints(self) -> Path:
-        return Path(_env("QPIPE_CHECKPOINTS", str(self.home / "checkpoints")))
+        return self.checkpoints_override or self.home / "checkpoints"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {field: environ[name] for name, field in VARIABLES.items() if environ.get(name, "") != ""}
+        try:
+            return cls(**values)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            field = problem["loc"][0] if problem["loc"] else ""
+            name = next((n for n, f in VARIABLES.items() if f == field), field)
+            message = problem["msg"].removeprefix("Value error, ")
+            if not message.startswith(name):
+                message = f"{name} = {values.get(field)!r}: {message}"
+            raise SettingsError(message) from None
 
 
 def get_settings() -> Settings:
-    return Settings()
+    return Settings.from_env()

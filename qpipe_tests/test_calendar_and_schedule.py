@@ -7,7 +7,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from qpipe.cadence import parse_cadence, retrain_days
+from qpipe.cadence import retrain_days
+from qpipe.settings import parse_cadence
 from qpipe.calendar import is_trading_day, trading_days
 from qpipe.partitions import trading_days as partitions
 from qpipe.schedules import after_close
@@ -96,3 +97,30 @@ def test_schedule_runs_only_the_models_listed_in_qpipe_models(monkeypatch):
     with pytest.raises(dg.DagsterUserCodeExecutionError) as failed:
         _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny))
     assert "QPIPE_MODELS = 'lstm,xgboost': unknown model 'xgboost'" in str(failed.value.__cause__)
+
+
+def test_exchange_calendars_give_sessions_time_zone_and_close():
+    from qpipe.calendar import exchange_calendar
+
+    shanghai = exchange_calendar("xshg")
+    assert shanghai.name == "XSHG" and shanghai.timezone == "Asia/Shanghai" and shanghai.close.hour == 15
+    days = {str(d) for d in shanghai.trading_days("2019-01-01", "2019-12-31")}
+    assert {"2019-07-04", "2019-11-28"} <= days and not {"2019-02-04", "2019-10-01", "2019-10-07"} & days
+    assert shanghai.schedule_cron() == "30 16 * * 1-5"  # 90 minutes after the 15:00 close, Shanghai time
+    assert exchange_calendar("XTKS").schedule_cron() == "0 17 * * 1-5"  # Tokyo closes at 15:30
+    with pytest.raises(ValueError, match="QPIPE_CALENDAR = 'XNAS2': not an exchange code"):
+        exchange_calendar("XNAS2")
+
+
+def test_a_data_calendar_takes_its_own_days_and_counts_later_weekdays_as_sessions():
+    from qpipe.calendar import data_calendar, exchange_calendar
+
+    sessions = exchange_calendar("XSHG").trading_days("2018-01-02", "2019-12-31")
+    calendar = data_calendar("day.txt of a provider", "qlib day.txt", sessions)
+    assert calendar.name == "day.txt of a provider (XSHG hours)" and calendar.timezone == "Asia/Shanghai"
+    assert calendar.is_session("2019-07-04") and not calendar.is_session("2019-10-01")
+    # after the last line of day.txt: weekdays, so the day a provider appends is already a partition
+    assert [str(d) for d in calendar.trading_days("2019-12-30", "2020-01-06")] == [
+        "2019-12-30", "2019-12-31", "2020-01-01", "2020-01-02", "2020-01-03", "2020-01-06"]
+    assert [str(d) for d in calendar.closed_weekdays("2019-09-30", "2019-10-08")] == [
+        f"2019-10-0{d}" for d in range(1, 8) if d not in (5, 6)]

@@ -4,7 +4,9 @@ transactional loads from the configured price source."""
 import dagster as dg
 import pandas as pd
 
+from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
+from qpipe.data.validation import check_sessions
 from qpipe.partitions import trading_days
 from qpipe.resources import PriceSource, Warehouse
 
@@ -29,17 +31,19 @@ def partition_dates(context: dg.AssetExecutionContext) -> tuple[pd.Timestamp, pd
 )
 def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_source: PriceSource):
     start, end = partition_dates(context)
-    if end.date() > pd.Timestamp.now(tz="America/New_York").date():
-        raise dg.Failure(f"partition {end.date()} is in the future; prices are ingested after the close")
-    context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()}")
+    calendar = market_calendar()
+    if end.date() > calendar.today():
+        raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
+    context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
     batch = price_source.load()
     rows = batch.between(start, end)
     if rows.empty:
         first, last = batch.prices["date"].min().date(), batch.prices["date"].max().date()
         raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
                          f"(it covers {first}..{last}); nothing was written")
+    check_sessions(rows["date"], calendar.trading_days(start, end), price_source.describe(), calendar.name)
     with warehouse.get_connection() as con:
-        wh.write_prices(con, rows, start, end)
+        wh.write_prices(con, rows, start, end, calendar=calendar.key)
     suspended = int(rows["close"].isna().sum())
     context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for {rows['instrument'].nunique()} instruments")
     return dg.MaterializeResult(metadata={

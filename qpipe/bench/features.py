@@ -34,7 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         def warehouse(name: str) -> duckdb.DuckDBPyConnection:
             con = duckdb.connect(str(Path(tmp) / f"{name}.duckdb"), config={"memory_limit": args.memory_limit})
-            wh.write_prices(con, market.prices, first, last)
+            wh.write_prices(con, market.prices, first, last, calendar="XNYS")
             return con
 
         print("as the assets do it (one transaction per asset, fresh warehouse):")

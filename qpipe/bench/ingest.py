@@ -24,7 +24,7 @@ def _ingest(source: Path, warehouse: Path) -> tuple[int, float, float]:
     prices = TabularSource(str(source)).load()
     loaded = time.perf_counter()
     with duckdb.connect(str(warehouse)) as con:
-        wh.write_prices(con, prices, prices["date"].min(), prices["date"].max())
+        wh.write_prices(con, prices, prices["date"].min(), prices["date"].max(), calendar="XNYS")
     return len(prices), loaded - began, time.perf_counter() - loaded
 
 

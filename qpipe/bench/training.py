@@ -43,7 +43,7 @@ def build_warehouse(path: Path, n_instruments: int, n_days: int, feature_set: st
     market = synthetic_market(n_instruments, n_days)
     first, last = market.prices["date"].min(), market.prices["date"].max()
     con = duckdb.connect(str(path), config=wh.CONNECTION_CONFIG)
-    wh.write_prices(con, market.prices, first, last)
+    wh.write_prices(con, market.prices, first, last, calendar="XNYS")
     wh.write_universe(con, market.universe, market.concepts)
     store.write_features(con, [store.FEATURE_SETS[feature_set]], first, last)
     store.write_labels(con, first, last)

@@ -12,8 +12,8 @@ and ``factor`` is constant except at splits, where it is multiplied by the split
 the split day on, so ``close / factor`` (the raw price) drops while ``close`` stays continuous.
 Suspended days are rows whose price fields and volume are NaN (``factor`` kept).
 
-The market is *live*: it starts at a fixed ``origin`` session and has a bar for every NYSE session
-up to today (or any ``end``), and appending days never changes the past.
+The market is *live*: it starts at a fixed ``origin`` session and has a bar for every session of the
+configured calendar (XNYS by default) up to today (or any ``end``); appending days never changes the past.
 
 * Every random number of a session comes from its own counter-based generator: Philox keyed by
   the seed, with the session's date ordinal and a stream number in the counter. A day's draws
@@ -42,7 +42,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from qpipe.calendar import trading_days
+from qpipe.calendar import MarketCalendar, market_calendar
 
 SECTORS = (
     "Energy", "Materials", "Industrials", "ConsumerDiscretionary", "ConsumerStaples", "HealthCare",
@@ -55,7 +55,6 @@ CONCEPTS = (
 )
 PRICE_COLUMNS = ("open", "high", "low", "close", "vwap", "volume")
 
-TIMEZONE = "America/New_York"  # "today" for the default end
 ORIGIN = "2020-01-02"  # first simulated session of the default market
 HORIZON_YEARS = 30  # listings, delistings, splits and suspensions are drawn over origin .. origin + 30y
 BURN_IN = 80  # simulated sessions before the origin, so windows and GARCH are warm on day 0
@@ -91,7 +90,7 @@ class SyntheticSpec:
     """
 
     n_instruments: int = 300
-    origin: str = ORIGIN  # first simulated session (the first NYSE session on or after it)
+    origin: str = ORIGIN  # first simulated session (the first session on or after it)
     seed: int = 7
     index_size: int = 200  # members of the synthetic index at any time
     late_listing_share: float = 0.20  # instruments that list after ``origin``, within the horizon
@@ -166,24 +165,28 @@ class _Events:
 
 
 def today() -> date:
-    """Today's date in New York, the default last day of the market."""
-    return pd.Timestamp.now(tz=TIMEZONE).date()
+    """Today's date where the market's exchange is (the configured calendar): the default last day."""
+    return market_calendar().today()
 
 
-def origin_session(spec: SyntheticSpec) -> np.datetime64:
-    """The first NYSE session on or after ``spec.origin``: day 0 of the market."""
-    return trading_days(spec.origin, pd.Timestamp(spec.origin) + pd.Timedelta(days=14))[0]
+def origin_session(spec: SyntheticSpec, calendar: MarketCalendar | None = None) -> np.datetime64:
+    """The first session on or after ``spec.origin``: day 0 of the market."""
+    return (calendar or market_calendar()).trading_days(spec.origin, pd.Timestamp(spec.origin) + pd.Timedelta(days=14))[0]
 
 
-def generate_market(spec: SyntheticSpec = SyntheticSpec(), start=None, end=None) -> SyntheticMarket:
-    """The sessions in [start, end]: ``start`` defaults to the origin, ``end`` to today (New York).
+def generate_market(spec: SyntheticSpec = SyntheticSpec(), start=None, end=None,
+                    calendar: MarketCalendar | None = None) -> SyntheticMarket:
+    """The sessions in [start, end]: ``start`` defaults to the origin, ``end`` to today (where the exchange is).
 
-    Days before the origin do not exist (an earlier ``start`` gives rows from the origin on); an
-    ``end`` after today is allowed and simulates those days too. Same seed -> the same bytes for
-    any day, whatever range is asked; see the module docstring for what depends on ``end``.
+    Sessions are the configured calendar's (XNYS by default), or ``calendar``'s. Days before the
+    origin do not exist (an earlier ``start`` gives rows from the origin on); an ``end`` after
+    today is allowed and simulates those days too. Same seed -> the same bytes for any day,
+    whatever range is asked; see the module docstring for what depends on ``end``.
     """
-    origin = origin_session(spec)
-    end_day = np.datetime64(pd.Timestamp(today() if end is None else end).date(), "D")
+    calendar = calendar or market_calendar()
+    trading_days = calendar.trading_days
+    origin = origin_session(spec, calendar)
+    end_day = np.datetime64(pd.Timestamp(calendar.today() if end is None else end).date(), "D")
     start_day = max(origin, np.datetime64(pd.Timestamp(origin if start is None else start).date(), "D"))
     market_days = trading_days(origin, end_day)  # the simulated sessions from the origin
     first_row = int(np.searchsorted(market_days, start_day))

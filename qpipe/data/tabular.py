@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -75,6 +76,21 @@ class TabularSource:
         frame["date"] = frame["date"].astype("datetime64[ns]")
         frame["_file"] = pd.Categorical.from_codes(frame.pop("_file_id"), [str(f) for f in files])
         return validate_prices(frame, self.path)
+
+    def dates(self) -> np.ndarray:
+        """The distinct dates in the files (the source's calendar), read from the date column alone."""
+        files = self.files()
+        groups: dict[tuple, list[int]] = {}
+        for i, f in enumerate(files):
+            groups.setdefault((self._is_parquet(f), tuple(self._header(f))), []).append(i)
+        scans = []
+        for (parquet, header), ids in groups.items():
+            mapping = {src: dst for src, dst in self._mapping(files[ids[0]], list(header)).items() if dst == "date"}
+            scans.append(self._select(files, ids, parquet, list(header), mapping))
+        with duckdb.connect() as con:
+            rows = con.execute(f"SELECT DISTINCT TRY_CAST(date AS DATE) AS d FROM ({' UNION ALL '.join(scans)}) "
+                               "WHERE d IS NOT NULL ORDER BY d").fetchnumpy()["d"]
+        return np.asarray(rows).astype("datetime64[D]")
 
     @staticmethod
     def _is_parquet(file: Path) -> bool:

@@ -27,6 +27,20 @@ class PriceDataError(ValueError):
         self.rule, self.source, self.instrument, self.date = rule, source, instrument, date
 
 
+def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar: str) -> None:
+    """Every date of the rows is a session of the calendar, and every session has rows; else name the days."""
+    present = np.unique(dates.to_numpy().astype("datetime64[D]"))
+    foreign, absent = np.setdiff1d(present, sessions), np.setdiff1d(sessions, present)
+    for days, rule, what in ((foreign, "dates that are not sessions", f"not sessions of {calendar}"),
+                             (absent, "sessions missing from the source", f"sessions of {calendar} with no row "
+                                                                           "for any instrument")):
+        if len(days):
+            shown = ", ".join(str(d) for d in days[:10]) + (f" and {len(days) - 10} more" if len(days) > 10 else "")
+            raise PriceDataError(rule, source, detail=f"{shown} ({what}); set QPIPE_CALENDAR to the source's "
+                                                      "exchange, or auto to use the source's own dates",
+                                 count=len(days))
+
+
 def _first_bad(frame: pd.DataFrame, bad: np.ndarray, rule: str, source: str, detail_of) -> None:
     if not bad.any():
         return

@@ -19,13 +19,19 @@ PRICES = "raw.prices"
 UNIVERSE = "raw.universe"
 CONCEPTS = "raw.concepts"
 PREDICTIONS = "predictions.scores"
+CALENDAR = "meta.calendar"
 
 DDL = {
     PRICES: """date DATE NOT NULL, instrument VARCHAR NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE,
                close DOUBLE, vwap DOUBLE, volume DOUBLE, factor DOUBLE""",
     UNIVERSE: "market VARCHAR NOT NULL, instrument VARCHAR NOT NULL, start_date DATE NOT NULL, end_date DATE NOT NULL",
     CONCEPTS: "instrument VARCHAR NOT NULL, concept VARCHAR NOT NULL, kind VARCHAR NOT NULL",
+    CALENDAR: "name VARCHAR NOT NULL",
 }
+
+
+class CalendarMismatch(ValueError):
+    pass
 
 
 @contextmanager
@@ -59,10 +65,23 @@ def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
                 [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
 
 
-def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, end) -> None:
-    """Replace the price rows dated [start, end] in one transaction."""
-    ensure_table(con, PRICES, DDL[PRICES])
+def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, end, calendar: str) -> None:
+    """Replace the price rows dated [start, end] in one transaction.
+
+    A warehouse keeps the calendar its first prices were written on (``calendar``, e.g. "XNYS"): rolling
+    features over days of two calendars would be wrong, so prices of another calendar are refused.
+    """
+    for table in (PRICES, CALENDAR):
+        ensure_table(con, table, DDL[table])
     with transaction(con):
+        stamped = con.execute(f"SELECT name FROM {CALENDAR}").fetchone()
+        if stamped is None:
+            con.execute(f"INSERT INTO {CALENDAR} VALUES (?)", [calendar])
+        elif stamped[0] != calendar:
+            raise CalendarMismatch(
+                f"this warehouse holds prices on the {stamped[0]} calendar, and the configured one is {calendar} "
+                "(QPIPE_CALENDAR and the source): a warehouse keeps one calendar. To move to the new one, point "
+                "QPIPE_HOME at a new folder (or delete the warehouse) and materialize again; nothing was written.")
         delete_range(con, PRICES, start, end)
         insert(con, PRICES, prices)
 

@@ -1,0 +1,28 @@
+"""Settings come from QPIPE_* variables; a bad value fails with the variable's name and value."""
+
+import pytest
+
+from qpipe.settings import Settings, SettingsError
+
+
+def test_defaults_work_out_of_the_box(tmp_path):
+    settings = Settings.from_env({"QPIPE_HOME": str(tmp_path)})
+    assert settings.source == "synthetic" and settings.calendar == "auto" and settings.market == "syn200"
+    assert settings.first_partition == "2020-01-02" and settings.warehouse == tmp_path / "warehouse.duckdb"
+    assert Settings.from_env({"QPIPE_SOURCE": "qlib", "QPIPE_QLIB_MARKET": "csi300"}).market == "csi300"
+    assert Settings.from_env({"QPIPE_SOURCE": "tabular"}).first_partition == "2010-01-04"
+    assert Settings.from_env({"QPIPE_SYNTHETIC_INSTRUMENTS": "60"}).market == "syn40"
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("QPIPE_SOURCE", "csv", "QPIPE_SOURCE = 'csv': Input should be 'synthetic', 'tabular' or 'qlib'"),
+    ("QPIPE_SYNTHETIC_INSTRUMENTS", "many", "QPIPE_SYNTHETIC_INSTRUMENTS = 'many': Input should be a valid integer"),
+    ("QPIPE_SYNTHETIC_INSTRUMENTS", "2", "QPIPE_SYNTHETIC_INSTRUMENTS = '2': Input should be greater than or equal to 3"),
+    ("QPIPE_SOURCE_COLUMNS", "{Name: instrument}", "QPIPE_SOURCE_COLUMNS = '{Name: instrument}' is not a JSON object"),
+    ("QPIPE_RETRAIN_EVERY", "biweekly", "QPIPE_RETRAIN_EVERY = 'biweekly': expected one of daily, weekly, monthly"),
+    ("QPIPE_MODELS", "lstm,xgboost", "QPIPE_MODELS = 'lstm,xgboost': unknown model 'xgboost'"),
+])
+def test_a_bad_value_is_refused_by_name(variable, value, message):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: value})
+    assert str(refused.value).startswith(message)
