@@ -17,7 +17,10 @@ import os
 import sys
 from dataclasses import dataclass
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+# Read by OpenMP/MKL when a library that uses them is loaded (later imports, child processes).
+# Not NUMBA_NUM_THREADS: numba rereads it at every compilation and refuses a value that differs
+# from the size of a thread pool it has already launched; numba.set_num_threads is the way.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def cpu_cores() -> int:
@@ -52,7 +55,8 @@ def compute_plan(threads: str | int | None = None) -> ComputePlan:
 def use_threads(threads: int) -> None:
     """Bound this process's torch, numba and OpenMP/MKL pools to ``threads``.
 
-    Libraries imported later read the environment; those already imported are set directly.
+    OpenMP/MKL read the environment when loaded; torch and numba are set directly (numba's pool
+    keeps its launched size, at most the cores, and runs ``threads`` of them).
     DuckDB takes its ``threads`` from the warehouse connection config.
     """
     for name in THREAD_VARIABLES:
@@ -61,7 +65,6 @@ def use_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-    if "numba" in sys.modules:
-        import numba
+    import numba
 
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

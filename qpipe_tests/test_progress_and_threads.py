@@ -1,5 +1,10 @@
 """Training reports where it is while it runs; each step's thread budget is deliberate and validated."""
 
+import os
+import subprocess
+import sys
+
+import numba
 import numpy as np
 import pytest
 import torch
@@ -60,13 +65,47 @@ def test_thread_budget_is_half_the_cores_by_default_and_validated(monkeypatch):
         compute.compute_plan("0")
 
 
-def test_use_threads_sets_torch_and_the_environment_for_later_imports(monkeypatch):
-    before = torch.get_num_threads()
-    for name in compute.THREAD_VARIABLES:
+def test_use_threads_sets_torch_numba_and_the_environment_for_later_imports(monkeypatch):
+    before, numba_before = torch.get_num_threads(), numba.get_num_threads()
+    for name in (*compute.THREAD_VARIABLES, "NUMBA_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     try:
         compute.use_threads(1)
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
         assert all(compute.os.environ[name] == "1" for name in compute.THREAD_VARIABLES)
+        assert "NUMBA_NUM_THREADS" not in compute.os.environ
     finally:
         torch.set_num_threads(before)
+        numba.set_num_threads(numba_before)
+
+
+NUMBA_AFTER_A_STEP = """
+import os, numba, numpy as np
+from qpipe import compute
+compute.use_threads(1)
+@numba.njit(parallel=True)
+def row_sums(v):
+    out = np.empty(v.shape[0])
+    for i in numba.prange(v.shape[0]):
+        out[i] = v[i].sum()
+    return out
+row_sums(np.ones((3, 4)))
+os.environ.pop("NUMBA_NUM_THREADS", None)  # as a test's monkeypatch or a later step restores it
+@numba.njit(parallel=True)
+def row_max(v):
+    out = np.empty(v.shape[0])
+    for i in numba.prange(v.shape[0]):
+        out[i] = v[i].max()
+    return out
+print(row_max(np.ones((3, 4))).tolist(), numba.get_num_threads())
+"""
+
+
+def test_numba_compiles_after_a_step_set_its_threads():
+    """CI once failed here: use_threads wrote NUMBA_NUM_THREADS, numba rereads it at every
+    compilation and refused a value that differed from its launched pool ('Cannot set
+    NUMBA_NUM_THREADS to a different value once the threads have been launched')."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", NUMBA_AFTER_A_STEP], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[1.0,", "1.0,", "1.0]", "1"]

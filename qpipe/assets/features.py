@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from qpipe.assets.prices import PRICES, partition_dates
+from qpipe.assets.prices import PRICES, partition_dates, recording
 from qpipe.features import store
 from qpipe.partitions import trading_days
 from qpipe.resources import Compute, Warehouse
@@ -35,7 +35,8 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
         written = store.write_features(con, selected, start, end)
     seconds = time.perf_counter() - began
     counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
-    context.log.info(f"{counts} for {start.date()}..{end.date()} in {seconds:.1f}s ({compute.threads} threads)")
+    context.log.info(f"{counts} for {start.date()}..{end.date()} in {seconds:.1f}s ({compute.threads} threads)"
+                     + recording(context, len(selected)))
     for fs in selected:
         yield dg.MaterializeResult(asset_key=["features", fs.name], metadata={
             "dagster/partition_row_count": written[fs.name],
@@ -60,5 +61,6 @@ def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
     start, end = partition_dates(context)
     with warehouse.get_connection() as con:
         rows = store.write_labels(con, start, end)
-    context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}")
+    context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
+                     + recording(context))
     return dg.MaterializeResult(metadata={"dagster/partition_row_count": rows})

@@ -13,7 +13,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from qpipe.assets.prices import UNIVERSE, partition_dates
+from qpipe.assets.prices import UNIVERSE, partition_dates, recording
 from qpipe.data import warehouse as wh
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
@@ -155,7 +155,7 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
             written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
                                                          market=get_settings().market)
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
-                         f"{', '.join(used)}")
+                         f"{', '.join(used)}" + recording(context))
         return dg.MaterializeResult(metadata={"dagster/partition_row_count": written,
                                               "checkpoints": ", ".join(used)})
 
@@ -185,7 +185,8 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
             history = report.read_daily_ic(con, arch, end)
         chart = report.cumulative_ic_chart(history, arch, get_settings().home / "reports" / f"{arch}_ic.png")
         summary = ic_summary(history)
-        context.log.info(f"{arch}: {len(daily)} new IC days; to date {report.format_summary(summary)}")
+        context.log.info(f"{arch}: {len(daily)} new IC days; to date {report.format_summary(summary)}"
+                         + recording(context))
         numbers = {**({"IC": daily["IC"].iloc[-1], "Rank IC": daily["Rank IC"].iloc[-1]} if len(daily) else {}),
                    **{f"{k} to date": v for k, v in summary.items()}}
         return dg.MaterializeResult(metadata={

@@ -56,6 +56,10 @@ def report(name: str, result: dict) -> None:
     minutes, seconds = divmod(result["seconds"], 60)
     print(f"{name:<22} {int(minutes)} min {seconds:4.1f} s   exit {result['code']}   {len(result['lines'])} console lines   "
           f"longest silence while training {result['training_gap']:.1f} s", flush=True)
+    stages = [line.split("  (run")[0] for _, line in result["lines"] if line.startswith("[")]
+    took = [line.split()[-1] for _, line in result["lines"] if line.strip().startswith(("succeeded in", "failed in"))]
+    print("    " + ";  ".join(f"{stage.split(']')[0][1:]} {stage.split('] ')[1].split()[0]} {t}"
+                              for stage, t in zip(stages, took)), flush=True)
     if result["code"] != 0:
         print("\n".join(line for _, line in result["lines"][-30:]))
 
@@ -64,13 +68,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hogs", type=int, default=2, help="CPU-hog processes beside the second run (0: idle only)")
     parser.add_argument("--show", action="store_true", help="print the idle run's console output")
+    parser.add_argument("--skip-idle", action="store_true", help="only the run beside the hog")
     parser.add_argument("main_args", nargs="*", help="arguments for qpipe.main (after --)")
     args = parser.parse_args()
     print(f"README command 1 on {os.cpu_count()} cores", flush=True)
-    idle = run_main(args.main_args)
-    report("idle", idle)
-    if args.show:
-        print("\n".join(line for _, line in idle["lines"]))
+    idle = None
+    if not args.skip_idle:
+        idle = run_main(args.main_args)
+        report("idle", idle)
+        if args.show:
+            print("\n".join(line for _, line in idle["lines"]))
     if args.hogs:
         hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
         try:
@@ -79,7 +86,8 @@ def main() -> None:
             for hog in hogs:
                 hog.kill()
         report(f"beside {args.hogs} CPU hogs", loaded)
-        print(f"slowdown under load: {loaded['seconds'] / idle['seconds']:.2f}x")
+        if idle is not None:
+            print(f"slowdown under load: {loaded['seconds'] / idle['seconds']:.2f}x")
 
 
 if __name__ == "__main__":

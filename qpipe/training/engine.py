@@ -34,7 +34,7 @@ from qpipe.models.config import ModelConfig
 from qpipe.models.registry import get_spec
 from qpipe.training.frame import TrainingFrame
 from qpipe.training.pretraining import pretrain
-from qpipe.training.progress import ProgressCallback, ProgressClock
+from qpipe.training.progress import ProgressCallback, ProgressClock, clock
 from qpipe.training.reproducibility import draw_seed, resolve_device, seed_everything
 from qpipe.training.samplers import Sampler, make_sampler
 
@@ -194,11 +194,13 @@ def masked_mse(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def epoch_line(metrics: dict[str, Any]) -> str:
-    """One log line per epoch, for on_epoch callbacks."""
+    """One log line per epoch, for on_epoch callbacks (the ETA assumes the remaining epochs run at this one's pace)."""
+    left = (metrics["n_epochs"] - metrics["epoch"]) * metrics["seconds"]
     return (
-        f"epoch {metrics['epoch']}/{metrics['n_epochs']}  train loss {metrics['train_loss']:.6f}  valid loss {metrics['valid_loss']:.6f}  "
-        f"valid IC {metrics['valid_ic']:+.4f}  lr {metrics['lr']:.2e}  {metrics['seconds']:.1f}s (valid {metrics['valid_seconds']:.1f}s)  "
-        f"best epoch {metrics['best_epoch']} ({metrics['best_score']:.6f})"
+        f"epoch {metrics['epoch']}/{metrics['n_epochs']} done  ETA {clock(left)}  valid IC {metrics['valid_ic']:+.4f}  "
+        f"valid loss {metrics['valid_loss']:.6f}  train loss {metrics['train_loss']:.6f}  lr {metrics['lr']:.2e}  "
+        f"{metrics['seconds']:.1f}s (valid {metrics['valid_seconds']:.1f}s)  best epoch {metrics['best_epoch']} "
+        f"({metrics['best_score']:.6f})"
     )
 
 

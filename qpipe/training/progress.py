@@ -30,7 +30,7 @@ class Progress:
         done = (self.epoch - 1 + self.batch / self.n_batches) / self.n_epochs
         prefix = "pretrain " if self.stage == "pretrain" else ""
         return (f"{prefix}epoch {self.epoch}/{self.n_epochs}  batch {self.batch}/{self.n_batches}  "
-                f"{done:4.0%}  ETA {_clock(self.eta)}")
+                f"{done:4.0%}  ETA {clock(self.eta)}")
 
 
 class ProgressClock:
@@ -54,6 +54,7 @@ class ProgressClock:
                              elapsed / done * (self.n_epochs * self.n_batches - done)))
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
