@@ -2,6 +2,7 @@
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -9,7 +10,7 @@ from pydantic import Field
 
 from qpipe import compute
 from qpipe.data import warehouse as wh
-from qpipe.data.sources import SOURCE_KINDS, PriceBatch, load_source
+from qpipe.data.sources import SOURCE_KINDS, Source, open_source
 from qpipe.settings import Settings, get_settings
 
 
@@ -34,11 +35,16 @@ class PriceSource(dg.ConfigurableResource):
     path: str = Field(default="", description="CSV/Parquet file or folder, or Qlib provider directory")
     columns: dict[str, str] = Field(default_factory=dict, description="source column -> qpipe column")
     market: str = Field(default="all", description="Qlib instruments/<market>.txt used as the universe")
+    ingest: Literal["market", "all"] = Field(default="market", description="Qlib instruments read: the market's "
+                                             "members since `since` plus the benchmark, or all")
+    benchmark: str = Field(default="", description="benchmark index instrument, e.g. SH000300")
+    since: str | None = Field(default=None, description="first partition: members that left before are not read")
     seed: int = Field(default=7, description="synthetic market seed")
     n_instruments: int = Field(default=300, description="synthetic market size")
 
-    def load(self) -> PriceBatch:
-        return load_source(self.kind, self.path, self.columns, self.market, self.seed, self.n_instruments)
+    def source(self) -> Source:
+        return open_source(self.kind, self.path, self.columns, self.market, self.seed, self.n_instruments,
+                           ingest=self.ingest, benchmark=self.benchmark, since=self.since)
 
     def describe(self) -> str:
         return f"synthetic(seed={self.seed}, n={self.n_instruments})" if self.kind == "synthetic" else f"{self.kind}:{self.path}"
@@ -61,7 +67,8 @@ def build_resources(settings: Settings | None = None) -> dict:
         "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads}),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),
         "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,
-                                    market=s.qlib_market, seed=s.synthetic_seed,
+                                    market=s.qlib_market, ingest=s.qlib_ingest, benchmark=s.benchmark,
+                                    since=s.first_partition, seed=s.synthetic_seed,
                                     n_instruments=s.synthetic_instruments),
     }
 

@@ -19,7 +19,8 @@ CADENCES = ("daily", "weekly", "monthly")
 # Environment variable -> field. The field's default applies where the variable is unset.
 VARIABLES = {
     "QPIPE_HOME": "home", "QPIPE_SOURCE": "source", "QPIPE_SOURCE_PATH": "source_path",
-    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_QLIB_MARKET": "qlib_market", "QPIPE_CALENDAR": "calendar",
+    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_QLIB_MARKET": "qlib_market",
+    "QPIPE_QLIB_INGEST": "qlib_ingest", "QPIPE_BENCHMARK": "benchmark", "QPIPE_CALENDAR": "calendar",
     "QPIPE_SYNTHETIC_SEED": "synthetic_seed", "QPIPE_SYNTHETIC_INSTRUMENTS": "synthetic_instruments",
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
     "QPIPE_MODELS": "models", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
@@ -67,6 +68,11 @@ class Settings(BaseModel):
     # JSON object mapping source column names to qpipe names, e.g. {"Name": "instrument"}.
     source_columns: dict[str, str] = Field(default_factory=dict)
     qlib_market: str = "all"
+    # A Qlib provider's instruments to ingest: "market" (those ever in QPIPE_QLIB_MARKET since the first
+    # partition, plus the benchmark), or "all" (every folder of features/).
+    qlib_ingest: Literal["market", "all"] = "market"
+    # The benchmark index instrument of the source (Qlib's `benchmark`, e.g. SH000300), ingested with the market.
+    benchmark: str = ""
     # "auto" (the source's own calendar) or an exchange code of exchange-calendars (qpipe.calendar).
     calendar: str = "auto"
     synthetic_seed: int = 7

@@ -1,5 +1,7 @@
 """raw/prices through Dagster: partitions, ranges in one run, idempotency, nothing written on bad input."""
 
+import logging
+
 import dagster as dg
 import pytest
 
@@ -67,8 +69,28 @@ def test_bad_input_fails_and_leaves_the_warehouse_exactly_as_it_was(tmp_path, wa
     assert len(before["raw.prices"]) == 1
 
     (folder / "bad.csv").write_text(BAD_CASES[case][0].replace("AAA", "ZZZ"))
-    result = _materialize(warehouse_path, PriceSource(kind="tabular", path=str(folder)), "2024-01-02",
-                          raise_on_error=False)
+    result = _materialize(warehouse_path, PriceSource(kind="tabular", path=str(folder)),
+                          partition_range=("2024-01-02", "2024-01-03"), raise_on_error=False)  # the days of the bad rows
     assert not result.success
     assert BAD_CASES[case][1] in _failure_text(result) and "bad.csv" in _failure_text(result)
     assert {t: table_rows(warehouse_path, t) for t in before} == before
+
+
+def test_qlib_universe_covers_the_market_and_benchmark_and_names_members_without_data(tmp_path, warehouse_path):
+    from qpipe.data.qlib_provider import write_qlib_provider
+    from qpipe.data.synthetic import SyntheticSpec, generate_market
+
+    market = generate_market(SyntheticSpec(n_instruments=30, index_size=10, seed=4), end="2021-06-30")
+    root = write_qlib_provider(market.prices, tmp_path / "provider", market.universe[market.universe["market"] == "syn10"])
+    members = set(market.universe.loc[market.universe["market"] == "syn10", "instrument"])
+    with open(root / "instruments" / "syn10.txt", "a") as listing:
+        listing.write("GHOST\t2020-01-02\t2021-06-30\n")
+    source = PriceSource(kind="qlib", path=str(root), market="syn10", benchmark="SYN0030")
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([raw_universe], instance=instance,
+                            resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+    spans = table_rows(warehouse_path, "raw.universe")
+    assert {r[1] for r in spans if r[0] == "all"} == (members | {"SYN0030"}) - {"GHOST"}
+    assert {r[1] for r in spans if r[0] == "syn10"} == members | {"GHOST"}
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any("1 members of syn10 have no data in the source and are left out: GHOST" in w for w in warnings), warnings

@@ -9,7 +9,8 @@ def test_defaults_work_out_of_the_box(tmp_path):
     settings = Settings.from_env({"QPIPE_HOME": str(tmp_path)})
     assert settings.source == "synthetic" and settings.calendar == "auto" and settings.market == "syn200"
     assert settings.first_partition == "2020-01-02" and settings.warehouse == tmp_path / "warehouse.duckdb"
-    assert Settings.from_env({"QPIPE_SOURCE": "qlib", "QPIPE_QLIB_MARKET": "csi300"}).market == "csi300"
+    cn = Settings.from_env({"QPIPE_SOURCE": "qlib", "QPIPE_QLIB_MARKET": "csi300", "QPIPE_BENCHMARK": "SH000300"})
+    assert cn.market == "csi300" and cn.qlib_ingest == "market" and cn.benchmark == "SH000300"
     assert Settings.from_env({"QPIPE_SOURCE": "tabular"}).first_partition == "2010-01-04"
     assert Settings.from_env({"QPIPE_SYNTHETIC_INSTRUMENTS": "60"}).market == "syn40"
 
@@ -21,6 +22,7 @@ def test_defaults_work_out_of_the_box(tmp_path):
     ("QPIPE_SOURCE_COLUMNS", "{Name: instrument}", "QPIPE_SOURCE_COLUMNS = '{Name: instrument}' is not a JSON object"),
     ("QPIPE_RETRAIN_EVERY", "biweekly", "QPIPE_RETRAIN_EVERY = 'biweekly': expected one of daily, weekly, monthly"),
     ("QPIPE_MODELS", "lstm,xgboost", "QPIPE_MODELS = 'lstm,xgboost': unknown model 'xgboost'"),
+    ("QPIPE_QLIB_INGEST", "some", "QPIPE_QLIB_INGEST = 'some': Input should be 'market' or 'all'"),
 ])
 def test_a_bad_value_is_refused_by_name(variable, value, message):
     with pytest.raises(SettingsError) as refused:

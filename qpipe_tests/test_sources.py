@@ -24,7 +24,7 @@ def test_csv_folder_of_per_symbol_files_reads_all_of_sp500(tmp_path, sp500):
     raw = sp500.drop(columns=["factor"]).rename(columns={"date": "Date", "adj_close": "Adj Close"})
     for symbol, rows in raw.groupby("symbol"):
         rows.to_csv(folder / f"{symbol}.csv", index=False)
-    prices = TabularSource(str(folder)).load()
+    prices = TabularSource(str(folder)).prices()
     expected = _expected_adjusted(sp500)
     assert len(prices) == 606_505 and prices["instrument"].nunique() == 489
     np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
@@ -36,7 +36,7 @@ def test_csv_folder_of_per_symbol_files_reads_all_of_sp500(tmp_path, sp500):
 def test_parquet_file_with_mapped_columns(tmp_path, sp500):
     path = tmp_path / "renamed.parquet"
     sp500.rename(columns={"symbol": "permno", "close": "px_last"}).to_parquet(path)
-    prices = TabularSource(str(path), columns={"permno": "instrument", "px_last": "close"}).load()
+    prices = TabularSource(str(path), columns={"permno": "instrument", "px_last": "close"}).prices()
     expected = _expected_adjusted(sp500)
     np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
 
@@ -44,7 +44,7 @@ def test_parquet_file_with_mapped_columns(tmp_path, sp500):
 def test_already_adjusted_rows_are_taken_as_they_are(tmp_path, sp500):
     path = tmp_path / "adj.csv"
     sp500.head(100).to_csv(path, index=False)
-    prices = TabularSource(str(path), prices_adjusted=True).load()
+    prices = TabularSource(str(path), prices_adjusted=True).prices()
     expected = sp500.head(100).sort_values(["date", "symbol"])
     np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
 
@@ -55,8 +55,8 @@ def test_qlib_provider_round_trip_keeps_suspension_rows_and_membership(tmp_path,
                              "start_date": pd.to_datetime(["2013-01-02", "2013-01-02", "2016-01-04"]),
                              "end_date": pd.to_datetime(["2014-12-31", "2017-12-05", "2017-12-05"])})
     root = write_qlib_provider(canonical.prices, tmp_path / "qlib", universe)
-    back = QlibSource(str(root), market="sp10")
-    loaded = back.load()
+    back = QlibSource(str(root), market="sp10", ingest="all")
+    loaded = back.prices()
     # Qlib has a row for every calendar day of a listing span; MMC and ESS each lack one day -> NaN rows.
     gaps = loaded[loaded["close"].isna()]
     assert set(gaps["instrument"]) >= {"MMC", "ESS"}
@@ -102,7 +102,7 @@ def test_bad_csv_names_file_instrument_date_and_rule(tmp_path, case):
     (folder / "good.csv").write_text(GOOD.replace("AAA", "BBB"))
     (folder / "bad.csv").write_text(text)
     with pytest.raises(PriceDataError) as err:
-        TabularSource(str(folder)).load()
+        TabularSource(str(folder)).prices()
     message = str(err.value)
     assert rule in message and "bad.csv" in message and "Nothing was written" in message
     if instrument:
@@ -114,12 +114,12 @@ def test_bad_csv_names_file_instrument_date_and_rule(tmp_path, case):
 def test_empty_source_and_missing_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PriceDataError, match="empty source"):
-        TabularSource(str(tmp_path / "empty")).load()
+        TabularSource(str(tmp_path / "empty")).prices()
     (tmp_path / "header_only.csv").write_text("date,symbol,open,high,low,close,volume\n")
     with pytest.raises(PriceDataError, match="empty source"):
-        TabularSource(str(tmp_path / "header_only.csv")).load()
+        TabularSource(str(tmp_path / "header_only.csv")).prices()
     with pytest.raises(PriceDataError, match="source not found"):
-        TabularSource(str(tmp_path / "nowhere")).load()
+        TabularSource(str(tmp_path / "nowhere")).prices()
 
 
 def test_qlib_bin_longer_than_calendar_is_rejected(tmp_path, sp500):
@@ -128,7 +128,7 @@ def test_qlib_bin_longer_than_calendar_is_rejected(tmp_path, sp500):
     bin_path = root / "features" / "msft" / "close.day.bin"
     np.hstack([np.fromfile(bin_path, dtype="<f4"), np.float32(1.0)]).astype("<f4").tofile(bin_path)
     with pytest.raises(PriceDataError) as err:
-        QlibSource(str(root)).load()
+        QlibSource(str(root)).prices()
     assert "bin length does not match the calendar" in str(err.value)
     assert "msft" in str(err.value) and "MSFT" in str(err.value)
 
@@ -136,3 +136,67 @@ def test_qlib_bin_longer_than_calendar_is_rejected(tmp_path, sp500):
 def test_unknown_source_kind_is_named():
     with pytest.raises(ValueError, match="unknown price source 'yahoo'"):
         load_source("yahoo", "/tmp")
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read(2) and friends so far (Linux /proc/self/io)."""
+    return int(next(line for line in open("/proc/self/io") if line.startswith("rchar")).split()[1])
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory):
+    """60 instruments over 2 1/2 years as a Qlib provider, with a membership file and a benchmark index."""
+    from qpipe.data.synthetic import SyntheticSpec, generate_market
+
+    market = generate_market(SyntheticSpec(n_instruments=60, index_size=20, seed=5), end="2022-06-30")
+    prices = market.prices.copy()
+    index = prices[prices["instrument"] == "SYN0060"].assign(instrument="SH000300")
+    prices = pd.concat([prices[prices["instrument"] != "SYN0060"], index], ignore_index=True)
+    universe = market.universe[market.universe["market"] == "syn20"]
+    root = write_qlib_provider(prices, tmp_path_factory.mktemp("qlib") / "provider", universe)
+    return root, prices, universe
+
+
+def test_qlib_window_is_the_slice_of_the_full_read_and_seeks_past_the_rest(provider):
+    root, _, _ = provider
+    source = QlibSource(str(root), ingest="all")
+    full = source.prices()
+    size = sum(p.stat().st_size for p in (root / "features").rglob("*.bin"))
+    for start, end in (("2021-03-02", "2021-03-02"), ("2020-12-28", "2021-01-08"), ("2020-01-02", "2020-01-02")):
+        before = _bytes_read()
+        window = source.prices(start, end)
+        read = _bytes_read() - before
+        expected = full[(full["date"] >= start) & (full["date"] <= end)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(window, expected)
+        if start == end:  # one day: the 7 bins' headers and one value each, plus day.txt and the folder listing
+            assert read < 0.05 * size, (read, size)
+    assert source.prices("2030-01-02", "2030-01-31").empty  # after the calendar: no rows, no error
+
+
+def test_qlib_market_reads_its_members_since_the_first_partition_and_the_benchmark(provider):
+    root, prices, universe = provider
+    (root / "instruments" / "syn20.txt").write_text((root / "instruments" / "syn20.txt").read_text() + "GHOST\t2020-01-02\t2022-06-30\n")
+    since = "2021-01-04"
+    source = QlibSource(str(root), market="syn20", benchmark="SH000300", since=since)
+    members = set(universe.loc[universe["end_date"] >= since, "instrument"])
+    assert 0 < len(members) < prices["instrument"].nunique() - 1
+    read = source.prices()
+    assert set(read["instrument"]) == members | {"SH000300"}
+    assert source.missing_members() == ["GHOST"]
+    everything = QlibSource(str(root), market="syn20", ingest="all").prices()
+    assert set(everything["instrument"]) == set(prices["instrument"])
+    with pytest.raises(PriceDataError, match="missing benchmark.*SH000905"):
+        QlibSource(str(root), market="syn20", benchmark="SH000905").prices()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_tabular_window_is_the_slice_of_the_full_read(tmp_path, sp500, suffix):
+    path = tmp_path / f"prices.{suffix}"
+    sp500.to_csv(path, index=False) if suffix == "csv" else sp500.to_parquet(path, index=False)
+    source = TabularSource(str(path))
+    full = source.prices()
+    window = source.prices("2016-03-01", "2016-03-04")
+    expected = full[(full["date"] >= "2016-03-01") & (full["date"] <= "2016-03-04")].reset_index(drop=True)
+    assert len(expected) > 1500
+    pd.testing.assert_frame_equal(window, expected)
+    assert source.prices("2030-01-02", "2030-01-02").empty

@@ -42,10 +42,10 @@ def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_so
     if end.date() > calendar.today():
         raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
-    batch = price_source.load()
-    rows = batch.between(start, end)
+    source = price_source.source()
+    rows = source.prices(start, end)  # those days only
     if rows.empty:
-        first, last = batch.prices["date"].min().date(), batch.prices["date"].max().date()
+        first, last = source.span()
         raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
                          f"(it covers {first}..{last}); nothing was written")
     check_sessions(rows["date"], calendar.trading_days(start, end), price_source.describe(), calendar.name)
@@ -76,15 +76,21 @@ def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_so
     group_name="ingest",
 )
 def raw_universe(context: dg.AssetExecutionContext, warehouse: Warehouse, price_source: PriceSource):
-    batch = price_source.load()
+    source = price_source.source()
+    universe, concepts = source.reference()
+    missing = source.missing_members()
+    if missing:
+        context.log.warning(f"{len(missing)} members of {price_source.market} have no data in the source and are left "
+                            f"out: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
     with warehouse.get_connection() as con:
-        wh.write_universe(con, batch.universe, batch.concepts)
-    context.log.info(f"{len(batch.universe)} membership spans, {len(batch.concepts)} concept memberships")
+        wh.write_universe(con, universe, concepts)
+    context.log.info(f"{len(universe)} membership spans, {len(concepts)} concept memberships")
     yield dg.MaterializeResult(asset_key=UNIVERSE, metadata={
-        "dagster/row_count": len(batch.universe),
-        "markets": ", ".join(sorted(batch.universe["market"].unique())),
+        "dagster/row_count": len(universe),
+        "markets": ", ".join(sorted(universe["market"].unique())),
+        "instruments": int(universe["instrument"].nunique()),
     })
     yield dg.MaterializeResult(asset_key=CONCEPTS, metadata={
-        "dagster/row_count": len(batch.concepts),
-        "concepts": int(batch.concepts["concept"].nunique()),
+        "dagster/row_count": len(concepts),
+        "concepts": int(concepts["concept"].nunique()),
     })

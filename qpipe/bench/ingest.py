@@ -21,7 +21,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 def _ingest(source: Path, warehouse: Path) -> tuple[int, float, float]:
     began = time.perf_counter()
-    prices = TabularSource(str(source)).load()
+    prices = TabularSource(str(source)).prices()
     loaded = time.perf_counter()
     with duckdb.connect(str(warehouse)) as con:
         wh.write_prices(con, prices, prices["date"].min(), prices["date"].max(), calendar="XNYS")

@@ -6,13 +6,15 @@ calendar index of the first row, the rest are one value per calendar day up to t
 NaN on suspended days. Qlib's fields are already adjusted, so they are taken as they are.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from qpipe.data.validation import PRICE_COLUMNS, PriceDataError, validate_prices
+from qpipe.data.validation import PRICE_COLUMNS, PriceDataError, empty_prices, validate_prices
 
 FIELDS = ("open", "high", "low", "close", "vwap", "volume", "factor")
 
@@ -49,64 +51,152 @@ def read_instruments(root: Path, market: str) -> pd.DataFrame:
     return spans
 
 
-def _read_bin(path: Path, calendar_len: int, instrument: str) -> tuple[int, np.ndarray]:
-    raw = np.fromfile(path, dtype="<f4")
-    if len(raw) < 1 or not np.isfinite(raw[0]) or raw[0] != int(raw[0]) or raw[0] < 0:
+def _bin_span(fd: int, path: Path, calendar_len: int, instrument: str) -> tuple[int, int]:
+    """(calendar index of the first row, number of rows) from the 4-byte header and the file's size."""
+    size = os.fstat(fd).st_size
+    header = np.frombuffer(os.pread(fd, 4, 0), dtype="<f4")
+    if size % 4 or len(header) < 1 or not np.isfinite(header[0]) or header[0] != int(header[0]) or header[0] < 0:
         raise PriceDataError("corrupt bin header", str(path), instrument=instrument,
-                             detail="element 0 must be the calendar index of the first row")
-    start, values = int(raw[0]), raw[1:]
-    if start + len(values) > calendar_len:
+                             detail="element 0 must be the calendar index of the first row, then one float32 per day")
+    start, count = int(header[0]), size // 4 - 1
+    if start + count > calendar_len:
         raise PriceDataError(
             "bin length does not match the calendar", str(path), instrument=instrument,
-            detail=f"starts at calendar index {start} with {len(values)} values, "
+            detail=f"starts at calendar index {start} with {count} values, "
                    f"but the calendar has only {calendar_len} days")
-    return start, values
+    return start, count
+
+
+def bin_span(path: Path, calendar_len: int, instrument: str) -> tuple[int, int]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _bin_span(fd, path, calendar_len, instrument)
+    finally:
+        os.close(fd)
+
+
+def _read_bin(path: Path, calendar_len: int, instrument: str, lo: int, hi: int) -> tuple[int, np.ndarray]:
+    """The rows of calendar days [lo, hi) that the bin holds: the header, then one read at their offset
+    (unbuffered, so a day costs 8 bytes, not the file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start, count = _bin_span(fd, path, calendar_len, instrument)
+        first, last = max(lo, start), min(hi, start + count)
+        if last <= first:
+            return first, np.empty(0, dtype="<f4")
+        return first, np.frombuffer(os.pread(fd, 4 * (last - first), 4 * (1 + first - start)), dtype="<f4")
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
 class QlibSource:
-    """A Qlib provider directory; ``market`` names the membership file that becomes the universe."""
+    """A Qlib provider directory.
+
+    ``market`` names the membership file that becomes the universe; with ``ingest="market"`` only
+    the instruments ever in it since ``since`` (plus ``benchmark``, an index such as ``SH000300``)
+    are read, with their whole history for lookbacks; ``ingest="all"`` reads every folder of
+    ``features/``. ``prices(start, end)`` reads only those days: each bin is entered at the offset
+    of ``start`` (Qlib's bins are one float32 per calendar day).
+    """
 
     path: str
     market: str = "all"
+    ingest: Literal["market", "all"] = "market"
+    benchmark: str = ""
+    since: str | None = None
 
-    def load(self) -> pd.DataFrame:
-        root = Path(self.path)
-        calendar = read_calendar(root)
-        feature_dirs = sorted(p for p in (root / "features").glob("*") if p.is_dir())
-        if not feature_dirs:
-            raise PriceDataError("empty source", str(root / "features"), detail="no instrument folders")
-        frames = [self._instrument_frame(d, calendar) for d in feature_dirs]
-        frame = pd.concat([f for f in frames if f is not None], ignore_index=True)
-        return validate_prices(frame, str(root))
+    def calendar(self) -> np.ndarray:
+        return read_calendar(Path(self.path))
+
+    def span(self) -> tuple[np.datetime64, np.datetime64]:
+        days = self.calendar()
+        return days[0], days[-1]
+
+    def folders(self) -> list[Path]:
+        """The instrument folders to read, sorted; members without one are listed by ``missing_members``."""
+        return self._selection()[0]
+
+    def missing_members(self) -> list[str]:
+        return self._selection()[1]
+
+    def _selection(self) -> tuple[list[Path], list[str]]:
+        features = Path(self.path) / "features"
+        present = {p.name.upper(): p for p in features.glob("*") if p.is_dir()}
+        if not present:
+            raise PriceDataError("empty source", str(features), detail="no instrument folders")
+        if self.market == "all" or self.ingest == "all":
+            return [present[k] for k in sorted(present)], []
+        members = self.universe()
+        if self.since is not None:
+            members = members[members["end_date"] >= pd.Timestamp(self.since)]
+        wanted = sorted(set(members["instrument"].str.upper()) | ({self.benchmark.upper()} if self.benchmark else set()))
+        if self.benchmark and self.benchmark.upper() not in present:
+            raise PriceDataError("missing benchmark", str(features), instrument=self.benchmark.upper(),
+                                 detail=f"no features/{self.benchmark.lower()} folder for the benchmark index")
+        return [present[k] for k in wanted if k in present], [k for k in wanted if k not in present]
+
+    def prices(self, start=None, end=None) -> pd.DataFrame:
+        calendar = self.calendar()
+        lo = 0 if start is None else int(np.searchsorted(calendar, np.datetime64(pd.Timestamp(start).date(), "D")))
+        hi = len(calendar) if end is None else int(
+            np.searchsorted(calendar, np.datetime64(pd.Timestamp(end).date(), "D"), side="right"))
+        blocks = [block for d in self.folders() if (block := self._instrument_rows(d, calendar, lo, hi)) is not None]
+        if not blocks:
+            if (start, end) != (None, None):
+                return empty_prices()  # the source has no rows on those days: the caller says so
+            return validate_prices(empty_prices(), self.path)
+        # One frame from the concatenated arrays (a frame per instrument would cost more than the reads).
+        frame = pd.DataFrame({
+            "date": np.concatenate([calendar[first:last] for first, last, _, _ in blocks]).astype("datetime64[ns]"),
+            "instrument": np.repeat(np.array([name for _, _, name, _ in blocks], dtype=object),
+                                    [last - first for first, last, _, _ in blocks]),
+            **{name: np.concatenate([columns[name] for *_, columns in blocks]) for name in FIELDS}})
+        return validate_prices(frame[list(PRICE_COLUMNS)], self.path)
+
+    def listing_spans(self) -> pd.DataFrame:
+        """The ``all`` market of the selected instruments: the span of their close bins (as Qlib's
+        instruments/all.txt), read from the headers alone."""
+        calendar = self.calendar()
+        rows = []
+        for folder in self.folders():
+            path = folder / "close.day.bin"
+            if not path.is_file():
+                raise PriceDataError("missing columns", str(folder), instrument=folder.name.upper(),
+                                     detail="no close.day.bin")
+            start, count = bin_span(path, len(calendar), folder.name.upper())
+            if count:
+                rows.append(("all", folder.name.upper(), calendar[start], calendar[start + count - 1]))
+        spans = pd.DataFrame(rows, columns=["market", "instrument", "start_date", "end_date"])
+        for col in ("start_date", "end_date"):
+            spans[col] = spans[col].astype("datetime64[ns]")
+        return spans
 
     def universe(self) -> pd.DataFrame:
         return read_instruments(Path(self.path), self.market)
 
-    def _instrument_frame(self, folder: Path, calendar: np.ndarray) -> pd.DataFrame | None:
+    def _instrument_rows(self, folder: Path, calendar: np.ndarray, lo: int, hi: int):
+        """(first, last, instrument, fields) of one instrument's rows on calendar days [lo, hi), or None."""
         instrument = folder.name.upper()
         series = {}
         for name in FIELDS:
             path = folder / f"{name}.day.bin"
             if path.is_file():
-                series[name] = _read_bin(path, len(calendar), instrument)
+                series[name] = _read_bin(path, len(calendar), instrument, lo, hi)
         if "close" not in series:
             raise PriceDataError("missing columns", str(folder), instrument=instrument, detail="no close.day.bin")
-        lo = min(start for start, _ in series.values())
-        hi = max(start + len(v) for start, v in series.values())
-        if hi <= lo:
+        read = [(start, len(v)) for start, v in series.values() if len(v)]
+        if not read:
             return None
+        first, last = min(start for start, _ in read), max(start + n for start, n in read)
         columns = {}
         for name in FIELDS:
-            col = np.full(hi - lo, np.nan)
+            col = np.full(last - first, 1.0 if name == "factor" and name not in series else np.nan)
             if name in series:
                 start, values = series[name]
-                col[start - lo:start - lo + len(values)] = values
-            elif name == "factor":
-                col[:] = 1.0
+                col[start - first:start - first + len(values)] = values
             columns[name] = col
-        frame = pd.DataFrame({"date": calendar[lo:hi].astype("datetime64[ns]"), "instrument": instrument, **columns})
-        return frame[list(PRICE_COLUMNS)]
+        return first, last, instrument, columns
 
 
 def write_qlib_provider(prices: pd.DataFrame, root: str | Path, universe: pd.DataFrame | None = None) -> Path:

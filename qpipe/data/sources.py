@@ -1,17 +1,35 @@
-"""One entry point over every price source: synthetic market, CSV/Parquet rows, Qlib provider."""
+"""One entry point over every price source: synthetic market, CSV/Parquet rows, Qlib provider.
+
+Every source answers three questions: ``prices(start, end)`` (validated canonical rows of those
+days only: a daily run reads one day, not the history), ``reference()`` (index membership spans
+and concept memberships), ``span()`` (its first and last day, for messages) and
+``missing_members()`` (members of the market without data, to warn about).
+"""
 
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 import pandas as pd
 
 from qpipe.data.qlib_provider import QlibSource
-from qpipe.data.synthetic import SyntheticSpec, generate_market, index_size_for
+from qpipe.data.synthetic import SyntheticSpec, generate_market, index_size_for, origin_session
 from qpipe.data.tabular import TabularSource
 from qpipe.data.validation import validate_prices
 
 SOURCE_KINDS = ("synthetic", "tabular", "qlib")
 UNIVERSE_COLUMNS = ["market", "instrument", "start_date", "end_date"]
 CONCEPT_COLUMNS = ["instrument", "concept", "kind"]
+
+
+class Source(Protocol):
+    def prices(self, start=None, end=None) -> pd.DataFrame: ...
+
+    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]: ...
+
+    def span(self) -> tuple[np.datetime64, np.datetime64]: ...
+
+    def missing_members(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -34,24 +52,97 @@ def listing_spans(prices: pd.DataFrame, market: str = "all") -> pd.DataFrame:
     return spans[UNIVERSE_COLUMNS]
 
 
-def load_source(kind: str = "synthetic", path: str = "", columns: dict | None = None, market: str = "all",
-                seed: int = 7, n_instruments: int = 300) -> PriceBatch:
+def no_concepts() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in CONCEPT_COLUMNS})
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """The embedded market: any range of days is generated on demand, the same bytes whatever range is asked."""
+
+    seed: int = 7
+    n_instruments: int = 300
+
+    @property
+    def spec(self) -> SyntheticSpec:
+        return SyntheticSpec(n_instruments=self.n_instruments, seed=self.seed, index_size=index_size_for(self.n_instruments))
+
+    def prices(self, start=None, end=None) -> pd.DataFrame:
+        return validate_prices(generate_market(self.spec, start=start, end=end).prices, f"synthetic(seed={self.seed})")
+
+    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        market = generate_market(self.spec)
+        return market.universe[UNIVERSE_COLUMNS], market.concepts[CONCEPT_COLUMNS]
+
+    def span(self) -> tuple[np.datetime64, np.datetime64]:
+        from qpipe.calendar import market_calendar
+
+        return origin_session(self.spec), np.datetime64(market_calendar().latest_session(), "D")
+
+    def missing_members(self) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
+class TabularPrices:
+    """CSV/Parquet rows; the ``all`` market is each symbol's first to last date."""
+
+    table: TabularSource
+
+    def prices(self, start=None, end=None) -> pd.DataFrame:
+        return self.table.prices(start, end)
+
+    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        # The whole table, validated: a bad row anywhere fails the universe as it fails a day's prices.
+        return listing_spans(self.table.prices()), no_concepts()
+
+    def span(self) -> tuple[np.datetime64, np.datetime64]:
+        return self.table.span()
+
+    def missing_members(self) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
+class QlibPrices:
+    """A Qlib provider directory: the ``all`` spans of the instruments read, plus the market file's."""
+
+    provider: QlibSource
+
+    def prices(self, start=None, end=None) -> pd.DataFrame:
+        return self.provider.prices(start, end)
+
+    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        universe = self.provider.listing_spans()
+        if self.provider.market != "all":
+            universe = pd.concat([universe, self.provider.universe()], ignore_index=True)
+        return universe[UNIVERSE_COLUMNS], no_concepts()
+
+    def span(self) -> tuple[np.datetime64, np.datetime64]:
+        return self.provider.span()
+
+    def missing_members(self) -> list[str]:
+        """Members of the market file without a features folder (left out, with a warning)."""
+        return self.provider.missing_members()
+
+
+def open_source(kind: str = "synthetic", path: str = "", columns: dict | None = None, market: str = "all",
+                seed: int = 7, n_instruments: int = 300, *, ingest: str = "market", benchmark: str = "",
+                since: str | None = None) -> Source:
     if kind == "synthetic":
-        spec = SyntheticSpec(n_instruments=n_instruments, seed=seed, index_size=index_size_for(n_instruments))
-        market_data = generate_market(spec, end=None)  # the whole market, origin .. today (New York)
-        prices = validate_prices(market_data.prices, f"synthetic(seed={seed})")
-        return PriceBatch(prices, market_data.universe[UNIVERSE_COLUMNS], market_data.concepts[CONCEPT_COLUMNS])
+        return SyntheticSource(seed=seed, n_instruments=n_instruments)
     if not path:
         raise ValueError(f"the {kind!r} source needs a path (QPIPE_SOURCE_PATH or the price_source resource's path)")
-    no_concepts = pd.DataFrame({c: pd.Series(dtype=str) for c in CONCEPT_COLUMNS})
     if kind == "tabular":
-        prices = TabularSource(path, columns=dict(columns or {})).load()
-        return PriceBatch(prices, listing_spans(prices), no_concepts)
+        return TabularPrices(TabularSource(path, columns=dict(columns or {})))
     if kind == "qlib":
-        source = QlibSource(path, market=market)
-        prices = source.load()
-        universe = listing_spans(prices.dropna(subset=["close"]))
-        if market != "all":
-            universe = pd.concat([universe, source.universe()], ignore_index=True)
-        return PriceBatch(prices, universe, no_concepts)
+        return QlibPrices(QlibSource(path, market=market, ingest=ingest, benchmark=benchmark, since=since))
     raise ValueError(f"unknown price source {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
+
+
+def load_source(kind: str = "synthetic", path: str = "", columns: dict | None = None, market: str = "all",
+                seed: int = 7, n_instruments: int = 300, **options) -> PriceBatch:
+    """The whole source at once (tests, benchmarks); the assets read day ranges through ``open_source``."""
+    source = open_source(kind, path, columns, market, seed, n_instruments, **options)
+    universe, concepts = source.reference()
+    return PriceBatch(source.prices(), universe, concepts)

@@ -14,9 +14,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qpipe.data.validation import PriceDataError, validate_prices
+from qpipe.data.validation import PriceDataError, empty_prices, validate_prices
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "date": ("date", "datetime", "timestamp", "trade_date", "day", "time"),
@@ -59,38 +60,55 @@ class TabularSource:
             raise PriceDataError("empty source", str(root), detail=f"no {', '.join(SUFFIXES)} files inside")
         return files
 
-    def load(self) -> pd.DataFrame:
+    def prices(self, start=None, end=None) -> pd.DataFrame:
+        """The rows dated start..end (all by default). The filter is pushed into DuckDB's scan, so only
+        those rows are parsed and checked (a CSV is still read through; Parquet row groups are skipped
+        by their statistics); rows whose date does not parse are kept, to be reported."""
         files = self.files()
-        groups: dict[tuple, list[int]] = {}
-        for i, f in enumerate(files):  # files sharing a header are read by one multi-file scan
-            groups.setdefault((self._is_parquet(f), tuple(self._header(f))), []).append(i)
+        scans = []
+        for (parquet, header), ids in self._groups(files).items():
+            mapping = self._mapping(files[ids[0]], list(header))
+            scans.append(self._select(files, ids, parquet, list(header), mapping,
+                                      self._date_filter(files[ids[0]], parquet, mapping, start, end)))
         con = duckdb.connect()
         try:
-            con.execute("CREATE TEMP TABLE rows AS " + " UNION ALL BY NAME ".join(
-                self._select(files, ids, parquet, list(header), self._mapping(files[ids[0]], list(header)))
-                for (parquet, header), ids in groups.items()))
+            con.execute("CREATE TEMP TABLE rows AS " + " UNION ALL BY NAME ".join(scans))
             self._check_values(con, files)
             frame = con.execute(self._canonical_sql(con)).df()
         finally:
             con.close()
+        if frame.empty and (start, end) != (None, None):
+            return empty_prices()  # the source has no rows on those days: the caller says so
         frame["date"] = frame["date"].astype("datetime64[ns]")
         frame["_file"] = pd.Categorical.from_codes(frame.pop("_file_id"), [str(f) for f in files])
         return validate_prices(frame, self.path)
 
+    def span(self) -> tuple[np.datetime64, np.datetime64]:
+        days = self.dates()
+        if len(days) == 0:
+            raise PriceDataError("empty source", self.path, detail="no dated rows")
+        return days[0], days[-1]
+
     def dates(self) -> np.ndarray:
         """The distinct dates in the files (the source's calendar), read from the date column alone."""
+        rows = self._scan(("date",), "SELECT DISTINCT TRY_CAST(date AS DATE) AS d FROM scan WHERE d IS NOT NULL ORDER BY d")
+        return np.asarray(rows["d"]).astype("datetime64[D]")
+
+    def _scan(self, wanted: tuple[str, ...], query: str) -> dict:
         files = self.files()
+        scans = []
+        for (parquet, header), ids in self._groups(files).items():
+            mapping = {src: dst for src, dst in self._mapping(files[ids[0]], list(header)).items() if dst in wanted}
+            scans.append(self._select(files, ids, parquet, list(header), mapping))
+        with duckdb.connect() as con:
+            return con.execute(f"WITH scan AS ({' UNION ALL BY NAME '.join(scans)}) {query}").fetchnumpy()
+
+    def _groups(self, files: list[Path]) -> dict[tuple[bool, tuple[str, ...]], list[int]]:
+        """Files sharing a format and a header, read by one multi-file scan."""
         groups: dict[tuple, list[int]] = {}
         for i, f in enumerate(files):
             groups.setdefault((self._is_parquet(f), tuple(self._header(f))), []).append(i)
-        scans = []
-        for (parquet, header), ids in groups.items():
-            mapping = {src: dst for src, dst in self._mapping(files[ids[0]], list(header)).items() if dst == "date"}
-            scans.append(self._select(files, ids, parquet, list(header), mapping))
-        with duckdb.connect() as con:
-            rows = con.execute(f"SELECT DISTINCT TRY_CAST(date AS DATE) AS d FROM ({' UNION ALL '.join(scans)}) "
-                               "WHERE d IS NOT NULL ORDER BY d").fetchnumpy()["d"]
-        return np.asarray(rows).astype("datetime64[D]")
+        return groups
 
     @staticmethod
     def _is_parquet(file: Path) -> bool:
@@ -123,7 +141,23 @@ class TabularSource:
         return mapping
 
     @staticmethod
-    def _select(files: list[Path], ids: list[int], parquet: bool, header: list[str], mapping: dict[str, str]) -> str:
+    def _date_filter(file: Path, parquet: bool, mapping: dict[str, str], start, end) -> str:
+        """SQL keeping the rows dated start..end, and those whose date does not parse (to be reported)."""
+        if start is None and end is None:
+            return ""
+        source = next(src for src, dst in mapping.items() if dst == "date")
+        column = '"' + source.replace('"', '""') + '"'
+        lo = pd.Timestamp(start if start is not None else "1800-01-01").date()
+        after = (pd.Timestamp(end if end is not None else "2200-12-31") + pd.Timedelta(days=1)).date()
+        kind = pq.read_schema(file).field(source).type if parquet else None
+        if kind is not None and (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
+            return f"{column} >= DATE '{lo}' AND {column} < DATE '{after}'"  # on the column: row groups are skipped
+        parsed = f"TRY_CAST({column} AS DATE)"
+        return f"(({parsed} >= DATE '{lo}' AND {parsed} < DATE '{after}') OR {parsed} IS NULL)"
+
+    @staticmethod
+    def _select(files: list[Path], ids: list[int], parquet: bool, header: list[str], mapping: dict[str, str],
+                where: str = "") -> str:
         """One multi-file scan; ``_file_id`` remembers which file each row came from."""
         paths = [str(files[i]).replace("'", "''") for i in ids]
         reader = "read_parquet" if parquet else "read_csv"
@@ -135,7 +169,7 @@ class TabularSource:
         listing = ", ".join(f"'{p}'" for p in paths)
         ids_by_name = ", ".join(f"('{p}', {i})" for p, i in zip(paths, ids))
         return (f"SELECT {cols}, f.id AS _file_id FROM {reader}([{listing}], {options}) "
-                f"JOIN (VALUES {ids_by_name}) AS f(name, id) ON filename = f.name")
+                f"JOIN (VALUES {ids_by_name}) AS f(name, id) ON filename = f.name" + (f" WHERE {where}" if where else ""))
 
     @staticmethod
     def _check_values(con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:

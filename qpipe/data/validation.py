@@ -51,6 +51,12 @@ def _first_bad(frame: pd.DataFrame, bad: np.ndarray, rule: str, source: str, det
                          detail=detail_of(row), count=int(bad.sum()))
 
 
+def empty_prices() -> pd.DataFrame:
+    """A canonical frame without rows: what a source holds for days it has no rows on."""
+    return pd.DataFrame({c: pd.Series(dtype="datetime64[ns]" if c == "date" else object if c == "instrument"
+                                      else np.float64) for c in PRICE_COLUMNS})
+
+
 def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Check a canonical frame; return it sorted by (date, instrument) without helper columns."""
     if len(frame) == 0:
