@@ -113,6 +113,9 @@ def data_calendar(name: str, key: str, dates) -> MarketCalendar:
     if len(sessions) == 0:
         raise ValueError(f"{name}: no dates to make a calendar of")
     exchange = best_matching_exchange(sessions)
+    # A date on a day of the week the exchange never trades (a Saturday in a CSV) is no session: its rows
+    # are then refused by name as "dates that are not sessions", and it gets no partition.
+    sessions = sessions[np.isin((sessions.view("int64") + 3) % 7, exchange.weekdays)]
     return MarketCalendar(f"{name} ({exchange.name} hours)", key, sessions, exchange.timezone, exchange.close)
 
 

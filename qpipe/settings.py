@@ -7,6 +7,8 @@ read the settings (cadence, calendar and partitions do).
 
 import json
 import os
+import re
+from datetime import date
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -53,6 +55,17 @@ def parse_models(text: str | tuple) -> tuple[str, ...]:
     return names
 
 
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def parse_device(text: str) -> str:
+    """QPIPE_DEVICE and a checkpoint's ``device``: auto, cpu, cuda, cuda:<index> or mps."""
+    value = str(text).strip().lower()
+    if not DEVICE.match(value):
+        raise ValueError(f"expected auto, cpu, cuda, cuda:<index> or mps, not {text!r}")
+    return value
+
+
 class SettingsError(ValueError):
     pass
 
@@ -93,6 +106,19 @@ class Settings(BaseModel):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value):
+        return parse_device(value)
+
+    @field_validator("partitions_start", mode="before")
+    @classmethod
+    def _date(cls, value):
+        try:
+            return None if value is None else date.fromisoformat(str(value).strip()).isoformat()
+        except ValueError:
+            raise ValueError(f"QPIPE_PARTITIONS_START = {value!r}: expected a date, YYYY-MM-DD") from None
 
     @field_validator("retrain_every", mode="before")
     @classmethod

@@ -124,3 +124,20 @@ def test_a_data_calendar_takes_its_own_days_and_counts_later_weekdays_as_session
         "2019-12-30", "2019-12-31", "2020-01-01", "2020-01-02", "2020-01-03", "2020-01-06"]
     assert [str(d) for d in calendar.closed_weekdays("2019-09-30", "2019-10-08")] == [
         f"2019-10-0{d}" for d in range(1, 8) if d not in (5, 6)]
+
+
+def test_a_saturday_in_a_sources_dates_is_no_session_and_its_rows_are_refused_by_name():
+    """Found by a user: a Saturday row was stored in raw.prices without a word."""
+    import pandas as pd
+
+    from qpipe.calendar import data_calendar, exchange_calendar
+    from qpipe.data.validation import PriceDataError, check_sessions
+
+    weekdays = exchange_calendar("XNYS").trading_days("2023-01-03", "2024-01-05")
+    saturday = np.datetime64("2024-01-06")
+    calendar = data_calendar("dates of prices.csv", "tabular dates", np.append(weekdays, saturday))
+    assert calendar.name == "dates of prices.csv (XNYS hours)" and saturday not in calendar.sessions
+    assert calendar.weekdays == (0, 1, 2, 3, 4)
+    with pytest.raises(PriceDataError, match="dates that are not sessions.*2024-01-06"):
+        check_sessions(pd.Series([pd.Timestamp("2024-01-05"), pd.Timestamp("2024-01-06")]),
+                       calendar.trading_days("2024-01-05", "2024-01-06"), "prices.csv", calendar.name)

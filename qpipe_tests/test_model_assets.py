@@ -88,6 +88,22 @@ def test_bad_hyperparameter_fails_before_anything_is_written(env):
     assert not (root / "checkpoints" / "gru").exists()
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"device": "tpu"}, "expected auto, cpu, cuda, cuda:<index> or mps, not 'tpu'"),
+    ({"market": "csi300"}, "market 'csi300' is not in raw.universe (it holds all, syn26)"),
+])
+def test_a_bad_device_or_an_unknown_market_is_named_and_nothing_is_written(env, change, message):
+    """Found by a user: a raw torch error for device tpu, "RobustZScoreNorm: no rows in the fit window" for a market."""
+    resources, root = env
+    bad = {"models__alstm_checkpoint": {"config": {**QUICK, **change}}}
+    result = run(DAY, DAY, ["models/alstm_checkpoint"], resources, bad, raise_on_error=False)
+    assert not result.success
+    events = result.get_step_failure_events()
+    text = events[0].event_specific_data.error.to_string() if events else str(result.failure_data)
+    assert message in text
+    assert not (root / "checkpoints" / "alstm").exists()
+
+
 def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):
     resources, root = env
     run(DAY, DAY, ["models/lstm_checkpoint"], resources,

@@ -1,5 +1,6 @@
 """raw/prices through Dagster: partitions, ranges in one run, idempotency, nothing written on bad input."""
 
+import datetime as dt
 import logging
 
 import dagster as dg
@@ -12,12 +13,14 @@ from qpipe_tests.test_sources import BAD_CASES, GOOD
 
 
 def _materialize(warehouse_path, source: PriceSource, partition: str | None = None,
-                 partition_range: tuple[str, str] | None = None, raise_on_error: bool = True):
+                 partition_range: tuple[str, str] | None = None, raise_on_error: bool = True, replace: bool = False):
     tags = {}
     if partition_range:
         tags = {"dagster/asset_partition_range_start": partition_range[0],
                 "dagster/asset_partition_range_end": partition_range[1]}
+    config = {"ops": {name: {"config": {"replace": True}} for name in ("raw__prices", "raw_universe")}} if replace else None
     return dg.materialize([raw_prices, raw_universe], partition_key=partition, tags=tags, raise_on_error=raise_on_error,
+                          run_config=config,
                           resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
 
 
@@ -94,3 +97,28 @@ def test_qlib_universe_covers_the_market_and_benchmark_and_names_members_without
     assert {r[1] for r in spans if r[0] == "syn10"} == members | {"GHOST"}
     warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
     assert any("1 members of syn10 have no data in the source and are left out: GHOST" in w for w in warnings), warnings
+
+
+def test_a_source_that_shrank_is_refused_with_what_would_be_lost_unless_replace(tmp_path, warehouse_path):
+    """Found by a user: re-ingesting from a truncated CSV silently deleted rows and shrank raw/universe."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "aaa.csv").write_text(GOOD)
+    (folder / "bbb.csv").write_text(GOOD.replace("AAA", "BBB"))
+    source = PriceSource(kind="tabular", path=str(folder))
+    days = ("2024-01-02", "2024-01-03")
+    _materialize(warehouse_path, source, partition_range=days)
+    before = {t: table_rows(warehouse_path, t) for t in ("raw.prices", "raw.universe")}
+    assert len(before["raw.prices"]) == 4
+
+    (folder / "bbb.csv").write_text(GOOD.replace("AAA", "BBB").splitlines(keepends=True)[0] + GOOD.splitlines()[1].replace("AAA", "BBB"))
+    result = _materialize(warehouse_path, source, partition_range=days, raise_on_error=False)
+    assert not result.success
+    text = "\n".join(e.event_specific_data.error.to_string() for e in result.get_step_failure_events())
+    assert "raw.prices: this ingest would remove 1 stored price rows that the source no longer has (e.g. 2024-01-03 BBB)" in text
+    assert "raw.universe: this ingest would remove 1 stored membership spans" in text and "replace: true" in text
+    assert {t: table_rows(warehouse_path, t) for t in before} == before
+
+    _materialize(warehouse_path, source, partition_range=days, replace=True)
+    assert len(table_rows(warehouse_path, "raw.prices")) == 3
+    assert ("all", "BBB", dt.date(2024, 1, 2), dt.date(2024, 1, 2)) in table_rows(warehouse_path, "raw.universe")

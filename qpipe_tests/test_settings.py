@@ -22,6 +22,8 @@ def test_defaults_work_out_of_the_box(tmp_path):
     ("QPIPE_SOURCE_COLUMNS", "{Name: instrument}", "QPIPE_SOURCE_COLUMNS = '{Name: instrument}' is not a JSON object"),
     ("QPIPE_RETRAIN_EVERY", "biweekly", "QPIPE_RETRAIN_EVERY = 'biweekly': expected one of daily, weekly, monthly"),
     ("QPIPE_MODELS", "lstm,xgboost", "QPIPE_MODELS = 'lstm,xgboost': unknown model 'xgboost'"),
+    ("QPIPE_DEVICE", "tpu", "QPIPE_DEVICE = 'tpu': expected auto, cpu, cuda, cuda:<index> or mps, not 'tpu'"),
+    ("QPIPE_PARTITIONS_START", "notadate", "QPIPE_PARTITIONS_START = 'notadate': expected a date, YYYY-MM-DD"),
     ("QPIPE_QLIB_INGEST", "some", "QPIPE_QLIB_INGEST = 'some': Input should be 'market' or 'all'"),
 ])
 def test_a_bad_value_is_refused_by_name(variable, value, message):

@@ -91,6 +91,15 @@ BAD_CASES = {
                          "unparseable date", "AAA"),
     "NaN price": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,,1000\n",
                   "incomplete price row", "AAA"),
+    "close above high": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,12,1000\n",
+                         "close > high", "AAA"),
+    "open below low": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,8,11,9,10,1000\n",
+                       "open < low", "AAA"),
+    "volume 1e30": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,10,1e30\n",
+                    "implausible volume", "AAA"),
+    "no symbol": ("date,symbol,open,high,low,close,volume\n2024-01-02, ,10,11,9,10,1000\n", "missing instrument", None),
+    "zero factor": ("date,symbol,open,high,low,close,volume,factor\n2024-01-02,AAA,10,11,9,10,1000,0\n",
+                    "non-positive factor", "AAA"),
 }
 
 
@@ -131,6 +140,54 @@ def test_qlib_bin_longer_than_calendar_is_rejected(tmp_path, sp500):
         QlibSource(str(root)).prices()
     assert "bin length does not match the calendar" in str(err.value)
     assert "msft" in str(err.value) and "MSFT" in str(err.value)
+
+
+def test_a_rule_message_shows_the_value_in_the_file_beside_the_adjusted_one(tmp_path):
+    path = tmp_path / "adjusted.csv"
+    path.write_text("date,symbol,open,high,low,close,volume,factor\n2024-01-02,AAA,10,11,9,-3,1000,0.5\n")
+    with pytest.raises(PriceDataError, match=r"non-positive close: .*close=-3 in the file \(-1.5 adjusted\)"):
+        TabularSource(str(path)).prices()
+
+
+def test_column_names_from_settings_and_headers_stay_names_never_sql(tmp_path):
+    """Found by a user: a QPIPE_SOURCE_COLUMNS value such as "vwap, error('x') AS boom" ran as SQL."""
+    path = tmp_path / "quoted.csv"
+    path.write_text('date,symbol,open,high,low,"px""last",volume\n2024-01-02,AAA,10,11,9,10.5,1000\n')
+    prices = TabularSource(str(path), columns={'px"last': "close"}).prices()
+    assert prices["close"].tolist() == [10.5]
+    with pytest.raises(PriceDataError, match=r"unknown column mapping: .*maps 'px\"last' to \"close, error\('x'\) AS boom\", "
+                                             r"which is not a qpipe column \(one of date, instrument, open"):
+        TabularSource(str(path), columns={'px"last': "close, error('x') AS boom"}).prices()
+
+
+def test_broken_files_are_named_with_what_is_wrong(tmp_path, sp500):
+    """Found by a user: pyarrow's message without a file name, and DuckDB's suggesting reader options."""
+    cut = tmp_path / "cut.csv"
+    cut.write_text("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,10.5,1000\n2024-01-03,AAA,10,1")
+    with pytest.raises(PriceDataError, match=r"malformed file: source .*cut.csv: line 3 '2024-01-03,AAA,10,1': "
+                                             r"4 values where the header has 7 \(a file cut mid-row"):
+        TabularSource(str(cut)).prices()
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    whole = tmp_path / "whole.parquet"
+    sp500.head(2000).to_parquet(whole)
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for path in (empty, truncated):
+        with pytest.raises(PriceDataError, match=rf"unreadable Parquet file: source .*{path.name}: .*"
+                                                 r"\(an empty, truncated or non-Parquet file\)"):
+            TabularSource(str(path)).prices()
+
+
+def test_qlib_bin_with_a_corrupt_header_is_named(tmp_path, sp500):
+    canonical = load_source("tabular", str(_write(tmp_path, sp500)))
+    root = write_qlib_provider(canonical.prices[canonical.prices["instrument"].isin(["AAPL", "MSFT"])], tmp_path / "q")
+    bin_path = root / "features" / "aapl" / "open.day.bin"
+    values = np.fromfile(bin_path, dtype="<f4")
+    values[0] = 1.5
+    values.tofile(bin_path)
+    with pytest.raises(PriceDataError, match=r"corrupt bin header: source .*aapl.open.day.bin, instrument AAPL"):
+        QlibSource(str(root)).prices("2016-01-04", "2016-01-04")
 
 
 def test_unknown_source_kind_is_named():

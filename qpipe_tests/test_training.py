@@ -288,6 +288,37 @@ def test_weights_that_do_not_fit_the_recorded_model_are_refused(small_run, tmp_p
         load_checkpoint(tmp_path / "m")
 
 
+@pytest.mark.parametrize("key", ["weights.sha256", "columns", "processor_state"])
+def test_a_sidecar_without_a_key_loading_needs_is_refused_by_that_key(small_run, tmp_path, key):
+    config, result = _fit(small_run, seed=1)
+    _, sidecar = _save(tmp_path / "m", config, result)
+    document = json.loads(sidecar.read_text())
+    parent, _, leaf = key.rpartition(".")
+    del (document[parent] if parent else document)[leaf]
+    sidecar.write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match=f"m.json: the sidecar's '{key}' is missing"):
+        load_checkpoint(tmp_path / "m")
+
+
+def test_weights_holding_nan_are_refused_even_with_a_matching_sha256(small_run, tmp_path):
+    """Found by a user: NaN weights, sha256 updated to match, were loaded and wrote NaN scores."""
+    import hashlib
+
+    import safetensors.torch
+
+    config, result = _fit(small_run, seed=1)
+    weights, sidecar = _save(tmp_path / "m", config, result)
+    state = safetensors.torch.load(weights.read_bytes())
+    name = sorted(state)[0]
+    state[name].view(-1)[0] = float("nan")
+    weights.write_bytes(safetensors.torch.save(state))
+    document = json.loads(sidecar.read_text())
+    document["weights"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sidecar.write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match=f"m.safetensors: the weights hold NaN or infinite values \\(first in '{name}'\\)"):
+        load_checkpoint(tmp_path / "m")
+
+
 def test_a_failed_save_leaves_the_existing_checkpoint_intact(small_run, tmp_path):
     config, result = _fit(small_run, seed=1)
     weights, sidecar = _save(tmp_path / "m", config, result)

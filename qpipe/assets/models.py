@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from qpipe.assets.prices import UNIVERSE, partition_dates, recording
 from qpipe.data import warehouse as wh
@@ -20,7 +20,7 @@ from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
 from qpipe.partitions import trading_days
 from qpipe.resources import CheckpointStore, Compute, Warehouse
-from qpipe.settings import get_settings
+from qpipe.settings import get_settings, parse_device
 
 if TYPE_CHECKING:
     from qpipe.models.config import ModelConfig
@@ -58,6 +58,11 @@ class TrainConfig(dg.Config):
     device: str = Field(default="", description="auto, cpu or cuda[:i]; default QPIPE_DEVICE")
     shuffle_labels: bool = Field(default=False, description="placebo control: permute each day's labels before "
                                  "training; such a model must show no out-of-sample skill")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return parse_device(value) if value else value
 
     def resolve(self, arch: str) -> "ModelConfig":
         from qpipe.models.config import config_from_qlib_yaml, model_config

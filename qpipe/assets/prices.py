@@ -3,6 +3,7 @@ transactional loads from the configured price source."""
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
@@ -26,6 +27,11 @@ def recording(context: dg.AssetExecutionContext, n_assets: int = 1) -> str:
     return f"; recording {events:,} partition materializations" if events > 50 else ""
 
 
+class IngestConfig(dg.Config):
+    replace: bool = Field(default=False, description="accept that stored rows the source no longer has are "
+                                                     "removed (refused by default: a shrunken source is usually cut short)")
+
+
 @dg.asset(
     key=PRICES,
     description="Adjusted daily OHLCV, vwap and factor per (date, instrument); suspended days are NULL rows.",
@@ -36,7 +42,8 @@ def recording(context: dg.AssetExecutionContext, n_assets: int = 1) -> str:
     kinds={"duckdb"},
     metadata={"dagster/table_name": wh.PRICES},
 )
-def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_source: PriceSource):
+def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse,
+               price_source: PriceSource):
     start, end = partition_dates(context)
     calendar = market_calendar()
     if end.date() > calendar.today():
@@ -50,7 +57,7 @@ def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_so
                          f"(it covers {first}..{last}); nothing was written")
     check_sessions(rows["date"], calendar.trading_days(start, end), price_source.describe(), calendar.name)
     with warehouse.get_connection() as con:
-        wh.write_prices(con, rows, start, end, calendar=calendar.key)
+        wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
     suspended = int(rows["close"].isna().sum())
     context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for {rows['instrument'].nunique()} instruments"
                      + recording(context))
@@ -75,7 +82,8 @@ def raw_prices(context: dg.AssetExecutionContext, warehouse: Warehouse, price_so
     pool="duckdb",
     group_name="ingest",
 )
-def raw_universe(context: dg.AssetExecutionContext, warehouse: Warehouse, price_source: PriceSource):
+def raw_universe(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse,
+                 price_source: PriceSource):
     source = price_source.source()
     universe, concepts = source.reference()
     missing = source.missing_members()
@@ -83,7 +91,7 @@ def raw_universe(context: dg.AssetExecutionContext, warehouse: Warehouse, price_
         context.log.warning(f"{len(missing)} members of {price_source.market} have no data in the source and are left "
                             f"out: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
     with warehouse.get_connection() as con:
-        wh.write_universe(con, universe, concepts)
+        wh.write_universe(con, universe, concepts, replace=config.replace)
     context.log.info(f"{len(universe)} membership spans, {len(concepts)} concept memberships")
     yield dg.MaterializeResult(asset_key=UNIVERSE, metadata={
         "dagster/row_count": len(universe),

@@ -31,7 +31,8 @@ from qpipe.data.qlib_provider import write_qlib_provider
 from qpipe.features import store
 from qpipe.models.config import ModelConfig, model_config
 from qpipe.training.dataset import load_training_data
-from qpipe.training.engine import build_model, make_frame_sampler, train
+from qpipe.models.config import build_model
+from qpipe.training.engine import make_frame_sampler, train
 from qpipe.training.reproducibility import resolve_device
 from qpipe.training.samplers import Sampler
 

@@ -8,6 +8,7 @@ with its file, instrument and date instead of failing somewhere inside a parser.
 
 import csv
 import gzip
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,37 @@ ALIASES: dict[str, tuple[str, ...]] = {
 REQUIRED = ("date", "instrument", "open", "high", "low", "close", "volume")
 NUMERIC = ("open", "high", "low", "close", "volume", "vwap", "factor", "adj_close")
 SUFFIXES = (".csv", ".parquet", ".pq", ".csv.gz")
+
+
+def _parquet_schema(file: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowException, OSError) as error:
+        raise PriceDataError("unreadable Parquet file", str(file),
+                             detail=f"{error} (an empty, truncated or non-Parquet file)") from None
+
+
+def _scan_or_explain(con: duckdb.DuckDBPyConnection, sql: str, source: str) -> duckdb.DuckDBPyConnection:
+    """Run a scan; DuckDB's parser errors become one line naming the file, the line and what is wrong
+    (its own text suggests reader options that a qpipe user cannot set)."""
+    try:
+        return con.execute(sql)
+    except duckdb.Error as error:
+        text = str(error)
+        file = re.search(r"^\s*file = (.+)$", text, re.M)
+        line = re.search(r"CSV Error on Line: (\d+)", text)
+        original = re.search(r"^Original Line: (.*)$", text, re.M)
+        columns = re.search(r"^Expected Number of Columns: (\d+) Found: (\d+)$", text, re.M)
+        where = (f"line {line.group(1)}" if line else "") + (f" {original.group(1)!r}" if original else "")
+        what = f"{columns.group(2)} values where the header has {columns.group(1)}" if columns else text.splitlines()[0]
+        detail = f"{where}: {what}" if where else what
+        raise PriceDataError("malformed file", file.group(1).strip() if file else source,
+                             detail=f"{detail} (a file cut mid-row, or rows of another layout?)") from None
+
+
+def identifier(name: str) -> str:
+    """A column name as a quoted SQL identifier: whatever a file's header or a setting holds, it stays a name."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)
@@ -72,7 +104,7 @@ class TabularSource:
                                       self._date_filter(files[ids[0]], parquet, mapping, start, end)))
         con = duckdb.connect()
         try:
-            con.execute("CREATE TEMP TABLE rows AS " + " UNION ALL BY NAME ".join(scans))
+            _scan_or_explain(con, "CREATE TEMP TABLE rows AS " + " UNION ALL BY NAME ".join(scans), self.path)
             self._check_values(con, files)
             frame = con.execute(self._canonical_sql(con)).df()
         finally:
@@ -101,7 +133,7 @@ class TabularSource:
             mapping = {src: dst for src, dst in self._mapping(files[ids[0]], list(header)).items() if dst in wanted}
             scans.append(self._select(files, ids, parquet, list(header), mapping))
         with duckdb.connect() as con:
-            return con.execute(f"WITH scan AS ({' UNION ALL BY NAME '.join(scans)}) {query}").fetchnumpy()
+            return _scan_or_explain(con, f"WITH scan AS ({' UNION ALL BY NAME '.join(scans)}) {query}", self.path).fetchnumpy()
 
     def _groups(self, files: list[Path]) -> dict[tuple[bool, tuple[str, ...]], list[int]]:
         """Files sharing a format and a header, read by one multi-file scan."""
@@ -116,13 +148,19 @@ class TabularSource:
 
     def _header(self, file: Path) -> list[str]:
         if self._is_parquet(file):
-            return pq.read_schema(file).names
+            return _parquet_schema(file).names
         opener = gzip.open if file.name.lower().endswith(".gz") else open
         with opener(file, "rt", newline="") as fh:
             return next(csv.reader(fh), [])
 
     def _mapping(self, file: Path, header: list[str]) -> dict[str, str]:
         """Source column name -> canonical name for one file; errors name the file and what is missing."""
+        unknown = {k: v for k, v in self.columns.items() if v not in ALIASES}
+        if unknown:
+            name, value = next(iter(unknown.items()))
+            raise PriceDataError("unknown column mapping", str(file),
+                                 detail=f"QPIPE_SOURCE_COLUMNS maps {name!r} to {value!r}, which is not a qpipe column "
+                                        f"(one of {', '.join(ALIASES)})")
         explicit = {k: v for k, v in self.columns.items() if k in header}
         taken = set(explicit.values())
         mapping = dict(explicit)
@@ -146,10 +184,10 @@ class TabularSource:
         if start is None and end is None:
             return ""
         source = next(src for src, dst in mapping.items() if dst == "date")
-        column = '"' + source.replace('"', '""') + '"'
+        column = identifier(source)
         lo = pd.Timestamp(start if start is not None else "1800-01-01").date()
         after = (pd.Timestamp(end if end is not None else "2200-12-31") + pd.Timedelta(days=1)).date()
-        kind = pq.read_schema(file).field(source).type if parquet else None
+        kind = _parquet_schema(file).field(source).type if parquet else None
         if kind is not None and (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
             return f"{column} >= DATE '{lo}' AND {column} < DATE '{after}'"  # on the column: row groups are skipped
         parsed = f"TRY_CAST({column} AS DATE)"
@@ -165,7 +203,7 @@ class TabularSource:
         if not parquet:  # the header is known: no per-file type sniffing, every value read as text
             types = ", ".join("'" + h.replace("'", "''") + "': 'VARCHAR'" for h in header)
             options += f", header=true, auto_detect=false, delim=',', quote='\"', columns={{{types}}}"
-        cols = ", ".join(f'CAST("{src}" AS VARCHAR) AS {dst}' for src, dst in mapping.items())
+        cols = ", ".join(f"CAST({identifier(src)} AS VARCHAR) AS {identifier(dst)}" for src, dst in mapping.items())
         listing = ", ".join(f"'{p}'" for p in paths)
         ids_by_name = ", ".join(f"('{p}', {i})" for p, i in zip(paths, ids))
         return (f"SELECT {cols}, f.id AS _file_id FROM {reader}([{listing}], {options}) "
@@ -211,5 +249,6 @@ class TabularSource:
                      {num('vwap')} AS vwap, {num('volume')} AS volume, {factor} AS factor, _file_id
               FROM rows)
             SELECT date, instrument, open * {scale} AS open, high * {scale} AS high, low * {scale} AS low,
-                   close * {scale} AS close, vwap * {scale} AS vwap, volume / {scale} AS volume, factor, _file_id
-            FROM typed ORDER BY date, instrument"""
+                   close * {scale} AS close, vwap * {scale} AS vwap, volume / {scale} AS volume, factor, _file_id,
+                   {", ".join(f"{c} AS raw_{c}" for c in ("open", "high", "low", "close", "vwap", "volume"))}
+            FROM typed ORDER BY date, instrument"""  # raw_*: the file's values, for error messages

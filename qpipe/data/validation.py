@@ -10,6 +10,8 @@ import pandas as pd
 
 PRICE_COLUMNS = ("date", "instrument", "open", "high", "low", "close", "vwap", "volume", "factor")
 OHLC = ("open", "high", "low", "close")
+MAX_VOLUME = 1e15  # shares in a day: no exchange has traded near that; more is a unit or parsing error
+OHLC_TOLERANCE = 1e-6  # relative: float32 adjusted prices (Qlib's bins) round open/high/low/close apart
 
 
 class PriceDataError(ValueError):
@@ -39,6 +41,14 @@ def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar
             raise PriceDataError(rule, source, detail=f"{shown} ({what}); set QPIPE_CALENDAR to the source's "
                                                       "exchange, or auto to use the source's own dates",
                                  count=len(days))
+
+
+def _shown(row: pd.Series, col: str) -> str:
+    """A value as the file has it; the adjusted value too where the source adjusted it."""
+    raw = row.get(f"raw_{col}")
+    if raw is None or pd.isna(raw) or np.isclose(raw, row[col], rtol=1e-12):
+        return f"{col}={row[col]:g}"
+    return f"{col}={raw:g} in the file ({row[col]:g} adjusted)"
 
 
 def _first_bad(frame: pd.DataFrame, bad: np.ndarray, rule: str, source: str, detail_of) -> None:
@@ -74,15 +84,24 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     _first_bad(frame, partial, "incomplete price row", source,
                lambda r: "some of open/high/low/close are missing; a suspended day leaves all of them empty")
     with np.errstate(invalid="ignore"):
-        for col in (*OHLC, "vwap", "factor"):
+        # The factor first: a zero factor makes every adjusted price zero, and the factor is the cause.
+        for col in ("factor", *OHLC, "vwap"):
             values = frame[col].to_numpy(dtype=np.float64)
-            _first_bad(frame, np.isinf(values), f"infinite {col}", source, lambda r, c=col: f"{c}={r[c]}")
-            _first_bad(frame, values <= 0, f"non-positive {col}", source, lambda r, c=col: f"{c}={r[c]}")
+            _first_bad(frame, np.isinf(values), f"infinite {col}", source, lambda r, c=col: _shown(r, c))
+            _first_bad(frame, values <= 0, f"non-positive {col}", source, lambda r, c=col: _shown(r, c))
         volume = frame["volume"].to_numpy(dtype=np.float64)
         _first_bad(frame, (volume < 0) | np.isinf(volume), "negative or infinite volume", source,
-                   lambda r: f"volume={r['volume']}")
-        high, low = frame["high"].to_numpy(dtype=np.float64), frame["low"].to_numpy(dtype=np.float64)
-        _first_bad(frame, high < low, "high < low", source, lambda r: f"high={r['high']} low={r['low']}")
+                   lambda r: _shown(r, "volume"))
+        _first_bad(frame, volume > MAX_VOLUME, "implausible volume", source,
+                   lambda r: f"{_shown(r, 'volume')}: more than {MAX_VOLUME:.0e} shares in a day")
+        open_, high, low, close = (frame[col].to_numpy(dtype=np.float64) for col in OHLC)
+        _first_bad(frame, high < low, "high < low", source, lambda r: f"{_shown(r, 'high')} {_shown(r, 'low')}")
+        slack = 1 + OHLC_TOLERANCE
+        for col, values in (("open", open_), ("close", close)):
+            _first_bad(frame, values > high * slack, f"{col} > high", source,
+                       lambda r, col=col: f"{_shown(r, col)} {_shown(r, 'high')}: the high is the day's highest price")
+            _first_bad(frame, values < low / slack, f"{col} < low", source,
+                       lambda r, col=col: f"{_shown(r, col)} {_shown(r, 'low')}: the low is the day's lowest price")
     factor = frame["factor"].to_numpy(dtype=np.float64)
     _first_bad(frame, np.isnan(factor) & has_price.all(axis=1), "missing factor", source,
                lambda r: "factor is empty on a trading (non-suspended) row")

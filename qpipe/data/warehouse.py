@@ -34,6 +34,10 @@ class CalendarMismatch(ValueError):
     pass
 
 
+class RowsWouldBeLost(ValueError):
+    """A re-ingest would delete stored rows that the source no longer has (a truncated file, lost symbols)."""
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     con.execute("BEGIN TRANSACTION")
@@ -65,16 +69,28 @@ def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
                 [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
 
 
-def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, end, calendar: str) -> None:
+def _refuse_losses(con: duckdb.DuckDBPyConnection, table: str, lost_sql: str, params: list, what: str) -> None:
+    """Raise RowsWouldBeLost naming how many stored rows ``lost_sql`` (over ``_incoming``) finds, with an example."""
+    count, example = con.execute(f"SELECT count(*), min(example) FROM ({lost_sql})", params).fetchall()[0]
+    if count:
+        raise RowsWouldBeLost(
+            f"{table}: this ingest would remove {count} stored {what} that the source no longer has (e.g. {example}); "
+            "a source that shrank is more often cut short than corrected. Nothing was written. If the removal is "
+            "intended, run again with `replace: true` in the asset's config.")
+
+
+def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, end, calendar: str,
+                 replace: bool = False) -> None:
     """Replace the price rows dated [start, end] in one transaction.
 
     A warehouse keeps the calendar its first prices were written on (``calendar``, e.g. "XNYS"): rolling
     features over days of two calendars would be wrong, so prices of another calendar are refused.
+    Stored (date, instrument) rows the new ones lack are refused as a loss unless ``replace``.
     """
     for table in (PRICES, CALENDAR):
         ensure_table(con, table, DDL[table])
     with transaction(con):
-        stamped = con.execute(f"SELECT name FROM {CALENDAR}").fetchone()
+        stamped = next(iter(con.execute(f"SELECT name FROM {CALENDAR}").fetchall()), None)
         if stamped is None:
             con.execute(f"INSERT INTO {CALENDAR} VALUES (?)", [calendar])
         elif stamped[0] != calendar:
@@ -82,15 +98,42 @@ def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, en
                 f"this warehouse holds prices on the {stamped[0]} calendar, and the configured one is {calendar} "
                 "(QPIPE_CALENDAR and the source): a warehouse keeps one calendar. To move to the new one, point "
                 "QPIPE_HOME at a new folder (or delete the warehouse) and materialize again; nothing was written.")
+        if not replace:
+            con.register("_incoming", prices[["date", "instrument"]])
+            _refuse_losses(con, PRICES, f"""
+                SELECT strftime(p.date, '%Y-%m-%d') || ' ' || p.instrument AS example FROM {PRICES} p
+                WHERE p.date BETWEEN ? AND ? AND NOT EXISTS (
+                    SELECT 1 FROM _incoming i WHERE CAST(i.date AS DATE) = p.date AND i.instrument = p.instrument)""",
+                           [pd.Timestamp(start).date(), pd.Timestamp(end).date()], "price rows")
+            con.unregister("_incoming")
         delete_range(con, PRICES, start, end)
         insert(con, PRICES, prices)
 
 
-def write_universe(con: duckdb.DuckDBPyConnection, universe: pd.DataFrame, concepts: pd.DataFrame) -> None:
-    """Replace the (small, source-wide) membership and concept tables in one transaction."""
+def write_universe(con: duckdb.DuckDBPyConnection, universe: pd.DataFrame, concepts: pd.DataFrame,
+                   replace: bool = False) -> None:
+    """Replace the (small, source-wide) membership and concept tables in one transaction.
+
+    Unless ``replace``, a stored membership span must still be there (the same market, instrument
+    and start, ending no earlier: spans only grow as days are appended), and so must every concept row.
+    """
     for table in (UNIVERSE, CONCEPTS):
         ensure_table(con, table, DDL[table])
     with transaction(con):
+        if not replace:
+            con.register("_incoming", universe)
+            _refuse_losses(con, UNIVERSE, f"""
+                SELECT s.market || ' ' || s.instrument || ' from ' || strftime(s.start_date, '%Y-%m-%d') AS example
+                FROM {UNIVERSE} s WHERE NOT EXISTS (
+                    SELECT 1 FROM _incoming i WHERE i.market = s.market AND i.instrument = s.instrument
+                    AND CAST(i.start_date AS DATE) = s.start_date AND CAST(i.end_date AS DATE) >= s.end_date)""",
+                           [], "membership spans")
+            con.register("_incoming", concepts)
+            _refuse_losses(con, CONCEPTS, f"""
+                SELECT s.instrument || ' in ' || s.concept AS example FROM {CONCEPTS} s WHERE NOT EXISTS (
+                    SELECT 1 FROM _incoming i WHERE i.instrument = s.instrument AND i.concept = s.concept
+                    AND i.kind = s.kind)""", [], "concept memberships")
+            con.unregister("_incoming")
         for table, frame in ((UNIVERSE, universe), (CONCEPTS, concepts)):
             con.execute(f"DELETE FROM {table}")
             insert(con, table, frame)

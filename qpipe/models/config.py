@@ -12,12 +12,15 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from qpipe.models.registry import get_spec, spec_for_qlib_class
 from qpipe.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 FEATURE_SETS = {"Alpha158": "alpha158", "Alpha360": "alpha360"}  # Qlib handler class -> qpipe feature set
 QLIB_TSDATASET_STEP_LEN = 30  # TSDatasetH's default step_len
@@ -279,3 +282,8 @@ _Yaml12Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+def build_model(config: ModelConfig) -> "torch.nn.Module":
+    """The untrained network a config describes."""
+    return get_spec(config.model).build(config.params)

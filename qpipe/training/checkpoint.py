@@ -22,16 +22,46 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from qpipe.models.config import ModelConfig
-from qpipe.training.engine import TrainResult, build_model
+from qpipe.models.config import ModelConfig, build_model
+from qpipe.training.result import TrainResult
 
 FORMAT = "qpipe-checkpoint/1"
 
 
 class CheckpointError(ValueError):
     pass
+
+
+class _Weights(BaseModel):
+    file: str
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    bytes: int
+
+
+class _Sidecar(BaseModel):
+    """The keys loading relies on; the rest of the document (history, windows, ...) is kept as it is."""
+
+    model_config = ConfigDict(extra="allow")
+    format: str
+    config: dict[str, Any]
+    columns: list[str] = Field(min_length=1)
+    processor_state: dict[str, Any]
+    weights: _Weights
+
+
+def _check_sidecar(sidecar: Any, path: Path) -> None:
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} sidecar")
+    try:
+        _Sidecar.model_validate(sidecar)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        key = ".".join(str(part) for part in problem["loc"])
+        raise CheckpointError(f"{path}: the sidecar's {key!r} is {'missing' if problem['type'] == 'missing' else 'invalid'}"
+                              f" ({problem['msg']}); it cannot be used, retrain this partition") from None
 
 
 @dataclass(frozen=True)
@@ -112,8 +142,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{sidecar_path}: missing checkpoint sidecar (the JSON next to {weights_path.name})") from None
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{sidecar_path}: unreadable checkpoint sidecar: {error}") from error
-    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
-        raise CheckpointError(f"{sidecar_path}: not a {FORMAT} sidecar")
+    _check_sidecar(sidecar, sidecar_path)
     try:
         weights = weights_path.read_bytes()
     except OSError as error:
@@ -126,6 +155,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         state_dict = safetensors.torch.load(weights)
     except Exception as error:  # safetensors raises its own error types for malformed files
         raise CheckpointError(f"{weights_path}: not a valid safetensors file: {error}") from error
+    broken = next((name for name, tensor in state_dict.items()
+                   if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if broken is not None:
+        raise CheckpointError(f"{weights_path}: the weights hold NaN or infinite values (first in {broken!r}); "
+                              "its scores would be NaN: retrain this partition")
     try:
         config = ModelConfig.from_json(sidecar["config"], source=str(sidecar_path))
         model = build_model(config)

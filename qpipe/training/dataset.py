@@ -53,6 +53,15 @@ def feature_columns(config: ModelConfig) -> list[str]:
     return list(FEATURE_SETS[config.feature_set].columns)
 
 
+def check_market(con: duckdb.DuckDBPyConnection, market: str) -> None:
+    """A universe that raw/universe does not hold is named, with those it does (else no rows, and a
+    processor's "no rows in the fit window" would be the first word of it)."""
+    known = [m for (m,) in con.execute(f"SELECT DISTINCT market FROM {wh.UNIVERSE} ORDER BY 1").fetchall()]
+    if market not in known:
+        raise ValueError(f"market {market!r} is not in raw.universe (it holds {', '.join(known) or 'nothing yet'}): "
+                         "set QPIPE_MARKET or the checkpoint's market to one of them, or materialize raw/universe")
+
+
 def read_rows(con: duckdb.DuckDBPyConnection, config: ModelConfig, first, last, known_by,
               market: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Market members' feature rows in [first, last], and their raw LABEL0 where known by ``known_by``.
@@ -61,6 +70,7 @@ def read_rows(con: duckdb.DuckDBPyConnection, config: ModelConfig, first, last, 
     column-major float32 block, so the processors work on contiguous memory, without the copies
     pandas makes of frames with hundreds of separate columns.
     """
+    check_market(con, market)
     columns = feature_columns(config)
     selected = ", ".join(f'f."{c}"' for c in columns)
     # No ORDER BY: sorting 360-column rows costs DuckDB more than sorting the keys here.

@@ -21,7 +21,6 @@ Fixed or dropped Qlib behaviour:
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -30,12 +29,14 @@ import torch
 from torch import nn
 
 from qpipe.evaluation.ic import daily_ic
-from qpipe.models.config import ModelConfig
+from qpipe.models.config import ModelConfig, build_model
 from qpipe.models.registry import get_spec
+from qpipe.training.checkpoint import load_checkpoint
 from qpipe.training.frame import TrainingFrame
 from qpipe.training.pretraining import pretrain
 from qpipe.training.progress import ProgressCallback, ProgressClock, clock
 from qpipe.training.reproducibility import draw_seed, resolve_device, seed_everything
+from qpipe.training.result import TrainResult
 from qpipe.training.samplers import Sampler, make_sampler
 
 CLIP_GRAD_VALUE = 3.0
@@ -43,28 +44,9 @@ CLIP_GRAD_VALUE = 3.0
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    state_dict: dict[str, torch.Tensor]  # the best epoch's weights, on the CPU
-    best_epoch: int  # 1-based
-    history: list[dict[str, Any]]  # one entry per epoch (see epoch_line)
-    best_score: float  # -valid loss (metric "loss") or valid IC (metric "ic"); NaN without a valid set
-    seconds_per_epoch: float
-    n_params: int
-    device: str
-    seed: int
-    pretrain_history: list[dict[str, Any]] = field(default_factory=list)  # self-supervised epochs, if any
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    return get_spec(config.model).build(config.params)
-
-
 def warm_start(model: nn.Module, path: str) -> list[str]:
     """Copy the weights whose names the model shares with a qpipe checkpoint (Qlib's pretrained base:
     an LSTM's or GRU's rnn.* and fc_out.* into GATs or HIST); returns the names copied."""
-    from qpipe.training.checkpoint import load_checkpoint  # checkpoint.py imports this module
-
     source = load_checkpoint(path).model.state_dict()
     target = model.state_dict()
     shared = sorted(set(source) & set(target))

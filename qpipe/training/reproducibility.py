@@ -17,7 +17,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" -> cuda when available, else cpu; anything else is taken as a torch device name."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    target = torch.device(device)
+    if target.type == "cuda" and (not torch.cuda.is_available() or (target.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {str(device)!r}: {torch.cuda.device_count()} CUDA device(s) visible here "
+                         "(QPIPE_DEVICE or the checkpoint's device; auto uses a GPU when there is one)")
+    return target
 
 
 def draw_seed() -> int:

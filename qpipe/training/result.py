@@ -1,0 +1,19 @@
+"""What training returns: the best weights and the record of how they were found."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    state_dict: dict[str, torch.Tensor]  # the best epoch's weights, on the CPU
+    best_epoch: int  # 1-based
+    history: list[dict[str, Any]]  # one entry per epoch (see epoch_line)
+    best_score: float  # -valid loss (metric "loss") or valid IC (metric "ic"); NaN without a valid set
+    seconds_per_epoch: float
+    n_params: int
+    device: str
+    seed: int
+    pretrain_history: list[dict[str, Any]] = field(default_factory=list)  # self-supervised epochs, if any
