@@ -16,6 +16,7 @@ from typing import TextIO
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
+from qpipe.reaper import reap
 from qpipe.training.progress import clock
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -58,6 +59,8 @@ class RunView:
         self._status_shown = False
         self._last_progress = time.monotonic()
         self._step_failed = False
+        self._waiting: dict[str, str] = {}  # step -> the pool it waits for, held by other runs
+        self._last_reap = 0.0
 
     def follow(self) -> dg.DagsterRunStatus:
         while True:
@@ -68,6 +71,7 @@ class RunView:
                 self._clear_status()
                 return run.status
             self._show_progress()
+            self._reap_while_waiting()
             time.sleep(self.poll)
 
     def read_events(self) -> None:
@@ -89,6 +93,7 @@ class RunView:
         kind = event.event_type
         if kind == DagsterEventType.STEP_START:
             self._running[event.step_key] = _Step(started=entry.timestamp)
+            self._waiting.pop(event.step_key, None)
         elif kind == DagsterEventType.STEP_SUCCESS:
             step = self._running.pop(event.step_key, _Step(entry.timestamp))
             self._line(f"  done    {step_name(event.step_key):<30} {entry.timestamp - step.started:6.1f}s  {step.message}")
@@ -97,8 +102,28 @@ class RunView:
             reason = root_cause(event.step_failure_data.error).strip().splitlines()
             self._step_failed = True
             self._line(f"  FAILED  {step_name(event.step_key):<30} {reason[0] if reason else ''}", cut=False)
+        elif kind == DagsterEventType.ENGINE_EVENT and (entry.message or "").startswith("Step blocked by limit for pool"):
+            pool = entry.message.rsplit(" ", 1)[-1]
+            holders = self._other_holders(pool)
+            if holders:  # (steps of this run taking turns are the plan, not news)
+                self._waiting[event.step_key] = pool
+                self._line(f"  waiting {step_name(event.step_key):<30} for a slot of pool {pool}, held by run "
+                           f"{', '.join(holders)}")
         elif kind in (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED) and not self._step_failed:
             self._line(f"  {entry.message or kind.value}", cut=False)
+
+    def _reap_while_waiting(self, every: float = 10.0) -> None:
+        """While a step waits for a pool held by another run, check every ``every`` s whether that run is dead."""
+        if not self._waiting or time.monotonic() - self._last_reap < every:
+            return
+        self._last_reap = time.monotonic()
+        for dead in reap(self.instance):
+            self._line(f"  run {dead.run_id[:8]} had lost its process (pid {dead.pid}): marked failed, its slots freed")
+
+    def _other_holders(self, pool: str) -> list[str]:
+        """The other runs holding a pool's slots (their ids as the UI shows them)."""
+        claimed = self.instance.event_log_storage.get_concurrency_info(pool).claimed_slots
+        return sorted({slot.run_id[:8] for slot in claimed if slot.run_id != self.run_id})
 
     def _show_progress(self) -> None:
         if not self._running:

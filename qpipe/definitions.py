@@ -9,6 +9,7 @@ from qpipe.assets.leaderboard import leaderboard, leaderboard_job, refresh_leade
 from qpipe.assets.models import model_assets
 from qpipe.assets.prices import raw_prices, raw_universe
 from qpipe.jobs import daily_pipeline
+from qpipe.reaper import reap_dead_runs, reap_on_load
 from qpipe.resources import build_resources
 from qpipe.schedules import after_close
 
@@ -20,6 +21,8 @@ defs = dg.Definitions(
     assets=[raw_prices, raw_universe, feature_tables, label_table, *model_assets, leaderboard],
     jobs=[daily_pipeline, leaderboard_job],
     schedules=[after_close],
-    sensors=[refresh_leaderboard],
+    sensors=[refresh_leaderboard, reap_dead_runs],
     resources=build_resources(),
 )
+
+reap_on_load()  # a run that starts now must not wait behind one whose process is gone (qpipe.reaper)

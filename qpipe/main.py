@@ -143,6 +143,7 @@ def main() -> None:
         sys.exit("DAGSTER_HOME is not set: the runs need an instance to live in (the README uses export DAGSTER_HOME=$PWD)")
 
     from qpipe.launcher import code_server
+    from qpipe.reaper import reap
 
     began = time.perf_counter()
     settings, plan = get_settings(), compute_plan()
@@ -150,6 +151,8 @@ def main() -> None:
     last_day = calendar.latest_session(args.end)
     plan_stages = stages(last_day, models, args.test_days, plan)
     instance = dg.DagsterInstance.get()
+    for dead in reap(instance):
+        print(f"  run {dead.run_id[:8]} ({dead.job_name}) had lost its process: marked failed, its pool slots freed")
     print(f"qpipe main job on the {settings.source} market, {calendar.name} sessions to {last_day}; "
           f"warehouse {settings.warehouse}\n"
           f"  runs are kept in the Dagster instance at {os.environ['DAGSTER_HOME']} (see them with: dg dev)\n"

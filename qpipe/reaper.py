@@ -1,0 +1,128 @@
+"""Runs whose process is gone: found, failed with a reason, and their pool slots freed.
+
+A run worker killed with SIGKILL (or lost with its machine) cannot report its own end: Dagster
+keeps the run STARTED and its ``duckdb``/``gpu`` pool slots claimed, and every later run that
+needs the pool waits forever. The daemon's run monitoring does not see it either, because the
+default run launcher cannot check a worker's health. So qpipe checks: a STARTED (or CANCELING)
+run whose worker process no longer exists on this machine is dead. The worker is the process
+that reported the run's start (its RUN_START event carries the pid); a process with that pid that
+started after the run did is another process.
+
+``reap`` runs when the definitions load (every `dg launch`, `dagster asset materialize`, run
+worker and code server, so a new run never waits behind a dead one), from the ``reap_dead_runs``
+sensor every 30 s under the daemon, and before the main job's runs. Only instances whose runs are
+launched on this machine (the default run launcher) are checked.
+"""
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+from dagster._core.launcher import DefaultRunLauncher
+
+ALIVE = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+log = logging.getLogger("qpipe.reaper")
+
+
+@dataclass(frozen=True)
+class DeadRun:
+    run_id: str
+    job_name: str
+    pid: int
+    started: float  # the run's start, seconds since the epoch
+    pools: tuple[str, ...]  # the pools whose slots it held
+
+    def reason(self) -> str:
+        held = f"; it held pool slots of {', '.join(self.pools)}, now freed" if self.pools else ""
+        return (f"qpipe: the process of this run (pid {self.pid} on {socket.gethostname()}) is gone, killed or "
+                f"crashed without reporting its end{held}. Marked failed so that other runs can go on; "
+                "re-execute it to redo its work.")
+
+
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None when there is no such process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it exists, owned by another user
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as system:
+            boot = next(float(line.split()[1]) for line in system if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, IndexError, ValueError):
+        return 0.0  # alive; its start time is unknown here (no /proc)
+
+
+def find_dead_runs(instance: dg.DagsterInstance) -> list[DeadRun]:
+    if not isinstance(instance.run_launcher, DefaultRunLauncher):
+        return []  # runs may live on other machines: their pids mean nothing here
+    dead = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(ALIVE))):
+        records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_START).records
+        if not records or records[0].event_log_entry.dagster_event is None:
+            continue  # not started yet: Dagster's own start timeout covers STARTING runs
+        entry = records[0].event_log_entry
+        pid = entry.dagster_event.pid
+        if pid is None:
+            continue
+        began = _process_started(pid)
+        if began is not None and began <= entry.timestamp + 1.0:
+            continue  # the run's own process, still there
+        dead.append(DeadRun(run.run_id, run.job_name, pid, entry.timestamp, _pools_held(instance, run.run_id)))
+    return dead
+
+
+def _pools_held(instance: dg.DagsterInstance, run_id: str) -> tuple[str, ...]:
+    """The pools in which the run holds a slot or waits for one."""
+    storage = instance.event_log_storage
+    infos = storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).values()
+    return tuple(sorted(info.concurrency_key for info in infos
+                        if any(slot.run_id == run_id for slot in info.claimed_slots)
+                        or any(step.run_id == run_id for step in info.pending_steps)))
+
+
+def reap(instance: dg.DagsterInstance) -> list[DeadRun]:
+    """Fail every dead run with the reason in its log and free its pool slots; returns them."""
+    dead = find_dead_runs(instance)
+    for run in dead:
+        record = instance.get_run_by_id(run.run_id)
+        if record is None or record.status not in ALIVE:
+            continue
+        if record.status == dg.DagsterRunStatus.CANCELING:
+            instance.report_run_canceled(record, run.reason())  # it was being stopped anyway
+        else:
+            instance.report_run_failed(record, run.reason())
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        log.warning(f"run {run.run_id} ({run.job_name}) had no process any more (pid {run.pid}); "
+                    f"marked failed{' and freed its slots of ' + ', '.join(run.pools) if run.pools else ''}")
+    return dead
+
+
+def reap_on_load() -> None:
+    """What the definitions call when they load: reap if there is a persistent instance; never fail the load."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return
+    began = time.monotonic()
+    try:
+        with dg.DagsterInstance.get() as instance:
+            reap(instance)
+    except Exception as error:  # a check that cannot run must not stop the code location from loading
+        log.warning(f"could not check for dead runs: {error}")
+    log.debug(f"dead-run check in {time.monotonic() - began:.3f}s")
+
+
+@dg.sensor(name="reap_dead_runs", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Every 30 s: runs whose process is gone (SIGKILL, a crash) are failed and their pool slots "
+                       "freed, so that no run waits behind them (qpipe.reaper).")
+def reap_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    dead = reap(context.instance)
+    return dg.SkipReason(f"reaped {len(dead)} dead run(s): {', '.join(r.run_id for r in dead)}" if dead
+                         else "no dead runs")

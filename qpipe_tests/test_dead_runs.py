@@ -1,0 +1,145 @@
+"""A run whose process was SIGKILLed no longer blocks the pools: found, failed with its reason, slots freed.
+
+Found by a user: a SIGKILLed run stayed STARTED holding its ``duckdb`` slot, and every later run on
+that DAGSTER_HOME waited forever. Here a real run in a process of its own holds the ``duckdb`` pool
+of a real sqlite instance, is SIGKILLed, and then a new run comes (`dg launch`, no daemon) or the
+daemon's sensor ticks.
+"""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.events import DagsterEventType
+
+from qpipe.console import RunView
+from qpipe.reaper import reap_dead_runs
+from qpipe_tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+HOLDER = """
+import threading
+import time
+import dagster as dg
+
+@dg.asset(pool="duckdb")
+def holds_the_warehouse():
+    time.sleep(600)
+
+dg.materialize([holds_the_warehouse], instance=dg.DagsterInstance.get())
+"""
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    # Create the sqlite storages once, before several processes open them (two creating the schedule
+    # database at once can leave it with two alembic heads).
+    dg.DagsterInstance.from_config(str(home)).dispose()
+    return home
+
+
+def _env(home: Path) -> dict:
+    return {**os.environ, "DAGSTER_HOME": str(home), "QPIPE_HOME": str(home.parent / "qpipe"),
+            "QPIPE_SYNTHETIC_INSTRUMENTS": "30"}
+
+
+def _holder(home: Path) -> tuple[subprocess.Popen, dg.DagsterInstance, str]:
+    """A run in a process of its own that holds the duckdb pool's slot: (process, instance, its run id)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=_env(home), cwd=home.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    instance = dg.DagsterInstance.from_config(str(home))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        claimed = instance.event_log_storage.get_concurrency_info("duckdb").claimed_slots
+        if claimed:
+            break
+        time.sleep(0.5)
+    assert claimed, "the holder never claimed the duckdb slot"
+    return holder, instance, claimed[0].run_id
+
+
+def _killed_holder(home: Path) -> tuple[dg.DagsterInstance, str]:
+    """A holder, SIGKILLed: (instance, its run id)."""
+    holder, instance, run_id = _holder(home)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED  # what Dagster leaves behind
+    return instance, run_id
+
+
+def _assert_reaped(instance: dg.DagsterInstance, run_id: str) -> None:
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    failure = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_FAILURE).records
+    assert "the process of this run (pid" in failure[0].event_log_entry.dagster_event.message
+    assert "held pool slots of duckdb, now freed" in failure[0].event_log_entry.dagster_event.message
+    assert not [s for s in instance.event_log_storage.get_concurrency_info("duckdb").claimed_slots
+                if s.run_id == run_id]
+
+
+def test_a_new_run_does_not_wait_behind_a_killed_one(home):
+    instance, dead = _killed_holder(home)
+    day = "2024-06-03"
+    began = time.monotonic()
+    done = subprocess.run([str(BIN / "dg"), "launch", "--assets", "raw/prices", "--partition", day], cwd=REPO,
+                          env=_env(home), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.monotonic() - began < 60
+    _assert_reaped(instance, dead)
+    succeeded = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
+    assert [r.tags.get("dagster/partition") for r in succeeded] == [day]
+
+
+def test_the_daemons_sensor_reaps_a_killed_run_and_leaves_live_ones(home):
+    instance, dead = _killed_holder(home)
+    result = reap_dead_runs(dg.build_sensor_context(instance=instance))
+    assert f"reaped 1 dead run(s): {dead}" in str(result.skip_message)
+    _assert_reaped(instance, dead)
+    # a run whose process is alive (this one's, in-process) is left alone
+    seen = {}
+
+    @dg.asset
+    def looks_around(context: dg.AssetExecutionContext):
+        seen["skip"] = reap_dead_runs(dg.build_sensor_context(instance=context.instance)).skip_message
+
+    assert dg.materialize([looks_around], instance=instance).success
+    assert seen["skip"] == "no dead runs"
+
+
+def test_a_run_already_waiting_says_for_what_and_goes_on_once_the_holder_is_killed(home):
+    """The main job's console names the run a step waits behind, and checks it for a lost process every 10 s."""
+    holder, instance, dead = _holder(home)
+    waiting = subprocess.Popen([str(BIN / "dg"), "launch", "--assets", "raw/prices", "--partition", "2024-06-03"],
+                               cwd=REPO, env=_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, blocked = time.monotonic() + 120, None
+    while blocked is None and time.monotonic() < deadline:
+        for run in instance.get_runs():
+            if run.run_id != dead and any("Step blocked by limit for pool duckdb" in (r.event_log_entry.message or "")
+                                          for r in instance.get_records_for_run(run.run_id).records):
+                blocked = run.run_id
+        time.sleep(0.5)
+    assert blocked, "the second run never waited for the pool"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    out = io.StringIO()
+    view = RunView(instance, blocked, out=out, every=1000.0)
+    follower = threading.Thread(target=view.follow, daemon=True)
+    follower.start()
+    follower.join(timeout=120)
+    assert not follower.is_alive(), out.getvalue()
+    assert waiting.wait(timeout=60) == 0, waiting.stderr.read()[-3000:]
+    text = out.getvalue()
+    assert f"waiting raw/prices" in text and f"for a slot of pool duckdb, held by run {dead[:8]}" in text, text
+    assert f"run {dead[:8]} had lost its process" in text, text
+    assert instance.get_run_by_id(blocked).status == dg.DagsterRunStatus.SUCCESS
+    _assert_reaped(instance, dead)
