@@ -139,7 +139,7 @@ def test_a_run_already_waiting_says_for_what_and_goes_on_once_the_holder_is_kill
     assert not follower.is_alive(), out.getvalue()
     assert waiting.wait(timeout=60) == 0, waiting.stderr.read()[-3000:]
     text = out.getvalue()
-    assert f"waiting raw/prices" in text and f"for a slot of pool duckdb, held by run {dead[:8]}" in text, text
+    assert "waiting raw/prices" in text and f"for a slot of pool duckdb, held by run {dead[:8]}" in text, text
     assert f"run {dead[:8]} had lost its process" in text, text
     assert instance.get_run_by_id(blocked).status == dg.DagsterRunStatus.SUCCESS
     _assert_reaped(instance, dead)
