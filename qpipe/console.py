@@ -59,6 +59,8 @@ class RunView:
         self._status_shown = False
         self._last_progress = time.monotonic()
         self._step_failed = False
+        self._checks = {"passed": 0, "failed": 0}
+        self._check_steps: set[str] = set()  # steps that run asset checks: their results are shown, not "done"
         self._waiting: dict[str, str] = {}  # step -> the pool it waits for, held by other runs
         self._last_reap = 0.0
 
@@ -69,6 +71,9 @@ class RunView:
             if run is not None and run.status in FINISHED:
                 self.read_events()  # events written between the last read and the status change
                 self._clear_status()
+                if sum(self._checks.values()):
+                    self._line(f"  checks  {self._checks['passed']} passed" +
+                               (f", {self._checks['failed']} failed" if self._checks["failed"] else ""))
                 return run.status
             self._show_progress()
             self._reap_while_waiting()
@@ -94,6 +99,10 @@ class RunView:
         if kind == DagsterEventType.STEP_START:
             self._running[event.step_key] = _Step(started=entry.timestamp)
             self._waiting.pop(event.step_key, None)
+        elif kind == DagsterEventType.ASSET_CHECK_EVALUATION:
+            self._on_check(event.step_key, event.event_specific_data)
+        elif kind == DagsterEventType.STEP_SUCCESS and event.step_key in self._check_steps:
+            self._running.pop(event.step_key, None)
         elif kind == DagsterEventType.STEP_SUCCESS:
             step = self._running.pop(event.step_key, _Step(entry.timestamp))
             self._line(f"  done    {step_name(event.step_key):<30} {entry.timestamp - step.started:6.1f}s  {step.message}")
@@ -111,6 +120,14 @@ class RunView:
                            f"{', '.join(holders)}")
         elif kind in (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED) and not self._step_failed:
             self._line(f"  {entry.message or kind.value}", cut=False)
+
+    def _on_check(self, step_key: str, evaluation) -> None:
+        self._check_steps.add(step_key)
+        self._checks["passed" if evaluation.passed else "failed"] += 1
+        if not evaluation.passed:
+            facts = ", ".join(f"{k} {v.value}" for k, v in evaluation.metadata.items() if v.value not in ("", 0))
+            self._line(f"  check   {evaluation.asset_key.to_user_string()} {evaluation.check_name} FAILED "
+                       f"({evaluation.severity.value}): {facts}", cut=False)
 
     def _reap_while_waiting(self, every: float = 10.0) -> None:
         """While a step waits for a pool held by another run, check every ``every`` s whether that run is dead."""

@@ -104,6 +104,27 @@ def test_a_bad_device_or_an_unknown_market_is_named_and_nothing_is_written(env, 
     assert not (root / "checkpoints" / "alstm").exists()
 
 
+def test_non_finite_scores_are_refused_and_stored_scores_kept(env, monkeypatch):
+    resources, root = env
+    run(DAY, DAY, ["models/gru_checkpoint"], resources,
+        {"models__gru_checkpoint": {"config": {**QUICK, "params": {"n_epochs": 1, "batch_size": 256}}}})
+    run(*SCORED, ["predictions/gru_predictions"], resources)
+    query = "SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY date, instrument"
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        before = con.execute(query).fetchall()
+    from qpipe.training import predicting
+
+    real = predicting.predict
+    monkeypatch.setattr(predicting, "predict", lambda *a, **k: np.where(np.arange(len(real(*a, **k))) == 3, np.nan,
+                                                                         real(*a, **k)))
+    result = run(*SCORED, ["predictions/gru_predictions"], resources, raise_on_error=False)
+    assert not result.success
+    message = result.get_step_failure_events()[0].event_specific_data.error.to_string()
+    assert f"gru checkpoint {DAY} gives 1 non-finite scores" in message and "nothing was written" in message
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        assert con.execute(query).fetchall() == before and len(before) > 0
+
+
 def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):
     resources, root = env
     run(DAY, DAY, ["models/lstm_checkpoint"], resources,

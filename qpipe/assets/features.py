@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from qpipe.assets.prices import PRICES, partition_dates, recording
+from qpipe.assets.prices import PRICES, check_range, partition_dates, recording
 from qpipe.features import store
 from qpipe.partitions import trading_days
 from qpipe.resources import Compute, Warehouse
@@ -64,3 +64,66 @@ def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
     context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
                      + recording(context))
     return dg.MaterializeResult(metadata={"dagster/partition_row_count": rows})
+
+
+def _feature_checks(key: dg.AssetKey, fs: "store.FeatureSet") -> list[dg.AssetChecksDefinition]:
+    @dg.asset_check(asset=key, name="a_row_for_every_price_row", blocking=True, pool="duckdb",
+                    description=f"{fs.table} has one row per raw.prices row of each day.")
+    def rows_match_prices(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            days, mismatched, example = con.execute(f"""
+                WITH p AS (SELECT date, count(*) AS n FROM raw.prices WHERE date BETWEEN $1 AND $2 GROUP BY 1),
+                     f AS (SELECT date, count(*) AS n, count(DISTINCT instrument) AS k FROM {fs.table}
+                           WHERE date BETWEEN $1 AND $2 GROUP BY 1)
+                SELECT count(*), count(*) FILTER (WHERE f.n IS DISTINCT FROM p.n OR f.k IS DISTINCT FROM p.n),
+                       min(CASE WHEN f.n IS DISTINCT FROM p.n OR f.k IS DISTINCT FROM p.n
+                           THEN strftime(coalesce(p.date, f.date), '%Y-%m-%d') END)
+                FROM p FULL JOIN f ON p.date = f.date""", check_range(context)).fetchall()[0]
+        return dg.AssetCheckResult(passed=days > 0 and mismatched == 0,
+                                   metadata={"days": days, "days_mismatched": mismatched, "first_mismatch": example or ""})
+
+    nan_share = " + ".join(f'(CASE WHEN isnan("{c}") OR "{c}" IS NULL THEN 1 ELSE 0 END)' for c in fs.columns)
+
+    @dg.asset_check(asset=key, name="no_all_nan_day", blocking=True, pool="duckdb",
+                    description=f"No day whose {fs.name} values are all NaN (a broken input day), and each day's "
+                                "NaN share beside the 60 sessions before (a warning in the metadata).")
+    def no_all_nan_day(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+        first, last = check_range(context)
+        with warehouse.get_connection() as con:
+            per_day = con.execute(f"""
+                SELECT date, avg(({nan_share}) / {len(fs.columns)}) AS share FROM {fs.table}
+                WHERE date BETWEEN (SELECT coalesce(min(date), $1) FROM (SELECT DISTINCT date FROM {fs.table}
+                                    WHERE date < $1 ORDER BY date DESC LIMIT 60)) AND $2
+                GROUP BY 1 ORDER BY 1""", [first, last]).df()
+        inside = per_day[per_day["date"].dt.date >= first]
+        before = per_day[per_day["date"].dt.date < first]["share"]
+        all_nan = inside[inside["share"] >= 1.0]
+        return dg.AssetCheckResult(passed=len(inside) > 0 and all_nan.empty, metadata={
+            "days": len(inside),
+            "all_nan_days": ", ".join(str(d.date()) for d in all_nan["date"][:10]),
+            "nan_share_max": float(inside["share"].max()) if len(inside) else float("nan"),
+            "nan_share_before": float(before.mean()) if len(before) else float("nan"),
+        })
+
+    return [rows_match_prices, no_all_nan_day]
+
+
+@dg.asset_check(asset=dg.AssetKey(["features", "label"]), blocking=True, pool="duckdb",
+                description="Known-on discipline: each label becomes known exactly two sessions after its day "
+                            "(so no checkpoint can read a label before it is known).")
+def labels_become_known_two_sessions_later(context: dg.AssetCheckExecutionContext,
+                                           warehouse: Warehouse) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        rows, early, example = con.execute(f"""
+            WITH days AS (SELECT date, row_number() OVER (ORDER BY date) AS i FROM (SELECT DISTINCT date FROM raw.prices))
+            SELECT count(*), count(*) FILTER (WHERE k.i - d.i <> {store.LABEL_HORIZON}),
+                   min(CASE WHEN k.i - d.i <> {store.LABEL_HORIZON} THEN strftime(l.date, '%Y-%m-%d') || ' ' ||
+                       l.instrument || ' known on ' || strftime(l.known_on, '%Y-%m-%d') END)
+            FROM {store.LABEL_TABLE} l JOIN days d ON d.date = l.date JOIN days k ON k.date = l.known_on
+            WHERE l.known_on BETWEEN ? AND ?""", check_range(context)).fetchall()[0]
+    return dg.AssetCheckResult(passed=early == 0, metadata={"labels": rows, "not_two_sessions_later": early,
+                                                            "first_offender": example or ""})
+
+
+feature_checks = [check for key, fs in FEATURE_KEYS.items() for check in _feature_checks(key, fs)] + [
+    labels_become_known_two_sessions_later]

@@ -13,7 +13,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, field_validator
 
-from qpipe.assets.prices import UNIVERSE, partition_dates, recording
+from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
 from qpipe.data import warehouse as wh
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
@@ -203,8 +203,36 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
     return _ic
 
 
+def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=predictions_key(arch), name="one_finite_score_per_member", blocking=True, pool="duckdb",
+                    description="Each day: one finite score for every member of the market with features, no other.")
+    def _check(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            days, short_days, duplicates, non_finite, example = con.execute(f"""
+                WITH members AS (
+                    SELECT f.date, count(*) AS n FROM features.alpha360 f JOIN {wh.UNIVERSE} u
+                      ON u.market = $3 AND u.instrument = f.instrument AND f.date BETWEEN u.start_date AND u.end_date
+                    WHERE f.date BETWEEN $1 AND $2 GROUP BY 1),
+                scores AS (
+                    SELECT date, count(*) AS n, count(DISTINCT instrument) AS k,
+                           count(*) FILTER (WHERE NOT isfinite(score) OR score IS NULL) AS bad
+                    FROM {wh.PREDICTIONS} WHERE model = $4 AND date BETWEEN $1 AND $2 GROUP BY 1)
+                SELECT count(*), count(*) FILTER (WHERE s.n IS DISTINCT FROM m.n),
+                       coalesce(sum(s.n - s.k), 0), coalesce(sum(s.bad), 0),
+                       min(CASE WHEN s.n IS DISTINCT FROM m.n THEN strftime(coalesce(m.date, s.date), '%Y-%m-%d') END)
+                FROM members m FULL JOIN scores s ON s.date = m.date""",
+                [*check_range(context), get_settings().market, arch]).fetchall()[0]
+        return dg.AssetCheckResult(passed=days > 0 and short_days == 0 and duplicates == 0 and non_finite == 0,
+                                   metadata={"days": days, "days_with_other_counts": short_days,
+                                             "duplicate_scores": int(duplicates), "non_finite_scores": int(non_finite),
+                                             "first_day_off": example or ""})
+
+    return _check
+
+
 def build_model_defs(arch: str) -> list[dg.AssetsDefinition]:
     return [_checkpoint_asset(arch), _predictions_asset(arch), _ic_asset(arch)]
 
 
 model_assets = [asset for arch in ARCHITECTURES for asset in build_model_defs(arch)]
+model_checks = [_predictions_check(arch) for arch in ARCHITECTURES]

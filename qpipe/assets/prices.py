@@ -102,3 +102,44 @@ def raw_universe(context: dg.AssetExecutionContext, config: IngestConfig, wareho
         "dagster/row_count": len(concepts),
         "concepts": int(concepts["concept"].nunique()),
     })
+
+
+def check_range(context: dg.AssetCheckExecutionContext) -> list:
+    """The days a check covers, as SQL parameters: those of the run (a partition or a range), else all."""
+    tags = context.run.tags
+    start = tags.get("dagster/asset_partition_range_start", tags.get("dagster/partition", "1900-01-01"))
+    end = tags.get("dagster/asset_partition_range_end", tags.get("dagster/partition", "2200-12-31"))
+    return [pd.Timestamp(start).date(), pd.Timestamp(end).date()]
+
+
+@dg.asset_check(asset=PRICES, blocking=True, pool="duckdb",
+                description="Stored rows of the days: one per (date, instrument); open and close within [low, high].")
+def prices_are_unique_and_consistent(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+    from qpipe.data.validation import OHLC_TOLERANCE
+
+    with warehouse.get_connection() as con:
+        rows, duplicates, inconsistent = con.execute(f"""
+            SELECT count(*), count(*) - count(DISTINCT (date, instrument)),
+                   count(*) FILTER (WHERE high < low OR greatest(open, close) > high * (1 + {OHLC_TOLERANCE})
+                                    OR least(open, close) < low / (1 + {OHLC_TOLERANCE}))
+            FROM {wh.PRICES} WHERE date BETWEEN ? AND ?""", check_range(context)).fetchall()[0]
+    return dg.AssetCheckResult(passed=rows > 0 and duplicates == 0 and inconsistent == 0,
+                               metadata={"rows": rows, "duplicate_rows": duplicates, "ohlc_inconsistent_rows": inconsistent})
+
+
+@dg.asset_check(asset=PRICES, pool="duckdb", additional_deps=[UNIVERSE],
+                description="Every instrument listed on a day (raw.universe, market all) has a row that day "
+                            "(a suspended day is a row without prices); a warning, not a stop: sources have gaps.")
+def prices_cover_the_listed_instruments(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        listed, missing, example = con.execute(f"""
+            WITH days AS (SELECT DISTINCT date FROM {wh.PRICES} WHERE date BETWEEN ? AND ?),
+                 expected AS (SELECT d.date, u.instrument FROM days d JOIN {wh.UNIVERSE} u
+                              ON u.market = 'all' AND d.date BETWEEN u.start_date AND u.end_date)
+            SELECT count(*), count(*) FILTER (WHERE p.instrument IS NULL),
+                   min(CASE WHEN p.instrument IS NULL THEN strftime(e.date, '%Y-%m-%d') || ' ' || e.instrument END)
+            FROM expected e LEFT JOIN {wh.PRICES} p ON p.date = e.date AND p.instrument = e.instrument""",
+                                                 check_range(context)).fetchall()[0]
+    return dg.AssetCheckResult(passed=missing == 0, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"listed_instrument_days": listed, "without_a_row": missing,
+                                         "first_missing": example or ""})

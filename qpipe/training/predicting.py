@@ -47,6 +47,11 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
     for partition, covered in by_checkpoint.items():
         checkpoint = load_checkpoint(store.path_for(arch, partition))
         frame = score_days(con, days, checkpoint, covered[0], covered[-1], market)
+        broken = ~np.isfinite(frame["score"].to_numpy())
+        if broken.any():
+            first = frame[broken].iloc[0]
+            raise ValueError(f"{arch} checkpoint {partition} gives {int(broken.sum())} non-finite scores (the first: "
+                             f"{first['instrument']} on {pd.Timestamp(first['date']).date()}); nothing was written")
         scored.append(frame.assign(model=arch, checkpoint_partition=partition))
     scores = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
     wh.ensure_table(con, wh.PREDICTIONS, PREDICTIONS_DDL)
