@@ -1,6 +1,7 @@
 """Checkpoints, predictions and IC reports through Dagster on a small synthetic market."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -48,8 +49,16 @@ def run(start, end, keys, resources, config=None, raise_on_error=True):
 def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     resources, root = env
     config = {**QUICK, "params": {**QUICK["params"], "pretrain_n_epochs": 1}} if arch == "tabnet" else QUICK
-    run(DAY, DAY, [f"models/{arch}_checkpoint"], resources, {f"models__{arch}_checkpoint": {"config": config}})
+    trained = run(DAY, DAY, [f"models/{arch}_checkpoint"], resources, {f"models__{arch}_checkpoint": {"config": config}})
     sidecar = json.loads((root / "checkpoints" / arch / f"{DAY}.json").read_text())
+    # what the UI shows of the training: the epochs as a table, the stopping outcome, throughput, memory, a chart
+    shown = trained.asset_materializations_for_node(f"models__{arch}_checkpoint")[0].metadata
+    epochs = shown["epochs"].value.records
+    assert [r.data["epoch"] for r in epochs] == list(range(1, len(sidecar["history"]) + 1))
+    assert epochs[0].data["valid_ic"] == pytest.approx(sidecar["history"][0]["valid_ic"])
+    assert shown["stopped_at_epoch"].value == len(sidecar["history"]) and shown["best_epoch"].value == sidecar["best_epoch"]
+    assert shown["samples_per_second"].value > 0 and shown["peak_rss_mb"].value > 100
+    assert Path(shown["curves"].value).stat().st_size > 10_000
     assert (root / "checkpoints" / arch / f"{DAY}.safetensors").stat().st_size > 0
     days = [str(d) for d in trading_days("2023-06-01", DAY)]
     # no leakage: the last label trained on is the last one known at the checkpoint day's close

@@ -6,7 +6,9 @@ torch, the engine and matplotlib are imported inside the steps that use them: th
 have a higher step priority, so a run that trains several trains the fastest first.
 """
 
+import resource
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -106,7 +108,11 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         context.log.info(f"{arch}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
                          f"valid samples, windows {data.windows.to_json()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
+        import torch
+
         began = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         result = train(model, data.train, data.valid, device=config.device or settings.device,
                        on_epoch=lambda m: context.log.info(epoch_line(m)),
                        on_progress=lambda p: context.log.info(p.line()), log=context.log.info)
@@ -119,8 +125,15 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         context.log.info(f"best epoch {result.best_epoch}/{len(result.history)}: valid IC {best['valid_ic']:+.4f}, "
                          f"valid loss {best['valid_loss']:.4f}; {result.seconds_per_epoch:.1f}s per epoch on "
                          f"{result.device} ({compute.threads} thread{'s' if compute.threads > 1 else ''})")
+        from qpipe.evaluation.report import training_curves_chart
+
+        chart = training_curves_chart(result.history, result.best_epoch, f"{arch} {day}",
+                                      Path(checkpoints.root) / arch / f"{day}.curves.png")
+        seconds_training = sum(h["seconds"] for h in result.history)
         return dg.MaterializeResult(metadata={
             "dagster/uri": str(weights),
+            **training_metadata(result, model.params, int(data.train.is_sample.sum()), seconds_training),
+            "curves": dg.MetadataValue.path(str(chart)),
             "best_epoch": result.best_epoch,
             "valid_loss": float(best["valid_loss"]),
             "valid_ic": float(best["valid_ic"]),
@@ -135,6 +148,28 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         })
 
     return _checkpoint
+
+
+def training_metadata(result, params: dict, train_samples: int, seconds_training: float) -> dict:
+    """What a checkpoint's materialization shows of its training: the epochs as a table, the early-stopping
+    outcome, throughput and peak memory (the step's host RSS; on CUDA the device's peak allocation too)."""
+    columns = ("epoch", "train_loss", "valid_loss", "valid_ic", "lr", "seconds")
+    epochs = dg.MetadataValue.table(
+        records=[dg.TableRecord({c: (int(h[c]) if c == "epoch" else float(h[c])) for c in columns}) for h in result.history],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "int" if c == "epoch" else "float") for c in columns]))
+    metadata = {
+        "epochs": epochs,
+        "stopped_at_epoch": len(result.history),
+        "stopped_early": len(result.history) < int(params.get("n_epochs", len(result.history))),
+        "patience": int(params.get("early_stop", 0) or 0),
+        "samples_per_second": round(train_samples * len(result.history) / max(seconds_training, 1e-9), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if str(result.device).startswith("cuda"):
+        import torch
+
+        metadata["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return metadata
 
 
 def _predictions_asset(arch: str) -> dg.AssetsDefinition:

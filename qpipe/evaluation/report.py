@@ -78,3 +78,28 @@ def cumulative_ic_chart(daily: pd.DataFrame, title: str, path: Path, measures: t
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def training_curves_chart(history: list[dict], best_epoch: int, title: str, path: Path) -> Path:
+    """Train and valid loss, valid IC and learning rate per epoch; the kept epoch is marked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    epochs = [h["epoch"] for h in history]
+    fig, (loss_ax, ic_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], marker=".", label="train loss")
+    loss_ax.plot(epochs, [h["valid_loss"] for h in history], marker=".", label="valid loss")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.legend(fontsize=8)
+    ic_ax.plot(epochs, [h["valid_ic"] for h in history], marker=".", color="tab:green", label="valid IC")
+    ic_ax.axhline(0, color="grey", linewidth=0.8)
+    ic_ax.set_xlabel("epoch")
+    lr_ax = ic_ax.twinx()
+    lr_ax.plot(epochs, [h["lr"] for h in history], color="tab:grey", linestyle=":", label="lr")
+    lr_ax.set_ylabel("lr", fontsize=8)
+    for ax in (loss_ax, ic_ax):
+        ax.axvline(best_epoch, color="tab:red", linewidth=0.8, linestyle="--")
+    ic_ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{title}: kept epoch {best_epoch} of {len(history)}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
