@@ -1,10 +1,13 @@
 """Dagster resources: the DuckDB warehouse, the configured price source, checkpoints and the step's threads."""
 
+import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -14,18 +17,53 @@ from qpipe.data.sources import SOURCE_KINDS, Source, open_source
 from qpipe.settings import Settings, get_settings
 
 
+class WarehouseBusy(RuntimeError):
+    pass
+
+
 class Warehouse(DuckDBResource):
-    """The qpipe DuckDB file; its folder is created on first use."""
+    """The qpipe DuckDB file; its folder is created on first use.
+
+    DuckDB lets one process write a file. Runs of one Dagster instance take turns through the
+    ``duckdb`` pool; a process outside it (a run of another instance on the same warehouse, a DuckDB
+    shell) is waited for, with a line in the step's log naming its PID, for up to ``lock_wait_seconds``.
+    """
+
+    lock_wait_seconds: float = Field(default=3600.0, ge=0, description="how long to wait for another "
+                                     "process that has the warehouse open before failing")
 
     @contextmanager
     def get_connection(self):
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        with super().get_connection() as con:
+        con = self._connect()
+        try:
+            con.execute("SET enable_progress_bar = false")  # it would draw on the console of every long step
+            yield con
+        finally:  # closed on failure too: a failed step must release the file
+            con.close()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        config = {"custom_user_agent": "dagster", **self.connection_config}
+        began, told = time.monotonic(), False
+        while True:
             try:
-                con.execute("SET enable_progress_bar = false")  # it would draw on the console of every long step
-                yield con
-            finally:  # DuckDBResource only closes on success; a failed step must release the file too
-                con.close()
+                return duckdb.connect(self.database, read_only=False, config=config)
+            except duckdb.IOException as error:
+                if "Could not set lock" not in str(error):
+                    raise
+                holder = re.search(r"\(PID (\d+)\)", str(error))
+                who = f"process {holder.group(1)}" if holder else "another process"
+                waited = time.monotonic() - began
+                if waited >= self.lock_wait_seconds:
+                    raise WarehouseBusy(f"the warehouse {self.database} is still open in {who} after {waited:.0f} s "
+                                        "(a run of another Dagster instance, or a DuckDB shell): nothing was written; "
+                                        "run again when it is done") from None
+                if not told:
+                    dg.get_dagster_logger().warning(
+                        f"waiting for the warehouse {self.database}: {who} has it open (another Dagster instance's "
+                        "run, or a DuckDB shell); DuckDB lets one process write it at a time")
+                    told = True
+                time.sleep(0.5)
 
 
 class PriceSource(dg.ConfigurableResource):

@@ -1,4 +1,9 @@
-"""Warehouse writes are transactions: a write that fails half-way leaves every row as it was."""
+"""Warehouse writes are transactions: a write that fails half-way leaves every row as it was; a writer
+waits for another process that has the file open."""
+
+import subprocess
+import sys
+import time
 
 import duckdb
 import pandas as pd
@@ -6,6 +11,7 @@ import pytest
 
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import load_source
+from qpipe.resources import Warehouse, WarehouseBusy
 from qpipe_tests.conftest import table_rows
 
 
@@ -44,3 +50,45 @@ def test_prices_of_another_calendar_are_refused_and_nothing_changes(warehouse_pa
         wh.write_prices(con, batch.between("2024-06-04", "2024-06-04"), "2024-06-04", "2024-06-04", calendar="XSHG")
     assert table_rows(warehouse_path, wh.PRICES) == before
     assert table_rows(warehouse_path, wh.CALENDAR) == [("XNYS",)]
+
+
+HOLD = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+con.execute("CREATE TABLE IF NOT EXISTS held (x INTEGER)")
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def _hold(path, seconds: float) -> subprocess.Popen:
+    """Another process (as a run of another Dagster instance would) with the warehouse open for ``seconds``."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_a_writer_waits_for_another_process_instead_of_failing_on_the_lock(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    holder = _hold(path, 4.0)
+    began = time.monotonic()
+    with Warehouse(database=str(path)).get_connection() as con:  # DuckDB alone: "Could not set lock on file"
+        waited = time.monotonic() - began
+        con.execute("INSERT INTO held VALUES (1)")
+    holder.wait(timeout=30)
+    assert 2.0 < waited < 30
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM held").fetchall() == [(1,)]
+
+
+def test_a_warehouse_held_too_long_is_a_clear_error_naming_the_process(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    holder = _hold(path, 30.0)
+    try:
+        with pytest.raises(WarehouseBusy, match=rf"the warehouse .*warehouse.duckdb is still open in process {holder.pid} "
+                                                r"after \d+ s .*nothing was written"):
+            with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection():
+                pass
+    finally:
+        holder.kill()
