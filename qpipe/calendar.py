@@ -79,9 +79,9 @@ class MarketCalendar:
         days = self.trading_days(day - 14, day)
         return days[-1].item()
 
-    def schedule_cron(self) -> str:
-        """Cron of the daily run: SCHEDULE_DELAY after the close, in the market's time zone, on its weekdays."""
-        at = datetime.combine(date(2000, 1, 3), self.close) + SCHEDULE_DELAY
+    def schedule_cron(self, after_close: timedelta = SCHEDULE_DELAY) -> str:
+        """Cron of the daily run: ``after_close`` after the close, in the market's time zone, on its weekdays."""
+        at = datetime.combine(date(2000, 1, 3), self.close) + after_close
         cron_days = ",".join(str((d + 1) % 7) for d in self.weekdays)  # cron counts Sunday as 0
         return f"{at.minute} {at.hour} * * {'1-5' if self.weekdays == (0, 1, 2, 3, 4) else cron_days}"
 

@@ -42,7 +42,9 @@ for day in ("2019-07-04", "2019-10-01", "2019-10-08", "2019-02-04"):
     result = after_close.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=when,
                                                                  repository_def=defs.get_repository_def()))
     ticks[day] = [r.partition_key for r in result.run_requests]
+fresh = defs.resolve_asset_graph().get(dg.AssetKey(["raw", "prices"])).freshness_policy
 print(json.dumps({"keys": trading_days.get_partition_keys(), "cron": after_close.cron_schedule,
+                  "fresh": [fresh.deadline_cron, fresh.timezone],
                   "timezone": after_close.execution_timezone, "ticks": ticks}))
 """
 
@@ -83,6 +85,7 @@ def test_partitions_and_schedule_follow_the_providers_shanghai_calendar(provider
     assert not {"2019-02-04", "2019-02-08", "2019-10-01", "2019-10-07"} & set(found["keys"])
     assert found["keys"][-1] > "2019-12-31"  # later weekdays are partitions already: days the provider appends
     assert found["cron"] == "30 16 * * 1-5" and found["timezone"] == "Asia/Shanghai"
+    assert found["fresh"] == ["0 20 * * 1-5", "Asia/Shanghai"]  # due 5 hours after the 15:00 close
     assert found["ticks"] == {"2019-07-04": ["2019-07-04"], "2019-10-01": [], "2019-10-08": ["2019-10-08"],
                               "2019-02-04": []}
 

@@ -1,5 +1,7 @@
 """The code location loads, and its graph is what users are told it is."""
 
+import datetime as dt
+
 import dagster as dg
 
 from qpipe.definitions import defs
@@ -43,3 +45,14 @@ def test_code_location_loads_without_torch_or_matplotlib():
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
     assert "BetaWarning" not in loaded.stderr
+
+
+def test_daily_assets_are_due_five_hours_after_the_close_on_sessions():
+    graph = defs.resolve_asset_graph()
+    policies = {node.key.to_user_string(): node.freshness_policy for node in graph.asset_nodes}
+    daily = ["raw/prices", "features/alpha158", "features/alpha360", "features/label", "predictions/lstm_predictions",
+             "reports/lstm_ic"]
+    for key in daily:
+        assert (policies[key].deadline_cron, policies[key].timezone) == ("0 21 * * 1-5", "America/New_York"), key
+        assert policies[key].lower_bound_delta == dt.timedelta(hours=24)
+    assert policies["models/lstm_checkpoint"] is None  # its cadence is QPIPE_RETRAIN_EVERY's

@@ -6,7 +6,7 @@ import dagster as dg
 
 from qpipe.assets.prices import PRICES, check_range, partition_dates, recording
 from qpipe.features import store
-from qpipe.partitions import trading_days
+from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import Compute, Warehouse
 
 FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATURE_SETS.items()}
@@ -18,7 +18,8 @@ FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATUR
                                       "Qlib's names and order (normalization is fitted per checkpoint, not stored).",
                      deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(
                          start_offset=-store.LOOKBACK))],
-                     kinds={"duckdb", "numpy"}, metadata={"dagster/table_name": fs.table})
+                     kinds={"duckdb", "numpy"}, metadata={"dagster/table_name": fs.table},
+                     freshness_policy=daily_freshness())
         for key, fs in FEATURE_KEYS.items()
     ],
     partitions_def=trading_days,
@@ -51,6 +52,7 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
                 "at D's close (those of the day two trading days earlier).",
     partitions_def=trading_days,
     deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-store.LABEL_HORIZON))],
+    freshness_policy=daily_freshness(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb",
     group_name="features",

@@ -8,7 +8,7 @@ from pydantic import Field
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
 from qpipe.data.validation import check_sessions
-from qpipe.partitions import trading_days
+from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import PriceSource, Warehouse
 
 PRICES, UNIVERSE, CONCEPTS = dg.AssetKey(["raw", "prices"]), dg.AssetKey(["raw", "universe"]), dg.AssetKey(["raw", "concepts"])
@@ -36,6 +36,7 @@ class IngestConfig(dg.Config):
     key=PRICES,
     description="Adjusted daily OHLCV, vwap and factor per (date, instrument); suspended days are NULL rows.",
     partitions_def=trading_days,
+    freshness_policy=daily_freshness(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb",
     group_name="ingest",
