@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qpipe.assets.features import feature_tables, label_table
-from qpipe.assets.models import model_assets
+from qpipe.assets.models import model_assets, model_checks
 from qpipe.assets.prices import raw_prices, raw_universe
 from qpipe.calendar import trading_days
 from qpipe.resources import CheckpointStore, Compute, PriceSource, Warehouse
@@ -104,13 +104,13 @@ def test_bad_hyperparameter_fails_before_anything_is_written(env):
 def test_a_bad_device_or_an_unknown_market_is_named_and_nothing_is_written(env, change, message):
     """Found by a user: a raw torch error for device tpu, "RobustZScoreNorm: no rows in the fit window" for a market."""
     resources, root = env
-    bad = {"models__alstm_checkpoint": {"config": {**QUICK, **change}}}
-    result = run(DAY, DAY, ["models/alstm_checkpoint"], resources, bad, raise_on_error=False)
+    bad = {"models__transformer_checkpoint": {"config": {**QUICK, **change}}}
+    result = run(DAY, DAY, ["models/transformer_checkpoint"], resources, bad, raise_on_error=False)
     assert not result.success
     events = result.get_step_failure_events()
     text = events[0].event_specific_data.error.to_string() if events else str(result.failure_data)
     assert message in text
-    assert not (root / "checkpoints" / "alstm").exists()
+    assert not (root / "checkpoints" / "transformer").exists()
 
 
 def test_non_finite_scores_are_refused_and_stored_scores_kept(env, monkeypatch):
@@ -132,6 +132,27 @@ def test_non_finite_scores_are_refused_and_stored_scores_kept(env, monkeypatch):
     assert f"gru checkpoint {DAY} gives 1 non-finite scores" in message and "nothing was written" in message
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         assert con.execute(query).fetchall() == before and len(before) > 0
+
+
+def test_the_predictions_check_wants_one_finite_score_per_member_and_day(env):
+    resources, _ = env
+    run(DAY, DAY, ["models/alstm_checkpoint"], resources,
+        {"models__alstm_checkpoint": {"config": {**QUICK, "params": {"n_epochs": 1, "batch_size": 256}}}})
+    run(*SCORED, ["predictions/alstm_predictions"], resources)
+    check = next(c for c in model_checks if c.check_key.asset_key == dg.AssetKey(["predictions", "alstm_predictions"]))
+    tags = {"dagster/asset_partition_range_start": SCORED[0], "dagster/asset_partition_range_end": SCORED[1]}
+
+    def evaluate() -> dg.AssetCheckEvaluation:
+        result = dg.materialize([*ASSETS, check], selection=dg.AssetSelection.checks(check), resources=resources,
+                                tags=tags, raise_on_error=False)
+        return result.get_asset_check_evaluations()[0]
+
+    assert evaluate().passed
+    with duckdb.connect(resources["warehouse"].database) as con:
+        con.execute("DELETE FROM predictions.scores WHERE model = 'alstm' AND date = ? AND instrument = (SELECT "
+                    "min(instrument) FROM predictions.scores WHERE model = 'alstm' AND date = ?)", [SCORED[1]] * 2)
+    failed = evaluate()
+    assert not failed.passed and failed.metadata["first_day_off"].value == SCORED[1]
 
 
 def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):

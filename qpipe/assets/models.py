@@ -242,12 +242,13 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
 
 def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=predictions_key(arch), name="one_finite_score_per_member", blocking=True, pool="duckdb",
-                    description="Each day: one finite score for every member of the market with features, no other.")
+                    description="Each day: one finite score for every member of the market with prices (and so "
+                                "features), no other.")
     def _check(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
         with warehouse.get_connection() as con:
             days, short_days, duplicates, non_finite, example = con.execute(f"""
                 WITH members AS (
-                    SELECT f.date, count(*) AS n FROM features.alpha360 f JOIN {wh.UNIVERSE} u
+                    SELECT f.date, count(*) AS n FROM {wh.PRICES} f JOIN {wh.UNIVERSE} u
                       ON u.market = $3 AND u.instrument = f.instrument AND f.date BETWEEN u.start_date AND u.end_date
                     WHERE f.date BETWEEN $1 AND $2 GROUP BY 1),
                 scores AS (
