@@ -8,8 +8,8 @@ read the settings (cadence, calendar and partitions do).
 import json
 import os
 import re
-from datetime import date
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Literal
 

@@ -8,13 +8,21 @@ NaN on suspended days. Qlib's fields are already adjusted, so they are taken as 
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from qpipe.data.validation import PRICE_COLUMNS, PriceDataError, empty_prices, validate_prices
+from qpipe.data.validation import (
+    PRICE_COLUMNS,
+    UNIVERSE_COLUMNS,
+    PriceDataError,
+    empty_prices,
+    no_concepts,
+    validate_prices,
+)
 
 FIELDS = ("open", "high", "low", "close", "vwap", "volume", "factor")
 
@@ -115,12 +123,14 @@ class QlibSource:
 
     def folders(self) -> list[Path]:
         """The instrument folders to read, sorted; members without one are listed by ``missing_members``."""
-        return self._selection()[0]
+        return self._selection[0]
 
     def missing_members(self) -> list[str]:
-        return self._selection()[1]
+        return self._selection[1]
 
+    @cached_property
     def _selection(self) -> tuple[list[Path], list[str]]:
+        """Listed once per source object: a run's reads share it (the market file, the folder listing)."""
         features = Path(self.path) / "features"
         present = {p.name.upper(): p for p in features.glob("*") if p.is_dir()}
         if not present:
@@ -167,13 +177,20 @@ class QlibSource:
             start, count = bin_span(path, len(calendar), folder.name.upper())
             if count:
                 rows.append(("all", folder.name.upper(), calendar[start], calendar[start + count - 1]))
-        spans = pd.DataFrame(rows, columns=["market", "instrument", "start_date", "end_date"])
+        spans = pd.DataFrame(rows, columns=UNIVERSE_COLUMNS)
         for col in ("start_date", "end_date"):
             spans[col] = spans[col].astype("datetime64[ns]")
         return spans
 
     def universe(self) -> pd.DataFrame:
         return read_instruments(Path(self.path), self.market)
+
+    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The ``all`` spans of the instruments read, plus the market file's spans; no concepts."""
+        spans = self.listing_spans()
+        if self.market != "all":
+            spans = pd.concat([spans, self.universe()], ignore_index=True)
+        return spans[UNIVERSE_COLUMNS], no_concepts()
 
     def _instrument_rows(self, folder: Path, calendar: np.ndarray, lo: int, hi: int):
         """(first, last, instrument, fields) of one instrument's rows on calendar days [lo, hi), or None."""

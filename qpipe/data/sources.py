@@ -13,13 +13,16 @@ import numpy as np
 import pandas as pd
 
 from qpipe.data.qlib_provider import QlibSource
-from qpipe.data.synthetic import SyntheticSpec, generate_market, index_size_for, origin_session
+from qpipe.data.synthetic import (
+    SyntheticSpec,
+    generate_market,
+    index_size_for,
+    origin_session,
+)
 from qpipe.data.tabular import TabularSource
-from qpipe.data.validation import validate_prices
+from qpipe.data.validation import CONCEPT_COLUMNS, UNIVERSE_COLUMNS, validate_prices
 
 SOURCE_KINDS = ("synthetic", "tabular", "qlib")
-UNIVERSE_COLUMNS = ["market", "instrument", "start_date", "end_date"]
-CONCEPT_COLUMNS = ["instrument", "concept", "kind"]
 
 
 class Source(Protocol):
@@ -43,17 +46,6 @@ class PriceBatch:
     def between(self, start, end) -> pd.DataFrame:
         dates = self.prices["date"]
         return self.prices[(dates >= pd.Timestamp(start)) & (dates <= pd.Timestamp(end))]
-
-
-def listing_spans(prices: pd.DataFrame, market: str = "all") -> pd.DataFrame:
-    """The ``all`` market: each instrument from its first to its last row."""
-    spans = prices.groupby("instrument", sort=True)["date"].agg(start_date="min", end_date="max").reset_index()
-    spans.insert(0, "market", market)
-    return spans[UNIVERSE_COLUMNS]
-
-
-def no_concepts() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=str) for c in CONCEPT_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -83,49 +75,6 @@ class SyntheticSource:
         return []
 
 
-@dataclass(frozen=True)
-class TabularPrices:
-    """CSV/Parquet rows; the ``all`` market is each symbol's first to last date."""
-
-    table: TabularSource
-
-    def prices(self, start=None, end=None) -> pd.DataFrame:
-        return self.table.prices(start, end)
-
-    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        # The whole table, validated: a bad row anywhere fails the universe as it fails a day's prices.
-        return listing_spans(self.table.prices()), no_concepts()
-
-    def span(self) -> tuple[np.datetime64, np.datetime64]:
-        return self.table.span()
-
-    def missing_members(self) -> list[str]:
-        return []
-
-
-@dataclass(frozen=True)
-class QlibPrices:
-    """A Qlib provider directory: the ``all`` spans of the instruments read, plus the market file's."""
-
-    provider: QlibSource
-
-    def prices(self, start=None, end=None) -> pd.DataFrame:
-        return self.provider.prices(start, end)
-
-    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        universe = self.provider.listing_spans()
-        if self.provider.market != "all":
-            universe = pd.concat([universe, self.provider.universe()], ignore_index=True)
-        return universe[UNIVERSE_COLUMNS], no_concepts()
-
-    def span(self) -> tuple[np.datetime64, np.datetime64]:
-        return self.provider.span()
-
-    def missing_members(self) -> list[str]:
-        """Members of the market file without a features folder (left out, with a warning)."""
-        return self.provider.missing_members()
-
-
 def open_source(kind: str = "synthetic", path: str = "", columns: dict | None = None, market: str = "all",
                 seed: int = 7, n_instruments: int = 300, *, ingest: str = "market", benchmark: str = "",
                 since: str | None = None) -> Source:
@@ -134,9 +83,9 @@ def open_source(kind: str = "synthetic", path: str = "", columns: dict | None = 
     if not path:
         raise ValueError(f"the {kind!r} source needs a path (QPIPE_SOURCE_PATH or the price_source resource's path)")
     if kind == "tabular":
-        return TabularPrices(TabularSource(path, columns=dict(columns or {})))
+        return TabularSource(path, columns=dict(columns or {}))
     if kind == "qlib":
-        return QlibPrices(QlibSource(path, market=market, ingest=ingest, benchmark=benchmark, since=since))
+        return QlibSource(path, market=market, ingest=ingest, benchmark=benchmark, since=since)
     raise ValueError(f"unknown price source {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
 
 

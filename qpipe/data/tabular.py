@@ -18,7 +18,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qpipe.data.validation import PriceDataError, empty_prices, validate_prices
+from qpipe.data.validation import (
+    PriceDataError,
+    empty_prices,
+    listing_spans,
+    no_concepts,
+    validate_prices,
+)
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "date": ("date", "datetime", "timestamp", "trade_date", "day", "time"),
@@ -114,6 +120,14 @@ class TabularSource:
         frame["date"] = frame["date"].astype("datetime64[ns]")
         frame["_file"] = pd.Categorical.from_codes(frame.pop("_file_id"), [str(f) for f in files])
         return validate_prices(frame, self.path)
+
+    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The ``all`` market (each symbol's first to last date) from the whole table, validated: a bad row
+        anywhere fails the universe as it fails a day's prices. No concepts."""
+        return listing_spans(self.prices()), no_concepts()
+
+    def missing_members(self) -> list[str]:
+        return []
 
     def span(self) -> tuple[np.datetime64, np.datetime64]:
         days = self.dates()

@@ -61,6 +61,22 @@ def _first_bad(frame: pd.DataFrame, bad: np.ndarray, rule: str, source: str, det
                          detail=detail_of(row), count=int(bad.sum()))
 
 
+UNIVERSE_COLUMNS = ["market", "instrument", "start_date", "end_date"]
+CONCEPT_COLUMNS = ["instrument", "concept", "kind"]
+
+
+def listing_spans(prices: pd.DataFrame, market: str = "all") -> pd.DataFrame:
+    """The ``all`` market: each instrument from its first to its last row."""
+    spans = prices.groupby("instrument", sort=True)["date"].agg(start_date="min", end_date="max").reset_index()
+    spans.insert(0, "market", market)
+    return spans[UNIVERSE_COLUMNS]
+
+
+def no_concepts() -> pd.DataFrame:
+    """The concept memberships of a source that has none (only the embedded market has sectors and concepts)."""
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in CONCEPT_COLUMNS})
+
+
 def empty_prices() -> pd.DataFrame:
     """A canonical frame without rows: what a source holds for days it has no rows on."""
     return pd.DataFrame({c: pd.Series(dtype="datetime64[ns]" if c == "date" else object if c == "instrument"
