@@ -129,10 +129,9 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
 
         chart = training_curves_chart(result.history, result.best_epoch, f"{arch} {day}",
                                       Path(checkpoints.root) / arch / f"{day}.curves.png")
-        seconds_training = sum(h["seconds"] for h in result.history)
         return dg.MaterializeResult(metadata={
             "dagster/uri": str(weights),
-            **training_metadata(result, model.params, int(data.train.is_sample.sum()), seconds_training),
+            **training_metadata(result, model.params, int(data.train.is_sample.sum())),
             "curves": dg.MetadataValue.path(str(chart)),
             "best_epoch": result.best_epoch,
             "valid_loss": float(best["valid_loss"]),
@@ -150,7 +149,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
     return _checkpoint
 
 
-def training_metadata(result, params: dict, train_samples: int, seconds_training: float) -> dict:
+def training_metadata(result, params: dict, train_samples: int) -> dict:
     """What a checkpoint's materialization shows of its training: the epochs as a table, the early-stopping
     outcome, throughput and peak memory (the step's host RSS; on CUDA the device's peak allocation too)."""
     columns = ("epoch", "train_loss", "valid_loss", "valid_ic", "lr", "seconds")
@@ -162,7 +161,7 @@ def training_metadata(result, params: dict, train_samples: int, seconds_training
         "stopped_at_epoch": len(result.history),
         "stopped_early": len(result.history) < int(params.get("n_epochs", len(result.history))),
         "patience": int(params.get("early_stop", 0) or 0),
-        "samples_per_second": round(train_samples * len(result.history) / max(seconds_training, 1e-9), 1),
+        "samples_per_second": round(train_samples / max(result.seconds_per_epoch, 1e-9), 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if str(result.device).startswith("cuda"):
