@@ -22,18 +22,30 @@ def test_definitions_load_with_the_documented_assets_jobs_and_schedule():
     assert "reports/leaderboard" in keys and "reports/leaderboard" not in daily  # unpartitioned: its own job
 
 
-def test_leaderboard_is_requested_after_each_successful_daily_run():
+def test_leaderboard_is_requested_after_each_successful_run_that_stored_daily_ic():
     sensor = defs.get_sensor_def("refresh_leaderboard")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.job_name == "leaderboard_job"
-    with dg.instance_for_test() as instance:
-        run = instance.create_run_for_job(defs.resolve_job_def("daily_pipeline"), run_id="0123abcd-0000-0000-0000-000000000000")
-        instance.report_run_failed(run)  # only to have a run event to hand the context
-        event = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_FAILURE, limit=1).records[0].event_log_entry
-        context = dg.build_run_status_sensor_context(sensor_name="refresh_leaderboard", dagster_instance=instance,
-                                                     dagster_run=run, dagster_event=event.dagster_event,
-                                                     repository_def=defs.get_repository_def())
-        request = sensor(context)
-    assert request.run_key == run.run_id
+
+    def evaluate(key: list[str], metadata: dict):
+        @dg.asset(key=key)
+        def report() -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata=metadata)
+
+        with dg.instance_for_test() as instance:
+            run_id = dg.materialize([report], instance=instance).run_id
+            run = instance.get_run_by_id(run_id)
+            event = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_SUCCESS, limit=1).records[0].event_log_entry
+            context = dg.build_run_status_sensor_context(sensor_name="refresh_leaderboard", dagster_instance=instance,
+                                                         dagster_run=run, dagster_event=event.dagster_event,
+                                                         repository_def=defs.get_repository_def())
+            return run_id, sensor(context)
+
+    run_id, request = evaluate(["reports", "mlp_ic"], {"days": 3})  # a daily run, a backfill's run, a CLI range
+    assert isinstance(request, dg.RunRequest) and request.run_key == run_id
+    _, before_labels = evaluate(["reports", "mlp_ic"], {"days": 0})  # no label known yet: nothing to rank
+    _, checkpoint_only = evaluate(["models", "mlp_checkpoint"], {"days": 3})
+    for skipped in (before_labels, checkpoint_only):
+        assert isinstance(skipped, dg.SkipReason) and "stored no daily IC" in skipped.skip_message
 
 
 def test_code_location_loads_without_torch_or_matplotlib():

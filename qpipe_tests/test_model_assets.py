@@ -155,6 +155,38 @@ def test_the_predictions_check_wants_one_finite_score_per_member_and_day(env):
     assert not failed.passed and failed.metadata["first_day_off"].value == SCORED[1]
 
 
+def test_the_checkpoint_check_wants_finite_valid_scores_and_no_loss_above_a_placebo(env):
+    resources, root = env
+    day = "2024-01-30"
+    trained = run(day, day, ["models/mlp_checkpoint"], resources, {"models__mlp_checkpoint": {"config": QUICK}})
+    shown = trained.asset_materializations_for_node("models__mlp_checkpoint")[0].metadata
+    sidecar_path = root / "checkpoints" / "mlp" / f"{day}.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    # the placebo scores every stock 0: its loss is the mean squared normalized label of the valid days
+    assert 0.5 < sidecar["placebo_valid_loss"] < 2 and shown["placebo_valid_loss"].value == sidecar["placebo_valid_loss"]
+    check = next(c for c in model_checks if c.check_key.asset_key == dg.AssetKey(["models", "mlp_checkpoint"]))
+
+    def evaluate(document: dict) -> dg.AssetCheckEvaluation:
+        sidecar_path.write_text(json.dumps(document))
+        result = dg.materialize([*ASSETS, check], selection=dg.AssetSelection.checks(check), resources=resources,
+                                tags={"dagster/partition": day}, raise_on_error=False)
+        return result.get_asset_check_evaluations()[0]
+
+    best = sidecar["history"][sidecar["best_epoch"] - 1]
+    honest = evaluate(sidecar)
+    assert honest.passed == (best["valid_loss"] <= sidecar["placebo_valid_loss"])
+    assert honest.metadata["valid_loss"].value == best["valid_loss"]
+    worse = evaluate({**sidecar, "placebo_valid_loss": best["valid_loss"] / 2})
+    assert not worse.passed and worse.severity == dg.AssetCheckSeverity.WARN
+    assert worse.metadata["worse_than_placebo_days"].value == day
+    history = [dict(h) for h in sidecar["history"]]
+    history[sidecar["best_epoch"] - 1]["valid_ic"] = None  # NaN, as the sidecar stores it
+    broken = evaluate({**sidecar, "history": history})
+    assert not broken.passed and broken.severity == dg.AssetCheckSeverity.ERROR
+    assert broken.metadata["non_finite_days"].value == day
+    sidecar_path.write_text(json.dumps(sidecar))
+
+
 def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):
     resources, root = env
     run(DAY, DAY, ["models/lstm_checkpoint"], resources,

@@ -1,13 +1,13 @@
 """reports/leaderboard: every model's out-of-sample IC, ICIR, Rank IC and Rank ICIR to date, side by side.
 
 Unpartitioned (one table for all days and models), so it sits outside the partitioned daily job:
-``refresh_leaderboard`` requests it after each successful ``daily_pipeline`` run.
+``refresh_leaderboard`` requests it after each successful run that stored daily IC (the daily job, a
+backfill from the UI, a range launched from the command line).
 """
 
 import dagster as dg
 
 from qpipe.assets.models import ic_key
-from qpipe.jobs import daily_pipeline
 from qpipe.models.registry import ARCHITECTURES
 from qpipe.resources import Warehouse
 from qpipe.settings import get_settings
@@ -50,8 +50,24 @@ leaderboard_job = dg.define_asset_job("leaderboard_job", selection=[leaderboard.
                                       description="Refresh reports/leaderboard.")
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[daily_pipeline],
-                      request_job=leaderboard_job, default_status=dg.DefaultSensorStatus.RUNNING)
-def refresh_leaderboard(context: dg.RunStatusSensorContext) -> dg.RunRequest:
-    """After every successful daily run, rebuild the leaderboard (one request per run)."""
-    return dg.RunRequest(run_key=context.dagster_run.run_id)
+IC_KEYS = frozenset(ic_key(arch) for arch in ARCHITECTURES)
+
+
+def stored_ic_days(instance: dg.DagsterInstance, run_id: str) -> int:
+    """The most IC days to date that a run's IC reports recorded (0: it wrote none, or none were known yet)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    days = [m.metadata["days"].value for m in (r.event_log_entry.asset_materialization for r in records)
+            if m is not None and m.asset_key in IC_KEYS and "days" in m.metadata]
+    return max(days, default=0)
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, request_job=leaderboard_job,
+                      default_status=dg.DefaultSensorStatus.RUNNING,
+                      description="Rebuild reports/leaderboard after every successful run that stored daily IC.")
+def refresh_leaderboard(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    """One request per successful run of this code location (the daily job, a backfill from the UI, a range from
+    the command line) whose IC reports hold days; a run that wrote none would only fail the leaderboard."""
+    run = context.dagster_run
+    if not stored_ic_days(context.instance, run.run_id):
+        return dg.SkipReason(f"run {run.run_id[:8]} stored no daily IC")
+    return dg.RunRequest(run_key=run.run_id)

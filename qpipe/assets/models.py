@@ -136,6 +136,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             "best_epoch": result.best_epoch,
             "valid_loss": float(best["valid_loss"]),
             "valid_ic": float(best["valid_ic"]),
+            "placebo_valid_loss": float(result.placebo_valid_loss),
             "train_samples": int(data.train.is_sample.sum()),
             "shuffled_labels": config.shuffle_labels,
             "parameters": result.n_params,
@@ -267,9 +268,39 @@ def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
     return _check
 
 
+def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=checkpoint_key(arch), name="valid_score_finite_and_beats_a_placebo", blocking=True,
+                    description="The checkpoints of the run's days: best valid loss and IC finite (else an error that "
+                                "blocks their predictions); the valid loss no worse than a placebo that scores every "
+                                "stock 0 (else a warning: the model learnt nothing that generalizes).")
+    def _check(context: dg.AssetCheckExecutionContext, checkpoints: CheckpointStore) -> dg.AssetCheckResult:
+        import json
+
+        from qpipe.training.checkpoint import checkpoint_paths
+
+        first, last = (str(day) for day in check_range(context))
+        days = [day for day in checkpoints.partitions(arch) if first <= day <= last]
+        broken, worse = [], []
+        for day in days:
+            sidecar = json.loads(checkpoint_paths(checkpoints.path_for(arch, day))[1].read_text())
+            best = sidecar["history"][sidecar["best_epoch"] - 1]
+            loss, ic, placebo = best["valid_loss"], best["valid_ic"], sidecar.get("placebo_valid_loss")
+            if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (loss, ic)):
+                broken.append(day)
+            elif placebo is not None and np.isfinite(placebo) and loss > placebo:
+                worse.append(day)
+        severity = dg.AssetCheckSeverity.ERROR if broken or not days else dg.AssetCheckSeverity.WARN
+        return dg.AssetCheckResult(passed=bool(days) and not broken and not worse, severity=severity, metadata={
+            "days": len(days), "non_finite_days": ", ".join(broken), "worse_than_placebo_days": ", ".join(worse),
+            **({"valid_loss": float(loss), "placebo_valid_loss": float(placebo)}
+               if days and not broken and placebo is not None else {})})
+
+    return _check
+
+
 def build_model_defs(arch: str) -> list[dg.AssetsDefinition]:
     return [_checkpoint_asset(arch), _predictions_asset(arch), _ic_asset(arch)]
 
 
 model_assets = [asset for arch in ARCHITECTURES for asset in build_model_defs(arch)]
-model_checks = [_predictions_check(arch) for arch in ARCHITECTURES]
+model_checks = [check for arch in ARCHITECTURES for check in (_checkpoint_check(arch), _predictions_check(arch))]

@@ -108,6 +108,7 @@ def save_checkpoint(
         "seed": result.seed,
         "best_epoch": result.best_epoch,
         "best_score": result.best_score,
+        "placebo_valid_loss": result.placebo_valid_loss,
         "history": result.history,
         "pretrain_history": result.pretrain_history,
         "seconds_per_epoch": result.seconds_per_epoch,

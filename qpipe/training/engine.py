@@ -141,6 +141,7 @@ def train(
         device=str(target),
         seed=seed,
         pretrain_history=pretraining,
+        placebo_valid_loss=masked_mse(torch.zeros_like(valid_set.label), valid_set.label).item() if valid_set is not None else math.nan,
     )
 
 

@@ -17,3 +17,6 @@ class TrainResult:
     device: str
     seed: int
     pretrain_history: list[dict[str, Any]] = field(default_factory=list)  # self-supervised epochs, if any
+    # The valid loss of a placebo that scores every stock 0 (no skill; labels are normalized per day): a trained
+    # model's best valid loss above it has learnt nothing that generalizes. NaN without a valid set.
+    placebo_valid_loss: float = float("nan")

@@ -1,0 +1,261 @@
+"""A team deployment, run as the README tells a team to run it (issue 14, points 1-3).
+
+PostgreSQL (Debian's server, started here on a loopback port) holds runs, event log and schedules;
+``dagster-webserver`` and ``dagster-daemon`` run as separate processes. The daemon, not the test,
+launches every run: a history seeded through the run queue, a backfill of checkpoints submitted as
+the UI submits one (one run per day), the after-close schedule's tick for the last session, and the
+leaderboard sensor's runs after them. Then a real browser (Playwright driving Debian's Chromium)
+looks at the result and launches a one-partition materialization by clicking through the UI.
+"""
+
+import os
+import shutil
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import duckdb
+import pytest
+import yaml
+from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, ScheduleInstigatorData
+
+from qpipe.deploy.postgres import LocalPostgres
+from qpipe_tests.conftest import REPO
+from qpipe_tests.deployment import LOCATION, Deployment
+
+pytestmark = pytest.mark.slow
+
+LAUNCH_RUN = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+LAUNCH_BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
+SCHEDULE = """query($s: ScheduleSelector!) { scheduleOrError(scheduleSelector: $s) {
+  ... on Schedule { scheduleState { id status } } } }"""
+STOP_SCHEDULE = """mutation($id: String) { stopRunningSchedule(id: $id) { __typename } }"""
+QUICK = {"train_days": 60, "valid_days": 20, "params": {"n_epochs": 3, "batch_size": 256}}
+
+
+def test_the_production_config_is_the_default_one_with_postgres_storage():
+    default = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    production = yaml.safe_load((REPO / "deploy" / "postgres" / "dagster.yaml").read_text())
+    storage = production.pop("storage")
+    assert production == default
+    assert set(storage["postgres"]["postgres_db"]) >= {"hostname", "port", "username", "password", "db_name"}
+
+
+def last_tick(schedule: dg.ScheduleDefinition, calendar) -> tuple[datetime, str]:
+    """The after-close schedule's latest tick that has passed and fell on a session, and that session."""
+    minute, hour = (int(field) for field in schedule.cron_schedule.split()[:2])
+    now = datetime.now(ZoneInfo(calendar.timezone))
+    day = now.date()
+    while True:
+        tick = datetime(day.year, day.month, day.day, hour, minute, tzinfo=now.tzinfo)
+        if tick <= now and calendar.is_session(day):
+            return tick, day.isoformat()
+        day -= timedelta(days=1)
+
+
+class DailyOperation:
+    """What the daemon did, for the tests below to look at."""
+
+    def __init__(self, deployment: Deployment, day: str, backfill_days: list[str], runs: dict[str, list[dg.DagsterRun]]):
+        self.deployment, self.day, self.backfill_days, self.runs = deployment, day, backfill_days, runs
+
+
+@pytest.fixture(scope="module")
+def operation(tmp_path_factory):
+    from qpipe.calendar import market_calendar, trading_days
+    from qpipe.schedules import after_close
+
+    calendar = market_calendar()
+    tick, day = last_tick(after_close, calendar)
+    sessions = [str(d) for d in trading_days(datetime.fromisoformat(day).date() - timedelta(days=400), day)]
+    first, backfill_days = sessions[-160], sessions[-4:-1]
+    # The tick's day is not a retrain day (every 1000 sessions from the first partition): its run predicts with
+    # the backfill's newest checkpoint, as a weekly or monthly cadence does on most days.
+    settings = {"QPIPE_SYNTHETIC_INSTRUMENTS": "40", "QPIPE_MODELS": "mlp", "QPIPE_PARTITIONS_START": first,
+                "QPIPE_RETRAIN_EVERY": "1000", "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1"}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    with LocalPostgres() as postgres:
+        deployment = Deployment(tmp_path_factory.mktemp("deployment"), postgres, **settings)
+        try:
+            deployment.start_webserver()
+            # Hold the schedule until the history exists: stopped in the UI, as an operator would.
+            state = deployment.graphql(SCHEDULE, s={**LOCATION, "scheduleName": "after_close"})
+            deployment.graphql(STOP_SCHEDULE, id=state["scheduleOrError"]["scheduleState"]["id"])
+            deployment.start_daemon()
+            runs = _operate(deployment, sessions, backfill_days, tick)
+            yield DailyOperation(deployment, day, backfill_days, runs)
+        finally:
+            deployment.stop()
+            for key, value in saved.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+def _launch(deployment: Deployment, keys: list[str], start: str, end: str) -> str:
+    answer = deployment.graphql(LAUNCH_RUN, p={
+        "selector": {**LOCATION, "jobName": "daily_pipeline", "assetSelection": [{"path": k.split("/")} for k in keys]},
+        "runConfigData": {"execution": {"config": {"in_process": {}}}},
+        "executionMetadata": {"tags": [{"key": "dagster/asset_partition_range_start", "value": start},
+                                       {"key": "dagster/asset_partition_range_end", "value": end}]}})["launchRun"]
+    assert answer["__typename"] == "LaunchRunSuccess", answer
+    return answer["run"]["runId"]
+
+
+def _operate(deployment: Deployment, sessions: list[str], backfill_days: list[str], tick: datetime) -> dict:
+    instance, runs = deployment.instance, {}
+    began = time.monotonic()
+
+    def done(phase: str) -> None:  # shown with a failure: where the time went
+        print(f"{phase}: {time.monotonic() - began:.0f}s; " + ", ".join(
+            f"{r.job_name} {sorted(k.to_user_string() for k in r.asset_selection or [])} {r.status.value}"
+            for r in runs.get(phase, [])), flush=True)
+
+    # 1. History up to the session before the tick, through the run queue (QUEUED until the daemon takes it).
+    for keys, start in ((["raw/prices", "raw/universe", "raw/concepts"], sessions[-160]),
+                        (["features/alpha158", "features/alpha360", "features/label"], sessions[-100])):
+        run_id = _launch(deployment, keys, start, sessions[-2])
+        runs.setdefault("seed", []).extend(deployment.wait_for_runs(dg.RunsFilter(run_ids=[run_id]), 1, timeout=300))
+    done("seed")
+    # 2. A backfill of checkpoints over three sessions, as the UI submits one; then their predictions and IC
+    #    over the same days in one run, as `dg launch --partition-range` would.
+    answer = deployment.graphql(LAUNCH_BACKFILL, p={
+        "partitionNames": backfill_days, "assetSelection": [{"path": ["models", "mlp_checkpoint"]}],
+        "runConfigData": {"ops": {"models__mlp_checkpoint": {"config": QUICK}},
+                          "execution": {"config": {"in_process": {}}}}})["launchPartitionBackfill"]
+    assert answer["__typename"] == "LaunchBackfillSuccess", answer
+    backfill = answer["backfillId"]
+    deadline = time.monotonic() + 420
+    while instance.get_backfill(backfill).status.value == "REQUESTED":
+        assert time.monotonic() < deadline, deployment.log("daemon")[-4000:]
+        time.sleep(2)
+    runs["backfill_status"] = instance.get_backfill(backfill).status.value
+    runs["backfill"] = deployment.wait_for_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}), 1, timeout=60)
+    done("backfill")
+    run_id = _launch(deployment, ["predictions/mlp_predictions", "reports/mlp_ic"], backfill_days[0], backfill_days[-1])
+    runs["scores"] = deployment.wait_for_runs(dg.RunsFilter(run_ids=[run_id]), 1, timeout=300)
+    done("scores")
+    # 3. The schedule RUNNING since a minute before the last session's tick: the daemon's scheduler finds the
+    #    tick it has not run yet and launches it, as after a daemon restart (no sleep until 17:30).
+    state = next(s for s in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE)
+                 if s.name == "after_close")
+    instance.update_instigator_state(state.with_status(InstigatorStatus.RUNNING).with_data(
+        ScheduleInstigatorData(state.instigator_data.cron_schedule, start_timestamp=tick.timestamp() - 60)))
+    runs["tick"] = deployment.wait_for_runs(dg.RunsFilter(tags={"dagster/schedule_name": "after_close"}), 1, timeout=420)
+    done("tick")
+    # 4. The leaderboard sensor: one leaderboard run after each run that stored daily IC.
+    runs["leaderboard"] = deployment.wait_for_runs(dg.RunsFilter(job_name="leaderboard_job"), 2, timeout=240)
+    done("leaderboard")
+    return runs
+
+
+def test_the_daemon_runs_the_queue_a_backfill_one_run_per_day_the_schedule_tick_and_the_sensor(operation):
+    runs = operation.runs
+    for kind in ("seed", "backfill", "scores", "tick", "leaderboard"):
+        assert {run.status for run in runs[kind]} == {dg.DagsterRunStatus.SUCCESS}, (kind, operation.deployment.log("daemon")[-3000:])
+    # One run per day (Qlib's rolling retrain).
+    spans = sorted((run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"])
+                   for run in runs["backfill"])
+    assert spans == [(day, day) for day in operation.backfill_days]
+    assert runs["backfill_status"] == "COMPLETED_SUCCESS"
+    (tick,) = runs["tick"]
+    assert tick.job_name == "daily_pipeline" and tick.tags["dagster/partition"] == operation.day
+    assert tick.tags["qpipe/retrain"].startswith("no") and tick.tags["qpipe/models"] == "mlp"
+    sensor_runs = runs["leaderboard"]
+    assert {run.tags.get("dagster/sensor_name") for run in sensor_runs} == {"refresh_leaderboard"}
+    assert {run.tags.get("dagster/run_key") for run in sensor_runs} == {runs["scores"][0].run_id, tick.run_id}
+
+    warehouse = Path(operation.deployment.env["QPIPE_HOME"]) / "warehouse.duckdb"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        predicted = [str(d) for (d,) in con.execute(
+            "SELECT DISTINCT date FROM predictions.scores WHERE model = 'mlp' ORDER BY 1").fetchall()]
+        board = con.execute("SELECT model, days FROM reports.leaderboard").fetchall()
+    assert predicted == [*operation.backfill_days, operation.day]
+    assert board[0][0] == "mlp" and board[0][1] >= 2
+    # Nothing of it in sqlite: runs, events and schedule ticks are PostgreSQL's.
+    assert not (operation.deployment.home / "history").exists()
+    assert type(operation.deployment.instance.run_storage).__name__ == "PostgresRunStorage"
+
+
+def _not_blank(png: Path) -> bool:
+    """A screenshot with a page on it: many colours, and not one colour nearly everywhere."""
+    from PIL import Image
+
+    image = Image.open(png).convert("RGB").resize((350, 225))
+    colours = image.getcolors(maxcolors=350 * 225)
+    return len(colours) > 50 and max(count for count, _ in colours) < 0.97 * 350 * 225
+
+
+def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_clicks(operation, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    deployment, day = operation.deployment, operation.day
+    shots = tmp_path / "screenshots"
+    began = time.monotonic()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(60_000)
+
+        def shot(name: str) -> None:
+            page.screenshot(path=shots / f"{name}.png")
+
+        try:
+            page.goto(f"{deployment.url}/asset-groups")  # the global asset graph, one box per group
+            for group in ("ingest", "features", "models", "predictions", "reports", "summary"):
+                expect(page.locator("svg").get_by_text(group, exact=True).first).to_be_visible()
+            shot("asset_graph")
+
+            page.goto(f"{deployment.url}/assets/models/mlp_checkpoint?view=partitions")
+            for backfilled in operation.backfill_days:
+                expect(page.get_by_text(backfilled, exact=True).first).to_be_visible()
+            expect(page.get_by_text("Materialized (3)")).to_be_visible()
+            shot("checkpoint_partitions")
+            page.get_by_text(operation.backfill_days[-1], exact=True).first.click()  # that day's checkpoint
+            for entry in ("epochs", "best_epoch", "stopped_at_epoch", "samples_per_second", "peak_rss_mb", "device"):
+                expect(page.get_by_text(entry, exact=True).first).to_be_visible()
+            shot("checkpoint_metadata")
+
+            page.goto(f"{deployment.url}/assets/reports/leaderboard")
+            expect(page.get_by_text("mlp Rank IC").first).to_be_visible()
+            shot("leaderboard")
+
+            # A one-partition materialization, launched by clicking: Materialize..., the day, Launch 1 run.
+            page.goto(f"{deployment.url}/assets/raw/prices")  # the day's prices again: the same rows, replaced
+            page.get_by_role("button", name="Materialize…").first.click()
+            dialog = page.get_by_role("dialog")
+            partitions = dialog.locator("input:not([type=checkbox])").first
+            partitions.click()
+            partitions.fill(day)
+            partitions.press("Enter")
+            expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+            shot("launch_dialog")
+            launched = time.time()
+            dialog.get_by_role("button", name="Launch 1 run").click()
+            run = None
+            deadline = time.monotonic() + 180
+            while run is None or not run.is_finished:
+                assert time.monotonic() < deadline, deployment.log("daemon")[-3000:]
+                time.sleep(2)
+                run = next((r for r in deployment.instance.get_runs(dg.RunsFilter(tags={"dagster/partition": day}))
+                            if r.asset_selection == {dg.AssetKey(["raw", "prices"])}
+                            and deployment.instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() >= launched - 1),
+                           None)
+            assert run.status == dg.DagsterRunStatus.SUCCESS
+            page.goto(f"{deployment.url}/runs/{run.run_id}")
+            expect(page.get_by_text("Success").first).to_be_visible()
+            shot("launched_run")
+        except Exception:
+            shot("failure")  # what the page showed, beside the others in the test's tmp_path
+            print(f"screenshots: {shots}")
+            raise
+        browser.close()
+    seconds = time.monotonic() - began
+    for png in sorted(shots.glob("*.png")):
+        assert _not_blank(png), f"{png.name} is blank"
+    assert len(list(shots.glob("*.png"))) == 6
+    assert seconds < 180, f"the browser test took {seconds:.0f}s"
