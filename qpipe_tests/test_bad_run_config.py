@@ -1,0 +1,103 @@
+"""A checkpoint's run config, hyper-parameters and Qlib YAML, wrong in every way a user gets them wrong: each is
+refused with a message that names the key and the value (and the file), and nothing is written: no checkpoint,
+no change to the warehouse."""
+
+import dagster as dg
+import pytest
+
+from qpipe_tests.conftest import table_rows
+from qpipe_tests.test_model_assets import QUICK, run, synthetic_resources
+
+DAY = "2024-01-31"
+TABLES = ("raw.prices", "raw.universe", "features.alpha360", "features.label")
+LSTM_YAML = """
+task:
+  model: {class: LSTM, module_path: qlib.contrib.model.pytorch_lstm_ts, kwargs: {d_feat: 6, hidden_size: 64}}
+  dataset: {class: TSDatasetH, kwargs: {handler: {class: Alpha360}, step_len: 20}}
+"""
+
+
+def _yaml(tmp_path, text: str) -> str:
+    path = tmp_path / "workflow_config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+# case -> (the checkpoint's config, a function of tmp_path giving extra config, what the message must hold)
+CASES = {
+    "unknown feature set": ({"feature_set": "alpha999"}, None, "has no preset for feature set 'alpha999'"),
+    "misspelt hyper-parameter": ({"params": {"hiden_size": 32}}, None, "unknown hyper-parameter 'hiden_size' = 32"),
+    "hyper-parameter of the wrong type": ({"params": {"n_epochs": "ten"}}, None, "hyper-parameter n_epochs = 'ten'"),
+    "negative learning rate": ({"params": {"lr": -0.1}}, None, "hyper-parameter lr = -0.1: must be > 0"),
+    "unknown optimizer": ({"params": {"optimizer": "sgdx"}}, None, "hyper-parameter optimizer = 'sgdx': must be one of"),
+    "negative weight decay": ({"params": {"weight_decay": -1}}, None, "hyper-parameter weight_decay = -1: must be >= 0"),
+    "a train window below the minimum": ({"train_days": 5}, None, "train_days\n  Input should be greater than or equal to 20"),
+    "a device that does not exist": ({"device": "tpu"}, None, "expected auto, cpu, cuda, cuda:<index> or mps, not 'tpu'"),
+    "pretraining for a model without it": ({"params": {"pretrain": True}}, None, "model 'mlp' has no self-supervised"),
+    "a time-series window for a flat model": ({"params": {"step_len": 20}}, None, "takes flat rows (DatasetH)"),
+    "a batch larger than the training set": ({"params": {"batch_size": 1_000_000}}, None,
+                                             "is fewer than one batch (batch_size 1000000)"),
+    "a missing Qlib YAML": ({"qlib_yaml": "/nonexistent/workflow_config_mlp.yaml"}, None,
+                            "/nonexistent/workflow_config_mlp.yaml: cannot read the workflow YAML"),
+    "a YAML that does not parse": ({}, lambda p: {"qlib_yaml": _yaml(p, "task: [model: {class: MLP")},
+                                   "cannot read the workflow YAML"),
+    "a YAML without task.model": ({}, lambda p: {"qlib_yaml": _yaml(p, "qlib_init: {region: cn}\n")},
+                                  "workflow_config.yaml: missing task.model.class"),
+    "a YAML naming an unknown model class": ({}, lambda p: {"qlib_yaml": _yaml(p, LSTM_YAML.replace("LSTM", "XGBModel"))},
+                                             "XGBModel"),
+    "a YAML with an unknown handler": ({}, lambda p: {"qlib_yaml": _yaml(p, LSTM_YAML.replace("Alpha360", "Alpha999"))},
+                                       "task.dataset.kwargs.handler.class = 'Alpha999'"),
+    "a YAML with an unknown dataset class": ({}, lambda p: {"qlib_yaml": _yaml(p, LSTM_YAML.replace("TSDatasetH", "MyData"))},
+                                             "task.dataset.class = 'MyData'; supported: DatasetH, TSDatasetH"),
+    "a YAML for another model": ({}, lambda p: {"qlib_yaml": _yaml(p, LSTM_YAML)}, "configures 'lstm', not 'mlp'"),
+    "a warm start from a missing checkpoint": ({"params": {"model_path": "/nonexistent/lstm/2024-01-02"}}, None,
+                                               "/nonexistent/lstm/2024-01-02"),
+}
+# Refused by Dagster's config system before the run starts: the key is named.
+INVALID_CONFIG = {
+    "an unknown config key": ({"epochs": 10}, 'unexpected config entry "epochs"'),
+    "a value of the wrong type": ({"valid_days": "sixty"}, "valid_days"),
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_config")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QPIPE_MARKET", "syn26")
+        resources = synthetic_resources(root, n_instruments=40, seed=5)
+        run("2023-06-01", DAY, ["raw/prices", "raw/universe", "raw/concepts"], resources)
+        run("2023-09-01", DAY, ["features/alpha360", "features/label"], resources)
+        yield resources, root
+
+
+def _stored(resources) -> dict:
+    """Every row of the tables, as text (NaN features compare equal that way)."""
+    return {table: repr(table_rows(resources["warehouse"].database, table)) for table in TABLES}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_bad_checkpoint_config_is_named_and_nothing_is_written(env, tmp_path, case):
+    resources, root = env
+    change, extra, message = CASES[case]
+    config = {**QUICK, **change, **(extra(tmp_path) if extra else {})}
+    before = _stored(resources)
+    result = run(DAY, DAY, ["models/mlp_checkpoint"], resources, {"models__mlp_checkpoint": {"config": config}},
+                 raise_on_error=False)
+    assert not result.success
+    text = result.get_step_failure_events()[0].event_specific_data.error.to_string()
+    assert message in text, text[-2000:]
+    assert not (root / "checkpoints" / "mlp").exists()
+    assert _stored(resources) == before
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_CONFIG))
+def test_a_config_the_asset_does_not_take_is_refused_before_the_run(env, case):
+    resources, root = env
+    change, message = INVALID_CONFIG[case]
+    before = _stored(resources)
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        run(DAY, DAY, ["models/mlp_checkpoint"], resources, {"models__mlp_checkpoint": {"config": {**QUICK, **change}}})
+    assert message in str(refused.value)
+    assert not (root / "checkpoints" / "mlp").exists()
+    assert _stored(resources) == before
