@@ -1,0 +1,255 @@
+"""Qlib's portfolio backtest: ``TopkDropoutStrategy`` traded by ``SimulatorExecutor`` on a daily ``Exchange``
+(reference/qlib.md §9.3), with Qlib's names for every setting. No Dagster here.
+
+Each session T, in order:
+1. the strategy reads the scores of the session before T (never T's own: no look-ahead);
+2. it ranks the holdings and the best ``topk + n_drop - len(holdings)`` other names; it sells the holdings
+   among the ``n_drop`` worst of both, and buys the first ``len(sold) + topk - len(holdings)`` others;
+3. a stock is not traded when suspended (no price) or at its limit move (``|change| >= limit_threshold``;
+   with ``forbid_all_trade_at_limit`` either limit blocks both sides), nor sold before ``hold_thresh`` days;
+4. sells execute first at the deal price, cost ``max(value * close_cost, min_cost)``; then the cash after
+   sells times ``risk_degree`` is split equally over the buys, each amount rounded down to ``trade_unit``
+   raw shares through the factor, cost ``max(value * open_cost, min_cost)``, clipped to the cash left;
+5. at the close, holdings are valued at their close (a suspended one at its last price); the day's
+   ``return`` is (value change + cost) / the value before, ``cost`` and ``turnover`` are per that value.
+Prices are adjusted (Qlib's ``$close``), amounts are in adjusted shares, as Qlib keeps them.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from qpipe.evaluation.risk import risk_analysis
+
+
+class BacktestConfig(BaseModel):
+    """Qlib's ``port_analysis_config``: strategy kwargs, backtest kwargs and exchange kwargs, flat."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topk: int = Field(50, ge=1)
+    n_drop: int = Field(5, ge=0)
+    method_sell: Literal["bottom", "random"] = "bottom"
+    method_buy: Literal["top", "random"] = "top"
+    hold_thresh: int = Field(1, ge=0)
+    only_tradable: bool = False
+    forbid_all_trade_at_limit: bool = True
+    risk_degree: float = Field(0.95, gt=0, le=1)
+    account: float = Field(1e8, gt=0)
+    deal_price: Literal["close", "open", "vwap"] = "close"
+    open_cost: float = Field(0.0005, ge=0)
+    close_cost: float = Field(0.0015, ge=0)
+    min_cost: float = Field(5.0, ge=0)
+    limit_threshold: float | None = Field(0.095, gt=0)
+    trade_unit: float | None = Field(None, gt=0)  # raw shares per lot: Qlib's cn region uses 100
+    seed: int = 0  # for method_sell/method_buy "random" (Qlib's random is unseeded)
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    report: pd.DataFrame  # per session: account, cash, value, return, cost, turnover, bench, holdings (Qlib's report_normal)
+    positions: pd.DataFrame  # per session and holding: amount (adjusted shares), price, value, held_days
+    trades: pd.DataFrame  # per order dealt: date, instrument, side, amount, price, value, cost
+
+    def risk(self, mode: Literal["sum", "product"] = "sum") -> dict[str, dict[str, float]]:
+        """Qlib's port_analysis: risk_analysis of the excess return without and with cost."""
+        excess = self.report["return"] - self.report["bench"]
+        return {"excess_return_without_cost": risk_analysis(excess, mode=mode),
+                "excess_return_with_cost": risk_analysis(excess - self.report["cost"], mode=mode)}
+
+
+class _Exchange:
+    """Dense [session x instrument] quotes of the backtest: deal price, close, factor and tradability."""
+
+    def __init__(self, prices: pd.DataFrame, days: Sequence, config: BacktestConfig):
+        fields = list(dict.fromkeys(["close", config.deal_price, "factor"]))
+        panel = prices.assign(date=pd.to_datetime(prices["date"])).set_index(["date", "instrument"])[fields].unstack()
+        dates = pd.DatetimeIndex(pd.to_datetime(days))
+        self.instruments = panel.columns.get_level_values(1).unique()
+        full = panel.reindex(panel.index.union(dates))
+
+        def grid(field: str) -> pd.DataFrame:
+            return full[field].reindex(columns=self.instruments)
+
+        close = grid("close")
+        change = close / close.shift(1) - 1  # Qlib's $change: the close against the session before's
+        self.dates = dates
+        self.close = grid("close").reindex(dates).to_numpy(float)
+        self.price = grid(config.deal_price).reindex(dates).to_numpy(float)
+        self.factor = grid("factor").reindex(dates).to_numpy(float)
+        change = change.reindex(dates).to_numpy(float)
+        self.suspended = ~np.isfinite(self.close) | ~np.isfinite(self.price)
+        if config.limit_threshold is None:
+            self.limit_up = self.limit_down = np.zeros_like(self.suspended)
+        else:
+            self.limit_up = change >= config.limit_threshold
+            self.limit_down = change <= -config.limit_threshold
+        self.change = change
+
+    def tradable(self, day: int, stock: int, side: str | None) -> bool:
+        """Qlib's is_stock_tradable: not suspended, and not at the limit of the side (either limit for None)."""
+        if self.suspended[day, stock]:
+            return False
+        if side == "buy":
+            return not self.limit_up[day, stock]
+        if side == "sell":
+            return not self.limit_down[day, stock]
+        return not (self.limit_up[day, stock] or self.limit_down[day, stock])
+
+
+def _round_to_unit(amount: float, factor: float, trade_unit: float | None) -> float:
+    """Down to whole lots of raw shares (Qlib adds 0.1 raw shares against float error)."""
+    if trade_unit is None or not np.isfinite(factor):
+        return amount
+    return (amount * factor + 0.1) // trade_unit * trade_unit / factor
+
+
+def _cost(value: float, rate: float, config: BacktestConfig) -> float:
+    return max(value * rate, config.min_cost) if value > 1e-5 else 0.0
+
+
+def _max_buy_amount(cash: float, price: float, config: BacktestConfig) -> float:
+    """The most shares the cash pays for with the cost (Qlib's _get_buy_amount_by_cash_limit)."""
+    if cash < config.min_cost:
+        return 0.0
+    if config.open_cost > 0 and cash >= config.min_cost / config.open_cost + config.min_cost:
+        return cash / (1 + config.open_cost) / price
+    return (cash - config.min_cost) / price
+
+
+def benchmark_returns(prices: pd.DataFrame, days: Sequence, benchmark: str | None = None) -> pd.Series:
+    """The benchmark's daily return: an index instrument's close-to-close change, else the equal-weighted market's
+    (the mean change of the instruments with a close both days); 0 where there is none, as Qlib fills it."""
+    frame = prices if not benchmark else prices[prices["instrument"] == benchmark]
+    if benchmark and frame.empty:
+        raise ValueError(f"benchmark {benchmark!r} has no prices in the backtest's sessions")
+    close = frame.assign(date=pd.to_datetime(frame["date"])).set_index(["date", "instrument"])["close"].unstack()
+    dates = pd.DatetimeIndex(pd.to_datetime(days))
+    close = close.reindex(close.index.union(dates))
+    change = (close / close.shift(1) - 1).reindex(dates)
+    return change.mean(axis=1).fillna(0.0).rename("bench")
+
+
+def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config: BacktestConfig | None = None,
+             bench: pd.Series | None = None) -> BacktestResult:
+    """Trade ``scores`` (date, instrument, score) over the sessions ``days`` on ``prices`` (date, instrument,
+    close, open, vwap, factor: adjusted, NaN when suspended; include the session before the first day).
+
+    ``bench`` is the benchmark's daily return per session (``benchmark_returns``); by default the
+    equal-weighted market of ``prices``.
+    """
+    config = config or BacktestConfig()
+    exchange = _Exchange(prices, days, config)
+    dates, stocks = exchange.dates, exchange.instruments
+    index = {name: i for i, name in enumerate(stocks)}
+    bench = (benchmark_returns(prices, days) if bench is None else bench.reindex(dates).fillna(0.0)).to_numpy(float)
+    by_day = {pd.Timestamp(d): g for d, g in scores.assign(date=pd.to_datetime(scores["date"])).groupby("date")}
+    rng = np.random.default_rng(config.seed)
+
+    cash, value_before = config.account, config.account
+    amount: dict[int, float] = {}  # held stock -> adjusted shares
+    last_price: dict[int, float] = {}  # held stock -> the price it was last valued at
+    held_days: dict[int, int] = {}
+    report, positions, trades = [], [], []
+    for day, date in enumerate(dates):
+        signal = by_day.get(dates[day - 1]) if day > 0 else None
+        day_cost = day_turnover = 0.0
+        if signal is not None:
+            score = pd.Series(signal["score"].to_numpy(float), index=[index.get(s, -1) for s in signal["instrument"]])
+            score = score[score.index >= 0]
+            sell, buy = _decide(score, list(amount), day, exchange, config, rng)
+            sold_cash = cash
+            for stock in sell:  # the strategy's own sells: at the deal price, all shares
+                if not exchange.tradable(day, stock, None if config.forbid_all_trade_at_limit else "sell"):
+                    continue
+                if held_days.get(stock, 0) < config.hold_thresh:
+                    continue
+                price = exchange.price[day, stock]
+                value = amount[stock] * price
+                cost = _cost(value, config.close_cost, config)
+                sold_cash += value - cost
+                trades.append((date, stocks[stock], "sell", amount[stock], price, value, cost))
+                cash += value - cost
+                day_cost += cost
+                day_turnover += value
+                del amount[stock], last_price[stock], held_days[stock]
+            budget = sold_cash * config.risk_degree / len(buy) if buy else 0.0
+            for stock in buy:
+                if not exchange.tradable(day, stock, None if config.forbid_all_trade_at_limit else "buy"):
+                    continue
+                price, factor = exchange.price[day, stock], exchange.factor[day, stock]
+                shares = _round_to_unit(budget / price, factor, config.trade_unit)
+                value = shares * price
+                if cash < max(value * config.open_cost, config.min_cost):
+                    shares = 0.0
+                elif cash < value + max(value * config.open_cost, config.min_cost):
+                    shares = _round_to_unit(min(_max_buy_amount(cash, price, config), shares), factor, config.trade_unit)
+                value = shares * price
+                if value <= 1e-5:
+                    continue
+                cost = _cost(value, config.open_cost, config)
+                trades.append((date, stocks[stock], "buy", shares, price, value, cost))
+                cash -= value + cost
+                day_cost += cost
+                day_turnover += value
+                amount[stock], last_price[stock], held_days[stock] = shares, price, 0
+        for stock in amount:  # the close: value at it, a suspended holding at its last price
+            if not exchange.suspended[day, stock]:
+                last_price[stock] = exchange.close[day, stock]
+            held_days[stock] += 1
+        stock_value = sum(amount[s] * last_price[s] for s in amount)
+        account = cash + stock_value
+        report.append((date, account, cash, stock_value, (account - value_before + day_cost) / value_before,
+                       day_cost / value_before, day_turnover / value_before, bench[day], len(amount)))
+        positions.extend((date, stocks[s], amount[s], last_price[s], amount[s] * last_price[s], held_days[s])
+                         for s in sorted(amount))
+        value_before = account
+    return BacktestResult(
+        report=pd.DataFrame(report, columns=["date", "account", "cash", "value", "return", "cost", "turnover",
+                                             "bench", "holdings"]).set_index("date"),
+        positions=pd.DataFrame(positions, columns=["date", "instrument", "amount", "price", "value", "held_days"]),
+        trades=pd.DataFrame(trades, columns=["date", "instrument", "side", "amount", "price", "value", "cost"]))
+
+
+def _decide(score: pd.Series, holdings: list[int], day: int, exchange: _Exchange, config: BacktestConfig,
+            rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """TopkDropoutStrategy.generate_trade_decision: (holdings to sell, names to buy), best first."""
+    def tradable(stock: int) -> bool:
+        return exchange.tradable(day, stock, None)
+
+    if config.only_tradable:
+        def first(names, n):
+            return [s for s in names if tradable(s)][:n]
+
+        def last(names, n):
+            kept = [s for s in names if tradable(s)]
+            return kept[-n:] if n > 0 else []
+    else:
+        def first(names, n):
+            return list(names)[:n]
+
+        def last(names, n):
+            return list(names)[-n:] if n > 0 else []
+
+    ranked_holdings = score.reindex(holdings).sort_values(ascending=False, kind="stable").index
+    others = score[~score.index.isin(holdings)].sort_values(ascending=False, kind="stable").index
+    wanted = config.n_drop + config.topk - len(holdings)
+    if config.method_buy == "top":
+        candidates = first(others, wanted)
+    else:
+        pool = [s for s in others if tradable(s)] if config.only_tradable else list(others)
+        candidates = list(rng.permutation(pool))[:max(wanted, 0)] if pool else []
+    combined = score.reindex(ranked_holdings.union(pd.Index(candidates, dtype=int))).sort_values(
+        ascending=False, kind="stable").index
+    if config.method_sell == "bottom":
+        worst = set(last(combined, config.n_drop))
+        sell = [s for s in ranked_holdings if s in worst]
+    else:
+        pool = [s for s in ranked_holdings if tradable(s)] if config.only_tradable else list(ranked_holdings)
+        sell = list(rng.permutation(pool))[:config.n_drop] if pool else []
+    buy = candidates[:max(len(sell) + config.topk - len(holdings), 0)]
+    return sell, buy

@@ -1,0 +1,174 @@
+"""The portfolio backtest and risk figures, worked by hand (issue 15): Qlib's TopkDropoutStrategy + daily
+Exchange semantics (reference/qlib.md §9.2-9.3) on a market small enough to follow on paper."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qpipe.evaluation.backtest import BacktestConfig, backtest, benchmark_returns
+from qpipe.evaluation.risk import risk_analysis
+
+DAYS = pd.bdate_range("2024-01-01", periods=6)  # d0 (the session before the first) .. d5
+CLOSE = {  # adjusted closes; C's +10% on d4 is a limit-up move (limit_threshold 0.095)
+    "A": [10, 10, 10.5, 10.5, 11, 11],
+    "B": [20, 20, 20, 21, 21, 22],
+    "C": [5, 5, 5, 5, 5.5, 5.5],
+    "D": [8, 8, 8, 8, 8, 8],
+    "E": [4, 4, 4, 4, 4, 4],
+}
+SCORES = {  # the score of day T, traded at T+1
+    1: {"A": 0.9, "B": 0.8, "C": 0.1, "D": 0.0, "E": -0.1},
+    2: {"A": 0.1, "B": 0.5, "C": 0.9, "D": 0.2, "E": 0.3},
+    3: {"A": 0.3, "B": 0.1, "C": 0.0, "D": 0.9, "E": 0.2},
+    4: {"A": 0.5, "B": 0.4, "C": 0.3, "D": 0.2, "E": 0.1},
+}
+SMALL = BacktestConfig(topk=2, n_drop=1, account=10_000, open_cost=0.001, close_cost=0.002, min_cost=1)
+
+
+def _prices(close=CLOSE, factor: float = 1.0) -> pd.DataFrame:
+    rows = [(day, name, price, price, price, factor) for name, prices in close.items() for day, price in zip(DAYS, prices)]
+    return pd.DataFrame(rows, columns=["date", "instrument", "close", "open", "vwap", "factor"])
+
+
+def _scores(scores=SCORES) -> pd.DataFrame:
+    return pd.DataFrame([(DAYS[d], name, s) for d, day in scores.items() for name, s in day.items()],
+                        columns=["date", "instrument", "score"])
+
+
+def test_topk_dropout_trades_amounts_costs_cash_and_returns_by_hand():
+    result = backtest(_scores(), _prices(), DAYS[1:], SMALL)
+    # d1: no score of d0, no trade. d2 (scores of d1): buy the top 2, A and B, 0.95 x 10,000 / 2 each.
+    # d3: holdings B (0.5), A (0.1) and the best other, C (0.9): A is the worst of the three, sold; C bought
+    #     with the cash after the sale x 0.95. d4: C is the worst but at its limit-up move, so kept; D bought.
+    # d5: no candidate left (3 held), D the worst and held a day: sold at cost min_cost.
+    cash_d3 = 490.5 + 4750 - 9.5
+    budget_c = cash_d3 * 0.95
+    cash_after_c = cash_d3 - budget_c - budget_c * 0.001
+    budget_d = cash_after_c * 0.95
+    expected_trades = [
+        (DAYS[2], "A", "buy", 4750 / 10.5, 10.5, 4750.0, 4.75),
+        (DAYS[2], "B", "buy", 237.5, 20.0, 4750.0, 4.75),
+        (DAYS[3], "A", "sell", 4750 / 10.5, 10.5, 4750.0, 9.5),
+        (DAYS[3], "C", "buy", budget_c / 5, 5.0, budget_c, budget_c * 0.001),
+        (DAYS[4], "D", "buy", budget_d / 8, 8.0, budget_d, 1.0),  # 0.1% of 243.75 is below min_cost
+        (DAYS[5], "D", "sell", budget_d / 8, 8.0, budget_d, 1.0),
+    ]
+    trades = list(result.trades.itertuples(index=False, name=None))
+    assert [t[:3] for t in trades] == [t[:3] for t in expected_trades]
+    np.testing.assert_allclose([t[3:] for t in trades], [t[3:] for t in expected_trades], rtol=1e-12)
+
+    cash = [10_000, 490.5, cash_after_c, cash_after_c - budget_d - 1, cash_after_c - budget_d - 1 + budget_d - 1]
+    stock = [0, 9500, 237.5 * 21 + budget_c, 237.5 * 21 + budget_c / 5 * 5.5 + budget_d, 237.5 * 22 + budget_c / 5 * 5.5]
+    account = np.add(cash, stock)
+    before = np.r_[10_000, account[:-1]]
+    cost = np.array([0, 9.5, 9.5 + budget_c * 0.001, 1, 1])
+    turnover = np.array([0, 9500, 4750 + budget_c, budget_d, budget_d])
+    report = result.report
+    np.testing.assert_allclose(report["cash"], cash, rtol=1e-12)
+    np.testing.assert_allclose(report["account"], account, rtol=1e-12)
+    np.testing.assert_allclose(report["return"], (account - before + cost) / before, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(report["return"].iloc[2:], [237.5 / before[2], budget_c / 5 * 0.5 / before[3], 237.5 / before[4]])
+    np.testing.assert_allclose(report["cost"], cost / before, rtol=1e-12)
+    np.testing.assert_allclose(report["turnover"], turnover / before, rtol=1e-12)
+    assert list(report["holdings"]) == [0, 2, 2, 3, 2]
+    # the equal-weighted market: one of five names moved each day (A +5%, B +5%, A +4.76% and C +10%, B +4.76%)
+    np.testing.assert_allclose(report["bench"], [0, 0.05 / 5, 0.05 / 5, (0.5 / 10.5 + 0.1) / 5, (1 / 21) / 5])
+    held = result.positions[result.positions["date"] == DAYS[4]].set_index("instrument")
+    assert list(held.index) == ["B", "C", "D"] and list(held["held_days"]) == [3, 2, 1]
+
+
+def test_a_score_of_day_t_never_trades_before_t_plus_1():
+    base = backtest(_scores(), _prices(), DAYS[1:], SMALL)
+    changed = {**SCORES, 3: {"A": 0.0, "B": 0.0, "C": 0.0, "D": -1.0, "E": 5.0}}  # day 3's scores reversed
+    moved = backtest(_scores(changed), _prices(), DAYS[1:], SMALL)
+    same = base.trades["date"] <= DAYS[3]
+    assert moved.trades[moved.trades["date"] <= DAYS[3]].equals(base.trades[same])
+    assert moved.report.loc[:DAYS[3]].equals(base.report.loc[:DAYS[3]])
+    assert list(moved.trades[moved.trades["date"] == DAYS[4]]["instrument"]) == ["E"]  # on d4, not before
+    alone = backtest(_scores({2: {"E": 1.0}}), _prices(), DAYS[1:], SMALL)
+    assert list(alone.trades["date"]) == [DAYS[3]]
+
+
+def test_suspended_stocks_are_not_traded_and_keep_their_last_price():
+    close = {**CLOSE, "B": [20, 20, math.nan, 21, 21, 22]}  # B suspended on d2, the day it would be bought
+    result = backtest(_scores(), _prices(close), DAYS[1:], SMALL)
+    bought = result.trades[result.trades["date"] == DAYS[2]]
+    assert list(bought["instrument"]) == ["A"]  # B skipped; A still gets half the budget (Qlib splits over both)
+    assert bought["value"].iloc[0] == pytest.approx(4750)
+    # a held stock suspended: neither sold nor revalued
+    close = {**CLOSE, "A": [10, 10, 10.5, math.nan, 11, 11]}
+    result = backtest(_scores(), _prices(close), DAYS[1:], SMALL)
+    assert "A" not in set(result.trades[result.trades["date"] == DAYS[3]]["instrument"])
+    held = result.positions[(result.positions["date"] == DAYS[3]) & (result.positions["instrument"] == "A")]
+    assert held["price"].iloc[0] == 10.5
+
+
+def test_limit_moves_block_trades_on_the_side_qlib_blocks():
+    # B falls 10% on d3, the day A is sold and C bought in the base case; make B the one to sell.
+    close = {**CLOSE, "B": [20, 20, 20, 18, 18, 18]}
+    scores = {**SCORES, 2: {"A": 0.5, "B": 0.1, "C": 0.9, "D": 0.2, "E": 0.3}}
+    blocked = backtest(_scores(scores), _prices(close), DAYS[1:], SMALL)
+    assert "B" not in set(blocked.trades[blocked.trades["date"] == DAYS[3]]["instrument"])  # limit-down: kept
+    # without forbid_all_trade_at_limit a limit-down stock can still be bought, not sold (Qlib's directions)
+    open_side = SMALL.model_copy(update={"forbid_all_trade_at_limit": False})
+    still = backtest(_scores(scores), _prices(close), DAYS[1:], open_side)
+    assert "B" not in set(still.trades[(still.trades["date"] == DAYS[3]) & (still.trades["side"] == "sell")]["instrument"])
+    base = backtest(_scores(), _prices(), DAYS[1:], SMALL)  # C at limit-up on d4: kept by default...
+    assert "C" not in set(base.trades[base.trades["date"] == DAYS[4]]["instrument"])
+    up = backtest(_scores(), _prices(), DAYS[1:], open_side)  # ...sold when only a limit-down blocks a sale
+    assert ("C", "sell") in set(up.trades[up.trades["date"] == DAYS[4]][["instrument", "side"]].itertuples(index=False))
+    no_limit = backtest(_scores(), _prices(), DAYS[1:], SMALL.model_copy(update={"limit_threshold": None}))
+    assert "C" in set(no_limit.trades[no_limit.trades["date"] == DAYS[4]]["instrument"])
+
+
+def test_amounts_are_whole_lots_of_raw_shares_through_the_factor():
+    lots = SMALL.model_copy(update={"trade_unit": 100})
+    result = backtest(_scores(), _prices(factor=2.0), DAYS[1:], lots)
+    a = result.trades.iloc[0]
+    # 4750 / 10.5 = 452.38 adjusted shares = 904.76 raw: 9 lots of 100 raw shares = 450 adjusted shares
+    assert (a["instrument"], a["amount"], a["value"]) == ("A", 450.0, 450 * 10.5)
+
+
+def test_n_drop_zero_keeps_the_holdings():
+    """Qlib's get_last_n(comb, 0) is comb[-0:], the whole list: with n_drop 0 it sells every holding each day.
+    qpipe keeps them, which is what n_drop = 0 means."""
+    result = backtest(_scores(), _prices(), DAYS[1:], SMALL.model_copy(update={"n_drop": 0}))
+    assert list(result.trades["side"]) == ["buy", "buy"] and list(result.trades["instrument"]) == ["A", "B"]
+
+
+def test_an_index_benchmark_is_its_close_to_close_change():
+    prices = pd.concat([_prices(), _prices({"SH000300": [100, 101, 102, 101, 103, 103]})])
+    bench = benchmark_returns(prices, DAYS[1:], "SH000300")
+    np.testing.assert_allclose(bench, [0.01, 1 / 101, -1 / 102, 2 / 101, 0])
+    with pytest.raises(ValueError, match="benchmark 'SH000905' has no prices"):
+        benchmark_returns(prices, DAYS[1:], "SH000905")
+
+
+def test_a_bad_setting_is_refused_by_name():
+    with pytest.raises(ValueError, match="topk"):
+        BacktestConfig(topk=0)
+    with pytest.raises(ValueError, match="deal_price"):
+        BacktestConfig(deal_price="midpoint")
+    with pytest.raises(ValueError, match="n_dorp"):
+        BacktestConfig(n_dorp=5)
+
+
+def test_risk_analysis_by_hand_in_both_modes():
+    r = pd.Series([0.01, -0.02, 0.03, 0.0])
+    mean, std = 0.005, math.sqrt((0.005**2 + 0.025**2 + 0.025**2 + 0.005**2) / 3)
+    summed = risk_analysis(r)
+    assert summed == pytest.approx({"mean": mean, "std": std, "annualized_return": mean * 238,
+                                    "information_ratio": mean / std * math.sqrt(238), "max_drawdown": -0.02})
+    growth = 1.01 * 0.98 * 1.03 * 1.0
+    logs = [math.log(1.01), math.log(0.98), math.log(1.03), 0.0]
+    log_mean = sum(logs) / 4
+    log_std = math.sqrt(sum((x - log_mean) ** 2 for x in logs) / 3)
+    product = risk_analysis(r, mode="product")
+    assert product == pytest.approx({"mean": growth ** 0.25 - 1, "std": log_std, "annualized_return": growth ** (238 / 4) - 1,
+                                     "information_ratio": (growth ** 0.25 - 1) / log_std * math.sqrt(238),
+                                     "max_drawdown": 0.98 - 1})
+    assert risk_analysis(r, n=252)["annualized_return"] == pytest.approx(mean * 252)
+    with pytest.raises(ValueError, match="mode 'compound'"):
+        risk_analysis(r, mode="compound")
