@@ -1,7 +1,9 @@
 """The portfolio backtest and risk figures, worked by hand (issue 15): Qlib's TopkDropoutStrategy + daily
 Exchange semantics (reference/qlib.md §9.2-9.3) on a market small enough to follow on paper."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -172,3 +174,35 @@ def test_risk_analysis_by_hand_in_both_modes():
     assert risk_analysis(r, n=252)["annualized_return"] == pytest.approx(mean * 252)
     with pytest.raises(ValueError, match="mode 'compound'"):
         risk_analysis(r, mode="compound")
+
+
+GOLDEN = Path(__file__).parent / "golden" / "qlib_backtest"
+
+
+def test_the_same_trades_as_qlib_itself_on_a_provider_directory():
+    """golden/make_backtest_golden.py ran pyqlib 0.9.7's backtest (TopkDropoutStrategy, SimulatorExecutor, the
+    benchmark workflows' port_analysis_config with cn's trade unit) on a 70-stock market with factors,
+    suspensions and limit moves; qpipe trades the same scores on the same prices."""
+    prices, scores = pd.read_parquet(GOLDEN / "prices.parquet"), pd.read_parquet(GOLDEN / "scores.parquet")
+    golden = json.loads((GOLDEN / "port_analysis_1day.json").read_text())
+    qlib_report = pd.read_parquet(GOLDEN / "report_normal_1day.parquet").set_index("date")
+    config = BacktestConfig(**{k: v for k, v in golden["config"].items() if k != "benchmark"})
+    days = sorted(prices["date"].unique())[1:-1]  # Qlib needs a session after the last one
+    stocks = prices[prices["instrument"] != golden["config"]["benchmark"]]
+    result = backtest(scores, stocks, days, config, bench=benchmark_returns(prices, days, golden["config"]["benchmark"]))
+    ours = result.report
+    assert list(ours.index) == list(qlib_report.index)
+    for column in ("return", "cost", "turnover", "account", "cash"):
+        np.testing.assert_allclose(ours[column], qlib_report[column], rtol=1e-9, atol=1e-12, err_msg=column)
+    # Qlib's expression engine computes the index's $close/Ref($close,1)-1 in float32; qpipe in float64
+    np.testing.assert_allclose(ours["bench"], qlib_report["bench"], rtol=0, atol=1e-6)
+    qlib_positions = pd.read_parquet(GOLDEN / "positions.parquet").sort_values(["date", "instrument"], ignore_index=True)
+    mine = result.positions.sort_values(["date", "instrument"], ignore_index=True)
+    def held(frame):
+        return list(zip(pd.to_datetime(frame["date"]), frame["instrument"].astype(str)))
+
+    assert held(mine) == held(qlib_positions)
+    np.testing.assert_allclose(mine["amount"], qlib_positions["amount"], rtol=1e-12)
+    for name, figures in result.risk().items():
+        for figure, value in figures.items():
+            assert value == pytest.approx(golden["analysis"][name][figure], abs=1e-6), (name, figure)

@@ -78,6 +78,9 @@ class _Exchange:
         close = grid("close")
         change = close / close.shift(1) - 1  # Qlib's $change: the close against the session before's
         self.dates = dates
+        before = panel.index[panel.index < dates[0]]
+        # the session each day trades the scores of: the one before it (for the first day, the prices' last before)
+        self.signal_dates = pd.DatetimeIndex([before[-1] if len(before) else pd.NaT, *dates[:-1]])
         self.close = grid("close").reindex(dates).to_numpy(float)
         self.price = grid(config.deal_price).reindex(dates).to_numpy(float)
         self.factor = grid("factor").reindex(dates).to_numpy(float)
@@ -156,7 +159,7 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
     held_days: dict[int, int] = {}
     report, positions, trades = [], [], []
     for day, date in enumerate(dates):
-        signal = by_day.get(dates[day - 1]) if day > 0 else None
+        signal = by_day.get(exchange.signal_dates[day])
         day_cost = day_turnover = 0.0
         if signal is not None:
             score = pd.Series(signal["score"].to_numpy(float), index=[index.get(s, -1) for s in signal["instrument"]])
