@@ -216,11 +216,12 @@ class QlibSource:
         return first, last, instrument, columns
 
 
-def write_qlib_provider(prices: pd.DataFrame, root: str | Path, universe: pd.DataFrame | None = None) -> Path:
+def write_qlib_provider(prices: pd.DataFrame, root: str | Path, universe: pd.DataFrame | None = None,
+                        fields: tuple[str, ...] = FIELDS) -> Path:
     """Dump a canonical frame as a Qlib provider directory (what Qlib's ``dump_bin.py dump_all`` writes).
 
     ``universe`` (market, instrument, start_date, end_date) adds ``instruments/<market>.txt`` files
-    beside ``all.txt``.
+    beside ``all.txt``; ``fields`` are the columns written (Qlib's backtest also reads ``change``).
     """
     root = Path(root)
     dates = np.sort(prices["date"].unique()).astype("datetime64[D]")
@@ -233,7 +234,7 @@ def write_qlib_provider(prices: pd.DataFrame, root: str | Path, universe: pd.Dat
         lo, hi = idx.min(), idx.max() + 1
         folder = root / "features" / str(instrument).lower()
         folder.mkdir(parents=True, exist_ok=True)
-        for name in FIELDS:
+        for name in fields:
             values = np.full(hi - lo, np.nan, dtype="<f4")
             values[idx - lo] = rows[name].to_numpy(dtype=np.float64)
             np.hstack([np.float32(lo), values]).astype("<f4").tofile(folder / f"{name}.day.bin")

@@ -21,6 +21,10 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # qpipe's provider writer needs only numpy and pandas
+
+from qpipe.data.qlib_provider import write_qlib_provider  # noqa: E402
+
 OUT = HERE / "qlib_backtest"
 FIELDS = ("open", "high", "low", "close", "vwap", "volume", "factor", "change")
 PORT_ANALYSIS = {"topk": 50, "n_drop": 5, "account": 1e8, "benchmark": "SH000300", "limit_threshold": 0.095,
@@ -56,23 +60,6 @@ def make_market() -> tuple[pd.DataFrame, pd.DataFrame]:
     return prices, scores
 
 
-def dump_bins(prices: pd.DataFrame, root: Path) -> None:
-    calendar = pd.DatetimeIndex(sorted(prices["date"].unique()))
-    (root / "calendars").mkdir(parents=True)
-    (root / "instruments").mkdir()
-    (root / "calendars" / "day.txt").write_text("".join(f"{d:%Y-%m-%d}\n" for d in calendar))
-    spans = []
-    for name, group in prices.groupby("instrument"):
-        spans.append(f"{name}\t{calendar[0]:%Y-%m-%d}\t{calendar[-1]:%Y-%m-%d}\n")
-        folder = root / "features" / name.lower()
-        folder.mkdir(parents=True)
-        group = group.set_index("date").reindex(calendar)
-        for field in FIELDS:
-            np.hstack([np.float32(0), group[field].to_numpy(np.float64).astype(np.float32)]).astype("<f").tofile(
-                folder / f"{field}.day.bin")
-    (root / "instruments" / "all.txt").write_text("".join(spans))
-
-
 def main() -> None:
     import qlib
     from qlib.backtest import backtest, executor
@@ -88,7 +75,7 @@ def main() -> None:
     dates = sorted(prices["date"].unique())
     config = dict(PORT_ANALYSIS)
     with tempfile.TemporaryDirectory() as tmp:
-        dump_bins(prices, Path(tmp))
+        write_qlib_provider(prices, tmp, fields=FIELDS)
         qlib.init(provider_uri=tmp, region="cn", kernels=1, expression_cache=None, dataset_cache=None)
         signal = scores.rename(columns={"date": "datetime"}).set_index(["datetime", "instrument"])[["score"]]
         strategy = TopkDropoutStrategy(signal=signal, topk=config["topk"], n_drop=config["n_drop"])
