@@ -15,6 +15,7 @@ Each session T, in order:
 Prices are adjusted (Qlib's ``$close``), amounts are in adjusted shares, as Qlib keeps them.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -150,7 +151,10 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
     dates, stocks = exchange.dates, exchange.instruments
     index = {name: i for i, name in enumerate(stocks)}
     bench = (benchmark_returns(prices, days) if bench is None else bench.reindex(dates).fillna(0.0)).to_numpy(float)
-    by_day = {pd.Timestamp(d): g for d, g in scores.assign(date=pd.to_datetime(scores["date"])).groupby("date")}
+    known = scores.assign(date=pd.to_datetime(scores["date"]), id=scores["instrument"].map(index))
+    known = known[known["id"].notna()]
+    by_day = {pd.Timestamp(d): (g["id"].to_numpy(np.int64), g["score"].to_numpy(float))
+              for d, g in known.groupby("date")}
     rng = np.random.default_rng(config.seed)
 
     cash, value_before = config.account, config.account
@@ -162,9 +166,7 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
         signal = by_day.get(exchange.signal_dates[day])
         day_cost = day_turnover = 0.0
         if signal is not None:
-            score = pd.Series(signal["score"].to_numpy(float), index=[index.get(s, -1) for s in signal["instrument"]])
-            score = score[score.index >= 0]
-            sell, buy = _decide(score, list(amount), day, exchange, config, rng)
+            sell, buy = _decide(*signal, list(amount), day, exchange, config, rng)
             sold_cash = cash
             for stock in sell:  # the strategy's own sells: at the deal price, all shares
                 if not exchange.tradable(day, stock, None if config.forbid_all_trade_at_limit else "sell"):
@@ -218,41 +220,41 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
         trades=pd.DataFrame(trades, columns=["date", "instrument", "side", "amount", "price", "value", "cost"]))
 
 
-def _decide(score: pd.Series, holdings: list[int], day: int, exchange: _Exchange, config: BacktestConfig,
-            rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """TopkDropoutStrategy.generate_trade_decision: (holdings to sell, names to buy), best first."""
+def _decide(ids: np.ndarray, values: np.ndarray, holdings: list[int], day: int, exchange: _Exchange,
+            config: BacktestConfig, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """TopkDropoutStrategy.generate_trade_decision on one day's scores (``ids`` with a score row, ``values``):
+    (holdings to sell, names to buy), best first. Names rank by score, NaN or no score last."""
+    score_of = dict(zip(ids.tolist(), values.tolist()))
+
+    def rank(stock: int) -> tuple:
+        value = score_of.get(stock, math.nan)
+        return (math.isnan(value), 0.0 if math.isnan(value) else -value, stock)
+
     def tradable(stock: int) -> bool:
         return exchange.tradable(day, stock, None)
 
-    if config.only_tradable:
-        def first(names, n):
-            return [s for s in names if tradable(s)][:n]
+    def first(names, n: int) -> list[int]:
+        return ([s for s in names if tradable(s)] if config.only_tradable else list(names))[:max(n, 0)]
 
-        def last(names, n):
-            kept = [s for s in names if tradable(s)]
-            return kept[-n:] if n > 0 else []
-    else:
-        def first(names, n):
-            return list(names)[:n]
+    def last(names, n: int) -> list[int]:
+        kept = [s for s in names if tradable(s)] if config.only_tradable else list(names)
+        return kept[-n:] if n > 0 else []
 
-        def last(names, n):
-            return list(names)[-n:] if n > 0 else []
-
-    ranked_holdings = score.reindex(holdings).sort_values(ascending=False, kind="stable").index
-    others = score[~score.index.isin(holdings)].sort_values(ascending=False, kind="stable").index
+    ranked_holdings = sorted(holdings, key=rank)
+    others = ~np.isin(ids, holdings)
+    other_ids, other_values = ids[others], values[others]
+    missing = np.isnan(other_values)
+    order = other_ids[np.lexsort((other_ids, np.where(missing, 0.0, -other_values), missing))]
     wanted = config.n_drop + config.topk - len(holdings)
     if config.method_buy == "top":
-        candidates = first(others, wanted)
+        candidates = first(order.tolist(), wanted)
     else:
-        pool = [s for s in others if tradable(s)] if config.only_tradable else list(others)
-        candidates = list(rng.permutation(pool))[:max(wanted, 0)] if pool else []
-    combined = score.reindex(ranked_holdings.union(pd.Index(candidates, dtype=int))).sort_values(
-        ascending=False, kind="stable").index
+        candidates = first(rng.permutation(order).tolist(), wanted)
     if config.method_sell == "bottom":
-        worst = set(last(combined, config.n_drop))
+        worst = set(last(sorted({*ranked_holdings, *candidates}, key=rank), config.n_drop))
         sell = [s for s in ranked_holdings if s in worst]
     else:
-        pool = [s for s in ranked_holdings if tradable(s)] if config.only_tradable else list(ranked_holdings)
+        pool = [s for s in ranked_holdings if tradable(s)] if config.only_tradable else ranked_holdings
         sell = list(rng.permutation(pool))[:config.n_drop] if pool else []
     buy = candidates[:max(len(sell) + config.topk - len(holdings), 0)]
     return sell, buy
