@@ -6,8 +6,9 @@ shows in ``dg dev`` with its lineage and can be stopped there, or with Ctrl-C he
 2. Alpha158, Alpha360 and labels from the first training day on;
 3. one checkpoint per architecture on the session ``--test-days`` before the latest (quick training
    profile), the cheapest first, as many at once as the machine has training slots;
-4. out-of-sample predictions and IC reports for every session after it;
-5. reports/leaderboard, which it prints: IC, ICIR, Rank IC, Rank ICIR per model.
+4. out-of-sample predictions, IC reports and TopK-dropout backtests for every session after it;
+5. reports/leaderboard, which it prints: IC, ICIR, Rank IC, Rank ICIR, and the backtest's annualized
+   excess return, information ratio and max drawdown with cost, per model (Qlib's benchmark table).
 The console shows each step as it finishes and the running steps' progress; the details are in
 each run's log in the UI.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from qpipe.assets.models import TrainConfig, checkpoint_key, ic_key, predictions_key
+from qpipe.assets.models import TrainConfig, backtest_key, checkpoint_key, ic_key, predictions_key
 from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
@@ -83,8 +84,9 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
               f"{plan.parallel_steps} at once)", "daily_pipeline",
               [checkpoint_key(arch).to_user_string() for arch in models], {"dagster/partition": str(checkpoint_day)},
               {**training, **QUIET}),
-        Stage(f"predictions and IC reports {first_scored}..{end}", "daily_pipeline",
-              [key.to_user_string() for arch in models for key in (predictions_key(arch), ic_key(arch))],
+        Stage(f"predictions, IC reports and backtests {first_scored}..{end}", "daily_pipeline",
+              [key.to_user_string() for arch in models
+               for key in (predictions_key(arch), ic_key(arch), backtest_key(arch))],
               _span(first_scored, end), {**IN_PROCESS, **QUIET}),
         Stage("leaderboard", "leaderboard_job", ["reports/leaderboard"], {}, {**IN_PROCESS, **QUIET}),
     ]
@@ -125,7 +127,9 @@ def print_leaderboard(test_days: int) -> None:
 
     with duckdb.connect(str(get_settings().warehouse), read_only=True) as con:
         board = con.execute(f"SELECT * FROM {LEADERBOARD_TABLE}").df()
-    print(f"\nOut-of-sample leaderboard, {test_days} sessions (daily IC against the raw label, as Qlib's SigAnaRecord):")
+    print(f"\nOut-of-sample leaderboard, {test_days} sessions (daily IC against the raw label, as Qlib's SigAnaRecord; "
+          "the TopK-dropout backtest's annualized excess return, information ratio and max drawdown with cost, "
+          "as its PortAnaRecord):")
     print(board.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 

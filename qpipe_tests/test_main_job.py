@@ -134,7 +134,7 @@ def test_the_main_job_shows_progress_trains_the_cheapest_first_and_prints_the_le
     assert len(job.lines) < 120, text
     assert "DEBUG" not in text and "Warning" not in text, text
     for stage in ("[1/5] prices and universe", "[2/5] features and labels", "[3/5] checkpoints on",
-                  "[4/5] predictions and IC reports", "[5/5] leaderboard"):
+                  "[4/5] predictions, IC reports and backtests", "[5/5] leaderboard"):
         assert stage in text, text
     done = [line for _, line in job.lines if line.lstrip().startswith("done")]
     trained = [line.split()[1] for line in done if "_checkpoint" in line]
@@ -146,8 +146,10 @@ def test_the_main_job_shows_progress_trains_the_cheapest_first_and_prints_the_le
     assert max(b - a for a, b in zip(times, times[1:])) < 10, text
     assert any("epoch" in line and "ETA" in line for _, line in job.lines[stage3:stage4]), text
     board = text.split("Out-of-sample leaderboard")[1].splitlines()
-    assert board[1].split() == ["model", "IC", "ICIR", "Rank", "IC", "Rank", "ICIR", "days"], text
+    assert board[1].split() == ["model", "IC", "ICIR", "Rank", "IC", "Rank", "ICIR", "days", "Ann.", "Ret", "IR",
+                                "MDD", "backtest", "days"], text  # Qlib's table: the signal, then the portfolio
     assert sorted(line.split()[0] for line in board[2:4]) == ["gru", "mlp"], text
+    assert all(line.split()[-1] == "40" for line in board[2:4]), text  # every scored session traded
     instance = job.instance()
     runs = instance.get_runs(dg.RunsFilter(tags={"qpipe/main": "yes"}))
     assert len(runs) == 5 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
@@ -160,7 +162,8 @@ def test_the_main_job_shows_progress_trains_the_cheapest_first_and_prints_the_le
     assert tick.returncode == 0, tick.stderr[-4000:]
     daily = json.loads(tick.stdout.strip().splitlines()[-1])
     assert daily["partition"] == daily["day"] and daily["status"] == "SUCCESS", daily
-    assert {"raw/prices", "features/alpha360", "predictions/gru_predictions", "reports/mlp_ic"} <= set(daily["keys"])
+    assert {"raw/prices", "features/alpha360", "predictions/gru_predictions", "reports/mlp_ic",
+            "reports/mlp_backtest"} <= set(daily["keys"])  # the backtest goes on day by day
 
 
 def test_a_run_terminated_as_the_ui_does_ends_canceled_and_holds_nothing(tmp_path):

@@ -223,6 +223,47 @@ def test_leaderboard_ranks_every_model_with_stored_ics(env, isolated_home):
     assert (isolated_home / "reports" / "leaderboard.png").stat().st_size > 10_000
 
 
+def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboard(env, isolated_home):
+    from qpipe.assets.leaderboard import leaderboard
+
+    resources, _ = env
+    run(DAY, DAY, ["models/mlp_checkpoint"], resources, {"models__mlp_checkpoint": {"config": QUICK}})
+    run(*SCORED, ["predictions/mlp_predictions", "reports/mlp_ic"], resources)
+    strategy = {"reports__mlp_backtest": {"config": {"port_analysis": {"topk": 8, "n_drop": 2}}}}
+    database = resources["warehouse"].database
+
+    def stored() -> list[tuple]:
+        with duckdb.connect(database, read_only=True) as con:
+            return con.execute("SELECT * FROM reports.backtest_daily WHERE model = 'mlp' ORDER BY date").fetchall()
+
+    whole = run(*SCORED, ["reports/mlp_backtest"], resources, strategy)
+    one_run = stored()
+    days = [str(d) for d in trading_days(*SCORED)]
+    assert [str(row[1]) for row in one_run] == days and one_run[-1][-1] == 8  # a row per session; 8 held
+    shown = whole.asset_materializations_for_node("reports__mlp_backtest")[-1].metadata
+    assert {"annualized_return (with cost)", "information_ratio (with cost)", "max_drawdown (with cost)",
+            "annualized_return (without cost)"} <= set(shown)
+    assert Path(shown["backtest chart"].value).stat().st_size > 10_000
+    # the daily schedule's way: one session at a time, each going on from the state stored the day before
+    run(days[20], days[20], ["reports/mlp_backtest"], resources, strategy)
+    for day in days[21:]:
+        run(day, day, ["reports/mlp_backtest"], resources, strategy)
+    assert stored() == one_run
+    with duckdb.connect(database) as con:
+        con.execute("DELETE FROM reports.backtest_daily WHERE model = 'mlp' AND date = ?", [days[-2]])
+    gap = run(days[-1], days[-1], ["reports/mlp_backtest"], resources, strategy, raise_on_error=False)
+    assert not gap.success
+    assert f"materialize reports/mlp_backtest from {days[-2]} on first" in str(gap.get_step_failure_events()[0].event_specific_data.error)
+    run(days[-2], days[-1], ["reports/mlp_backtest"], resources, strategy)
+    assert stored() == one_run
+
+    dg.materialize([*ASSETS, leaderboard], selection=[leaderboard.key], resources=resources)
+    with duckdb.connect(database, read_only=True) as con:
+        board = con.execute('SELECT model, "Ann. Ret", "IR", "MDD", "backtest days" FROM reports.leaderboard').df()
+    mlp = board.set_index("model").loc["mlp"]
+    assert mlp["backtest days"] == len(days) and np.isfinite([mlp["Ann. Ret"], mlp["IR"]]).all() and mlp["MDD"] <= 0
+
+
 def test_concept_rows_follow_the_checkpoints_concepts():
     con = duckdb.connect()
     con.execute("CREATE SCHEMA raw; CREATE TABLE raw.concepts (instrument VARCHAR, concept VARCHAR, kind VARCHAR)")

@@ -7,7 +7,7 @@ backfill from the UI, a range launched from the command line).
 
 import dagster as dg
 
-from qpipe.assets.models import ic_key
+from qpipe.assets.models import backtest_key, ic_key
 from qpipe.models.registry import ARCHITECTURES
 from qpipe.resources import Warehouse
 from qpipe.settings import get_settings
@@ -17,23 +17,25 @@ LEADERBOARD_TABLE = "reports.leaderboard"
 
 @dg.asset(
     key=["reports", "leaderboard"],
-    description="IC, ICIR, Rank IC, Rank ICIR and days per model over all scored days (Qlib SigAnaRecord), "
+    description="Qlib's benchmark table: IC, ICIR, Rank IC, Rank ICIR per model over all scored days (SigAnaRecord) "
+                "and, from its backtest, annualized excess return, IR and max drawdown with cost (PortAnaRecord); "
                 "best Rank IC first; DuckDB reports.leaderboard, a markdown table and a cumulative Rank IC chart.",
-    deps=[dg.AssetDep(ic_key(arch)) for arch in ARCHITECTURES],
+    deps=[dg.AssetDep(key) for arch in ARCHITECTURES for key in (ic_key(arch), backtest_key(arch))],
     group_name="summary",
     kinds={"duckdb", "matplotlib"},
     metadata={"dagster/table_name": LEADERBOARD_TABLE},
 )
 def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     from qpipe.data import warehouse as wh
-    from qpipe.evaluation import report
+    from qpipe.evaluation import backtest_store, report
 
     with warehouse.get_connection() as con:
         wh.ensure_table(con, report.DAILY_IC, report.DAILY_IC_DDL)
         daily = report.read_daily_ic(con)
         if daily.empty:
             raise dg.Failure("no daily IC stored yet: materialize reports/<arch>_ic for some days first")
-        board = report.leaderboard(daily)
+        portfolio = backtest_store.portfolio_columns(backtest_store.read_daily(con))
+        board = report.leaderboard(daily).merge(portfolio, on="model", how="left")
         con.execute(f"CREATE SCHEMA IF NOT EXISTS reports; CREATE OR REPLACE TABLE {LEADERBOARD_TABLE} AS SELECT * FROM board")
     chart = report.cumulative_ic_chart(daily, "all models", get_settings().home / "reports" / "leaderboard.png",
                                        measures=("Rank IC",))

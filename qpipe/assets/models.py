@@ -298,8 +298,78 @@ def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
     return _check
 
 
+def backtest_key(arch: str) -> dg.AssetKey:
+    return dg.AssetKey(["reports", f"{arch}_backtest"])
+
+
+class PortfolioConfig(dg.Config):
+    """Qlib's port_analysis_config for the backtest, flat, with Qlib's names (qpipe.evaluation.backtest)."""
+
+    port_analysis: dict[str, Any] = Field(default_factory=dict, description=(
+        "strategy and exchange settings, e.g. {topk: 50, n_drop: 5, open_cost: 0.0005, trade_unit: 100}; "
+        "default: Qlib's benchmark workflows (trade unit 100 on XSHG/XSHE)"))
+
+    def resolve(self):
+        from qpipe.calendar import market_calendar
+        from qpipe.evaluation.backtest import BacktestConfig
+
+        lots = {"trade_unit": 100} if market_calendar().name in ("XSHG", "XSHE") else {}
+        return BacktestConfig(**{**lots, **self.port_analysis})
+
+
+def _backtest_asset(arch: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=backtest_key(arch),
+        description=f"{arch.upper()} scores traded as Qlib's PortAnaRecord (TopkDropoutStrategy, daily exchange): "
+                    "the score of day T trades at T+1; DuckDB reports.backtest_daily / _positions / _trades; "
+                    "annualized excess return, IR and max drawdown with and without cost to date.",
+        partitions_def=trading_days,
+        deps=[dg.AssetDep(predictions_key(arch), partition_mapping=dg.TimeWindowPartitionMapping(
+            start_offset=-1, end_offset=-1)), dg.AssetDep(["raw", "prices"])],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="duckdb",
+        group_name="reports",
+        kinds={"duckdb", "matplotlib"},
+        tags={"qpipe/arch": arch},
+        metadata={"dagster/table_name": "reports.backtest_daily"},
+    )
+    def _backtest(context: dg.AssetExecutionContext, config: PortfolioConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+        from qpipe.evaluation import backtest_store, report
+        from qpipe.evaluation.risk import risk_analysis
+
+        start, end = partition_dates(context)
+        settings = get_settings()
+        portfolio = config.resolve()
+        with warehouse.get_connection() as con:
+            try:
+                result, dropped = backtest_store.run_backtest(con, arch, start.date(), end.date(), settings.market,
+                                                              portfolio, benchmark=settings.benchmark)
+            except backtest_store.BacktestGap as gap:
+                raise dg.Failure(str(gap)) from None
+            daily = backtest_store.read_daily(con, arch)
+        chart = report.backtest_chart(daily, arch, get_settings().home / "reports" / f"{arch}_backtest.png")
+        figures = {}
+        for label, with_cost in (("with cost", True), ("without cost", False)):
+            if len(daily) > 1:
+                for name, value in risk_analysis(backtest_store.excess(daily, with_cost)).items():
+                    if name not in ("mean", "std") and np.isfinite(value):
+                        figures[f"{name} ({label})"] = float(value)
+        context.log.info(f"{arch}: {len(result.report)} sessions traded, {len(result.trades)} orders"
+                         + (f"; {dropped} later stored days dropped (they followed from the old state)" if dropped else "")
+                         + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))
+        return dg.MaterializeResult(metadata={
+            **figures,  # the UI plots these over partitions
+            "days": len(daily), "orders": len(result.trades), "holdings": int(result.report["holdings"].iloc[-1]),
+            "turnover": float(result.report["turnover"].mean()), "later_days_dropped": dropped,
+            "strategy": dg.MetadataValue.json(portfolio.model_dump()),
+            "backtest chart": dg.MetadataValue.path(str(chart)),
+        })
+
+    return _backtest
+
+
 def build_model_defs(arch: str) -> list[dg.AssetsDefinition]:
-    return [_checkpoint_asset(arch), _predictions_asset(arch), _ic_asset(arch)]
+    return [_checkpoint_asset(arch), _predictions_asset(arch), _ic_asset(arch), _backtest_asset(arch)]
 
 
 model_assets = [asset for arch in ARCHITECTURES for asset in build_model_defs(arch)]

@@ -51,10 +51,26 @@ class BacktestConfig(BaseModel):
 
 
 @dataclass(frozen=True)
+class BacktestState:
+    """Where a backtest stands after a session's close, which is all the next session needs."""
+
+    cash: float
+    account: float  # the account's value at that close
+    holdings: pd.DataFrame  # instrument, amount, price (the last it was valued at), held_days
+
+
+@dataclass(frozen=True)
 class BacktestResult:
     report: pd.DataFrame  # per session: account, cash, value, return, cost, turnover, bench, holdings (Qlib's report_normal)
     positions: pd.DataFrame  # per session and holding: amount (adjusted shares), price, value, held_days
     trades: pd.DataFrame  # per order dealt: date, instrument, side, amount, price, value, cost
+
+    def state(self) -> BacktestState:
+        """After the last session: resumes the backtest there (``backtest(..., state=)``)."""
+        last = self.report.iloc[-1]
+        holdings = self.positions[self.positions["date"] == self.report.index[-1]]
+        return BacktestState(float(last["cash"]), float(last["account"]),
+                             holdings[["instrument", "amount", "price", "held_days"]].reset_index(drop=True))
 
     def risk(self, mode: Literal["sum", "product"] = "sum") -> dict[str, dict[str, float]]:
         """Qlib's port_analysis: risk_analysis of the excess return without and with cost."""
@@ -139,12 +155,13 @@ def benchmark_returns(prices: pd.DataFrame, days: Sequence, benchmark: str | Non
 
 
 def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config: BacktestConfig | None = None,
-             bench: pd.Series | None = None) -> BacktestResult:
+             bench: pd.Series | None = None, state: BacktestState | None = None) -> BacktestResult:
     """Trade ``scores`` (date, instrument, score) over the sessions ``days`` on ``prices`` (date, instrument,
     close, open, vwap, factor: adjusted, NaN when suspended; include the session before the first day).
 
     ``bench`` is the benchmark's daily return per session (``benchmark_returns``); by default the
-    equal-weighted market of ``prices``.
+    equal-weighted market of ``prices``. ``state`` resumes a backtest after the session before ``days``
+    (else it starts with ``config.account`` in cash).
     """
     config = config or BacktestConfig()
     exchange = _Exchange(prices, days, config)
@@ -157,10 +174,15 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
               for d, g in known.groupby("date")}
     rng = np.random.default_rng(config.seed)
 
-    cash, value_before = config.account, config.account
-    amount: dict[int, float] = {}  # held stock -> adjusted shares
-    last_price: dict[int, float] = {}  # held stock -> the price it was last valued at
-    held_days: dict[int, int] = {}
+    cash, value_before = (config.account, config.account) if state is None else (state.cash, state.account)
+    holdings = state.holdings if state is not None else pd.DataFrame(columns=["instrument", "amount", "price", "held_days"])
+    unknown = sorted(set(holdings["instrument"]) - set(index))
+    if unknown:
+        raise ValueError(f"the backtest holds {', '.join(unknown[:5])}, which have no prices in its sessions")
+    ids = [index[name] for name in holdings["instrument"]]
+    amount: dict[int, float] = dict(zip(ids, holdings["amount"].astype(float)))  # held stock -> adjusted shares
+    last_price: dict[int, float] = dict(zip(ids, holdings["price"].astype(float)))  # the price it was last valued at
+    held_days: dict[int, int] = dict(zip(ids, holdings["held_days"].astype(int)))
     report, positions, trades = [], [], []
     for day, date in enumerate(dates):
         signal = by_day.get(exchange.signal_dates[day])
@@ -206,7 +228,7 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
             if not exchange.suspended[day, stock]:
                 last_price[stock] = exchange.close[day, stock]
             held_days[stock] += 1
-        stock_value = sum(amount[s] * last_price[s] for s in amount)
+        stock_value = sum(amount[s] * last_price[s] for s in sorted(amount))  # one order, resumed or not
         account = cash + stock_value
         report.append((date, account, cash, stock_value, (account - value_before + day_cost) / value_before,
                        day_cost / value_before, day_turnover / value_before, bench[day], len(amount)))

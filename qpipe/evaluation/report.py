@@ -103,3 +103,29 @@ def training_curves_chart(history: list[dict], best_epoch: int, title: str, path
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def backtest_chart(daily: pd.DataFrame, title: str, path: Path) -> Path:
+    """Cumulative (summed, as Qlib plots it) excess return without and with cost and the benchmark's return,
+    the drawdown of the excess return with cost, and the daily turnover."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dates = pd.to_datetime(daily["date"])
+    gross = (daily["return"] - daily["bench"]).cumsum()
+    net = (daily["return"] - daily["bench"] - daily["cost"]).cumsum()
+    fig, (curve_ax, drawdown_ax, turnover_ax) = plt.subplots(3, 1, figsize=(9, 7), sharex=True,
+                                                             gridspec_kw={"height_ratios": [3, 1.3, 1.3]})
+    curve_ax.plot(dates, gross, label="excess return without cost")
+    curve_ax.plot(dates, net, label="excess return with cost")
+    curve_ax.plot(dates, daily["bench"].cumsum(), color="grey", linestyle="--", label="benchmark return")
+    curve_ax.axhline(0, color="grey", linewidth=0.8)
+    curve_ax.set_ylabel("cumulative (sum)")
+    curve_ax.legend(loc="upper left", fontsize=8)
+    drawdown_ax.fill_between(dates, net - net.cummax(), 0, color="tab:red", alpha=0.4)
+    drawdown_ax.set_ylabel("drawdown")
+    turnover_ax.bar(dates, daily["turnover"], color="tab:blue", width=1.0)
+    turnover_ax.set_ylabel("turnover")
+    curve_ax.set_title(f"{title}: TopK-dropout backtest")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,106 @@
+"""A model's backtest in the warehouse, day by day: what a daily run reads to go on, and writes.
+
+reports.backtest_daily (one row per model and session: Qlib's report_normal), reports.backtest_positions
+(the holdings after each close) and reports.backtest_trades. The state after session D (cash, account,
+holdings) is what the run for D+1 resumes from, so a backtest extended day by day equals one run over
+the range.
+"""
+
+from datetime import date, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from qpipe.calendar import trading_days
+from qpipe.data import warehouse as wh
+from qpipe.evaluation.backtest import BacktestConfig, BacktestResult, BacktestState, backtest, benchmark_returns
+
+DAILY, POSITIONS, TRADES = "reports.backtest_daily", "reports.backtest_positions", "reports.backtest_trades"
+DDL = {
+    DAILY: "model VARCHAR NOT NULL, date DATE NOT NULL, account DOUBLE, cash DOUBLE, value DOUBLE, \"return\" DOUBLE, "
+           "cost DOUBLE, turnover DOUBLE, bench DOUBLE, holdings INTEGER",
+    POSITIONS: "model VARCHAR NOT NULL, date DATE NOT NULL, instrument VARCHAR NOT NULL, amount DOUBLE, price DOUBLE, "
+               "value DOUBLE, held_days INTEGER",
+    TRADES: "model VARCHAR NOT NULL, date DATE NOT NULL, instrument VARCHAR NOT NULL, side VARCHAR, amount DOUBLE, "
+            "price DOUBLE, value DOUBLE, cost DOUBLE",
+}
+
+
+class BacktestGap(ValueError):
+    pass
+
+
+def _sessions_before(day: date, n: int) -> list[date]:
+    return [pd.Timestamp(d).date() for d in trading_days(day - timedelta(days=10 * n + 20), day)[:-1][-n:]]
+
+
+def read_state(con: duckdb.DuckDBPyConnection, model: str, start: date) -> BacktestState | None:
+    """The state after the session before ``start``; None when the model has no backtest day before it."""
+    (previous,) = _sessions_before(start, 1)
+    (stored_before,) = con.execute(f"SELECT max(date) FROM {DAILY} WHERE model = ? AND date < ?", [model, start]).fetchall()[0]
+    if stored_before is None:
+        return None
+    if stored_before != previous:
+        raise BacktestGap(f"the {model} backtest stops at {stored_before}, and this run starts at {start}: materialize "
+                          f"reports/{model}_backtest from {previous} on first (a backtest goes on from the day before)")
+    cash, account = con.execute(f"SELECT cash, account FROM {DAILY} WHERE model = ? AND date = ?", [model, previous]).fetchall()[0]
+    holdings = con.execute(f"SELECT instrument, amount, price, held_days FROM {POSITIONS} WHERE model = ? AND date = ? "
+                           "ORDER BY instrument", [model, previous]).df()
+    return BacktestState(cash, account, holdings)
+
+
+def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: date, market: str, config: BacktestConfig,
+                 benchmark: str = "") -> tuple[BacktestResult, int]:
+    """Backtest ``model``'s stored scores over the sessions [start, end], going on from the day before; write it.
+
+    Returns the result and the number of later stored days dropped (they followed from the old state)."""
+    for table in DDL:
+        wh.ensure_table(con, table, DDL[table])
+    state = read_state(con, model, start)
+    days = [pd.Timestamp(d) for d in trading_days(start, end)]
+    two_before = _sessions_before(start, 2)[0]
+    scores = con.execute(f"SELECT date, instrument, score FROM {wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ?",
+                         [model, two_before, end]).df()
+    prices = con.execute(f"SELECT date, instrument, open, close, vwap, factor FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
+                         [two_before, end]).df()
+    if benchmark:
+        bench = benchmark_returns(prices, days, benchmark)
+    else:  # the equal-weighted market: its members' mean close-to-close change
+        members = con.execute(f"SELECT p.date, p.instrument, p.close FROM {wh.PRICES} p JOIN {wh.UNIVERSE} u ON "
+                              "u.market = ? AND u.instrument = p.instrument AND p.date BETWEEN u.start_date AND u.end_date "
+                              "WHERE p.date BETWEEN ? AND ?", [market, two_before, end]).df()
+        bench = benchmark_returns(members, days)
+    result = backtest(scores, prices[prices["instrument"] != benchmark], days, config, bench=bench, state=state)
+    (later,) = con.execute(f"SELECT count(*) FROM {DAILY} WHERE model = ? AND date > ?", [model, end]).fetchall()[0]
+    frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades}
+    with wh.transaction(con):  # the days from start on are replaced; later ones followed from the old state
+        for table, frame in frames.items():
+            con.execute(f"DELETE FROM {table} WHERE model = ? AND date >= ?", [model, start])
+            wh.insert(con, table, frame.assign(model=model, date=pd.to_datetime(frame["date"]).dt.date))
+    return result, int(later)
+
+
+def read_daily(con: duckdb.DuckDBPyConnection, model: str | None = None) -> pd.DataFrame:
+    wh.ensure_table(con, DAILY, DDL[DAILY])
+    where, params = ("WHERE model = ?", [model]) if model else ("", [])
+    return con.execute(f"SELECT * FROM {DAILY} {where} ORDER BY model, date", params).df()
+
+
+def excess(daily: pd.DataFrame, with_cost: bool = True) -> pd.Series:
+    """The daily excess return over the benchmark, after cost or before (Qlib's two port_analysis rows)."""
+    return daily["return"] - daily["bench"] - (daily["cost"] if with_cost else 0.0)
+
+
+def portfolio_columns(daily: pd.DataFrame) -> pd.DataFrame:
+    """Per model, the portfolio half of Qlib's table: annualized excess return, information ratio and max
+    drawdown with cost (risk_analysis, mode sum)."""
+    from qpipe.evaluation.risk import risk_analysis
+
+    rows = []
+    for model, group in daily.groupby("model"):
+        figures = risk_analysis(excess(group)) if len(group) > 1 else dict.fromkeys(("annualized_return",
+                                                                                   "information_ratio", "max_drawdown"), np.nan)
+        rows.append({"model": model, "Ann. Ret": figures["annualized_return"], "IR": figures["information_ratio"],
+                     "MDD": figures["max_drawdown"], "backtest days": len(group)})
+    return pd.DataFrame(rows, columns=["model", "Ann. Ret", "IR", "MDD", "backtest days"])
