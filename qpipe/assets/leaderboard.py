@@ -64,7 +64,7 @@ def stored_ic_days(instance: dg.DagsterInstance, run_id: str) -> int:
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, request_job=leaderboard_job,
-                      default_status=dg.DefaultSensorStatus.RUNNING,
+                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10,
                       description="Rebuild reports/leaderboard after every successful run that stored daily IC.")
 def refresh_leaderboard(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
     """One request per successful run of this code location (the daily job, a backfill from the UI, a range from
