@@ -15,7 +15,8 @@ WITHOUT_RETRAINING = DAILY - dg.AssetSelection.groups("models")
 
 # Step processes forked from a server that has loaded the code location once, instead of a fresh interpreter per
 # step that imports it again: about 4 s less per step on two cores (31 s -> 14 s for four steps), which is most of
-# a daily run of small steps. The after-close schedule and the main job's training run use it.
+# a daily run of small steps. The after-close schedule's runs use it. (Not the main job: a terminal's Ctrl-C
+# reaches forked steps directly, and they fail instead of the run being canceled.)
 FORKED_STEPS = {"start_method": {"forkserver": {"preload_modules": ["qpipe.definitions"]}}}
 
 daily_pipeline = dg.define_asset_job(

@@ -27,7 +27,6 @@ from qpipe.assets.models import TrainConfig, backtest_key, checkpoint_key, ic_ke
 from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
-from qpipe.jobs import FORKED_STEPS
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
 from qpipe.settings import get_settings, parse_models
 
@@ -74,7 +73,7 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
     cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)
     training = {"ops": {checkpoint_key(arch).to_python_identifier(): {
         "config": {**QUICK_PROFILE, "params": QUICK_PARAMS.get(arch, {})}} for arch in models},
-        "execution": {"config": {"multiprocess": {"max_concurrent": plan.parallel_steps, **FORKED_STEPS}}}}
+        "execution": {"config": {"multiprocess": {"max_concurrent": plan.parallel_steps}}}}
     return [
         Stage(f"prices and universe {prices_from}..{end}", "daily_pipeline", ["raw/prices", "raw/universe", "raw/concepts"],
               _span(prices_from, end), {**IN_PROCESS, **QUIET}),

@@ -52,3 +52,9 @@ def test_matches_a_pandas_groupby_with_ties_and_missing_values():
     np.testing.assert_allclose(daily["IC"], expected_ic.to_numpy(), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(daily["Rank IC"], expected_rank_ic.to_numpy(), rtol=1e-10, atol=1e-14)
     assert ic_summary(daily)["ICIR"] == pytest.approx(expected_ic.mean() / expected_ic.std(), rel=1e-10)
+
+
+def test_days_without_a_known_label_give_an_empty_report_not_an_error():
+    """Found by the deployment test: the IC report of the first scored days (no label known yet) crashed."""
+    empty = daily_ic(np.array([]), np.array([]), np.array([], dtype="datetime64[ns]"))
+    assert list(empty.columns) == ["IC", "Rank IC"] and len(empty) == 0

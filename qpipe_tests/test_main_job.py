@@ -4,7 +4,6 @@ Each test starts ``python -m qpipe.main`` in a session of its own (as a terminal
 reaches its whole process group) on a fresh DAGSTER_HOME and a small embedded market.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -21,34 +20,6 @@ import pytest
 from qpipe_tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-
-# The after-close schedule's tick for the latest session, launched as the daemon launches it.
-TICK = """
-import json, os, time
-from datetime import datetime
-from pathlib import Path
-from zoneinfo import ZoneInfo
-import dagster as dg
-from qpipe.calendar import market_calendar
-from qpipe.definitions import defs
-from qpipe.launcher import code_server
-from qpipe.schedules import after_close
-
-calendar = market_calendar()
-day = calendar.latest_session()
-when = datetime.combine(day, datetime.min.time()).replace(hour=17, minute=30, tzinfo=ZoneInfo(calendar.timezone))
-request = after_close.evaluate_tick(dg.build_schedule_context(
-    scheduled_execution_time=when, repository_def=defs.get_repository_def())).run_requests[0]
-instance = dg.DagsterInstance.get()
-with code_server(instance, Path(os.environ["DAGSTER_HOME"]) / "logs" / "tick.log") as server:
-    keys = [key.to_user_string() for key in request.asset_selection]
-    run_id = server.launch("daily_pipeline", keys, tags={**request.tags, "dagster/partition": request.partition_key})
-    while not instance.get_run_by_id(run_id).is_finished:
-        time.sleep(1)
-print(json.dumps({"partition": request.partition_key, "day": str(day), "keys": keys,
-                  "status": instance.get_run_by_id(run_id).status.value}))
-"""
-
 
 class MainJob:
     """``python -m qpipe.main`` in a new session, its output lines collected with their arrival times."""
@@ -155,15 +126,6 @@ def test_the_main_job_shows_progress_trains_the_cheapest_first_and_prints_the_le
     assert len(runs) == 5 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
     _nothing_held(job, instance)
 
-    # After the main job the schedule's run for the latest session succeeds (checkpoints are retrained on
-    # the first partition only here: a default retrain of every model would take hours on two cores).
-    tick = subprocess.run([sys.executable, "-c", TICK], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**job.env, "QPIPE_MODELS": "gru,mlp", "QPIPE_RETRAIN_EVERY": "100000"})
-    assert tick.returncode == 0, tick.stderr[-4000:]
-    daily = json.loads(tick.stdout.strip().splitlines()[-1])
-    assert daily["partition"] == daily["day"] and daily["status"] == "SUCCESS", daily
-    assert {"raw/prices", "features/alpha360", "predictions/gru_predictions", "reports/mlp_ic",
-            "reports/mlp_backtest"} <= set(daily["keys"])  # the backtest goes on day by day
 
 
 def test_a_run_terminated_as_the_ui_does_ends_canceled_and_holds_nothing(tmp_path):

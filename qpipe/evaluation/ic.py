@@ -15,6 +15,8 @@ def daily_ic(score: np.ndarray, label: np.ndarray, dates: np.ndarray) -> pd.Data
     score = np.asarray(score, dtype=np.float64)
     label = np.asarray(label, dtype=np.float64)
     day_values, day = np.unique(dates, return_inverse=True)
+    if len(day_values) == 0:  # no label known yet on the days asked for
+        return pd.DataFrame({"IC": [], "Rank IC": []}, index=pd.Index(day_values, name="datetime"))
     both = ~(np.isnan(score) | np.isnan(label))
     score, label, day = score[both], label[both], day[both]
     n_days = len(day_values)
