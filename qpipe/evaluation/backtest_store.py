@@ -32,12 +32,16 @@ class BacktestGap(ValueError):
 
 
 def _sessions_before(day: date, n: int) -> list[date]:
+    """The ``n`` sessions before ``day`` (fewer at the start of the calendar)."""
     return [pd.Timestamp(d).date() for d in trading_days(day - timedelta(days=10 * n + 20), day)[:-1][-n:]]
 
 
 def read_state(con: duckdb.DuckDBPyConnection, model: str, start: date) -> BacktestState | None:
     """The state after the session before ``start``; None when the model has no backtest day before it."""
-    (previous,) = _sessions_before(start, 1)
+    before = _sessions_before(start, 1)
+    if not before:  # the calendar's first session: nothing can come before it
+        return None
+    previous = before[0]
     (stored_before,) = con.execute(f"SELECT max(date) FROM {DAILY} WHERE model = ? AND date < ?", [model, start]).fetchall()[0]
     if stored_before is None:
         return None
@@ -59,7 +63,7 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
         wh.ensure_table(con, table, DDL[table])
     state = read_state(con, model, start)
     days = [pd.Timestamp(d) for d in trading_days(start, end)]
-    two_before = _sessions_before(start, 2)[0]
+    two_before = next(iter(_sessions_before(start, 2)), start)  # prices for the first day's change
     scores = con.execute(f"SELECT date, instrument, score FROM {wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ?",
                          [model, two_before, end]).df()
     prices = con.execute(f"SELECT date, instrument, open, close, vwap, factor FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
