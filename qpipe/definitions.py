@@ -8,7 +8,7 @@ from qpipe.assets.features import feature_checks, feature_tables, label_table
 from qpipe.assets.leaderboard import leaderboard, leaderboard_job, refresh_leaderboard
 from qpipe.assets.models import model_assets, model_checks
 from qpipe.assets.prices import prices_are_unique_and_consistent, prices_cover_the_listed_instruments, raw_prices, raw_universe
-from qpipe.jobs import daily_pipeline
+from qpipe.jobs import daily_pipeline, forked_steps_executor
 from qpipe.reaper import reap_dead_runs, reap_on_load
 from qpipe.resources import build_resources
 from qpipe.schedules import after_close
@@ -24,6 +24,7 @@ defs = dg.Definitions(
     schedules=[after_close],
     sensors=[refresh_leaderboard, reap_dead_runs],
     resources=build_resources(),
+    executor=forked_steps_executor,
 )
 
 reap_on_load()  # a run that starts now must not wait behind one whose process is gone (qpipe.reaper)

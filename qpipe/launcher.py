@@ -11,9 +11,14 @@ Runs are launched at once, not queued: the caller decides their order. This is t
 that uses Dagster's workspace API (dagster 1.13 is pinned).
 """
 
+import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +26,9 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import ModuleTarget
+from dagster._core.workspace.load_target import GrpcServerTarget
+from dagster._grpc.client import DagsterGrpcClient
+from dagster._grpc.server import wait_for_grpc_server
 
 LOCATION = "qpipe"
 MODULE = "qpipe.definitions"
@@ -67,23 +74,54 @@ def code_server(instance: dg.DagsterInstance, log_file: Path, working_directory:
                 ) -> Iterator[CodeServer]:
     """Start a code server for qpipe.definitions for the duration of the block.
 
-    The server, and the run workers and step processes it starts, write their console output to
-    ``log_file`` (the events themselves go to the instance's event log) and ignore SIGINT: Ctrl-C
-    reaches only the caller, which cancels its run through the instance, so the run ends CANCELED
-    with its steps cleaned up instead of dying half-way in every process of the terminal's group.
+    The server is a ``dagster api grpc`` process in a process group of its own: the run workers and
+    step processes it starts inherit that group, so a terminal's Ctrl-C (sent to its foreground
+    group) reaches only the caller, which cancels its run through the instance; the run then ends
+    CANCELED with its steps cleaned up instead of its steps failing half-way on the signal. Their
+    console output goes to ``log_file`` (the events themselves go to the instance's event log). The
+    server shuts itself down a minute after the caller stops sending heartbeats (a killed caller).
     """
-    target = ModuleTarget(MODULE, None, str(working_directory or os.getcwd()), LOCATION)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited, like fds 1 and 2, by the server
+    socket_dir = tempfile.mkdtemp(prefix="qpipe-grpc-")
+    socket = os.path.join(socket_dir, "server.sock")
+    command = [sys.executable, "-m", "dagster", "api", "grpc", "--module-name", MODULE, "--location-name", LOCATION,
+               "--working-directory", str(working_directory or os.getcwd()), "--socket", socket,
+               "--use-python-environment-entry-point", "--heartbeat", "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT)]
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0)
+    client = DagsterGrpcClient(socket=socket)
+    stop_heartbeats = threading.Event()
     try:
-        with open(log_file, "ab") as log:
-            os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
-            context = WorkspaceProcessContext(instance, target, read_only=False)
+        wait_for_grpc_server(process, client, command, timeout=120,
+                             additional_timeout_msg=f"Its console output is in {log_file}. ")
+        threading.Thread(target=_heartbeats, args=(client, stop_heartbeats), daemon=True).start()
+        target = GrpcServerTarget(host="localhost", port=None, socket=socket, location_name=LOCATION)
+        with WorkspaceProcessContext(instance, target, read_only=False) as context:
+            yield CodeServer(instance, context)
     finally:
-        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        os.close(saved[0]), os.close(saved[1])
-        signal.signal(signal.SIGINT, previous)
-    with context:
-        yield CodeServer(instance, context)
+        stop_heartbeats.set()
+        _shut_down(process, client)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+HEARTBEAT_TIMEOUT = 60
+
+
+def _heartbeats(client: DagsterGrpcClient, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_TIMEOUT / 6):
+        try:
+            client.heartbeat()
+        except Exception:  # a server busy starting a run answers late; the next beat will do
+            pass
+
+
+def _shut_down(process: subprocess.Popen, client: DagsterGrpcClient) -> None:
+    """Ask the server to stop once its runs are launched, then make sure its process group is gone."""
+    if process.poll() is None:
+        try:
+            client.shutdown_server()
+            process.wait(timeout=30)
+        except Exception:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)

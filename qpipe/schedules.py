@@ -14,7 +14,7 @@ import dagster as dg
 
 from qpipe.cadence import is_retrain_day
 from qpipe.calendar import market_calendar
-from qpipe.jobs import DAILY, FORKED_STEPS, WITHOUT_RETRAINING, daily_pipeline
+from qpipe.jobs import DAILY, WITHOUT_RETRAINING, daily_pipeline
 from qpipe.models.registry import ARCHITECTURES
 from qpipe.settings import get_settings
 
@@ -36,6 +36,5 @@ def after_close(context: dg.ScheduleEvaluationContext):
         selection = selection - dg.AssetSelection.tag("qpipe/arch", arch)
     keys = None if selection is DAILY else sorted(selection.resolve(context.repository_def.asset_graph))
     return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat(), asset_selection=keys,
-                         run_config={"execution": {"config": {"multiprocess": FORKED_STEPS}}},
                          tags={"qpipe/retrain": "yes" if retrain else f"no (every {settings.retrain_every})",
                                "qpipe/models": ",".join(settings.models)})

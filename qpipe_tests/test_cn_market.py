@@ -92,7 +92,7 @@ def test_partitions_and_schedule_follow_the_providers_shanghai_calendar(provider
 
 def test_a_one_day_run_on_a_shanghai_only_session_equals_the_full_range(provider, tmp_path):
     one, full = tmp_path / "one", tmp_path / "full"
-    _launch(_env(provider, one), "raw/prices,raw/universe,raw/concepts", "2019-01-02...2019-12-31")
+    _launch(_env(provider, one), "raw/prices,raw/universe,raw/concepts", "2019-03-01...2019-07-31")  # > LOOKBACK before DAY
     with duckdb.connect(str(one / "qpipe" / "warehouse.duckdb"), read_only=True) as con:
         days = {str(d) for (d,) in con.execute("SELECT DISTINCT date FROM raw.prices").fetchall()}
         stamped = con.execute("SELECT name FROM meta.calendar").fetchall()
@@ -100,7 +100,7 @@ def test_a_one_day_run_on_a_shanghai_only_session_equals_the_full_range(provider
     (full / "qpipe").mkdir(parents=True)
     shutil.copy(one / "qpipe" / "warehouse.duckdb", full / "qpipe" / "warehouse.duckdb")
     _launch(_env(provider, one), "features/alpha158,features/alpha360", DAY)
-    _launch(_env(provider, full), "features/alpha158,features/alpha360", "2019-01-02...2019-12-31")
+    _launch(_env(provider, full), "features/alpha158,features/alpha360", "2019-06-03...2019-07-31")
     for table in ("features.alpha158", "features.alpha360"):
         rows = []
         for home in (one, full):

@@ -68,3 +68,24 @@ def test_daily_assets_are_due_five_hours_after_the_close_on_sessions():
         assert (policies[key].deadline_cron, policies[key].timezone) == ("0 21 * * 1-5", "America/New_York"), key
         assert policies[key].lower_bound_delta == dt.timedelta(hours=24)
     assert policies["models/lstm_checkpoint"] is None  # its cadence is QPIPE_RETRAIN_EVERY's
+
+
+def test_steps_fork_from_a_preloaded_server_unless_the_run_config_names_a_start_method(tmp_path):
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.executor.init import InitExecutorContext
+
+    def start_method(job_name: str, execution: dict) -> str:
+        """The start method of the executor a run of ``job_name`` with this execution config gets."""
+        job = defs.resolve_job_def(job_name)
+        run_config = dg.validate_run_config(job, {"execution": {"config": execution}} if execution else {})
+        with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+            executor = job.executor_def.executor_creation_fn(InitExecutorContext(
+                job=InMemoryJob(job), executor_def=job.executor_def,
+                executor_config=run_config["execution"][job.executor_def.name], instance=instance))
+        return getattr(executor, "_start_method", "in process")  # Dagster's MultiprocessExecutor keeps it there
+
+    for job in ("daily_pipeline", "leaderboard_job", "__ASSET_JOB"):  # the UI's and `dg launch`'s runs too
+        assert start_method(job, {}) == "forkserver"
+        assert start_method(job, {"multiprocess": {"max_concurrent": 2}}) == "forkserver"  # the main job's training
+    assert start_method("daily_pipeline", {"multiprocess": {"start_method": {"spawn": {}}}}) == "spawn"
+    assert start_method("daily_pipeline", {"in_process": {}}) == "in process"

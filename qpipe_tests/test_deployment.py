@@ -120,36 +120,36 @@ def _operate(deployment: Deployment, sessions: list[str], backfill_days: list[st
         run_id = _launch(deployment, keys, start, sessions[-2])
         runs.setdefault("seed", []).extend(deployment.wait_for_runs(dg.RunsFilter(run_ids=[run_id]), 1, timeout=300))
     done("seed")
-    # 2. A backfill of checkpoints over two sessions, as the UI submits one; then their predictions and IC
-    #    over the same days in one run, as `dg launch --partition-range` would.
+    # 2. A backfill of checkpoints over two sessions, as the UI submits one.
     answer = deployment.graphql(LAUNCH_BACKFILL, p={
         "partitionNames": backfill_days, "assetSelection": [{"path": ["models", "mlp_checkpoint"]}],
         "runConfigData": {"ops": {"models__mlp_checkpoint": {"config": QUICK}},
                           "execution": {"config": {"in_process": {}}}}})["launchPartitionBackfill"]
     assert answer["__typename"] == "LaunchBackfillSuccess", answer
     backfill = answer["backfillId"]
-    deadline = time.monotonic() + 420
-    while instance.get_backfill(backfill).status.value == "REQUESTED":
-        assert time.monotonic() < deadline, deployment.log("daemon")[-4000:]
-        time.sleep(2)
-    runs["backfill_status"] = instance.get_backfill(backfill).status.value
-    runs["backfill"] = deployment.wait_for_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}), 1, timeout=60)
+    runs["backfill"] = deployment.wait_for_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}), 2, timeout=420)
     done("backfill")
+    # 3. Their predictions and IC in one run, as `dg launch --partition-range` would; meanwhile the schedule is
+    #    RUNNING since a minute before the last session's tick: the daemon's scheduler (at the next minute) finds
+    #    the tick it has not run yet and launches it, as after a daemon restart (no sleep until 17:30).
     run_id = _launch(deployment, ["predictions/mlp_predictions", "reports/mlp_ic"], backfill_days[0], backfill_days[-1])
-    runs["scores"] = deployment.wait_for_runs(dg.RunsFilter(run_ids=[run_id]), 1, timeout=300)
-    done("scores")
-    # 3. The schedule RUNNING since a minute before the last session's tick: the daemon's scheduler finds the
-    #    tick it has not run yet and launches it, as after a daemon restart (no sleep until 17:30).
     state = next(s for s in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE)
                  if s.name == "after_close")
     instance.update_instigator_state(state.with_status(InstigatorStatus.RUNNING).with_data(
         ScheduleInstigatorData(state.instigator_data.cron_schedule, start_timestamp=tick.timestamp() - 60)))
+    runs["scores"] = deployment.wait_for_runs(dg.RunsFilter(run_ids=[run_id]), 1, timeout=300)
+    done("scores")
     runs["tick"] = deployment.wait_for_runs(dg.RunsFilter(tags={"dagster/schedule_name": "after_close"}), 1, timeout=420)
     done("tick")
     # 4. The leaderboard sensor: a leaderboard run after each run that stored daily IC (the tick's: the scores of
     #    the first backfilled day became known on its day; the scores run stored none, no label was known yet).
     runs["leaderboard"] = deployment.wait_for_runs(dg.RunsFilter(job_name="leaderboard_job"), 1, timeout=240)
     done("leaderboard")
+    deadline = time.monotonic() + 120  # the backfill daemon marks the backfill done on its next pass (every 30 s)
+    while instance.get_backfill(backfill).status.value == "REQUESTED":
+        assert time.monotonic() < deadline, deployment.log("daemon")[-4000:]
+        time.sleep(2)
+    runs["backfill_status"] = instance.get_backfill(backfill).status.value
     return runs
 
 

@@ -26,7 +26,7 @@ from qpipe_tests.conftest import REPO
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 DAY = "2024-03-28"  # the checkpoint partition
-FEATURES = ("2023-10-02", "2024-06-28")
+FEATURES = ("2023-11-01", "2024-06-28")  # the checkpoint's 60 + 20 sessions before DAY, and SCORED
 SCORED = ("2024-04-01", "2024-06-28")
 
 
@@ -39,7 +39,7 @@ def site(tmp_path_factory):
     dg.DagsterInstance.from_config(str(home)).dispose()  # create the storages before several processes open them
     env = {**os.environ, "DAGSTER_HOME": str(home), "QPIPE_HOME": str(root / "qpipe"),
            "QPIPE_SYNTHETIC_INSTRUMENTS": "120"}
-    _launch(env, "group:ingest", ("2023-06-01", FEATURES[1]))
+    _launch(env, "group:ingest", ("2023-07-03", FEATURES[1]))  # LOOKBACK sessions before FEATURES
     _launch(env, "group:features", FEATURES)
     return env, root / "qpipe", _work_seconds(home, "feature_tables", "rows for")
 

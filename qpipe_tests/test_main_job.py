@@ -66,17 +66,25 @@ class MainJob:
             time.sleep(1)
         raise AssertionError(f"no training progress within {timeout}s:\n{self.text}")
 
-    def leftover_processes(self) -> list[str]:
-        """Processes still in the main job's session (the code server, run workers, step processes)."""
-        left = []
+    def _processes(self, field: int) -> list[int]:
+        """Processes whose /proc/<pid>/stat ``field`` (counted after the name: 2 process group, 3 session) is ours."""
+        found = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[3]) == self.process.pid:  # field 6 of /proc/<pid>/stat: the session id
-                left.append(stat.parent.name)
-        return left
+            if int(fields[field]) == self.process.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    def leftover_processes(self) -> list[int]:
+        """Processes still in the main job's session (the code server, run workers, step processes)."""
+        return self._processes(3)
+
+    def foreground_group(self) -> list[int]:
+        """The processes a terminal's Ctrl-C reaches: the main job's process group."""
+        return self._processes(2)
 
     def kill(self) -> None:
         try:
@@ -147,6 +155,8 @@ def test_ctrl_c_cancels_the_running_run_and_holds_nothing(tmp_path):
     try:
         instance = job.instance()
         run = job.wait_for_training(instance)
+        # Only the console gets the terminal's Ctrl-C: a step that got it too would fail instead of being canceled.
+        assert job.foreground_group() == [job.process.pid] and len(job.leftover_processes()) > 3
         os.killpg(job.process.pid, signal.SIGINT)  # what a terminal sends its foreground group on Ctrl-C
         assert job.wait(timeout=120) == 130, job.text
     finally:

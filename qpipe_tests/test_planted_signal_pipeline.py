@@ -17,7 +17,7 @@ from qpipe_tests.test_model_assets import run, synthetic_resources
 
 FEATURES_FROM, CHECKPOINT_DAY, LAST_DAY = "2023-01-03", "2024-01-31", "2024-09-30"
 PROFILE = {"train_days": 240, "valid_days": 40}
-PARAMS = {"mlp": {"n_epochs": 30, "batch_size": 512}, "lstm": {"n_epochs": 4}}
+PARAMS = {"mlp": {"n_epochs": 30, "batch_size": 512}, "lstm": {"n_epochs": 4, "hidden_size": 32}}  # the main job's quick RNN
 
 
 @pytest.fixture(scope="module")
