@@ -22,7 +22,7 @@ FORKED_STEPS = {"start_method": {"forkserver": {"preload_modules": ["qpipe.defin
 
 
 @dg.executor(name="multi_or_in_process_executor", config_schema=dg.multi_or_in_process_executor.config_schema,
-             requirements=lambda config: dg.multi_or_in_process_executor.get_requirements(config))
+             requirements=dg.multi_or_in_process_executor.get_requirements)
 def forked_steps_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
     """Dagster's default executor (same run config), whose multiprocess steps fork (FORKED_STEPS) by default."""
     config = init_context.executor_config

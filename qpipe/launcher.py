@@ -11,16 +11,14 @@ Runs are launched at once, not queued: the caller decides their order. This is t
 that uses Dagster's workspace API (dagster 1.13 is pinned).
 """
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import dagster as dg
@@ -33,6 +31,7 @@ from dagster._grpc.server import wait_for_grpc_server
 LOCATION = "qpipe"
 MODULE = "qpipe.definitions"
 REPOSITORY = "__repository__"
+HEARTBEAT_TIMEOUT = 60  # seconds without a heartbeat after which the code server stops itself
 
 
 class CodeServer:
@@ -104,8 +103,6 @@ def code_server(instance: dg.DagsterInstance, log_file: Path, working_directory:
         shutil.rmtree(socket_dir, ignore_errors=True)
 
 
-HEARTBEAT_TIMEOUT = 60
-
 
 def _heartbeats(client: DagsterGrpcClient, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_TIMEOUT / 6):
@@ -116,12 +113,12 @@ def _heartbeats(client: DagsterGrpcClient, stop: threading.Event) -> None:
 
 
 def _shut_down(process: subprocess.Popen, client: DagsterGrpcClient) -> None:
-    """Ask the server to stop once its runs are launched, then make sure its process group is gone."""
+    """Ask the server to stop, else terminate it; a run it launched (Ctrl-C twice) goes on, for the UI to stop."""
     if process.poll() is None:
         try:
             client.shutdown_server()
             process.wait(timeout=30)
         except Exception:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+            with suppress(ProcessLookupError):
+                process.terminate()
             process.wait(timeout=30)
