@@ -130,6 +130,8 @@ def print_leaderboard(test_days: int) -> None:
           "the TopK-dropout backtest's annualized excess return, information ratio and max drawdown with cost, "
           "as its PortAnaRecord):")
     print(board.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    reports = (get_settings().home / "reports").resolve()
+    print(f"\nTear sheets (HTML, open offline): {reports / 'leaderboard.html'}, linking one per model beside it")
 
 
 def main() -> None:

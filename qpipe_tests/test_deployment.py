@@ -9,7 +9,6 @@ looks at the result and launches a one-partition materialization by clicking thr
 """
 
 import os
-import shutil
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, ScheduleInstigatorData
 
 from qpipe.deploy.postgres import LocalPostgres
+from qpipe_tests.browser import launch_chromium, not_blank
 from qpipe_tests.conftest import REPO
 from qpipe_tests.deployment import LOCATION, Deployment
 
@@ -181,15 +181,6 @@ def test_the_daemon_runs_the_queue_a_backfill_one_run_per_day_the_schedule_tick_
     assert type(operation.deployment.instance.run_storage).__name__ == "PostgresRunStorage"
 
 
-def _not_blank(png: Path) -> bool:
-    """A screenshot with a page on it: many colours, and not one colour nearly everywhere."""
-    from PIL import Image
-
-    image = Image.open(png).convert("RGB").resize((350, 225))
-    colours = image.getcolors(maxcolors=350 * 225)
-    return len(colours) > 50 and max(count for count, _ in colours) < 0.97 * 350 * 225
-
-
 def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_clicks(operation, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -197,8 +188,7 @@ def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_cli
     shots = tmp_path / "screenshots"
     began = time.monotonic()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(60_000)
 
@@ -257,6 +247,6 @@ def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_cli
         browser.close()
     seconds = time.monotonic() - began
     for png in sorted(shots.glob("*.png")):
-        assert _not_blank(png), f"{png.name} is blank"
+        assert not_blank(png), f"{png.name} is blank"
     assert len(list(shots.glob("*.png"))) == 6
     assert seconds < 180, f"the browser test took {seconds:.0f}s"

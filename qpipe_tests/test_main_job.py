@@ -129,6 +129,8 @@ def test_the_main_job_shows_progress_trains_the_cheapest_first_and_prints_the_le
                                 "MDD", "backtest", "days"], text  # Qlib's table: the signal, then the portfolio
     assert sorted(line.split()[0] for line in board[2:4]) == ["gru", "mlp"], text
     assert all(line.split()[-1] == "40" for line in board[2:4]), text  # every scored session traded
+    sheet = Path(text.split("Tear sheets (HTML, open offline): ")[1].split(",")[0])
+    assert {"leaderboard.html", "mlp_tearsheet.html", "gru_tearsheet.html"} <= {p.name for p in sheet.parent.iterdir()}
     instance = job.instance()
     runs = instance.get_runs(dg.RunsFilter(tags={"qpipe/main": "yes"}))
     assert len(runs) == 5 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}

@@ -1,6 +1,7 @@
 """Checkpoints, predictions and IC reports through Dagster on a small synthetic market."""
 
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -244,9 +245,14 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     assert {"annualized_return (with cost)", "information_ratio (with cost)", "max_drawdown (with cost)",
             "annualized_return (without cost)"} <= set(shown)
     assert Path(shown["backtest chart"].value).stat().st_size > 10_000
+    assert {"annualized_return (benchmark)", "annualized_return (with cost, product)"} <= set(shown)
+    sheet = Path(shown["tear sheet"].value).read_text()  # self-contained: its charts inline, nothing fetched
+    assert sheet.count('src="data:image/png;base64,') == 2 and not re.search(r'(src|href)="(?!data:)', sheet)
+    for part in ("Risk analysis", "excess with cost, product", "by score quantile", "IC decay", "IC by month", "topk"):
+        assert part in sheet, part
     # the daily schedule's way: one session at a time, each going on from the state stored the day before
-    run(days[20], days[20], ["reports/mlp_backtest"], resources, strategy)
-    for day in days[21:]:
+    run(days[-8], days[-8], ["reports/mlp_backtest"], resources, strategy)
+    for day in days[-7:]:
         run(day, day, ["reports/mlp_backtest"], resources, strategy)
     assert stored() == one_run
     with duckdb.connect(database) as con:
@@ -257,7 +263,9 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     run(days[-2], days[-1], ["reports/mlp_backtest"], resources, strategy)
     assert stored() == one_run
 
-    dg.materialize([*ASSETS, leaderboard], selection=[leaderboard.key], resources=resources)
+    refreshed = dg.materialize([*ASSETS, leaderboard], selection=[leaderboard.key], resources=resources)
+    page = Path(refreshed.asset_materializations_for_node("reports__leaderboard")[-1].metadata["tear sheet"].value)
+    assert '<a href="mlp_tearsheet.html">mlp</a>' in page.read_text() and (page.parent / "mlp_tearsheet.html").exists()
     with duckdb.connect(database, read_only=True) as con:
         board = con.execute('SELECT model, "Ann. Ret", "IR", "MDD", "backtest days" FROM reports.leaderboard').df()
     mlp = board.set_index("model").loc["mlp"]

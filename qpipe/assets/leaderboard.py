@@ -19,7 +19,8 @@ LEADERBOARD_TABLE = "reports.leaderboard"
     key=["reports", "leaderboard"],
     description="Qlib's benchmark table: IC, ICIR, Rank IC, Rank ICIR per model over all scored days (SigAnaRecord) "
                 "and, from its backtest, annualized excess return, IR and max drawdown with cost (PortAnaRecord); "
-                "best Rank IC first; DuckDB reports.leaderboard, a markdown table and a cumulative Rank IC chart.",
+                "best Rank IC first; DuckDB reports.leaderboard, a markdown table, a cumulative Rank IC chart and an HTML "
+                "tear sheet linking each model's.",
     deps=[dg.AssetDep(key) for arch in ARCHITECTURES for key in (ic_key(arch), backtest_key(arch))],
     group_name="summary",
     kinds={"duckdb", "matplotlib"},
@@ -27,24 +28,26 @@ LEADERBOARD_TABLE = "reports.leaderboard"
 )
 def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     from qpipe.data import warehouse as wh
-    from qpipe.evaluation import backtest_store, report
+    from qpipe.evaluation import backtest_store, report, tearsheet
 
     with warehouse.get_connection() as con:
         wh.ensure_table(con, report.DAILY_IC, report.DAILY_IC_DDL)
         daily = report.read_daily_ic(con)
         if daily.empty:
             raise dg.Failure("no daily IC stored yet: materialize reports/<arch>_ic for some days first")
-        portfolio = backtest_store.portfolio_columns(backtest_store.read_daily(con))
-        board = report.leaderboard(daily).merge(portfolio, on="model", how="left")
+        backtests = backtest_store.read_daily(con)
+        board = report.leaderboard(daily).merge(backtest_store.portfolio_columns(backtests), on="model", how="left")
         con.execute(f"CREATE SCHEMA IF NOT EXISTS reports; CREATE OR REPLACE TABLE {LEADERBOARD_TABLE} AS SELECT * FROM board")
-    chart = report.cumulative_ic_chart(daily, "all models", get_settings().home / "reports" / "leaderboard.png",
-                                       measures=("Rank IC",))
+    folder = get_settings().home / "reports"
+    chart = report.cumulative_ic_chart(daily, "all models", folder / "leaderboard.png", measures=("Rank IC",))
+    sheet = tearsheet.write_leaderboard_tearsheet(board, backtests, chart, folder)
     context.log.info("\n" + board.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return dg.MaterializeResult(metadata={
         "leaderboard": dg.MetadataValue.md(board.to_markdown(index=False, floatfmt=".4f")),
         **{f"{model} Rank IC": float(value) for model, value in board.set_index("model")["Rank IC"].items()},
         "models": len(board),
         "cumulative Rank IC chart": dg.MetadataValue.path(str(chart)),
+        "tear sheet": dg.MetadataValue.path(str(sheet)),
     })
 
 

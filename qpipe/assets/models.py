@@ -317,12 +317,30 @@ class PortfolioConfig(dg.Config):
         return BacktestConfig(**{**lots, **self.port_analysis})
 
 
+def backtest_figures(daily) -> dict[str, float]:
+    """What the UI plots over a backtest's partitions: risk_analysis of the excess return with and without cost
+    (mode sum, as Qlib's table; the annualized return compounded too) and the benchmark's, to date."""
+    from qpipe.evaluation.backtest_store import excess
+    from qpipe.evaluation.risk import risk_analysis
+
+    if len(daily) < 2:
+        return {}
+    series = {"with cost": excess(daily), "without cost": excess(daily, with_cost=False), "benchmark": daily["bench"]}
+    figures = {}
+    for label, returns in series.items():
+        summed, compounded = risk_analysis(returns), risk_analysis(returns, mode="product")
+        figures |= {f"{name} ({label})": summed[name] for name in ("annualized_return", "information_ratio", "max_drawdown")}
+        figures[f"annualized_return ({label}, product)"] = compounded["annualized_return"]
+    return {name: float(value) for name, value in figures.items() if np.isfinite(value)}
+
+
 def _backtest_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=backtest_key(arch),
         description=f"{arch.upper()} scores traded as Qlib's PortAnaRecord (TopkDropoutStrategy, daily exchange): "
                     "the score of day T trades at T+1; DuckDB reports.backtest_daily / _positions / _trades; "
-                    "annualized excess return, IR and max drawdown with and without cost to date.",
+                    "annualized excess return, IR and max drawdown with and without cost to date, the benchmark's; a "
+                    "self-contained HTML tear sheet (backtest, risk, alphalens-style signal views).",
         partitions_def=trading_days,
         deps=[dg.AssetDep(predictions_key(arch), partition_mapping=dg.TimeWindowPartitionMapping(
             start_offset=-1, end_offset=-1)), dg.AssetDep(["raw", "prices"])],
@@ -334,12 +352,12 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
         metadata={"dagster/table_name": "reports.backtest_daily"},
     )
     def _backtest(context: dg.AssetExecutionContext, config: PortfolioConfig, warehouse: Warehouse) -> dg.MaterializeResult:
-        from qpipe.evaluation import backtest_store, report
-        from qpipe.evaluation.risk import risk_analysis
+        from qpipe.evaluation import backtest_store, report, tearsheet
 
         start, end = partition_dates(context)
         settings = get_settings()
         portfolio = config.resolve()
+        folder = settings.home / "reports"
         with warehouse.get_connection() as con:
             try:
                 result, dropped = backtest_store.run_backtest(con, arch, start.date(), end.date(), settings.market,
@@ -347,13 +365,9 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             except backtest_store.BacktestGap as gap:
                 raise dg.Failure(str(gap)) from None
             daily = backtest_store.read_daily(con, arch)
-        chart = report.backtest_chart(daily, arch, get_settings().home / "reports" / f"{arch}_backtest.png")
-        figures = {}
-        for label, with_cost in (("with cost", True), ("without cost", False)):
-            if len(daily) > 1:
-                for name, value in risk_analysis(backtest_store.excess(daily, with_cost)).items():
-                    if name not in ("mean", "std") and np.isfinite(value):
-                        figures[f"{name} ({label})"] = float(value)
+            chart = report.backtest_chart(daily, arch, folder / f"{arch}_backtest.png")
+            sheet = tearsheet.write_model_tearsheet(con, arch, end.date(), portfolio.model_dump(), chart, folder)
+        figures = backtest_figures(daily)
         context.log.info(f"{arch}: {len(result.report)} sessions traded, {len(result.trades)} orders"
                          + (f"; {dropped} later stored days dropped (they followed from the old state)" if dropped else "")
                          + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))
@@ -363,6 +377,7 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             "turnover": float(result.report["turnover"].mean()), "later_days_dropped": dropped,
             "strategy": dg.MetadataValue.json(portfolio.model_dump()),
             "backtest chart": dg.MetadataValue.path(str(chart)),
+            "tear sheet": dg.MetadataValue.path(str(sheet)),
         })
 
     return _backtest

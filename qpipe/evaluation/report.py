@@ -6,10 +6,12 @@ import duckdb
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from qpipe.data import warehouse as wh  # noqa: E402
+from qpipe.evaluation.backtest_store import excess  # noqa: E402
 from qpipe.evaluation.ic import daily_ic, ic_summary  # noqa: E402
 from qpipe.features.label import LABEL_NAME  # noqa: E402
 from qpipe.features.store import LABEL_TABLE  # noqa: E402
@@ -110,8 +112,7 @@ def backtest_chart(daily: pd.DataFrame, title: str, path: Path) -> Path:
     the drawdown of the excess return with cost, and the daily turnover."""
     path.parent.mkdir(parents=True, exist_ok=True)
     dates = pd.to_datetime(daily["date"])
-    gross = (daily["return"] - daily["bench"]).cumsum()
-    net = (daily["return"] - daily["bench"] - daily["cost"]).cumsum()
+    gross, net = excess(daily, with_cost=False).cumsum(), excess(daily).cumsum()
     fig, (curve_ax, drawdown_ax, turnover_ax) = plt.subplots(3, 1, figsize=(9, 7), sharex=True,
                                                              gridspec_kw={"height_ratios": [3, 1.3, 1.3]})
     curve_ax.plot(dates, gross, label="excess return without cost")
@@ -124,8 +125,56 @@ def backtest_chart(daily: pd.DataFrame, title: str, path: Path) -> Path:
     drawdown_ax.set_ylabel("drawdown")
     turnover_ax.bar(dates, daily["turnover"], color="tab:blue", width=1.0)
     turnover_ax.set_ylabel("turnover")
+    locator = mdates.AutoDateLocator()
+    turnover_ax.xaxis.set_major_locator(locator)
+    turnover_ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     curve_ax.set_title(f"{title}: TopK-dropout backtest")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def signal_chart(views, title: str, path: Path) -> Path:
+    """Alphalens-style views of a signal (qpipe.evaluation.signal.SignalViews): mean return by score quantile per
+    horizon, the cumulative top-minus-bottom spread, IC decay over horizons, Rank IC by month."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ((quantile_ax, spread_ax), (decay_ax, month_ax)) = plt.subplots(2, 2, figsize=(10, 6.5))
+    (views.quantile_returns * 1e4).plot.bar(ax=quantile_ax, rot=0, width=0.8)
+    quantile_ax.set_title("mean return per session held, by score quantile", fontsize=10)
+    quantile_ax.set_ylabel("bps")
+    quantile_ax.legend(title="horizon", fontsize=7, title_fontsize=7)
+    spread = views.spread.fillna(0).cumsum()
+    spread_ax.plot(pd.to_datetime(spread.index), spread, color="tab:purple")
+    spread_ax.set_title("top minus bottom quantile, cumulative (sum)", fontsize=10)
+    spread_ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    views.ic_decay.plot.bar(ax=decay_ax, rot=0, width=0.7, color=["tab:blue", "tab:orange"])
+    decay_ax.set_title("IC decay: mean IC by horizon (sessions)", fontsize=10)
+    decay_ax.legend(fontsize=7)
+    monthly = views.monthly_ic["Rank IC"] if len(views.monthly_ic) else pd.Series(dtype=float)
+    month_ax.bar(monthly.index.astype(str), monthly, color=["tab:green" if v >= 0 else "tab:red" for v in monthly])
+    month_ax.set_title("Rank IC by month", fontsize=10)
+    month_ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    for ax in (quantile_ax, spread_ax, decay_ax, month_ax):
+        ax.axhline(0, color="grey", linewidth=0.8)
+    fig.suptitle(f"{title}: signal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def excess_returns_chart(daily: pd.DataFrame, path: Path) -> Path:
+    """Every model's cumulative (summed) excess return with cost, from reports.backtest_daily rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for model, group in daily.groupby("model"):
+        ax.plot(pd.to_datetime(group["date"]), excess(group).cumsum(), label=model)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_title("all models: cumulative excess return with cost")
+    ax.set_ylabel("cumulative (sum)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -83,13 +83,24 @@ def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
     return validated_config(spec, feature_set, step_len, params, source=f"{spec.name}/{feature_set}")
 
 
-def config_from_qlib_yaml(path: str | Path) -> ModelConfig:
-    """Read task.model and task.dataset of a Qlib workflow YAML (as Qlib would: class defaults + kwargs)."""
-    path = Path(path)
+def read_qlib_yaml(path: Path) -> dict[str, Any]:
+    """A Qlib workflow YAML as Qlib reads it (YAML 1.2 floats such as ``1e-4``); an error names the file."""
     try:
         document = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: cannot read the workflow YAML: {error}") from error
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: not a Qlib workflow (a mapping with qlib_init and task), but a {type(document).__name__}")
+    return document
+
+
+def config_from_qlib_yaml(path: str | Path) -> ModelConfig:
+    """Read task.model and task.dataset of a Qlib workflow YAML (as Qlib would: class defaults + kwargs)."""
+    return config_from_qlib_document(read_qlib_yaml(Path(path)), Path(path))
+
+
+def config_from_qlib_document(document: dict[str, Any], path: Path) -> ModelConfig:
+    """``config_from_qlib_yaml`` of a document already read (``path`` names it in errors)."""
 
     def lookup(dotted: str, default: Any = inspect.Parameter.empty) -> Any:
         node = document

@@ -1,0 +1,458 @@
+"""A Qlib workflow YAML (what ``qrun`` reads) in qpipe's terms: every key is honoured, honoured with a named
+difference, or not honoured with the reason; none is dropped in silence.
+
+The translation is qpipe's settings (the source, market, benchmark), the runs that materialize the
+workflow's assets (prices and features over the handler's span, one checkpoint whose windows are the
+train and valid segments, predictions, IC and backtest over the test segment) and their run config.
+"""
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from qpipe.features.alpha158 import FILTER_COL_20
+from qpipe.features.store import LABEL_HORIZON
+from qpipe.models.config import QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
+from qpipe.training.dataset import feature_columns
+
+Status = Literal["honoured", "changed", "not honoured"]
+QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
+REGION_EXCHANGES = {"cn": "XSHG", "us": "XNYS"}
+REGION_LOTS = {"cn": 100, "us": None}  # Qlib's region defaults: trade_unit
+BENCHMARK_INFER = [{"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
+                   {"class": "Fillna", "kwargs": {"fields_group": "feature"}}]
+BENCHMARK_LEARN = [{"class": "DropnaLabel"}, {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}]
+FILTER_20 = {"class": "FilterCol", "kwargs": {"fields_group": "feature", "col_list": FILTER_COL_20}}
+STRATEGY_KEYS = ("topk", "n_drop", "method_sell", "method_buy", "hold_thresh", "only_tradable",
+                 "forbid_all_trade_at_limit", "risk_degree")
+EXCHANGE_KEYS = ("limit_threshold", "deal_price", "open_cost", "close_cost", "min_cost", "trade_unit")
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str  # the dotted path in the YAML
+    value: Any
+    status: Status
+    meaning: str  # what qpipe does with it, or why it cannot
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A Qlib workflow, translated."""
+
+    path: Path
+    model: ModelConfig
+    settings: dict[str, str]  # QPIPE_* environment of the runs
+    span: tuple[dt.date, dt.date]  # prices and features
+    checkpoint_day: dt.date
+    train_days: int
+    valid_days: int
+    test: tuple[dt.date, dt.date]  # predictions, IC and backtest
+    port_analysis: dict[str, Any] | None  # reports/<arch>_backtest's run config; None without a PortAnaRecord
+    records: list[str]
+    entries: list[Entry] = field(default_factory=list)
+    sessions_from: str = ""  # whose calendar counted the sessions
+
+    def not_honoured(self) -> list[Entry]:
+        return [e for e in self.entries if e.status == "not honoured"]
+
+    def report(self) -> str:
+        lines = [f"{self.path.name} -> qpipe: {self.model.model} on {self.model.feature_set}"
+                 + (f", TSDatasetH step_len {self.model.step_len}" if self.model.step_len else "")]
+        width = max(len(e.key) for e in self.entries)
+        for status in ("honoured", "changed", "not honoured"):
+            chosen = [e for e in self.entries if e.status == status]
+            if chosen:
+                lines.append(f"  {status} ({len(chosen)}):")
+                lines += [f"    {e.key:<{width}}  {_short(e.value)} -> {e.meaning}" for e in chosen]
+        lines.append(f"  runs (sessions counted on {self.sessions_from}):")
+        lines.append("    settings: " + " ".join(f"{k}={v}" for k, v in self.settings.items()))
+        arch, features = self.model.model, self.model.feature_set
+        lines += [f"    1. raw/prices, raw/universe, raw/concepts {self.span[0]}..{self.span[1]}",
+                  f"    2. features/{features}, features/label {self.span[0]}..{self.span[1]}",
+                  f"    3. models/{arch}_checkpoint on {self.checkpoint_day}: train_days {self.train_days}, "
+                  f"valid_days {self.valid_days}",
+                  f"    4. {', '.join(self.test_assets())} {self.test[0]}..{self.test[1]}"]
+        return "\n".join(lines)
+
+    def test_assets(self) -> list[str]:
+        arch = self.model.model
+        assets = [f"predictions/{arch}_predictions"]
+        if "SigAnaRecord" in self.records:
+            assets.append(f"reports/{arch}_ic")
+        if self.port_analysis is not None:
+            assets.append(f"reports/{arch}_backtest")
+        return assets
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    if isinstance(value, list | tuple) and all(isinstance(v, dt.date) for v in value):
+        value = "[" + ", ".join(v.isoformat() for v in value) + "]"
+    text = str(value.isoformat() if isinstance(value, dt.date) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _date(value: Any, key: str, path: Path) -> dt.date:
+    try:
+        return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"{path}: {key} = {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+class _Reader:
+    """Walks the document; each key read is marked, so every key not read is reported as unknown."""
+
+    def __init__(self, path: Path, document: dict) -> None:
+        self.path, self.document, self.entries, self.read = path, document, [], set()
+
+    def get(self, key: str, default: Any = None, required: bool = False) -> Any:
+        node = self.document
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if required:
+                    raise ConfigError(f"{self.path}: missing {key} (not a Qlib workflow YAML?)")
+                return default
+            node = node[part]
+        self.read.add(key)
+        return node
+
+    def say(self, key: str, status: Status, meaning: str, value: Any = None) -> None:
+        read = self.get(key)
+        self.entries.append(Entry(key, read if value is None else value, status, meaning))
+
+    def unread(self, node: Any = None, prefix: str = "") -> list[str]:
+        """The keys under ``prefix`` that nothing read (a key read reads all below it)."""
+        node = self.document if node is None else node
+        if prefix in self.read:
+            return []
+        if not isinstance(node, dict):
+            return [prefix]
+        return [k for key, value in node.items() for k in self.unread(value, f"{prefix}.{key}" if prefix else key)]
+
+
+def _sessions(provider: Path, region: str) -> tuple[np.ndarray, str]:
+    """The provider's own calendar (what a run uses) when it is here, else the region's exchange."""
+    from qpipe.calendar import exchange_calendar
+
+    day_txt = provider / "calendars" / "day.txt"
+    if day_txt.exists():
+        from qpipe.data.qlib_provider import read_calendar
+
+        return np.asarray(read_calendar(provider)).astype("datetime64[D]"), f"{day_txt}"
+    code = REGION_EXCHANGES.get(region, "XSHG")
+    return exchange_calendar(code, "2000-01-03").trading_days("2000-01-03", "2100-01-01"), \
+        f"{code} (exchange-calendars; the provider directory is not on this machine)"
+
+
+def translate(path: str | Path) -> Workflow:
+    """Read a Qlib workflow YAML and say what each of its keys means in qpipe. Raises ConfigError (naming the
+    file, the key and the value) for what is not a Qlib workflow or cannot be valid."""
+    path = Path(path)
+    r = _Reader(path, read_qlib_yaml(path))
+    r.get("task.model.class", required=True)
+    model = config_from_qlib_document(_without_pickles(r.document), path)
+    settings: dict[str, str] = {"QPIPE_SOURCE": "qlib"}
+
+    provider = Path(str(r.get("qlib_init.provider_uri", required=True))).expanduser()
+    settings["QPIPE_SOURCE_PATH"] = str(provider)
+    r.say("qlib_init.provider_uri", "honoured", f"QPIPE_SOURCE=qlib, QPIPE_SOURCE_PATH={provider}"
+          + ("" if provider.is_dir() else " (not on this machine: a run refuses it)"))
+    region = str(r.get("qlib_init.region", "cn"))
+    if region in REGION_EXCHANGES:
+        lots = REGION_LOTS[region]
+        r.say("qlib_init.region", "honoured", f"the provider's own calendar; trade_unit {lots or 'none'} in the backtest",
+              value=region)
+    else:
+        r.say("qlib_init.region", "not honoured", f"qpipe knows the regions {', '.join(REGION_EXCHANGES)}", value=region)
+        lots = None
+    market = str(r.get("market") or r.get("task.dataset.kwargs.handler.kwargs.instruments", required=True))
+    settings["QPIPE_MARKET"] = market
+    if r.get("market") is not None:
+        r.say("market", "honoured", f"QPIPE_MARKET={market}")
+    benchmark = r.get("benchmark")
+    if benchmark is not None:
+        settings["QPIPE_BENCHMARK"] = str(benchmark)
+        r.say("benchmark", "honoured", f"QPIPE_BENCHMARK={benchmark}: ingested beside the market, the backtest's benchmark")
+
+    _model_entries(r, model)
+    handler = "task.dataset.kwargs.handler"
+    r.say(f"{handler}.class", "honoured", f"feature set {model.feature_set}")
+    _module(r, f"{handler}.module_path", "qlib.contrib.data.handler")
+    r.say("task.dataset.class", "honoured", "flat rows" if model.step_len is None else
+          f"windows of {model.step_len} sessions")
+    _module(r, "task.dataset.module_path", "qlib.data.dataset")
+    if r.get("task.dataset.kwargs.step_len") is not None:
+        r.say("task.dataset.kwargs.step_len", "honoured", f"step_len {model.step_len}")
+
+    kwargs = f"{handler}.kwargs"
+    span = (_date(r.get(f"{kwargs}.start_time", required=True), f"{kwargs}.start_time", path),
+            _date(r.get(f"{kwargs}.end_time", required=True), f"{kwargs}.end_time", path))
+    for end, key in zip(span, ("start_time", "end_time")):
+        r.say(f"{kwargs}.{key}", "honoured", f"prices and features {'from' if key == 'start_time' else 'to'} {end}")
+    instruments = r.get(f"{kwargs}.instruments")
+    if instruments is not None:
+        r.say(f"{kwargs}.instruments", "honoured" if str(instruments) == market else "not honoured",
+              "the market's members" if str(instruments) == market else f"qpipe trains on the market {market} only")
+
+    segments = "task.dataset.kwargs.segments"
+    bounds = {}
+    for name in ("train", "valid", "test"):
+        value = r.get(f"{segments}.{name}", required=True)
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise ConfigError(f"{path}: {segments}.{name} = {value!r}: expected [start, end]")
+        bounds[name] = tuple(_date(v, f"{segments}.{name}", path) for v in value)
+        if bounds[name][0] > bounds[name][1] or not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
+            raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}] is not a span "
+                              f"inside the handler's {span[0]}..{span[1]}")
+    days, sessions_from = _sessions(provider, region)
+    split = _fixed_split(days, bounds, path)
+    _segment_entries(r, segments, bounds, split, days)
+    _fit_window_entries(r, kwargs, bounds["train"])
+    _processor_entries(r, kwargs, model, bounds["train"])
+    label = r.get(f"{kwargs}.label")
+    if label is not None:
+        same = [str(x).replace(" ", "") for x in label] == [x.replace(" ", "") for x in QLIB_LABEL]
+        r.say(f"{kwargs}.label", "honoured" if same else "not honoured",
+              "features/label, Qlib's label" if same else f"qpipe's label is {QLIB_LABEL[0]}, not this one")
+
+    records, port_analysis = _record_entries(r, lots, bounds["test"], benchmark)
+    _anchor_entries(r)
+    for key in r.unread():
+        r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
+    checkpoint_day, train_days, valid_days = split
+    return Workflow(path, model, settings, span, checkpoint_day, train_days, valid_days, bounds["test"],
+                    port_analysis, records, r.entries, sessions_from)
+
+
+def _anchor_entries(r: _Reader) -> None:
+    """Top-level holders of YAML anchors (``data_handler_config: &data_handler_config``) that ``task`` refers to."""
+    where: dict[int, str] = {}
+
+    def visit(node: Any, key: str) -> None:
+        where.setdefault(id(node), key)
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for name, child in children:
+            visit(child, f"{key}.{name}" if isinstance(name, str) else f"{key}[{name}]")
+
+    visit(r.document.get("task"), "task")
+    for key, value in r.document.items():
+        if key != "task" and isinstance(value, dict | list) and id(value) in where:
+            r.say(key, "honoured", f"a YAML anchor, read at {where[id(value)]}", value="&" + key)
+
+
+def _module(r: _Reader, key: str, expected: str) -> None:
+    value = r.get(key)
+    if value is not None:
+        r.say(key, "honoured" if value == expected else "not honoured",
+              "Qlib's own class" if value == expected else f"qpipe has only {expected}'s classes")
+
+
+def _without_pickles(document: dict) -> dict:
+    """The document without a ``model_path`` to a pickle (Qlib's pretrained base models), which qpipe never loads."""
+    kwargs = (document.get("task") or {}).get("model", {}).get("kwargs") or {}
+    if not str(kwargs.get("model_path", "")).endswith((".pkl", ".pickle", ".pt", ".pth")):
+        return document
+    model = {**document["task"]["model"], "kwargs": {k: v for k, v in kwargs.items() if k != "model_path"}}
+    return {**document, "task": {**document["task"], "model": model}}
+
+
+def _model_entries(r: _Reader, model: ModelConfig) -> None:
+    r.say("task.model.class", "honoured", f"architecture {model.model}: models/{model.model}_checkpoint")
+    r.say("task.model.module_path", "honoured", "(the class names the architecture)")
+    columns = len(feature_columns(model))
+    for key, value in (r.get("task.model.kwargs") or {}).items():
+        if key == "model_path" and model.params.get("model_path") is None:
+            r.say(f"task.model.kwargs.{key}", "not honoured", "a pickled file is never loaded (loading never runs code): "
+                  "the base model starts from scratch; name a qpipe checkpoint of it to start from its weights")
+        elif key in QLIB_IGNORED:
+            r.say(f"task.model.kwargs.{key}", "not honoured",
+                  "qpipe picks the device (QPIPE_DEVICE)" if key == "GPU" else "batches are gathered on the device")
+        elif key == "pt_model_kwargs" and value.get("input_dim", columns) != columns:
+            r.say(f"task.model.kwargs.{key}", "not honoured", f"qpipe feeds the network {columns} columns, so a run "
+                  f"refuses input_dim {value['input_dim']} (it counts on a column processor qpipe does not honour)")
+        else:
+            r.say(f"task.model.kwargs.{key}", "honoured", "hyper-parameter of the checkpoint")
+
+
+def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> tuple[dt.date, int, int]:
+    """One checkpoint for the test segment: on the session before the test starts, trained on the train segment's
+    labels and stopped early on the valid segment's labels known by then."""
+    def index(day: dt.date, side: str) -> int:
+        return int(np.searchsorted(days, np.datetime64(day, "D"), side))
+
+    first_test = index(bounds["test"][0], "left")
+    if first_test == 0 or first_test >= len(days):
+        raise ConfigError(f"{path}: task.dataset.kwargs.segments.test starts at {bounds['test'][0]}, outside the "
+                          f"calendar's {days[0]}..{days[-1]}")
+    checkpoint = first_test - 1
+    valid_end = min(index(bounds["valid"][1], "right") - 1, checkpoint - LABEL_HORIZON)
+    valid_start, train_start = index(bounds["valid"][0], "left"), index(bounds["train"][0], "left")
+    valid_days, train_days = valid_end - valid_start + 1, valid_start - train_start
+    if valid_days < 5 or train_days < 20:
+        raise ConfigError(f"{path}: task.dataset.kwargs.segments: {train_days} train and {valid_days} valid sessions "
+                          "of known labels; a checkpoint needs at least 20 and 5")
+    return days[checkpoint].item(), int(train_days), int(valid_days)
+
+
+def _segment_entries(r: _Reader, segments: str, bounds: dict, split: tuple, days: np.ndarray) -> None:
+    checkpoint_day, train_days, valid_days = split
+    i = int(np.searchsorted(days, np.datetime64(checkpoint_day, "D")))
+    valid_end = days[i - LABEL_HORIZON].item()
+    valid_last = days[int(np.searchsorted(days, np.datetime64(bounds["valid"][1], "D"), "right")) - 1].item()
+    train_last = days[int(np.searchsorted(days, np.datetime64(bounds["valid"][0], "D"))) - 1].item()
+    r.say(f"{segments}.train", "honoured" if train_last <= bounds["train"][1] else "changed",
+          f"train_days {train_days}" + ("" if train_last <= bounds["train"][1] else
+                                        f" (to {train_last}: qpipe's train window ends where valid starts)"))
+    if valid_end < valid_last:
+        r.say(f"{segments}.valid", "changed", f"valid_days {valid_days}, to {valid_end}: the labels of the valid "
+              f"segment's last {LABEL_HORIZON} sessions use prices of the test segment (Qlib's look-ahead, not copied)")
+    else:
+        r.say(f"{segments}.valid", "honoured", f"valid_days {valid_days}")
+    r.say(f"{segments}.test", "honoured", f"models/<arch>_checkpoint on {checkpoint_day}; predictions from "
+          f"{bounds['test'][0]} to {bounds['test'][1]}")
+    for extra in ("pretrain", "pretrain_validation"):  # TabNet's pretraining segments
+        if r.get(f"{segments}.{extra}") is not None:
+            same = [_date(v, extra, r.path) for v in r.get(f"{segments}.{extra}")] == \
+                   list(bounds["train" if extra == "pretrain" else "valid"])
+            r.say(f"{segments}.{extra}", "honoured" if same else "not honoured",
+                  f"TabNet pretrains on the {'train' if extra == 'pretrain' else 'valid'} window" + ("" if same else
+                  ", not on a segment of its own"))
+
+
+def _fit_window_entries(r: _Reader, kwargs: str, train: tuple[dt.date, dt.date]) -> None:
+    for key, bound in (("fit_start_time", train[0]), ("fit_end_time", train[1])):
+        value = r.get(f"{kwargs}.{key}")
+        if value is not None:
+            same = _date(value, key, r.path) == bound
+            r.say(f"{kwargs}.{key}", "honoured" if same else "not honoured",
+                  "processors fitted on the train window" if same else
+                  f"qpipe fits processors on the train window ({train[0]}..{train[1]}), not on another span")
+
+
+def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig, train: tuple[dt.date, dt.date]) -> None:
+    from qpipe.features.processors import build_processor
+
+    fit = (str(train[0]), str(train[1]))
+    sequence_alpha158 = model.feature_set == "alpha158" and model.step_len is not None
+    expected = {"infer_processors": ([FILTER_20] if sequence_alpha158 else []) + BENCHMARK_INFER,
+                "learn_processors": BENCHMARK_LEARN}
+
+    def canonical(entries: list) -> list:
+        """Entries as {class, kwargs}; a column list as a set (FilterCol and DropCol keep the frame's order)."""
+        out = []
+        for e in entries:
+            e = {"class": e, "kwargs": {}} if isinstance(e, str) else {"class": e.get("class"), "kwargs": dict(e.get("kwargs") or {})}
+            if isinstance(e["kwargs"].get("col_list"), list):
+                e["kwargs"]["col_list"] = sorted(e["kwargs"]["col_list"])
+            out.append(e)
+        return out
+
+    for key, chain in expected.items():
+        given = r.get(f"{kwargs}.{key}")
+        if given is None:
+            continue
+        unknown = []
+        for entry in canonical(given):
+            try:
+                build_processor(entry, *fit)
+            except ValueError as error:
+                if "unknown processor" not in str(error):
+                    raise ConfigError(f"{r.path}: {kwargs}.{key}: {error}") from None
+                unknown.append(entry["class"])
+        names = " + ".join(e["class"] for e in canonical(chain))
+        if canonical(given) == canonical(chain):
+            r.say(f"{kwargs}.{key}", "honoured", f"{names}, fitted on the train window and saved in the checkpoint")
+        else:
+            r.say(f"{kwargs}.{key}", "not honoured", f"qpipe fits Qlib's benchmark chain ({names}), not this one"
+                  + (f"; qpipe has no {', '.join(unknown)}" if unknown else ""))
+    process_type = r.get(f"{kwargs}.process_type")
+    if process_type is not None:
+        r.say(f"{kwargs}.process_type", "not honoured", "qpipe applies the infer chain to the features and the learn "
+              "chain to the label (the same as Qlib's either way for the benchmark chains)")
+
+
+def _record_entries(r: _Reader, lots: int | None, test: tuple, benchmark: Any) -> tuple[list[str], dict | None]:
+    records = r.get("task.record") or []
+    if isinstance(records, dict):
+        records = [records]
+    names, port_analysis = [], None
+    handlers: dict[str, Callable[[str, dict], None]] = {}
+
+    def signal(key: str, kwargs: dict) -> None:
+        r.say(key, "honoured", "predictions/<arch>_predictions over the test segment", value="SignalRecord")
+
+    def sig_ana(key: str, kwargs: dict) -> None:
+        r.say(key, "honoured", "reports/<arch>_ic: IC, ICIR, Rank IC, Rank ICIR", value="SigAnaRecord")
+        if kwargs.get("ana_long_short"):
+            r.entries.append(Entry(f"{key}.kwargs.ana_long_short", True, "not honoured", "qpipe reports no long-short "
+                                   "return; the backtest's tear sheet shows the top-minus-bottom quantile spread"))
+        if "ann_scaler" in kwargs:
+            r.entries.append(Entry(f"{key}.kwargs.ann_scaler", kwargs["ann_scaler"], "not honoured",
+                                   "it scales only the long-short figures, which qpipe does not report"))
+
+    def port_ana(key: str, kwargs: dict) -> None:
+        nonlocal port_analysis
+        port_analysis = _port_analysis(r, f"{key}.kwargs.config", kwargs.get("config") or {}, lots, test, benchmark)
+        r.say(key, "honoured", "reports/<arch>_backtest (TopkDropoutStrategy on a daily exchange)", value="PortAnaRecord")
+
+    handlers = {"SignalRecord": signal, "SigAnaRecord": sig_ana, "PortAnaRecord": port_ana}
+    for i, record in enumerate(records):
+        key = f"task.record[{i}]"
+        name = record.get("class") if isinstance(record, dict) else record
+        names.append(name)
+        if name in handlers:
+            handlers[name](key, (record.get("kwargs") or {}) if isinstance(record, dict) else {})
+        else:
+            r.entries.append(Entry(key, name, "not honoured", f"qpipe has the records {', '.join(handlers)}"))
+    r.read.add("task.record")
+    return names, port_analysis
+
+
+def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: tuple, benchmark: Any) -> dict:
+    from pydantic import ValidationError
+
+    from qpipe.evaluation.backtest import BacktestConfig
+
+    strategy, backtest = config.get("strategy") or {}, config.get("backtest") or {}
+    chosen: dict[str, Any] = {} if lots is None else {"trade_unit": lots}
+    if strategy.get("class", "TopkDropoutStrategy") != "TopkDropoutStrategy":
+        r.entries.append(Entry(f"{key}.strategy.class", strategy["class"], "not honoured",
+                               "qpipe backtests with TopkDropoutStrategy"))
+    for name, value in (strategy.get("kwargs") or {}).items():
+        if name in STRATEGY_KEYS:
+            chosen[name] = value
+        elif name != "signal":
+            r.entries.append(Entry(f"{key}.strategy.kwargs.{name}", value, "not honoured", "not a setting of qpipe's strategy"))
+    for name, value in backtest.items():
+        if name == "account":
+            chosen["account"] = value
+        elif name == "benchmark":
+            r.entries.append(Entry(f"{key}.backtest.benchmark", value, "honoured" if value == benchmark else "not honoured",
+                                   "QPIPE_BENCHMARK" if value == benchmark else f"the benchmark is {benchmark}"))
+        elif name in ("start_time", "end_time"):
+            bound = _date(value, f"{key}.backtest.{name}", r.path)
+            same = bound == test[0 if name == "start_time" else 1]
+            r.entries.append(Entry(f"{key}.backtest.{name}", value, "honoured" if same else "not honoured",
+                                   "the test segment" if same else "qpipe backtests over the test segment"))
+        elif name == "exchange_kwargs":
+            for exchange_key, exchange_value in value.items():
+                if exchange_key in EXCHANGE_KEYS:
+                    chosen[exchange_key] = exchange_value
+                else:
+                    r.entries.append(Entry(f"{key}.backtest.exchange_kwargs.{exchange_key}", exchange_value,
+                                           "not honoured", "not a setting of qpipe's exchange"))
+        else:
+            r.entries.append(Entry(f"{key}.backtest.{name}", value, "not honoured", "not a setting of qpipe's backtest"))
+    try:
+        BacktestConfig(**chosen)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise ConfigError(f"{r.path}: {key}: {'.'.join(map(str, problem['loc']))} = {problem.get('input')!r}: "
+                          f"{problem['msg']}") from None
+    r.entries.append(Entry(f"{key} (strategy, exchange)", ", ".join(f"{k}={v}" for k, v in chosen.items()), "honoured",
+                           "reports/<arch>_backtest's port_analysis run config"))
+    return chosen
