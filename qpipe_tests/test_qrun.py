@@ -50,7 +50,8 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
         document["task"]["dataset"]["kwargs"]["segments"]["test"]))
     assert workflow.train_days == 1702 and workflow.valid_days == 486  # XSHG sessions; valid ends 2016-12-28
     assert workflow.settings == {"QPIPE_SOURCE": "qlib", "QPIPE_SOURCE_PATH": str(Path("~/.qlib/qlib_data/cn_data").expanduser()),
-                                 "QPIPE_MARKET": "csi300", "QPIPE_BENCHMARK": "SH000300"}
+                                 "QPIPE_QLIB_MARKET": "csi300", "QPIPE_BENCHMARK": "SH000300",
+                                 "QPIPE_PARTITIONS_START": "2007-09-28"}  # 61 sessions of history before start_time
     assert workflow.port_analysis == {"trade_unit": 100, "topk": 50, "n_drop": 5, "account": 100000000,
                                       "limit_threshold": 0.095, "deal_price": "close", "open_cost": 0.0005,
                                       "close_cost": 0.0015, "min_cost": 5}

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from qpipe.features.alpha158 import FILTER_COL_20
-from qpipe.features.store import LABEL_HORIZON
+from qpipe.features.store import LABEL_HORIZON, LOOKBACK
 from qpipe.models.config import QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
 from qpipe.training.dataset import feature_columns
 
@@ -47,7 +47,8 @@ class Workflow:
     path: Path
     model: ModelConfig
     settings: dict[str, str]  # QPIPE_* environment of the runs
-    span: tuple[dt.date, dt.date]  # prices and features
+    prices_from: dt.date  # the history the first day's features need
+    span: tuple[dt.date, dt.date]  # features
     checkpoint_day: dt.date
     train_days: int
     valid_days: int
@@ -72,7 +73,7 @@ class Workflow:
         lines.append(f"  runs (sessions counted on {self.sessions_from}):")
         lines.append("    settings: " + " ".join(f"{k}={v}" for k, v in self.settings.items()))
         arch, features = self.model.model, self.model.feature_set
-        lines += [f"    1. raw/prices, raw/universe, raw/concepts {self.span[0]}..{self.span[1]}",
+        lines += [f"    1. raw/prices, raw/universe, raw/concepts {self.prices_from}..{self.span[1]}",
                   f"    2. features/{features}, features/label {self.span[0]}..{self.span[1]}",
                   f"    3. models/{arch}_checkpoint on {self.checkpoint_day}: train_days {self.train_days}, "
                   f"valid_days {self.valid_days}",
@@ -170,9 +171,10 @@ def translate(path: str | Path) -> Workflow:
         r.say("qlib_init.region", "not honoured", f"qpipe knows the regions {', '.join(REGION_EXCHANGES)}", value=region)
         lots = None
     market = str(r.get("market") or r.get("task.dataset.kwargs.handler.kwargs.instruments", required=True))
-    settings["QPIPE_MARKET"] = market
+    settings["QPIPE_QLIB_MARKET"] = market
     if r.get("market") is not None:
-        r.say("market", "honoured", f"QPIPE_MARKET={market}")
+        r.say("market", "honoured", f"QPIPE_QLIB_MARKET={market}: the members of instruments/{market}.txt, ingested, "
+              "trained on and scored")
     benchmark = r.get("benchmark")
     if benchmark is not None:
         settings["QPIPE_BENCHMARK"] = str(benchmark)
@@ -209,6 +211,9 @@ def translate(path: str | Path) -> Workflow:
             raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}] is not a span "
                               f"inside the handler's {span[0]}..{span[1]}")
     days, sessions_from = _sessions(provider, region)
+    first = int(np.searchsorted(days, np.datetime64(span[0], "D")))
+    prices_from = days[max(0, first - LOOKBACK)].item()  # the history Qlib's expressions read before start_time
+    settings["QPIPE_PARTITIONS_START"] = str(prices_from)
     split = _fixed_split(days, bounds, path)
     _segment_entries(r, segments, bounds, split, days)
     _fit_window_entries(r, kwargs, bounds["train"])
@@ -224,7 +229,7 @@ def translate(path: str | Path) -> Workflow:
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
     checkpoint_day, train_days, valid_days = split
-    return Workflow(path, model, settings, span, checkpoint_day, train_days, valid_days, bounds["test"],
+    return Workflow(path, model, settings, prices_from, span, checkpoint_day, train_days, valid_days, bounds["test"],
                     port_analysis, records, r.entries, sessions_from)
 
 
@@ -380,7 +385,6 @@ def _record_entries(r: _Reader, lots: int | None, test: tuple, benchmark: Any) -
     if isinstance(records, dict):
         records = [records]
     names, port_analysis = [], None
-    handlers: dict[str, Callable[[str, dict], None]] = {}
 
     def signal(key: str, kwargs: dict) -> None:
         r.say(key, "honoured", "predictions/<arch>_predictions over the test segment", value="SignalRecord")
@@ -399,7 +403,7 @@ def _record_entries(r: _Reader, lots: int | None, test: tuple, benchmark: Any) -
         port_analysis = _port_analysis(r, f"{key}.kwargs.config", kwargs.get("config") or {}, lots, test, benchmark)
         r.say(key, "honoured", "reports/<arch>_backtest (TopkDropoutStrategy on a daily exchange)", value="PortAnaRecord")
 
-    handlers = {"SignalRecord": signal, "SigAnaRecord": sig_ana, "PortAnaRecord": port_ana}
+    handlers: dict[str, Callable[[str, dict], None]] = {"SignalRecord": signal, "SigAnaRecord": sig_ana, "PortAnaRecord": port_ana}
     for i, record in enumerate(records):
         key = f"task.record[{i}]"
         name = record.get("class") if isinstance(record, dict) else record
