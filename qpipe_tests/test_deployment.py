@@ -191,6 +191,7 @@ def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_cli
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(60_000)
+        expect.set_options(timeout=30_000)  # a page's first render on a loaded machine takes more than the 5 s default
 
         def shot(name: str) -> None:
             page.screenshot(path=shots / f"{name}.png")

@@ -1,10 +1,14 @@
 """``qpipe qrun WORKFLOW.yaml --dry-run`` (issue 16, point 1's report): every Qlib benchmark workflow translates;
 each key is honoured, honoured with a named difference, or named as not honoured with the reason."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pytest
 import yaml
 
@@ -12,6 +16,7 @@ from qpipe.models.config import ConfigError, read_qlib_yaml
 from qpipe.workflow.translate import translate
 from qpipe_tests.conftest import SHARED
 
+QPIPE = Path(sys.executable).with_name("qpipe")  # the console script of this environment
 CONFIGS = sorted((SHARED / "qlib_configs").glob("*.yaml"))
 # What each benchmark YAML asks for that qpipe does not do. Every file: SigAnaRecord's ann_scaler (it scales the
 # long-short figures qpipe does not report), and in most the device or worker count (qpipe picks the device).
@@ -46,8 +51,7 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
     for leaf in _leaves(document):
         assert any(leaf == key or leaf.startswith(key + ".") for key in reported), leaf
     # The fixed split: one checkpoint on the session before the test segment, windows from the segments.
-    assert str(workflow.checkpoint_day) == "2016-12-30" and str(workflow.test) == str(tuple(
-        document["task"]["dataset"]["kwargs"]["segments"]["test"]))
+    assert str(workflow.checkpoint_day) == "2016-12-30" and [str(d) for d in workflow.test] == ["2017-01-03", "2020-07-31"]
     assert workflow.train_days == 1702 and workflow.valid_days == 486  # XSHG sessions; valid ends 2016-12-28
     assert workflow.settings == {"QPIPE_SOURCE": "qlib", "QPIPE_SOURCE_PATH": str(Path("~/.qlib/qlib_data/cn_data").expanduser()),
                                  "QPIPE_QLIB_MARKET": "csi300", "QPIPE_BENCHMARK": "SH000300",
@@ -61,17 +65,69 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
     assert [e.key for e in changed] == ["task.dataset.kwargs.segments.valid"] and "look-ahead" in changed[0].meaning
 
 
-def test_the_console_script_prints_the_report_and_refuses_to_pretend_it_ran():
-    qpipe = Path(sys.executable).with_name("qpipe")
+def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_writing_nothing(tmp_path):
     lstm = SHARED / "qlib_configs" / "workflow_config_lstm_Alpha360.yaml"
-    dry = subprocess.run([qpipe, "qrun", lstm, "--dry-run"], capture_output=True, text=True, timeout=120)
+    dry = subprocess.run([QPIPE, "qrun", lstm, "--dry-run"], capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.startswith("workflow_config_lstm_Alpha360.yaml -> qpipe: lstm on alpha360")
     for line in ("  honoured (", "  changed (1):", "  not honoured (2):", "3. models/lstm_checkpoint on 2016-12-30",
                  "task.model.kwargs.GPU", "qpipe picks the device"):
         assert line in dry.stdout, line
-    real = subprocess.run([qpipe, "qrun", lstm], capture_output=True, text=True, timeout=120)
-    assert real.returncode == 2 and "not built yet" in real.stderr
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "QPIPE_HOME": str(tmp_path / "qpipe")}
+    (tmp_path / "dagster_home").mkdir()
+    real = subprocess.run([QPIPE, "qrun", lstm], capture_output=True, text=True, timeout=120, env=env)
+    assert real.returncode == 2 and "qlib_init.provider_uri" in real.stderr and "not a Qlib provider directory" in real.stderr
+    assert not (tmp_path / "qpipe").exists() and list((tmp_path / "dagster_home").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path):
+    """Qlib's LSTM Alpha360 workflow on a small CN provider (XSHG 2019), shortened segments and quick kwargs."""
+    from qpipe.calendar import exchange_calendar
+    from qpipe.data.qlib_provider import read_calendar, write_qlib_provider
+    from qpipe.data.synthetic import SyntheticSpec, generate_market
+
+    provider = tmp_path / "cn_data"
+    market = generate_market(SyntheticSpec(n_instruments=30, index_size=20, origin="2018-06-01"), start="2019-01-02",
+                             end="2019-12-31", calendar=exchange_calendar("XSHG"))
+    write_qlib_provider(market.prices, provider, market.universe)
+
+    def shorten(d):
+        d["qlib_init"]["provider_uri"] = str(provider)
+        d["market"] = d["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["instruments"] = "syn20"
+        del d["benchmark"]  # no index in this provider: the equal-weighted market is the benchmark
+        _kwargs(d).update(start_time="2019-04-01", end_time="2019-12-31", fit_start_time="2019-04-01",
+                          fit_end_time="2019-08-30")
+        d["task"]["dataset"]["kwargs"]["segments"] = {"train": ["2019-04-01", "2019-08-30"],
+                                                      "valid": ["2019-09-02", "2019-10-31"], "test": ["2019-11-01", "2019-12-31"]}
+        d["task"]["model"]["kwargs"].update(n_epochs=1, hidden_size=8, batch_size=256)
+        config = d["task"]["record"][2]["kwargs"]["config"]
+        config["strategy"]["kwargs"].update(topk=5, n_drop=1)
+        config["backtest"].update(start_time="2019-11-01", end_time="2019-12-31")
+        del config["backtest"]["benchmark"]
+
+    path = _edited(tmp_path, shorten)
+    (tmp_path / "dagster_home").mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "QPIPE_HOME": str(tmp_path / "qpipe")}
+    done = subprocess.run([QPIPE, "qrun", path], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report, runs = done.stdout.split("\n\n", 1)
+    assert report.startswith("workflow.yaml -> qpipe: lstm on alpha360") and "not honoured" in report
+    for stage in ("[1/5] prices and universe", "[3/5] lstm checkpoint on 2019-10-31", "[4/5] test segment 2019-11-01..2019-12-31",
+                  "[5/5] leaderboard", "Out-of-sample leaderboard"):
+        assert stage in runs, stage
+    sessions = [str(d) for d in np.asarray(read_calendar(provider)).astype("datetime64[D]")]
+    test = [d for d in sessions if "2019-11-01" <= d <= "2019-12-31"]
+    with duckdb.connect(str(tmp_path / "qpipe" / "warehouse.duckdb"), read_only=True) as con:
+        predicted = [str(d) for (d,) in con.execute("SELECT DISTINCT date FROM predictions.scores ORDER BY 1").fetchall()]
+        traded = [str(d) for (d,) in con.execute("SELECT date FROM reports.backtest_daily ORDER BY 1").fetchall()]
+        ic_days = con.execute("SELECT count(*) FROM reports.daily_ic").fetchone()[0]
+        held = con.execute("SELECT max(holdings) FROM reports.backtest_daily").fetchone()[0]
+    assert predicted == test and traded == test and ic_days > 20 and held == 5
+    sidecar = json.loads((tmp_path / "qpipe" / "checkpoints" / "lstm" / "2019-10-31.json").read_text())
+    valid_end = sessions[sessions.index("2019-10-31") - 2]  # the last label known at the checkpoint's close
+    assert sidecar["windows"] == {"train": ["2019-04-01", "2019-08-30"], "valid": ["2019-09-02", valid_end]}
+    assert sidecar["config"]["params"]["hidden_size"] == 8 and sidecar["config"]["params"]["n_epochs"] == 1
 
 
 def _edited(tmp_path, change) -> Path:

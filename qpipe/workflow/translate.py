@@ -8,7 +8,7 @@ train and valid segments, predictions, IC and backtest over the test segment) an
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,15 +48,16 @@ class Workflow:
     model: ModelConfig
     settings: dict[str, str]  # QPIPE_* environment of the runs
     prices_from: dt.date  # the history the first day's features need
-    span: tuple[dt.date, dt.date]  # features
+    span: tuple[dt.date, dt.date]  # features (sessions)
     checkpoint_day: dt.date
     train_days: int
     valid_days: int
-    test: tuple[dt.date, dt.date]  # predictions, IC and backtest
+    test: tuple[dt.date, dt.date]  # predictions, IC and backtest (sessions)
     port_analysis: dict[str, Any] | None  # reports/<arch>_backtest's run config; None without a PortAnaRecord
     records: list[str]
-    entries: list[Entry] = field(default_factory=list)
-    sessions_from: str = ""  # whose calendar counted the sessions
+    entries: list[Entry]
+    sessions_from: str  # whose calendar counted the sessions
+    test_sessions: int
 
     def not_honoured(self) -> list[Entry]:
         return [e for e in self.entries if e.status == "not honoured"]
@@ -229,8 +230,14 @@ def translate(path: str | Path) -> Workflow:
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
     checkpoint_day, train_days, valid_days = split
-    return Workflow(path, model, settings, prices_from, span, checkpoint_day, train_days, valid_days, bounds["test"],
-                    port_analysis, records, r.entries, sessions_from)
+
+    def sessions(bound: tuple[dt.date, dt.date]) -> np.ndarray:
+        return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
+
+    features, test = sessions(span), sessions(bounds["test"])
+    return Workflow(path, model, settings, prices_from, (features[0].item(), features[-1].item()), checkpoint_day,
+                    train_days, valid_days, (test[0].item(), test[-1].item()), port_analysis, records, r.entries,
+                    sessions_from, len(test))
 
 
 def _anchor_entries(r: _Reader) -> None:
