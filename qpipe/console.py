@@ -49,10 +49,12 @@ class RunView:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     every: float = 8.0  # seconds between progress lines when out is not a terminal (the promise: under 10)
     poll: float = 0.5
-    width: int = field(default_factory=lambda: min(shutil.get_terminal_size((110, 24)).columns, 140))
+    width: int | None = None  # characters per line: the terminal's (at most 140) when out is one, else 110
 
     def __post_init__(self) -> None:
         self.live = self.out.isatty()
+        if self.width is None:
+            self.width = min(shutil.get_terminal_size((110, 24)).columns, 140) if self.live else 110
         self.started = time.monotonic()
         self._cursor: str | None = None
         self._running: dict[str, _Step] = {}

@@ -60,8 +60,10 @@ def _span(start, end) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": str(start), "dagster/asset_partition_range_end": str(end)}
 
 
-def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: ComputePlan) -> list[Stage]:
-    """The five runs for a leaderboard over the ``test_days`` sessions up to ``last_day``."""
+def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: ComputePlan,
+           epochs: int | None = None) -> list[Stage]:
+    """The five runs for a leaderboard over the ``test_days`` sessions up to ``last_day``; ``epochs`` replaces the
+    quick profile's ``n_epochs`` of every model (early stopping still applies)."""
     days = trading_days(EARLIEST, last_day)
     checkpoint = len(days) - 1 - test_days
     # Features back far enough for this checkpoint's window and for a default one on the last day, so the
@@ -72,7 +74,8 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
     checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
     cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)
     training = {"ops": {checkpoint_key(arch).to_python_identifier(): {
-        "config": {**QUICK_PROFILE, "params": QUICK_PARAMS.get(arch, {})}} for arch in models},
+        "config": {**QUICK_PROFILE, "params": {**QUICK_PARAMS.get(arch, {}), **({"n_epochs": epochs} if epochs else {})}}}
+        for arch in models},
         "execution": {"config": {"multiprocess": {"max_concurrent": plan.parallel_steps}}}}
     return [
         Stage(f"prices and universe {prices_from}..{end}", "daily_pipeline", ["raw/prices", "raw/universe", "raw/concepts"],
@@ -140,11 +143,16 @@ def main() -> None:
     parser.add_argument("--test-days", type=int, default=TEST_DAYS, help="sessions scored after the checkpoint")
     parser.add_argument("--models", default=",".join(QUICK_PARAMS),
                         help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)})")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of every model (default: the quick profile's, MLP 30, RNNs 4); early stopping "
+                             "still applies")
     args = parser.parse_args()
     try:
         models = parse_models(args.models)
     except ValueError as error:
         parser.error(str(error).replace("QPIPE_MODELS", "--models"))
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: expected a positive number of epochs")
     if not os.environ.get("DAGSTER_HOME"):
         sys.exit("DAGSTER_HOME is not set: the runs need an instance to live in (the README uses export DAGSTER_HOME=$PWD)")
 
@@ -155,7 +163,7 @@ def main() -> None:
     settings, plan = get_settings(), compute_plan()
     calendar = market_calendar()
     last_day = calendar.latest_session(args.end)
-    plan_stages = stages(last_day, models, args.test_days, plan)
+    plan_stages = stages(last_day, models, args.test_days, plan, args.epochs)
     instance = dg.DagsterInstance.get()
     for dead in reap(instance):
         print(f"  run {dead.run_id[:8]} ({dead.job_name}) had lost its process: marked failed, its pool slots freed")

@@ -11,6 +11,12 @@ SHARED = REPO.parent / "shared"
 SP500 = SHARED / "data" / "sp500_5yr" / "prices.parquet"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end tests first: pytest-xdist (two workers, a module each) then starts the longest modules at
+    once and fills the rest in around them, instead of ending on one long module while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """No test writes into the developer's .qpipe or DAGSTER_HOME."""

@@ -32,6 +32,9 @@ class MainJob:
         self.env = env = {**os.environ, "DAGSTER_HOME": str(self.home), "QPIPE_HOME": str(tmp_path / "qpipe"),
                           "QPIPE_SYNTHETIC_INSTRUMENTS": str(instruments), "PYTHONUNBUFFERED": "1"}
         self.lines: list[tuple[float, str]] = []
+        # The test's own view of the instance, made first: two processes creating one sqlite storage at once race
+        # ("table alembic_version already exists").
+        self._instance = dg.DagsterInstance.from_config(str(self.home))
         self.process = subprocess.Popen([sys.executable, "-m", "qpipe.main", *args], cwd=REPO, env=env, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -51,8 +54,7 @@ class MainJob:
         return code
 
     def instance(self) -> dg.DagsterInstance:
-        os.environ["DAGSTER_HOME"] = str(self.home)
-        return dg.DagsterInstance.get()
+        return self._instance
 
     def wait_for_training(self, instance: dg.DagsterInstance, timeout: float = 400) -> dg.DagsterRun:
         """The checkpoint run, once its training step has reported progress."""
@@ -139,7 +141,7 @@ def test_the_main_job_shows_progress_trains_the_cheapest_first_and_prints_the_le
 
 
 def test_a_run_terminated_as_the_ui_does_ends_canceled_and_holds_nothing(tmp_path):
-    job = MainJob(tmp_path, "--models", "gru", "--test-days", "40")
+    job = MainJob(tmp_path, "--models", "gru", "--test-days", "40", "--epochs", "100")  # still training when stopped
     try:
         instance = job.instance()
         run = job.wait_for_training(instance)
@@ -153,7 +155,7 @@ def test_a_run_terminated_as_the_ui_does_ends_canceled_and_holds_nothing(tmp_pat
 
 
 def test_ctrl_c_cancels_the_running_run_and_holds_nothing(tmp_path):
-    job = MainJob(tmp_path, "--models", "gru", "--test-days", "40")
+    job = MainJob(tmp_path, "--models", "gru", "--test-days", "40", "--epochs", "100")  # still training when stopped
     try:
         instance = job.instance()
         run = job.wait_for_training(instance)
