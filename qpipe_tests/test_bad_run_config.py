@@ -22,6 +22,14 @@ task:
   dataset: {class: TSDatasetH, kwargs: {handler: {class: Alpha360}, step_len: 20}}
 """
 
+MLP_YAML = """
+task:
+  model: {class: DNNModelPytorch, kwargs: {pt_model_kwargs: {input_dim: 360}}}
+  dataset:
+    class: DatasetH
+    kwargs: {handler: {class: Alpha360, kwargs: {infer_processors: [{class: CSZFillna, kwargs: {fields_group: feature}}]}}}
+"""
+
 
 def _yaml(tmp_path, text: str) -> str:
     path = tmp_path / "workflow_config.yaml"
@@ -58,6 +66,20 @@ CASES = {
     "a YAML for another model": ({}, lambda p: {"qlib_yaml": _yaml(p, LSTM_YAML)}, "configures 'lstm', not 'mlp'"),
     "a warm start from a missing checkpoint": ({"params": {"model_path": "/nonexistent/lstm/2024-01-02"}}, None,
                                                "/nonexistent/lstm/2024-01-02"),
+    "an unknown processor": ({"infer_processors": [{"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature"}},
+                                                   {"class": "MinMaxScaler"}]}, None,
+                             "infer_processors[1]: unknown processor class 'MinMaxScaler'"),
+    "a processor with a kwarg it does not take": ({"learn_processors": [{"class": "CSRankNorm", "kwargs": {"group": "label"}}]},
+                                                  None, "learn_processors[0]: CSRankNorm got unexpected kwargs ['group']"),
+    "a label filter among the infer processors": ({"infer_processors": [{"class": "DropnaLabel"}]}, None,
+                                                  "infer_processors[0]: DropnaLabel drops rows by label"),
+    "an unknown process type": ({"process_type": "parallel"}, None, "process_type = 'parallel': expected append or independent"),
+    "a YAML naming an unknown processor": ({}, lambda p: {"qlib_yaml": _yaml(p, MLP_YAML.replace("CSZFillna", "CSZFill"))},
+                                           "handler.kwargs: infer_processors[0]: unknown processor class 'CSZFill'"),
+    "processors that train on columns a prediction lacks": (
+        {"infer_processors": [{"class": "DropCol", "kwargs": {"col_list": ["CLOSE1"]}}, {"class": "Fillna"}],
+         "learn_processors": [{"class": "DropnaLabel"}], "process_type": "independent"}, None,
+        "the learn processors keep columns the infer processors drop (CLOSE1)"),
 }
 # Refused by Dagster's config system before the run starts: the key is named.
 INVALID_CONFIG = {

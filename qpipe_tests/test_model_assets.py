@@ -65,7 +65,12 @@ def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     # no leakage: the last label trained on is the last one known at the checkpoint day's close
     assert sidecar["windows"]["valid"][1] == days[-3]
     assert sidecar["windows"]["train"][1] < sidecar["windows"]["valid"][0]
-    assert set(sidecar["processor_state"]) == {"infer", "learn"} and sidecar["feature_set"] == "alpha360"
+    assert sidecar["feature_set"] == "alpha360"
+    state = sidecar["processor_state"]  # Qlib's benchmark chains, fitted on the train window
+    assert [p["class"] for p in state["infer"]["processors"]] == ["RobustZScoreNorm", "Fillna"]
+    assert [p["class"] for p in state["learn"]["processors"]] == ["DropnaLabel", "CSRankNorm"]
+    assert state["process_type"] == "append"
+    assert state["infer"]["processors"][0]["kwargs"]["fit_end_time"] == sidecar["windows"]["train"][1]
     if arch == "hist":  # the concept matrix's columns travel with the checkpoint
         with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
             known = [c for (c,) in con.execute("SELECT DISTINCT concept FROM raw.concepts ORDER BY 1").fetchall()]

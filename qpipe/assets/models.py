@@ -25,6 +25,7 @@ from qpipe.resources import CheckpointStore, Compute, Warehouse
 from qpipe.settings import get_settings, parse_device
 
 if TYPE_CHECKING:
+    from qpipe.features.handler import Processing
     from qpipe.models.config import ModelConfig
 
 LABEL = dg.AssetKey(["features", "label"])
@@ -55,7 +56,14 @@ class TrainConfig(dg.Config):
     valid_days: int = Field(default=120, ge=5, description="trading days of labels for early stopping")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="Qlib hyper-parameter overrides, e.g. {n_epochs: 20, lr: 0.001}")
-    qlib_yaml: str = Field(default="", description="a Qlib workflow YAML whose task.model is used (then params)")
+    qlib_yaml: str = Field(default="", description="a Qlib workflow YAML whose task.model and handler processors "
+                           "are used (then params and the processor fields below)")
+    infer_processors: list[dict[str, Any]] | None = Field(default=None, description=(
+        "Qlib's infer_processors, e.g. [{class: RobustZScoreNorm, kwargs: {fields_group: feature, clip_outlier: "
+        "true}}, {class: Fillna, kwargs: {fields_group: feature}}]; default: the Qlib YAML's, else the benchmark's"))
+    learn_processors: list[dict[str, Any]] | None = Field(default=None, description=(
+        "Qlib's learn_processors, e.g. [{class: DropnaLabel}, {class: CSRankNorm, kwargs: {fields_group: label}}]"))
+    process_type: str = Field(default="", description="append (learn after infer, Qlib's default) or independent")
     market: str = Field(default="", description="universe to train on; default QPIPE_MARKET")
     device: str = Field(default="", description="auto, cpu or cuda[:i]; default QPIPE_DEVICE")
     shuffle_labels: bool = Field(default=False, description="placebo control: permute each day's labels before "
@@ -66,6 +74,22 @@ class TrainConfig(dg.Config):
     def _device(cls, value: str) -> str:
         return parse_device(value) if value else value
 
+    @field_validator("infer_processors", "learn_processors")
+    @classmethod
+    def _processors(cls, entries: list[dict[str, Any]] | None, info) -> list[dict[str, Any]] | None:
+        from qpipe.features.handler import processing
+
+        if entries is not None:  # each entry built once, so an unknown class or a bad kwarg is named before the run
+            processing("run config", **{"infer_processors": [], "learn_processors": [], info.field_name: entries})
+        return entries
+
+    @field_validator("process_type")
+    @classmethod
+    def _process_type(cls, value: str) -> str:
+        if value not in ("", "append", "independent"):
+            raise ValueError(f"process_type = {value!r}: expected append or independent")
+        return value
+
     def resolve(self, arch: str) -> "ModelConfig":
         from qpipe.models.config import config_from_qlib_yaml, model_config
 
@@ -75,6 +99,23 @@ class TrainConfig(dg.Config):
                 raise dg.Failure(f"{self.qlib_yaml} configures {base.model!r}, not {arch!r}")
             return model_config(arch, base.feature_set, step_len=base.step_len, **{**base.params, **self.params})
         return model_config(arch, self.feature_set, **self.params)
+
+    def processing(self, model: "ModelConfig") -> "Processing":
+        """The processors: the fields of this config, else the Qlib YAML's handler, else the benchmark workflow's."""
+        from qpipe.features.handler import handler_processing, processing
+        from qpipe.models.config import read_qlib_yaml
+        from qpipe.training.dataset import default_processing
+
+        base = default_processing(model)
+        if self.qlib_yaml:
+            handler = "task.dataset.kwargs.handler.kwargs"
+            node: Any = read_qlib_yaml(Path(self.qlib_yaml))
+            for key in handler.split("."):
+                node = node.get(key) if isinstance(node, dict) else None
+            base = handler_processing(model.feature_set, node or {}, f"{self.qlib_yaml}: {handler}")
+        given = {"infer_processors": self.infer_processors, "learn_processors": self.learn_processors,
+                 "process_type": self.process_type or None}
+        return processing("run config", **{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}})
 
 
 def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
@@ -101,12 +142,13 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         day = context.partition_key
         settings = get_settings()
         model = config.resolve(arch)
+        processing = config.processing(model)
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
                                               market=config.market or settings.market,
-                                              shuffle_labels=config.shuffle_labels)
+                                              shuffle_labels=config.shuffle_labels, processing=processing)
         context.log.info(f"{arch}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
-                         f"valid samples, windows {data.windows.to_json()}"
+                         f"valid samples, windows {data.windows.to_json()}; processors: {processing.names()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
         import torch
 
@@ -118,7 +160,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                        on_progress=lambda p: context.log.info(p.line()), log=context.log.info)
         path = checkpoints.path_for(arch, day)
         weights, sidecar = save_checkpoint(path, result, model, columns=data.train.columns, windows=data.windows.to_json(),
-                                           processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state()},
+                                           processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state(),
+                                                            "process_type": data.process_type},
                                            provenance={"train_config": config.model_dump(), "run_id": context.run.run_id},
                                            concepts=data.concepts)
         best = result.history[result.best_epoch - 1]

@@ -60,7 +60,7 @@ def _edge_split(df: pd.DataFrame, cols: list[str]) -> int | None:
     return None
 
 
-def _values(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
+def column_block(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
     """``df[cols].to_numpy()``, without pandas' per-column take when ``cols`` is a block of the frame."""
     if list(df.columns) == cols:
         return df.to_numpy()  # a view of a single-block frame
@@ -72,6 +72,8 @@ def _values(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
 
 def _with_columns(df: pd.DataFrame, cols: list[str], values: np.ndarray | pd.DataFrame) -> pd.DataFrame:
     """A new frame: ``df`` with ``cols`` replaced by ``values`` (the input is not modified)."""
+    if not cols:  # the group is not in this frame (a label processor on the features a prediction reads)
+        return df
     split = _edge_split(df, cols)
     if split is None:
         out = df.copy()
@@ -187,6 +189,10 @@ class Processor:
     def is_for_infer(self) -> bool:
         return True
 
+    def select_columns(self, columns: list[str]) -> list[str]:
+        """The columns this processor leaves of a frame with ``columns`` (only FilterCol and DropCol remove any)."""
+        return columns
+
     def kwargs(self) -> dict[str, Any]:
         """Constructor arguments, JSON-ready (Qlib names)."""
         return {name: getattr(self, name) for name in _init_params(type(self))}
@@ -241,7 +247,7 @@ class FitWindowProcessor(Processor):
     def _fit_values(self, df: pd.DataFrame) -> np.ndarray:
         rows = self._fit_rows(df)
         # column-major like pandas' .values: numpy's pairwise float32 sums then match Qlib bit for bit
-        return np.asfortranarray(_values(df, self.columns)[rows])
+        return np.asfortranarray(column_block(df, self.columns)[rows])
 
     def _fitted_values(self, df: pd.DataFrame) -> np.ndarray:
         if not hasattr(self, "std_train"):
@@ -249,7 +255,7 @@ class FitWindowProcessor(Processor):
         missing = [c for c in self.columns if c not in df.columns]
         if missing:
             raise KeyError(f"{type(self).__name__} was fitted on columns missing from the frame: {missing}")
-        return _values(df, self.columns)
+        return column_block(df, self.columns)
 
     def _fitted_state(self) -> dict[str, Any] | None:
         if not hasattr(self, "std_train"):
@@ -274,7 +280,7 @@ class RobustZScoreNorm(FitWindowProcessor):
     @_quiet
     def fit(self, df: pd.DataFrame) -> None:
         rows = self._fit_rows(df)
-        x = _values(df, self.columns)
+        x = column_block(df, self.columns)
         window = np.flatnonzero(rows)
         lo, hi = int(window[0]), int(window[-1]) + 1
         if x.dtype == np.float32 and hi - lo == len(window):  # a contiguous window: one parallel pass, no copy
@@ -321,7 +327,7 @@ class Fillna(Processor):
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         cols = group_columns(df, self.fields_group)
-        x = _values(df, cols)
+        x = column_block(df, cols)
         if x.dtype == np.float32:
             return _with_columns(df, cols, _fill_nan(np.asfortranarray(x), np.float32(self.fill_value)))
         return _with_columns(df, cols, df[cols].fillna(self.fill_value))
@@ -338,6 +344,16 @@ class DropnaLabel(Processor):
 
     def is_for_infer(self) -> bool:
         return False
+
+
+class DropnaProcessor(Processor):
+    """Drop rows with a NaN in the group (all columns when ``fields_group`` is None)."""
+
+    def __init__(self, fields_group: str | None = None) -> None:
+        self.fields_group = fields_group
+
+    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
+        return df.dropna(subset=group_columns(df, self.fields_group))
 
 
 class CSRankNorm(Processor):
@@ -404,9 +420,12 @@ class FilterCol(Processor):
         self.col_list = list(col_list)
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        group = set(group_columns(df, self.fields_group))
+        return df[self.select_columns(list(df.columns))].copy()
+
+    def select_columns(self, columns: list[str]) -> list[str]:
+        group = set(group_columns(pd.DataFrame(columns=columns), self.fields_group))
         keep = set(self.col_list)
-        return df[[c for c in df.columns if c not in group or c in keep]].copy()
+        return [c for c in columns if c not in group or c in keep]
 
 
 class DropCol(Processor):
@@ -418,10 +437,13 @@ class DropCol(Processor):
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         return df.drop(columns=[c for c in self.col_list if c in df.columns])
 
+    def select_columns(self, columns: list[str]) -> list[str]:
+        return [c for c in columns if c not in self.col_list]
+
 
 PROCESSORS: dict[str, type[Processor]] = {cls.__name__: cls for cls in (
-    RobustZScoreNorm, ZScoreNorm, Fillna, DropnaLabel, CSRankNorm, CSZScoreNorm, ProcessInf, CSZFillna,
-    FilterCol, DropCol)}
+    RobustZScoreNorm, ZScoreNorm, Fillna, DropnaLabel, DropnaProcessor, CSRankNorm, CSZScoreNorm, ProcessInf,
+    CSZFillna, FilterCol, DropCol)}
 
 
 def build_processor(entry: dict[str, Any] | str, fit_start_time: str | None = None,
@@ -477,6 +499,20 @@ class ProcessorChain:
 
     def is_for_infer(self) -> bool:
         return all(p.is_for_infer() for p in self.processors)
+
+    def select_columns(self, columns: list[str]) -> list[str]:
+        """The columns the chain leaves of a frame with ``columns``."""
+        for proc in self.processors:
+            columns = proc.select_columns(columns)
+        return columns
+
+    def read_columns(self, columns: list[str]) -> list[str]:
+        """The columns the chain reads: those its leading FilterCol/DropCol keep (so a reader can leave the rest out)."""
+        for proc in self.processors:
+            if not isinstance(proc, FilterCol | DropCol):
+                break
+            columns = proc.select_columns(columns)
+        return columns
 
     def to_state(self) -> dict[str, Any]:
         return {"class": "ProcessorChain", "processors": [p.to_state() for p in self.processors]}

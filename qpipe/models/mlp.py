@@ -88,6 +88,13 @@ SPEC = ModelSpec(
         "alpha158": Preset(None, {
             "loss": "mse", "lr": 0.002, "optimizer": "adam", "max_steps": 8000, "batch_size": 8192,
             "weight_decay": 0.0002, "pt_model_kwargs": {"input_dim": 157},
+        }, handler={
+            "infer_processors": [{"class": "DropCol", "kwargs": {"col_list": ["VWAP0"]}},
+                                 {"class": "CSZFillna", "kwargs": {"fields_group": "feature"}}],
+            "learn_processors": [{"class": "DropCol", "kwargs": {"col_list": ["VWAP0"]}},
+                                 {"class": "DropnaProcessor", "kwargs": {"fields_group": "feature"}},
+                                 "DropnaLabel", {"class": "CSZScoreNorm", "kwargs": {"fields_group": "label"}}],
+            "process_type": "independent",
         }),
     },
     from_qlib=from_qlib,

@@ -19,6 +19,8 @@ class Preset:
 
     step_len: int | None  # TSDatasetH window length; None = DatasetH
     params: Mapping[str, Any]  # the YAML's task.model.kwargs, in Qlib's names
+    # The YAML's infer_processors / learn_processors / process_type where they are not the benchmark chains
+    handler: Mapping[str, Any] | None = None
 
 
 def _unchanged(kwargs: dict[str, Any]) -> dict[str, Any]:

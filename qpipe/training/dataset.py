@@ -3,8 +3,9 @@
 A checkpoint for trading day D may only see labels known at D's close (``known_on <= D``): its
 valid window ends at the last such label day, its train window precedes it. Rows are the
 index members of ``market`` on each day, as Qlib's handler keeps only market members. The
-processors are Qlib's benchmark ones, fitted on the train window only and saved with the
-checkpoint, so predictions reproduce from the checkpoint alone.
+processors (Qlib's benchmark ones unless the config names others: qpipe.features.handler) are
+fitted on the train window only and saved with the checkpoint, so predictions reproduce from the
+checkpoint alone.
 """
 
 import os
@@ -17,7 +18,8 @@ import pandas as pd
 import pyarrow as pa
 
 from qpipe.data import warehouse as wh
-from qpipe.features.alpha158 import FILTER_COL_20
+from qpipe.features import handler
+from qpipe.features.handler import Processing, benchmark_processing, handler_processing, learn_frame
 from qpipe.features.label import LABEL_NAME
 from qpipe.features.processors import ProcessorChain
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar
@@ -46,11 +48,19 @@ def windows_as_of(days: np.ndarray, as_of, train_days: int, valid_days: int) -> 
     return Windows(train=(days[first], days[last - valid_days]), valid=(days[last - valid_days + 1], days[last]))
 
 
-def feature_columns(config: ModelConfig) -> list[str]:
-    """Alpha158 sequence models read Qlib's 20 FilterCol columns (the benchmark YAMLs); others all columns."""
-    if config.feature_set == "alpha158" and config.step_len is not None:
-        return list(FILTER_COL_20)
-    return list(FEATURE_SETS[config.feature_set].columns)
+def default_processing(config: ModelConfig) -> Processing:
+    """The processors of the config's Qlib benchmark workflow: its preset's own chains where it has them (MLP on
+    Alpha158), else the benchmark chains (with the 20 FilterCol columns for Alpha158 sequence models)."""
+    preset = get_spec(config.model).presets.get(config.feature_set)
+    if preset is not None and preset.handler is not None:
+        return handler_processing(config.feature_set, dict(preset.handler), f"{config.model}/{config.feature_set}")
+    return benchmark_processing(config.feature_set, config.step_len)
+
+
+def read_columns(feature_set: str, infer: ProcessorChain, learn: ProcessorChain | None = None,
+                 process_type: str = "append") -> list[str]:
+    """The feature set's columns the chains read (handler.read_columns; ``learn`` None: a prediction's)."""
+    return handler.read_columns(list(FEATURE_SETS[feature_set].columns), infer, learn, process_type)
 
 
 def check_market(con: duckdb.DuckDBPyConnection, market: str) -> None:
@@ -62,21 +72,20 @@ def check_market(con: duckdb.DuckDBPyConnection, market: str) -> None:
                          "set QPIPE_MARKET or the checkpoint's market to one of them, or materialize raw/universe")
 
 
-def read_rows(con: duckdb.DuckDBPyConnection, config: ModelConfig, first, last, known_by,
+def read_rows(con: duckdb.DuckDBPyConnection, feature_set: str, columns: list[str], first, last, known_by,
               market: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Market members' feature rows in [first, last], and their raw LABEL0 where known by ``known_by``.
+    """Market members' ``columns`` of ``feature_set`` in [first, last], and their raw LABEL0 where known by ``known_by``.
 
     Both frames are indexed by (datetime, instrument), sorted. The features come back as one
     column-major float32 block, so the processors work on contiguous memory, without the copies
     pandas makes of frames with hundreds of separate columns.
     """
     check_market(con, market)
-    columns = feature_columns(config)
     selected = ", ".join(f'f."{c}"' for c in columns)
     # No ORDER BY: sorting 360-column rows costs DuckDB more than sorting the keys here.
     table = con.sql(f"""
         SELECT f.date AS datetime, f.instrument, {selected}, l.{LABEL_NAME}
-        FROM {FEATURE_SETS[config.feature_set].table} f
+        FROM {FEATURE_SETS[feature_set].table} f
         JOIN {wh.UNIVERSE} u ON u.market = $market AND u.instrument = f.instrument
                              AND f.date BETWEEN u.start_date AND u.end_date
         LEFT JOIN {LABEL_TABLE} l ON l.date = f.date AND l.instrument = f.instrument AND l.known_on <= $known_by
@@ -114,17 +123,6 @@ def history_start(days: np.ndarray, first, config: ModelConfig) -> np.datetime64
     """Where to start reading so a sequence model's first sample has its step_len rows of history."""
     i = int(np.searchsorted(days, np.datetime64(pd.Timestamp(first).date(), "D")))
     return days[max(0, i - (config.step_len or 1) + 1)]
-
-
-def benchmark_processors(windows: Windows) -> tuple[ProcessorChain, ProcessorChain]:
-    """Qlib's benchmark processors: infer RobustZScoreNorm(clip) + Fillna; learn CSRankNorm(label)."""
-    fit = {"fit_start_time": str(windows.train[0]), "fit_end_time": str(windows.train[1])}
-    infer = ProcessorChain.from_config([
-        {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
-        {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
-    ], **fit)
-    learn = ProcessorChain.from_config([{"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}], **fit)
-    return infer, learn
 
 
 def concept_names(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -172,6 +170,7 @@ class TrainingData:
     valid: TrainingFrame
     infer: ProcessorChain
     learn: ProcessorChain
+    process_type: str
     concepts: list[str] | None  # the concept matrix's columns, for models that read it
 
 
@@ -185,21 +184,26 @@ def shuffle_labels_within_days(label: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def load_training_data(con: duckdb.DuckDBPyConnection, config: ModelConfig, as_of, train_days: int,
-                       valid_days: int, market: str, shuffle_labels: bool = False) -> TrainingData:
-    """The train and valid frames of a checkpoint for ``as_of``: read, processed, split.
+                       valid_days: int, market: str, shuffle_labels: bool = False,
+                       processing: Processing | None = None) -> TrainingData:
+    """The train and valid frames of a checkpoint for ``as_of``: read, processed (``processing``, by default the
+    config's benchmark workflow's: ``default_processing``), split.
 
     ``shuffle_labels`` permutes the labels within each day (seeded by the config's seed): a model
     trained so must show no out-of-sample skill, which is how alignment bugs are caught.
     """
     days = calendar(con)
     windows = windows_as_of(days, as_of, train_days, valid_days)
-    features, label = read_rows(con, config, history_start(days, windows.train[0], config), windows.valid[1],
-                                known_by=as_of, market=market)
+    processing = processing or default_processing(config)
+    infer, learn = processing.chains(*windows.train)
+    features, label = read_rows(con, config.feature_set,
+                                read_columns(config.feature_set, infer, learn, processing.process_type),
+                                history_start(days, windows.train[0], config), windows.valid[1], known_by=as_of,
+                                market=market)
     if shuffle_labels:
         label = shuffle_labels_within_days(label, config.params["seed"] or 0)
-    infer, learn = benchmark_processors(windows)
-    features = infer.fit_transform(features)  # features and label apart: each one block, as fast as numpy
-    target = learn(label)[LABEL_NAME].to_numpy()
+    features, target = learn_frame(features, label, infer, learn, processing.process_type)
+    target = target.to_numpy()
     dates = features.index.get_level_values("datetime").to_numpy().astype("datetime64[D]")  # sorted
     train_end = int(np.searchsorted(dates, windows.train[1], "right"))
     valid_start = int(np.searchsorted(dates, history_start(days, windows.valid[0], config)))
@@ -208,7 +212,7 @@ def load_training_data(con: duckdb.DuckDBPyConnection, config: ModelConfig, as_o
         names = concept_names(con)
         matrix = concept_rows(con, features.index.get_level_values("instrument").to_numpy(), names)
     return TrainingData(
-        windows=windows, infer=infer, learn=learn, concepts=names,
+        windows=windows, infer=infer, learn=learn, process_type=processing.process_type, concepts=names,
         train=to_frame(features.iloc[:train_end], target[:train_end], samples_from=windows.train[0],
                        concepts=None if matrix is None else matrix[:train_end]),
         valid=to_frame(features.iloc[valid_start:], target[valid_start:], samples_from=windows.valid[0],

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from qpipe.data import warehouse as wh
+from qpipe.features.handler import infer_frame
 from qpipe.features.processors import ProcessorChain
 from qpipe.features.store import calendar, day_range
 from qpipe.training import dataset
@@ -21,9 +22,10 @@ def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Che
                market: str) -> pd.DataFrame:
     """date, instrument, score for the market members on [first, last], processed as at training time."""
     config = checkpoint.config
-    features, _ = dataset.read_rows(con, config, dataset.history_start(days, first, config), last, known_by=first,
-                                    market=market)
-    processed = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])(features)
+    infer = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])
+    features, _ = dataset.read_rows(con, config.feature_set, dataset.read_columns(config.feature_set, infer),
+                                    dataset.history_start(days, first, config), last, known_by=first, market=market)
+    processed = infer_frame(infer, features)
     names = checkpoint.sidecar.get("concepts")
     concepts = None if names is None else dataset.concept_rows(
         con, processed.index.get_level_values("instrument").to_numpy(), names)

@@ -18,7 +18,8 @@ def stages(workflow: Workflow) -> list[Stage]:
     checkpoint = checkpoint_key(arch).to_python_identifier()
     training = {"feature_set": model.feature_set, "train_days": workflow.train_days, "valid_days": workflow.valid_days,
                 "params": {k: v for k, v in {**model.to_json()["params"], "step_len": model.step_len}.items()
-                           if v is not None}}  # Dagster's config holds no nulls; a missing key takes its default
+                           if v is not None},  # Dagster's config holds no nulls; a missing key takes its default
+                **workflow.processing.model_dump()}
     test_config = {backtest_key(arch).to_python_identifier(): {"config": {"port_analysis": workflow.port_analysis}}} \
         if workflow.port_analysis is not None else {}
     runs = [

@@ -14,19 +14,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qpipe.features.alpha158 import FILTER_COL_20
-from qpipe.features.store import LABEL_HORIZON, LOOKBACK
+from qpipe.features.handler import Processing, handler_processing
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
 from qpipe.models.config import QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
-from qpipe.training.dataset import feature_columns
 
 Status = Literal["honoured", "changed", "not honoured"]
 QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
 REGION_EXCHANGES = {"cn": "XSHG", "us": "XNYS"}
 REGION_LOTS = {"cn": 100, "us": None}  # Qlib's region defaults: trade_unit
-BENCHMARK_INFER = [{"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
-                   {"class": "Fillna", "kwargs": {"fields_group": "feature"}}]
-BENCHMARK_LEARN = [{"class": "DropnaLabel"}, {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}]
-FILTER_20 = {"class": "FilterCol", "kwargs": {"fields_group": "feature", "col_list": FILTER_COL_20}}
 STRATEGY_KEYS = ("topk", "n_drop", "method_sell", "method_buy", "hold_thresh", "only_tradable",
                  "forbid_all_trade_at_limit", "risk_degree")
 EXCHANGE_KEYS = ("limit_threshold", "deal_price", "open_cost", "close_cost", "min_cost", "trade_unit")
@@ -46,6 +41,7 @@ class Workflow:
 
     path: Path
     model: ModelConfig
+    processing: Processing  # the handler's infer and learn chains
     settings: dict[str, str]  # QPIPE_* environment of the runs
     prices_from: dt.date  # the history the first day's features need
     span: tuple[dt.date, dt.date]  # features (sessions)
@@ -181,7 +177,6 @@ def translate(path: str | Path) -> Workflow:
         settings["QPIPE_BENCHMARK"] = str(benchmark)
         r.say("benchmark", "honoured", f"QPIPE_BENCHMARK={benchmark}: ingested beside the market, the backtest's benchmark")
 
-    _model_entries(r, model)
     handler = "task.dataset.kwargs.handler"
     r.say(f"{handler}.class", "honoured", f"feature set {model.feature_set}")
     _module(r, f"{handler}.module_path", "qlib.contrib.data.handler")
@@ -218,7 +213,8 @@ def translate(path: str | Path) -> Workflow:
     split = _fixed_split(days, bounds, path)
     _segment_entries(r, segments, bounds, split, days)
     _fit_window_entries(r, kwargs, bounds["train"])
-    _processor_entries(r, kwargs, model, bounds["train"])
+    processing = _processor_entries(r, kwargs, model)
+    _model_entries(r, model, processing)
     label = r.get(f"{kwargs}.label")
     if label is not None:
         same = [str(x).replace(" ", "") for x in label] == [x.replace(" ", "") for x in QLIB_LABEL]
@@ -235,9 +231,9 @@ def translate(path: str | Path) -> Workflow:
         return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
 
     features, test = sessions(span), sessions(bounds["test"])
-    return Workflow(path, model, settings, prices_from, (features[0].item(), features[-1].item()), checkpoint_day,
-                    train_days, valid_days, (test[0].item(), test[-1].item()), port_analysis, records, r.entries,
-                    sessions_from, len(test))
+    return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
+                    checkpoint_day, train_days, valid_days, (test[0].item(), test[-1].item()), port_analysis, records,
+                    r.entries, sessions_from, len(test))
 
 
 def _anchor_entries(r: _Reader) -> None:
@@ -272,10 +268,10 @@ def _without_pickles(document: dict) -> dict:
     return {**document, "task": {**document["task"], "model": model}}
 
 
-def _model_entries(r: _Reader, model: ModelConfig) -> None:
+def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> None:
     r.say("task.model.class", "honoured", f"architecture {model.model}: models/{model.model}_checkpoint")
     r.say("task.model.module_path", "honoured", "(the class names the architecture)")
-    columns = len(feature_columns(model))
+    columns = len(processing.trained_columns(list(FEATURE_SETS[model.feature_set].columns)))
     for key, value in (r.get("task.model.kwargs") or {}).items():
         if key == "model_path" and model.params.get("model_path") is None:
             r.say(f"task.model.kwargs.{key}", "not honoured", "a pickled file is never loaded (loading never runs code): "
@@ -284,8 +280,8 @@ def _model_entries(r: _Reader, model: ModelConfig) -> None:
             r.say(f"task.model.kwargs.{key}", "not honoured",
                   "qpipe picks the device (QPIPE_DEVICE)" if key == "GPU" else "batches are gathered on the device")
         elif key == "pt_model_kwargs" and value.get("input_dim", columns) != columns:
-            r.say(f"task.model.kwargs.{key}", "not honoured", f"qpipe feeds the network {columns} columns, so a run "
-                  f"refuses input_dim {value['input_dim']} (it counts on a column processor qpipe does not honour)")
+            r.say(f"task.model.kwargs.{key}", "not honoured", f"the processors leave {columns} columns, so a run "
+                  f"refuses input_dim {value['input_dim']}")
         else:
             r.say(f"task.model.kwargs.{key}", "honoured", "hyper-parameter of the checkpoint")
 
@@ -345,46 +341,21 @@ def _fit_window_entries(r: _Reader, kwargs: str, train: tuple[dt.date, dt.date])
                   f"qpipe fits processors on the train window ({train[0]}..{train[1]}), not on another span")
 
 
-def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig, train: tuple[dt.date, dt.date]) -> None:
-    from qpipe.features.processors import build_processor
-
-    fit = (str(train[0]), str(train[1]))
-    sequence_alpha158 = model.feature_set == "alpha158" and model.step_len is not None
-    expected = {"infer_processors": ([FILTER_20] if sequence_alpha158 else []) + BENCHMARK_INFER,
-                "learn_processors": BENCHMARK_LEARN}
-
-    def canonical(entries: list) -> list:
-        """Entries as {class, kwargs}; a column list as a set (FilterCol and DropCol keep the frame's order)."""
-        out = []
-        for e in entries:
-            e = {"class": e, "kwargs": {}} if isinstance(e, str) else {"class": e.get("class"), "kwargs": dict(e.get("kwargs") or {})}
-            if isinstance(e["kwargs"].get("col_list"), list):
-                e["kwargs"]["col_list"] = sorted(e["kwargs"]["col_list"])
-            out.append(e)
-        return out
-
-    for key, chain in expected.items():
-        given = r.get(f"{kwargs}.{key}")
-        if given is None:
-            continue
-        unknown = []
-        for entry in canonical(given):
-            try:
-                build_processor(entry, *fit)
-            except ValueError as error:
-                if "unknown processor" not in str(error):
-                    raise ConfigError(f"{r.path}: {kwargs}.{key}: {error}") from None
-                unknown.append(entry["class"])
-        names = " + ".join(e["class"] for e in canonical(chain))
-        if canonical(given) == canonical(chain):
+def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processing:
+    """The handler's processor chains, fitted and saved by the checkpoint (a chain not named: the handler's default)."""
+    given = {key: r.get(f"{kwargs}.{key}") for key in ("infer_processors", "learn_processors", "process_type")}
+    processing = handler_processing(model.feature_set, {k: v for k, v in given.items() if v is not None},
+                                    f"{r.path}: {kwargs}")
+    for key, entries in (("infer_processors", processing.infer_processors),
+                         ("learn_processors", processing.learn_processors)):
+        if given[key] is not None:
+            names = " + ".join(e["class"] for e in entries) or "no processor"
             r.say(f"{kwargs}.{key}", "honoured", f"{names}, fitted on the train window and saved in the checkpoint")
-        else:
-            r.say(f"{kwargs}.{key}", "not honoured", f"qpipe fits Qlib's benchmark chain ({names}), not this one"
-                  + (f"; qpipe has no {', '.join(unknown)}" if unknown else ""))
-    process_type = r.get(f"{kwargs}.process_type")
-    if process_type is not None:
-        r.say(f"{kwargs}.process_type", "not honoured", "qpipe applies the infer chain to the features and the learn "
-              "chain to the label (the same as Qlib's either way for the benchmark chains)")
+    if given["process_type"] is not None:
+        r.say(f"{kwargs}.process_type", "honoured", "training reads " + (
+            "the learn chain applied after the infer chain" if processing.process_type == "append"
+            else "the learn chain applied to the raw features, predictions the infer chain's"))
+    return processing
 
 
 def _record_entries(r: _Reader, lots: int | None, test: tuple, benchmark: Any) -> tuple[list[str], dict | None]:
