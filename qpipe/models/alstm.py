@@ -50,6 +50,7 @@ SPEC = ModelSpec(
     net=ALSTMModel,
     sampler="sequence",
     qlib_classes=("ALSTM",),
+    qlib_networks=("qlib.contrib.model.pytorch_alstm.ALSTMModel", "qlib.contrib.model.pytorch_alstm_ts.ALSTMModel"),
     presets={
         "alpha360": Preset(None, {
             "d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0, "n_epochs": 200, "lr": 1e-3,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from qpipe.models.registry import get_spec, spec_for_qlib_class
+from qpipe.models.registry import get_spec, spec_for_network, spec_for_qlib_class
 from qpipe.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -47,6 +47,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # RNN of GATs and HIST: rnn.* and fc_out.* from an LSTM or GRU).
     "model_path": None,
 }
+# Qlib's generic trainer, whose network is named by pt_model_uri (its own trainer defaults are TRAINING_DEFAULTS).
+GENERAL_PTNN = "GeneralPTNN"
+GENERAL_PTNN_NETWORK = {"pt_model_uri": "qlib.contrib.model.pytorch_gru_ts.GRUModel",
+                        "pt_model_kwargs": {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0}}
 # Accepted in a Qlib YAML and ignored: qpipe picks the device itself, and batches are gathered
 # on the device, so there are no DataLoader workers.
 QLIB_IGNORED = frozenset({"GPU", "n_jobs"})
@@ -112,10 +116,7 @@ def config_from_qlib_document(document: dict[str, Any], path: Path) -> ModelConf
             node = node[key]
         return node
 
-    try:
-        spec = spec_for_qlib_class(lookup("task.model.class"))
-    except LookupError as error:
-        raise ConfigError(f"{path}: {error}") from None
+    model_class = lookup("task.model.class")
     handler = lookup("task.dataset.kwargs.handler.class")
     if handler not in FEATURE_SETS:
         raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}; supported: {', '.join(FEATURE_SETS)}")
@@ -129,10 +130,30 @@ def config_from_qlib_document(document: dict[str, Any], path: Path) -> ModelConf
     kwargs = lookup("task.model.kwargs", None) or {}
     kwargs = {k: v for k, v in kwargs.items() if k not in QLIB_IGNORED}
     try:
-        params = spec.from_qlib({**spec.qlib_class_defaults(step_len), **kwargs})
-    except ValueError as error:
+        if model_class == GENERAL_PTNN or (model_class == "DNNModelPytorch" and "pt_model_uri" in kwargs):
+            spec, params = _network_by_uri(model_class, kwargs)
+        else:
+            spec = spec_for_qlib_class(model_class)
+            params = spec.from_qlib({**spec.qlib_class_defaults(step_len), **kwargs})
+    except (LookupError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
     return validated_config(spec, FEATURE_SETS[handler], step_len, params, source=str(path))
+
+
+def _network_by_uri(model_class: str, kwargs: dict[str, Any]) -> tuple[ModelSpec, dict[str, Any]]:
+    """Qlib's generic trainers, whose network is ``pt_model_uri`` built with ``pt_model_kwargs``: GeneralPTNN, and
+    DNNModelPytorch (its step-based kwargs read as the MLP reads them). The architecture is the one whose network
+    that is: one of qpipe's (Qlib's own module paths) or one a package registers (README: Write your own model)."""
+    if model_class == GENERAL_PTNN:
+        given, trainer = {**GENERAL_PTNN_NETWORK, **kwargs}, dict
+    else:
+        mlp = get_spec("mlp")
+        given, trainer = {**mlp.class_defaults, **kwargs}, mlp.from_qlib
+    spec = spec_for_network(str(given.pop("pt_model_uri")))
+    network = given.pop("pt_model_kwargs", None) or {}
+    if not isinstance(network, Mapping):
+        raise ValueError(f"task.model.kwargs.pt_model_kwargs = {network!r}: expected a mapping of the network's arguments")
+    return spec, {**trainer(given), **network}
 
 
 def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Mapping[str, Any], source: str) -> ModelConfig:

@@ -61,6 +61,7 @@ SPEC = ModelSpec(
     net=GATModel,
     sampler="daily",
     qlib_classes=("GATs",),
+    qlib_networks=("qlib.contrib.model.pytorch_gats.GATModel", "qlib.contrib.model.pytorch_gats_ts.GATModel"),
     presets={
         "alpha360": Preset(None, {**PRESET, "d_feat": 6, "early_stop": 20}),
         "alpha158": Preset(20, {**PRESET, "d_feat": 20, "early_stop": 10}),

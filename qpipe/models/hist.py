@@ -97,6 +97,7 @@ SPEC = ModelSpec(
     net=HISTModel,
     sampler="daily",
     qlib_classes=("HIST",),
+    qlib_networks=("qlib.contrib.model.pytorch_hist.HISTModel",),
     presets={
         "alpha360": Preset(None, {
             "d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0, "n_epochs": 200, "lr": 1e-4,

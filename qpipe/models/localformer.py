@@ -50,6 +50,8 @@ SPEC = ModelSpec(
     net=Localformer,
     sampler="sequence",
     qlib_classes=("LocalformerModel",),
+    qlib_networks=("qlib.contrib.model.pytorch_localformer.Transformer",
+                   "qlib.contrib.model.pytorch_localformer_ts.Transformer"),
     presets=PRESETS,
     class_defaults=CLASS_DEFAULTS,
     ts_class_defaults=TS_CLASS_DEFAULTS,

@@ -24,6 +24,7 @@ SPEC = ModelSpec(
     net=LSTMModel,
     sampler="sequence",
     qlib_classes=("LSTM",),
+    qlib_networks=("qlib.contrib.model.pytorch_lstm.LSTMModel", "qlib.contrib.model.pytorch_lstm_ts.LSTMModel"),
     presets={
         "alpha360": Preset(None, {
             "d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0, "n_epochs": 200, "lr": 1e-3,

@@ -74,6 +74,7 @@ SPEC = ModelSpec(
     net=Net,
     sampler="flat",
     qlib_classes=("DNNModelPytorch",),
+    qlib_networks=("qlib.contrib.model.pytorch_nn.Net",),
     class_defaults={
         "lr": 0.001, "max_steps": 300, "batch_size": 2000, "early_stop_rounds": 50,
         "eval_steps": QLIB_EVAL_STEPS, "optimizer": "gd", "loss": "mse", "scheduler": "default",

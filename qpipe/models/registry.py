@@ -1,29 +1,61 @@
-"""Every architecture qpipe trains. Adding one = its file in qpipe/models/ (defining SPEC) + its name here.
+"""Every architecture qpipe trains: its own (a file in qpipe/models/ defining SPEC + its name here) and those other
+packages register under the entry point group ``qpipe.models`` (``name = "package.module:SPEC"``).
 
-Model files are imported on first use, so loading the Dagster code location does not import torch.
+Model files and plugins are imported on first use, so loading the Dagster code location does not import torch.
 """
 
 import importlib
+import re
+from importlib.metadata import EntryPoint, entry_points
 
 from qpipe.models.spec import ModelSpec
 
-ARCHITECTURES = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer", "gats", "hist", "sfm", "tabnet")
+BUILTIN = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer", "gats", "hist", "sfm", "tabnet")
+ENTRY_POINT_GROUP = "qpipe.models"
+PLUGIN_NAME = re.compile(r"[a-z][a-z0-9]*\Z")  # a name asset keys and run config can carry (models/<name>_checkpoint)
 
 # Seconds of training per 10,000 samples with Qlib's Alpha360 benchmark settings on one CPU thread, as
 # `python -m qpipe.bench costs` measured them (2-core AMD EPYC, 2026-12-01). Only the order matters:
 # a run that trains several models trains the cheapest first.
-TRAINING_COST = {"mlp": 0.9, "tabnet": 1.0, "gats": 2.3, "hist": 2.4, "gru": 3.0, "lstm": 3.4, "alstm": 4.3,
-                 "sfm": 56.5, "transformer": 73.9, "localformer": 78.5}
+BUILTIN_COST = {"mlp": 0.9, "tabnet": 1.0, "gats": 2.3, "hist": 2.4, "gru": 3.0, "lstm": 3.4, "alstm": 4.3,
+                "sfm": 56.5, "transformer": 73.9, "localformer": 78.5}
+PLUGIN_COST = 10.0  # not measured: after the RNNs, before the attention models
 
 
 class UnknownModelError(LookupError):
     pass
 
 
+def _plugins() -> dict[str, EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"entry point {point.name} = {point.value} (group {ENTRY_POINT_GROUP}" + (
+            f", distribution {point.dist.name})" if point.dist else ")")
+        if not PLUGIN_NAME.match(point.name):
+            raise UnknownModelError(f"{where}: a model name is lower-case letters and digits, starting with a letter")
+        if point.name in BUILTIN or point.name in found:
+            raise UnknownModelError(f"{where}: the name {point.name!r} is taken by another architecture")
+        found[point.name] = point
+    return found
+
+
+PLUGINS = _plugins()
+ARCHITECTURES = BUILTIN + tuple(sorted(PLUGINS))
+TRAINING_COST = {**BUILTIN_COST, **dict.fromkeys(PLUGINS, PLUGIN_COST)}
+
+
 def get_spec(name: str) -> ModelSpec:
-    if name.lower() not in ARCHITECTURES:
+    name = name.lower()
+    if name in BUILTIN:
+        return importlib.import_module(f"qpipe.models.{name}").SPEC
+    if name not in PLUGINS:
         raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(sorted(ARCHITECTURES))}")
-    return importlib.import_module(f"qpipe.models.{name.lower()}").SPEC
+    point = PLUGINS[name]
+    spec = point.load()
+    if not isinstance(spec, ModelSpec) or spec.name != name:
+        raise UnknownModelError(f"entry point {name} = {point.value} (group {ENTRY_POINT_GROUP}) must name a "
+                                f"qpipe.models.spec.ModelSpec whose name is {name!r}, not {spec!r:.80}")
+    return spec
 
 
 def spec_for_qlib_class(qlib_class: str) -> ModelSpec:
@@ -34,3 +66,13 @@ def spec_for_qlib_class(qlib_class: str) -> ModelSpec:
             return spec
     known = sorted(c for spec in specs for c in spec.qlib_classes)
     raise UnknownModelError(f"Qlib model class {qlib_class!r} has no qpipe architecture; supported: {', '.join(known)}")
+
+
+def spec_for_network(uri: str) -> ModelSpec:
+    """The architecture whose network is ``uri`` (Qlib's ``pt_model_uri``: ``package.module.Class``)."""
+    specs = [get_spec(name) for name in ARCHITECTURES]
+    for spec in specs:
+        if uri in (f"{spec.net.__module__}.{spec.net.__qualname__}", *spec.qlib_networks):
+            return spec
+    raise UnknownModelError(f"pt_model_uri = {uri!r} is the network of no qpipe architecture: register it (a ModelSpec "
+                            f"under the entry point group {ENTRY_POINT_GROUP}, README: Write your own model)")

@@ -86,6 +86,7 @@ SPEC = ModelSpec(
     net=SFMModel,
     sampler="sequence",
     qlib_classes=("SFM",),
+    qlib_networks=("qlib.contrib.model.pytorch_sfm.SFM_Model",),
     presets={
         "alpha360": Preset(None, {
             "d_feat": 6, "hidden_size": 64, "output_dim": 32, "freq_dim": 25, "n_epochs": 20, "lr": 1e-3,

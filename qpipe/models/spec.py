@@ -40,6 +40,7 @@ class ModelSpec:
     sampler: SamplerKind
     qlib_classes: tuple[str, ...]
     presets: Mapping[str, Preset]  # feature set -> Qlib benchmark setting
+    qlib_networks: tuple[str, ...] = ()  # Qlib's module paths of the network (a YAML's pt_model_uri)
     class_defaults: Mapping[str, Any] = field(default_factory=dict)  # Qlib class defaults that differ from the engine's
     ts_class_defaults: Mapping[str, Any] = field(default_factory=dict)  # where the _ts class (TSDatasetH) differs
     from_qlib: Callable[[dict[str, Any]], dict[str, Any]] = _unchanged  # Qlib-only kwargs -> engine names

@@ -70,6 +70,8 @@ SPEC = ModelSpec(
     net=Transformer,
     sampler="sequence",
     qlib_classes=("TransformerModel",),
+    qlib_networks=("qlib.contrib.model.pytorch_transformer.Transformer",
+                   "qlib.contrib.model.pytorch_transformer_ts.Transformer"),
     presets=PRESETS,
     class_defaults=CLASS_DEFAULTS,
     ts_class_defaults=TS_CLASS_DEFAULTS,

@@ -279,6 +279,8 @@ def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> No
         elif key in QLIB_IGNORED:
             r.say(f"task.model.kwargs.{key}", "not honoured",
                   "qpipe picks the device (QPIPE_DEVICE)" if key == "GPU" else "batches are gathered on the device")
+        elif key == "pt_model_uri":
+            r.say(f"task.model.kwargs.{key}", "honoured", f"the network of architecture {model.model}")
         elif key == "pt_model_kwargs" and value.get("input_dim", columns) != columns:
             r.say(f"task.model.kwargs.{key}", "not honoured", f"the processors leave {columns} columns, so a run "
                   f"refuses input_dim {value['input_dim']}")

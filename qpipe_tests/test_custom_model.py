@@ -1,0 +1,135 @@
+"""A network from outside qpipe becomes an architecture without an edit to qpipe (issue 16, point 4).
+
+``plugin_example/`` is a package as a user writes one: a module with an ``nn.Module`` and its ``ModelSpec``, and
+a pyproject.toml that registers it under the entry point group ``qpipe.models``. The test installs it as pip
+would, on a path (the package beside its ``.dist-info`` with the entry point), and in a fresh interpreter
+that has it on its path: the code location lists its four assets, a Qlib workflow YAML naming it the Qlib
+way (``GeneralPTNN`` with ``pt_model_uri``) configures its checkpoint, which trains, scores, is reported on and
+backtested.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qpipe.models.config import ConfigError, config_from_qlib_yaml
+from qpipe_tests.conftest import REPO
+
+PLUGIN = Path(__file__).parent / "plugin_example"
+
+
+def install_on_path(site: Path) -> None:
+    """What ``pip install --target site`` leaves: the package, and a dist-info holding its entry points."""
+    project = tomllib.loads((PLUGIN / "pyproject.toml").read_text())["project"]
+    shutil.copytree(PLUGIN / "qpipe_tinynet", site / "qpipe_tinynet")
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in points.items())
+        for group, points in project["entry-points"].items()))
+
+
+WORKFLOW = {  # the Qlib way: the generic trainer, its network by module path
+    "task": {
+        "model": {"class": "GeneralPTNN", "module_path": "qlib.contrib.model.pytorch_general_nn",
+                  "kwargs": {"n_epochs": 3, "lr": 0.002, "batch_size": 256, "early_stop": 3,
+                             "pt_model_uri": "qpipe_tinynet.TinyNet", "pt_model_kwargs": {"d_feat": 158, "hidden_size": 8}}},
+        "dataset": {"class": "DatasetH", "kwargs": {"handler": {"class": "Alpha158", "kwargs": {
+            "infer_processors": [{"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
+                                 {"class": "Fillna", "kwargs": {"fields_group": "feature"}}],
+            "learn_processors": [{"class": "DropnaLabel"}, {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}]}}}},
+    },
+}
+
+SCRIPT = """
+import json, sys
+import dagster as dg
+import duckdb
+from qpipe.definitions import defs
+from qpipe_tests.test_model_assets import run, synthetic_resources
+from pathlib import Path
+
+root, workflow = Path(sys.argv[1]), sys.argv[2]
+keys = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys() if "tinynet" in k.to_user_string())
+resources = synthetic_resources(root, n_instruments=40, seed=5)
+run("2023-06-01", "2024-02-29", ["raw/prices", "raw/universe", "raw/concepts"], resources)
+run("2023-09-01", "2024-02-29", ["features/alpha158", "features/label"], resources)
+config = {"qlib_yaml": workflow, "train_days": 60, "valid_days": 20}
+run("2024-01-31", "2024-01-31", ["models/tinynet_checkpoint"], resources, {"models__tinynet_checkpoint": {"config": config}})
+run("2024-02-01", "2024-02-29", ["predictions/tinynet_predictions", "reports/tinynet_ic", "reports/tinynet_backtest"], resources)
+with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+    scores = con.execute("SELECT count(DISTINCT date), count(*) FROM predictions.scores WHERE model = 'tinynet'").fetchone()
+    ic_days = con.execute("SELECT count(*) FROM reports.daily_ic WHERE model = 'tinynet'").fetchone()[0]
+    traded = con.execute("SELECT count(*) FROM reports.backtest_daily WHERE model = 'tinynet'").fetchone()[0]
+print(json.dumps({"keys": keys, "score_days": scores[0], "scores": scores[1], "ic_days": ic_days, "traded": traded}))
+"""
+
+
+@pytest.mark.slow
+def test_a_model_from_outside_qpipe_gets_its_assets_and_trains_from_a_qlib_workflow(tmp_path):
+    site = tmp_path / "site"
+    install_on_path(site)
+    workflow = tmp_path / "workflow_config_tinynet_Alpha158.yaml"
+    workflow.write_text(yaml.safe_dump(WORKFLOW))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "QPIPE_HOME": str(tmp_path / "qpipe"),
+           "QPIPE_MARKET": "syn26"}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path / "run"), str(workflow)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["keys"] == ["models/tinynet_checkpoint", "predictions/tinynet_predictions", "reports/tinynet_backtest",
+                            "reports/tinynet_ic"]
+    assert seen["score_days"] == 20 and seen["scores"] > 20 * 20 and seen["ic_days"] >= 17 and seen["traded"] == 20
+    sidecar = json.loads((tmp_path / "run" / "checkpoints" / "tinynet" / "2024-01-31.json").read_text())
+    assert sidecar["config"]["model"] == "tinynet" and sidecar["config"]["params"]["hidden_size"] == 8
+    assert sidecar["config"]["params"]["n_epochs"] == 3 and len(sidecar["history"]) <= 3
+
+
+def test_a_qlib_workflow_names_its_network_by_module_path(tmp_path):
+    """GeneralPTNN's default network is Qlib's GRU; a network no architecture has is refused with the way to add it."""
+    path = tmp_path / "workflow.yaml"
+    general = {"task": {"model": {"class": "GeneralPTNN", "kwargs": {"n_epochs": 2}},
+                        "dataset": {"class": "TSDatasetH", "kwargs": {"handler": {"class": "Alpha158"}, "step_len": 20}}}}
+    path.write_text(yaml.safe_dump(general))
+    config = config_from_qlib_yaml(path)
+    assert (config.model, config.step_len, config.params["d_feat"], config.params["hidden_size"]) == ("gru", 20, 6, 64)
+    general["task"]["model"]["kwargs"]["pt_model_uri"] = "my_models.nets.MyNet"
+    path.write_text(yaml.safe_dump(general))
+    with pytest.raises(ConfigError, match=r"pt_model_uri = 'my_models.nets.MyNet' is the network of no qpipe "
+                                          r"architecture: register it .* qpipe.models"):
+        config_from_qlib_yaml(path)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("TinyNet", "qpipe_tinynet:SPEC", "a model name is lower-case letters and digits"),
+    ("gru", "qpipe_tinynet:SPEC", "the name 'gru' is taken by another architecture"),
+])
+def test_a_registration_qpipe_cannot_take_is_refused_naming_the_entry_point(monkeypatch, name, value, message):
+    from importlib.metadata import EntryPoint
+
+    from qpipe.models import registry
+
+    point = EntryPoint(name=name, value=value, group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [point])
+    with pytest.raises(registry.UnknownModelError, match=f"entry point {name} = {value} .*: {message}"):
+        registry._plugins()
+
+
+def test_an_entry_point_that_is_not_a_spec_is_refused_when_used(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from qpipe.models import registry
+
+    monkeypatch.setitem(registry.PLUGINS, "notaspec", EntryPoint(name="notaspec", value="json:dumps",
+                                                                 group=registry.ENTRY_POINT_GROUP))
+    with pytest.raises(registry.UnknownModelError, match="must name a qpipe.models.spec.ModelSpec whose name is 'notaspec'"):
+        registry.get_spec("notaspec")
