@@ -165,7 +165,8 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
     """
     config = config or BacktestConfig()
     exchange = _Exchange(prices, days, config)
-    dates, stocks = exchange.dates, exchange.instruments
+    dates, stocks = list(exchange.dates), exchange.instruments.tolist()  # plain lists: indexed once per trade and holding
+    signal_dates = list(exchange.signal_dates)
     index = {name: i for i, name in enumerate(stocks)}
     bench = (benchmark_returns(prices, days) if bench is None else bench.reindex(dates).fillna(0.0)).to_numpy(float)
     known = scores.assign(date=pd.to_datetime(scores["date"]), id=scores["instrument"].map(index))
@@ -185,7 +186,7 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
     held_days: dict[int, int] = dict(zip(ids, holdings["held_days"].astype(int)))
     report, positions, trades = [], [], []
     for day, date in enumerate(dates):
-        signal = by_day.get(exchange.signal_dates[day])
+        signal = by_day.get(signal_dates[day])
         day_cost = day_turnover = 0.0
         if signal is not None:
             sell, buy = _decide(*signal, list(amount), day, exchange, config, rng)
