@@ -9,8 +9,12 @@ def qrun(args: argparse.Namespace) -> int:
     from qpipe.models.config import ConfigError
     from qpipe.workflow.translate import translate
 
+    from qpipe.workflow.translate import rolling_gen
+
     try:
-        workflow = translate(args.workflow)
+        rolling = rolling_gen(args.rolling_step, args.rolling_type, "--rolling-step/--rolling-type") \
+            if args.rolling_step is not None else None
+        workflow = translate(args.workflow, rolling)
     except ConfigError as error:
         print(f"qpipe qrun: {error}", file=sys.stderr)
         return 2
@@ -33,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("qrun", help="a Qlib workflow YAML, translated into qpipe's settings and runs, and run")
     run.add_argument("workflow", help="a Qlib workflow YAML (qrun's input)")
     run.add_argument("--dry-run", action="store_true", help="print the translation report only")
+    run.add_argument("--rolling-step", type=int, default=None, metavar="N",
+                     help="Qlib's RollingGen(step=N): a checkpoint every N sessions of the test segment")
+    run.add_argument("--rolling-type", default="ROLL_EX", metavar="RTYPE",
+                     help="ROLL_EX (expanding train window, the default) or ROLL_SD (sliding)")
     args = parser.parse_args(argv)
     return {"qrun": qrun}[args.command](args)
 

@@ -3,6 +3,7 @@ each key is honoured, honoured with a named difference, or named as not honoured
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,38 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
     assert [e.key for e in changed] == ["task.dataset.kwargs.segments.valid"] and "look-ahead" in changed[0].meaning
 
 
+def test_rolling_cuts_the_test_segment_into_windows_with_a_checkpoint_before_each(tmp_path):
+    """RollingGen(step, rtype) from the command line or the YAML's rolling key: expanding or sliding train windows."""
+    from qpipe.workflow.translate import Rolling, rolling_gen
+
+    lstm = SHARED / "qlib_configs" / "workflow_config_lstm_Alpha360.yaml"
+    expanding = translate(lstm, Rolling(240, "ROLL_EX"))
+    assert [str(c.day) for c in expanding.checkpoints] == ["2016-12-30", "2017-12-25", "2018-12-19", "2019-12-16"]
+    assert [c.train_days for c in expanding.checkpoints] == [1702, 1942, 2182, 2422]  # the train start stays
+    assert {c.valid_days for c in expanding.checkpoints} == {486}
+    sliding = translate(lstm, Rolling(240, "ROLL_SD"))
+    assert [c.day for c in sliding.checkpoints] == [c.day for c in expanding.checkpoints]
+    assert {c.train_days for c in sliding.checkpoints} == {1702}
+    assert "each session scored by the newest checkpoint" in sliding.report()
+    one_day = translate(lstm, Rolling(1))  # a checkpoint before every test session
+    assert len(one_day.checkpoints) == one_day.test_sessions
+
+    path = _edited(tmp_path, lambda d: d.update(rolling={"step": 240, "rtype": "sliding"}))
+    in_yaml = translate(path)
+    assert [c.train_days for c in in_yaml.checkpoints] == [1702] * 4
+    assert next(e for e in in_yaml.entries if e.key == "rolling").meaning == "RollingGen(step=240, rtype=ROLL_SD)"
+    overridden = translate(path, Rolling(480))
+    assert len(overridden.checkpoints) == 2 and next(e for e in overridden.entries if e.key == "rolling").status == "changed"
+    for bad, message in (({"step": 0}, "step = 0: a positive number of sessions"),
+                         ({"step": 20, "rtype": "ROLL_XX"}, "rtype = 'ROLL_XX': ROLL_EX (expanding) or ROLL_SD"),
+                         ({"steps": 20}, "rolling = {'steps': 20}: expected {step: N")):
+        path = _edited(tmp_path, lambda d: d.update(rolling=bad))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            translate(path)
+    with pytest.raises(ConfigError, match="step = -3"):
+        rolling_gen(-3, "ROLL_EX", "--rolling-step")
+
+
 def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_writing_nothing(tmp_path):
     lstm = SHARED / "qlib_configs" / "workflow_config_lstm_Alpha360.yaml"
     dry = subprocess.run([QPIPE, "qrun", lstm, "--dry-run"], capture_output=True, text=True, timeout=120)
@@ -110,6 +143,8 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, name):
         config["strategy"]["kwargs"].update(topk=5, n_drop=1)
         config["backtest"].update(start_time="2019-11-01", end_time="2019-12-31")
         del config["backtest"]["benchmark"]
+        if name == "mlp_Alpha158":  # RollingGen: a checkpoint every 20 test sessions, the train window sliding
+            d["rolling"] = {"step": 20, "rtype": "ROLL_SD"}
 
     path = _edited(tmp_path, shorten, f"workflow_config_{name}.yaml")
     (tmp_path / "dagster_home").mkdir()
@@ -119,8 +154,9 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, name):
     report, runs = done.stdout.split("\n\n", 1)
     arch = name.split("_")[0]
     assert report.startswith(f"workflow.yaml -> qpipe: {arch} on alpha158") and "not honoured" in report
-    for stage in ("[1/5] prices and universe", f"[3/5] {arch} checkpoint on 2019-10-31",
-                  "[4/5] test segment 2019-11-01..2019-12-31", "[5/5] leaderboard", "Out-of-sample leaderboard"):
+    n = 7 if name == "mlp_Alpha158" else 5  # three checkpoints when rolling
+    for stage in (f"[1/{n}] prices and universe", f"[3/{n}] {arch} checkpoint on 2019-10-31",
+                  f"[{n - 1}/{n}] test segment 2019-11-01..2019-12-31", f"[{n}/{n}] leaderboard", "Out-of-sample leaderboard"):
         assert stage in runs, stage
     sessions = [str(d) for d in np.asarray(read_calendar(provider)).astype("datetime64[D]")]
     test = [d for d in sessions if "2019-11-01" <= d <= "2019-12-31"]
@@ -129,7 +165,11 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, name):
         traded = [str(d) for (d,) in con.execute("SELECT date FROM reports.backtest_daily ORDER BY 1").fetchall()]
         ic_days = con.execute("SELECT count(*) FROM reports.daily_ic").fetchone()[0]
         held = con.execute("SELECT mode(holdings) FROM reports.backtest_daily").fetchone()[0]  # topk (more when a sale is blocked)
+        used = dict(con.execute("SELECT DISTINCT date::VARCHAR, checkpoint_partition FROM predictions.scores").fetchall())
     assert predicted == test and traded == test and ic_days > 20 and held == 5
+    windows = [sessions[sessions.index("2019-10-31") + k] for k in (0, 20, 40)] if name == "mlp_Alpha158" else ["2019-10-31"]
+    assert used == {day: max(w for w in windows if w <= day) for day in test}  # the newest checkpoint by that close
+    assert sorted(p.stem for p in (tmp_path / "qpipe" / "checkpoints" / arch).glob("*.json")) == windows
     sidecar = json.loads((tmp_path / "qpipe" / "checkpoints" / arch / "2019-10-31.json").read_text())
     valid_end = sessions[sessions.index("2019-10-31") - 2]  # the last label known at the checkpoint's close
     assert sidecar["windows"] == {"train": ["2019-04-01", "2019-08-30"], "valid": ["2019-09-02", valid_end]}

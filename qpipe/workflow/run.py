@@ -16,10 +16,12 @@ def stages(workflow: Workflow) -> list[Stage]:
     model = workflow.model
     arch, start, end = model.model, *workflow.span
     checkpoint = checkpoint_key(arch).to_python_identifier()
-    training = {"feature_set": model.feature_set, "train_days": workflow.train_days, "valid_days": workflow.valid_days,
-                "params": {k: v for k, v in {**model.to_json()["params"], "step_len": model.step_len}.items()
-                           if v is not None},  # Dagster's config holds no nulls; a missing key takes its default
+    def training(checkpoint) -> dict:
+        params = {k: v for k, v in {**model.to_json()["params"], "step_len": model.step_len}.items() if v is not None}
+        return {"feature_set": model.feature_set, "train_days": checkpoint.train_days, "valid_days": checkpoint.valid_days,
+                "params": params,  # Dagster's config holds no nulls; a missing key takes its default
                 **workflow.processing.model_dump()}
+
     test_config = {backtest_key(arch).to_python_identifier(): {"config": {"port_analysis": workflow.port_analysis}}} \
         if workflow.port_analysis is not None else {}
     runs = [
@@ -27,9 +29,9 @@ def stages(workflow: Workflow) -> list[Stage]:
               ["raw/prices", "raw/universe", "raw/concepts"], _span(workflow.prices_from, end), {**IN_PROCESS, **QUIET}),
         Stage(f"features and labels {start}..{end}", "daily_pipeline", [f"features/{model.feature_set}", "features/label"],
               _span(start, end), {**IN_PROCESS, **QUIET}),
-        Stage(f"{arch} checkpoint on {workflow.checkpoint_day} ({workflow.train_days} train, {workflow.valid_days} valid "
-              "sessions)", "daily_pipeline", [f"models/{arch}_checkpoint"], {"dagster/partition": str(workflow.checkpoint_day)},
-              {"ops": {checkpoint: {"config": training}}, **QUIET}),
+        *(Stage(f"{arch} checkpoint on {c.day} ({c.train_days} train, {c.valid_days} valid sessions)", "daily_pipeline",
+                [f"models/{arch}_checkpoint"], {"dagster/partition": str(c.day)},
+                {"ops": {checkpoint: {"config": training(c)}}, **QUIET}) for c in workflow.checkpoints),
         Stage(f"test segment {workflow.test[0]}..{workflow.test[1]}", "daily_pipeline", workflow.test_assets(),
               _span(*workflow.test), {"ops": test_config, **IN_PROCESS, **QUIET}),
     ]

@@ -36,6 +36,25 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Rolling:
+    """Qlib's ``RollingGen(step, rtype)``: a checkpoint every ``step`` sessions of the test segment, its train window
+    sliding (ROLL_SD) or growing from the train segment's start (ROLL_EX); each test day is scored by the newest
+    checkpoint, which is how ``RollingEnsemble`` joins the windows' predictions. One difference: the last session
+    of a window is scored by the next window's checkpoint, trained at that close (every qpipe prediction uses the
+    newest checkpoint trained by the day's close), where Qlib scores it with the window's own model."""
+
+    step: int
+    rtype: Literal["ROLL_EX", "ROLL_SD"] = "ROLL_EX"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    day: dt.date  # the session before its test window
+    train_days: int
+    valid_days: int
+
+
+@dataclass(frozen=True)
 class Workflow:
     """A Qlib workflow, translated."""
 
@@ -45,15 +64,25 @@ class Workflow:
     settings: dict[str, str]  # QPIPE_* environment of the runs
     prices_from: dt.date  # the history the first day's features need
     span: tuple[dt.date, dt.date]  # features (sessions)
-    checkpoint_day: dt.date
-    train_days: int
-    valid_days: int
+    checkpoints: list[Checkpoint]  # one for a fixed split, one per window when rolling
     test: tuple[dt.date, dt.date]  # predictions, IC and backtest (sessions)
     port_analysis: dict[str, Any] | None  # reports/<arch>_backtest's run config; None without a PortAnaRecord
     records: list[str]
     entries: list[Entry]
     sessions_from: str  # whose calendar counted the sessions
     test_sessions: int
+
+    @property
+    def checkpoint_day(self) -> dt.date:
+        return self.checkpoints[0].day
+
+    @property
+    def train_days(self) -> int:
+        return self.checkpoints[0].train_days
+
+    @property
+    def valid_days(self) -> int:
+        return self.checkpoints[0].valid_days
 
     def not_honoured(self) -> list[Entry]:
         return [e for e in self.entries if e.status == "not honoured"]
@@ -72,9 +101,10 @@ class Workflow:
         arch, features = self.model.model, self.model.feature_set
         lines += [f"    1. raw/prices, raw/universe, raw/concepts {self.prices_from}..{self.span[1]}",
                   f"    2. features/{features}, features/label {self.span[0]}..{self.span[1]}",
-                  f"    3. models/{arch}_checkpoint on {self.checkpoint_day}: train_days {self.train_days}, "
-                  f"valid_days {self.valid_days}",
-                  f"    4. {', '.join(self.test_assets())} {self.test[0]}..{self.test[1]}"]
+                  f"    3. models/{arch}_checkpoint on " + ", ".join(
+                      f"{c.day} (train_days {c.train_days}, valid_days {c.valid_days})" for c in self.checkpoints),
+                  f"    4. {', '.join(self.test_assets())} {self.test[0]}..{self.test[1]}"
+                  + (", each session scored by the newest checkpoint" if len(self.checkpoints) > 1 else "")]
         return "\n".join(lines)
 
     def test_assets(self) -> list[str]:
@@ -146,9 +176,10 @@ def _sessions(provider: Path, region: str) -> tuple[np.ndarray, str]:
         f"{code} (exchange-calendars; the provider directory is not on this machine)"
 
 
-def translate(path: str | Path) -> Workflow:
-    """Read a Qlib workflow YAML and say what each of its keys means in qpipe. Raises ConfigError (naming the
-    file, the key and the value) for what is not a Qlib workflow or cannot be valid."""
+def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
+    """Read a Qlib workflow YAML and say what each of its keys means in qpipe; ``rolling`` (or the YAML's
+    ``rolling: {step, rtype}``) retrains through the test segment as RollingGen does. Raises ConfigError (naming
+    the file, the key and the value) for what is not a Qlib workflow or cannot be valid."""
     path = Path(path)
     r = _Reader(path, read_qlib_yaml(path))
     r.get("task.model.class", required=True)
@@ -225,15 +256,51 @@ def translate(path: str | Path) -> Workflow:
     _anchor_entries(r)
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
-    checkpoint_day, train_days, valid_days = split
+    rolling = _rolling_entries(r, rolling)
+    checkpoints = _rolling_checkpoints(days, split, bounds["test"], rolling) if rolling else [Checkpoint(*split)]
 
     def sessions(bound: tuple[dt.date, dt.date]) -> np.ndarray:
         return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
 
     features, test = sessions(span), sessions(bounds["test"])
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
-                    checkpoint_day, train_days, valid_days, (test[0].item(), test[-1].item()), port_analysis, records,
-                    r.entries, sessions_from, len(test))
+                    checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
+                    len(test))
+
+
+def _rolling_entries(r: _Reader, given: Rolling | None) -> Rolling | None:
+    """The command line's RollingGen, else the YAML's ``rolling`` key (qpipe's; Qlib builds RollingGen in code)."""
+    in_yaml = r.get("rolling")
+    if in_yaml is not None:
+        if not isinstance(in_yaml, dict) or set(in_yaml) - {"step", "rtype"} or "step" not in in_yaml:
+            raise ConfigError(f"{r.path}: rolling = {in_yaml!r}: expected {{step: N, rtype: ROLL_EX or ROLL_SD}}")
+        yaml_rolling = rolling_gen(in_yaml["step"], in_yaml.get("rtype", "ROLL_EX"), f"{r.path}: rolling")
+        r.say("rolling", "honoured" if given is None else "changed",
+              f"RollingGen(step={yaml_rolling.step}, rtype={yaml_rolling.rtype})" if given is None else
+              f"the command line's RollingGen(step={given.step}, rtype={given.rtype}) instead")
+    return given or (yaml_rolling if in_yaml is not None else None)
+
+
+def rolling_gen(step: Any, rtype: Any, source: str) -> Rolling:
+    """A RollingGen from Qlib's arguments; ``rtype`` also as ``expanding`` / ``sliding``."""
+    rtype = {"expanding": "ROLL_EX", "sliding": "ROLL_SD"}.get(str(rtype).lower(), str(rtype).upper())
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ConfigError(f"{source}: step = {step!r}: a positive number of sessions")
+    if rtype not in ("ROLL_EX", "ROLL_SD"):
+        raise ConfigError(f"{source}: rtype = {rtype!r}: ROLL_EX (expanding) or ROLL_SD (sliding)")
+    return Rolling(step, rtype)
+
+
+def _rolling_checkpoints(days: np.ndarray, split: tuple[dt.date, int, int], test: tuple[dt.date, dt.date],
+                         rolling: Rolling) -> list[Checkpoint]:
+    """RollingGen's tasks: the test segment cut into windows of ``step`` sessions, a checkpoint on the session before
+    each; the train window slides with it, or grows by ``step`` each time (expanding)."""
+    first_day, train_days, valid_days = split
+    first = int(np.searchsorted(days, np.datetime64(first_day, "D")))
+    last = int(np.searchsorted(days, np.datetime64(test[1], "D"), "right")) - 1
+    return [Checkpoint(days[first + i * rolling.step].item(),
+                       train_days + (i * rolling.step if rolling.rtype == "ROLL_EX" else 0), valid_days)
+            for i in range((last - first - 1) // rolling.step + 1)]
 
 
 def _anchor_entries(r: _Reader) -> None:
