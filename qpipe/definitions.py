@@ -12,6 +12,7 @@ from qpipe.jobs import daily_pipeline, forked_steps_executor
 from qpipe.reaper import reap_dead_runs, reap_on_load
 from qpipe.resources import build_resources
 from qpipe.schedules import after_close
+from qpipe.workflow.job import qlib_workflow
 
 # Dagster's own parser of selection strings ("group:ingest" in `dg launch --assets`) passes AssetSelection's
 # beta parameter include_sources and so warns about it on every command that selects a group: not the user's doing.
@@ -20,7 +21,7 @@ warnings.filterwarnings("ignore", message="Parameter `include_sources` of functi
 defs = dg.Definitions(
     assets=[raw_prices, raw_universe, feature_tables, label_table, *model_assets, leaderboard],
     asset_checks=[prices_are_unique_and_consistent, prices_cover_the_listed_instruments, *feature_checks, *model_checks],
-    jobs=[daily_pipeline, leaderboard_job],
+    jobs=[daily_pipeline, leaderboard_job, qlib_workflow],
     schedules=[after_close],
     sensors=[refresh_leaderboard, reap_dead_runs],
     resources=build_resources(),

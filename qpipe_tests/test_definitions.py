@@ -13,6 +13,8 @@ def test_definitions_load_with_the_documented_assets_jobs_and_schedule():
     assert {"raw/prices", "raw/universe", "raw/concepts",
             "features/alpha158", "features/alpha360", "features/label"} <= keys
     assert defs.resolve_job_def("daily_pipeline") is not None
+    assert "workflow" in defs.resolve_job_def("qlib_workflow").run_config_schema.config_type.fields["ops"].config_type \
+        .fields["qrun"].config_type.fields["config"].config_type.fields  # a Qlib YAML from the launchpad
     assert defs.get_schedule_def("after_close").default_status == dg.DefaultScheduleStatus.RUNNING
     from qpipe.models.registry import ARCHITECTURES
 

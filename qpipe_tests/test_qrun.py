@@ -4,10 +4,12 @@ each key is honoured, honoured with a named difference, or named as not honoured
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import yaml
 
 from qpipe.models.config import ConfigError, read_qlib_yaml
 from qpipe.workflow.translate import translate
-from qpipe_tests.conftest import SHARED
+from qpipe_tests.conftest import REPO, SHARED
 
 QPIPE = Path(sys.executable).with_name("qpipe")  # the console script of this environment
 CONFIGS = sorted((SHARED / "qlib_configs").glob("*.yaml"))
@@ -117,10 +119,11 @@ QUICK_KWARGS = {"lstm_Alpha158": {"n_epochs": 1, "hidden_size": 8, "batch_size":
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(QUICK_KWARGS))
-def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, name):
+def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, monkeypatch, name):
     """Qlib's own workflow on a small CN provider (XSHG 2019), shortened segments and quick kwargs: the LSTM on
-    Alpha158 through TSDatasetH (20-session windows of the 20 FilterCol columns) and the MLP on Alpha158 with its
-    own processors (DropCol, CSZFillna; DropnaProcessor, CSZScoreNorm; independent)."""
+    Alpha158 through TSDatasetH (20-session windows of the 20 FilterCol columns), from the console script; the MLP
+    on Alpha158 with its own processors (DropCol, CSZFillna; DropnaProcessor, CSZScoreNorm; independent), rolling,
+    from the qlib_workflow job with the YAML in its run config, as the UI launches it."""
     from qpipe.calendar import exchange_calendar
     from qpipe.data.qlib_provider import read_calendar, write_qlib_provider
     from qpipe.data.synthetic import SyntheticSpec, generate_market
@@ -147,20 +150,34 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, name):
             d["rolling"] = {"step": 20, "rtype": "ROLL_SD"}
 
     path = _edited(tmp_path, shorten, f"workflow_config_{name}.yaml")
-    (tmp_path / "dagster_home").mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "QPIPE_HOME": str(tmp_path / "qpipe")}
-    done = subprocess.run([QPIPE, "qrun", path], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report, runs = done.stdout.split("\n\n", 1)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("QPIPE_HOME", str(tmp_path / "qpipe"))
     arch = name.split("_")[0]
-    assert report.startswith(f"workflow.yaml -> qpipe: {arch} on alpha158") and "not honoured" in report
+    if name == "mlp_Alpha158":
+        from qpipe.definitions import defs
+
+        instance = dg.DagsterInstance.get()
+        job = defs.resolve_job_def("qlib_workflow").execute_in_process(
+            run_config={"ops": {"qrun": {"config": {"workflow": str(path)}}}}, instance=instance, raise_on_error=False)
+        runs = "\n".join(e.message or "" for e in instance.all_logs(job.run_id) if e.step_key == "qrun")
+        assert job.success, runs[-3000:]
+        assert len(instance.get_runs()) == 8  # the job's, and the workflow's seven
+        qpipe = tmp_path / "qpipe" / "workflows" / "workflow"  # the workflow's own warehouse and checkpoints
+    else:
+        done = subprocess.run([QPIPE, "qrun", path], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        runs, qpipe = done.stdout, tmp_path / "qpipe"
+    assert f"workflow.yaml -> qpipe: {arch} on alpha158" in runs and "not honoured (" in runs
     n = 7 if name == "mlp_Alpha158" else 5  # three checkpoints when rolling
     for stage in (f"[1/{n}] prices and universe", f"[3/{n}] {arch} checkpoint on 2019-10-31",
                   f"[{n - 1}/{n}] test segment 2019-11-01..2019-12-31", f"[{n}/{n}] leaderboard", "Out-of-sample leaderboard"):
         assert stage in runs, stage
     sessions = [str(d) for d in np.asarray(read_calendar(provider)).astype("datetime64[D]")]
     test = [d for d in sessions if "2019-11-01" <= d <= "2019-12-31"]
-    with duckdb.connect(str(tmp_path / "qpipe" / "warehouse.duckdb"), read_only=True) as con:
+    with duckdb.connect(str(qpipe / "warehouse.duckdb"), read_only=True) as con:
         predicted = [str(d) for (d,) in con.execute("SELECT DISTINCT date FROM predictions.scores ORDER BY 1").fetchall()]
         traded = [str(d) for (d,) in con.execute("SELECT date FROM reports.backtest_daily ORDER BY 1").fetchall()]
         ic_days = con.execute("SELECT count(*) FROM reports.daily_ic").fetchone()[0]
@@ -169,8 +186,8 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, name):
     assert predicted == test and traded == test and ic_days > 20 and held == 5
     windows = [sessions[sessions.index("2019-10-31") + k] for k in (0, 20, 40)] if name == "mlp_Alpha158" else ["2019-10-31"]
     assert used == {day: max(w for w in windows if w <= day) for day in test}  # the newest checkpoint by that close
-    assert sorted(p.stem for p in (tmp_path / "qpipe" / "checkpoints" / arch).glob("*.json")) == windows
-    sidecar = json.loads((tmp_path / "qpipe" / "checkpoints" / arch / "2019-10-31.json").read_text())
+    assert sorted(p.stem for p in (qpipe / "checkpoints" / arch).glob("*.json")) == windows
+    sidecar = json.loads((qpipe / "checkpoints" / arch / "2019-10-31.json").read_text())
     valid_end = sessions[sessions.index("2019-10-31") - 2]  # the last label known at the checkpoint's close
     assert sidecar["windows"] == {"train": ["2019-04-01", "2019-08-30"], "valid": ["2019-09-02", valid_end]}
     state = sidecar["processor_state"]  # the YAML's chains, fitted on the train window and saved
