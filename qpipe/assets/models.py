@@ -106,13 +106,14 @@ class TrainConfig(dg.Config):
         from qpipe.models.config import read_qlib_yaml
         from qpipe.training.dataset import default_processing
 
-        base = default_processing(model)
         if self.qlib_yaml:
             handler = "task.dataset.kwargs.handler.kwargs"
             node: Any = read_qlib_yaml(Path(self.qlib_yaml))
             for key in handler.split("."):
                 node = node.get(key) if isinstance(node, dict) else None
             base = handler_processing(model.feature_set, node or {}, f"{self.qlib_yaml}: {handler}")
+        else:
+            base = default_processing(model)
         given = {"infer_processors": self.infer_processors, "learn_processors": self.learn_processors,
                  "process_type": self.process_type or None}
         return processing("run config", **{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}})
