@@ -7,9 +7,7 @@ import sys
 
 def qrun(args: argparse.Namespace) -> int:
     from qpipe.models.config import ConfigError
-    from qpipe.workflow.translate import translate
-
-    from qpipe.workflow.translate import rolling_gen
+    from qpipe.workflow.translate import rolling_gen, translate
 
     try:
         rolling = rolling_gen(args.rolling_step, args.rolling_type, "--rolling-step/--rolling-type") \

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from qpipe.features.alpha158 import FILTER_COL_20
 from qpipe.features.label import LABEL_NAME
@@ -54,25 +54,21 @@ class Processing(BaseModel):
     @field_validator("infer_processors", "learn_processors", mode="before")
     @classmethod
     def _known_processors(cls, entries: Any, info) -> list[Entry]:
+        """Each entry built once: an unknown class or kwarg is named, and so is a label filter among infer processors."""
         if not isinstance(entries, list):
             raise ValueError(f"must be a list of processors, not {type(entries).__name__}")
         checked = []
         for i, entry in enumerate(entries):
             try:
                 entry = canonical(entry)
-                build_processor(entry, *_ANY_WINDOW)
+                built = build_processor(entry, *_ANY_WINDOW)
             except ValueError as error:
                 raise ValueError(f"[{i}]: {error}") from None
+            if info.field_name == "infer_processors" and not built.is_for_infer():
+                raise ValueError(f"[{i}]: {entry['class']} drops rows by label: Qlib allows it only in "
+                                 "learn_processors (a prediction scores every row)")
             checked.append(entry)
         return checked
-
-    @model_validator(mode="after")
-    def _infer_keeps_rows(self) -> "Processing":
-        for i, entry in enumerate(self.infer_processors):
-            if not build_processor(entry, *_ANY_WINDOW).is_for_infer():
-                raise ValueError(f"infer_processors[{i}]: {entry['class']} drops rows by label: Qlib allows it only "
-                                 "in learn_processors (a prediction scores every row)")
-        return self
 
     def chains(self, fit_start, fit_end) -> tuple[ProcessorChain, ProcessorChain]:
         """The infer and learn chains, unfitted, with the fit window injected where a processor takes one."""
@@ -87,10 +83,13 @@ class Processing(BaseModel):
 
     def names(self) -> str:
         """e.g. "infer DropCol + CSZFillna; learn DropCol + DropnaProcessor + DropnaLabel + CSZScoreNorm (independent)"."""
-        def chain(entries: list[Entry]) -> str:
-            return " + ".join(e["class"] for e in entries) or "nothing"
+        return (f"infer {chain_names(self.infer_processors)}; learn {chain_names(self.learn_processors)} "
+                f"({self.process_type})")
 
-        return f"infer {chain(self.infer_processors)}; learn {chain(self.learn_processors)} ({self.process_type})"
+
+def chain_names(entries: list[Entry]) -> str:
+    """e.g. "DropCol + CSZFillna"."""
+    return " + ".join(e["class"] for e in entries) or "no processor"
 
 
 def processing(source: str, **fields: Any) -> Processing:

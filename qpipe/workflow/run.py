@@ -16,11 +16,12 @@ def stages(workflow: Workflow) -> list[Stage]:
     model = workflow.model
     arch, start, end = model.model, *workflow.span
     checkpoint = checkpoint_key(arch).to_python_identifier()
-    def training(checkpoint) -> dict:
-        params = {k: v for k, v in {**model.to_json()["params"], "step_len": model.step_len}.items() if v is not None}
-        return {"feature_set": model.feature_set, "train_days": checkpoint.train_days, "valid_days": checkpoint.valid_days,
-                "params": params,  # Dagster's config holds no nulls; a missing key takes its default
-                **workflow.processing.model_dump()}
+    # Dagster's config holds no nulls; a missing key takes its default
+    params = {k: v for k, v in {**model.to_json()["params"], "step_len": model.step_len}.items() if v is not None}
+
+    def training(window) -> dict:
+        return {"feature_set": model.feature_set, "train_days": window.train_days, "valid_days": window.valid_days,
+                "params": params, **workflow.processing.model_dump()}
 
     test_config = {backtest_key(arch).to_python_identifier(): {"config": {"port_analysis": workflow.port_analysis}}} \
         if workflow.port_analysis is not None else {}

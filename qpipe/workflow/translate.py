@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qpipe.features.handler import Processing, handler_processing
+from qpipe.features.handler import Processing, chain_names, handler_processing
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
 from qpipe.models.config import QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
 
@@ -271,14 +271,16 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
 def _rolling_entries(r: _Reader, given: Rolling | None) -> Rolling | None:
     """The command line's RollingGen, else the YAML's ``rolling`` key (qpipe's; Qlib builds RollingGen in code)."""
     in_yaml = r.get("rolling")
-    if in_yaml is not None:
-        if not isinstance(in_yaml, dict) or set(in_yaml) - {"step", "rtype"} or "step" not in in_yaml:
-            raise ConfigError(f"{r.path}: rolling = {in_yaml!r}: expected {{step: N, rtype: ROLL_EX or ROLL_SD}}")
-        yaml_rolling = rolling_gen(in_yaml["step"], in_yaml.get("rtype", "ROLL_EX"), f"{r.path}: rolling")
-        r.say("rolling", "honoured" if given is None else "changed",
-              f"RollingGen(step={yaml_rolling.step}, rtype={yaml_rolling.rtype})" if given is None else
-              f"the command line's RollingGen(step={given.step}, rtype={given.rtype}) instead")
-    return given or (yaml_rolling if in_yaml is not None else None)
+    if in_yaml is None:
+        return given
+    if not isinstance(in_yaml, dict) or set(in_yaml) - {"step", "rtype"} or "step" not in in_yaml:
+        raise ConfigError(f"{r.path}: rolling = {in_yaml!r}: expected {{step: N, rtype: ROLL_EX or ROLL_SD}}")
+    yaml_rolling = rolling_gen(in_yaml["step"], in_yaml.get("rtype", "ROLL_EX"), f"{r.path}: rolling")
+    if given is None:
+        r.say("rolling", "honoured", f"RollingGen(step={yaml_rolling.step}, rtype={yaml_rolling.rtype})")
+        return yaml_rolling
+    r.say("rolling", "changed", f"the command line's RollingGen(step={given.step}, rtype={given.rtype}) instead")
+    return given
 
 
 def rolling_gen(step: Any, rtype: Any, source: str) -> Rolling:
@@ -418,8 +420,8 @@ def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processin
     for key, entries in (("infer_processors", processing.infer_processors),
                          ("learn_processors", processing.learn_processors)):
         if given[key] is not None:
-            names = " + ".join(e["class"] for e in entries) or "no processor"
-            r.say(f"{kwargs}.{key}", "honoured", f"{names}, fitted on the train window and saved in the checkpoint")
+            r.say(f"{kwargs}.{key}", "honoured",
+                  f"{chain_names(entries)}, fitted on the train window and saved in the checkpoint")
     if given["process_type"] is not None:
         r.say(f"{kwargs}.process_type", "honoured", "training reads " + (
             "the learn chain applied after the infer chain" if processing.process_type == "append"
