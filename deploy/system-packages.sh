@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The Debian packages that the tests start for real: PostgreSQL (the deployment test, `python -m qpipe.bench
-# events`) and Chromium (the browser test, driven by Playwright from PyPI: no browser download). Installs
-# what is missing; nothing when both are there.
+# events`), Chromium (the browser test, driven by Playwright from PyPI: no browser download) and Redis (the
+# Celery test's broker). Installs what is missing; nothing when all are there.
 set -euo pipefail
 missing=()
-for package in postgresql chromium; do
+for package in postgresql chromium redis-server; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

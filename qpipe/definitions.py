@@ -8,10 +8,11 @@ from qpipe.assets.features import feature_checks, feature_tables, label_table
 from qpipe.assets.leaderboard import leaderboard, leaderboard_job, refresh_leaderboard
 from qpipe.assets.models import model_assets, model_checks
 from qpipe.assets.prices import prices_are_unique_and_consistent, prices_cover_the_listed_instruments, raw_prices, raw_universe
-from qpipe.jobs import daily_pipeline, forked_steps_executor
+from qpipe.jobs import daily_pipeline, step_executor
 from qpipe.reaper import reap_dead_runs, reap_on_load
 from qpipe.resources import build_resources
 from qpipe.schedules import after_close
+from qpipe.settings import get_settings
 from qpipe.workflow.job import qlib_workflow
 
 # Dagster's own parser of selection strings ("group:ingest" in `dg launch --assets`) passes AssetSelection's
@@ -25,7 +26,7 @@ defs = dg.Definitions(
     schedules=[after_close],
     sensors=[refresh_leaderboard, reap_dead_runs],
     resources=build_resources(),
-    executor=forked_steps_executor,
+    executor=step_executor(get_settings().executor, get_settings().celery_broker),
 )
 
 reap_on_load()  # a run that starts now must not wait behind one whose process is gone (qpipe.reaper)

@@ -31,6 +31,19 @@ def forked_steps_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
     return dg.multi_or_in_process_executor.executor_creation_fn(init_context._replace(executor_config=config))
 
 
+def step_executor(executor: str, celery_broker: str) -> dg.ExecutorDefinition:
+    """The Definitions' executor: forked steps on this machine, or Celery workers (``QPIPE_EXECUTOR=celery``).
+
+    Celery sends checkpoint steps to the ``gpu`` queue (their ``dagster-celery/queue`` tag) and the others to
+    ``dagster``; the workers are qpipe.deploy.celery_app's. Pools (``duckdb``, ``gpu``) hold under both.
+    """
+    if executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured({"broker": celery_broker, "backend": celery_broker}, name="celery")
+    return forked_steps_executor
+
+
 daily_pipeline = dg.define_asset_job(
     "daily_pipeline",
     selection=DAILY,

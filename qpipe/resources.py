@@ -14,7 +14,7 @@ from pydantic import Field
 from qpipe import compute
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import SOURCE_KINDS, Source, open_source
-from qpipe.settings import Settings, get_settings
+from qpipe.settings import BLOCK_CELLS, Settings, get_settings
 
 
 class WarehouseBusy(RuntimeError):
@@ -89,9 +89,12 @@ class PriceSource(dg.ConfigurableResource):
 
 
 class Compute(dg.ConfigurableResource):
-    """The threads a step gives torch, numba and OpenMP (qpipe.compute says why they are few and fixed)."""
+    """The threads a step gives torch, numba and OpenMP (qpipe.compute says why they are few and fixed),
+    and how much of the universe a feature step holds at once."""
 
     threads: int = Field(ge=1, description="threads per step (QPIPE_THREADS)")
+    block_cells: int = Field(default=BLOCK_CELLS, ge=1_000, description="price cells (days x instruments) a "
+                             "feature step computes at once; bounds its memory (QPIPE_BLOCK_CELLS)")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         compute.use_threads(self.threads)
@@ -101,7 +104,7 @@ def build_resources(settings: Settings | None = None) -> dict:
     s = settings or get_settings()
     threads = compute.compute_plan().threads
     return {
-        "compute": Compute(threads=threads),
+        "compute": Compute(threads=threads, block_cells=s.block_cells),
         "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads}),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),
         "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,

@@ -26,8 +26,12 @@ VARIABLES = {
     "QPIPE_SYNTHETIC_SEED": "synthetic_seed", "QPIPE_SYNTHETIC_INSTRUMENTS": "synthetic_instruments",
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
     "QPIPE_MODELS": "models", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
-    "QPIPE_CHECKPOINTS": "checkpoints_override",
+    "QPIPE_CHECKPOINTS": "checkpoints_override", "QPIPE_BLOCK_CELLS": "block_cells",
+    "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker",
 }
+# Price cells (trading days with their lookback x instruments) a feature step computes at once. Each
+# costs ~3 KB of features while in flight, so ~1 GB a block: memory is set here, not by the universe.
+BLOCK_CELLS = 300_000
 
 
 def parse_cadence(text: str | int) -> str | int:
@@ -98,6 +102,11 @@ class Settings(BaseModel):
     retrain_every: str | int = "daily"
     # The architectures the daily schedule trains, scores and reports (all by default).
     models: tuple[str, ...] = ARCHITECTURES
+    block_cells: int = Field(default=BLOCK_CELLS, ge=1_000)
+    # Where steps run: "multiprocess" (forked processes on this machine) or "celery" (workers of
+    # qpipe.deploy.celery_app on the broker QPIPE_CELERY_BROKER, on this machine or others).
+    executor: Literal["multiprocess", "celery"] = "multiprocess"
+    celery_broker: str = "redis://127.0.0.1:6379/0"
     market_override: str | None = None
     warehouse_override: Path | None = None
     checkpoints_override: Path | None = None

@@ -1,5 +1,7 @@
 """Feature and label tables through Dagster: one-day partitions equal the full-history pass, no leakage."""
 
+import shutil
+
 import dagster as dg
 import duckdb
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from qpipe.assets.features import feature_tables, label_table
 from qpipe.assets.prices import raw_prices
 from qpipe.features.alpha158 import ALPHA158_NAMES
+from qpipe.features import store
 from qpipe.features.alpha360 import ALPHA360_NAMES
 from qpipe.resources import Compute, PriceSource, Warehouse
 
@@ -75,3 +78,56 @@ def test_labels_are_stored_when_they_become_known(built):
                           [days[-4], days[-3], days[-5]]).fetchone()
     label, close1, close2 = row
     assert label == np.float32(np.float32(close2) / np.float32(close1) - np.float32(1))
+
+
+def _tables(path) -> dict[str, tuple]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {t: con.execute(f"SELECT count(*), sum(hash(x)) FROM {t} x").fetchall()[0]
+                for t in ("features.alpha158", "features.alpha360", "features.label")}
+
+
+def test_blocks_of_a_few_instruments_write_the_same_rows_as_one_block(built, tmp_path):
+    """Memory is bounded by Compute.block_cells, not the universe: 2,000 cells are three groups of 14 or fewer
+    instruments over the 124 days of prices, for the features and the labels, and the tables come out
+    bit-identical."""
+    path = tmp_path / "warehouse.duckdb"
+    _run(path, [raw_prices], FIRST, LAST)
+    blocks = []
+    real = store.load_panel
+
+    def counted(*args, **kwargs):
+        blocks.append(panel := real(*args, **kwargs))
+        return panel
+
+    resources = {"warehouse": Warehouse(database=str(path)), "compute": Compute(threads=1, block_cells=2_000),
+                 "price_source": PriceSource(kind="synthetic", n_instruments=40, seed=11)}
+    tags = {"dagster/asset_partition_range_start": FIRST, "dagster/asset_partition_range_end": LAST}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "load_panel", counted)
+        dg.materialize([feature_tables, label_table], tags=tags, resources=resources,
+                       selection=[feature_tables, label_table])
+    assert len(blocks) == 6 and max(len(p.instruments) * len(p.dates) for p in blocks) <= 2_000
+    assert _tables(path) == _tables(built)
+
+
+def test_a_failure_in_a_later_block_writes_nothing(built, tmp_path):
+    """Blocks are inserted on a second thread while the next is computed: a block that fails after others
+    went in rolls them all back, and what was stored before is kept."""
+    path = tmp_path / "warehouse.duckdb"
+    shutil.copy(built, path)
+    before = _tables(path)
+    calls = 0
+
+    def fails_on_the_second_block(panel):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a broken block")
+        yield from store.FEATURE_SETS["alpha360"].compute(panel)
+
+    broken = store.FeatureSet("alpha360", ALPHA360_NAMES, fails_on_the_second_block)
+    with duckdb.connect(str(path)) as con:
+        with pytest.raises(RuntimeError, match="a broken block"):
+            store.write_features(con, [store.FEATURE_SETS["alpha158"], broken], FIRST, LAST, block_cells=2_000)
+        assert con.execute("SELECT count(*) FROM features.alpha360").fetchone()[0] > 0  # the connection still works
+    assert calls == 2 and _tables(path) == before

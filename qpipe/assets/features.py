@@ -33,7 +33,7 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     selected = [FEATURE_KEYS[key] for key in FEATURE_KEYS if key in context.selected_asset_keys]
     began = time.perf_counter()
     with warehouse.get_connection() as con:
-        written = store.write_features(con, selected, start, end)
+        written = store.write_features(con, selected, start, end, block_cells=compute.block_cells)
     seconds = time.perf_counter() - began
     counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
     context.log.info(f"{counts} for {start.date()}..{end.date()} in {seconds:.1f}s ({compute.threads} threads)"
@@ -59,10 +59,10 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     kinds={"duckdb", "numpy"},
     metadata={"dagster/table_name": store.LABEL_TABLE},
 )
-def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute: Compute) -> dg.MaterializeResult:
     start, end = partition_dates(context)
     with warehouse.get_connection() as con:
-        rows = store.write_labels(con, start, end)
+        rows = store.write_labels(con, start, end, block_cells=compute.block_cells)
     context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
                      + recording(context))
     return dg.MaterializeResult(metadata={"dagster/partition_row_count": rows})

@@ -43,9 +43,11 @@ def ic_key(arch: str) -> dg.AssetKey:
     return dg.AssetKey(["reports", f"{arch}_ic"])
 
 
-def _priority(arch: str) -> dict[str, str]:
-    """Dagster's step priority (an integer; higher runs first): the cheapest models train first."""
-    return {"dagster/priority": str(-sorted(TRAINING_COST, key=TRAINING_COST.__getitem__).index(arch))}
+def _checkpoint_step_tags(arch: str) -> dict[str, str]:
+    """Dagster's step priority (an integer; higher runs first): the cheapest models train first; under the
+    Celery executor, the step goes to the workers of the ``gpu`` queue (qpipe.deploy.celery_app)."""
+    return {"dagster/priority": str(-sorted(TRAINING_COST, key=TRAINING_COST.__getitem__).index(arch)),
+            "dagster-celery/queue": "gpu"}
 
 
 class TrainConfig(dg.Config):
@@ -132,7 +134,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         group_name="models",
         kinds={"pytorch", "safetensors"},
         tags={"qpipe/arch": arch},
-        op_tags=_priority(arch),
+        op_tags=_checkpoint_step_tags(arch),
     )
     def _checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, warehouse: Warehouse,
                     checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:

@@ -1,10 +1,12 @@
-"""Alpha158 + Alpha360 + label on a synthetic market: compute time, DuckDB write time, peak RSS.
+"""Alpha158 + Alpha360 + label on a synthetic market: compute time, DuckDB write time, peak RSS; with
+``--qlib-python`` (an interpreter with pyqlib 0.9.7) Qlib's own Alpha158/Alpha360 on the same market, side by side.
 
-Qlib 0.9.7 on the 2-core reference machine, 300 instruments x 2500 days (raw features only):
-Alpha158 21.0 s, Alpha360 21.7 s, peak 9 GB.
+    python -m qpipe.bench features [--instruments 300] [--days 2500] [--qlib-python /tmp/qlibvenv/bin/python]
 """
 
 import argparse
+import json
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -13,24 +15,38 @@ import numpy as np
 
 from qpipe.bench import peak_rss_gb, synthetic_market, timed
 from qpipe.data import warehouse as wh
+from qpipe.data.qlib_provider import write_qlib_provider
 from qpipe.features import store
+from qpipe.settings import BLOCK_CELLS
 
-QLIB_SECONDS = {"alpha158": 21.0, "alpha360": 21.7}
+HERE = Path(__file__).resolve().parent
+
+
+def qlib_side(python: str, prices, folder: Path) -> dict:
+    """Qlib's D.features of Alpha158 and Alpha360 on ``prices``, in ``python`` (qlib_features.py)."""
+    provider = write_qlib_provider(prices, folder / "provider")
+    out = subprocess.run([python, str(HERE / "qlib_features.py"), str(provider)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"Qlib's side failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instruments", type=int, default=300)
     parser.add_argument("--days", type=int, default=2500)
     parser.add_argument("--start", default="2015-01-02")
+    parser.add_argument("--block-cells", type=int, default=BLOCK_CELLS, help="QPIPE_BLOCK_CELLS")
     parser.add_argument("--memory-limit", default=wh.CONNECTION_CONFIG["memory_limit"],
                         help="DuckDB memory_limit (default: the Warehouse resource's)")
+    parser.add_argument("--qlib-python", default=None, help="an interpreter with pyqlib 0.9.7, for Qlib's side")
     args = parser.parse_args()
 
     market = synthetic_market(args.instruments, args.days, args.start)
     first, last = market.prices["date"].min(), market.prices["date"].max()
     print(f"synthetic market: {args.instruments} instruments x {args.days} days, {len(market.prices):,} price rows")
     t: dict[str, float] = {}
+    sets = list(store.FEATURE_SETS.values())
     with tempfile.TemporaryDirectory() as tmp:
         def warehouse(name: str) -> duckdb.DuckDBPyConnection:
             con = duckdb.connect(str(Path(tmp) / f"{name}.duckdb"), config={"memory_limit": args.memory_limit})
@@ -40,49 +56,45 @@ def main() -> None:
         print("as the assets do it (one transaction per asset, fresh warehouse):")
         con = warehouse("assets")
         with timed("numba kernels: compile, or load the cache", t):  # once per install: cached in __pycache__
-            for _ in store.feature_blocks(con, list(store.FEATURE_SETS.values()), last, last):
+            for _ in store.feature_blocks(con, sets, last, last):
                 pass
             list(store.label_blocks(con, last, last))
         with timed("alpha158 + alpha360 + label", t):
-            store.write_features(con, list(store.FEATURE_SETS.values()), first, last)
-            store.write_labels(con, first, last)
+            store.write_features(con, sets, first, last, block_cells=args.block_cells)
+            store.write_labels(con, first, last, block_cells=args.block_cells)
+        materialized_rss = peak_rss_gb()
         day = np.datetime64(last, "D")
         with timed("daily increment (3 tables, 1 day)", t):
-            store.write_features(con, list(store.FEATURE_SETS.values()), day, day)
+            store.write_features(con, sets, day, day)
             store.write_labels(con, day, day)
-        con.close()
 
-        print("where the time goes (compute, then write, per table):")
-        con = warehouse("breakdown")
-        con.execute("SET force_compression = 'uncompressed'")  # as store.write_features does
+        print("the compute alone (no writes):")
         for name, fs in store.FEATURE_SETS.items():
             with timed(f"compute {name}", t):
-                blocks = [table for _, table in store.feature_blocks(con, [fs], first, last)]
-            with timed(f"write {name}", t):
-                wh.ensure_table(con, fs.table, fs.ddl)
-                with wh.transaction(con):
-                    for table in blocks:
-                        wh.insert(con, fs.table, table)
-            del blocks
+                for _ in store.feature_blocks(con, [fs], first, last, block_cells=args.block_cells):
+                    pass
         with timed("compute label", t):
-            labels = list(store.label_blocks(con, first, last))
-        with timed("write label", t):
-            wh.ensure_table(con, store.LABEL_TABLE, store.LABEL_DDL)
-            for table in labels:
-                wh.insert(con, store.LABEL_TABLE, table)
+            for _ in store.label_blocks(con, first, last, block_cells=args.block_cells):
+                pass
         con.close()
+        qlib = qlib_side(args.qlib_python, market.prices, Path(tmp)) if args.qlib_python else None
 
+    rows = len(market.prices)
     compute = sum(v for k, v in t.items() if k.startswith("compute"))
     total = t["alpha158 + alpha360 + label"]
-    rows = len(market.prices)
-    qlib = sum(QLIB_SECONDS.values())
-    raw_sets = t["compute alpha158"] + t["compute alpha360"]
-    print(f"\ncompute, three tables:     {compute:6.2f} s  ({rows / compute:,.0f} rows/s)")
-    print(f"as the assets do it:       {total:6.2f} s  (target 15 s)")
-    print(f"daily increment:           {t['daily increment (3 tables, 1 day)']:6.2f} s  (target 1 s)")
+    print(f"\ncompute, three tables:       {compute:6.2f} s  ({rows / compute:,.0f} rows/s)")
+    print(f"with the writes (assets):    {total:6.2f} s  (target 5 s), peak RSS {materialized_rss:.2f} GB")
+    print(f"daily increment:             {t['daily increment (3 tables, 1 day)']:6.2f} s  (target 1 s)")
     print(f"kernel compile, first run after install only: {t['numba kernels: compile, or load the cache']:.2f} s")
-    print(f"Alpha158 + Alpha360 vs Qlib 0.9.7 ({qlib:.1f} s): {qlib / raw_sets:.1f}x faster")
-    print(f"peak RSS:                  {peak_rss_gb():6.2f} GB  (Qlib: 9 GB)")
+    if qlib:
+        print(f"Qlib 0.9.7, D.features on all cores, same market (qlib_features.py): alpha158 {qlib['alpha158']:.2f} s, "
+              f"alpha360 {qlib['alpha360']:.2f} s, peak RSS {qlib['peak_rss_gb']:.2f} GB (main process)")
+        for name in store.FEATURE_SETS:
+            print(f"  {name}: qpipe compute {t[f'compute {name}']:.2f} s vs Qlib {qlib[name]:.2f} s: "
+                  f"{qlib[name] / t[f'compute {name}']:.1f}x faster")
+        both = qlib["alpha158"] + qlib["alpha360"]
+        print(f"  both sets: qpipe with its DuckDB writes and the label {total:.2f} s vs Qlib in memory {both:.2f} s: "
+              f"{both / total:.1f}x faster")
 
 
 if __name__ == "__main__":

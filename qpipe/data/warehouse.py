@@ -4,7 +4,8 @@ Every write replaces a date range (or a whole small table) inside one transactio
 re-running a day never duplicates rows and a failure leaves the file exactly as it was.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 import duckdb
@@ -20,6 +21,7 @@ UNIVERSE = "raw.universe"
 CONCEPTS = "raw.concepts"
 PREDICTIONS = "predictions.scores"
 CALENDAR = "meta.calendar"
+STAGING = "_incoming"  # suffix of the table a large write fills before it replaces a range (replace_range)
 
 DDL = {
     PRICES: """date DATE NOT NULL, instrument VARCHAR NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE,
@@ -49,6 +51,50 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     con.execute("COMMIT")
 
 
+@contextmanager
+def bulk_load(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Settings for writing large float tables, reset afterwards so other tables keep DuckDB's defaults.
+
+    Float features barely compress (2.2 vs 2.9 GB for 300 x 2500) and are written a quarter faster
+    uncompressed; not keeping insertion order saves another quarter (every reader sorts its rows).
+    """
+    con.execute("SET force_compression = 'uncompressed'")
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        yield con
+    finally:
+        con.execute("RESET force_compression")
+        con.execute("RESET preserve_insertion_order")
+
+
+@contextmanager
+def inserts_in_background(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[str, pa.Table], None]]:
+    """``insert(table, data)`` run on a second thread, so the caller computes the next block meanwhile.
+
+    DuckDB releases the GIL while it inserts. One insert runs at a time (the next call waits for it);
+    the caller must not use ``con`` until the block ends (read through ``con.cursor()``). On an error
+    the insert in flight is interrupted and awaited, so a rollback never races it.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-insert")
+    pending: Future | None = None
+
+    def submit(table: str, data: pa.Table) -> None:
+        nonlocal pending
+        if pending is not None:
+            pending.result()
+        pending = pool.submit(insert, con, table, data)
+
+    try:
+        yield submit
+        if pending is not None:
+            pending.result()
+    except BaseException:
+        con.interrupt()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
 def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     schema, name = table.split(".")
     return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
@@ -73,6 +119,22 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame | pa.T
 def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> None:
     con.execute(f"DELETE FROM {table} WHERE {date_column} BETWEEN ? AND ?",
                 [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
+
+
+def replace_range(con: duckdb.DuckDBPyConnection, table: str, staging: str, start, end) -> None:
+    """Put ``staging``'s rows in place of ``table``'s rows dated [start, end] (call it inside a transaction).
+
+    When no stored row lies outside the range (a first backfill, a full rebuild) the staging table
+    becomes the table, a rename; otherwise its rows are copied in.
+    """
+    outside = con.execute(f"SELECT count(*) FROM {table} WHERE date NOT BETWEEN ? AND ?",
+                          [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchall()[0][0]
+    if outside:
+        delete_range(con, table, start, end)
+        con.execute(f"INSERT INTO {table} SELECT * FROM {staging}")
+    else:
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE {staging} RENAME TO {table.split('.')[1]}")
 
 
 def _refuse_losses(con: duckdb.DuckDBPyConnection, table: str, lost_sql: str, params: list, what: str) -> None:

@@ -40,18 +40,25 @@ class Panel:
         return self.fields[name]
 
 
-def panel_from_frame(frame, first_dates=None) -> Panel:
+def panel_from_frame(frame, first_dates=None, dates=None) -> Panel:
     """Pivot long price rows (date, instrument, PRICE_FIELDS...) into a Panel.
 
     ``first_dates`` (instrument -> first date of its whole history) marks series that began
     before the frame's first row, so a lookback load sees the same series as a full load.
+    ``dates`` (the calendar's days of the window) gives the rows when the frame holds only some
+    instruments, whose own rows may skip a trading day that other instruments have.
     """
     import pandas as pd
 
-    dates = np.sort(frame["date"].astype("datetime64[ns]").unique()).astype("datetime64[D]")
-    instruments = np.sort(frame["instrument"].astype(str).unique()).astype(object)
-    rows = np.searchsorted(dates, frame["date"].to_numpy().astype("datetime64[D]"))
-    cols = np.searchsorted(instruments.astype(str), frame["instrument"].astype(str).to_numpy())
+    row_days = frame["date"].to_numpy().astype("datetime64[D]")
+    if dates is None:
+        dates = np.unique(row_days)
+    dates = np.asarray(dates).astype("datetime64[D]")
+    cols, instruments = pd.factorize(frame["instrument"].astype(str), sort=True)  # hashing: no string sort per row
+    instruments = np.asarray(instruments, dtype=object)
+    rows = np.searchsorted(dates, row_days)
+    if len(rows) and (rows.max() >= len(dates) or (dates[rows] != row_days).any()):
+        raise ValueError("panel_from_frame: price rows dated outside the given calendar days")
     shape = (len(dates), len(instruments))
     fields = {}
     for name in PRICE_FIELDS:
@@ -64,6 +71,6 @@ def panel_from_frame(frame, first_dates=None) -> Panel:
     first = np.where(present.any(axis=0), present.argmax(axis=0), len(dates)).astype(np.int64)
     if first_dates is not None:
         starts = np.array([np.datetime64(first_dates.get(i, dates[f] if f < len(dates) else dates[-1]), "D")
-                           for i, f in zip(instruments, first)])
+                           for i, f in zip(instruments, first)], dtype="datetime64[D]")
         first = np.where(starts < dates[0], 0, first)
     return Panel(dates=dates, instruments=instruments, fields=fields, first=first, present=present)

@@ -72,43 +72,62 @@ def check_market(con: duckdb.DuckDBPyConnection, market: str) -> None:
                          "set QPIPE_MARKET or the checkpoint's market to one of them, or materialize raw/universe")
 
 
+READ_DAYS = 60  # trading days read from DuckDB at a time: the Arrow rows of a whole window never exist at once
+
+
 def read_rows(con: duckdb.DuckDBPyConnection, feature_set: str, columns: list[str], first, last, known_by,
               market: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Market members' ``columns`` of ``feature_set`` in [first, last], and their raw LABEL0 where known by ``known_by``.
 
     Both frames are indexed by (datetime, instrument), sorted. The features come back as one
     column-major float32 block, so the processors work on contiguous memory, without the copies
-    pandas makes of frames with hundreds of separate columns.
+    pandas makes of frames with hundreds of separate columns; it is filled ``READ_DAYS`` days at a time.
     """
     check_market(con, market)
     selected = ", ".join(f'f."{c}"' for c in columns)
-    # No ORDER BY: sorting 360-column rows costs DuckDB more than sorting the keys here.
-    table = con.sql(f"""
-        SELECT f.date AS datetime, f.instrument, {selected}, l.{LABEL_NAME}
+    rows_sql = f"""
         FROM {FEATURE_SETS[feature_set].table} f
         JOIN {wh.UNIVERSE} u ON u.market = $market AND u.instrument = f.instrument
                              AND f.date BETWEEN u.start_date AND u.end_date
         LEFT JOIN {LABEL_TABLE} l ON l.date = f.date AND l.instrument = f.instrument AND l.known_on <= $known_by
-        WHERE f.date BETWEEN $first AND $last""",
-        params={"market": market, "known_by": pd.Timestamp(known_by).date(),
-                "first": pd.Timestamp(first).date(), "last": pd.Timestamp(last).date()}).to_arrow_table()
-    dates = table.column("datetime").to_numpy().astype("datetime64[ns]")
-    instruments = table.column("instrument").to_numpy(zero_copy_only=False)
-    order = np.lexsort((instruments, dates))
-    index = pd.MultiIndex.from_arrays([dates[order], instruments[order]], names=["datetime", "instrument"])
-    label = table.column(LABEL_NAME).to_numpy(zero_copy_only=False).astype(np.float32)[order]
-    return (pd.DataFrame(_column_major(table, columns, order), index=index, columns=columns, copy=False),
+        WHERE f.date BETWEEN $first AND $last"""
+    params = {"market": market, "known_by": pd.Timestamp(known_by).date()}
+    days = calendar(con)
+    days = days[(days >= np.datetime64(pd.Timestamp(first).date(), "D"))
+                & (days <= np.datetime64(pd.Timestamp(last).date(), "D"))]
+    n_rows = con.sql(f"SELECT count(*) {rows_sql}", params={**params, "first": pd.Timestamp(first).date(),
+                                                            "last": pd.Timestamp(last).date()}).fetchall()[0][0]
+    values = np.empty((n_rows, len(columns)), dtype=np.float32, order="F")
+    dates, instruments = np.empty(n_rows, dtype="datetime64[ns]"), np.empty(n_rows, dtype=object)
+    label = np.empty(n_rows, dtype=np.float32)
+    done = 0
+    for block in range(0, len(days), READ_DAYS):  # blocks in date order: each sorted, so all are
+        block_days = days[block:block + READ_DAYS]
+        # No ORDER BY: sorting 360-column rows costs DuckDB more than sorting the keys here.
+        table = con.sql(f"SELECT f.date AS datetime, f.instrument, {selected}, l.{LABEL_NAME} {rows_sql}",
+                        params={**params, "first": block_days[0].item(), "last": block_days[-1].item()}
+                        ).to_arrow_table()
+        rows = slice(done, done + table.num_rows)
+        block_dates = table.column("datetime").to_numpy().astype("datetime64[ns]")
+        block_instruments = table.column("instrument").to_numpy(zero_copy_only=False)
+        order = np.lexsort((block_instruments, block_dates))
+        dates[rows], instruments[rows] = block_dates[order], block_instruments[order]
+        label[rows] = table.column(LABEL_NAME).to_numpy(zero_copy_only=False).astype(np.float32)[order]
+        _fill_column_major(values[rows], table, columns, order)
+        done += table.num_rows
+    if done != n_rows:
+        raise RuntimeError(f"{FEATURE_SETS[feature_set].table} changed while it was read ({done} rows, then {n_rows})")
+    index = pd.MultiIndex.from_arrays([dates, instruments], names=["datetime", "instrument"])
+    return (pd.DataFrame(values, index=index, columns=columns, copy=False),
             pd.DataFrame({LABEL_NAME: label}, index=index))
 
 
-def _column_major(table: pa.Table, columns: list[str], order: np.ndarray) -> np.ndarray:
-    """The columns as one column-major float32 [rows, columns] array, rows taken in ``order``.
+def _fill_column_major(values: np.ndarray, table: pa.Table, columns: list[str], order: np.ndarray) -> None:
+    """``values`` (a column-major float32 [rows, columns] view) = the table's columns, rows taken in ``order``.
 
     Filled by a few threads (numpy releases the GIL): most of the time goes into the first touch
     of the freshly allocated pages.
     """
-    values = np.empty((len(order), len(columns)), dtype=np.float32, order="F")
-
     def fill(positions: np.ndarray) -> None:
         for j in positions:
             np.take(table.column(columns[j]).to_numpy(), order, out=values[:, j])
@@ -116,7 +135,6 @@ def _column_major(table: pa.Table, columns: list[str], order: np.ndarray) -> np.
     threads = max(1, min(os.cpu_count() or 1, 8))
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(fill, np.array_split(np.arange(len(columns)), threads)))
-    return values
 
 
 def history_start(days: np.ndarray, first, config: ModelConfig) -> np.datetime64:

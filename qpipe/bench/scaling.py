@@ -1,0 +1,105 @@
+"""How cost grows with the universe: wall time and peak RSS at 300 / 1,000 / 3,000 / 5,000 instruments.
+
+    python -m qpipe.bench scaling [--instruments 300,1000,3000,5000] [--days 2500] [--block-cells N]
+
+For each size a synthetic market of that many instruments x ``--days`` trading days is stored in a
+DuckDB file as the assets store it (prices and universe). Then, each in a fresh process so its peak RSS
+is its own: the feature materialization (Alpha158 + Alpha360 + label over every day, as the assets
+write them), a daily increment (the same three tables for the last day), and one LSTM Alpha360
+checkpoint's data load (720 train + 240 valid days, Qlib's processors). It prints a table and, per
+phase, seconds per 1,000 instruments beside the smallest size's (linear growth keeps it flat).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from qpipe.settings import BLOCK_CELLS
+
+PHASES = ("features", "increment", "load")
+
+
+def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: int) -> dict:
+    """One phase in this process; returns its seconds and this process's peak RSS."""
+    import duckdb
+
+    from qpipe.bench import peak_rss_gb, synthetic_market
+    from qpipe.data import warehouse as wh
+    from qpipe.features import store
+
+    if phase == "market":
+        market = synthetic_market(instruments, days)
+        with duckdb.connect(str(path), config=wh.CONNECTION_CONFIG) as con:
+            wh.write_prices(con, market.prices, market.prices["date"].min(), market.prices["date"].max(), "XNYS")
+            wh.write_universe(con, market.universe, market.concepts)
+        return {"rows": len(market.prices)}
+    with duckdb.connect(str(path), config=wh.CONNECTION_CONFIG) as con:
+        days_ = store.calendar(con)
+        first, last = days_[0], days_[-1]
+        began = time.perf_counter()
+        if phase == "load":
+            from qpipe.models.config import model_config
+            from qpipe.training.dataset import load_training_data
+
+            data = load_training_data(con, model_config("lstm", "alpha360"), last, 720, 240, "all")
+            rows = len(data.train.dates) + len(data.valid.dates)
+        else:
+            span = (first, last) if phase == "features" else (last, last)
+            rows = sum(store.write_features(con, list(store.FEATURE_SETS.values()), *span, block_cells=block_cells)
+                       .values()) + store.write_labels(con, *span, block_cells=block_cells)
+        return {"seconds": time.perf_counter() - began, "peak_rss_gb": peak_rss_gb(), "rows": rows}
+
+
+def in_fresh_process(phase: str, path: Path, instruments: int, days: int, block_cells: int) -> dict:
+    """The phase's figures, or NaN and the error's last line (e.g. killed for memory) when it failed."""
+    out = subprocess.run([sys.executable, "-m", "qpipe.bench.scaling", "--phase", phase, "--warehouse", str(path),
+                          "--instruments", str(instruments), "--days", str(days), "--block-cells", str(block_cells)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        reason = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        print(f"  {phase} at {instruments:,} instruments failed: {reason}", flush=True)
+        return {"seconds": float("nan"), "peak_rss_gb": float("nan"), "rows": 0}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instruments", default="300,1000,3000,5000")
+    parser.add_argument("--days", type=int, default=2500)
+    parser.add_argument("--block-cells", type=int, default=BLOCK_CELLS, help="QPIPE_BLOCK_CELLS")
+    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--phase", help=argparse.SUPPRESS)  # one phase, in this process
+    parser.add_argument("--warehouse", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(run_phase(args.phase, Path(args.warehouse), int(args.instruments), args.days,
+                                   args.block_cells)))
+        return
+
+    phases = args.phases.split(",")
+    sizes = [int(n) for n in args.instruments.split(",")]
+    print(f"{args.days} trading days, block of {args.block_cells:,} price cells; seconds and peak RSS per phase, "
+          "each in its own process")
+    print(f"{'instruments':>11} {'price rows':>11} " + " ".join(f"{p + ' s':>12} {'GB':>6}" for p in phases))
+    table: dict[int, dict[str, dict]] = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "warehouse.duckdb"
+            rows = in_fresh_process("market", path, n, args.days, args.block_cells)["rows"]
+            needed = phases if "features" in phases or "load" not in phases else ["features", *phases]  # load reads them
+            table[n] = {phase: in_fresh_process(phase, path, n, args.days, args.block_cells) for phase in needed}
+        print(f"{n:>11,} {rows:>11,} " + " ".join(
+            f"{table[n][p]['seconds']:>12.2f} {table[n][p]['peak_rss_gb']:>6.2f}" for p in phases), flush=True)
+    base = sizes[0]
+    print(f"\nseconds per 1,000 instruments (flat = linear growth; vs {base:,} instruments):")
+    for phase in phases:
+        per = {n: table[n][phase]["seconds"] / n * 1000 for n in sizes}
+        print(f"  {phase:<10} " + "  ".join(f"{n:,}: {per[n]:.2f} ({per[n] / per[base]:.2f}x)" for n in sizes))
+
+
+if __name__ == "__main__":
+    main()
