@@ -38,7 +38,10 @@ def step_executor(executor: str, celery_broker: str) -> dg.ExecutorDefinition:
     ``dagster``; the workers are qpipe.deploy.celery_app's. Pools (``duckdb``, ``gpu``) hold under both.
     """
     if executor == "celery":
-        from dagster_celery import celery_executor
+        try:
+            from dagster_celery import celery_executor
+        except ImportError:
+            raise ImportError("QPIPE_EXECUTOR=celery needs dagster-celery: pip install -e '.[celery]'") from None
 
         return celery_executor.configured({"broker": celery_broker, "backend": celery_broker}, name="celery")
     return forked_steps_executor

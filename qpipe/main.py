@@ -95,12 +95,14 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
 
 
 def training_slots(instance: dg.DagsterInstance, plan: ComputePlan) -> int:
-    """The ``gpu`` pool's slots: as set on the instance, else one per CPU step slot on a machine without GPUs."""
+    """The ``gpu`` pool's slots: as set on the instance, else one per visible GPU (each checkpoint step then claims
+    its own: qpipe.devices), or one per CPU step slot on a machine without GPUs."""
     storage = instance.event_log_storage
     if "gpu" not in storage.get_concurrency_keys():
         import torch
 
-        storage.set_concurrency_slots("gpu", 1 if torch.cuda.is_available() else plan.parallel_steps)
+        gpus = torch.cuda.device_count()
+        storage.set_concurrency_slots("gpu", gpus or plan.parallel_steps)
     return storage.get_concurrency_info("gpu").slot_count
 
 

@@ -44,6 +44,7 @@ CASES = {
     "hyper-parameter of the wrong type": ({"params": {"n_epochs": "ten"}}, None, "hyper-parameter n_epochs = 'ten'"),
     "negative learning rate": ({"params": {"lr": -0.1}}, None, "hyper-parameter lr = -0.1: must be > 0"),
     "unknown optimizer": ({"params": {"optimizer": "sgdx"}}, None, "hyper-parameter optimizer = 'sgdx': must be one of"),
+    "unknown mixed precision": ({"params": {"amp": "fp16"}}, None, "hyper-parameter amp = 'fp16': must be one of bf16"),
     "negative weight decay": ({"params": {"weight_decay": -1}}, None, "hyper-parameter weight_decay = -1: must be >= 0"),
     "a train window below the minimum": ({"train_days": 5}, None, "train_days\n  Input should be greater than or equal to 20"),
     "a device that does not exist": ({"device": "tpu"}, None, "expected auto, cpu, cuda, cuda:<index> or mps, not 'tpu'"),

@@ -22,6 +22,7 @@ from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import CheckpointStore, Compute, Warehouse
+from qpipe.devices import step_device
 from qpipe.settings import get_settings, parse_device
 
 if TYPE_CHECKING:
@@ -158,9 +159,10 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         began = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        result = train(model, data.train, data.valid, device=config.device or settings.device,
-                       on_epoch=lambda m: context.log.info(epoch_line(m)),
-                       on_progress=lambda p: context.log.info(p.line()), log=context.log.info)
+        with step_device(config.device or settings.device, settings.home, context.log.info) as device:
+            result = train(model, data.train, data.valid, device=device,
+                           on_epoch=lambda m: context.log.info(epoch_line(m)),
+                           on_progress=lambda p: context.log.info(p.line()), log=context.log.info)
         path = checkpoints.path_for(arch, day)
         weights, sidecar = save_checkpoint(path, result, model, columns=data.train.columns, windows=data.windows.to_json(),
                                            processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state(),

@@ -1,7 +1,7 @@
 import runpy
 import sys
 
-BENCHES = ("features", "scaling", "ingest", "increment", "training", "quickstart", "costs", "events", "backtest")
+BENCHES = ("features", "scaling", "gpu", "ingest", "increment", "training", "quickstart", "costs", "events", "backtest")
 
 if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
     sys.exit(f"usage: python -m qpipe.bench {{{'|'.join(BENCHES)}}} [options]  (each has --help)")

@@ -46,6 +46,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # A qpipe checkpoint whose weights with matching names start the network (Qlib's pretrained base
     # RNN of GATs and HIST: rnn.* and fc_out.* from an LSTM or GRU).
     "model_path": None,
+    # Mixed precision: None (float32) or "bf16" (forward passes under torch.autocast in bfloat16; the loss,
+    # the optimizer and the stored weights stay float32). Off by default: scores then equal the float32 run's.
+    "amp": None,
 }
 # Qlib's generic trainer, whose network is named by pt_model_uri (its own trainer defaults are TRAINING_DEFAULTS).
 GENERAL_PTNN = "GeneralPTNN"
@@ -289,6 +292,7 @@ _ENGINE_CHECKS: dict[str, Check] = {
     "pretrain_n_epochs": _positive_int,
     "ps": _probability,
     "model_path": _optional(_checkpoint_path),
+    "amp": _optional(_choice("bf16")),
 }
 
 

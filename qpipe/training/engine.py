@@ -35,7 +35,7 @@ from qpipe.training.checkpoint import load_checkpoint
 from qpipe.training.frame import TrainingFrame
 from qpipe.training.pretraining import pretrain
 from qpipe.training.progress import ProgressCallback, ProgressClock, clock
-from qpipe.training.reproducibility import draw_seed, resolve_device, seed_everything
+from qpipe.training.reproducibility import draw_seed, repeatable_cuda, resolve_device, seed_everything
 from qpipe.training.result import TrainResult
 from qpipe.training.samplers import Sampler, make_sampler
 
@@ -86,6 +86,8 @@ def train(
     """
     params = config.params
     target = resolve_device(device)
+    if target.type == "cuda":
+        repeatable_cuda()
     seed = params["seed"] if params["seed"] is not None else draw_seed()
     train_set = make_frame_sampler(config, train_frame, target)
     valid_set = make_frame_sampler(config, valid_frame, target) if valid_frame is not None else None
@@ -107,11 +109,11 @@ def train(
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss = _train_epoch(model, train_set, islice(batches, steps), optimizer,
-                                  lambda batch, epoch=epoch: clock.tick(epoch, batch))
+                                  lambda batch, epoch=epoch: clock.tick(epoch, batch), params["amp"])
         validating = time.perf_counter()
         valid_loss = valid_ic = math.nan
         if valid_set is not None:
-            valid_loss, valid_ic = _validate(model, valid_set, batch_size)
+            valid_loss, valid_ic = _validate(model, valid_set, batch_size, params["amp"])
             best.update(epoch, valid_ic if params["metric"] == "ic" else -valid_loss, model)
             if scheduler is not None:
                 scheduler.step(valid_loss)
@@ -166,7 +168,8 @@ class _BestWeights:
 def predict(model: nn.Module, frame: TrainingFrame, config: ModelConfig, batch_size: int | None = None) -> np.ndarray:
     """Scores for the frame's sample rows, in row order (eval mode, the last partial batch included)."""
     device = next(model.parameters()).device
-    return _scores(model, make_frame_sampler(config, frame, device), batch_size or config.params["batch_size"]).cpu().numpy()
+    return _scores(model, make_frame_sampler(config, frame, device), batch_size or config.params["batch_size"],
+                   config.params["amp"]).cpu().numpy()
 
 
 def masked_mse(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -199,13 +202,21 @@ def _scheduler(params: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> t
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=10, threshold=1e-4, min_lr=1e-5, eps=1e-8)
 
 
+def autocast(device: torch.device, amp: str | None):
+    """The forward pass's precision: float32, or bfloat16 autocast when ``amp`` is "bf16" (no loss scaling needed)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
 def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Tensor], optimizer: torch.optim.Optimizer,
-                 after_batch: Callable[[int], None]) -> float:
+                 after_batch: Callable[[int], None], amp: str | None = None) -> float:
     """Mean training-batch loss (accumulated on the device: no sync per batch)."""
     model.train()
-    total, count = torch.zeros((), device=samples.label.device), 0
+    label = samples.label
+    total, count = torch.zeros((), device=label.device), 0
     for positions in batches:
-        loss = masked_mse(model(*samples.inputs(positions)), samples.label.index_select(0, positions))
+        with autocast(label.device, amp):
+            pred = model(*samples.inputs(positions))
+        loss = masked_mse(pred.float(), label.index_select(0, positions))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_value_(model.parameters(), CLIP_GRAD_VALUE)
@@ -216,15 +227,16 @@ def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Ten
     return total.item() / count
 
 
-def _scores(model: nn.Module, samples: Sampler, batch_size: int) -> torch.Tensor:
+def _scores(model: nn.Module, samples: Sampler, batch_size: int, amp: str | None = None) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(*samples.inputs(positions)) for positions in samples.eval_batches(batch_size)])
+    with autocast(samples.label.device, amp):
+        return torch.cat([model(*samples.inputs(positions)).float() for positions in samples.eval_batches(batch_size)])
 
 
 @torch.inference_mode()
-def _validate(model: nn.Module, samples: Sampler, batch_size: int) -> tuple[float, float]:
+def _validate(model: nn.Module, samples: Sampler, batch_size: int, amp: str | None = None) -> tuple[float, float]:
     """(valid loss over all known labels, mean daily Pearson IC) of one pass over the valid set."""
-    scores = _scores(model, samples, batch_size)
+    scores = _scores(model, samples, batch_size, amp)
     loss = masked_mse(scores, samples.label).item()
     ic = daily_ic(scores.cpu().numpy(), samples.label.cpu().numpy(), samples.dates)["IC"].mean()
     return loss, float(ic)

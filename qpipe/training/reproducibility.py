@@ -3,7 +3,9 @@
 CPU kernels are deterministic for a fixed thread count, so seeding python, numpy and torch and
 ordering the batches with a dedicated torch.Generator is enough. ``torch.use_deterministic_algorithms``
 is not switched on: it made the CPU LSTM step 17% slower (measured: 1.18 s vs 1.00 s forward+backward,
-batch 800, hidden 64 x 2, one thread), and on CUDA it needs CUBLAS_WORKSPACE_CONFIG.
+batch 800, hidden 64 x 2, one thread), and on CUDA it needs CUBLAS_WORKSPACE_CONFIG. On a GPU,
+``repeatable_cuda`` pins cuDNN to deterministic kernels and turns TF32 off (``python -m qpipe.bench gpu``
+checks both: a seeded GPU run repeats, and a GPU scores as the CPU does).
 """
 
 import random
@@ -22,6 +24,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"device {str(device)!r}: {torch.cuda.device_count()} CUDA device(s) visible here "
                          "(QPIPE_DEVICE or the checkpoint's device; auto uses a GPU when there is one)")
     return target
+
+
+def repeatable_cuda() -> None:
+    """cuDNN's deterministic kernels, without autotuning (its pick may differ run to run), and float32 matmuls
+    without TF32 (10-bit mantissas), so a seeded GPU run repeats and scores as the CPU does up to rounding."""
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def draw_seed() -> int:

@@ -1,0 +1,106 @@
+"""The GPU check, one script for a machine with a GPU: CPU-vs-GPU scores of every architecture from the same
+weights, one epoch of each on the device, peak GPU memory, a seeded GPU run repeated, and bf16 mixed precision.
+
+    python -m qpipe.bench gpu                                   # 300 x 2500 synthetic, every architecture, cuda
+    python -m qpipe.bench gpu --device cpu --instruments 60 --days 300 --train-days 120 --valid-days 40   # a dry run
+
+The market is stored as the assets store it and each architecture gets its Qlib Alpha360 benchmark settings
+(the LSTM's batch 800 included) and the checkpoint's data path. Scores: the valid set scored on the CPU and on
+the device by the same initial weights, float32 both (TF32 off: qpipe.training.reproducibility); they must agree
+to ``--tolerance`` x max(1, |score|). Epoch: the second of two epochs (the first warms up cuDNN and the
+allocator). It prints one line per architecture, then PASS or FAIL for the agreement and the repeat.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qpipe.bench.training import MARKET, build_warehouse
+from qpipe.models.config import build_model, model_config
+from qpipe.models.registry import BUILTIN, get_spec
+from qpipe.training.dataset import load_training_data
+from qpipe.training.engine import predict, train
+from qpipe.training.reproducibility import repeatable_cuda, resolve_device, seed_everything
+
+
+def scores_on(config, frame, device: torch.device, seed: int) -> np.ndarray:
+    """The frame's scores by the config's freshly initialized network (seeded) on ``device``."""
+    seed_everything(seed)
+    net = build_model(config).to(device)
+    return predict(net, frame, config)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--instruments", type=int, default=300)
+    parser.add_argument("--days", type=int, default=2500)
+    parser.add_argument("--train-days", type=int, default=720)
+    parser.add_argument("--valid-days", type=int, default=240)
+    parser.add_argument("--models", default=",".join(BUILTIN))
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        repeatable_cuda()
+        print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"storing a synthetic market of {args.instruments} x {args.days} days (prices, universe, alpha360, label)")
+        con, last = build_warehouse(Path(tmp) / "bench.duckdb", args.instruments, args.days, "alpha360", None)
+        data = {}
+        for arch in args.models.split(","):
+            config = model_config(arch, "alpha360", n_epochs=2, early_stop=2)
+            key = (config.step_len, get_spec(arch).reads_concepts)
+            if key not in data:
+                data[key] = load_training_data(con, config, last, args.train_days, args.valid_days, MARKET)
+        con.close()
+
+    failures = []
+    print(f"{'model':<12} {'max |cpu-gpu|':>14} {'scale':>8} {'agree':>6} {'epoch s':>8} {'peak GB':>8} "
+          f"{'bf16 epoch s':>13} {'bf16 peak GB':>13}")
+    for arch in args.models.split(","):
+        config = model_config(arch, "alpha360", n_epochs=2, early_stop=2)
+        frames = data[(config.step_len, get_spec(arch).reads_concepts)]
+        on_cpu = scores_on(config, frames.valid, cpu, seed=1)
+        on_device = scores_on(config, frames.valid, device, seed=1)
+        gap, scale = float(np.abs(on_cpu - on_device).max()), max(1.0, float(np.abs(on_cpu).max()))
+        agree = gap <= args.tolerance * scale
+        if not agree:
+            failures.append(f"{arch}: CPU and {device} scores differ by {gap:.2e} (tolerance {args.tolerance * scale:.2e})")
+        timings = []
+        for amp in (None, "bf16"):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            result = train(model_config(arch, "alpha360", n_epochs=2, early_stop=2, amp=amp), frames.train,
+                           frames.valid, device=device)
+            timings.append((result.history[-1]["seconds"], peak_memory_gb(device)))
+        (epoch, peak), (bf16_epoch, bf16_peak) = timings
+        print(f"{arch:<12} {gap:>14.2e} {scale:>8.2f} {'yes' if agree else 'NO':>6} {epoch:>8.2f} {peak:>8.2f} "
+              f"{bf16_epoch:>13.2f} {bf16_peak:>13.2f}", flush=True)
+
+    lstm = model_config("lstm", "alpha360", n_epochs=1, early_stop=1)
+    frames = data[(lstm.step_len, False)] if (lstm.step_len, False) in data else None
+    if frames is not None:
+        began = time.perf_counter()
+        runs = [train(lstm, frames.train, frames.valid, device=device).state_dict for _ in range(2)]
+        repeated = all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+        print(f"a seeded LSTM epoch on {device}, twice: {'identical weights' if repeated else 'DIFFERENT weights'} "
+              f"({time.perf_counter() - began:.1f} s)")
+        if not repeated:
+            failures.append(f"a seeded LSTM run on {device} did not repeat")
+    print("PASS" if not failures else "FAIL\n  " + "\n  ".join(failures))
+    raise SystemExit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
