@@ -13,7 +13,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from qpipe.deploy.postgres import LocalPostgres, free_port
+from qpipe.deploy.postgres import LocalPostgres
+from qpipe.deploy.servers import free_port
 from qpipe_tests.conftest import REPO
 
 BIN = Path(sys.executable).parent

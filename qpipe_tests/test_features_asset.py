@@ -110,9 +110,13 @@ def test_blocks_of_a_few_instruments_write_the_same_rows_as_one_block(built, tmp
     assert _tables(path) == _tables(built)
 
 
-def test_a_failure_in_a_later_block_writes_nothing(built, tmp_path):
+@pytest.mark.parametrize("first, block_cells", [
+    (FIRST, 2_000),  # 124 days x 40 instruments: a large range, staged
+    ("2024-06-03", 1_000),  # 20 days: straight into the tables, in blocks of its 81 days with their lookback
+])
+def test_a_failure_in_a_later_block_writes_nothing(built, tmp_path, first, block_cells):
     """Blocks are inserted on a second thread while the next is computed: a block that fails after others
-    went in rolls them all back, and what was stored before is kept."""
+    went in (into the staging tables, or the tables themselves) leaves what was stored before as it was."""
     path = tmp_path / "warehouse.duckdb"
     shutil.copy(built, path)
     before = _tables(path)
@@ -128,6 +132,6 @@ def test_a_failure_in_a_later_block_writes_nothing(built, tmp_path):
     broken = store.FeatureSet("alpha360", ALPHA360_NAMES, fails_on_the_second_block)
     with duckdb.connect(str(path)) as con:
         with pytest.raises(RuntimeError, match="a broken block"):
-            store.write_features(con, [store.FEATURE_SETS["alpha158"], broken], FIRST, LAST, block_cells=2_000)
+            store.write_features(con, [store.FEATURE_SETS["alpha158"], broken], first, LAST, block_cells=block_cells)
         assert con.execute("SELECT count(*) FROM features.alpha360").fetchone()[0] > 0  # the connection still works
     assert calls == 2 and _tables(path) == before

@@ -67,6 +67,14 @@ def bulk_load(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnect
         con.execute("RESET preserve_insertion_order")
 
 
+def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
+    """Checkpoint a small write now, inside ``bulk_load``, rather than leave it to a later commit whose log passed
+    16 MB. At 5,000 instruments x 2,500 days, the second daily increment after a backfill took 10 s that way; with
+    this, the first took 6.6 s (5.1 s of it the checkpoint, once after a backfill) and the second 1.3 s. (After a
+    staged backfill the same checkpoint cost more: 184 s instead of 142 s for the whole backfill.)"""
+    con.execute("CHECKPOINT")
+
+
 @contextmanager
 def inserts_in_background(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[str, pa.Table], None]]:
     """``insert(table, data)`` run on a second thread, so the caller computes the next block meanwhile.

@@ -9,17 +9,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from qpipe.deploy.servers import free_port, stop
 
 
 def _bindir() -> Path:
@@ -75,11 +70,5 @@ class LocalPostgres:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._server is not None and self._server.poll() is None:
-            self._server.terminate()  # SIGTERM: PostgreSQL's "smart" shutdown, then fast after 30 s
-            try:
-                self._server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
+        stop(self._server)  # SIGTERM: PostgreSQL's "smart" shutdown
         shutil.rmtree(self.root, ignore_errors=True)

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qpipe.deploy.postgres import free_port
+from qpipe.deploy.servers import free_port, stop
 
 
 class LocalRedis:
@@ -48,11 +48,5 @@ class LocalRedis:
             time.sleep(0.1)
 
     def __exit__(self, *exc) -> None:
-        if self._server is not None and self._server.poll() is None:
-            self._server.terminate()
-            try:
-                self._server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
+        stop(self._server)
         shutil.rmtree(self.root, ignore_errors=True)

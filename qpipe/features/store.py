@@ -162,24 +162,33 @@ def label_blocks(con: duckdb.DuckDBPyConnection, start, end, chunk_days: int = C
 
 def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet], start, end,
                    chunk_days: int = CHUNK_DAYS, block_cells: int = BLOCK_CELLS) -> dict[str, int]:
-    """Replace the feature sets' rows for [start, end] at once; returns rows per set.
+    """Replace the feature sets' rows for [start, end] in one transaction; returns rows per set.
 
-    The blocks go into a staging table per set, each insert committed alone: DuckDB keeps a transaction's
-    inserted rows in memory until it commits (5.35 GB for 1,000 instruments x 2,500 days in one transaction,
-    1.70 GB this way). One transaction then puts every set's rows in place (``wh.replace_range``), so a
-    reader sees all of them or none, and a failure before it leaves the tables as they were.
+    DuckDB keeps a transaction's inserted rows in memory until it commits (5.35 GB for 1,000 instruments x
+    2,500 days in one transaction). So a range of more than ``block_cells`` cells goes into a staging table per
+    set, each insert committed alone (1.70 GB), and one transaction then puts every set's rows in place
+    (``wh.replace_range``): a reader sees all of them or none, and a failure before it leaves the tables as they
+    were. A smaller range (a day's increment) goes straight into the tables, writing half as much to DuckDB's
+    log, and ends with a checkpoint of its own (``wh.checkpoint``).
     """
-    staging = {fs.name: f"{fs.table}{wh.STAGING}" for fs in feature_sets}
     for fs in feature_sets:
         wh.ensure_table(con, fs.table, fs.ddl)
-        con.execute(f"CREATE OR REPLACE TABLE {staging[fs.name]} ({fs.ddl})")  # one a killed run left goes too
     written = {fs.name: 0 for fs in feature_sets}
+    if _range_cells(con, start, end) <= block_cells:
+        with wh.bulk_load(con):
+            with wh.transaction(con):
+                for fs in feature_sets:
+                    wh.delete_range(con, fs.table, start, end)
+                _insert_blocks(con, feature_sets, start, end, {fs.name: fs.table for fs in feature_sets}, written,
+                               chunk_days, block_cells)
+            wh.checkpoint(con)
+        return written
+    staging = {fs.name: f"{fs.table}{wh.STAGING}" for fs in feature_sets}
+    for fs in feature_sets:
+        con.execute(f"CREATE OR REPLACE TABLE {staging[fs.name]} ({fs.ddl})")  # one a killed run left goes too
     try:
         with wh.bulk_load(con):
-            with con.cursor() as prices, wh.inserts_in_background(con) as insert:  # the inserts' thread has con
-                for fs, table in feature_blocks(prices, feature_sets, start, end, chunk_days, block_cells):
-                    insert(staging[fs.name], table)
-                    written[fs.name] += len(table)
+            _insert_blocks(con, feature_sets, start, end, staging, written, chunk_days, block_cells)
             with wh.transaction(con):
                 for fs in feature_sets:
                     wh.replace_range(con, fs.table, staging[fs.name], start, end)
@@ -187,6 +196,23 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
         for name in staging.values():
             con.execute(f"DROP TABLE IF EXISTS {name}")
     return written
+
+
+def _range_cells(con: duckdb.DuckDBPyConnection, start, end) -> int:
+    """Trading days in [start, end] x the instruments priced in them: the size of the range's feature rows."""
+    days, instruments = con.execute(f"SELECT count(DISTINCT date), count(DISTINCT instrument) FROM {wh.PRICES} "
+                                    "WHERE date BETWEEN ? AND ?",
+                                    [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchall()[0]
+    return days * instruments
+
+
+def _insert_blocks(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet], start, end,
+                   into: dict[str, str], written: dict[str, int], chunk_days: int, block_cells: int) -> None:
+    """Each block of each set inserted into ``into[set name]``, on a second thread while the next is computed."""
+    with con.cursor() as prices, wh.inserts_in_background(con) as insert:  # the inserts' thread has ``con``
+        for fs, table in feature_blocks(prices, feature_sets, start, end, chunk_days, block_cells):
+            insert(into[fs.name], table)
+            written[fs.name] += len(table)
 
 
 def write_labels(con: duckdb.DuckDBPyConnection, start, end, chunk_days: int = CHUNK_DAYS,
