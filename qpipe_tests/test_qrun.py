@@ -51,8 +51,9 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
     for leaf in _leaves(document):
         assert any(leaf == key or leaf.startswith(key + ".") for key in reported), leaf
     # The fixed split: one checkpoint on the session before the test segment, windows from the segments.
-    assert str(workflow.checkpoint_day) == "2016-12-30" and [str(d) for d in workflow.test] == ["2017-01-03", "2020-07-31"]
-    assert workflow.train_days == 1702 and workflow.valid_days == 486  # XSHG sessions; valid ends 2016-12-28
+    assert [(str(c.day), c.train_days, c.valid_days) for c in workflow.checkpoints] == [("2016-12-30", 1702, 486)]
+    # (XSHG sessions; valid ends 2016-12-28)
+    assert [str(d) for d in workflow.test] == ["2017-01-03", "2020-07-31"]
     assert workflow.settings == {"QPIPE_SOURCE": "qlib", "QPIPE_SOURCE_PATH": str(Path("~/.qlib/qlib_data/cn_data").expanduser()),
                                  "QPIPE_QLIB_MARKET": "csi300", "QPIPE_BENCHMARK": "SH000300",
                                  "QPIPE_PARTITIONS_START": "2007-09-28"}  # 61 sessions of history before start_time

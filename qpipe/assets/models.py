@@ -17,12 +17,12 @@ from pydantic import Field, field_validator
 
 from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
 from qpipe.data import warehouse as wh
+from qpipe.devices import step_device
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import CheckpointStore, Compute, Warehouse
-from qpipe.devices import step_device
 from qpipe.settings import get_settings, parse_device
 
 if TYPE_CHECKING:

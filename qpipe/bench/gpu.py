@@ -89,7 +89,7 @@ def main() -> None:
               f"{bf16_epoch:>13.2f} {bf16_peak:>13.2f}", flush=True)
 
     lstm = model_config("lstm", "alpha360", n_epochs=1, early_stop=1)
-    frames = data[(lstm.step_len, False)] if (lstm.step_len, False) in data else None
+    frames = data.get((lstm.step_len, False))
     if frames is not None:
         began = time.perf_counter()
         runs = [train(lstm, frames.train, frames.valid, device=device).state_dict for _ in range(2)]

@@ -22,7 +22,7 @@ from qpipe.features import handler
 from qpipe.features.handler import Processing, benchmark_processing, handler_processing, learn_frame
 from qpipe.features.label import LABEL_NAME
 from qpipe.features.processors import ProcessorChain
-from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar, day_range
 from qpipe.models.config import ModelConfig
 from qpipe.models.registry import get_spec
 from qpipe.training.frame import TrainingFrame
@@ -93,8 +93,8 @@ def read_rows(con: duckdb.DuckDBPyConnection, feature_set: str, columns: list[st
         WHERE f.date BETWEEN $first AND $last"""
     params = {"market": market, "known_by": pd.Timestamp(known_by).date()}
     days = calendar(con)
-    days = days[(days >= np.datetime64(pd.Timestamp(first).date(), "D"))
-                & (days <= np.datetime64(pd.Timestamp(last).date(), "D"))]
+    lo, hi = day_range(days, first, last)
+    days = days[lo:hi + 1]
     n_rows = con.sql(f"SELECT count(*) {rows_sql}", params={**params, "first": pd.Timestamp(first).date(),
                                                             "last": pd.Timestamp(last).date()}).fetchall()[0][0]
     values = np.empty((n_rows, len(columns)), dtype=np.float32, order="F")

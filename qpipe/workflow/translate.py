@@ -72,18 +72,6 @@ class Workflow:
     sessions_from: str  # whose calendar counted the sessions
     test_sessions: int
 
-    @property
-    def checkpoint_day(self) -> dt.date:
-        return self.checkpoints[0].day
-
-    @property
-    def train_days(self) -> int:
-        return self.checkpoints[0].train_days
-
-    @property
-    def valid_days(self) -> int:
-        return self.checkpoints[0].valid_days
-
     def not_honoured(self) -> list[Entry]:
         return [e for e in self.entries if e.status == "not honoured"]
 
