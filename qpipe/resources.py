@@ -9,12 +9,12 @@ from typing import Literal
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from qpipe import compute
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import SOURCE_KINDS, Source, open_source
-from qpipe.settings import BLOCK_CELLS, Settings, get_settings
+from qpipe.settings import BLOCK_CELLS, Settings, get_settings, parse_feature_device
 
 
 class WarehouseBusy(RuntimeError):
@@ -95,6 +95,13 @@ class Compute(dg.ConfigurableResource):
     threads: int = Field(ge=1, description="threads per step (QPIPE_THREADS)")
     block_cells: int = Field(default=BLOCK_CELLS, ge=1_000, description="price cells (days x instruments) a "
                              "feature step computes at once; bounds its memory (QPIPE_BLOCK_CELLS)")
+    feature_device: str = Field(default="auto", description="where feature operators run: auto (a GPU when one "
+                                "is visible), cpu or cuda[:i] (QPIPE_FEATURE_DEVICE)")
+
+    @field_validator("feature_device")
+    @classmethod
+    def _feature_device(cls, value: str) -> str:
+        return parse_feature_device(value)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         compute.use_threads(self.threads)
@@ -104,7 +111,7 @@ def build_resources(settings: Settings | None = None) -> dict:
     s = settings or get_settings()
     threads = compute.compute_plan().threads
     return {
-        "compute": Compute(threads=threads, block_cells=s.block_cells),
+        "compute": Compute(threads=threads, block_cells=s.block_cells, feature_device=s.feature_device),
         "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads}),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),
         "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,

@@ -27,7 +27,7 @@ VARIABLES = {
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
     "QPIPE_MODELS": "models", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
     "QPIPE_CHECKPOINTS": "checkpoints_override", "QPIPE_BLOCK_CELLS": "block_cells",
-    "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker",
+    "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
 }
 # Price cells (trading days with their lookback x instruments) a feature step computes at once. Each
 # costs ~3 KB of features while in flight, so ~1 GB a block: memory is set here, not by the universe.
@@ -60,6 +60,7 @@ def parse_models(text: str | tuple) -> tuple[str, ...]:
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+FEATURE_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def parse_device(text: str) -> str:
@@ -67,6 +68,16 @@ def parse_device(text: str) -> str:
     value = str(text).strip().lower()
     if not DEVICE.match(value):
         raise ValueError(f"expected auto, cpu, cuda, cuda:<index> or mps, not {text!r}")
+    return value
+
+
+def parse_feature_device(text: str) -> str:
+    """QPIPE_FEATURE_DEVICE: auto (a GPU when one is visible, else the CPU), cpu, cuda or cuda:<index>.
+
+    Not mps: the operators accumulate in float64, which Apple's GPUs do not have."""
+    value = str(text).strip().lower()
+    if not FEATURE_DEVICE.match(value):
+        raise ValueError(f"QPIPE_FEATURE_DEVICE = {text!r}: expected auto, cpu, cuda or cuda:<index>")
     return value
 
 
@@ -103,6 +114,8 @@ class Settings(BaseModel):
     # The architectures the daily schedule trains, scores and reports (all by default).
     models: tuple[str, ...] = ARCHITECTURES
     block_cells: int = Field(default=BLOCK_CELLS, ge=1_000)
+    # Where feature operators run: the CPU's numba kernels, or torch on a GPU (auto: when one is visible).
+    feature_device: str = "auto"
     # Where steps run: "multiprocess" (forked processes on this machine) or "celery" (workers of
     # qpipe.deploy.celery_app on the broker QPIPE_CELERY_BROKER, on this machine or others).
     executor: Literal["multiprocess", "celery"] = "multiprocess"
@@ -120,6 +133,11 @@ class Settings(BaseModel):
     @classmethod
     def _device(cls, value):
         return parse_device(value)
+
+    @field_validator("feature_device", mode="before")
+    @classmethod
+    def _feature_device(cls, value):
+        return parse_feature_device(value)
 
     @field_validator("partitions_start", mode="before")
     @classmethod

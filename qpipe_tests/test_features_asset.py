@@ -122,12 +122,12 @@ def test_a_failure_in_a_later_block_writes_nothing(built, tmp_path, first, block
     before = _tables(path)
     calls = 0
 
-    def fails_on_the_second_block(panel):
+    def fails_on_the_second_block(panel, operators):
         nonlocal calls
         calls += 1
         if calls == 2:
             raise RuntimeError("a broken block")
-        yield from store.FEATURE_SETS["alpha360"].compute(panel)
+        yield from store.FEATURE_SETS["alpha360"].compute(panel, operators)
 
     broken = store.FeatureSet("alpha360", ALPHA360_NAMES, fails_on_the_second_block)
     with duckdb.connect(str(path)) as con:

@@ -32,11 +32,13 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     start, end = partition_dates(context)
     selected = [FEATURE_KEYS[key] for key in FEATURE_KEYS if key in context.selected_asset_keys]
     began = time.perf_counter()
+    operators = store.operators(compute.feature_device)
     with warehouse.get_connection() as con:
-        written = store.write_features(con, selected, start, end, block_cells=compute.block_cells)
+        written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
     seconds = time.perf_counter() - began
     counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
-    context.log.info(f"{counts} for {start.date()}..{end.date()} in {seconds:.1f}s ({compute.threads} threads)"
+    where = f"{compute.threads} threads" if operators is store.ops else f"on {operators.device}"
+    context.log.info(f"{counts} for {start.date()}..{end.date()} in {seconds:.1f}s ({where})"
                      + recording(context, len(selected)))
     for fs in selected:
         yield dg.MaterializeResult(asset_key=["features", fs.name], metadata={

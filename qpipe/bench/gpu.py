@@ -1,5 +1,6 @@
 """The GPU check, one script for a machine with a GPU: CPU-vs-GPU scores of every architecture from the same
-weights, one epoch of each on the device, peak GPU memory, a seeded GPU run repeated, and bf16 mixed precision.
+weights, one epoch of each on the device, peak GPU memory, a seeded GPU run repeated, bf16 mixed precision, and
+the feature operators on the device against the CPU kernels.
 
     python -m qpipe.bench gpu                                   # 300 x 2500 synthetic, every architecture, cuda
     python -m qpipe.bench gpu --device cpu --instruments 60 --days 300 --train-days 120 --valid-days 40   # a dry run
@@ -8,7 +9,9 @@ The market is stored as the assets store it and each architecture gets its Qlib 
 (the LSTM's batch 800 included) and the checkpoint's data path. Scores: the valid set scored on the CPU and on
 the device by the same initial weights, float32 both (TF32 off: qpipe.training.reproducibility); they must agree
 to ``--tolerance`` x max(1, |score|). Epoch: the second of two epochs (the first warms up cuDNN and the
-allocator). It prints one line per architecture, then PASS or FAIL for the agreement and the repeat.
+allocator). Features: Alpha158 and Alpha360 of the last 500 days (with their lookback) of the whole market, by
+the numba kernels and by ``TorchOps`` on the device, timed (the device's second pass) and compared
+(``ops_torch.disagreement``). It prints one line per architecture, then PASS or FAIL for the agreements and the repeat.
 """
 
 import argparse
@@ -20,6 +23,8 @@ import numpy as np
 import torch
 
 from qpipe.bench.training import MARKET, build_warehouse
+from qpipe.features import ops, store
+from qpipe.features.ops_torch import TorchOps, disagreement, tolerance
 from qpipe.models.config import build_model, model_config
 from qpipe.models.registry import BUILTIN, get_spec
 from qpipe.training.dataset import load_training_data
@@ -36,6 +41,30 @@ def scores_on(config, frame, device: torch.device, seed: int) -> np.ndarray:
 
 def peak_memory_gb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda" else float("nan")
+
+
+def feature_check(con, device: torch.device) -> list[str]:
+    """Alpha158 and Alpha360 of the market's last 500 days by the CPU kernels and on ``device``: times and gaps."""
+    days = store.calendar(con)[-(500 + store.LOOKBACK):]
+    panel = store.load_panel(con, days)
+    failures = []
+    for feature_set in store.FEATURE_SETS.values():
+        began = time.perf_counter()
+        cpu = dict(feature_set.compute(panel, ops))
+        cpu_seconds = time.perf_counter() - began
+        on_device = TorchOps(device)
+        for _ in range(2):  # the first pass warms up the device (kernels, allocator)
+            began = time.perf_counter()
+            other = dict(feature_set.compute(panel, on_device))
+            device_seconds = time.perf_counter() - began
+        gaps = {name: disagreement(cpu[name], other[name]) for name in feature_set.columns}
+        bad = [name for name, gap in gaps.items() if gap > tolerance(name)]
+        worst = max(gaps, key=gaps.get)
+        print(f"features {feature_set.name} of {panel.shape[0]} days x {panel.shape[1]} instruments: CPU kernels "
+              f"{cpu_seconds:.2f} s, {device} {device_seconds:.2f} s; largest gap {gaps[worst]:.2e} ({worst}); "
+              f"{'agree' if not bad else 'DISAGREE: ' + ', '.join(bad[:5])}", flush=True)
+        failures += [f"feature {name} on {device}: gap {gaps[name]:.2e} > {tolerance(name):g}" for name in bad]
+    return failures
 
 
 def main() -> None:
@@ -57,6 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print(f"storing a synthetic market of {args.instruments} x {args.days} days (prices, universe, alpha360, label)")
         con, last = build_warehouse(Path(tmp) / "bench.duckdb", args.instruments, args.days, "alpha360", None)
+        failures = feature_check(con, device)
         data = {}
         for arch in args.models.split(","):
             config = model_config(arch, "alpha360", n_epochs=2, early_stop=2)
@@ -65,7 +95,6 @@ def main() -> None:
                 data[key] = load_training_data(con, config, last, args.train_days, args.valid_days, MARKET)
         con.close()
 
-    failures = []
     print(f"{'model':<12} {'max |cpu-gpu|':>14} {'scale':>8} {'agree':>6} {'epoch s':>8} {'peak GB':>8} "
           f"{'bf16 epoch s':>13} {'bf16 peak GB':>13}")
     for arch in args.models.split(","):

@@ -9,6 +9,7 @@ and only their not-yet-due float32 columns are held.
 
 from collections.abc import Callable, Iterator
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from qpipe.features import ops
 from qpipe.features.panel import Panel
 
 Column = tuple[str, np.ndarray]
+Ops = Any  # the ``ops`` module (numba, CPU) or an ``ops_torch.TorchOps`` (a device): the same operator names
 
 WINDOWS = (5, 10, 20, 30, 60)
 KBAR_NAMES = ["KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2"]
@@ -38,49 +40,53 @@ FILTER_COL_20: list[str] = [
 ]
 
 
-def alpha158_columns(panel: Panel) -> Iterator[Column]:
-    """Yield (name, float32 [T, J]) for the 158 Alpha158 features, in Qlib's column order."""
-    x = _Inputs(panel)
-    yield from _evaluate(lambda: _kbar(x)).items()
-    yield from _evaluate(lambda: _price(x)).items()
+def alpha158_columns(panel: Panel, ops: Ops = ops) -> Iterator[Column]:
+    """Yield (name, float32 [T, J]) for the 158 Alpha158 features, in Qlib's column order.
+
+    ``ops`` is the operator table: the numba CPU kernels, or ``TorchOps(device)`` on a GPU.
+    """
+    x = _Inputs(panel, ops)
+    yield from _evaluate(x, lambda: _kbar(x)).items()
+    yield from _evaluate(x, lambda: _price(x)).items()
     held: dict[str, np.ndarray] = {}
     for family in ROLLING_FAMILIES:
         for d in WINDOWS:
             name = f"{family}{d}"
             if name not in held:
-                group = _evaluate(lambda: _ROLLING[family](x, d))
+                group = _evaluate(x, lambda: _ROLLING[family](x, d))
                 held.update((f"{sibling}{d}", values) for sibling, values in group.items())
             yield name, held.pop(name)
 
 
 class _Inputs:
-    """The panel's float32 fields and the element-wise series several families share."""
+    """The panel's float32 fields where ``ops`` computes, and the element-wise series several families share."""
 
-    def __init__(self, panel: Panel) -> None:
-        self.open, self.high, self.low = panel["open"], panel["high"], panel["low"]
-        self.close, self.vwap, self.volume = panel["close"], panel["vwap"], panel["volume"]
-        self.first = panel.first
+    def __init__(self, panel: Panel, ops: Ops) -> None:
+        self.ops = ops
+        self.open, self.high, self.low, self.close, self.vwap, self.volume = (
+            ops.asarray(panel[name]) for name in ("open", "high", "low", "close", "vwap", "volume"))
+        self.first = ops.asarray(panel.first)
 
     @cached_property
     def prev_close(self) -> np.ndarray:
-        return ops.ref(self.close, 1, self.first)
+        return self.ops.ref(self.close, 1, self.first)
 
     @cached_property
     def prev_volume(self) -> np.ndarray:
-        return ops.ref(self.volume, 1, self.first)
+        return self.ops.ref(self.volume, 1, self.first)
 
 
-def _evaluate(compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _evaluate(x: _Inputs, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Run formulas with IEEE division (x/0 = ±inf, 0/0 = NaN, silently) and cast results to float32."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return {name: values.astype(np.float32, copy=False) for name, values in compute().items()}
+        return {name: x.ops.float32(values) for name, values in compute().items()}
 
 
 def _kbar(x: _Inputs) -> dict[str, np.ndarray]:
     o, h, l, c = x.open, x.high, x.low, x.close  # noqa: E741 - Qlib's field letters
     spread = h - l + 1e-12
-    upper = h - ops.greater(o, c)
-    lower = ops.less(o, c) - l
+    upper = h - x.ops.greater(o, c)
+    lower = x.ops.less(o, c) - l
     shift = 2 * c - h - l
     return {
         "KMID": (c - o) / o,
@@ -100,63 +106,61 @@ def _price(x: _Inputs) -> dict[str, np.ndarray]:
 
 
 def _extremes(x: _Inputs, d: int) -> dict[str, np.ndarray]:
-    highest, lowest = ops.max(x.high, d, x.first), ops.min(x.low, d, x.first)
+    highest, lowest = x.ops.max(x.high, d, x.first), x.ops.min(x.low, d, x.first)
     return {"MAX": highest / x.close, "MIN": lowest / x.close, "RSV": (x.close - lowest) / (highest - lowest + 1e-12)}
 
 
 def _extreme_days(x: _Inputs, d: int) -> dict[str, np.ndarray]:
-    high_day, low_day = ops.idxmax(x.high, d, x.first), ops.idxmin(x.low, d, x.first)
+    high_day, low_day = x.ops.idxmax(x.high, d, x.first), x.ops.idxmin(x.low, d, x.first)
     return {"IMAX": high_day / d, "IMIN": low_day / d, "IMXD": (high_day - low_day) / d}
 
 
 def _up_down_days(x: _Inputs, d: int) -> dict[str, np.ndarray]:
-    up = ops.mean(ops.gt(x.close, x.prev_close), d, x.first)
-    down = ops.mean(ops.lt(x.close, x.prev_close), d, x.first)
+    up = x.ops.mean(x.ops.gt(x.close, x.prev_close), d, x.first)
+    down = x.ops.mean(x.ops.lt(x.close, x.prev_close), d, x.first)
     return {"CNTP": up, "CNTN": down, "CNTD": up - down}
 
 
-def _up_down_moves(
-    prefix: str, now: np.ndarray, before: np.ndarray, first: np.ndarray, d: int
-) -> dict[str, np.ndarray]:
+def _up_down_moves(prefix: str, x: _Inputs, now: np.ndarray, before: np.ndarray, d: int) -> dict[str, np.ndarray]:
     """SUMP/SUMN/SUMD (prefix "SUM") and VSUMP/VSUMN/VSUMD (prefix "VSUM")."""
-    up = ops.sum(ops.greater(now - before, 0), d, first)
-    down = ops.sum(ops.greater(before - now, 0), d, first)
-    total = ops.sum(ops.abs(now - before), d, first) + 1e-12
+    up = x.ops.sum(x.ops.greater(now - before, 0), d, x.first)
+    down = x.ops.sum(x.ops.greater(before - now, 0), d, x.first)
+    total = x.ops.sum(x.ops.abs(now - before), d, x.first) + 1e-12
     return {f"{prefix}P": up / total, f"{prefix}N": down / total, f"{prefix}D": (up - down) / total}
 
 
 def _close_moves(x: _Inputs, d: int) -> dict[str, np.ndarray]:
-    return _up_down_moves("SUM", x.close, x.prev_close, x.first, d)
+    return _up_down_moves("SUM", x, x.close, x.prev_close, d)
 
 
 def _volume_moves(x: _Inputs, d: int) -> dict[str, np.ndarray]:
-    return _up_down_moves("VSUM", x.volume, x.prev_volume, x.first, d)
+    return _up_down_moves("VSUM", x, x.volume, x.prev_volume, d)
 
 
 def _weighted_volume(x: _Inputs) -> np.ndarray:
     """`Abs($close/Ref($close, 1)-1)*$volume`."""
-    return ops.abs(x.close / x.prev_close - 1) * x.volume
+    return x.ops.abs(x.close / x.prev_close - 1) * x.volume
 
 
 _ROLLING: dict[str, Callable[[_Inputs, int], dict[str, np.ndarray]]] = {
-    "ROC": lambda x, d: {"ROC": ops.ref(x.close, d, x.first) / x.close},
-    "MA": lambda x, d: {"MA": ops.mean(x.close, d, x.first) / x.close},
-    "STD": lambda x, d: {"STD": ops.std(x.close, d, x.first) / x.close},
-    "BETA": lambda x, d: {"BETA": ops.slope(x.close, d, x.first) / x.close},
-    "RSQR": lambda x, d: {"RSQR": ops.rsquare(x.close, d, x.first)},
-    "RESI": lambda x, d: {"RESI": ops.resi(x.close, d, x.first) / x.close},
+    "ROC": lambda x, d: {"ROC": x.ops.ref(x.close, d, x.first) / x.close},
+    "MA": lambda x, d: {"MA": x.ops.mean(x.close, d, x.first) / x.close},
+    "STD": lambda x, d: {"STD": x.ops.std(x.close, d, x.first) / x.close},
+    "BETA": lambda x, d: {"BETA": x.ops.slope(x.close, d, x.first) / x.close},
+    "RSQR": lambda x, d: {"RSQR": x.ops.rsquare(x.close, d, x.first)},
+    "RESI": lambda x, d: {"RESI": x.ops.resi(x.close, d, x.first) / x.close},
     "MAX": _extremes,
     "MIN": _extremes,
-    "QTLU": lambda x, d: {"QTLU": ops.quantile(x.close, d, 0.8, x.first) / x.close},
-    "QTLD": lambda x, d: {"QTLD": ops.quantile(x.close, d, 0.2, x.first) / x.close},
-    "RANK": lambda x, d: {"RANK": ops.rank(x.close, d, x.first)},
+    "QTLU": lambda x, d: {"QTLU": x.ops.quantile(x.close, d, 0.8, x.first) / x.close},
+    "QTLD": lambda x, d: {"QTLD": x.ops.quantile(x.close, d, 0.2, x.first) / x.close},
+    "RANK": lambda x, d: {"RANK": x.ops.rank(x.close, d, x.first)},
     "RSV": _extremes,
     "IMAX": _extreme_days,
     "IMIN": _extreme_days,
     "IMXD": _extreme_days,
-    "CORR": lambda x, d: {"CORR": ops.corr(x.close, ops.log(x.volume + 1), d, x.first)},
+    "CORR": lambda x, d: {"CORR": x.ops.corr(x.close, x.ops.log(x.volume + 1), d, x.first)},
     "CORD": lambda x, d: {
-        "CORD": ops.corr(x.close / x.prev_close, ops.log(x.volume / x.prev_volume + 1), d, x.first)
+        "CORD": x.ops.corr(x.close / x.prev_close, x.ops.log(x.volume / x.prev_volume + 1), d, x.first)
     },
     "CNTP": _up_down_days,
     "CNTN": _up_down_days,
@@ -164,10 +168,10 @@ _ROLLING: dict[str, Callable[[_Inputs, int], dict[str, np.ndarray]]] = {
     "SUMP": _close_moves,
     "SUMN": _close_moves,
     "SUMD": _close_moves,
-    "VMA": lambda x, d: {"VMA": ops.mean(x.volume, d, x.first) / (x.volume + 1e-12)},
-    "VSTD": lambda x, d: {"VSTD": ops.std(x.volume, d, x.first) / (x.volume + 1e-12)},
+    "VMA": lambda x, d: {"VMA": x.ops.mean(x.volume, d, x.first) / (x.volume + 1e-12)},
+    "VSTD": lambda x, d: {"VSTD": x.ops.std(x.volume, d, x.first) / (x.volume + 1e-12)},
     "WVMA": lambda x, d: {
-        "WVMA": ops.std(_weighted_volume(x), d, x.first) / (ops.mean(_weighted_volume(x), d, x.first) + 1e-12)
+        "WVMA": x.ops.std(_weighted_volume(x), d, x.first) / (x.ops.mean(_weighted_volume(x), d, x.first) + 1e-12)
     },
     "VSUMP": _volume_moves,
     "VSUMN": _volume_moves,

@@ -39,6 +39,18 @@ _KERNEL = {"cache": True, "parallel": True, "error_model": "numpy"}
 
 
 # ---------------------------------------------------------------------------------------------
+# a panel's fields in, an expression's value out (``ops_torch.TorchOps`` has the same two on a device)
+# ---------------------------------------------------------------------------------------------
+
+asarray = np.asarray
+
+
+def float32(values: np.ndarray) -> np.ndarray:
+    """The final float32 cast of an expression's value (Qlib's LocalExpressionProvider)."""
+    return values.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
 # element-wise operators (numpy; dtype preserved)
 # ---------------------------------------------------------------------------------------------
 

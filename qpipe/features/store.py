@@ -12,6 +12,8 @@ one is computed, and the range is replaced in one transaction: a failure writes 
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -19,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from qpipe.data import warehouse as wh
+from qpipe.features import ops
 from qpipe.features.alpha158 import ALPHA158_NAMES, alpha158_columns
 from qpipe.features.alpha360 import ALPHA360_NAMES, alpha360_columns
 from qpipe.features.label import LABEL_NAME, label
@@ -38,7 +41,7 @@ def _ddl(columns: list[str]) -> str:
 class FeatureSet:
     name: str
     columns: list[str]
-    compute: Callable[[Panel], Iterator[tuple[str, np.ndarray]]]
+    compute: Callable[[Panel, Any], Iterator[tuple[str, np.ndarray]]]  # (panel, operator table) -> columns
 
     @property
     def table(self) -> str:
@@ -55,6 +58,24 @@ FEATURE_SETS = {
 }
 LABEL_TABLE = "features.label"
 LABEL_DDL = _ddl([LABEL_NAME]) + ", known_on DATE NOT NULL"
+
+
+def operators(device: str = "auto") -> Any:
+    """The operator table features are computed with: numba's CPU kernels, or ``TorchOps`` on a CUDA device.
+
+    "auto" takes the GPU when one is visible; a machine without an NVIDIA driver is told apart without
+    importing torch, which would cost a CPU-only step a second or two.
+    """
+    if device == "cpu" or (device == "auto" and not Path("/proc/driver/nvidia").exists()):
+        return ops
+    import torch
+
+    from qpipe.features.ops_torch import TorchOps
+    from qpipe.training.reproducibility import resolve_device
+
+    if device == "auto" and not torch.cuda.is_available():
+        return ops
+    return TorchOps(resolve_device(device))
 
 
 def calendar(con: duckdb.DuckDBPyConnection) -> np.ndarray:
@@ -136,12 +157,13 @@ def _chunks(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def feature_blocks(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet], start, end,
-                   chunk_days: int = CHUNK_DAYS, block_cells: int = BLOCK_CELLS) -> Iterator[tuple[FeatureSet, pa.Table]]:
-    """Each feature set's rows for the trading days in [start, end], block by block."""
+                   chunk_days: int = CHUNK_DAYS, block_cells: int = BLOCK_CELLS,
+                   operators: Any = ops) -> Iterator[tuple[FeatureSet, pa.Table]]:
+    """Each feature set's rows for the trading days in [start, end], block by block, computed with ``operators``."""
     lo, hi = day_range(calendar(con), start, end)
     for skip, panel in _blocks(con, lo, hi, LOOKBACK, 0, chunk_days, block_cells):
         for feature_set in feature_sets:
-            yield feature_set, _rows_table(panel, slice(skip, None), feature_set.compute(panel))
+            yield feature_set, _rows_table(panel, slice(skip, None), feature_set.compute(panel, operators))
 
 
 def label_blocks(con: duckdb.DuckDBPyConnection, start, end, chunk_days: int = CHUNK_DAYS,
@@ -161,7 +183,7 @@ def label_blocks(con: duckdb.DuckDBPyConnection, start, end, chunk_days: int = C
 
 
 def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet], start, end,
-                   chunk_days: int = CHUNK_DAYS, block_cells: int = BLOCK_CELLS) -> dict[str, int]:
+                   chunk_days: int = CHUNK_DAYS, block_cells: int = BLOCK_CELLS, operators: Any = ops) -> dict[str, int]:
     """Replace the feature sets' rows for [start, end] in one transaction; returns rows per set.
 
     DuckDB keeps a transaction's inserted rows in memory until it commits (5.35 GB for 1,000 instruments x
@@ -180,7 +202,7 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
                 for fs in feature_sets:
                     wh.delete_range(con, fs.table, start, end)
                 _insert_blocks(con, feature_sets, start, end, {fs.name: fs.table for fs in feature_sets}, written,
-                               chunk_days, block_cells)
+                               chunk_days, block_cells, operators)
             wh.checkpoint(con)
         return written
     staging = {fs.name: f"{fs.table}{wh.STAGING}" for fs in feature_sets}
@@ -188,7 +210,7 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
         con.execute(f"CREATE OR REPLACE TABLE {staging[fs.name]} ({fs.ddl})")  # one a killed run left goes too
     try:
         with wh.bulk_load(con):
-            _insert_blocks(con, feature_sets, start, end, staging, written, chunk_days, block_cells)
+            _insert_blocks(con, feature_sets, start, end, staging, written, chunk_days, block_cells, operators)
             with wh.transaction(con):
                 for fs in feature_sets:
                     wh.replace_range(con, fs.table, staging[fs.name], start, end)
@@ -207,10 +229,11 @@ def _range_cells(con: duckdb.DuckDBPyConnection, start, end) -> int:
 
 
 def _insert_blocks(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet], start, end,
-                   into: dict[str, str], written: dict[str, int], chunk_days: int, block_cells: int) -> None:
+                   into: dict[str, str], written: dict[str, int], chunk_days: int, block_cells: int,
+                   operators: Any) -> None:
     """Each block of each set inserted into ``into[set name]``, on a second thread while the next is computed."""
     with con.cursor() as prices, wh.inserts_in_background(con) as insert:  # the inserts' thread has ``con``
-        for fs, table in feature_blocks(prices, feature_sets, start, end, chunk_days, block_cells):
+        for fs, table in feature_blocks(prices, feature_sets, start, end, chunk_days, block_cells, operators):
             insert(into[fs.name], table)
             written[fs.name] += len(table)
 
