@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
 from qpipe.data import warehouse as wh
-from qpipe.devices import step_device
+from qpipe.devices import step_devices
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
@@ -139,7 +139,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
     )
     def _checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, warehouse: Warehouse,
                     checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:
-        from qpipe.training import dataset
+        from qpipe.training import dataset, distributed
         from qpipe.training.checkpoint import save_checkpoint
         from qpipe.training.engine import epoch_line, train
 
@@ -159,10 +159,16 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         began = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        with step_device(config.device or settings.device, settings.home, context.log.info) as device:
-            result = train(model, data.train, data.valid, device=device,
-                           on_epoch=lambda m: context.log.info(epoch_line(m)),
-                           on_progress=lambda p: context.log.info(p.line()), log=context.log.info)
+        device = config.device or settings.device
+        ranks = distributed.processes(model, device)
+        with step_devices(device, settings.home, ranks, context.log.info) as devices:
+            if ranks > 1:  # data_parall: the ranks run under torchrun, their log lines come back through Pipes
+                result = distributed.train_processes(model, data.train, data.valid, devices=devices,
+                                                     threads=compute.threads, run=_pipes_runner(context))
+            else:
+                result = train(model, data.train, data.valid, device=devices[0],
+                               on_epoch=lambda m: context.log.info(epoch_line(m)),
+                               on_progress=lambda p: context.log.info(p.line()), log=context.log.info)
         path = checkpoints.path_for(arch, day)
         weights, sidecar = save_checkpoint(path, result, model, columns=data.train.columns, windows=data.windows.to_json(),
                                            processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state(),
@@ -189,6 +195,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             "shuffled_labels": config.shuffle_labels,
             "parameters": result.n_params,
             "device": result.device,
+            "processes": result.processes,
             "threads": compute.threads,
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),
             "seconds": round(time.perf_counter() - began, 1),
@@ -196,6 +203,14 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         })
 
     return _checkpoint
+
+
+def _pipes_runner(context: dg.AssetExecutionContext):
+    """Runs a command as a Dagster Pipes subprocess of this step (qpipe.training.distributed.Runner)."""
+    def run(command: list[str], env: dict[str, str], extras: dict[str, Any]) -> None:
+        dg.PipesSubprocessClient().run(context=context, command=command, env=env, extras=extras)
+
+    return run
 
 
 def training_metadata(result, params: dict, train_samples: int) -> dict:
@@ -213,7 +228,7 @@ def training_metadata(result, params: dict, train_samples: int) -> dict:
         "samples_per_second": round(train_samples / max(result.seconds_per_epoch, 1e-9), 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    if str(result.device).startswith("cuda"):
+    if str(result.device).startswith("cuda") and result.processes == 1:  # data-parallel ranks ran in other processes
         import torch
 
         metadata["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

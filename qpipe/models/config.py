@@ -49,6 +49,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # Mixed precision: None (float32) or "bf16" (forward passes under torch.autocast in bfloat16; the loss,
     # the optimizer and the stored weights stay float32). Off by default: scores then equal the float32 run's.
     "amp": None,
+    # Qlib's data_parall: train one checkpoint data-parallel on K processes (torch DDP, qpipe.training.distributed):
+    # an int K, or true = every visible GPU; None/false/1 = one process. Each rank takes 1/K of every batch and the
+    # gradients are summed, so with dropout 0 the weights equal one process's up to float summation order.
+    # Refused for whole-day batches (GATs, HIST) and TabNet's ghost BatchNorm.
+    "data_parall": None,
 }
 # Qlib's generic trainer, whose network is named by pt_model_uri (its own trainer defaults are TRAINING_DEFAULTS).
 GENERAL_PTNN = "GeneralPTNN"
@@ -175,6 +180,11 @@ def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Ma
     params: dict[str, Any] = {}
     for key, default in TRAINING_DEFAULTS.items():
         params[key] = _check(source, key, given.get(key, default), _ENGINE_CHECKS[key])
+    ranks = params["data_parall"]
+    refusal = _data_parallel_refusal(spec) if ranks is True or (ranks is not None and ranks > 1) else ""
+    if refusal:
+        raise ConfigError(f"{source}: hyper-parameter data_parall = {params['data_parall']!r}: model {spec.name!r} {refusal}; "
+                          "train it on one process (data_parall: 1)")
     if params["pretrain"] and not hasattr(spec.net, "make_decoder"):
         raise ConfigError(f"{source}: hyper-parameter pretrain = True: model {spec.name!r} has no self-supervised "
                           "pretraining (TabNet has)")
@@ -270,6 +280,23 @@ def _optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
 
+def _processes(value: Any) -> int | bool | None:
+    """Qlib's data_parall: a bool (true = every visible GPU; false = off, stored as None) or a number of processes."""
+    if isinstance(value, bool):
+        return True if value else None
+    if not isinstance(value, int) or value < 1:
+        raise ValueError("must be a number of processes >= 1, or true for every visible GPU")
+    return value
+
+
+def _data_parallel_refusal(spec: ModelSpec) -> str:
+    """Why a batch of ``spec``'s model cannot be split across data-parallel ranks ("" = it can)."""
+    if spec.sampler == "daily":
+        return ("trains on one whole day per batch and attends across that day's stocks, so a batch cannot be split "
+                "across processes without changing the model")
+    return spec.unsplittable_batch
+
+
 def _positive_ints(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list | tuple) or not value:
         raise ValueError("must be a non-empty list of integers")
@@ -293,6 +320,7 @@ _ENGINE_CHECKS: dict[str, Check] = {
     "ps": _probability,
     "model_path": _optional(_checkpoint_path),
     "amp": _optional(_choice("bf16")),
+    "data_parall": _optional(_processes),
 }
 
 

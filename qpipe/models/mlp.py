@@ -6,7 +6,9 @@ valid loss, ReduceLROnPlateau on the valid loss). qpipe runs the same schedule i
 epoch loop: one "epoch" is ``eval_steps`` batches (``steps_per_epoch``), so
 ``n_epochs = ceil(max_steps / eval_steps)`` and ``early_stop = early_stop_rounds``; batches are
 drawn without replacement from successive shuffles instead of with replacement, and NaN labels
-are masked as in every other model (Qlib's DNN loss has no mask).
+are masked as in every other model (Qlib's DNN loss has no mask). Qlib's Net hard-codes its two
+dropout layers at 0.05; here that is the default of a ``dropout`` argument (0 makes training
+deterministic across data-parallel ranks, qpipe.training.distributed).
 """
 
 import math
@@ -21,14 +23,15 @@ from qpipe.models.spec import ModelSpec, Preset
 class Net(nn.Module):
     """Dropout -> [Linear -> BatchNorm1d -> LeakyReLU(0.1)] per hidden layer -> Dropout -> Linear."""
 
-    def __init__(self, input_dim: int, layers: tuple[int, ...] = (256,), act: Literal["LeakyReLU", "SiLU"] = "LeakyReLU"):
+    def __init__(self, input_dim: int, layers: tuple[int, ...] = (256,), act: Literal["LeakyReLU", "SiLU"] = "LeakyReLU",
+                 dropout: float = 0.05):
         super().__init__()
         sizes = [input_dim, *layers]
-        dnn_layers: list[nn.Module] = [nn.Dropout(0.05)]
+        dnn_layers: list[nn.Module] = [nn.Dropout(dropout)]
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             activation = nn.LeakyReLU(negative_slope=0.1) if act == "LeakyReLU" else nn.SiLU()
             dnn_layers.append(nn.Sequential(nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), activation))
-        dnn_layers += [nn.Dropout(0.05), nn.Linear(sizes[-1], 1)]
+        dnn_layers += [nn.Dropout(dropout), nn.Linear(sizes[-1], 1)]
         self.dnn_layers = nn.ModuleList(dnn_layers)  # Qlib's state-dict keys
         for module in self.modules():
             if isinstance(module, nn.Linear):

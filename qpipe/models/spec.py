@@ -45,6 +45,9 @@ class ModelSpec:
     ts_class_defaults: Mapping[str, Any] = field(default_factory=dict)  # where the _ts class (TSDatasetH) differs
     from_qlib: Callable[[dict[str, Any]], dict[str, Any]] = _unchanged  # Qlib-only kwargs -> engine names
     reads_concepts: bool = False  # forward(x, concepts): each stock's concept-membership row as well (HIST)
+    # Why the rows of a training batch cannot be split across data-parallel ranks ("" = they can: the network reads
+    # each row on its own but for BatchNorm, which data-parallel training synchronizes). Whole-day batches never can.
+    unsplittable_batch: str = ""
 
     def qlib_class_defaults(self, step_len: int | None) -> dict[str, Any]:
         """The Qlib class's defaults: the ``_ts`` class's where the dataset is TSDatasetH (step_len set)."""

@@ -201,4 +201,6 @@ SPEC = ModelSpec(
     class_defaults={"batch_size": 4096, "n_epochs": 100, "pretrain_n_epochs": 50, "seed": 993, "optimizer": "adam",
                     "loss": "mse", "metric": "loss", "early_stop": 20, "ps": 0.3, "lr": 0.01, "pretrain": True},
     from_qlib=from_qlib,
+    unsplittable_batch=("normalizes ghost batches (BatchNorm over chunks of vbs rows, its running statistics updated "
+                        "chunk after chunk), which a batch split across processes would change"),
 )

@@ -114,6 +114,7 @@ def save_checkpoint(
         "seconds_per_epoch": result.seconds_per_epoch,
         "n_params": result.n_params,
         "device": result.device,
+        "processes": result.processes,  # data-parallel ranks (Qlib's data_parall); 1 = one process
         "versions": _versions(),
         "weights": {"file": weights_path.name, "sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights)},
     }

@@ -16,6 +16,10 @@ Fixed or dropped Qlib behaviour:
 - Qlib seeds numpy and torch only and shuffles with numpy; here python, numpy and torch are
   seeded and the batch order has its own torch.Generator, so CPU runs repeat byte for byte.
 - Qlib pickles the whole model object; see qpipe.training.checkpoint for safetensors + JSON.
+
+Data-parallel training (Qlib's ``data_parall``) runs this same loop on every rank: ``train`` takes
+a ``OneProcess`` (the default) or a ``qpipe.training.distributed.Rank``, whose hooks shard each
+batch, sum the gradients and agree on the validation numbers.
 """
 
 import math
@@ -42,6 +46,30 @@ from qpipe.training.samplers import Sampler, make_sampler
 CLIP_GRAD_VALUE = 3.0
 
 EpochCallback = Callable[[dict[str, Any]], None]
+
+
+class OneProcess:
+    """The loop's data-parallel hooks for a single process: every batch whole, nothing to exchange.
+    qpipe.training.distributed.Rank overrides them for one rank of K."""
+
+    world_size = 1
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training batches run through (the model itself, or its DistributedDataParallel)."""
+        return model
+
+    def shard(self, positions: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's share of a batch's positions, and the count of known labels its loss is divided by
+        (None: its own share's; a rank divides by the whole batch's, so the ranks' losses sum to the batch's)."""
+        return positions, None
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over the processes."""
+        return value
+
+    def agree(self, *values: float) -> tuple[float, ...]:
+        """The validation numbers every process acts on (early stopping, the scheduler)."""
+        return values
 
 
 def warm_start(model: nn.Module, path: str) -> list[str]:
@@ -79,12 +107,19 @@ def train(
     on_epoch: EpochCallback | None = None,
     on_progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
+    parallel: OneProcess | None = None,
 ) -> TrainResult:
     """Train ``config``'s model; without a valid frame all ``n_epochs`` run and the last weights are kept.
 
-    ``on_epoch`` gets each epoch's metrics; ``on_progress`` a Progress every PROGRESS_EVERY seconds.
+    ``on_epoch`` gets each epoch's metrics; ``on_progress`` a Progress every PROGRESS_EVERY seconds;
+    ``parallel`` makes this process one rank of a data-parallel group (qpipe.training.distributed).
     """
     params = config.params
+    parallel = parallel or OneProcess()
+    requested = params["data_parall"]
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested != parallel.world_size:
+        raise ValueError(f"data_parall = {requested} but this training runs {parallel.world_size} process(es): "
+                         "train data-parallel through qpipe.training.distributed.train_processes (the checkpoint step does)")
     target = resolve_device(device)
     if target.type == "cuda":
         repeatable_cuda()
@@ -99,6 +134,7 @@ def train(
     if params["model_path"]:
         warm_start(model, params["model_path"])
     pretraining = pretrain(model, params, train_set, valid_set, generator, log, on_progress) if params["pretrain"] else []
+    trainee = parallel.wrap(model)
     optimizer = _optimizer(params, model)
     scheduler = _scheduler(params, optimizer)
     batches = train_set.train_batches(batch_size, generator)
@@ -108,12 +144,12 @@ def train(
     for epoch in range(1, params["n_epochs"] + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = _train_epoch(model, train_set, islice(batches, steps), optimizer,
-                                  lambda batch, epoch=epoch: clock.tick(epoch, batch), params["amp"])
+        train_loss = _train_epoch(trainee, train_set, islice(batches, steps), optimizer,
+                                  lambda batch, epoch=epoch: clock.tick(epoch, batch), params["amp"], parallel)
         validating = time.perf_counter()
         valid_loss = valid_ic = math.nan
         if valid_set is not None:
-            valid_loss, valid_ic = _validate(model, valid_set, batch_size, params["amp"])
+            valid_loss, valid_ic = parallel.agree(*_validate(model, valid_set, batch_size, params["amp"]))
             best.update(epoch, valid_ic if params["metric"] == "ic" else -valid_loss, model)
             if scheduler is not None:
                 scheduler.step(valid_loss)
@@ -144,6 +180,7 @@ def train(
         seed=seed,
         pretrain_history=pretraining,
         placebo_valid_loss=masked_mse(torch.zeros_like(valid_set.label), valid_set.label).item() if valid_set is not None else math.nan,
+        processes=parallel.world_size,
     )
 
 
@@ -172,11 +209,12 @@ def predict(model: nn.Module, frame: TrainingFrame, config: ModelConfig, batch_s
                    config.params["amp"]).cpu().numpy()
 
 
-def masked_mse(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the rows whose label is not NaN (0 when there are none)."""
+def masked_mse(pred: torch.Tensor, label: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error over the rows whose label is not NaN (0 when there are none); ``count`` replaces the
+    number of known labels as the divisor (a rank's share of a batch divides by the whole batch's)."""
     known = ~torch.isnan(label)
     error = torch.where(known, pred - label, 0.0)
-    return error.square().sum() / known.sum().clamp(min=1)
+    return error.square().sum() / (known.sum() if count is None else count).clamp(min=1)
 
 
 def epoch_line(metrics: dict[str, Any]) -> str:
@@ -208,15 +246,17 @@ def autocast(device: torch.device, amp: str | None):
 
 
 def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Tensor], optimizer: torch.optim.Optimizer,
-                 after_batch: Callable[[int], None], amp: str | None = None) -> float:
+                 after_batch: Callable[[int], None], amp: str | None = None, parallel: OneProcess | None = None) -> float:
     """Mean training-batch loss (accumulated on the device: no sync per batch)."""
+    parallel = parallel or OneProcess()
     model.train()
     label = samples.label
     total, count = torch.zeros((), device=label.device), 0
-    for positions in batches:
+    for batch in batches:
+        positions, known = parallel.shard(batch, label)
         with autocast(label.device, amp):
             pred = model(*samples.inputs(positions))
-        loss = masked_mse(pred.float(), label.index_select(0, positions))
+        loss = masked_mse(pred.float(), label.index_select(0, positions), known)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_value_(model.parameters(), CLIP_GRAD_VALUE)
@@ -224,7 +264,7 @@ def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Ten
         total += loss.detach()
         count += 1
         after_batch(count)
-    return total.item() / count
+    return parallel.sum(total).item() / count
 
 
 def _scores(model: nn.Module, samples: Sampler, batch_size: int, amp: str | None = None) -> torch.Tensor:

@@ -20,3 +20,4 @@ class TrainResult:
     # The valid loss of a placebo that scores every stock 0 (no skill; labels are normalized per day): a trained
     # model's best valid loss above it has learnt nothing that generalizes. NaN without a valid set.
     placebo_valid_loss: float = float("nan")
+    processes: int = 1  # data-parallel ranks that trained it (Qlib's data_parall), 1 = one process
