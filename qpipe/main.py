@@ -125,11 +125,10 @@ def run_stage(server, stage: Stage, number: int, total: int) -> dg.DagsterRunSta
 
 
 def print_leaderboard(test_days: int) -> None:
-    import duckdb
-
     from qpipe.assets.leaderboard import LEADERBOARD_TABLE
+    from qpipe.resources import build_resources
 
-    with duckdb.connect(str(get_settings().warehouse), read_only=True) as con:
+    with build_resources()["warehouse"].get_connection() as con:
         board = con.execute(f"SELECT * FROM {LEADERBOARD_TABLE}").df()
     print(f"\nOut-of-sample leaderboard, {test_days} sessions (daily IC against the raw label, as Qlib's SigAnaRecord; "
           "the TopK-dropout backtest's annualized excess return, information ratio and max drawdown with cost, "
@@ -169,8 +168,8 @@ def main() -> None:
     instance = dg.DagsterInstance.get()
     for dead in reap(instance):
         print(f"  run {dead.run_id[:8]} ({dead.job_name}) had lost its process: marked failed, its pool slots freed")
-    print(f"qpipe main job on the {settings.source} market, {calendar.name} sessions to {last_day}; "
-          f"warehouse {settings.warehouse}\n"
+    tables = f"lake at {settings.lake_data}" if settings.lake else f"warehouse {settings.warehouse}"
+    print(f"qpipe main job on the {settings.source} market, {calendar.name} sessions to {last_day}; {tables}\n"
           f"  runs are kept in the Dagster instance at {os.environ['DAGSTER_HOME']} (see them with: dg dev)\n"
           f"  {plan.describe()}; {training_slots(instance, plan)} training slot(s) (pool gpu); Ctrl-C stops the run",
           flush=True)

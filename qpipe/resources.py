@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, field_validator
 
 from qpipe import compute
+from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import SOURCE_KINDS, Source, open_source
 from qpipe.settings import BLOCK_CELLS, Settings, get_settings, parse_feature_device
@@ -22,27 +23,41 @@ class WarehouseBusy(RuntimeError):
 
 
 class Warehouse(DuckDBResource):
-    """The qpipe DuckDB file; its folder is created on first use.
+    """The qpipe DuckDB file (its folder is created on first use), or the DuckLake ``lake`` when one is set.
 
     DuckDB lets one process write a file. Runs of one Dagster instance take turns through the
     ``duckdb`` pool; a process outside it (a run of another instance on the same warehouse, a DuckDB
     shell) is waited for, with a line in the step's log naming its PID, for up to ``lock_wait_seconds``.
+    A lake has no such lock: each step attaches it from an in-memory DuckDB of its own (qpipe.data.lake).
     """
 
     lock_wait_seconds: float = Field(default=3600.0, ge=0, description="how long to wait for another "
                                      "process that has the warehouse open before failing")
+    lake: str = Field(default="", description="a DuckLake catalog (postgres:<connection string>, or a .ducklake "
+                      "file) to use instead of the DuckDB file (QPIPE_LAKE)")
+    lake_data: str = Field(default="", description="where the lake's Parquet files are (QPIPE_LAKE_DATA)")
 
     @contextmanager
     def get_connection(self):
-        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        con = self._connect()
+        con = self._attach_lake() if self.lake else self._connect()
         try:
             con.execute("SET enable_progress_bar = false")  # it would draw on the console of every long step
             yield con
         finally:  # closed on failure too: a failed step must release the file
             con.close()
 
+    def _attach_lake(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB of this process with the lake attached: no file, so no lock to wait for."""
+        con = duckdb.connect(":memory:", config={"custom_user_agent": "dagster", **self.connection_config})
+        try:
+            lake.attach(con, self.lake, self.lake_data)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
         config = {"custom_user_agent": "dagster", **self.connection_config}
         began, told = time.monotonic(), False
         while True:
@@ -112,7 +127,8 @@ def build_resources(settings: Settings | None = None) -> dict:
     threads = compute.compute_plan().threads
     return {
         "compute": Compute(threads=threads, block_cells=s.block_cells, feature_device=s.feature_device),
-        "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads}),
+        "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads},
+                               lake=s.lake, lake_data=s.lake_data),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),
         "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,
                                     market=s.qlib_market, ingest=s.qlib_ingest, benchmark=s.benchmark,

@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qpipe.models.registry import ARCHITECTURES
 
@@ -28,6 +28,7 @@ VARIABLES = {
     "QPIPE_MODELS": "models", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
     "QPIPE_CHECKPOINTS": "checkpoints_override", "QPIPE_BLOCK_CELLS": "block_cells",
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
+    "QPIPE_LAKE": "lake", "QPIPE_LAKE_DATA": "lake_data",
 }
 # Price cells (trading days with their lookback x instruments) a feature step computes at once. Each
 # costs ~3 KB of features while in flight, so ~1 GB a block: memory is set here, not by the universe.
@@ -120,6 +121,11 @@ class Settings(BaseModel):
     # qpipe.deploy.celery_app on the broker QPIPE_CELERY_BROKER, on this machine or others).
     executor: Literal["multiprocess", "celery"] = "multiprocess"
     celery_broker: str = "redis://127.0.0.1:6379/0"
+    # The warehouse for workers that share no DuckDB file (qpipe.data.lake): a DuckLake whose catalog is
+    # QPIPE_LAKE ("postgres:dbname=qpipe host=... user=...", or a local .ducklake file) and whose Parquet files
+    # are under QPIPE_LAKE_DATA (a folder every worker mounts). Unset: the DuckDB file QPIPE_WAREHOUSE.
+    lake: str = ""
+    lake_data: str = ""
     market_override: str | None = None
     warehouse_override: Path | None = None
     checkpoints_override: Path | None = None
@@ -166,6 +172,13 @@ class Settings(BaseModel):
             except json.JSONDecodeError as error:
                 raise ValueError(f"QPIPE_SOURCE_COLUMNS = {value!r} is not a JSON object: {error}") from None
         return value
+
+    @model_validator(mode="after")
+    def _lake_has_data(self) -> "Settings":
+        if self.lake and not self.lake_data:
+            raise ValueError(f"QPIPE_LAKE = {self.lake!r} needs QPIPE_LAKE_DATA: the folder every worker "
+                             "mounts, where the lake's Parquet files go")
+        return self
 
     @property
     def first_partition(self) -> str:

@@ -13,7 +13,7 @@ SP500 = SHARED / "data" / "sp500_5yr" / "prices.parquet"
 
 # The modules that take minutes, longest first (about 4, 3.5, 3, 1, 1 and 0.5 minutes on the 2-core machine).
 LONGEST_FIRST = ("test_main_job.py", "test_deployment.py", "test_faults.py", "test_qrun.py", "test_cn_market.py",
-                 "test_cli_and_webserver.py", "test_celery.py")
+                 "test_cli_and_webserver.py", "test_celery.py", "test_distributed.py", "test_lake.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

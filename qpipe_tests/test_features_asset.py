@@ -120,18 +120,22 @@ def test_a_failure_in_a_later_block_writes_nothing(built, tmp_path, first, block
     path = tmp_path / "warehouse.duckdb"
     shutil.copy(built, path)
     before = _tables(path)
-    calls = 0
-
-    def fails_on_the_second_block(panel, operators):
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise RuntimeError("a broken block")
-        yield from store.FEATURE_SETS["alpha360"].compute(panel, operators)
-
-    broken = store.FeatureSet("alpha360", ALPHA360_NAMES, fails_on_the_second_block)
+    broken, calls = alpha360_broken_at_block(2)
     with duckdb.connect(str(path)) as con:
         with pytest.raises(RuntimeError, match="a broken block"):
             store.write_features(con, [store.FEATURE_SETS["alpha158"], broken], first, LAST, block_cells=block_cells)
         assert con.execute("SELECT count(*) FROM features.alpha360").fetchone()[0] > 0  # the connection still works
-    assert calls == 2 and _tables(path) == before
+    assert calls == [1, 2] and _tables(path) == before
+
+
+def alpha360_broken_at_block(broken: int) -> tuple[store.FeatureSet, list[int]]:
+    """Alpha360 whose ``broken``-th block raises; and the list of the blocks it was asked for."""
+    calls: list[int] = []
+
+    def compute(panel, operators):
+        calls.append(len(calls) + 1)
+        if len(calls) == broken:
+            raise RuntimeError("a broken block")
+        yield from store.FEATURE_SETS["alpha360"].compute(panel, operators)
+
+    return store.FeatureSet("alpha360", ALPHA360_NAMES, compute), calls

@@ -26,6 +26,7 @@ def test_defaults_work_out_of_the_box(tmp_path):
     ("QPIPE_PARTITIONS_START", "notadate", "QPIPE_PARTITIONS_START = 'notadate': expected a date, YYYY-MM-DD"),
     ("QPIPE_QLIB_INGEST", "some", "QPIPE_QLIB_INGEST = 'some': Input should be 'market' or 'all'"),
     ("QPIPE_EXECUTOR", "k8s", "QPIPE_EXECUTOR = 'k8s': Input should be 'multiprocess' or 'celery'"),
+    ("QPIPE_LAKE", "postgres:dbname=qpipe", "QPIPE_LAKE = 'postgres:dbname=qpipe' needs QPIPE_LAKE_DATA"),
     ("QPIPE_FEATURE_DEVICE", "mps", "QPIPE_FEATURE_DEVICE = 'mps': expected auto, cpu, cuda or cuda:<index>"),
     ("QPIPE_BLOCK_CELLS", "100", "QPIPE_BLOCK_CELLS = '100': Input should be greater than or equal to 1000"),
 ])

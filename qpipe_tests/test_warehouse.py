@@ -1,6 +1,7 @@
 """Warehouse writes are transactions: a write that fails half-way leaves every row as it was; a writer
 waits for another process that has the file open."""
 
+import importlib.util
 import subprocess
 import sys
 import time
@@ -92,3 +93,20 @@ def test_a_warehouse_held_too_long_is_a_clear_error_naming_the_process(tmp_path)
                 pass
     finally:
         holder.kill()
+
+
+@pytest.mark.parametrize("environment", ["default", pytest.param("lake extra", marks=pytest.mark.lake)])
+def test_a_lake_needs_the_lake_extra_and_says_so(tmp_path, environment):
+    """QPIPE_LAKE loads DuckLake from its PyPI package built for this DuckDB: without it (the default install, on
+    DuckDB 2.0) the step's error names the extra to install; with it (pytest -m lake's environment) it attaches.
+    Run in both environments: the default run takes the first case, ``-m lake`` the second."""
+    warehouse = Warehouse(database=str(tmp_path / "unused.duckdb"), lake=str(tmp_path / "catalog.ducklake"),
+                          lake_data=str(tmp_path / "data"))
+    if importlib.util.find_spec("duckdb_extension_ducklake") and duckdb.__version__ == "1.5.5":
+        with warehouse.get_connection() as con:
+            con.execute("CREATE TABLE t AS SELECT range AS x FROM range(10000)")  # past DuckLake's inlined rows
+        assert list((tmp_path / "data").rglob("*.parquet"))
+    else:
+        with pytest.raises(RuntimeError, match=r"QPIPE_LAKE needs duckdb-extension-ducklake built for DuckDB .*lake extra"):
+            warehouse.get_connection().__enter__()
+    assert not (tmp_path / "unused.duckdb").exists()

@@ -1,7 +1,10 @@
 """Alpha158 + Alpha360 + label on a synthetic market: compute time, DuckDB write time, peak RSS; with
 ``--qlib-python`` (an interpreter with pyqlib 0.9.7) Qlib's own Alpha158/Alpha360 on the same market, side by side.
 
-    python -m qpipe.bench features [--instruments 300] [--days 2500] [--qlib-python /tmp/qlibvenv/bin/python]
+    python -m qpipe.bench features [--instruments 300] [--days 2500] [--qlib-python /tmp/qlibvenv/bin/python] [--lake]
+
+``--lake`` writes the same tables to a DuckLake as well (qpipe.data.lake; a local catalog file and Parquet files
+beside it), timed next to the DuckDB file.
 """
 
 import argparse
@@ -14,6 +17,7 @@ import duckdb
 import numpy as np
 
 from qpipe.bench import peak_rss_gb, synthetic_market, timed
+from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.qlib_provider import write_qlib_provider
 from qpipe.features import store
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--memory-limit", default=wh.CONNECTION_CONFIG["memory_limit"],
                         help="DuckDB memory_limit (default: the Warehouse resource's)")
     parser.add_argument("--qlib-python", default=None, help="an interpreter with pyqlib 0.9.7, for Qlib's side")
+    parser.add_argument("--lake", action="store_true", help="write to a DuckLake too, side by side with the file")
     args = parser.parse_args()
 
     market = synthetic_market(args.instruments, args.days, args.start)
@@ -48,8 +53,11 @@ def main() -> None:
     t: dict[str, float] = {}
     sets = list(store.FEATURE_SETS.values())
     with tempfile.TemporaryDirectory() as tmp:
-        def warehouse(name: str) -> duckdb.DuckDBPyConnection:
-            con = duckdb.connect(str(Path(tmp) / f"{name}.duckdb"), config={"memory_limit": args.memory_limit})
+        def warehouse(name: str, on_lake: bool = False) -> duckdb.DuckDBPyConnection:
+            folder, config = Path(tmp), {"memory_limit": args.memory_limit}
+            con = duckdb.connect(":memory:" if on_lake else str(folder / f"{name}.duckdb"), config=config)
+            if on_lake:
+                lake.attach(con, str(folder / f"{name}.ducklake"), str(folder / f"{name}-data"))
             wh.write_prices(con, market.prices, first, last, calendar="XNYS")
             return con
 
@@ -68,6 +76,16 @@ def main() -> None:
             store.write_features(con, sets, day, day)
             store.write_labels(con, day, day)
 
+        if args.lake:
+            print("the same on a DuckLake (a local catalog file, Parquet files):")
+            with warehouse("lake", on_lake=True) as on_lake:
+                with timed("lake: alpha158 + alpha360 + label", t):
+                    store.write_features(on_lake, sets, first, last, block_cells=args.block_cells)
+                    store.write_labels(on_lake, first, last, block_cells=args.block_cells)
+                with timed("lake: daily increment (3 tables, 1 day)", t):
+                    store.write_features(on_lake, sets, day, day)
+                    store.write_labels(on_lake, day, day)
+
         print("the compute alone (no writes):")
         for name, fs in store.FEATURE_SETS.items():
             with timed(f"compute {name}", t):
@@ -85,6 +103,9 @@ def main() -> None:
     print(f"\ncompute, three tables:       {compute:6.2f} s  ({rows / compute:,.0f} rows/s)")
     print(f"with the writes (assets):    {total:6.2f} s  (target 5 s), peak RSS {materialized_rss:.2f} GB")
     print(f"daily increment:             {t['daily increment (3 tables, 1 day)']:6.2f} s  (target 1 s)")
+    if args.lake:
+        print(f"on a DuckLake:               {t['lake: alpha158 + alpha360 + label']:6.2f} s, daily increment "
+              f"{t['lake: daily increment (3 tables, 1 day)']:.2f} s")
     print(f"kernel compile, first run after install only: {t['numba kernels: compile, or load the cache']:.2f} s")
     if qlib:
         print(f"Qlib 0.9.7, D.features on all cores, same market (qlib_features.py): alpha158 {qlib['alpha158']:.2f} s, "

@@ -12,6 +12,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from qpipe.data import lake
+
 # DuckDB would otherwise cache up to 80% of RAM. With 1 GB a 300 x 2500 feature backfill peaks at 2.7 GB RSS
 # (3.5 GB with 2 GB) and is no slower: the big inserts stream through the buffer pool.
 CONNECTION_CONFIG = {"memory_limit": "1GB"}
@@ -71,8 +73,12 @@ def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
     """Checkpoint a small write now, inside ``bulk_load``, rather than leave it to a later commit whose log passed
     16 MB. At 5,000 instruments x 2,500 days, the second daily increment after a backfill took 10 s that way; with
     this, the first took 6.6 s (5.1 s of it the checkpoint, once after a backfill) and the second 1.3 s. (After a
-    staged backfill the same checkpoint cost more: 184 s instead of 142 s for the whole backfill.)"""
-    con.execute("CHECKPOINT")
+    staged backfill the same checkpoint cost more: 184 s instead of 142 s for the whole backfill.)
+
+    Not on a lake: there CHECKPOINT is DuckLake's maintenance (it compacts files), which fails the commit of any
+    writer it overlaps; it belongs to a quiet hour (``python -m qpipe.data.lake maintain``)."""
+    if not lake.is_lake(con):
+        con.execute("CHECKPOINT")
 
 
 @contextmanager
@@ -80,7 +86,7 @@ def inserts_in_background(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[
     """``insert(table, data)`` run on a second thread, so the caller computes the next block meanwhile.
 
     DuckDB releases the GIL while it inserts. One insert runs at a time (the next call waits for it);
-    the caller must not use ``con`` until the block ends (read through ``con.cursor()``). On an error
+    the caller must not use ``con`` until the block ends (read through ``cursor(con)``). On an error
     the insert in flight is interrupted and awaited, so a rollback never races it.
     """
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-insert")
@@ -101,6 +107,14 @@ def inserts_in_background(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A second connection to ``con``'s database, for another thread; it reads the same catalog (``USE`` is per
+    connection, and a lake is an attached catalog)."""
+    second = con.cursor()
+    second.execute(f"USE {con.execute('SELECT current_database()').fetchone()[0]}")
+    return second
 
 
 def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:

@@ -46,6 +46,15 @@ class LocalPostgres:
         return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(self.port), "DAGSTER_PG_USERNAME": self.user,
                 "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": self.database}
 
+    def create_database(self, name: str) -> str:
+        """A new empty database on the server, owned by ``user``; returns its name."""
+        self._run(str(_bindir() / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name)
+        return name
+
+    def libpq(self, database: str | None = None) -> str:
+        """The server's connection string (libpq's key=value form), for ``database`` or the default one."""
+        return f"dbname={database or self.database} host=127.0.0.1 port={self.port} user={self.user}"
+
     def _run(self, *command: str) -> None:
         done = subprocess.run([*self._as, *command], capture_output=True, text=True, timeout=120)
         if done.returncode:
@@ -66,7 +75,7 @@ class LocalPostgres:
             if self._server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start: {(self.root / 'server.log').read_text()[-2000:]}")
             time.sleep(0.2)
-        self._run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database)
+        self.create_database(self.database)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.features import ops
 from qpipe.features.alpha158 import ALPHA158_NAMES, alpha158_columns
@@ -191,12 +192,13 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
     set, each insert committed alone (1.70 GB), and one transaction then puts every set's rows in place
     (``wh.replace_range``): a reader sees all of them or none, and a failure before it leaves the tables as they
     were. A smaller range (a day's increment) goes straight into the tables, writing half as much to DuckDB's
-    log, and ends with a checkpoint of its own (``wh.checkpoint``).
+    log, and ends with a checkpoint of its own (``wh.checkpoint``). So does any range on a lake, whose inserts go
+    to Parquet files as they come: its transaction holds their names, not their rows.
     """
     for fs in feature_sets:
         wh.ensure_table(con, fs.table, fs.ddl)
     written = {fs.name: 0 for fs in feature_sets}
-    if _range_cells(con, start, end) <= block_cells:
+    if lake.is_lake(con) or _range_cells(con, start, end) <= block_cells:  # a lake writes Parquet files as it goes
         with wh.bulk_load(con):
             with wh.transaction(con):
                 for fs in feature_sets:
@@ -232,7 +234,7 @@ def _insert_blocks(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
                    into: dict[str, str], written: dict[str, int], chunk_days: int, block_cells: int,
                    operators: Any) -> None:
     """Each block of each set inserted into ``into[set name]``, on a second thread while the next is computed."""
-    with con.cursor() as prices, wh.inserts_in_background(con) as insert:  # the inserts' thread has ``con``
+    with wh.cursor(con) as prices, wh.inserts_in_background(con) as insert:  # the inserts' thread has ``con``
         for fs, table in feature_blocks(prices, feature_sets, start, end, chunk_days, block_cells, operators):
             insert(into[fs.name], table)
             written[fs.name] += len(table)
@@ -243,7 +245,7 @@ def write_labels(con: duckdb.DuckDBPyConnection, start, end, chunk_days: int = C
     """Replace the labels known on [start, end] in one transaction; returns rows written."""
     wh.ensure_table(con, LABEL_TABLE, LABEL_DDL)
     written = 0
-    with wh.transaction(con), con.cursor() as prices:
+    with wh.transaction(con), wh.cursor(con) as prices:
         wh.delete_range(con, LABEL_TABLE, start, end, date_column="known_on")
         with wh.inserts_in_background(con) as insert:
             for table in label_blocks(prices, start, end, chunk_days, block_cells):
