@@ -10,6 +10,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import load_source
 from qpipe.resources import Warehouse, WarehouseBusy
@@ -110,3 +111,19 @@ def test_a_lake_needs_the_lake_extra_and_says_so(tmp_path, environment):
         with pytest.raises(RuntimeError, match=r"QPIPE_LAKE needs duckdb-extension-ducklake built for DuckDB .*lake extra"):
             warehouse.get_connection().__enter__()
     assert not (tmp_path / "unused.duckdb").exists()
+
+
+def test_a_second_connection_reads_a_warehouse_file_of_any_name(tmp_path):
+    """A feature write reads prices through ``wh.cursor`` while its first connection inserts; the file's stem is
+    the database's name, and "qpipe-prod 2" must not break the USE it issues."""
+    with duckdb.connect(str(tmp_path / 'qpipe-prod 2 "x".duckdb')) as con:
+        con.execute("CREATE SCHEMA raw; CREATE TABLE raw.t AS SELECT 42 AS x")
+        with wh.cursor(con) as second:
+            assert second.execute("SELECT x FROM raw.t").fetchall() == [(42,)]
+
+
+def test_a_warehouse_file_named_like_the_lake_is_still_a_file(tmp_path):
+    """A file's writes are staged and checkpointed, a lake's are not: told apart by the catalog's type, not its name."""
+    with duckdb.connect(str(tmp_path / "qpipe.duckdb")) as con:
+        assert con.execute("SELECT current_database()").fetchone()[0] == "qpipe"
+        assert not lake.is_lake(con)

@@ -66,7 +66,9 @@ def import_file(con: duckdb.DuckDBPyConnection, path: str) -> dict[str, int]:
 
 
 def is_lake(con: duckdb.DuckDBPyConnection) -> bool:
-    return con.execute("SELECT current_database()").fetchone()[0] == NAME
+    """Whether ``con`` reads and writes a lake (by the catalog's type: a warehouse file may be named qpipe.duckdb)."""
+    return con.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0] \
+        == "ducklake"
 
 
 def _load(con: duckdb.DuckDBPyConnection, extension: str) -> None:

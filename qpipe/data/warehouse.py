@@ -112,8 +112,9 @@ def inserts_in_background(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[
 def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """A second connection to ``con``'s database, for another thread; it reads the same catalog (``USE`` is per
     connection, and a lake is an attached catalog)."""
+    name = con.execute("SELECT current_database()").fetchone()[0]  # a file's stem: "qpipe-prod 2" is a name too
     second = con.cursor()
-    second.execute(f"USE {con.execute('SELECT current_database()').fetchone()[0]}")
+    second.execute(f'USE "{name.replace(chr(34), chr(34) * 2)}"')
     return second
 
 
