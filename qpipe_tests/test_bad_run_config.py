@@ -8,7 +8,7 @@ import pytest
 from qpipe.assets.features import feature_tables, label_table
 from qpipe.assets.models import checkpoint_key, model_assets
 from qpipe.assets.prices import raw_prices, raw_universe
-from qpipe_tests.test_model_assets import QUICK, run, synthetic_resources
+from qpipe_tests.test_model_assets import QUICK, market_history
 
 # The assets a checkpoint needs, not all forty: each case builds its job in a second instead of several.
 MLP = [raw_prices, raw_universe, feature_tables, label_table,
@@ -91,13 +91,8 @@ INVALID_CONFIG = {
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad_config")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("QPIPE_MARKET", "syn26")
-        resources = synthetic_resources(root, n_instruments=40, seed=5)
-        run("2023-06-01", DAY, ["raw/prices", "raw/universe", "raw/concepts"], resources)
-        run("2023-09-01", DAY, ["features/alpha360", "features/label"], resources)
-        yield resources, root
+    with market_history(tmp_path_factory.mktemp("bad_config"), "syn26", DAY) as built:
+        yield built
 
 
 def _train(resources, config: dict, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:

@@ -27,7 +27,7 @@ from qpipe.training.checkpoint import load_checkpoint
 from qpipe.training.distributed import processes, train_processes
 from qpipe.training.engine import train
 from qpipe.training.reproducibility import seed_everything
-from qpipe_tests.test_model_assets import ASSETS, DAY, QUICK, run, synthetic_resources
+from qpipe_tests.test_model_assets import ASSETS, DAY, QUICK, market_history
 from qpipe_tests.test_training import days, market
 
 TOLERANCE = 1e-5
@@ -119,13 +119,8 @@ def test_one_process_refuses_a_config_that_asks_for_two(frames):
 
 @pytest.fixture(scope="module")
 def market_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data_parallel")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("QPIPE_MARKET", "all")
-        resources = synthetic_resources(root, n_instruments=20, seed=5)
-        run("2023-06-01", "2024-01-31", ["raw/prices", "raw/universe", "raw/concepts"], resources)
-        run("2023-09-01", "2024-01-31", ["features/alpha360", "features/label"], resources)
-        yield resources, root
+    with market_history(tmp_path_factory.mktemp("data_parallel"), "all", "2024-01-31", n_instruments=20) as built:
+        yield built
 
 
 def test_the_checkpoint_step_trains_on_two_ranks_through_pipes(market_env, monkeypatch):

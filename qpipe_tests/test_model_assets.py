@@ -2,6 +2,7 @@
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -23,12 +24,19 @@ QUICK = {"train_days": 60, "valid_days": 20, "params": {"n_epochs": 3, "batch_si
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
+    with market_history(tmp_path_factory.mktemp("models"), "syn26", "2024-03-28") as built:
+        yield built
+
+
+@contextmanager
+def market_history(root, market: str, end: str, n_instruments: int = 40):
+    """(resources, root) of a synthetic market stored to ``end``: prices, universe and concepts from 2023-06-01,
+    Alpha360 and the label from 2023-09-01, the history a checkpoint trains on; QPIPE_MARKET is ``market`` meanwhile."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("QPIPE_MARKET", "syn26")
-        resources = synthetic_resources(root, n_instruments=40, seed=5)
-        run("2023-06-01", "2024-03-28", ["raw/prices", "raw/universe", "raw/concepts"], resources)
-        run("2023-09-01", "2024-03-28", ["features/alpha360", "features/label"], resources)
+        mp.setenv("QPIPE_MARKET", market)
+        resources = synthetic_resources(root, n_instruments=n_instruments, seed=5)
+        run("2023-06-01", end, ["raw/prices", "raw/universe", "raw/concepts"], resources)
+        run("2023-09-01", end, ["features/alpha360", "features/label"], resources)
         yield resources, root
 
 
