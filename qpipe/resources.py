@@ -1,5 +1,6 @@
 """Dagster resources: the DuckDB warehouse, the configured price source, checkpoints and the step's threads."""
 
+import random
 import re
 import time
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from qpipe import compute
 from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import SOURCE_KINDS, Source, open_source
-from qpipe.settings import BLOCK_CELLS, Settings, get_settings, parse_feature_device
+from qpipe.settings import BLOCK_CELLS, LOAD_CELLS, Settings, get_settings, parse_feature_device
 
 
 class WarehouseBusy(RuntimeError):
@@ -36,6 +37,8 @@ class Warehouse(DuckDBResource):
     lake: str = Field(default="", description="a DuckLake catalog (postgres:<connection string>, or a .ducklake "
                       "file) to use instead of the DuckDB file (QPIPE_LAKE)")
     lake_data: str = Field(default="", description="where the lake's Parquet files are (QPIPE_LAKE_DATA)")
+    conflict_retries: int = Field(default=3, ge=0, description="how often a step whose lake commit lost a race "
+                                  "with another writer of the same table runs again, 1 to 10 s later")
 
     @contextmanager
     def get_connection(self):
@@ -43,6 +46,11 @@ class Warehouse(DuckDBResource):
         try:
             con.execute("SET enable_progress_bar = false")  # it would draw on the console of every long step
             yield con
+        except duckdb.Error as error:
+            if self.lake and lake.is_conflict(error):  # it wrote nothing: Dagster runs the step again
+                raise dg.RetryRequested(max_retries=self.conflict_retries,
+                                        seconds_to_wait=random.uniform(1, 10)) from error
+            raise
         finally:  # closed on failure too: a failed step must release the file
             con.close()
 
@@ -105,11 +113,13 @@ class PriceSource(dg.ConfigurableResource):
 
 class Compute(dg.ConfigurableResource):
     """The threads a step gives torch, numba and OpenMP (qpipe.compute says why they are few and fixed),
-    and how much of the universe a feature step holds at once."""
+    and how much of the universe a feature step, a checkpoint's data load or a prediction holds at once."""
 
     threads: int = Field(ge=1, description="threads per step (QPIPE_THREADS)")
     block_cells: int = Field(default=BLOCK_CELLS, ge=1_000, description="price cells (days x instruments) a "
                              "feature step computes at once; bounds its memory (QPIPE_BLOCK_CELLS)")
+    load_cells: int = Field(default=LOAD_CELLS, ge=1_000, description="feature cells (rows x columns) a "
+                            "checkpoint's data load or a prediction processes at once (QPIPE_LOAD_CELLS)")
     feature_device: str = Field(default="auto", description="where feature operators run: auto (a GPU when one "
                                 "is visible), cpu or cuda[:i] (QPIPE_FEATURE_DEVICE)")
 
@@ -126,7 +136,8 @@ def build_resources(settings: Settings | None = None) -> dict:
     s = settings or get_settings()
     threads = compute.compute_plan().threads
     return {
-        "compute": Compute(threads=threads, block_cells=s.block_cells, feature_device=s.feature_device),
+        "compute": Compute(threads=threads, block_cells=s.block_cells, load_cells=s.load_cells,
+                           feature_device=s.feature_device),
         "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads},
                                lake=s.lake, lake_data=s.lake_data),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),

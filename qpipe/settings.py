@@ -27,12 +27,16 @@ VARIABLES = {
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
     "QPIPE_MODELS": "models", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
     "QPIPE_CHECKPOINTS": "checkpoints_override", "QPIPE_BLOCK_CELLS": "block_cells",
+    "QPIPE_LOAD_CELLS": "load_cells",
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
     "QPIPE_LAKE": "lake", "QPIPE_LAKE_DATA": "lake_data",
 }
 # Price cells (trading days with their lookback x instruments) a feature step computes at once. Each
 # costs ~3 KB of features while in flight, so ~1 GB a block: memory is set here, not by the universe.
 BLOCK_CELLS = 300_000
+# Feature cells (rows x columns) a checkpoint's data load or a prediction processes at once: a block is
+# ~200 MB of float32, held about three times while the processors run; the result is held beside it.
+LOAD_CELLS = 50_000_000
 
 
 def parse_cadence(text: str | int) -> str | int:
@@ -115,6 +119,7 @@ class Settings(BaseModel):
     # The architectures the daily schedule trains, scores and reports (all by default).
     models: tuple[str, ...] = ARCHITECTURES
     block_cells: int = Field(default=BLOCK_CELLS, ge=1_000)
+    load_cells: int = Field(default=LOAD_CELLS, ge=1_000)
     # Where feature operators run: the CPU's numba kernels, or torch on a GPU (auto: when one is visible).
     feature_device: str = "auto"
     # Where steps run: "multiprocess" (forked processes on this machine) or "celery" (workers of

@@ -13,6 +13,7 @@ import pytest
 from qpipe.assets.features import feature_tables, label_table
 from qpipe.assets.prices import raw_prices
 from qpipe.data import lake
+from qpipe.data import warehouse as wh
 from qpipe.deploy.postgres import LocalPostgres
 from qpipe.features import store
 from qpipe.resources import Compute, PriceSource, Warehouse
@@ -130,6 +131,36 @@ def test_processes_write_one_lake_at_once_and_a_conflict_fails_whole(on_file, ne
     rerun = _writers(warehouse, [tuple(failed[0].args[-4:-1])], tmp_path)
     assert rerun[0].returncode == 0, rerun[0].stderr[-2000:]
     assert _contents(warehouse) == _contents(on_file)
+
+
+def test_a_step_whose_commit_lost_a_race_on_its_table_runs_again_and_writes_it_whole(on_file, new_lake, monkeypatch):
+    """A real race: while the label step's transaction is open, another DuckDB (as on another worker) commits
+    labels to the same table. The step's commit fails with DuckLake's Transaction conflict, and Dagster runs the
+    step again (RetryRequested from the warehouse resource); the second try commits."""
+    warehouse = new_lake().model_copy(update={"conflict_retries": 1})
+    _materialize(warehouse, [raw_prices], FIRST, LAST)
+    _materialize(warehouse, [raw_prices], "2024-06-03", "2024-06-03")
+    _materialize(warehouse, [label_table], FIRST, "2024-03-28")
+    rival, delete_range, raced = warehouse.model_copy(), wh.delete_range, []
+
+    def delete_then_race(con, table, *args, **kwargs):
+        delete_range(con, table, *args, **kwargs)
+        if not raced:  # the first try only: the rival commits while this transaction is open
+            raced.append(table)
+            with rival.get_connection() as other:
+                store.write_labels(other, "2024-02-01", "2024-03-28")
+
+    monkeypatch.setattr(wh, "delete_range", delete_then_race)
+    result = dg.materialize([label_table], resources={"warehouse": warehouse, "compute": Compute(threads=1)},
+                            tags={"dagster/asset_partition_range_start": "2024-04-01",
+                                  "dagster/asset_partition_range_end": LAST}, raise_on_error=False)
+    events = [e.event_type_value for e in result.all_events]
+    assert result.success and raced == [store.LABEL_TABLE], events
+    assert events.count("STEP_UP_FOR_RETRY") == 1 and events.count("STEP_RESTARTED") == 1, events
+    retried = next(e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY")
+    assert "Transaction conflict" in str(retried.event_specific_data.error), retried.event_specific_data.error
+    _materialize(warehouse, [label_table], "2024-06-03", "2024-06-03")
+    assert _contents(warehouse, ["features.label"]) == _contents(on_file, ["features.label"])
 
 
 def test_a_failure_in_a_later_block_writes_nothing_to_the_lake(on_file, new_lake):

@@ -150,7 +150,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
                                               market=config.market or settings.market,
-                                              shuffle_labels=config.shuffle_labels, processing=processing)
+                                              shuffle_labels=config.shuffle_labels, processing=processing,
+                                              load_cells=compute.load_cells)
         context.log.info(f"{arch}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
                          f"valid samples, windows {data.windows.to_json()}; processors: {processing.names()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
@@ -257,7 +258,7 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         start, end = partition_dates(context)
         with warehouse.get_connection() as con:
             written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
-                                                         market=get_settings().market)
+                                                         market=get_settings().market, load_cells=compute.load_cells)
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
                          f"{', '.join(used)}" + recording(context))
         return dg.MaterializeResult(metadata={"dagster/partition_row_count": written,
@@ -414,7 +415,8 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
         tags={"qpipe/arch": arch},
         metadata={"dagster/table_name": "reports.backtest_daily"},
     )
-    def _backtest(context: dg.AssetExecutionContext, config: PortfolioConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    def _backtest(context: dg.AssetExecutionContext, config: PortfolioConfig, warehouse: Warehouse,
+                  compute: Compute) -> dg.MaterializeResult:
         from qpipe.evaluation import backtest_store, report, tearsheet
 
         start, end = partition_dates(context)
@@ -424,7 +426,8 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
         with warehouse.get_connection() as con:
             try:
                 result, dropped = backtest_store.run_backtest(con, arch, start.date(), end.date(), settings.market,
-                                                              portfolio, benchmark=settings.benchmark)
+                                                              portfolio, benchmark=settings.benchmark,
+                                                              load_cells=compute.load_cells)
             except backtest_store.BacktestGap as gap:
                 raise dg.Failure(str(gap)) from None
             daily = backtest_store.read_daily(con, arch)

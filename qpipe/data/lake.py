@@ -6,7 +6,8 @@ folder every worker mounts; object storage would need DuckDB's httpfs, which is 
 catalog (schemas, snapshots, which files make each table) is a PostgreSQL database every worker reaches. A
 transaction commits one snapshot, atomically for all processes and machines. Concurrent writers are reconciled
 by DuckLake's optimistic concurrency: a commit that raced another is retried when their changes do not
-overlap (two tables), and fails whole when they do (one table). The SQL of ``qpipe.data.warehouse`` runs
+overlap (two tables), and fails whole when they do (one table): the step is then run again by Dagster
+(``Warehouse.get_connection`` raises ``RetryRequested`` for ``is_conflict``). The SQL of ``qpipe.data.warehouse`` runs
 unchanged on it.
 
 The DuckLake and PostgreSQL extensions come from PyPI (``duckdb-extension-ducklake``,
@@ -69,6 +70,12 @@ def is_lake(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether ``con`` reads and writes a lake (by the catalog's type: a warehouse file may be named qpipe.duckdb)."""
     return con.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0] \
         == "ducklake"
+
+
+def is_conflict(error: BaseException) -> bool:
+    """Whether ``error`` is DuckLake refusing a commit that raced another writer's on the same table (the
+    transaction was rolled back whole, so the same write can simply run again)."""
+    return isinstance(error, duckdb.Error) and "Transaction conflict" in str(error)
 
 
 def _load(con: duckdb.DuckDBPyConnection, extension: str) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 from qpipe.calendar import trading_days
 from qpipe.data import warehouse as wh
 from qpipe.evaluation.backtest import BacktestConfig, BacktestResult, BacktestState, backtest, benchmark_returns
+from qpipe.settings import LOAD_CELLS
 
 DAILY, POSITIONS, TRADES = "reports.backtest_daily", "reports.backtest_positions", "reports.backtest_trades"
 DDL = {
@@ -54,16 +55,44 @@ def read_state(con: duckdb.DuckDBPyConnection, model: str, start: date) -> Backt
     return BacktestState(cash, account, holdings)
 
 
+CELLS_A_PRICE_ROW = 16  # numbers a block holds per price row: the six read, the dense grids of the exchange
+
+
 def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: date, market: str, config: BacktestConfig,
-                 benchmark: str = "") -> tuple[BacktestResult, int]:
+                 benchmark: str = "", load_cells: int = LOAD_CELLS) -> tuple[BacktestResult, int]:
     """Backtest ``model``'s stored scores over the sessions [start, end], going on from the day before; write it.
 
-    Returns the result and the number of later stored days dropped (they followed from the old state)."""
+    The sessions are traded in blocks of about ``load_cells`` / ``CELLS_A_PRICE_ROW`` price rows, each going on from
+    the state the one before left, as a daily run goes on from the day before: years of a large universe never
+    hold all their prices at once. (A ``random`` method_buy or method_sell draws from its seed anew in each block,
+    as in each daily run.) Returns the result and the number of later stored days dropped (they followed from the
+    old state)."""
     for table in DDL:
         wh.ensure_table(con, table, DDL[table])
     state = read_state(con, model, start)
-    days = [pd.Timestamp(d) for d in trading_days(start, end)]
-    two_before = next(iter(_sessions_before(start, 2)), start)  # prices for the first day's change
+    sessions = [pd.Timestamp(d) for d in trading_days(start, end)]
+    (rows,) = con.execute(f"SELECT count(*) FROM {wh.PRICES} WHERE date BETWEEN ? AND ?", [start, end]).fetchall()[0]
+    per_block = max(1, int(load_cells // max(rows / len(sessions) * CELLS_A_PRICE_ROW, 1)))
+    results = []
+    for k in range(0, len(sessions), per_block):
+        results.append(_trade(con, model, sessions[k:k + per_block], market, config, benchmark, state))
+        state = results[-1].state()
+    result = BacktestResult(*(pd.concat(parts) if len(parts) > 1 else parts[0] for parts in
+                              zip(*((r.report, r.positions, r.trades) for r in results))))
+    (later,) = con.execute(f"SELECT count(*) FROM {DAILY} WHERE model = ? AND date > ?", [model, end]).fetchall()[0]
+    frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades}
+    with wh.transaction(con):  # the days from start on are replaced; later ones followed from the old state
+        for table, frame in frames.items():
+            con.execute(f"DELETE FROM {table} WHERE model = ? AND date >= ?", [model, start])
+            wh.insert(con, table, frame.assign(model=model, date=pd.to_datetime(frame["date"]).dt.date))
+    return result, int(later)
+
+
+def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp], market: str, config: BacktestConfig,
+           benchmark: str, state: BacktestState | None) -> BacktestResult:
+    """The backtest of the sessions ``days`` from ``state``, on the scores and prices of those days alone."""
+    first, end = days[0].date(), days[-1].date()
+    two_before = next(iter(_sessions_before(first, 2)), first)  # prices for the first day's change
     scores = con.execute(f"SELECT date, instrument, score FROM {wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ?",
                          [model, two_before, end]).df()
     prices = con.execute(f"SELECT date, instrument, open, close, vwap, factor FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
@@ -75,14 +104,7 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
                               "u.market = ? AND u.instrument = p.instrument AND p.date BETWEEN u.start_date AND u.end_date "
                               "WHERE p.date BETWEEN ? AND ?", [market, two_before, end]).df()
         bench = benchmark_returns(members, days)
-    result = backtest(scores, prices[prices["instrument"] != benchmark], days, config, bench=bench, state=state)
-    (later,) = con.execute(f"SELECT count(*) FROM {DAILY} WHERE model = ? AND date > ?", [model, end]).fetchall()[0]
-    frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades}
-    with wh.transaction(con):  # the days from start on are replaced; later ones followed from the old state
-        for table, frame in frames.items():
-            con.execute(f"DELETE FROM {table} WHERE model = ? AND date >= ?", [model, start])
-            wh.insert(con, table, frame.assign(model=model, date=pd.to_datetime(frame["date"]).dt.date))
-    return result, int(later)
+    return backtest(scores, prices[prices["instrument"] != benchmark], days, config, bench=bench, state=state)
 
 
 def read_daily(con: duckdb.DuckDBPyConnection, model: str | None = None) -> pd.DataFrame:

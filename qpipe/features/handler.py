@@ -6,6 +6,7 @@ fitted on the checkpoint's train window (Qlib's ``fit_start_time``/``fit_end_tim
 previous one's output, and saved with the checkpoint.
 """
 
+import copy
 from typing import Any, Literal
 
 import numpy as np
@@ -145,6 +146,36 @@ def learn_frame(features: pd.DataFrame, label: pd.DataFrame, infer: ProcessorCha
     if LABEL_NAME not in learned[1].columns:
         raise ValueError(f"the processors drop the label {LABEL_NAME}: there is nothing to train on")
     return learned[0], learned[1][LABEL_NAME]
+
+
+def column_separable(infer: ProcessorChain, learn: ProcessorChain) -> bool:
+    """Whether the chains treat each feature column on its own (beside the label), so that fitting and applying
+    them a few columns at a time gives the same values and statistics: only a DropnaProcessor over the features
+    looks across columns (every other processor's statistic is per column, or per column and day)."""
+    return not any(isinstance(p, DropnaProcessor) and p.fields_group != "label"
+                   for p in infer.processors + learn.processors)
+
+
+def joined(chains: list[ProcessorChain]) -> ProcessorChain:
+    """One fitted chain from the same chain fitted on blocks of columns (``column_separable``): each statistic's
+    columns joined in block order, then the label's, which every block saw, as a fit on all columns orders them."""
+    processors = []
+    for versions in zip(*(chain.processors for chain in chains), strict=True):
+        first = versions[0]
+        if not isinstance(first, FitWindowProcessor):
+            processors.append(first)  # stateless: every block's is the same
+            continue
+        stats: dict[str, tuple[np.generic, np.generic]] = {}
+        for proc in versions:
+            for k, name in enumerate(proc.columns):
+                stats.setdefault(name, (proc.mean_train[k], proc.std_train[k]))
+        names = sorted(stats, key=lambda name: str(name).startswith(LABEL_PREFIX))  # stable: features keep their order
+        merged = copy.copy(first)
+        merged.columns = names
+        merged.mean_train = np.array([stats[n][0] for n in names], dtype=first.mean_train.dtype)
+        merged.std_train = np.array([stats[n][1] for n in names], dtype=first.std_train.dtype)
+        processors.append(merged)
+    return ProcessorChain(processors)
 
 
 def infer_frame(infer: ProcessorChain, features: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from qpipe.data import warehouse as wh
 from qpipe.features import handler
@@ -25,6 +26,7 @@ from qpipe.features.processors import ProcessorChain
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar, day_range
 from qpipe.models.config import ModelConfig
 from qpipe.models.registry import get_spec
+from qpipe.settings import LOAD_CELLS
 from qpipe.training.frame import TrainingFrame
 
 
@@ -75,6 +77,23 @@ def check_market(con: duckdb.DuckDBPyConnection, market: str) -> None:
 READ_DAYS = 60  # trading days read from DuckDB at a time: the Arrow rows of a whole window never exist at once
 
 
+def _member_rows(feature_set: str) -> str:
+    """The FROM ... WHERE of ``feature_set``'s rows of market members on [$first, $last], with the known label."""
+    return f"""
+        FROM {FEATURE_SETS[feature_set].table} f
+        JOIN {wh.UNIVERSE} u ON u.market = $market AND u.instrument = f.instrument
+                             AND f.date BETWEEN u.start_date AND u.end_date
+        LEFT JOIN {LABEL_TABLE} l ON l.date = f.date AND l.instrument = f.instrument AND l.known_on <= $known_by
+        WHERE f.date BETWEEN $first AND $last"""
+
+
+def count_rows(con: duckdb.DuckDBPyConnection, feature_set: str, first, last, market: str) -> int:
+    """How many rows ``read_rows`` gives for [first, last]."""
+    return con.sql(f"SELECT count(*) {_member_rows(feature_set)}",
+                   params={"market": market, "known_by": pd.Timestamp(last).date(), "first": pd.Timestamp(first).date(),
+                           "last": pd.Timestamp(last).date()}).fetchall()[0][0]
+
+
 def read_rows(con: duckdb.DuckDBPyConnection, feature_set: str, columns: list[str], first, last, known_by,
               market: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Market members' ``columns`` of ``feature_set`` in [first, last], and their raw LABEL0 where known by ``known_by``.
@@ -85,18 +104,12 @@ def read_rows(con: duckdb.DuckDBPyConnection, feature_set: str, columns: list[st
     """
     check_market(con, market)
     selected = ", ".join(f'f."{c}"' for c in columns)
-    rows_sql = f"""
-        FROM {FEATURE_SETS[feature_set].table} f
-        JOIN {wh.UNIVERSE} u ON u.market = $market AND u.instrument = f.instrument
-                             AND f.date BETWEEN u.start_date AND u.end_date
-        LEFT JOIN {LABEL_TABLE} l ON l.date = f.date AND l.instrument = f.instrument AND l.known_on <= $known_by
-        WHERE f.date BETWEEN $first AND $last"""
+    rows_sql = _member_rows(feature_set)
     params = {"market": market, "known_by": pd.Timestamp(known_by).date()}
     days = calendar(con)
     lo, hi = day_range(days, first, last)
     days = days[lo:hi + 1]
-    n_rows = con.sql(f"SELECT count(*) {rows_sql}", params={**params, "first": pd.Timestamp(first).date(),
-                                                            "last": pd.Timestamp(last).date()}).fetchall()[0][0]
+    n_rows = count_rows(con, feature_set, first, last, market)
     values = np.empty((n_rows, len(columns)), dtype=np.float32, order="F")
     dates, instruments = np.empty(n_rows, dtype="datetime64[ns]"), np.empty(n_rows, dtype=object)
     label = np.empty(n_rows, dtype=np.float32)
@@ -108,10 +121,9 @@ def read_rows(con: duckdb.DuckDBPyConnection, feature_set: str, columns: list[st
                         params={**params, "first": block_days[0].item(), "last": block_days[-1].item()}
                         ).to_arrow_table()
         rows = slice(done, done + table.num_rows)
-        block_dates = table.column("datetime").to_numpy().astype("datetime64[ns]")
-        block_instruments = table.column("instrument").to_numpy(zero_copy_only=False)
-        order = np.lexsort((block_instruments, block_dates))
-        dates[rows], instruments[rows] = block_dates[order], block_instruments[order]
+        order = pc.sort_indices(table, [("datetime", "ascending"), ("instrument", "ascending")]).to_numpy()
+        dates[rows] = table.column("datetime").to_numpy().astype("datetime64[ns]")[order]
+        instruments[rows] = table.column("instrument").to_numpy(zero_copy_only=False)[order]
         label[rows] = table.column(LABEL_NAME).to_numpy(zero_copy_only=False).astype(np.float32)[order]
         _fill_column_major(values[rows], table, columns, order)
         done += table.num_rows
@@ -164,16 +176,16 @@ def concept_rows(con: duckdb.DuckDBPyConnection, instruments: np.ndarray, names:
     return membership[row_stock]
 
 
-def to_frame(features: pd.DataFrame, label: np.ndarray | None, samples_from,
-             concepts: np.ndarray | None = None) -> TrainingFrame:
+def to_frame(features: np.ndarray, dates: np.ndarray, instruments: np.ndarray, columns: list[str],
+             label: np.ndarray | None, samples_from, concepts: np.ndarray | None = None) -> TrainingFrame:
     """A TrainingFrame whose samples are the rows dated ``samples_from`` or later (earlier rows are history)."""
-    dates = features.index.get_level_values("datetime").to_numpy().astype("datetime64[D]")
+    dates = dates.astype("datetime64[D]")
     return TrainingFrame(
-        features=np.ascontiguousarray(features.to_numpy(), dtype=np.float32),
-        label=np.full(len(dates), np.nan, dtype=np.float32) if label is None else label.astype(np.float32),
+        features=np.ascontiguousarray(features, dtype=np.float32),
+        label=np.full(len(dates), np.nan, dtype=np.float32) if label is None else label.astype(np.float32, copy=False),
         dates=dates,
-        instruments=features.index.get_level_values("instrument").to_numpy().astype(str),
-        columns=list(features.columns),
+        instruments=instruments.astype(str),
+        columns=list(columns),
         is_sample=dates >= np.datetime64(pd.Timestamp(samples_from).date(), "D"),
         concepts=concepts,
     )
@@ -201,11 +213,69 @@ def shuffle_labels_within_days(label: pd.DataFrame, seed: int) -> pd.DataFrame:
     return label.assign(**{LABEL_NAME: label[LABEL_NAME].to_numpy()[order]})
 
 
+@dataclass(frozen=True)
+class LearnedRows:
+    """DK_L: the processed features and label of a checkpoint's rows, and the chains fitted to them."""
+
+    values: np.ndarray  # float32 [rows, columns], row-major as the engine reads it
+    columns: list[str]
+    label: np.ndarray  # [rows]
+    dates: np.ndarray  # datetime64[D] [rows], sorted
+    instruments: np.ndarray  # [rows]
+    infer: ProcessorChain
+    learn: ProcessorChain
+
+
+def learned_rows(con: duckdb.DuckDBPyConnection, feature_set: str, processing: Processing, windows: Windows, first,
+                 as_of, market: str, shuffle_seed: int | None, load_cells: int) -> LearnedRows:
+    """DK_L of [first, the valid window's end], read and processed at most ``load_cells`` feature cells at a time.
+
+    Every processor but a features' DropnaProcessor treats each column on its own (handler.column_separable),
+    so the chains are fitted and applied to blocks of columns, each read with all its rows, and the fitted blocks
+    joined: the same values and statistics as one block (test_training_data.py), while the memory beside the
+    result is one block's, however large the universe. A chain that looks across columns gets one block.
+    """
+    infer, learn = processing.chains(*windows.train)
+    columns = read_columns(feature_set, infer, learn, processing.process_type)
+    trained = processing.trained_columns(columns)
+    last = windows.valid[1]
+    rows = count_rows(con, feature_set, first, last, market)
+    per_block = max(1, load_cells // max(rows, 1)) if handler.column_separable(infer, learn) else len(columns)
+    position = {name: k for k, name in enumerate(trained)}
+    fitted: list[tuple[ProcessorChain, ProcessorChain]] = []
+    values = target = index = None
+    for start in range(0, max(len(columns), 1), max(per_block, 1)):
+        features, label = read_rows(con, feature_set, columns[start:start + per_block], first, last, as_of, market)
+        if shuffle_seed is not None:
+            label = shuffle_labels_within_days(label, shuffle_seed)
+        infer, learn = processing.chains(*windows.train)
+        features, block_target = learn_frame(features, label, infer, learn, processing.process_type)
+        del label
+        if values is None:
+            values = np.empty((len(features), len(trained)), dtype=np.float32)
+            target, index = block_target.to_numpy(), features.index
+        elif len(features) != len(values) or not np.array_equal(block_target.to_numpy(), target, equal_nan=True):
+            raise RuntimeError(f"the processors kept other rows or labels for columns {columns[start]!r}... than for "
+                               f"{columns[0]!r}...: they must treat each column on its own to run in blocks")
+        targets = [position[c] for c in features.columns]
+        if targets and targets == list(range(targets[0], targets[-1] + 1)):
+            values[:, targets[0]:targets[-1] + 1] = features.to_numpy()  # a slice: numpy's fancy-index write is slow
+        else:
+            values[:, targets] = features.to_numpy()
+        fitted.append((infer, learn))
+        del features
+    return LearnedRows(values=values, columns=trained, label=target,
+                       dates=index.get_level_values("datetime").to_numpy().astype("datetime64[D]"),
+                       instruments=index.get_level_values("instrument").to_numpy(),
+                       infer=handler.joined([i for i, _ in fitted]), learn=handler.joined([l for _, l in fitted]))
+
+
 def load_training_data(con: duckdb.DuckDBPyConnection, config: ModelConfig, as_of, train_days: int,
                        valid_days: int, market: str, shuffle_labels: bool = False,
-                       processing: Processing | None = None) -> TrainingData:
+                       processing: Processing | None = None, load_cells: int = LOAD_CELLS) -> TrainingData:
     """The train and valid frames of a checkpoint for ``as_of``: read, processed (``processing``, by default the
-    config's benchmark workflow's: ``default_processing``), split.
+    config's benchmark workflow's: ``default_processing``), split; ``load_cells`` feature cells at a time
+    (``learned_rows``).
 
     ``shuffle_labels`` permutes the labels within each day (seeded by the config's seed): a model
     trained so must show no out-of-sample skill, which is how alignment bugs are caught.
@@ -213,25 +283,20 @@ def load_training_data(con: duckdb.DuckDBPyConnection, config: ModelConfig, as_o
     days = calendar(con)
     windows = windows_as_of(days, as_of, train_days, valid_days)
     processing = processing or default_processing(config)
-    infer, learn = processing.chains(*windows.train)
-    features, label = read_rows(con, config.feature_set,
-                                read_columns(config.feature_set, infer, learn, processing.process_type),
-                                history_start(days, windows.train[0], config), windows.valid[1], known_by=as_of,
-                                market=market)
-    if shuffle_labels:
-        label = shuffle_labels_within_days(label, config.params["seed"] or 0)
-    features, target = learn_frame(features, label, infer, learn, processing.process_type)
-    target = target.to_numpy()
-    dates = features.index.get_level_values("datetime").to_numpy().astype("datetime64[D]")  # sorted
-    train_end = int(np.searchsorted(dates, windows.train[1], "right"))
-    valid_start = int(np.searchsorted(dates, history_start(days, windows.valid[0], config)))
+    with wh.transaction(con):  # one snapshot: every block reads the same rows
+        rows = learned_rows(con, config.feature_set, processing, windows, history_start(days, windows.train[0], config),
+                            as_of, market, (config.params["seed"] or 0) if shuffle_labels else None, load_cells)
+    train_end = int(np.searchsorted(rows.dates, windows.train[1], "right"))
+    valid_start = int(np.searchsorted(rows.dates, history_start(days, windows.valid[0], config)))
     names = matrix = None
     if get_spec(config.model).reads_concepts:
         names = concept_names(con)
-        matrix = concept_rows(con, features.index.get_level_values("instrument").to_numpy(), names)
-    return TrainingData(
-        windows=windows, infer=infer, learn=learn, process_type=processing.process_type, concepts=names,
-        train=to_frame(features.iloc[:train_end], target[:train_end], samples_from=windows.train[0],
-                       concepts=None if matrix is None else matrix[:train_end]),
-        valid=to_frame(features.iloc[valid_start:], target[valid_start:], samples_from=windows.valid[0],
-                       concepts=None if matrix is None else matrix[valid_start:]))
+        matrix = concept_rows(con, rows.instruments, names)
+
+    def frame(part: slice, samples_from) -> TrainingFrame:
+        return to_frame(rows.values[part], rows.dates[part], rows.instruments[part], rows.columns, rows.label[part],
+                        samples_from, None if matrix is None else matrix[part])
+
+    return TrainingData(windows=windows, infer=rows.infer, learn=rows.learn, process_type=processing.process_type,
+                        concepts=names, train=frame(slice(None, train_end), windows.train[0]),
+                        valid=frame(slice(valid_start, None), windows.valid[0]))

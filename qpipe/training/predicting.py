@@ -10,6 +10,7 @@ from qpipe.data import warehouse as wh
 from qpipe.features.handler import infer_frame
 from qpipe.features.processors import ProcessorChain
 from qpipe.features.store import calendar, day_range
+from qpipe.settings import LOAD_CELLS
 from qpipe.training import dataset
 from qpipe.training.checkpoint import Checkpoint, load_checkpoint
 from qpipe.training.engine import predict
@@ -23,19 +24,37 @@ def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Che
     """date, instrument, score for the market members on [first, last], processed as at training time."""
     config = checkpoint.config
     infer = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])
-    features, _ = dataset.read_rows(con, config.feature_set, dataset.read_columns(config.feature_set, infer),
-                                    dataset.history_start(days, first, config), last, known_by=first, market=market)
-    processed = infer_frame(infer, features)
+    features = dataset.read_rows(con, config.feature_set, dataset.read_columns(config.feature_set, infer),
+                                 dataset.history_start(days, first, config), last, known_by=first, market=market)[0]
+    processed = infer_frame(infer, features)[checkpoint.columns]
+    del features  # each copy of the block is let go as soon as the next exists
+    instruments = processed.index.get_level_values("instrument").to_numpy()
     names = checkpoint.sidecar.get("concepts")
-    concepts = None if names is None else dataset.concept_rows(
-        con, processed.index.get_level_values("instrument").to_numpy(), names)
-    frame = dataset.to_frame(processed[checkpoint.columns], None, samples_from=first, concepts=concepts)
+    concepts = None if names is None else dataset.concept_rows(con, instruments, names)
+    frame = dataset.to_frame(processed.to_numpy(), processed.index.get_level_values("datetime").to_numpy(), instruments,
+                             checkpoint.columns, None, samples_from=first, concepts=concepts)
+    del processed
     return pd.DataFrame({"date": frame.dates[frame.is_sample], "instrument": frame.instruments[frame.is_sample],
                          "score": predict(checkpoint.model, frame, config).astype(np.float32)})
 
 
-def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, end, market: str) -> tuple[int, list[str]]:
-    """Replace ``arch``'s scores on [start, end]; returns (rows written, checkpoint partitions used)."""
+def day_blocks(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, covered: list[np.datetime64], market: str,
+               load_cells: int) -> list[list[np.datetime64]]:
+    """``covered`` in runs of days whose rows hold at most about ``load_cells`` feature cells (at least a day each)."""
+    config = checkpoint.config
+    infer = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])
+    columns = len(dataset.read_columns(config.feature_set, infer))
+    rows_a_day = dataset.count_rows(con, config.feature_set, covered[0], covered[-1], market) / len(covered)
+    per_block = max(1, int(load_cells // max(rows_a_day * columns, 1)))
+    return [covered[k:k + per_block] for k in range(0, len(covered), per_block)]
+
+
+def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, end, market: str,
+                      load_cells: int = LOAD_CELLS) -> tuple[int, list[str]]:
+    """Replace ``arch``'s scores on [start, end]; returns (rows written, checkpoint partitions used).
+
+    Each checkpoint scores its days in blocks of at most about ``load_cells`` feature cells, so a backfill of
+    years holds one block's features at a time, not the range's."""
     days = calendar(con)
     lo, hi = day_range(days, start, end)
     available = store.partitions(arch)  # sorted ISO dates, listed once for the whole range
@@ -48,7 +67,8 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
     scored = []
     for partition, covered in by_checkpoint.items():
         checkpoint = load_checkpoint(store.path_for(arch, partition))
-        frame = score_days(con, days, checkpoint, covered[0], covered[-1], market)
+        frame = pd.concat([score_days(con, days, checkpoint, block[0], block[-1], market)
+                           for block in day_blocks(con, checkpoint, covered, market, load_cells)], ignore_index=True)
         broken = ~np.isfinite(frame["score"].to_numpy())
         if broken.any():
             first = frame[broken].iloc[0]

@@ -1,0 +1,129 @@
+"""A checkpoint's data load, a prediction and a backtest, in blocks of about QPIPE_LOAD_CELLS cells, give what one
+block gives (issue 17: memory bounded by a setting, not by the universe)."""
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from qpipe.evaluation import backtest_store
+from qpipe.evaluation.backtest import BacktestConfig
+from qpipe.features.handler import Processing, handler_processing
+from qpipe.models.config import model_config
+from qpipe.training import dataset, predicting
+from qpipe_tests.test_model_assets import DAY, QUICK, SCORED, market_history, run
+
+MARKET = "all"
+CHAINS = {
+    "benchmark (append)": None,  # the config's own: RobustZScoreNorm + Fillna; DropnaLabel + CSRankNorm
+    "alpha360 handler defaults (a statistic over features and label)": handler_processing("alpha360", {}, "test"),
+    "independent, every column at once": Processing(
+        infer_processors=[{"class": "ProcessInf"}, {"class": "RobustZScoreNorm", "kwargs": {"clip_outlier": False}},
+                          {"class": "CSZFillna"}],
+        learn_processors=["DropnaLabel", {"class": "ZScoreNorm"}, {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
+                          {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
+        process_type="independent"),
+    "a DropnaProcessor over the features (one block)": Processing(
+        infer_processors=[{"class": "Fillna", "kwargs": {"fields_group": "feature"}}],
+        learn_processors=[{"class": "DropnaProcessor", "kwargs": {"fields_group": "feature"}}, "DropnaLabel",
+                          {"class": "CSZScoreNorm", "kwargs": {"fields_group": "label"}}]),
+}
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    with market_history(tmp_path_factory.mktemp("load_blocks"), MARKET, SCORED[1], n_instruments=30) as built:
+        yield built
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The (rows, columns) of every read_rows call."""
+    seen: list[tuple[int, int]] = []
+    original = dataset.read_rows
+
+    def spy(*args, **kwargs):
+        features, label = original(*args, **kwargs)
+        seen.append(features.shape)
+        return features, label
+
+    monkeypatch.setattr(dataset, "read_rows", spy)
+    return seen
+
+
+def _same_frames(a: dataset.TrainingData, b: dataset.TrainingData) -> None:
+    for part in ("train", "valid"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert x.columns == y.columns, part
+        for name in ("features", "label", "dates", "instruments", "is_sample"):
+            np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=f"{part}.{name}")
+    assert a.infer.to_state() == b.infer.to_state() and a.learn.to_state() == b.learn.to_state()
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_a_load_in_column_blocks_is_the_load_in_one(history, reads, name):
+    resources, root = history
+    config = model_config("lstm", "alpha360")
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        whole = dataset.load_training_data(con, config, DAY, 60, 20, MARKET, shuffle_labels=True,
+                                           processing=CHAINS[name], load_cells=10**9)
+        assert len(reads) == 1
+        rows, columns = reads[0]
+        bound = rows * 7  # seven columns a block: 52 blocks of Alpha360
+        reads.clear()
+        blocked = dataset.load_training_data(con, config, DAY, 60, 20, MARKET, shuffle_labels=True,
+                                             processing=CHAINS[name], load_cells=bound)
+    if "DropnaProcessor" in name:  # it drops a row for a NaN in any column: it must see them all
+        assert reads == [(rows, columns)]
+    else:
+        assert len(reads) == -(-columns // 7) and all(r * c <= bound for r, c in reads), reads
+    _same_frames(whole, blocked)
+    assert len(whole.train.dates) > 1000 and whole.train.features.flags.c_contiguous
+
+
+@pytest.fixture(scope="module")
+def checkpoint(history):
+    resources, root = history
+    run(DAY, DAY, ["models/mlp_checkpoint"], resources, {"models__mlp_checkpoint": {"config": QUICK}})
+    return resources["checkpoints"], root / "warehouse.duckdb"
+
+
+def test_predictions_in_day_blocks_are_the_predictions_in_one(checkpoint, reads):
+    store, path = checkpoint
+    scores = {}
+    with duckdb.connect(str(path)) as con:
+        for cells in (10**9, 30 * 360 * 5):  # the whole range at once; about five days a block
+            reads.clear()
+            written, used = predicting.write_predictions(con, store, "mlp", *SCORED, MARKET, load_cells=cells)
+            scores[cells] = (con.sql("SELECT date, instrument, score FROM predictions.scores ORDER BY ALL").df(),
+                             list(reads))
+    (whole, whole_reads), (blocked, blocked_reads) = scores.values()
+    assert len(whole_reads) == 1 and len(blocked_reads) >= 6
+    assert max(r * c for r, c in blocked_reads) <= 30 * 360 * 5 * 1.2  # a block's rows vary with the day's members
+    assert written == len(whole) == len(blocked) > 30 * 30 and used == [DAY]
+    pd.testing.assert_frame_equal(whole[["date", "instrument"]], blocked[["date", "instrument"]])
+    np.testing.assert_allclose(blocked["score"], whole["score"], rtol=1e-5, atol=1e-6)  # batches differ
+
+
+def test_a_backtest_in_blocks_of_sessions_is_the_backtest_in_one(checkpoint, monkeypatch):
+    store, path = checkpoint
+    traded: list[int] = []
+    trade = backtest_store._trade
+    monkeypatch.setattr(backtest_store, "_trade", lambda con, model, days, *rest: traded.append(len(days)) or
+                        trade(con, model, days, *rest))
+    config = BacktestConfig(topk=8, n_drop=2)
+    results = {}
+    with duckdb.connect(str(path)) as con:
+        predicting.write_predictions(con, store, "mlp", *SCORED, MARKET)
+        for cells in (10**9, 30 * backtest_store.CELLS_A_PRICE_ROW * 7):  # all sessions at once; 7+ a block
+            traded.clear()
+            start, end = (pd.Timestamp(d).date() for d in SCORED)
+            result, _ = backtest_store.run_backtest(con, "mlp", start, end, MARKET, config, load_cells=cells)
+            results[cells] = (result, list(traded), backtest_store.read_daily(con, "mlp"))
+    (whole, one, stored_whole), (blocked, blocks, stored_blocked) = results.values()
+    assert len(one) == 1 and len(blocks) >= 4 and len(set(blocks[:-1])) == 1 and sum(blocks) == one[0] > 30
+    assert len(whole.trades) > 20 and whole.report["holdings"].iloc[-1] == 8
+    pd.testing.assert_frame_equal(blocked.report, whole.report)
+    pd.testing.assert_frame_equal(blocked.positions.reset_index(drop=True), whole.positions.reset_index(drop=True))
+    pd.testing.assert_frame_equal(blocked.trades.reset_index(drop=True), whole.trades.reset_index(drop=True))
+    pd.testing.assert_frame_equal(stored_blocked, stored_whole)
