@@ -119,7 +119,7 @@ class Compute(dg.ConfigurableResource):
     block_cells: int = Field(default=BLOCK_CELLS, ge=1_000, description="price cells (days x instruments) a "
                              "feature step computes at once; bounds its memory (QPIPE_BLOCK_CELLS)")
     load_cells: int = Field(default=LOAD_CELLS, ge=1_000, description="feature cells (rows x columns) a "
-                            "checkpoint's data load or a prediction processes at once (QPIPE_LOAD_CELLS)")
+                            "checkpoint's data load, a prediction or a backtest processes at once (QPIPE_LOAD_CELLS)")
     feature_device: str = Field(default="auto", description="where feature operators run: auto (a GPU when one "
                                 "is visible), cpu or cuda[:i] (QPIPE_FEATURE_DEVICE)")
 

@@ -34,7 +34,7 @@ VARIABLES = {
 # Price cells (trading days with their lookback x instruments) a feature step computes at once. Each
 # costs ~3 KB of features while in flight, so ~1 GB a block: memory is set here, not by the universe.
 BLOCK_CELLS = 300_000
-# Feature cells (rows x columns) a checkpoint's data load or a prediction processes at once: a block is
+# Feature cells (rows x columns) a checkpoint's data load, a prediction or a backtest holds at once: a block is
 # ~200 MB of float32, held about three times while the processors run; the result is held beside it.
 LOAD_CELLS = 50_000_000
 

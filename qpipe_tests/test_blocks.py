@@ -21,6 +21,7 @@ CHAINS = {
         infer_processors=[{"class": "ProcessInf"}, {"class": "RobustZScoreNorm", "kwargs": {"clip_outlier": False}},
                           {"class": "CSZFillna"}],
         learn_processors=["DropnaLabel", {"class": "ZScoreNorm"}, {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
+                          {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "label"}},
                           {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
         process_type="independent"),
     "a DropnaProcessor over the features (one block)": Processing(
@@ -38,16 +39,22 @@ def history(tmp_path_factory):
 
 @pytest.fixture
 def reads(monkeypatch):
-    """The (rows, columns) of every read_rows call."""
+    """The (rows, columns) of every block of features read (by a checkpoint's load or a prediction)."""
     seen: list[tuple[int, int]] = []
-    original = dataset.read_rows
+    read_rows, window_features = dataset.read_rows, dataset.WindowRows.features
 
-    def spy(*args, **kwargs):
-        features, label = original(*args, **kwargs)
+    def spy_rows(*args, **kwargs):
+        features, label = read_rows(*args, **kwargs)
         seen.append(features.shape)
         return features, label
 
-    monkeypatch.setattr(dataset, "read_rows", spy)
+    def spy_window(self, *args, **kwargs):
+        features = window_features(self, *args, **kwargs)
+        seen.append(features.shape)
+        return features
+
+    monkeypatch.setattr(dataset, "read_rows", spy_rows)
+    monkeypatch.setattr(dataset.WindowRows, "features", spy_window)
     return seen
 
 

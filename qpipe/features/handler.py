@@ -132,13 +132,15 @@ def read_columns(columns: list[str], infer: ProcessorChain, learn: ProcessorChai
 
 
 def learn_frame(features: pd.DataFrame, label: pd.DataFrame, infer: ProcessorChain, learn: ProcessorChain,
-                process_type: str) -> tuple[pd.DataFrame, pd.Series]:
+                process_type: str, labels: dict | None = None) -> tuple[pd.DataFrame, pd.Series]:
     """Fit both chains and return DK_L as (features, label), rows and columns as the chains left them.
 
+    ``labels``, for blocks of columns of the same rows (``column_separable``): the label after each processor of
+    the label group, kept by the first block and taken by the next ones instead of computing it again.
     Refused when the infer chain would give a prediction other columns than the learn chain gives training.
     """
-    inferred = _fit_apply(infer, features, label)
-    learned = _fit_apply(learn, *(inferred if process_type == "append" else (features, label)))
+    inferred = _fit_apply(infer, features, label, labels, "infer")
+    learned = _fit_apply(learn, *(inferred if process_type == "append" else (features, label)), labels, "learn")
     missing = [c for c in learned[0].columns if c not in inferred[0].columns]
     if missing:
         raise ValueError(f"the learn processors keep columns the infer processors drop ({', '.join(missing[:5])}): "
@@ -166,7 +168,7 @@ def joined(chains: list[ProcessorChain]) -> ProcessorChain:
             processors.append(first)  # stateless: every block's is the same
             continue
         stats: dict[str, tuple[np.generic, np.generic]] = {}
-        for proc in versions:
+        for proc in (p for p in versions if hasattr(p, "std_train")):  # a label-group one is fitted by the first alone
             for k, name in enumerate(proc.columns):
                 stats.setdefault(name, (proc.mean_train[k], proc.std_train[k]))
         names = sorted(stats, key=lambda name: str(name).startswith(LABEL_PREFIX))  # stable: features keep their order
@@ -190,7 +192,8 @@ def infer_frame(infer: ProcessorChain, features: pd.DataFrame) -> pd.DataFrame:
     return infer(features.assign(**{LABEL_NAME: np.float32(np.nan)})).drop(columns=[LABEL_NAME])
 
 
-def _fit_apply(chain: ProcessorChain, features: pd.DataFrame, label: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _fit_apply(chain: ProcessorChain, features: pd.DataFrame, label: pd.DataFrame, labels: dict | None = None,
+               stage: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each processor fitted on the previous one's output and applied, as Qlib's IT_FIT_SEQ.
 
     The features and the label stay two frames, each one block of memory: a processor of one group sees only
@@ -198,9 +201,11 @@ def _fit_apply(chain: ProcessorChain, features: pd.DataFrame, label: pd.DataFram
     by column is applied to each, a row filter drops the same rows from both. Only a statistic fitted over
     every column at once sees them joined.
     """
-    for proc in chain.processors:
+    for step, proc in enumerate(chain.processors):
         group = getattr(proc, "fields_group", None)
-        if isinstance(proc, DropnaLabel | DropnaProcessor):
+        if group == "label" and labels is not None and (stage, step) in labels:
+            label = labels[stage, step]  # another block's: a label-group processor reads the label alone
+        elif isinstance(proc, DropnaLabel | DropnaProcessor):
             parts = {"feature": (features,), "label": (label,)}.get(group, (features, label))
             keep = np.logical_and.reduce([~np.isnan(column_block(p, list(p.columns))).any(axis=1) for p in parts])
             if not keep.all():
@@ -209,6 +214,8 @@ def _fit_apply(chain: ProcessorChain, features: pd.DataFrame, label: pd.DataFram
             part = features if group == "feature" else label
             proc.fit(part)
             features, label = (proc(part), label) if group == "feature" else (features, proc(part))
+            if group == "label" and labels is not None:
+                labels[stage, step] = label
         elif isinstance(proc, FitWindowProcessor):
             joint = features.join(label)
             proc.fit(joint)

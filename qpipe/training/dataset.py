@@ -213,6 +213,48 @@ def shuffle_labels_within_days(label: pd.DataFrame, seed: int) -> pd.DataFrame:
     return label.assign(**{LABEL_NAME: label[LABEL_NAME].to_numpy()[order]})
 
 
+class WindowRows:
+    """A window's member rows, read once: their (date, instrument) keys sorted, their raw label, and where each
+    lies in the feature table's storage order. A block of columns is then a plain scan of the window (no join,
+    no sort) put in order by one take: what a block costs beyond its own values does not grow with the blocks.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, feature_set: str, first, last, known_by, market: str):
+        check_market(con, market)
+        self.params = {"first": pd.Timestamp(first).date(), "last": pd.Timestamp(last).date(), "market": market}
+        keys = con.sql(f"SELECT f.rowid AS row_id, f.date AS datetime, f.instrument, l.{LABEL_NAME} "
+                       f"{_member_rows(feature_set)}", params={**self.params, "known_by": pd.Timestamp(known_by).date()}
+                       ).to_arrow_table()
+        # what a block scans: the window's rows of the market's instruments, in storage order
+        self.scan_sql = (f"FROM {FEATURE_SETS[feature_set].table} WHERE date BETWEEN $first AND $last AND instrument IN "
+                         f"(SELECT instrument FROM {wh.UNIVERSE} WHERE market = $market)")
+        self.scan_rows = con.sql(f"SELECT count(*) {self.scan_sql}", params=self.params).fetchall()[0][0]
+        keys = keys.take(pc.sort_indices(keys, [("datetime", "ascending"), ("instrument", "ascending")]))
+        self.row_ids = keys.column("row_id").to_numpy()
+        self.index = pd.MultiIndex.from_arrays(
+            [keys.column("datetime").to_numpy().astype("datetime64[ns]"),
+             keys.column("instrument").to_numpy(zero_copy_only=False)], names=["datetime", "instrument"])
+        self.label = pd.DataFrame({LABEL_NAME: keys.column(LABEL_NAME).to_numpy(zero_copy_only=False)
+                                   .astype(np.float32)}, index=self.index)
+        self._scanned: np.ndarray | None = None  # the row ids of the last scan, in storage order
+        self._take: np.ndarray | None = None  # the positions in it of ``row_ids``
+
+    def __len__(self) -> int:
+        return len(self.row_ids)
+
+    def features(self, con: duckdb.DuckDBPyConnection, columns: list[str]) -> pd.DataFrame:
+        """``columns`` of the rows, sorted, as one column-major float32 block (as ``read_rows`` gives them)."""
+        selected = "".join(f', "{c}"' for c in columns)
+        scan = con.sql(f"SELECT rowid AS row_id{selected} {self.scan_sql}", params=self.params).to_arrow_table()
+        scanned = scan.column("row_id").to_numpy()
+        if self._scanned is None or not np.array_equal(scanned, self._scanned):  # the first scan (or another order)
+            sorter = np.argsort(scanned, kind="stable")
+            self._scanned, self._take = scanned, sorter[np.searchsorted(scanned, self.row_ids, sorter=sorter)]
+        values = np.empty((len(self), len(columns)), dtype=np.float32, order="F")
+        _fill_column_major(values, scan, columns, self._take)
+        return pd.DataFrame(values, index=self.index, columns=columns, copy=False)
+
+
 @dataclass(frozen=True)
 class LearnedRows:
     """DK_L: the processed features and label of a checkpoint's rows, and the chains fitted to them."""
@@ -231,26 +273,24 @@ def learned_rows(con: duckdb.DuckDBPyConnection, feature_set: str, processing: P
     """DK_L of [first, the valid window's end], read and processed at most ``load_cells`` feature cells at a time.
 
     Every processor but a features' DropnaProcessor treats each column on its own (handler.column_separable),
-    so the chains are fitted and applied to blocks of columns, each read with all its rows, and the fitted blocks
-    joined: the same values and statistics as one block (test_training_data.py), while the memory beside the
-    result is one block's, however large the universe. A chain that looks across columns gets one block.
+    so the chains are fitted and applied to blocks of columns, each read with all its rows (``WindowRows``), and
+    the fitted blocks joined: the same values and statistics as one block (test_blocks.py), while the memory
+    beside the result is one block's, however large the universe. A chain that looks across columns gets one block.
     """
     infer, learn = processing.chains(*windows.train)
     columns = read_columns(feature_set, infer, learn, processing.process_type)
     trained = processing.trained_columns(columns)
-    last = windows.valid[1]
-    rows = count_rows(con, feature_set, first, last, market)
-    per_block = max(1, load_cells // max(rows, 1)) if handler.column_separable(infer, learn) else len(columns)
+    rows = WindowRows(con, feature_set, first, windows.valid[1], as_of, market)
+    label = rows.label if shuffle_seed is None else shuffle_labels_within_days(rows.label, shuffle_seed)
+    per_block = max(1, load_cells // max(rows.scan_rows, 1) if handler.column_separable(infer, learn) else len(columns))
     position = {name: k for k, name in enumerate(trained)}
     fitted: list[tuple[ProcessorChain, ProcessorChain]] = []
     values = target = index = None
-    for start in range(0, max(len(columns), 1), max(per_block, 1)):
-        features, label = read_rows(con, feature_set, columns[start:start + per_block], first, last, as_of, market)
-        if shuffle_seed is not None:
-            label = shuffle_labels_within_days(label, shuffle_seed)
+    labels: dict = {}  # the label-group processors' outputs, computed by the first block for all
+    for start in range(0, max(len(columns), 1), per_block):
         infer, learn = processing.chains(*windows.train)
-        features, block_target = learn_frame(features, label, infer, learn, processing.process_type)
-        del label
+        features, block_target = learn_frame(rows.features(con, columns[start:start + per_block]), label, infer,
+                                             learn, processing.process_type, labels)
         if values is None:
             values = np.empty((len(features), len(trained)), dtype=np.float32)
             target, index = block_target.to_numpy(), features.index
