@@ -110,6 +110,32 @@ def test_blocks_of_a_few_instruments_write_the_same_rows_as_one_block(built, tmp
     assert _tables(path) == _tables(built)
 
 
+def test_a_small_universe_is_written_in_blocks_of_as_many_days_as_block_cells_allow(tmp_path, monkeypatch):
+    """DuckDB writes an insert of less than a row group twice (log, then checkpoint): a universe too small to fill
+    CHUNK_DAYS days' blocks gets longer ones, up to block_cells. 25 priced instruments x 800 days: one block of
+    features and one of labels at 30,000 cells, two of each at 15,000, and the same tables."""
+    from qpipe.bench import synthetic_market
+    from qpipe.data import warehouse as wh
+
+    market = synthetic_market(30, 800, "2020-01-02")
+    first, last = market.prices["date"].min(), market.prices["date"].max()
+    blocks, real = [], store.load_panel
+    monkeypatch.setattr(store, "load_panel", lambda *a, **k: blocks.append(panel := real(*a, **k)) or panel)
+    tables = {}
+    for cells in (30_000, 15_000):
+        blocks.clear()
+        with duckdb.connect(str(tmp_path / f"{cells}.duckdb")) as con:
+            wh.write_prices(con, market.prices, first, last, calendar="XNYS")
+            store.write_features(con, [store.FEATURE_SETS["alpha158"]], first, last, block_cells=cells)
+            store.write_labels(con, first, last, block_cells=cells)
+            tables[cells] = [con.execute(f"SELECT count(*), sum(hash(x)) FROM {t} x").fetchall()[0]
+                             for t in ("features.alpha158", "features.label")]
+        sizes = [(len(p.dates), len(p.instruments)) for p in blocks]
+        assert len(sizes) == (2 if cells == 30_000 else 4) and all(d * n <= cells for d, n in sizes), sizes
+        assert {n for _, n in sizes} == {25}, sizes
+    assert tables[30_000] == tables[15_000] and tables[30_000][0][0] > 15_000
+
+
 @pytest.mark.parametrize("first, block_cells", [
     (FIRST, 2_000),  # 124 days x 40 instruments: a large range, staged
     ("2024-06-03", 1_000),  # 20 days: straight into the tables, in blocks of its 81 days with their lookback

@@ -127,3 +127,36 @@ def test_a_warehouse_file_named_like_the_lake_is_still_a_file(tmp_path):
     with duckdb.connect(str(tmp_path / "qpipe.duckdb")) as con:
         assert con.execute("SELECT current_database()").fetchone()[0] == "qpipe"
         assert not lake.is_lake(con)
+
+
+def test_a_streamed_insert_writes_its_blocks_in_one_statement_and_a_failure_writes_nothing(tmp_path):
+    """wh.streamed_inserts: the blocks of a table go into one INSERT (columns matched by name, any order); a block
+    the table refuses fails the whole statement and is raised; so does the caller's own error, and neither
+    leaves a row of the stream."""
+    import pyarrow as pa
+
+    def block(first: int, rows: int = 70_000, name: str = "x") -> pa.Table:
+        return pa.table({"b": [name] * rows, "a": list(range(first, first + rows))})
+
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute("CREATE TABLE t (a INTEGER NOT NULL, b VARCHAR)")
+        con.execute("CREATE TABLE u (a INTEGER NOT NULL, b VARCHAR)")
+        with wh.streamed_inserts(con) as insert:
+            for k in range(4):
+                insert("t", block(k * 70_000))
+                insert("u", block(k, rows=10, name="u"))
+        assert con.execute("SELECT count(*), count(DISTINCT a), min(b) FROM t").fetchone() == (280_000, 280_000, "x")
+        assert con.execute("SELECT count(*), min(b) FROM u").fetchone() == (40, "u")
+
+        refused = pa.table({"b": ["y"], "a": pa.array([None], pa.int64())})
+        with pytest.raises(duckdb.ConstraintException, match="NOT NULL"):
+            with wh.streamed_inserts(con) as insert:
+                for data in (block(10**6, name="y"), refused, *(block(k, name="y") for k in range(5))):
+                    insert("t", data)
+        with pytest.raises(RuntimeError, match="the compute failed"):
+            with wh.streamed_inserts(con) as insert:
+                insert("t", block(2 * 10**6, name="z"))
+                insert("u", block(0, rows=10, name="z"))
+                raise RuntimeError("the compute failed")
+        assert con.execute("SELECT count(*), max(b) FROM t").fetchone() == (280_000, "x")
+        assert con.execute("SELECT count(*), max(b) FROM u").fetchone() == (40, "u")

@@ -4,6 +4,8 @@ Every write replaces a date range (or a whole small table) inside one transactio
 re-running a day never duplicates rows and a failure leaves the file exactly as it was.
 """
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -107,6 +109,75 @@ def inserts_in_background(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+class _Stream:
+    """One INSERT statement into ``table`` that reads its rows from a queue as they are put, on a thread of its own."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema):
+        self.queue: queue.Queue = queue.Queue(maxsize=1)  # one block waits while the statement writes another
+        self.error: BaseException | None = None
+        self.taken_all = False  # the statement took the caller's last item: its end, or its error
+        own = cursor(con)  # made here: a connection refuses a second thread's call while it runs one
+        columns = ", ".join(f'"{d[0]}"' for d in own.execute(f"SELECT * FROM {table} LIMIT 0").description)
+        own.register("_stream", pa.RecordBatchReader.from_batches(schema, self._batches()))
+        self.thread = threading.Thread(target=self._insert, args=(own, f"INSERT INTO {table} SELECT {columns} FROM _stream"),
+                                       name=f"duckdb-insert {table}")
+        self.thread.start()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        while isinstance(item := self.queue.get(), pa.Table):
+            yield from item.to_batches()
+        self.taken_all = True
+        if item is not None:  # the caller failed: fail the statement, which then writes nothing
+            raise item
+
+    def _insert(self, own: duckdb.DuckDBPyConnection, statement: str) -> None:
+        try:
+            with own:
+                own.execute(statement)
+        except BaseException as error:
+            self.error = error
+            while not self.taken_all:  # take what the caller still puts, so it never waits on a statement gone
+                self.taken_all = not isinstance(self.queue.get(), pa.Table)
+
+    def put(self, item: pa.Table | BaseException | None) -> None:
+        self.queue.put(item)
+        if self.error is not None and isinstance(item, pa.Table):
+            raise self.error
+
+
+@contextmanager
+def streamed_inserts(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[str, pa.Table], None]]:
+    """``insert(table, data)``: each table's blocks go into ONE INSERT statement that streams them, on a thread
+    per table, while the caller computes the next (call it outside a transaction: each statement commits alone).
+
+    DuckDB writes a statement's full row groups straight into the file as they fill. Blocks inserted one
+    statement each went to its log first and were written again at the checkpoint: 300 x 2,500 Alpha158 and
+    Alpha360 took 8.1 s that way and 4.8 s streamed, compute included, peaking at 1.8 and 2.5 GB (1,000
+    instruments: 21.3 and 15.0 s, 1.8 and 2.5 GB). On an error in the caller every statement fails and writes
+    nothing; an error in a statement is raised to the caller at its next block or at the end.
+    """
+    streams: dict[str, _Stream] = {}
+
+    def insert(table: str, data: pa.Table) -> None:
+        if table not in streams:
+            streams[table] = _Stream(con, table, data.schema)
+        streams[table].put(data)
+
+    try:
+        yield insert
+    except BaseException as error:
+        for stream in streams.values():
+            stream.put(error)
+            stream.thread.join()
+        raise
+    for stream in streams.values():
+        stream.put(None)
+        stream.thread.join()
+    for stream in streams.values():
+        if stream.error is not None:
+            raise stream.error
 
 
 def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:

@@ -3,11 +3,13 @@
 A range of days [start, end] reads only ``LOOKBACK`` trading days before ``start`` (the longest
 window, 60 rows, plus the one extra row of ``Ref($close, 1)`` inside it) and writes only rows
 dated inside the range, so a one-day partition equals the full-history computation. Long
-ranges are computed in blocks of ``CHUNK_DAYS`` (each with its own lookback, so the values are
-the same), and each block of days in groups of instruments of at most ``block_cells`` price
+ranges are computed in blocks of days (each with its own lookback, so the values are the same): as
+many as ``block_cells`` price cells hold for the range's instruments, at least ``CHUNK_DAYS``, and
+each block of days in groups of instruments of at most ``block_cells`` price
 cells (every Alpha158/Alpha360 expression reads one instrument's own series): peak memory is set
-by the block size, not by the universe. Each block is inserted on a second thread while the next
-one is computed, and the range is replaced in one transaction: a failure writes nothing.
+by the block size, not by the universe. Each block is written on another thread while the next one is
+computed (a long range streamed into one INSERT per staging table), and the range is replaced in one
+transaction: a failure writes nothing.
 """
 
 from collections.abc import Callable, Iterator
@@ -31,7 +33,10 @@ from qpipe.settings import BLOCK_CELLS
 
 LOOKBACK = 61  # rows before a day that its features read
 LABEL_HORIZON = 2  # LABEL0 of day d is known at the close of the 2nd trading day after d
-CHUNK_DAYS = 500  # with the default BLOCK_CELLS, a block is 500 days (+61) of at most 534 instruments
+# The fewest days a block holds: with the default BLOCK_CELLS, 500 days (+61) of at most 534 instruments. A
+# smaller universe gets longer blocks: DuckDB writes an insert of less than a row group (122,880 rows) twice,
+# to its log and at the checkpoint, so 300 instruments x 2,500 days wrote twice as fast in 3 blocks as in 5.
+CHUNK_DAYS = 500
 
 
 def _ddl(columns: list[str]) -> str:
@@ -121,8 +126,13 @@ def instrument_groups(con: duckdb.DuckDBPyConnection, dates: np.ndarray,
 def _blocks(con: duckdb.DuckDBPyConnection, first_row: int, last_row: int, lookback: int, lookahead: int,
             chunk_days: int, block_cells: int) -> Iterator[tuple[int, Panel]]:
     """Panels covering calendar rows [first_row, last_row], each with ``lookback`` rows before and ``lookahead``
-    after, by chunks of days then groups of instruments; yields (rows before the chunk, panel)."""
+    after, by chunks of days (at least ``chunk_days``, more where ``block_cells`` allows) then groups of
+    instruments; yields (rows before the chunk, panel)."""
     days, starts = calendar(con), first_dates(con)
+    if first_row <= last_row:
+        (priced,) = con.execute(f"SELECT count(DISTINCT instrument) FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
+                                [days[first_row].item(), days[last_row].item()]).fetchall()[0]
+        chunk_days = max(chunk_days, block_cells // max(priced, 1) - lookback - lookahead)
     for c0, c1 in _chunks(first_row, last_row, chunk_days):
         window = days[max(0, c0 - lookback):c1 + lookahead + 1]
         for group in instrument_groups(con, window, block_cells):
@@ -189,7 +199,8 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
 
     DuckDB keeps a transaction's inserted rows in memory until it commits (5.35 GB for 1,000 instruments x
     2,500 days in one transaction). So a range of more than ``block_cells`` cells goes into a staging table per
-    set, each insert committed alone (1.70 GB), and one transaction then puts every set's rows in place
+    set, filled by one streaming INSERT statement (``wh.streamed_inserts``: its row groups go straight into
+    the file as they fill), and one transaction then puts every set's rows in place
     (``wh.replace_range``): a reader sees all of them or none, and a failure before it leaves the tables as they
     were. A smaller range (a day's increment) goes straight into the tables, writing half as much to DuckDB's
     log, and ends with a checkpoint of its own (``wh.checkpoint``). So does any range on a lake, whose inserts go
@@ -212,7 +223,8 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
         con.execute(f"CREATE OR REPLACE TABLE {staging[fs.name]} ({fs.ddl})")  # one a killed run left goes too
     try:
         with wh.bulk_load(con):
-            _insert_blocks(con, feature_sets, start, end, staging, written, chunk_days, block_cells, operators)
+            _insert_blocks(con, feature_sets, start, end, staging, written, chunk_days, block_cells, operators,
+                           streamed=True)
             with wh.transaction(con):
                 for fs in feature_sets:
                     wh.replace_range(con, fs.table, staging[fs.name], start, end)
@@ -232,9 +244,11 @@ def _range_cells(con: duckdb.DuckDBPyConnection, start, end) -> int:
 
 def _insert_blocks(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet], start, end,
                    into: dict[str, str], written: dict[str, int], chunk_days: int, block_cells: int,
-                   operators: Any) -> None:
-    """Each block of each set inserted into ``into[set name]``, on a second thread while the next is computed."""
-    with wh.cursor(con) as prices, wh.inserts_in_background(con) as insert:  # the inserts' thread has ``con``
+                   operators: Any, streamed: bool = False) -> None:
+    """Each block of each set inserted into ``into[set name]`` while the next is computed: on a second thread
+    inside the caller's transaction, or ``streamed`` into one statement per table (``wh.streamed_inserts``)."""
+    inserts = wh.streamed_inserts(con) if streamed else wh.inserts_in_background(con)
+    with wh.cursor(con) as prices, inserts as insert:  # the inserts' threads have ``con``
         for fs, table in feature_blocks(prices, feature_sets, start, end, chunk_days, block_cells, operators):
             insert(into[fs.name], table)
             written[fs.name] += len(table)
