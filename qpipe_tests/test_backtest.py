@@ -93,14 +93,17 @@ def test_a_score_of_day_t_never_trades_before_t_plus_1():
     assert list(alone.trades["date"]) == [DAYS[3]]
 
 
-def test_a_backtest_resumed_from_its_state_goes_on_exactly_as_one_run():
-    whole = backtest(_scores(), _prices(), DAYS[1:], SMALL)
-    first = backtest(_scores(), _prices(), DAYS[1:4], SMALL)
-    rest = backtest(_scores(), _prices(), DAYS[4:], SMALL, state=first.state())
+@pytest.mark.parametrize("method", ["top/bottom", "random"])  # random: each session draws from (seed, its date)
+def test_a_backtest_resumed_from_its_state_goes_on_exactly_as_one_run(method):
+    config = SMALL if method == "top/bottom" else SMALL.model_copy(update={"method_buy": "random",
+                                                                          "method_sell": "random"})
+    whole = backtest(_scores(), _prices(), DAYS[1:], config)
+    first = backtest(_scores(), _prices(), DAYS[1:4], config)
+    rest = backtest(_scores(), _prices(), DAYS[4:], config, state=first.state())
     pd.testing.assert_frame_equal(pd.concat([first.report, rest.report]), whole.report)
     pd.testing.assert_frame_equal(pd.concat([first.trades, rest.trades], ignore_index=True), whole.trades)
     with pytest.raises(ValueError, match="holds ZZZ, which have no prices"):
-        backtest(_scores(), _prices(), DAYS[4:], SMALL, state=first.state().__class__(
+        backtest(_scores(), _prices(), DAYS[4:], config, state=first.state().__class__(
             1.0, 1.0, pd.DataFrame({"instrument": ["ZZZ"], "amount": [1.0], "price": [1.0], "held_days": [1]})))
 
 

@@ -47,7 +47,7 @@ class BacktestConfig(BaseModel):
     min_cost: float = Field(5.0, ge=0)
     limit_threshold: float | None = Field(0.095, gt=0)
     trade_unit: float | None = Field(None, gt=0)  # raw shares per lot: Qlib's cn region uses 100
-    seed: int = 0  # for method_sell/method_buy "random" (Qlib's random is unseeded)
+    seed: int = Field(0, ge=0)  # for method_sell/method_buy "random", with each session's date (Qlib's is unseeded)
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,6 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
     known = known[known["id"].notna()]
     by_day = {pd.Timestamp(d): (g["id"].to_numpy(np.int64), g["score"].to_numpy(float))
               for d, g in known.groupby("date")}
-    rng = np.random.default_rng(config.seed)
 
     cash, value_before = (config.account, config.account) if state is None else (state.cash, state.account)
     holdings = state.holdings if state is not None else pd.DataFrame(columns=["instrument", "amount", "price", "held_days"])
@@ -189,6 +188,8 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
         signal = by_day.get(signal_dates[day])
         day_cost = day_turnover = 0.0
         if signal is not None:
+            # a session's draws come from (seed, its date): resumed, in blocks or in one run, the same trades
+            rng = np.random.default_rng([config.seed, date.toordinal()])
             sell, buy = _decide(*signal, list(amount), day, exchange, config, rng)
             sold_cash = cash
             for stock in sell:  # the strategy's own sells: at the deal price, all shares

@@ -64,9 +64,9 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
 
     The sessions are traded in blocks of about ``load_cells`` / ``CELLS_A_PRICE_ROW`` price rows, each going on from
     the state the one before left, as a daily run goes on from the day before: years of a large universe never
-    hold all their prices at once. (A ``random`` method_buy or method_sell draws from its seed anew in each block,
-    as in each daily run.) Returns the result and the number of later stored days dropped (they followed from the
-    old state)."""
+    hold all their prices at once (a ``random`` method draws each session from its seed and the session's date,
+    so blocks change nothing). Returns the result and the number of later stored days dropped (they followed from
+    the old state)."""
     for table in DDL:
         wh.ensure_table(con, table, DDL[table])
     state = read_state(con, model, start)
