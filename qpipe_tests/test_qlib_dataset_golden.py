@@ -30,7 +30,7 @@ COLUMNS = {"alpha158": alpha158_columns, "alpha360": alpha360_columns}
 
 @pytest.fixture(scope="module")
 def raw() -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """qpipe's features and label of the fixture, one row per price row, as read_rows returns them."""
+    """qpipe's features and label of the fixture, one row per price row, as dataset.WindowRows reads them."""
     panel = panel_from_frame(pd.read_csv(GOLDEN / "fixture_prices.csv", parse_dates=["date"]))
     t, j = np.nonzero(panel.present)  # row-major: sorted by date, then instrument
     index = pd.MultiIndex.from_arrays([panel.dates[t].astype("datetime64[ns]"), panel.instruments[j].astype(str)],

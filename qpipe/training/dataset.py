@@ -23,7 +23,7 @@ from qpipe.features import handler
 from qpipe.features.handler import Processing, benchmark_processing, handler_processing, learn_frame
 from qpipe.features.label import LABEL_NAME
 from qpipe.features.processors import ProcessorChain
-from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar, day_range
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE, calendar
 from qpipe.models.config import ModelConfig
 from qpipe.models.registry import get_spec
 from qpipe.settings import LOAD_CELLS
@@ -74,9 +74,6 @@ def check_market(con: duckdb.DuckDBPyConnection, market: str) -> None:
                          "set QPIPE_MARKET or the checkpoint's market to one of them, or materialize raw/universe")
 
 
-READ_DAYS = 60  # trading days read from DuckDB at a time: the Arrow rows of a whole window never exist at once
-
-
 def _member_rows(feature_set: str) -> str:
     """The FROM ... WHERE of ``feature_set``'s rows of market members on [$first, $last], with the known label."""
     return f"""
@@ -87,51 +84,17 @@ def _member_rows(feature_set: str) -> str:
         WHERE f.date BETWEEN $first AND $last"""
 
 
-def count_rows(con: duckdb.DuckDBPyConnection, feature_set: str, first, last, market: str) -> int:
-    """How many rows ``read_rows`` gives for [first, last]."""
-    return con.sql(f"SELECT count(*) {_member_rows(feature_set)}",
-                   params={"market": market, "known_by": pd.Timestamp(last).date(), "first": pd.Timestamp(first).date(),
-                           "last": pd.Timestamp(last).date()}).fetchall()[0][0]
+def _market_scan(feature_set: str) -> str:
+    """The FROM ... WHERE a block of columns scans: the rows on [$first, $last] of the market's instruments."""
+    return (f"FROM {FEATURE_SETS[feature_set].table} WHERE date BETWEEN $first AND $last AND instrument IN "
+            f"(SELECT instrument FROM {wh.UNIVERSE} WHERE market = $market)")
 
 
-def read_rows(con: duckdb.DuckDBPyConnection, feature_set: str, columns: list[str], first, last, known_by,
-              market: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Market members' ``columns`` of ``feature_set`` in [first, last], and their raw LABEL0 where known by ``known_by``.
-
-    Both frames are indexed by (datetime, instrument), sorted. The features come back as one
-    column-major float32 block, so the processors work on contiguous memory, without the copies
-    pandas makes of frames with hundreds of separate columns; it is filled ``READ_DAYS`` days at a time.
-    """
-    check_market(con, market)
-    selected = ", ".join(f'f."{c}"' for c in columns)
-    rows_sql = _member_rows(feature_set)
-    params = {"market": market, "known_by": pd.Timestamp(known_by).date()}
-    days = calendar(con)
-    lo, hi = day_range(days, first, last)
-    days = days[lo:hi + 1]
-    n_rows = count_rows(con, feature_set, first, last, market)
-    values = np.empty((n_rows, len(columns)), dtype=np.float32, order="F")
-    dates, instruments = np.empty(n_rows, dtype="datetime64[ns]"), np.empty(n_rows, dtype=object)
-    label = np.empty(n_rows, dtype=np.float32)
-    done = 0
-    for block in range(0, len(days), READ_DAYS):  # blocks in date order: each sorted, so all are
-        block_days = days[block:block + READ_DAYS]
-        # No ORDER BY: sorting 360-column rows costs DuckDB more than sorting the keys here.
-        table = con.sql(f"SELECT f.date AS datetime, f.instrument, {selected}, l.{LABEL_NAME} {rows_sql}",
-                        params={**params, "first": block_days[0].item(), "last": block_days[-1].item()}
-                        ).to_arrow_table()
-        rows = slice(done, done + table.num_rows)
-        order = pc.sort_indices(table, [("datetime", "ascending"), ("instrument", "ascending")]).to_numpy()
-        dates[rows] = table.column("datetime").to_numpy().astype("datetime64[ns]")[order]
-        instruments[rows] = table.column("instrument").to_numpy(zero_copy_only=False)[order]
-        label[rows] = table.column(LABEL_NAME).to_numpy(zero_copy_only=False).astype(np.float32)[order]
-        _fill_column_major(values[rows], table, columns, order)
-        done += table.num_rows
-    if done != n_rows:
-        raise RuntimeError(f"{FEATURE_SETS[feature_set].table} changed while it was read ({done} rows, then {n_rows})")
-    index = pd.MultiIndex.from_arrays([dates, instruments], names=["datetime", "instrument"])
-    return (pd.DataFrame(values, index=index, columns=columns, copy=False),
-            pd.DataFrame({LABEL_NAME: label}, index=index))
+def scan_rows(con: duckdb.DuckDBPyConnection, feature_set: str, first, last, market: str) -> int:
+    """How many rows a block of columns of [first, last] scans (``WindowRows.features``): what sizes a block."""
+    return con.sql(f"SELECT count(*) {_market_scan(feature_set)}",
+                   params={"first": pd.Timestamp(first).date(), "last": pd.Timestamp(last).date(), "market": market}
+                   ).fetchall()[0][0]
 
 
 def _fill_column_major(values: np.ndarray, table: pa.Table, columns: list[str], order: np.ndarray) -> None:
@@ -225,10 +188,8 @@ class WindowRows:
         keys = con.sql(f"SELECT f.rowid AS row_id, f.date AS datetime, f.instrument, l.{LABEL_NAME} "
                        f"{_member_rows(feature_set)}", params={**self.params, "known_by": pd.Timestamp(known_by).date()}
                        ).to_arrow_table()
-        # what a block scans: the window's rows of the market's instruments, in storage order
-        self.scan_sql = (f"FROM {FEATURE_SETS[feature_set].table} WHERE date BETWEEN $first AND $last AND instrument IN "
-                         f"(SELECT instrument FROM {wh.UNIVERSE} WHERE market = $market)")
-        self.scan_rows = con.sql(f"SELECT count(*) {self.scan_sql}", params=self.params).fetchall()[0][0]
+        self.scan_sql = _market_scan(feature_set)  # read in storage order
+        self.scan_rows = scan_rows(con, feature_set, first, last, market)
         keys = keys.take(pc.sort_indices(keys, [("datetime", "ascending"), ("instrument", "ascending")]))
         self.row_ids = keys.column("row_id").to_numpy()
         self.index = pd.MultiIndex.from_arrays(
@@ -243,7 +204,8 @@ class WindowRows:
         return len(self.row_ids)
 
     def features(self, con: duckdb.DuckDBPyConnection, columns: list[str]) -> pd.DataFrame:
-        """``columns`` of the rows, sorted, as one column-major float32 block (as ``read_rows`` gives them)."""
+        """``columns`` of the rows, sorted, as one column-major float32 block: the processors work on contiguous
+        memory, without the copies pandas makes of frames with hundreds of separate columns."""
         selected = "".join(f', "{c}"' for c in columns)
         scan = con.sql(f"SELECT rowid AS row_id{selected} {self.scan_sql}", params=self.params).to_arrow_table()
         scanned = scan.column("row_id").to_numpy()

@@ -24,8 +24,9 @@ def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Che
     """date, instrument, score for the market members on [first, last], processed as at training time."""
     config = checkpoint.config
     infer = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])
-    features = dataset.read_rows(con, config.feature_set, dataset.read_columns(config.feature_set, infer),
-                                 dataset.history_start(days, first, config), last, known_by=first, market=market)[0]
+    rows = dataset.WindowRows(con, config.feature_set, dataset.history_start(days, first, config), last, known_by=first,
+                              market=market)
+    features = rows.features(con, dataset.read_columns(config.feature_set, infer))
     processed = infer_frame(infer, features)[checkpoint.columns]
     del features  # each copy of the block is let go as soon as the next exists
     instruments = processed.index.get_level_values("instrument").to_numpy()
@@ -40,11 +41,11 @@ def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Che
 
 def day_blocks(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, covered: list[np.datetime64], market: str,
                load_cells: int) -> list[list[np.datetime64]]:
-    """``covered`` in runs of days whose rows hold at most about ``load_cells`` feature cells (at least a day each)."""
+    """``covered`` in runs of days whose scans hold at most about ``load_cells`` feature cells (at least a day each)."""
     config = checkpoint.config
     infer = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])
     columns = len(dataset.read_columns(config.feature_set, infer))
-    rows_a_day = dataset.count_rows(con, config.feature_set, covered[0], covered[-1], market) / len(covered)
+    rows_a_day = dataset.scan_rows(con, config.feature_set, covered[0], covered[-1], market) / len(covered)
     per_block = max(1, int(load_cells // max(rows_a_day * columns, 1)))
     return [covered[k:k + per_block] for k in range(0, len(covered), per_block)]
 
