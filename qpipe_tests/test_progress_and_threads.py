@@ -109,3 +109,27 @@ def test_numba_compiles_after_a_step_set_its_threads():
     done = subprocess.run([sys.executable, "-c", NUMBA_AFTER_A_STEP], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["[1.0,", "1.0,", "1.0]", "1"]
+
+
+OPENMP_AFTER_QPIPE = """
+import qpipe, numba, numpy as np
+@numba.njit(parallel=True)
+def total(v):
+    s = 0.0
+    for i in numba.prange(v.shape[0]):
+        s += v[i]
+    return s
+print(total(np.ones(10)), numba.threading_layer())
+"""
+
+
+@pytest.mark.parametrize("chosen, spins", [(None, "0"), ("ACTIVE", "30000000000")])
+def test_openmp_threads_sleep_between_kernels_unless_the_user_chose(chosen, spins):
+    """numba's OpenMP threads spinning after each kernel took the cores DuckDB's feature writes needed
+    (compute.wait_passively). libgomp prints the spin count it loaded with (300000 when nobody chose)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env |= {"OMP_DISPLAY_ENV": "VERBOSE", "NUMBA_THREADING_LAYER": "omp"} | ({"OMP_WAIT_POLICY": chosen} if chosen else {})
+    done = subprocess.run([sys.executable, "-c", OPENMP_AFTER_QPIPE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["10.0", "omp"]
+    assert f"GOMP_SPINCOUNT = '{spins}'" in done.stderr
