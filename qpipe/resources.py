@@ -16,7 +16,7 @@ from qpipe import compute
 from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import SOURCE_KINDS, Source, open_source
-from qpipe.settings import BLOCK_CELLS, LOAD_CELLS, Settings, get_settings, parse_feature_device
+from qpipe.settings import BLOCK_CELLS, FRAME_CELLS, LOAD_CELLS, Settings, get_settings, parse_feature_device
 
 
 class WarehouseBusy(RuntimeError):
@@ -120,6 +120,10 @@ class Compute(dg.ConfigurableResource):
                              "feature step computes at once; bounds its memory (QPIPE_BLOCK_CELLS)")
     load_cells: int = Field(default=LOAD_CELLS, ge=1_000, description="feature cells (rows x columns) a "
                             "checkpoint's data load, a prediction or a backtest processes at once (QPIPE_LOAD_CELLS)")
+    frame_cells: int = Field(default=FRAME_CELLS, ge=0, description="feature cells of a checkpoint's training frames "
+                             "held in memory; larger frames are memory-mapped from `scratch` (QPIPE_FRAME_CELLS)")
+    scratch: str = Field(default="", description="a folder on disk for memory-mapped frames (QPIPE_HOME/scratch; "
+                         "empty: the system's temporary folder)")
     feature_device: str = Field(default="auto", description="where feature operators run: auto (a GPU when one "
                                 "is visible), cpu or cuda[:i] (QPIPE_FEATURE_DEVICE)")
 
@@ -137,6 +141,7 @@ def build_resources(settings: Settings | None = None) -> dict:
     threads = compute.compute_plan().threads
     return {
         "compute": Compute(threads=threads, block_cells=s.block_cells, load_cells=s.load_cells,
+                           frame_cells=s.frame_cells, scratch=str(s.scratch),
                            feature_device=s.feature_device),
         "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads},
                                lake=s.lake, lake_data=s.lake_data),

@@ -27,7 +27,7 @@ VARIABLES = {
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
     "QPIPE_MODELS": "models", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
     "QPIPE_CHECKPOINTS": "checkpoints_override", "QPIPE_BLOCK_CELLS": "block_cells",
-    "QPIPE_LOAD_CELLS": "load_cells",
+    "QPIPE_LOAD_CELLS": "load_cells", "QPIPE_FRAME_CELLS": "frame_cells",
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
     "QPIPE_LAKE": "lake", "QPIPE_LAKE_DATA": "lake_data",
 }
@@ -37,6 +37,9 @@ BLOCK_CELLS = 300_000
 # Feature cells (rows x columns) a checkpoint's data load, a prediction or a backtest holds at once: a block is
 # ~200 MB of float32, held about three times while the processors run; the result is held beside it.
 LOAD_CELLS = 50_000_000
+# Feature cells of a checkpoint's training frames held in memory (2 GB of float32). Larger frames (5,000 instruments
+# x 960 days of Alpha360: 1.7 billion cells) live in a memory-mapped file under QPIPE_HOME/scratch instead.
+FRAME_CELLS = 500_000_000
 
 
 def parse_cadence(text: str | int) -> str | int:
@@ -120,6 +123,7 @@ class Settings(BaseModel):
     models: tuple[str, ...] = ARCHITECTURES
     block_cells: int = Field(default=BLOCK_CELLS, ge=1_000)
     load_cells: int = Field(default=LOAD_CELLS, ge=1_000)
+    frame_cells: int = Field(default=FRAME_CELLS, ge=0)
     # Where feature operators run: the CPU's numba kernels, or torch on a GPU (auto: when one is visible).
     feature_device: str = "auto"
     # Where steps run: "multiprocess" (forked processes on this machine) or "celery" (workers of
@@ -211,6 +215,11 @@ class Settings(BaseModel):
     @property
     def checkpoints(self) -> Path:
         return self.checkpoints_override or self.home / "checkpoints"
+
+    @property
+    def scratch(self) -> Path:
+        """Where training frames larger than ``frame_cells`` are memory-mapped (files unlinked as they are made)."""
+        return self.home / "scratch"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -5,12 +5,14 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from qpipe.evaluation import backtest_store
 from qpipe.evaluation.backtest import BacktestConfig
 from qpipe.features.handler import Processing, handler_processing
 from qpipe.models.config import model_config
 from qpipe.training import dataset, predicting
+from qpipe.training.engine import train
 from qpipe_tests.test_model_assets import DAY, QUICK, SCORED, market_history, run
 
 MARKET = "all"
@@ -128,3 +130,22 @@ def test_a_backtest_in_blocks_of_sessions_is_the_backtest_in_one(checkpoint, mon
     pd.testing.assert_frame_equal(blocked.positions.reset_index(drop=True), whole.positions.reset_index(drop=True))
     pd.testing.assert_frame_equal(blocked.trades.reset_index(drop=True), whole.trades.reset_index(drop=True))
     pd.testing.assert_frame_equal(stored_blocked, stored_whole)
+
+
+def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, tmp_path):
+    """Frames of more than QPIPE_FRAME_CELLS cells live in an unlinked file under the scratch folder: the same
+    values, the same trained weights, nothing left on disk once they are gone."""
+    resources, root = history
+    config = model_config("gru", "alpha360", n_epochs=2, batch_size=256, hidden_size=8, seed=3)
+    scratch = tmp_path / "scratch"
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        held = dataset.load_training_data(con, config, DAY, 60, 20, MARKET)
+        mapped = dataset.load_training_data(con, config, DAY, 60, 20, MARKET, frame_cells=1_000, scratch=scratch)
+    _same_frames(held, mapped)
+    for part in ("train", "valid"):
+        assert not isinstance(getattr(held, part).features.base, np.memmap), part
+        assert isinstance(getattr(mapped, part).features.base, np.memmap), part  # a view of the mapped array
+    assert list(scratch.iterdir()) == []  # unlinked as it was made: a killed step leaves no file behind
+    weights = [train(config, data.train, data.valid, device="cpu").state_dict for data in (held, mapped)]
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name

@@ -151,7 +151,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
                                               market=config.market or settings.market,
                                               shuffle_labels=config.shuffle_labels, processing=processing,
-                                              load_cells=compute.load_cells)
+                                              load_cells=compute.load_cells, frame_cells=compute.frame_cells,
+                                              scratch=compute.scratch)
         context.log.info(f"{arch}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
                          f"valid samples, windows {data.windows.to_json()}; processors: {processing.names()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))

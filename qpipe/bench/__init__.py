@@ -1,8 +1,9 @@
 """Benchmarks that print figures and ratios: ``python -m qpipe.bench <features|ingest|training>``."""
 
 import resource
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -24,6 +25,32 @@ def synthetic_market(n_instruments: int, n_days: int, start: str = "2015-01-02")
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+@contextmanager
+def anonymous_peak(every: float = 0.05) -> Iterator[Callable[[], float]]:
+    """The peak, in GB, of this process's anonymous memory (RssAnon) sampled every ``every`` seconds in the block.
+
+    Memory-mapped frames count in RSS while their pages are cached, but the kernel can write them out and drop
+    them; anonymous memory it cannot (there is no swap here). This is the part a memory limit must hold.
+    """
+    peak, stop = [0.0], threading.Event()
+
+    def sample() -> None:
+        while True:
+            with open("/proc/self/status") as status:
+                kib = next(int(line.split()[1]) for line in status if line.startswith("RssAnon:"))
+            peak[0] = max(peak[0], kib / 1024**2)
+            if stop.wait(every):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield lambda: peak[0]
+    finally:
+        stop.set()
+        sampler.join()
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """How cost grows with the universe: wall time and peak RSS at 300 / 1,000 / 3,000 / 5,000 instruments.
 
     python -m qpipe.bench scaling [--instruments 300,1000,3000,5000] [--days 2500] [--block-cells N] [--load-cells N]
+                                  [--frame-cells N]
 
 For each size a synthetic market of that many instruments x ``--days`` trading days is stored in a
 DuckDB file as the assets store it (prices and universe). Then, each in a fresh process so its peak RSS
@@ -8,8 +9,10 @@ is its own: the feature materialization (Alpha158 + Alpha360 + label over every 
 assets write them), a daily increment (the same three tables for the next day, then the last day: the table
 shows the second, the first after the backfill is printed below it), and one LSTM Alpha360
 checkpoint's data load (720 train + 240 valid days, Qlib's processors, ``--load-cells`` feature cells at a time;
-the size of the frames it returns is printed beside it: the rest of its peak is what a setting bounds). It prints
-a table and, per phase, seconds per 1,000 instruments beside the smallest size's (linear growth keeps it flat).
+the size of the frames it returns is printed beside it, and whether they were memory-mapped, as frames of more
+than ``--frame-cells`` cells are, with the peak of the load's anonymous memory: what the kernel cannot page out).
+It prints a table and, per phase, seconds per 1,000 instruments beside the smallest size's (linear growth keeps it
+flat).
 """
 
 import argparse
@@ -20,16 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from qpipe.settings import BLOCK_CELLS, LOAD_CELLS
+from qpipe.settings import BLOCK_CELLS, FRAME_CELLS, LOAD_CELLS
 
 PHASES = ("features", "increment", "load")
 
 
-def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: int, load_cells: int) -> dict:
+def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: int, load_cells: int,
+              frame_cells: int = FRAME_CELLS) -> dict:
     """One phase in this process; returns its seconds and this process's peak RSS."""
     import duckdb
+    import numpy as np
 
-    from qpipe.bench import peak_rss_gb, synthetic_market
+    from qpipe.bench import anonymous_peak, peak_rss_gb, synthetic_market
     from qpipe.data import warehouse as wh
     from qpipe.features import store
 
@@ -47,11 +52,13 @@ def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: 
             from qpipe.models.config import model_config
             from qpipe.training.dataset import load_training_data
 
-            data = load_training_data(con, model_config("lstm", "alpha360"), last, 720, 240, "all",
-                                      load_cells=load_cells)
+            with anonymous_peak() as anonymous:
+                data = load_training_data(con, model_config("lstm", "alpha360"), last, 720, 240, "all",
+                                          load_cells=load_cells, frame_cells=frame_cells, scratch=path.parent / "scratch")
             return {"seconds": time.perf_counter() - began, "peak_rss_gb": peak_rss_gb(),
-                    "rows": len(data.train.dates) + len(data.valid.dates),
-                    "frames_gb": (data.train.features.nbytes + data.valid.features.nbytes) / 1e9}
+                    "rows": len(data.train.dates) + len(data.valid.dates), "anonymous_gb": anonymous(),
+                    "frames_gb": (data.train.features.nbytes + data.valid.features.nbytes) / 1e9,
+                    "mapped": isinstance(data.train.features.base, np.memmap)}
         elif phase == "features":  # every day but the last two, which the increments add
             rows = _write(con, first, days_[-3], block_cells)
         else:
@@ -73,11 +80,12 @@ def _write(con, start, end, block_cells: int) -> int:
                .values()) + store.write_labels(con, start, end, block_cells=block_cells)
 
 
-def in_fresh_process(phase: str, path: Path, instruments: int, days: int, block_cells: int, load_cells: int) -> dict:
+def in_fresh_process(phase: str, path: Path, instruments: int, days: int, block_cells: int, load_cells: int,
+                     frame_cells: int) -> dict:
     """The phase's figures, or NaN and the error's last line (e.g. killed for memory) when it failed."""
     out = subprocess.run([sys.executable, "-m", "qpipe.bench.scaling", "--phase", phase, "--warehouse", str(path),
                           "--instruments", str(instruments), "--days", str(days), "--block-cells", str(block_cells),
-                          "--load-cells", str(load_cells)],
+                          "--load-cells", str(load_cells), "--frame-cells", str(frame_cells)],
                          capture_output=True, text=True)
     if out.returncode:
         reason = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
@@ -92,36 +100,40 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=2500)
     parser.add_argument("--block-cells", type=int, default=BLOCK_CELLS, help="QPIPE_BLOCK_CELLS")
     parser.add_argument("--load-cells", type=int, default=LOAD_CELLS, help="QPIPE_LOAD_CELLS")
+    parser.add_argument("--frame-cells", type=int, default=FRAME_CELLS, help="QPIPE_FRAME_CELLS")
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--phase", help=argparse.SUPPRESS)  # one phase, in this process
     parser.add_argument("--warehouse", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(run_phase(args.phase, Path(args.warehouse), int(args.instruments), args.days,
-                                   args.block_cells, args.load_cells)))
+                                   args.block_cells, args.load_cells, args.frame_cells)))
         return
 
     phases = args.phases.split(",")
     sizes = [int(n) for n in args.instruments.split(",")]
+    cells = (args.block_cells, args.load_cells, args.frame_cells)
     print(f"{args.days} trading days, blocks of {args.block_cells:,} price cells (features) and {args.load_cells:,} "
-          "feature cells (load); seconds and peak RSS per phase, each in its own process")
+          f"feature cells (load; frames of more than {args.frame_cells:,} cells memory-mapped); seconds and peak RSS "
+          "per phase, each in its own process")
     print(f"{'instruments':>11} {'price rows':>11} " + " ".join(f"{p + ' s':>12} {'GB':>6}" for p in phases))
     table: dict[int, dict[str, dict]] = {}
     for n in sizes:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "warehouse.duckdb"
-            rows = in_fresh_process("market", path, n, args.days, args.block_cells, args.load_cells)["rows"]
+            rows = in_fresh_process("market", path, n, args.days, *cells)["rows"]
             needed = phases if "features" in phases or "load" not in phases else ["features", *phases]  # load reads them
-            table[n] = {phase: in_fresh_process(phase, path, n, args.days, args.block_cells, args.load_cells)
-                        for phase in needed}
+            table[n] = {phase: in_fresh_process(phase, path, n, args.days, *cells) for phase in needed}
         print(f"{n:>11,} {rows:>11,} " + " ".join(
             f"{table[n][p]['seconds']:>12.2f} {table[n][p]['peak_rss_gb']:>6.2f}" for p in phases), flush=True)
         if "increment" in phases:
             first = table[n]["increment"].get("first_seconds", float("nan"))
             print(f"{'':>24}(the first increment after the backfill: {first:.2f} s)", flush=True)
         if "load" in phases:
-            print(f"{'':>24}(the frames the load returns: {table[n]['load'].get('frames_gb', float('nan')):.2f} GB)",
-                  flush=True)
+            load = table[n]["load"]
+            print(f"{'':>24}(the frames the load returns: {load.get('frames_gb', float('nan')):.2f} GB"
+                  f"{', memory-mapped' if load.get('mapped') else ', in memory'}; the load's anonymous memory peaked "
+                  f"at {load.get('anonymous_gb', float('nan')):.2f} GB)", flush=True)
     base = sizes[0]
     print(f"\nseconds per 1,000 instruments (flat = linear growth; vs {base:,} instruments):")
     for phase in phases:
