@@ -1,6 +1,9 @@
 """A checkpoint's data load, a prediction and a backtest, in blocks of about QPIPE_LOAD_CELLS cells, give what one
 block gives (issue 17: memory bounded by a setting, not by the universe)."""
 
+import subprocess
+import sys
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -149,3 +152,26 @@ def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, 
     weights = [train(config, data.train, data.valid, device="cpu").state_dict for data in (held, mapped)]
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
+
+
+FRAMES_IN_A_FULL_FOLDER = """
+import resource, sys
+from qpipe.training import dataset
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # files of at most 1 MB: a disk that is full
+try:
+    dataset.frame_values(1000, 360, frame_cells=0, scratch=sys.argv[1])
+except OSError as error:
+    print(error)
+"""
+
+
+def test_frames_that_do_not_fit_on_the_scratch_disk_are_refused_at_once_with_what_to_do(tmp_path):
+    """The file is reserved before it is mapped: a write to a page the disk has no room for would kill the step
+    with SIGBUS, naming nothing."""
+    done = subprocess.run([sys.executable, "-c", FRAMES_IN_A_FULL_FOLDER, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (f"[Errno 27] a checkpoint's training frames need 1.4 MB in {tmp_path} (File too "
+                                   "large): free room there, point QPIPE_HOME at a larger disk, or raise "
+                                   "QPIPE_FRAME_CELLS to hold them in memory")
+    assert list(tmp_path.iterdir()) == []

@@ -264,8 +264,14 @@ def _mapped(shape: tuple[int, int], scratch: str | Path, order: str = "C") -> np
     """
     folder = Path(scratch or tempfile.gettempdir())
     folder.mkdir(parents=True, exist_ok=True)
+    size = shape[0] * shape[1] * 4
     with tempfile.TemporaryFile(dir=folder, prefix="qpipe-frames-") as file:  # the mapping keeps it while it lives
-        file.truncate(shape[0] * shape[1] * 4)
+        try:  # reserved now: a write to a mapped page the disk has no room for would kill the step (SIGBUS)
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as error:
+            raise OSError(error.errno, f"a checkpoint's training frames need {size / 1e6:,.1f} MB in {folder} "
+                          f"({error.strerror}): free room there, point QPIPE_HOME at a larger disk, or raise "
+                          "QPIPE_FRAME_CELLS to hold them in memory") from error
         return np.memmap(file, dtype=np.float32, mode="r+", shape=shape, order=order)
 
 
