@@ -149,6 +149,8 @@ def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, 
         assert not isinstance(getattr(held, part).features.base, np.memmap), part
         assert isinstance(getattr(mapped, part).features.base, np.memmap), part  # a view of the mapped array
     assert list(scratch.iterdir()) == []  # unlinked as it was made: a killed step leaves no file behind
+    assert held.describe_frames().endswith("GB in memory")
+    assert mapped.describe_frames().endswith("GB memory-mapped (QPIPE_FRAME_CELLS)")
     weights = [train(config, data.train, data.valid, device="cpu").state_dict for data in (held, mapped)]
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name

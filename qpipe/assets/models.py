@@ -154,7 +154,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                                               load_cells=compute.load_cells, frame_cells=compute.frame_cells,
                                               scratch=compute.scratch)
         context.log.info(f"{arch}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
-                         f"valid samples, windows {data.windows.to_json()}; processors: {processing.names()}"
+                         f"valid samples, {data.describe_frames()}, windows {data.windows.to_json()}; processors: "
+                         f"{processing.names()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
         import torch
 

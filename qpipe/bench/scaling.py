@@ -32,7 +32,6 @@ def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: 
               frame_cells: int = FRAME_CELLS) -> dict:
     """One phase in this process; returns its seconds and this process's peak RSS."""
     import duckdb
-    import numpy as np
 
     from qpipe.bench import anonymous_peak, peak_rss_gb, synthetic_market
     from qpipe.data import warehouse as wh
@@ -57,8 +56,7 @@ def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: 
                                           load_cells=load_cells, frame_cells=frame_cells, scratch=path.parent / "scratch")
             return {"seconds": time.perf_counter() - began, "peak_rss_gb": peak_rss_gb(),
                     "rows": len(data.train.dates) + len(data.valid.dates), "anonymous_gb": anonymous(),
-                    "frames_gb": (data.train.features.nbytes + data.valid.features.nbytes) / 1e9,
-                    "mapped": isinstance(data.train.features.base, np.memmap)}
+                    "frames_gb": data.frames_gb, "mapped": data.mapped}
         elif phase == "features":  # every day but the last two, which the increments add
             rows = _write(con, first, days_[-3], block_cells)
         else:

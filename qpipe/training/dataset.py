@@ -168,6 +168,18 @@ class TrainingData:
     process_type: str
     concepts: list[str] | None  # the concept matrix's columns, for models that read it
 
+    @property
+    def frames_gb(self) -> float:
+        return (self.train.features.nbytes + self.valid.features.nbytes) / 1e9
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the rows live in a memory-mapped scratch file (``frame_values``) rather than in memory."""
+        return isinstance(self.train.features.base, np.memmap)
+
+    def describe_frames(self) -> str:
+        return f"frames {self.frames_gb:.2f} GB {'memory-mapped (QPIPE_FRAME_CELLS)' if self.mapped else 'in memory'}"
+
 
 def shuffle_labels_within_days(label: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The placebo control: each day's labels permuted among that day's instruments."""
