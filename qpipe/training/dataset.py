@@ -263,7 +263,7 @@ def row_major(values: np.ndarray, scratch: str | Path = "") -> np.ndarray:
     if values.flags.c_contiguous:
         return values
     out = _mapped(values.shape, scratch)
-    step = max(1, LOAD_CELLS // 4 // max(values.shape[1], 1))
+    step = max(1, LOAD_CELLS // 4 // max(values.shape[1], 1))  # runs of ~50 MB
     for start in range(0, len(values), step):
         out[start:start + step] = np.array(values[start:start + step], order="F")
     return out
