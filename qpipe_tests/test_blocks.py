@@ -4,10 +4,12 @@ block gives (issue 17: memory bounded by a setting, not by the universe)."""
 import subprocess
 import sys
 
+import dagster as dg
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.torch
 import torch
 
 from qpipe.evaluation import backtest_store
@@ -16,7 +18,8 @@ from qpipe.features.handler import Processing, handler_processing
 from qpipe.models.config import model_config
 from qpipe.training import dataset, predicting
 from qpipe.training.engine import train
-from qpipe_tests.test_model_assets import DAY, QUICK, SCORED, market_history, run
+from qpipe.resources import CheckpointStore, Compute
+from qpipe_tests.test_model_assets import ASSETS, DAY, QUICK, SCORED, market_history, run
 
 MARKET = "all"
 CHAINS = {
@@ -177,3 +180,24 @@ def test_frames_that_do_not_fit_on_the_scratch_disk_are_refused_at_once_with_wha
                                    "large): free room there, point QPIPE_HOME at a larger disk, or raise "
                                    "QPIPE_FRAME_CELLS to hold them in memory")
     assert list(tmp_path.iterdir()) == []
+
+
+
+def test_a_checkpoint_step_on_mapped_frames_says_so_and_trains_as_on_frames_in_memory(history, tmp_path):
+    resources, root = history
+    config = {"models__mlp_checkpoint": {"config": {**QUICK, "market": MARKET, "params": {**QUICK["params"], "seed": 11}}}}
+    instance = dg.DagsterInstance.ephemeral()
+    said, weights = {}, {}
+    for where, compute in (("memory", Compute(threads=1)),
+                           ("mapped", Compute(threads=1, frame_cells=1_000, scratch=str(tmp_path / "scratch")))):
+        step = {**resources, "compute": compute, "checkpoints": CheckpointStore(root=str(tmp_path / where))}
+        result = dg.materialize(ASSETS, selection=[dg.AssetKey(["models", "mlp_checkpoint"])], partition_key=DAY,
+                                resources=step, run_config={"ops": config}, instance=instance)
+        said[where] = " ".join(e.user_message for e in instance.all_logs(result.run_id)
+                               if e.step_key == "models__mlp_checkpoint")
+        weights[where] = safetensors.torch.load_file(tmp_path / where / "mlp" / f"{DAY}.safetensors")
+    assert "GB in memory, windows" in said["memory"] and "memory-mapped (QPIPE_FRAME_CELLS)" in said["mapped"]
+    assert weights["memory"].keys() == weights["mapped"].keys()
+    for name, tensor in weights["memory"].items():
+        assert torch.equal(tensor, weights["mapped"][name]), name
+    assert list((tmp_path / "scratch").iterdir()) == []
