@@ -138,19 +138,28 @@ def test_a_backtest_in_blocks_of_sessions_is_the_backtest_in_one(checkpoint, mon
     pd.testing.assert_frame_equal(stored_blocked, stored_whole)
 
 
-def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, tmp_path):
+@pytest.mark.parametrize("arch", ["gru", "hist"])  # HIST also reads each row's concept memberships
+def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, tmp_path, arch):
     """Frames of more than QPIPE_FRAME_CELLS cells live in an unlinked file under the scratch folder: the same
     values, the same trained weights, nothing left on disk once they are gone."""
     resources, root = history
-    config = model_config("gru", "alpha360", n_epochs=2, batch_size=256, hidden_size=8, seed=3)
+    config = model_config(arch, "alpha360", n_epochs=2, batch_size=256, hidden_size=8, seed=3)
     scratch = tmp_path / "scratch"
     with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
         held = dataset.load_training_data(con, config, DAY, 60, 20, MARKET)
         mapped = dataset.load_training_data(con, config, DAY, 60, 20, MARKET, frame_cells=1_000, scratch=scratch)
     _same_frames(held, mapped)
+    arrays = ["features", "concepts"] if arch == "hist" else ["features"]
+    def on_disk(array: np.ndarray) -> bool:  # a mapping, or a view of one
+        return isinstance(array, np.memmap) or isinstance(array.base, np.memmap)
+
     for part in ("train", "valid"):
-        assert not isinstance(getattr(held, part).features.base, np.memmap), part
-        assert isinstance(getattr(mapped, part).features.base, np.memmap), part  # a view of the mapped array
+        for name in arrays:
+            assert not on_disk(getattr(getattr(held, part), name)), (part, name)
+            assert on_disk(getattr(getattr(mapped, part), name)), (part, name)
+    if arch == "hist":
+        np.testing.assert_array_equal(held.train.concepts, mapped.train.concepts)
+        assert held.train.concepts.any() and held.concepts == mapped.concepts
     assert list(scratch.iterdir()) == []  # unlinked as it was made: a killed step leaves no file behind
     assert held.describe_frames().endswith("GB in memory")
     assert mapped.describe_frames().endswith("GB memory-mapped (QPIPE_FRAME_CELLS)")

@@ -125,8 +125,10 @@ def concept_names(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [name for (name,) in con.execute(f"SELECT DISTINCT concept FROM {wh.CONCEPTS} ORDER BY 1").fetchall()]
 
 
-def concept_rows(con: duckdb.DuckDBPyConnection, instruments: np.ndarray, names: list[str]) -> np.ndarray:
-    """float32 [rows, len(names)]: 1 where the row's instrument belongs to the concept (sectors included).
+def concept_rows(con: duckdb.DuckDBPyConnection, instruments: np.ndarray, names: list[str],
+                 frame_cells: int = FRAME_CELLS, scratch: str | Path = "") -> np.ndarray:
+    """float32 [rows, len(names)]: 1 where the row's instrument belongs to the concept (sectors included); held in
+    memory up to ``frame_cells`` cells, else memory-mapped from ``scratch`` as the features are (``frame_values``).
 
     A stock without concepts gets a zero row; a concept not in ``names`` (new since training) is left out.
     """
@@ -138,7 +140,13 @@ def concept_rows(con: duckdb.DuckDBPyConnection, instruments: np.ndarray, names:
         i = int(np.searchsorted(stocks, instrument))
         if concept in column and i < len(stocks) and stocks[i] == instrument:
             membership[i, column[concept]] = 1.0
-    return membership[row_stock]
+    if len(row_stock) * len(names) <= frame_cells:
+        return membership[row_stock]
+    out = _mapped((len(row_stock), len(names)), scratch)
+    step = max(1, LOAD_CELLS // 4 // max(len(names), 1))  # runs of ~50 MB, written in order
+    for start in range(0, len(row_stock), step):
+        out[start:start + step] = membership[row_stock[start:start + step]]
+    return out
 
 
 def to_frame(features: np.ndarray, dates: np.ndarray, instruments: np.ndarray, columns: list[str],
@@ -355,7 +363,7 @@ def load_training_data(con: duckdb.DuckDBPyConnection, config: ModelConfig, as_o
     names = matrix = None
     if get_spec(config.model).reads_concepts:
         names = concept_names(con)
-        matrix = concept_rows(con, rows.instruments, names)
+        matrix = concept_rows(con, rows.instruments, names, frame_cells, scratch)
 
     def frame(part: slice, samples_from) -> TrainingFrame:
         return to_frame(rows.values[part], rows.dates[part], rows.instruments[part], rows.columns, rows.label[part],

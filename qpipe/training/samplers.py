@@ -91,7 +91,8 @@ def make_sampler(
     if with_concepts:
         if frame.concepts is None:
             raise ValueError("this model reads each stock's concepts, but the frame has no concept membership")
-        side = (_to_device(frame.concepts[samples], device),)
+        concepts = frame.concepts if len(samples) == len(frame.concepts) else frame.concepts[samples]
+        side = (_to_device(concepts, device),)
     return Sampler(gather, label, dates, day_starts, side)
 
 
