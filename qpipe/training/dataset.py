@@ -10,6 +10,7 @@ checkpoint alone.
 
 import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,11 +143,7 @@ def concept_rows(con: duckdb.DuckDBPyConnection, instruments: np.ndarray, names:
             membership[i, column[concept]] = 1.0
     if len(row_stock) * len(names) <= frame_cells:
         return membership[row_stock]
-    out = _mapped((len(row_stock), len(names)), scratch)
-    step = max(1, LOAD_CELLS // 4 // max(len(names), 1))  # runs of ~50 MB, written in order
-    for start in range(0, len(row_stock), step):
-        out[start:start + step] = membership[row_stock[start:start + step]]
-    return out
+    return _mapped_runs((len(row_stock), len(names)), scratch, lambda run: membership[row_stock[run]])
 
 
 def to_frame(features: np.ndarray, dates: np.ndarray, instruments: np.ndarray, columns: list[str],
@@ -270,10 +267,16 @@ def row_major(values: np.ndarray, scratch: str | Path = "") -> np.ndarray:
     column by column into memory, turned there, written as one stretch (both files read and written in order)."""
     if values.flags.c_contiguous:
         return values
-    out = _mapped(values.shape, scratch)
-    step = max(1, LOAD_CELLS // 4 // max(values.shape[1], 1))  # runs of ~50 MB
-    for start in range(0, len(values), step):
-        out[start:start + step] = np.array(values[start:start + step], order="F")
+    return _mapped_runs(values.shape, scratch, lambda run: np.array(values[run], order="F"))
+
+
+def _mapped_runs(shape: tuple[int, int], scratch: str | Path, rows: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """A row-major mapped array (``_mapped``) filled in order, ``rows(run)`` giving a run of about 50 MB at a time."""
+    out = _mapped(shape, scratch)
+    step = max(1, LOAD_CELLS // 4 // max(shape[1], 1))
+    for start in range(0, shape[0], step):
+        run = slice(start, start + step)
+        out[run] = rows(run)
     return out
 
 
