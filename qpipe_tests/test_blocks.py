@@ -138,7 +138,7 @@ def test_a_backtest_in_blocks_of_sessions_is_the_backtest_in_one(checkpoint, mon
     pd.testing.assert_frame_equal(stored_blocked, stored_whole)
 
 
-@pytest.mark.parametrize("arch", ["gru", "hist"])  # HIST also reads each row's concept memberships
+@pytest.mark.parametrize("arch", ["gru", "hist"])  # HIST also reads each stock's concept memberships
 def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, tmp_path, arch):
     """Frames of more than QPIPE_FRAME_CELLS cells live in an unlinked file under the scratch folder: the same
     values, the same trained weights, nothing left on disk once they are gone."""
@@ -149,17 +149,20 @@ def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, 
         held = dataset.load_training_data(con, config, DAY, 60, 20, MARKET)
         mapped = dataset.load_training_data(con, config, DAY, 60, 20, MARKET, frame_cells=1_000, scratch=scratch)
     _same_frames(held, mapped)
-    arrays = ["features", "concepts"] if arch == "hist" else ["features"]
     def on_disk(array: np.ndarray) -> bool:  # a mapping, or a view of one
         return isinstance(array, np.memmap) or isinstance(array.base, np.memmap)
 
     for part in ("train", "valid"):
-        for name in arrays:
-            assert not on_disk(getattr(getattr(held, part), name)), (part, name)
-            assert on_disk(getattr(getattr(mapped, part), name)), (part, name)
-    if arch == "hist":
-        np.testing.assert_array_equal(held.train.concepts, mapped.train.concepts)
-        assert held.train.concepts.any() and held.concepts == mapped.concepts
+        assert not on_disk(getattr(held, part).features) and on_disk(getattr(mapped, part).features), part
+    if arch == "hist":  # a row per stock, not per training row: small enough to stay in memory at any size
+        stocks = np.unique(held.train.instruments)
+        assert held.train.concepts.shape == (len(stocks), len(held.concepts)) and held.train.concepts.any()
+        assert len(set(zip(held.train.instruments, held.train.concept_row))) == len(set(held.train.concept_row)) == len(stocks)
+        assert (held.train.concepts.sum(1) >= 1).all()  # every synthetic stock has a sector
+        for part in ("train", "valid"):
+            for name in ("concepts", "concept_row"):
+                np.testing.assert_array_equal(getattr(getattr(held, part), name), getattr(getattr(mapped, part), name))
+        assert held.concepts == mapped.concepts
     assert list(scratch.iterdir()) == []  # unlinked as it was made: a killed step leaves no file behind
     assert held.describe_frames().endswith("GB in memory")
     assert mapped.describe_frames().endswith("GB memory-mapped (QPIPE_FRAME_CELLS)")

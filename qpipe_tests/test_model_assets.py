@@ -285,13 +285,14 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     assert mlp["backtest days"] == len(days) and np.isfinite([mlp["Ann. Ret"], mlp["IR"]]).all() and mlp["MDD"] <= 0
 
 
-def test_concept_rows_follow_the_checkpoints_concepts():
+def test_concept_matrix_follows_the_checkpoints_concepts():
     con = duckdb.connect()
     con.execute("CREATE SCHEMA raw; CREATE TABLE raw.concepts (instrument VARCHAR, concept VARCHAR, kind VARCHAR)")
     con.execute("""INSERT INTO raw.concepts VALUES ('A', 'Energy', 'sector'), ('A', 'AI', 'concept'),
                    ('B', 'Energy', 'sector'), ('B', 'NewTheme', 'concept'), ('Z', 'AI', 'concept')""")
-    from qpipe.training.dataset import concept_names, concept_rows
+    from qpipe.training.dataset import concept_matrix, concept_names
 
     assert concept_names(con) == ["AI", "Energy", "NewTheme"]
-    rows = concept_rows(con, np.array(["B", "A", "C", "A"]), ["AI", "Energy"])  # NewTheme came after training
-    np.testing.assert_array_equal(rows, [[0, 1], [1, 1], [0, 0], [1, 1]])  # C has no concepts: a zero row
+    membership, row = concept_matrix(con, np.array(["B", "A", "C", "A"]), ["AI", "Energy"])  # NewTheme came later
+    np.testing.assert_array_equal(membership, [[1, 1], [0, 1], [0, 0]])  # a row per stock, A B C; C has none
+    np.testing.assert_array_equal(row, [1, 0, 2, 0])  # each instrument's row of it

@@ -24,9 +24,10 @@ def frame(features: np.ndarray, columns: list[str], n_days: int = 1) -> Training
     n = len(features) // n_days
     dates = np.repeat(np.datetime64("2020-01-01") + np.arange(n_days), n)
     instruments = np.tile(np.array([f"S{i:02d}" for i in range(n)]), n_days)
-    concepts = np.tile(np.eye(3, dtype=np.float32)[np.arange(n) % 3] + np.eye(3, dtype=np.float32)[np.arange(n) % 2], (n_days, 1))
+    concepts = np.eye(3, dtype=np.float32)[np.arange(n) % 3] + np.eye(3, dtype=np.float32)[np.arange(n) % 2]
     return TrainingFrame(features.astype(np.float32), np.zeros(len(features), np.float32), dates, instruments, columns,
-                         np.ones(len(features), bool), concepts=np.minimum(concepts, 1))
+                         np.ones(len(features), bool), concepts=np.minimum(concepts, 1),
+                         concept_row=np.tile(np.arange(n), n_days))
 
 
 @pytest.mark.parametrize("name, feature_set", [(name, fs) for name in ARCHITECTURES for fs in get_spec(name).presets])

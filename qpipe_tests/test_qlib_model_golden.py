@@ -36,7 +36,7 @@ def test_network_matches_qlibs_own(arch):
     rows = golden["flat"]
     frame = TrainingFrame(rows, np.zeros(len(rows), np.float32), np.repeat(np.datetime64("2024-01-02"), len(rows)),
                           np.array([f"S{i:02d}" for i in range(len(rows))]), ALPHA360, np.ones(len(rows), bool),
-                          concepts=golden["concepts"])
+                          concepts=golden["concepts"], concept_row=np.arange(len(rows)))
     inputs = make_frame_sampler(config, frame, torch.device("cpu")).inputs(torch.arange(len(rows)))
     with torch.no_grad():
         scores = net(*inputs).numpy()

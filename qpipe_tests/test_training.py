@@ -45,7 +45,7 @@ def market(n_instruments: int, n_days: int, strength: float, seed: int = 0) -> T
     concepts[np.arange(n_instruments), np.arange(n_instruments) % 8] = 1
     concepts[np.arange(0, n_instruments, 3), 7 - np.arange(0, n_instruments, 3) % 8] = 1
     return TrainingFrame(features, label, dates, instruments, ALPHA360, np.ones(len(dates), dtype=bool),
-                         concepts=np.tile(concepts, (n_days, 1)))
+                         concepts=concepts, concept_row=np.tile(np.arange(n_instruments), n_days))
 
 
 def days(frame: TrainingFrame, first: int, stop: int, label: np.ndarray | None = None) -> TrainingFrame:
@@ -53,7 +53,7 @@ def days(frame: TrainingFrame, first: int, stop: int, label: np.ndarray | None =
     keep = (frame.dates >= frame.dates[0] + first) & (frame.dates < frame.dates[0] + stop)
     label = frame.label if label is None else label
     return TrainingFrame(frame.features[keep], label[keep], frame.dates[keep], frame.instruments[keep], frame.columns,
-                         frame.is_sample[keep], None if frame.concepts is None else frame.concepts[keep])
+                         frame.is_sample[keep], frame.concepts, None if frame.concept_row is None else frame.concept_row[keep])
 
 
 def t_stat(daily: np.ndarray) -> float:
@@ -132,6 +132,17 @@ def test_frame_rejects_unsorted_rows_and_non_finite_features():
     features[4, ALPHA360.index("VWAP7")] = np.inf
     with pytest.raises(ValueError, match="feature 'VWAP7' is inf at \\(2020-01-02, S001\\)"):
         TrainingFrame(features, frame.label, frame.dates, frame.instruments, frame.columns, frame.is_sample)
+
+
+def test_frame_rejects_concept_rows_that_point_past_the_stocks_or_come_alone():
+    frame = days(market(3, 2, strength=0.0), 0, 2)
+    parts = (frame.features, frame.label, frame.dates, frame.instruments, frame.columns, frame.is_sample)
+    with pytest.raises(ValueError, match="concept_row points outside the 3 stocks of concepts"):
+        TrainingFrame(*parts, frame.concepts, frame.concept_row + 1)
+    with pytest.raises(ValueError, match="concepts and concept_row come together"):
+        TrainingFrame(*parts, frame.concepts)
+    with pytest.raises(ValueError, match="concept_row must be an integer array of 6 rows"):
+        TrainingFrame(*parts, frame.concepts, frame.concept_row[:3])
 
 
 # --- the loop ----------------------------------------------------------------------------------

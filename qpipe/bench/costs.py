@@ -32,7 +32,8 @@ def random_frame(n_instruments: int, n_days: int, seed: int = 0) -> TrainingFram
     concepts = np.zeros((n_instruments, 8), dtype=np.float32)
     concepts[np.arange(n_instruments), np.arange(n_instruments) % 8] = 1
     return TrainingFrame(features, rng.standard_normal(len(dates)).astype(np.float32), dates, instruments, ALPHA360,
-                         np.ones(len(dates), dtype=bool), concepts=np.tile(concepts, (n_days, 1)))
+                         np.ones(len(dates), dtype=bool), concepts=concepts,
+                         concept_row=np.tile(np.arange(n_instruments), n_days))
 
 
 def main() -> None:

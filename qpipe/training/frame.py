@@ -19,7 +19,8 @@ class TrainingFrame:
     instruments: np.ndarray  # str [R]
     columns: list[str]  # F names, in the feature table's order
     is_sample: np.ndarray  # bool [R]
-    concepts: np.ndarray | None = None  # float32 [R, K] 0/1 concept membership, for models that read it (HIST)
+    concepts: np.ndarray | None = None  # float32 [S, K] 0/1: each stock's concept memberships (HIST reads them)
+    concept_row: np.ndarray | None = None  # int [R]: each row's stock in ``concepts`` (a row per stock, not per row)
 
     def __post_init__(self) -> None:
         n = len(self.dates)
@@ -30,8 +31,7 @@ class TrainingFrame:
         for name in ("label", "instruments", "is_sample"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} rows; dates has {n}")
-        if self.concepts is not None and (self.concepts.dtype != np.float32 or self.concepts.ndim != 2 or len(self.concepts) != n):
-            raise ValueError(f"concepts must be a float32 [rows, concepts] array with {n} rows, got {self.concepts.dtype} {self.concepts.shape}")
+        self._check_concepts(n)
         if self.label.dtype != np.float32:
             raise ValueError(f"label must be float32, got {self.label.dtype}")
         if self.dates.dtype != np.dtype("datetime64[D]"):
@@ -50,6 +50,18 @@ class TrainingFrame:
                 f"feature {self.columns[col]!r} is {self.features[row, col]} at ({self.dates[row]}, {self.instruments[row]}); "
                 "features must be finite (Qlib clips with RobustZScoreNorm and fills with Fillna)"
             )
+
+    def _check_concepts(self, n: int) -> None:
+        if (self.concepts is None) != (self.concept_row is None):
+            raise ValueError("concepts and concept_row come together: the stocks' memberships and each row's stock")
+        if self.concepts is None:
+            return
+        if self.concepts.dtype != np.float32 or self.concepts.ndim != 2:
+            raise ValueError(f"concepts must be a float32 [stocks, concepts] array, got {self.concepts.dtype} {self.concepts.shape}")
+        if not np.issubdtype(self.concept_row.dtype, np.integer) or self.concept_row.shape != (n,):
+            raise ValueError(f"concept_row must be an integer array of {n} rows, got {self.concept_row.dtype} {self.concept_row.shape}")
+        if n and not 0 <= self.concept_row.min() <= self.concept_row.max() < len(self.concepts):
+            raise ValueError(f"concept_row points outside the {len(self.concepts)} stocks of concepts")
 
     @property
     def sample_rows(self) -> np.ndarray:

@@ -18,7 +18,7 @@ from qpipe.models.config import ModelConfig
 from qpipe.training.frame import TrainingFrame
 from qpipe.training.result import TrainResult
 
-_ARRAYS = ("features", "label", "dates", "instruments", "is_sample", "concepts")
+_ARRAYS = ("features", "label", "dates", "instruments", "is_sample", "concepts", "concept_row")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Che
     del features  # each copy of the block is let go as soon as the next exists
     instruments = processed.index.get_level_values("instrument").to_numpy()
     names = checkpoint.sidecar.get("concepts")
-    concepts = None if names is None else dataset.concept_rows(con, instruments, names)
+    concepts = None if names is None else dataset.concept_matrix(con, instruments, names)
     frame = dataset.to_frame(processed.to_numpy(), processed.index.get_level_values("datetime").to_numpy(), instruments,
                              checkpoint.columns, None, samples_from=first, concepts=concepts)
     del processed

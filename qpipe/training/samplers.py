@@ -17,17 +17,17 @@ from qpipe.training.frame import TrainingFrame
 
 class Sampler:
     def __init__(self, gather: Callable[[torch.Tensor], torch.Tensor], label: torch.Tensor, dates: np.ndarray,
-                 day_starts: np.ndarray | None, side: tuple[torch.Tensor, ...] = ()):
+                 day_starts: np.ndarray | None, side: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = ()):
         self.gather = gather  # sample positions [B] -> the features the network reads
         self.label = label  # [n] on the device, NaN where unknown
         self.dates = dates  # datetime64[D] [n], for daily metrics
-        self.side = side  # per-sample tensors the network takes after the features (HIST's concept rows)
+        self.side = side  # sample positions [B] -> what the network takes after the features (HIST's concept rows)
         self._day_starts = day_starts  # [n_days + 1] sample offsets when each batch is one day
         self._positions = torch.arange(len(label), device=label.device)
 
     def inputs(self, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The network's arguments for a batch: its features, then any side inputs."""
-        return (self.gather(positions), *(t.index_select(0, positions) for t in self.side))
+        return (self.gather(positions), *(gather(positions) for gather in self.side))
 
     @property
     def n(self) -> int:
@@ -90,7 +90,7 @@ def make_sampler(
     if with_concepts:
         if frame.concepts is None:
             raise ValueError("this model reads each stock's concepts, but the frame has no concept membership")
-        side = (_to_device(_sample_rows(frame.concepts, samples), device),)
+        side = (_Lookup(_to_device(frame.concepts, device), _to_device(frame.concept_row[samples], device)),)
     return Sampler(gather, label, dates, day_starts, side)
 
 
@@ -166,6 +166,17 @@ class _LagBlocks:
 
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
         return self.features.index_select(0, positions).view(len(positions), self.d_feat, -1).transpose(1, 2)
+
+
+class _Lookup:
+    """A row of a small table per sample (a stock's concept memberships): [B, K]."""
+
+    def __init__(self, table: torch.Tensor, row: torch.Tensor):
+        self.table = table
+        self.row = row  # [n] each sample's row of the table
+
+    def __call__(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table.index_select(0, self.row.index_select(0, positions))
 
 
 class _Windows:
