@@ -114,6 +114,27 @@ def test_predictions_in_day_blocks_are_the_predictions_in_one(checkpoint, reads)
     np.testing.assert_allclose(blocked["score"], whole["score"], rtol=1e-5, atol=1e-6)  # batches differ
 
 
+def test_a_prediction_that_fails_in_a_later_block_leaves_the_stored_scores_as_they_were(checkpoint, monkeypatch):
+    """The blocks before it were already streamed into the INSERT: it fails, and the deletion with it."""
+    store, path = checkpoint
+    score_days, blocks = predicting.score_days, []
+
+    def nan_in_the_third_block(*args, **kwargs):
+        scores = score_days(*args, **kwargs)
+        blocks.append(len(scores))
+        return scores.assign(score=np.where(np.arange(len(scores)) == 1, np.nan, scores["score"])) if len(blocks) == 3 \
+            else scores
+
+    with duckdb.connect(str(path)) as con:
+        predicting.write_predictions(con, store, "mlp", *SCORED, MARKET)
+        before = con.sql("SELECT * FROM predictions.scores ORDER BY ALL").df()
+        monkeypatch.setattr(predicting, "score_days", nan_in_the_third_block)
+        with pytest.raises(ValueError, match=f"mlp checkpoint {DAY} gives 1 non-finite scores .* nothing was written"):
+            predicting.write_predictions(con, store, "mlp", *SCORED, MARKET, load_cells=30 * 360 * 5)
+        pd.testing.assert_frame_equal(con.sql("SELECT * FROM predictions.scores ORDER BY ALL").df(), before)
+    assert len(blocks) == 3 and len(before) > sum(blocks)
+
+
 def test_a_backtest_in_blocks_of_sessions_is_the_backtest_in_one(checkpoint, monkeypatch):
     store, path = checkpoint
     traded: list[int] = []

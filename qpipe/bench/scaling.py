@@ -10,8 +10,10 @@ assets write them), a daily increment (the same three tables for the next day, t
 shows the second, the first after the backfill is printed below it), and one LSTM Alpha360
 checkpoint's data load (720 train + 240 valid days, Qlib's processors, ``--load-cells`` feature cells at a time;
 the size of the frames it returns is printed beside it, and whether they were memory-mapped, as frames of more
-than ``--frame-cells`` cells are, with the peak of the load's anonymous memory: what the kernel cannot page out).
-It prints a table and, per phase, seconds per 1,000 instruments beside the smallest size's (linear growth keeps it
+than ``--frame-cells`` cells are, with the peak of the load's anonymous memory: what the kernel cannot page out),
+and the predictions of every featured day after the 300th, from one MLP Alpha158 checkpoint trained on the 200 days
+before it (trained first, in a process of its own: the table shows the predictions alone, scored in blocks of
+``--load-cells`` feature cells and streamed into the warehouse, with their anonymous memory at its peak). It prints a table and, per phase, seconds per 1,000 instruments beside the smallest size's (linear growth keeps it
 flat).
 """
 
@@ -25,7 +27,8 @@ from pathlib import Path
 
 from qpipe.settings import BLOCK_CELLS, FRAME_CELLS, LOAD_CELLS
 
-PHASES = ("features", "increment", "load")
+PHASES = ("features", "increment", "load", "predict")
+CHECKPOINT_DAY = 300  # the predictions' checkpoint is trained as of this trading day, on the 200 + 60 before it
 
 
 def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: int, load_cells: int,
@@ -57,7 +60,9 @@ def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: 
             return {"seconds": time.perf_counter() - began, "peak_rss_gb": peak_rss_gb(),
                     "rows": len(data.train.dates) + len(data.valid.dates), "anonymous_gb": anonymous(),
                     "frames_gb": data.frames_gb, "mapped": data.mapped}
-        elif phase == "features":  # every day but the last two, which the increments add
+        if phase in ("checkpoint", "predict"):
+            return _predictions(con, phase, path.parent / "checkpoints", days_[CHECKPOINT_DAY], load_cells)
+        if phase == "features":  # every day but the last two, which the increments add
             rows = _write(con, first, days_[-3], block_cells)
         else:
             rows = _write(con, days_[-2], days_[-2], block_cells)
@@ -68,6 +73,34 @@ def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: 
             return {"seconds": time.perf_counter() - began, "first_seconds": seconds, "peak_rss_gb": peak_rss_gb(),
                     "rows": rows}
         return {"seconds": seconds, "peak_rss_gb": peak_rss_gb(), "rows": rows}
+
+
+def _predictions(con, phase: str, root: Path, as_of, load_cells: int) -> dict:
+    """"checkpoint": an MLP Alpha158 checkpoint as of ``as_of`` (one epoch); "predict": its scores for every featured
+    day from ``as_of`` on, as the predictions asset writes them."""
+    from qpipe.bench import anonymous_peak, peak_rss_gb
+    from qpipe.models.config import model_config
+    from qpipe.resources import CheckpointStore
+    from qpipe.training import dataset, predicting
+    from qpipe.training.checkpoint import save_checkpoint
+    from qpipe.training.engine import train
+
+    store = CheckpointStore(root=str(root))
+    if phase == "checkpoint":
+        config = model_config("mlp", "alpha158", n_epochs=1, seed=0)
+        data = dataset.load_training_data(con, config, as_of, 200, 60, "all", load_cells=load_cells)
+        result = train(config, data.train, data.valid, device="cpu")
+        save_checkpoint(store.path_for("mlp", str(as_of)), result, config, columns=data.train.columns,
+                        windows=data.windows.to_json(), processor_state={
+                            "infer": data.infer.to_state(), "learn": data.learn.to_state(),
+                            "process_type": data.process_type})
+        return {"rows": len(data.train.dates)}
+    (last,) = con.execute("SELECT max(date) FROM features.alpha158").fetchone()
+    began = time.perf_counter()
+    with anonymous_peak() as anonymous:
+        rows, _ = predicting.write_predictions(con, store, "mlp", as_of, last, "all", load_cells=load_cells)
+    return {"seconds": time.perf_counter() - began, "peak_rss_gb": peak_rss_gb(), "rows": rows,
+            "anonymous_gb": anonymous()}
 
 
 def _write(con, start, end, block_cells: int) -> int:
@@ -120,7 +153,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "warehouse.duckdb"
             rows = in_fresh_process("market", path, n, args.days, *cells)["rows"]
-            needed = phases if "features" in phases or "load" not in phases else ["features", *phases]  # load reads them
+            needed = [*(["features"] if {"load", "predict"} & set(phases) and "features" not in phases else []),
+                      *phases]  # the load and the predictions read them
+            if "predict" in needed:
+                needed.insert(needed.index("predict"), "checkpoint")
             table[n] = {phase: in_fresh_process(phase, path, n, args.days, *cells) for phase in needed}
         print(f"{n:>11,} {rows:>11,} " + " ".join(
             f"{table[n][p]['seconds']:>12.2f} {table[n][p]['peak_rss_gb']:>6.2f}" for p in phases), flush=True)
@@ -132,6 +168,10 @@ def main() -> None:
             print(f"{'':>24}(the frames the load returns: {load.get('frames_gb', float('nan')):.2f} GB"
                   f"{', memory-mapped' if load.get('mapped') else ', in memory'}; the load's anonymous memory peaked "
                   f"at {load.get('anonymous_gb', float('nan')):.2f} GB)", flush=True)
+        if "predict" in phases:
+            predict = table[n]["predict"]
+            print(f"{'':>24}({predict['rows']:,} scores; the predictions' anonymous memory peaked at "
+                  f"{predict.get('anonymous_gb', float('nan')):.2f} GB)", flush=True)
     base = sizes[0]
     print(f"\nseconds per 1,000 instruments (flat = linear growth; vs {base:,} instruments):")
     for phase in phases:

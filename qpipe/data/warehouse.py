@@ -8,7 +8,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import duckdb
 import pandas as pd
@@ -114,11 +114,13 @@ def inserts_in_background(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[
 class _Stream:
     """One INSERT statement into ``table`` that reads its rows from a queue as they are put, on a thread of its own."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema):
+    def __init__(self, own: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, close: bool = False):
+        """``own``: the connection the statement runs on, used by no other thread while it runs (closed after it
+        if ``close``)."""
+        self.close = close
         self.queue: queue.Queue = queue.Queue(maxsize=1)  # one block waits while the statement writes another
         self.error: BaseException | None = None
         self.taken_all = False  # the statement took the caller's last item: its end, or its error
-        own = cursor(con)  # made here: a connection refuses a second thread's call while it runs one
         columns = ", ".join(f'"{d[0]}"' for d in own.execute(f"SELECT * FROM {table} LIMIT 0").description)
         own.register("_stream", pa.RecordBatchReader.from_batches(schema, self._batches()))
         self.thread = threading.Thread(target=self._insert, args=(own, f"INSERT INTO {table} SELECT {columns} FROM _stream"),
@@ -134,12 +136,17 @@ class _Stream:
 
     def _insert(self, own: duckdb.DuckDBPyConnection, statement: str) -> None:
         try:
-            with own:
-                own.execute(statement)
+            own.execute(statement)
         except BaseException as error:
             self.error = error
             while not self.taken_all:  # take what the caller still puts, so it never waits on a statement gone
                 self.taken_all = not isinstance(self.queue.get(), pa.Table)
+        finally:
+            if self.close:
+                own.close()
+            else:  # unless the failed statement aborted the caller's transaction: the next register replaces it
+                with suppress(duckdb.TransactionException):
+                    own.unregister("_stream")
 
     def put(self, item: pa.Table | BaseException | None) -> None:
         self.queue.put(item)
@@ -148,9 +155,13 @@ class _Stream:
 
 
 @contextmanager
-def streamed_inserts(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[str, pa.Table], None]]:
+def streamed_inserts(con: duckdb.DuckDBPyConnection, in_transaction: bool = False
+                     ) -> Iterator[Callable[[str, pa.Table], None]]:
     """``insert(table, data)``: each table's blocks go into ONE INSERT statement that streams them, on a thread
-    per table, while the caller computes the next (call it outside a transaction: each statement commits alone).
+    per table, while the caller computes the next. Each statement runs on a connection of its own and commits
+    alone; ``in_transaction``, the one table's statement runs on ``con``, inside the caller's transaction, and the
+    caller reads through ``cursor(con)`` meanwhile. A statement's row groups go to the file as they fill inside a
+    transaction too: 10 million rows of scores streamed in one peaked at 0.30 GB RSS, 0.27 GB without one.
 
     DuckDB writes a statement's full row groups straight into the file as they fill. Blocks inserted one
     statement each went to its log first and were written again at the checkpoint: 300 x 2,500 Alpha158 and
@@ -162,7 +173,11 @@ def streamed_inserts(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[str, 
 
     def insert(table: str, data: pa.Table) -> None:
         if table not in streams:
-            streams[table] = _Stream(con, table, data.schema)
+            if in_transaction and streams:
+                raise ValueError(f"one table streams inside a transaction; {next(iter(streams))} already does")
+            # a connection of its own: a connection refuses a second thread's call while it runs one
+            streams[table] = _Stream(con, table, data.schema) if in_transaction else _Stream(cursor(con), table,
+                                                                                             data.schema, close=True)
         streams[table].put(data)
 
     try:

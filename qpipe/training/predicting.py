@@ -5,6 +5,7 @@ import bisect
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from qpipe.data import warehouse as wh
 from qpipe.features.handler import infer_frame
@@ -19,11 +20,15 @@ PREDICTIONS_DDL = ("date DATE NOT NULL, instrument VARCHAR NOT NULL, score FLOAT
                    "checkpoint_partition VARCHAR NOT NULL")
 
 
-def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Checkpoint, first, last,
-               market: str) -> pd.DataFrame:
-    """date, instrument, score for the market members on [first, last], processed as at training time."""
+def infer_chain(checkpoint: Checkpoint) -> ProcessorChain:
+    """The processors fitted at training time, as they process the rows a checkpoint scores."""
+    return ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])
+
+
+def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Checkpoint, infer: ProcessorChain,
+               first, last, market: str) -> pd.DataFrame:
+    """date, instrument, score for the market members on [first, last], processed by ``infer``."""
     config = checkpoint.config
-    infer = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])
     rows = dataset.WindowRows(con, config.feature_set, dataset.history_start(days, first, config), last, known_by=first,
                               market=market)
     features = rows.features(con, dataset.read_columns(config.feature_set, infer))
@@ -39,11 +44,10 @@ def score_days(con: duckdb.DuckDBPyConnection, days: np.ndarray, checkpoint: Che
                          "score": predict(checkpoint.model, frame, config).astype(np.float32)})
 
 
-def day_blocks(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, covered: list[np.datetime64], market: str,
-               load_cells: int) -> list[list[np.datetime64]]:
+def day_blocks(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, infer: ProcessorChain,
+               covered: list[np.datetime64], market: str, load_cells: int) -> list[list[np.datetime64]]:
     """``covered`` in runs of days whose scans hold at most about ``load_cells`` feature cells (at least a day each)."""
     config = checkpoint.config
-    infer = ProcessorChain.from_state(checkpoint.sidecar["processor_state"]["infer"])
     columns = len(dataset.read_columns(config.feature_set, infer))
     rows_a_day = dataset.scan_rows(con, config.feature_set, covered[0], covered[-1], market) / len(covered)
     per_block = max(1, int(load_cells // max(rows_a_day * columns, 1)))
@@ -52,10 +56,12 @@ def day_blocks(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, covered: 
 
 def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, end, market: str,
                       load_cells: int = LOAD_CELLS) -> tuple[int, list[str]]:
-    """Replace ``arch``'s scores on [start, end]; returns (rows written, checkpoint partitions used).
+    """Replace ``arch``'s scores on [start, end] in one transaction; returns (rows written, checkpoint partitions
+    used).
 
-    Each checkpoint scores its days in blocks of at most about ``load_cells`` feature cells, so a backfill of
-    years holds one block's features at a time, not the range's."""
+    Each checkpoint scores its days in blocks of at most about ``load_cells`` feature cells, streamed into one
+    INSERT while the next block is scored (``wh.streamed_inserts``), so a backfill of years holds a block's
+    features and scores at a time, not the range's. Non-finite scores fail the write, which then writes nothing."""
     days = calendar(con)
     lo, hi = day_range(days, start, end)
     available = store.partitions(arch)  # sorted ISO dates, listed once for the whole range
@@ -65,21 +71,27 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
         if newest < 0:
             raise ValueError(f"no {arch} checkpoint at or before {day}; materialize models/{arch}_checkpoint first")
         by_checkpoint.setdefault(available[newest], []).append(day)
-    scored = []
-    for partition, covered in by_checkpoint.items():
-        checkpoint = load_checkpoint(store.path_for(arch, partition))
-        frame = pd.concat([score_days(con, days, checkpoint, block[0], block[-1], market)
-                           for block in day_blocks(con, checkpoint, covered, market, load_cells)], ignore_index=True)
-        broken = ~np.isfinite(frame["score"].to_numpy())
-        if broken.any():
-            first = frame[broken].iloc[0]
-            raise ValueError(f"{arch} checkpoint {partition} gives {int(broken.sum())} non-finite scores (the first: "
-                             f"{first['instrument']} on {pd.Timestamp(first['date']).date()}); nothing was written")
-        scored.append(frame.assign(model=arch, checkpoint_partition=partition))
-    scores = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
     wh.ensure_table(con, wh.PREDICTIONS, PREDICTIONS_DDL)
-    with wh.transaction(con):
+    written = 0
+    with wh.transaction(con), wh.cursor(con) as reader:
         con.execute(f"DELETE FROM {wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ?",
                     [arch, pd.Timestamp(start).date(), pd.Timestamp(end).date()])
-        wh.insert(con, wh.PREDICTIONS, scores)
-    return len(scores), list(by_checkpoint)
+        with wh.streamed_inserts(con, in_transaction=True) as insert:
+            for partition, covered in by_checkpoint.items():
+                checkpoint = load_checkpoint(store.path_for(arch, partition))
+                infer = infer_chain(checkpoint)
+                for block in day_blocks(reader, checkpoint, infer, covered, market, load_cells):
+                    scores = score_days(reader, days, checkpoint, infer, block[0], block[-1], market)
+                    _refuse_non_finite(scores, arch, partition)
+                    insert(wh.PREDICTIONS, pa.Table.from_pandas(scores.assign(model=arch, checkpoint_partition=partition),
+                                                                preserve_index=False))
+                    written += len(scores)
+    return written, list(by_checkpoint)
+
+
+def _refuse_non_finite(scores: pd.DataFrame, arch: str, partition: str) -> None:
+    broken = ~np.isfinite(scores["score"].to_numpy())
+    if broken.any():
+        first = scores[broken].iloc[0]
+        raise ValueError(f"{arch} checkpoint {partition} gives {int(broken.sum())} non-finite scores (the first: "
+                         f"{first['instrument']} on {pd.Timestamp(first['date']).date()}); nothing was written")
