@@ -136,6 +136,27 @@ def test_fillna_cszfillna_only_touch_their_group():
     assert Fillna()(df).isna().sum().sum() == 0
 
 
+@pytest.mark.parametrize("order", ["date-major", "instrument-major"])
+def test_csz_fillna_is_pandas_daily_mean_fill_bit_for_bit_in_any_row_order(order):
+    """Its one-pass fill from pandas' daily means equals Qlib's expression, fillna of transform("mean"), on a
+    frame of features and label (only the features filled) whose days need not be contiguous."""
+    rng = np.random.default_rng(5)
+    days, names = pd.date_range("2020-01-01", periods=40), [f"S{i:02d}" for i in range(30)]
+    index = pd.MultiIndex.from_product([days, names], names=["datetime", "instrument"])
+    values = rng.standard_normal((len(index), 9)).astype(np.float32) * 100
+    values[rng.random(values.shape) < 0.2] = np.nan
+    values[:30, 0] = np.nan  # a day without any value of a column stays NaN
+    df = pd.DataFrame(values, index=index, columns=[*(f"F{k}" for k in range(8)), "LABEL0"])
+    if order == "instrument-major":
+        df = df.swaplevel().sort_index().swaplevel()
+    features = [f"F{k}" for k in range(8)]
+    expected = df[features].fillna(df[features].groupby(level="datetime").transform("mean"))
+    out = CSZFillna(fields_group="feature")(df)
+    np.testing.assert_array_equal(out[features].to_numpy().view(np.uint32), expected.to_numpy().view(np.uint32))
+    assert out["LABEL0"].equals(df["LABEL0"]) and out.index.equals(df.index) and out[features].isna().sum().sum() == 30
+    assert out[features].dtypes.eq(np.float32).all()
+
+
 def test_dropna_label_is_learn_only():
     df = one_day(F=[np.nan, 2, 3], LABEL0=[1, np.nan, 3])
     out = DropnaLabel()(df)

@@ -159,6 +159,17 @@ def _fill_nan(x: np.ndarray, value: np.float32) -> np.ndarray:
     return out.T
 
 
+@njit(parallel=True, cache=True)
+def _fill_from_days(x: np.ndarray, day: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """A copy of float32 x with each NaN replaced by its day's value, ``means[day[row], column]``; column-major."""
+    rows, cols = x.shape
+    out = np.empty((cols, rows), dtype=np.float32)
+    for j in prange(cols):
+        for i in range(rows):
+            out[j, i] = means[day[i], j] if np.isnan(x[i, j]) else x[i, j]
+    return out.T
+
+
 def _by_day(df: pd.DataFrame, cols: list[str]) -> pd.api.typing.DataFrameGroupBy:
     return df[cols].groupby(level="datetime", sort=False)
 
@@ -409,7 +420,14 @@ class CSZFillna(Processor):
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         cols = group_columns(df, self.fields_group)
-        return _with_columns(df, cols, df[cols].fillna(_by_day(df, cols).transform("mean")))
+        x = column_block(df, cols)
+        if x.dtype != np.float32:
+            return _with_columns(df, cols, df[cols].fillna(_by_day(df, cols).transform("mean")))
+        # pandas' own daily means (one row per day), then one pass that fills from them: the same values as
+        # fillna(transform("mean")), without its copies of the block (3.75 blocks at its peak, 1.5 here)
+        means = (_by_day(df, cols) if list(df.columns) != cols else df.groupby(level="datetime", sort=False)).mean()
+        day = pd.factorize(df.index.get_level_values("datetime"), sort=False)[0]
+        return _with_columns(df, cols, _fill_from_days(np.asfortranarray(x), day, means.to_numpy(np.float32)))
 
 
 class FilterCol(Processor):
@@ -435,7 +453,8 @@ class DropCol(Processor):
         self.col_list = list(col_list)
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        return df.drop(columns=[c for c in self.col_list if c in df.columns])
+        dropped = [c for c in self.col_list if c in df.columns]
+        return df.drop(columns=dropped) if dropped else df  # a drop of nothing copies the block (a prediction's)
 
     def select_columns(self, columns: list[str]) -> list[str]:
         return [c for c in columns if c not in self.col_list]
