@@ -170,6 +170,7 @@ def test_filter_col_keeps_original_order_and_drop_col():
     out = FilterCol(fields_group="feature", col_list=["STD5", "KLEN", "KLOW", "NOT_THERE"])(df)
     assert list(out.columns) == ["KLEN", "KLOW", "STD5", "LABEL0"]
     assert list(DropCol(col_list=["ROC60", "LABEL0", "NOT_THERE"])(df).columns) == ["KLEN", "KLOW", "STD5"]
+    assert DropCol(col_list=["NOT_THERE"])(df) is df  # nothing to drop: no copy (a prediction reads without them)
 
 
 def test_processors_do_not_modify_their_input():
