@@ -7,14 +7,16 @@ For each size a synthetic market of that many instruments x ``--days`` trading d
 DuckDB file as the assets store it (prices and universe). Then, each in a fresh process so its peak RSS
 is its own: the feature materialization (Alpha158 + Alpha360 + label over every day but the last two, as the
 assets write them), a daily increment (the same three tables for the next day, then the last day: the table
-shows the second, the first after the backfill is printed below it), and one LSTM Alpha360
-checkpoint's data load (720 train + 240 valid days, Qlib's processors, ``--load-cells`` feature cells at a time;
-the size of the frames it returns is printed beside it, and whether they were memory-mapped, as frames of more
-than ``--frame-cells`` cells are, with the peak of the load's anonymous memory: what the kernel cannot page out),
-and the predictions of every featured day after the 300th, from one MLP Alpha158 checkpoint trained on the 200 days
-before it (trained first, in a process of its own: the table shows the predictions alone, scored in blocks of
-``--load-cells`` feature cells and streamed into the warehouse, with their anonymous memory at its peak). It prints a table and, per phase, seconds per 1,000 instruments beside the smallest size's (linear growth keeps it
-flat).
+shows the second, the first after the backfill is printed below it), one LSTM Alpha360 checkpoint's data load
+(720 train + 240 valid days, Qlib's processors, ``--load-cells`` feature cells at a time; the size of the frames it
+returns is printed beside it, and whether they were memory-mapped, as frames of more than ``--frame-cells`` cells
+are, with the peak of the load's anonymous memory: what the kernel cannot page out), the predictions of every
+featured day after the 300th from one MLP Alpha158 checkpoint trained on the 200 days before it (trained first, in
+a process of its own: the table shows the predictions alone, scored in blocks of ``--load-cells`` feature cells and
+streamed into the warehouse), and Qlib's TopK-dropout backtest (topk 50, n_drop 5) of those scores, its sessions
+traded in blocks of ``--load-cells`` cells. The predictions and the backtest print their anonymous memory at its
+peak too. It prints a table and, per phase, seconds per 1,000 instruments beside the smallest size's (linear growth
+keeps it flat).
 """
 
 import argparse
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from qpipe.settings import BLOCK_CELLS, FRAME_CELLS, LOAD_CELLS
 
-PHASES = ("features", "increment", "load", "predict")
+PHASES = ("features", "increment", "load", "predict", "backtest")
 CHECKPOINT_DAY = 300  # the predictions' checkpoint is trained as of this trading day, on the 200 + 60 before it
 
 
@@ -60,7 +62,7 @@ def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: 
             return {"seconds": time.perf_counter() - began, "peak_rss_gb": peak_rss_gb(),
                     "rows": len(data.train.dates) + len(data.valid.dates), "anonymous_gb": anonymous(),
                     "frames_gb": data.frames_gb, "mapped": data.mapped}
-        if phase in ("checkpoint", "predict"):
+        if phase in ("checkpoint", "predict", "backtest"):
             return _predictions(con, phase, path.parent / "checkpoints", days_[CHECKPOINT_DAY], load_cells)
         if phase == "features":  # every day but the last two, which the increments add
             rows = _write(con, first, days_[-3], block_cells)
@@ -77,7 +79,8 @@ def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: 
 
 def _predictions(con, phase: str, root: Path, as_of, load_cells: int) -> dict:
     """"checkpoint": an MLP Alpha158 checkpoint as of ``as_of`` (one epoch); "predict": its scores for every featured
-    day from ``as_of`` on, as the predictions asset writes them."""
+    day from ``as_of`` on, as the predictions asset writes them; "backtest": the backtest of those scores, as the
+    backtest asset runs it."""
     from qpipe.bench import anonymous_peak, peak_rss_gb
     from qpipe.models.config import model_config
     from qpipe.resources import CheckpointStore
@@ -98,7 +101,14 @@ def _predictions(con, phase: str, root: Path, as_of, load_cells: int) -> dict:
     (last,) = con.execute("SELECT max(date) FROM features.alpha158").fetchone()
     began = time.perf_counter()
     with anonymous_peak() as anonymous:
-        rows, _ = predicting.write_predictions(con, store, "mlp", as_of, last, "all", load_cells=load_cells)
+        if phase == "backtest":
+            from qpipe.evaluation.backtest import BacktestConfig
+            from qpipe.evaluation.backtest_store import run_backtest
+
+            result, _ = run_backtest(con, "mlp", as_of.item(), last, "all", BacktestConfig(), load_cells=load_cells)
+            rows = len(result.trades)
+        else:
+            rows, _ = predicting.write_predictions(con, store, "mlp", as_of, last, "all", load_cells=load_cells)
     return {"seconds": time.perf_counter() - began, "peak_rss_gb": peak_rss_gb(), "rows": rows,
             "anonymous_gb": anonymous()}
 
@@ -153,8 +163,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "warehouse.duckdb"
             rows = in_fresh_process("market", path, n, args.days, *cells)["rows"]
-            needed = [*(["features"] if {"load", "predict"} & set(phases) and "features" not in phases else []),
-                      *phases]  # the load and the predictions read them
+            needed = [*(["features"] if {"load", "predict", "backtest"} & set(phases) and "features" not in phases
+                        else []), *phases]  # the load and the predictions read them
+            if "backtest" in needed and "predict" not in needed:  # it trades the stored scores
+                needed.insert(needed.index("backtest"), "predict")
             if "predict" in needed:
                 needed.insert(needed.index("predict"), "checkpoint")
             table[n] = {phase: in_fresh_process(phase, path, n, args.days, *cells) for phase in needed}
@@ -172,6 +184,10 @@ def main() -> None:
             predict = table[n]["predict"]
             print(f"{'':>24}({predict['rows']:,} scores; the predictions' anonymous memory peaked at "
                   f"{predict.get('anonymous_gb', float('nan')):.2f} GB)", flush=True)
+        if "backtest" in phases:
+            backtest = table[n]["backtest"]
+            print(f"{'':>24}({backtest['rows']:,} trades; the backtest's anonymous memory peaked at "
+                  f"{backtest.get('anonymous_gb', float('nan')):.2f} GB)", flush=True)
     base = sizes[0]
     print(f"\nseconds per 1,000 instruments (flat = linear growth; vs {base:,} instruments):")
     for phase in phases:

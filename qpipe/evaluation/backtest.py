@@ -82,11 +82,14 @@ class BacktestResult:
 class _Exchange:
     """Dense [session x instrument] quotes of the backtest: deal price, close, factor and tradability."""
 
-    def __init__(self, prices: pd.DataFrame, days: Sequence, config: BacktestConfig):
+    def __init__(self, prices: pd.DataFrame, days: Sequence, config: BacktestConfig, held: Sequence[str] = ()):
+        """``held``: instruments a resumed backtest holds; one without prices in ``days`` (delisted) is suspended on
+        every day, as Qlib's exchange takes a stock without quotes: kept at its last price, never traded."""
         fields = list(dict.fromkeys(["close", config.deal_price, "factor"]))
         panel = prices.assign(date=pd.to_datetime(prices["date"])).set_index(["date", "instrument"])[fields].unstack()
         dates = pd.DatetimeIndex(pd.to_datetime(days))
-        self.instruments = panel.columns.get_level_values(1).unique()
+        # sorted, as in a run over every day: ties between scores go to the same name either way
+        self.instruments = panel.columns.get_level_values(1).unique().union(pd.Index(list(held), dtype=object))
         full = panel.reindex(panel.index.union(dates))
 
         def grid(field: str) -> pd.DataFrame:
@@ -164,7 +167,8 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
     (else it starts with ``config.account`` in cash).
     """
     config = config or BacktestConfig()
-    exchange = _Exchange(prices, days, config)
+    holdings = state.holdings if state is not None else pd.DataFrame(columns=["instrument", "amount", "price", "held_days"])
+    exchange = _Exchange(prices, days, config, held=holdings["instrument"].tolist())
     dates, stocks = list(exchange.dates), exchange.instruments.tolist()  # plain lists: indexed once per trade and holding
     signal_dates = list(exchange.signal_dates)
     index = {name: i for i, name in enumerate(stocks)}
@@ -175,10 +179,6 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
               for d, g in known.groupby("date")}
 
     cash, value_before = (config.account, config.account) if state is None else (state.cash, state.account)
-    holdings = state.holdings if state is not None else pd.DataFrame(columns=["instrument", "amount", "price", "held_days"])
-    unknown = sorted(set(holdings["instrument"]) - set(index))
-    if unknown:
-        raise ValueError(f"the backtest holds {', '.join(unknown[:5])}, which have no prices in its sessions")
     ids = [index[name] for name in holdings["instrument"]]
     amount: dict[int, float] = dict(zip(ids, holdings["amount"].astype(float)))  # held stock -> adjusted shares
     last_price: dict[int, float] = dict(zip(ids, holdings["price"].astype(float)))  # the price it was last valued at
