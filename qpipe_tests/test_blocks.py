@@ -170,6 +170,7 @@ def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, 
         held = dataset.load_training_data(con, config, DAY, 60, 20, MARKET)
         mapped = dataset.load_training_data(con, config, DAY, 60, 20, MARKET, frame_cells=1_000, scratch=scratch)
     _same_frames(held, mapped)
+
     def on_disk(array: np.ndarray) -> bool:  # a mapping, or a view of one
         return isinstance(array, np.memmap) or isinstance(array.base, np.memmap)
 
@@ -213,7 +214,6 @@ def test_frames_that_do_not_fit_on_the_scratch_disk_are_refused_at_once_with_wha
                                    "large): free room there, point QPIPE_HOME at a larger disk, or raise "
                                    "QPIPE_FRAME_CELLS to hold them in memory")
     assert list(tmp_path.iterdir()) == []
-
 
 
 def test_a_checkpoint_step_on_mapped_frames_says_so_and_trains_as_on_frames_in_memory(history, tmp_path):

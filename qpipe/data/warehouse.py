@@ -175,9 +175,9 @@ def streamed_inserts(con: duckdb.DuckDBPyConnection, in_transaction: bool = Fals
         if table not in streams:
             if in_transaction and streams:
                 raise ValueError(f"one table streams inside a transaction; {next(iter(streams))} already does")
-            # a connection of its own: a connection refuses a second thread's call while it runs one
-            streams[table] = _Stream(con, table, data.schema) if in_transaction else _Stream(cursor(con), table,
-                                                                                             data.schema, close=True)
+            # else a connection of its own: a connection refuses a second thread's call while it runs one
+            own = con if in_transaction else cursor(con)
+            streams[table] = _Stream(own, table, data.schema, close=not in_transaction)
         streams[table].put(data)
 
     try:

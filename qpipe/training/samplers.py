@@ -73,7 +73,9 @@ def make_sampler(
     if kind == "flat" or step_len is None:
         if kind != "flat":
             _check_lag_blocks(frame.columns, d_feat)
-        features = _to_device(_sample_rows(frame.features, samples), device)
+        # every row a sample: the frame itself, not a copy of frames that may be memory-mapped
+        rows = frame.features if len(samples) == len(frame.features) else frame.features[samples]
+        features = _to_device(rows, device)
         gather: Callable[[torch.Tensor], torch.Tensor] = _Rows(features) if kind == "flat" else _LagBlocks(features, d_feat)
     else:
         if d_feat != len(frame.columns):
@@ -132,12 +134,6 @@ def _check_lag_blocks(columns: list[str], d_feat: int | None) -> None:
                 f"column {block * steps + bad} is {names[bad]!r}, expected {expected[bad]!r}: sequence models reshape "
                 f"rows as {d_feat} blocks of lags {steps - 1}..0 (Alpha360 order)"
             )
-
-
-def _sample_rows(array: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """The sample rows of a frame's array: the array itself when every row is one (no copy of frames that may be
-    memory-mapped, ``dataset.frame_values``), else their copy."""
-    return array if len(samples) == len(array) else array[samples]
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
