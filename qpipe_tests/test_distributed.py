@@ -51,11 +51,13 @@ def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 @pytest.mark.parametrize("arch", sorted(NETWORKS))
-def test_two_ranks_train_the_weights_of_one_process(frames, arch):
+def test_two_ranks_train_the_weights_of_one_process(frames, arch, tmp_path, monkeypatch):
     train_frame, valid_frame = frames
     one = train(model_config(arch, "alpha360", **SMALL, **NETWORKS[arch]), train_frame, valid_frame, device="cpu")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # torchrun's and the ranks' temporary folder
     two = train_processes(model_config(arch, "alpha360", **SMALL, **NETWORKS[arch], data_parall=2), train_frame,
-                          valid_frame, devices=["cpu", "cpu"], threads=2)
+                          valid_frame, devices=["cpu", "cpu"], threads=2, root=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the work dir and torchrun's logs went with the run
 
     difference = _largest_difference(one.state_dict, two.state_dict)
     print(f"{arch}: max |w_2ranks - w_1process| = {difference:.3g}")

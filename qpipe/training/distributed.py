@@ -103,9 +103,11 @@ def train_processes(config: ModelConfig, train_frame: TrainingFrame, valid_frame
 
 
 def torchrun_command(ranks: int, folder: Path) -> list[str]:
-    """torchrun of this interpreter (the venv's torch, not whatever ``torchrun`` is first on PATH)."""
+    """torchrun of this interpreter (the venv's torch, not whatever ``torchrun`` is first on PATH), its logs in the
+    work dir (by default it leaves a torchelastic_* folder in tmp per run)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc_per_node", str(ranks), "-m", "qpipe.training.distributed", str(folder)]
+            "--nproc_per_node", str(ranks), "--log-dir", str(folder / "torchrun"), "-m", "qpipe.training.distributed",
+            str(folder)]
 
 
 class Rank(OneProcess):
