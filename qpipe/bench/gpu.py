@@ -11,10 +11,14 @@ the device by the same initial weights, float32 both (TF32 off: qpipe.training.r
 to ``--tolerance`` x max(1, |score|). Epoch: the second of two epochs (the first warms up cuDNN and the
 allocator). Features: Alpha158 and Alpha360 of the last 500 days (with their lookback) of the whole market, by
 the numba kernels and by ``TorchOps`` on the device, timed (the device's second pass) and compared
-(``ops_torch.disagreement``). It prints one line per architecture, then PASS or FAIL for the agreements and the repeat.
+(``ops_torch.disagreement``). Data-parallel: the seeded LSTM epoch again by torch DDP under torchrun on every
+visible GPU (NCCL; two gloo CPU ranks in a dry run), its weights against one process's to ``DDP_TOLERANCE``. It
+prints one line per architecture, then PASS or FAIL for the agreements and the repeats.
 """
 
 import argparse
+import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +32,12 @@ from qpipe.features.ops_torch import TorchOps, disagreement, tolerance
 from qpipe.models.config import build_model, model_config
 from qpipe.models.registry import BUILTIN, get_spec
 from qpipe.training.dataset import load_training_data
+from qpipe.training.distributed import train_processes
 from qpipe.training.engine import predict, train
 from qpipe.training.reproducibility import repeatable_cuda, resolve_device, seed_everything
+
+
+DDP_TOLERANCE = 1e-5  # max |w_ddp - w_one_process|: only the order of the sums differs (test_distributed.py)
 
 
 def scores_on(config, frame, device: torch.device, seed: int) -> np.ndarray:
@@ -65,6 +73,18 @@ def feature_check(con, device: torch.device) -> list[str]:
               f"{'agree' if not bad else 'DISAGREE: ' + ', '.join(bad[:5])}", flush=True)
         failures += [f"feature {name} on {device}: gap {gaps[name]:.2e} > {tolerance(name):g}" for name in bad]
     return failures
+
+
+def data_parallel_check(config, frames, device: torch.device, one_process: dict[str, torch.Tensor]) -> list[str]:
+    """``config``'s run by torch DDP on every visible GPU (two CPU ranks off CUDA) against ``one_process``'s weights."""
+    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if device.type == "cuda" else ["cpu", "cpu"]
+    began = time.perf_counter()
+    ranks = train_processes(dataclasses.replace(config, params={**config.params, "data_parall": len(devices)}),
+                            frames.train, frames.valid, devices=devices, threads=os.cpu_count() or 1)
+    gap = max((ranks.state_dict[k].double() - one_process[k].double().cpu()).abs().max().item() for k in one_process)
+    print(f"the same LSTM epoch by DDP on {len(devices)} ranks ({', '.join(devices)}): max |w_ddp - w_one| = {gap:.2e} "
+          f"({time.perf_counter() - began:.1f} s with torchrun's start)")
+    return [] if gap <= DDP_TOLERANCE else [f"DDP on {devices} moved the weights by {gap:.2e} > {DDP_TOLERANCE:g}"]
 
 
 def main() -> None:
@@ -127,6 +147,7 @@ def main() -> None:
               f"({time.perf_counter() - began:.1f} s)")
         if not repeated:
             failures.append(f"a seeded LSTM run on {device} did not repeat")
+        failures += data_parallel_check(lstm, frames, device, runs[0])
     print("PASS" if not failures else "FAIL\n  " + "\n  ".join(failures))
     raise SystemExit(1 if failures else 0)
 

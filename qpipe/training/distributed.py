@@ -27,6 +27,7 @@ times). Backend: NCCL on CUDA (rank i on cuda:i of the GPUs the step claimed), g
 """
 
 import dataclasses
+import inspect
 import os
 import subprocess
 import sys
@@ -49,6 +50,12 @@ from qpipe.training.engine import OneProcess, epoch_line, train
 from qpipe.training.frame import TrainingFrame
 from qpipe.training.reproducibility import draw_seed
 from qpipe.training.result import TrainResult
+
+# DDP's switch for its buffer broadcast before each forward: forward_sync_buffers since torch 2.13, broadcast_buffers
+# before (torch>=2.4 is supported; GPU images ship older releases than the CPU wheel CI installs).
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
 
 # Runs the torchrun command line with extra environment variables and Pipes extras; raises if it fails.
 Runner = Callable[[list[str], dict[str, str], dict[str, Any]], None]
@@ -123,10 +130,10 @@ class Rank(OneProcess):
             torch.manual_seed(int(np.random.SeedSequence([self.seed, self.rank]).generate_state(1)[0]))
         # static_graph: DDP learns in the first step which parameters the forward pass leaves out (Qlib's Transformer
         # keeps an encoder_layer that nn.TransformerEncoder only copies); their grad stays None, as in one process, so
-        # Adam leaves them alone. forward_sync_buffers off: BatchNorm buffers are equal on every rank by construction.
+        # Adam leaves them alone. No buffer sync: BatchNorm buffers are equal on every rank by construction.
         ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            static_graph=True, forward_sync_buffers=False)
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None, static_graph=True,
+            **_NO_BUFFER_SYNC)
         ddp.register_comm_hook(None, _sum_gradients)
         return ddp
 
