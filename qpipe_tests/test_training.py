@@ -469,6 +469,22 @@ def test_model_path_starts_gats_from_an_lstm_checkpoints_rnn_and_head(tmp_path):
               days(frame, 0, 15), device="cpu")
 
 
+@pytest.mark.parametrize("model", ["lstm", "gru", "alstm", "localformer", "gats", "hist"])
+def test_recurrent_layers_stay_float32_under_bf16_autocast(model):
+    """Autocast runs cuDNN's LSTM/GRU in float16 whatever dtype it was asked for, and float16 needs loss scaling:
+    the recurrent layer runs in float32 with autocast off (CPU autocast would run an LSTM in bfloat16)."""
+    config = model_config(model, "alpha360", **SMALL.get(model, SMALL_RNN))
+    net, seen = build_model(config), []
+    net.rnn.register_forward_hook(lambda module, inputs, output: seen.append(
+        (inputs[0].dtype, torch.is_autocast_enabled("cpu"), output[0].dtype)))
+    x = torch.randn(5, 60, 6)
+    inputs = (x, torch.ones(5, 3)) if model == "hist" else (x,)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(*inputs)
+    assert seen == [(torch.float32, False, torch.float32)]
+    assert out.dtype == torch.bfloat16  # the layers around it did run in bfloat16
+
+
 SMALL = {"mlp": {"layers": (32,)}, "gats": {**SMALL_RNN, "dropout": 0.0}, "hist": SMALL_RNN,
          "tabnet": {**SMALL_TABNET, "pretrain": False}, "transformer": {"d_model": 16, "nhead": 2, "num_layers": 1},
          "localformer": {"d_model": 16, "nhead": 2, "num_layers": 1}, "sfm": {"hidden_size": 16}}

@@ -139,9 +139,12 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
     )
     def _checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, warehouse: Warehouse,
                     checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:
+        import torch
+
         from qpipe.training import dataset, distributed
         from qpipe.training.checkpoint import save_checkpoint
         from qpipe.training.engine import epoch_line, train
+        from qpipe.training.reproducibility import resolve_device
 
         day = context.partition_key
         settings = get_settings()
@@ -157,14 +160,13 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                          f"valid samples, {data.describe_frames()}, windows {data.windows.to_json()}; processors: "
                          f"{processing.names()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
-        import torch
-
         began = time.perf_counter()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
         device = config.device or settings.device
         ranks = distributed.processes(model, device)
         with step_devices(device, settings.home, ranks, context.log.info) as devices:
+            target = resolve_device(devices[0])
+            if ranks == 1 and target.type == "cuda":  # the metadata's peak is the trained GPU's (not cuda:0's)
+                torch.cuda.reset_peak_memory_stats(target)
             if ranks > 1:  # data_parall: the ranks run under torchrun, their log lines come back through Pipes
                 result = distributed.train_processes(model, data.train, data.valid, devices=devices,
                                                      threads=compute.threads, run=_pipes_runner(context))
@@ -234,7 +236,7 @@ def training_metadata(result, params: dict, train_samples: int) -> dict:
     if str(result.device).startswith("cuda") and result.processes == 1:  # data-parallel ranks ran in other processes
         import torch
 
-        metadata["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        metadata["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated(result.device) / 2**20, 1)
     return metadata
 
 

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from qpipe.models.recurrent import float32_rnn
 from qpipe.models.spec import ModelSpec, Preset
 
 
@@ -39,7 +40,7 @@ class ALSTMModel(nn.Module):
         self.att_net.add_module("att_softmax", nn.Softmax(dim=1))  # over time
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rnn_out, _ = self.rnn(self.net(x))  # [B, T, H]
+        rnn_out, _ = float32_rnn(self.rnn, self.net(x))  # [B, T, H]
         attention = self.att_net(rnn_out)  # [B, T, 1]
         attended = (rnn_out * attention).sum(dim=1)  # [B, H]
         return self.fc_out(torch.cat((rnn_out[:, -1, :], attended), dim=1)).squeeze(-1)

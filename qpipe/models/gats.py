@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from qpipe.models.recurrent import float32_rnn
 from qpipe.models.spec import ModelSpec, Preset
 
 
@@ -47,7 +48,7 @@ class GATModel(nn.Module):
         return self.softmax(self.leaky_relu(own_score + neighbour_score.T))  # [N (i), N (j)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)  # x: [N, T, d_feat], one day's stocks
+        out, _ = float32_rnn(self.rnn, x)  # x: [N, T, d_feat], one day's stocks
         hidden = out[:, -1, :]
         hidden = self.attention(hidden) @ hidden + hidden
         return self.fc_out(self.leaky_relu(self.fc(hidden))).squeeze(-1)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from qpipe.models.gats import base_rnn
+from qpipe.models.recurrent import float32_rnn
 from qpipe.models.spec import ModelSpec, Preset
 
 
@@ -54,7 +55,7 @@ class HISTModel(nn.Module):
         self.fc_out = nn.Linear(hidden_size, 1)
 
     def forward(self, x: torch.Tensor, concept_matrix: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)  # x: [N, T, d_feat], one day's stocks; concept_matrix: [N, K]
+        out, _ = float32_rnn(self.rnn, x)  # x: [N, T, d_feat], one day's stocks; concept_matrix: [N, K]
         x_hidden = out[:, -1, :]
 
         # Predefined concepts: each concept is its members' weighted mean state; each stock reads

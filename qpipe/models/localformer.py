@@ -10,6 +10,7 @@ import copy
 import torch
 from torch import nn
 
+from qpipe.models.recurrent import float32_rnn
 from qpipe.models.spec import ModelSpec
 from qpipe.models.transformer import CLASS_DEFAULTS, PRESETS, TS_CLASS_DEFAULTS, PositionalEncoding, from_qlib
 
@@ -41,7 +42,7 @@ class Localformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         src = self.pos_encoder(self.feature_layer(x).transpose(0, 1))  # [B, T, F] -> [T, B, d_model]
-        output, _ = self.rnn(self.transformer_encoder(src))
+        output, _ = float32_rnn(self.rnn, self.transformer_encoder(src))
         return self.decoder_layer(output[-1]).squeeze(-1)
 
 

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from qpipe.models.recurrent import float32_rnn
 from qpipe.models.spec import ModelSpec, Preset
 
 
@@ -15,7 +16,7 @@ class LSTMModel(nn.Module):
         self.fc_out = nn.Linear(hidden_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(x)
+        out, _ = float32_rnn(self.rnn, x)
         return self.fc_out(out[:, -1, :]).squeeze(-1)
 
 
