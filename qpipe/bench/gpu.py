@@ -29,7 +29,7 @@ import torch
 
 from qpipe.bench.training import MARKET, build_warehouse
 from qpipe.features import ops, store
-from qpipe.features.ops_torch import TorchOps, disagreement, tolerance
+from qpipe.features.ops_torch import TOLERANCE, TorchOps, disagreement
 from qpipe.models.config import build_model, model_config
 from qpipe.models.registry import BUILTIN, get_spec
 from qpipe.training.dataset import load_training_data
@@ -76,12 +76,12 @@ def feature_check(con, device: torch.device) -> list[str]:
             other = dict(feature_set.compute(panel, on_device))
             device_seconds = time.perf_counter() - began
         gaps = {name: disagreement(cpu[name], other[name]) for name in feature_set.columns}
-        bad = [name for name, gap in gaps.items() if gap > tolerance(name)]
+        bad = [name for name, gap in gaps.items() if gap > TOLERANCE]
         worst = max(gaps, key=gaps.get)
         print(f"features {feature_set.name} of {panel.shape[0]} days x {panel.shape[1]} instruments: CPU kernels "
               f"{cpu_seconds:.2f} s, {device} {device_seconds:.2f} s; largest gap {gaps[worst]:.2e} ({worst}); "
               f"{'agree' if not bad else 'DISAGREE: ' + ', '.join(bad[:5])}", flush=True)
-        failures += [f"feature {name} on {device}: gap {gaps[name]:.2e} > {tolerance(name):g}" for name in bad]
+        failures += [f"feature {name} on {device}: gap {gaps[name]:.2e} > {TOLERANCE:g}" for name in bad]
     return failures
 
 
