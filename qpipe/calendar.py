@@ -30,6 +30,7 @@ EARLIEST = "2000-01-03"
 DEFAULT_EXCHANGE = "XNYS"
 # Exchanges whose sessions a data calendar is matched against for its time zone and close.
 CANDIDATES = ("XNYS", "XSHG", "XHKG", "XTKS", "XLON", "XTSE", "XASX", "XETR", "XPAR", "XKRX", "XTAI", "XBOM")
+ONE_DAY = np.timedelta64(1, "D")
 SCHEDULE_DELAY = timedelta(minutes=90)  # the daily run starts this long after the close (bars are published by then)
 
 
@@ -56,7 +57,7 @@ class MarketCalendar:
         known = self.sessions[(self.sessions >= lo) & (self.sessions <= hi)]
         if hi <= self.last_known:
             return known
-        after = np.arange(max(lo, self.last_known + 1), hi + 1, dtype="datetime64[D]")
+        after = np.arange(max(lo, self.last_known + ONE_DAY), hi + ONE_DAY, dtype="datetime64[D]")
         return np.concatenate([known, after[np.isin((after.view("int64") + 3) % 7, self.weekdays)]])
 
     def is_session(self, day) -> bool:
@@ -66,7 +67,7 @@ class MarketCalendar:
     def closed_weekdays(self, start, end=None) -> list[date]:
         """Trading weekdays in [start, min(end, last_known)] that are not sessions (holidays, closures)."""
         hi = min(_day(end), self.last_known) if end is not None else self.last_known
-        days = np.arange(_day(start), hi + 1, dtype="datetime64[D]")
+        days = np.arange(_day(start), hi + ONE_DAY, dtype="datetime64[D]")
         closed = days[np.isin((days.view("int64") + 3) % 7, self.weekdays) & ~np.isin(days, self.sessions)]
         return [d.item() for d in closed]
 
@@ -76,7 +77,7 @@ class MarketCalendar:
 
     def latest_session(self, on_or_before=None) -> date:
         day = _day(on_or_before if on_or_before is not None else self.today())
-        days = self.trading_days(day - 14, day)
+        days = self.trading_days(day - 14 * ONE_DAY, day)
         return days[-1].item()
 
     def schedule_cron(self, after_close: timedelta = SCHEDULE_DELAY) -> str:

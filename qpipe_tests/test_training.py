@@ -50,7 +50,8 @@ def market(n_instruments: int, n_days: int, strength: float, seed: int = 0) -> T
 
 def days(frame: TrainingFrame, first: int, stop: int, label: np.ndarray | None = None) -> TrainingFrame:
     """The rows of days [first, stop) of the frame (day 0 = its first date)."""
-    keep = (frame.dates >= frame.dates[0] + first) & (frame.dates < frame.dates[0] + stop)
+    day0 = frame.dates[0]
+    keep = (frame.dates >= day0 + np.timedelta64(first, "D")) & (frame.dates < day0 + np.timedelta64(stop, "D"))
     label = frame.label if label is None else label
     return TrainingFrame(frame.features[keep], label[keep], frame.dates[keep], frame.instruments[keep], frame.columns,
                          frame.is_sample[keep], frame.concepts, None if frame.concept_row is None else frame.concept_row[keep])
@@ -416,7 +417,7 @@ def test_a_model_fed_shuffled_labels_finds_nothing(planted, model):
     permutations; max |t| over seeds 0-9, MKL_CBWR unset/AVX2/COMPATIBLE and 1/2 threads 1.9 (MLP), 1.75 (ALSTM)."""
     shuffled = np.random.default_rng(5).permutation(planted.label)
     columns = planted.features[:, [ALPHA360.index("CLOSE5"), ALPHA360.index("VOLUME8")]]
-    train_rows = planted.dates < planted.dates[0] + 100  # _test_rank_ic's training days
+    train_rows = planted.dates < planted.dates[0] + np.timedelta64(100, "D")  # _test_rank_ic's training days
     fit = np.linalg.lstsq(np.c_[columns[train_rows], np.ones(train_rows.sum())], shuffled[train_rows], rcond=None)[0]
     shuffled = (shuffled - columns @ fit[:2]).astype(np.float32)
     rank_ic = _test_rank_ic(planted, model, shuffled)  # scored against the true test labels
