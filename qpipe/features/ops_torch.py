@@ -86,7 +86,7 @@ class TorchOps:
 
     def log(self, x: Tensor) -> Tensor:
         """numpy's own log, on the host: float32 logs differ by an ulp between libraries (numpy's, torch's CPU and
-        CUDA ones), which a 5-day CORR of Log(volume) amplified to 1e-5. A few [T, J] panels cross the bus."""
+        CUDA ones), which a 5-day CORR of Log(volume) amplified to 2e-5. A few [T, J] panels cross the bus."""
         return self.asarray(ops.log(x.cpu().numpy()))
 
     def abs(self, x: Tensor) -> Tensor:
