@@ -11,9 +11,9 @@ the device by the same initial weights, float32 both (TF32 off: qpipe.training.r
 ``agreement_dtype`` says why); they must agree to ``--tolerance`` x max(1, |score|). Epoch: the second of two
 epochs (the first warms up cuDNN and the allocator). Features: Alpha158 and Alpha360 of the last 500 days (with
 their lookback) of the whole market, by the numba kernels and by ``TorchOps`` on the device, timed (the device's
-second pass) and compared (``ops_torch.disagreement``). Data-parallel: the seeded LSTM epoch again by torch DDP under torchrun on every
-visible GPU (NCCL; two gloo CPU ranks in a dry run), its weights against one process's to ``DDP_TOLERANCE``. It
-prints one line per architecture, then PASS or FAIL for the agreements and the repeats.
+second pass) and compared (``ops_torch.disagreement``). Data-parallel: the seeded LSTM epoch again by torch DDP
+under torchrun on every visible GPU (NCCL; two gloo CPU ranks in a dry run), its weights against one process's to
+``DDP_TOLERANCE``. It prints one line per architecture, then PASS or FAIL for the agreements and the repeats.
 """
 
 import argparse
@@ -126,7 +126,7 @@ def architecture_check(arch: str, data: dict, device: torch.device, tolerance: f
 
 
 def guarded(name: str, check: Callable[[], list[str]]) -> list[str]:
-    """``check``'s failures, or the error it raised as one: the other checks still run, a GPU machine is rarely at hand."""
+    """``check``'s failures, or the error it raised as one: the other checks still run (a GPU machine is rare)."""
     try:
         return check()
     except Exception as error:
