@@ -164,8 +164,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         device = config.device or settings.device
         ranks = distributed.processes(model, device)
         with step_devices(device, settings.home, ranks, context.log.info) as devices:
-            target = resolve_device(devices[0])
-            if ranks == 1 and target.type == "cuda":  # the metadata's peak is the trained GPU's (not cuda:0's)
+            if ranks == 1 and (target := resolve_device(devices[0])).type == "cuda":  # its peak, not cuda:0's
                 torch.cuda.reset_peak_memory_stats(target)
             if ranks > 1:  # data_parall: the ranks run under torchrun, their log lines come back through Pipes
                 result = distributed.train_processes(model, data.train, data.valid, devices=devices,

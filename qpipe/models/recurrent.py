@@ -1,10 +1,12 @@
 """The recurrent layers' precision under mixed precision (``amp: bf16``)."""
 
+from typing import Any
+
 import torch
 from torch import nn
 
 
-def float32_rnn(rnn: nn.RNNBase, x: torch.Tensor) -> tuple[torch.Tensor, object]:
+def float32_rnn(rnn: nn.RNNBase, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """``rnn(x)``, in float32 with autocast off inside it when autocast is on.
 
     Under autocast PyTorch runs cuDNN's LSTM and GRU in float16, whatever dtype autocast was asked for

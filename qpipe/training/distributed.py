@@ -52,7 +52,8 @@ from qpipe.training.reproducibility import draw_seed
 from qpipe.training.result import TrainResult
 
 # DDP's switch for its buffer broadcast before each forward: forward_sync_buffers since torch 2.13, broadcast_buffers
-# before (torch>=2.11 is supported; GPU images ship older releases than the CPU wheel CI installs).
+# before (torch>=2.11 is supported; GPU images ship older releases than the CPU wheel CI installs). The older switch
+# also skips the broadcast at DDP's start, which changes nothing here: every rank builds the same buffers.
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
                    else {"broadcast_buffers": False})
