@@ -9,7 +9,7 @@ The market is stored as the assets store it and each architecture gets its Qlib 
 (the LSTM's batch 800 included) and the checkpoint's data path. Scores: the valid set scored on the CPU and on
 the device by the same initial weights, float32 both (TF32 off: qpipe.training.reproducibility; HIST in float64,
 ``agreement_dtype`` says why); they must agree to ``--tolerance`` x max(1, |score|). Epoch: the second of two
-epochs (the first warms up cuDNN and the allocator). Features: Alpha158 and Alpha360 of the last 500 days (with
+epochs (the first warms up cuDNN and the allocator), its valid pass included and shown apart. Features: Alpha158 and Alpha360 of the last 500 days (with
 their lookback) of the whole market, by the numba kernels and by ``TorchOps`` on the device, timed (the device's
 second pass) and compared (``ops_torch.disagreement``). Data-parallel: the seeded LSTM epoch again by torch DDP
 under torchrun on every visible GPU (NCCL; two gloo CPU ranks in a dry run), its weights against one process's to
@@ -133,11 +133,12 @@ def architecture_check(arch: str, data: dict[tuple, TrainingData], device: torch
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         result = train(bench_config(arch, amp=amp), frames.train, frames.valid, device=device)
-        timings.append((result.history[-1]["seconds"], peak_memory_gb(device)))
-    (epoch, peak), (bf16_epoch, bf16_peak) = timings
-    print(f"{arch:<12} {gap:>14.2e} {scale:>8.2f} {'yes' if agree else 'NO':>6} {epoch:>8.2f} {peak:>8.2f} "
-          f"{bf16_epoch:>13.2f} {bf16_peak:>13.2f}" + ("  (scores in float64)" if dtype == torch.float64 else ""),
-          flush=True)
+        last = result.history[-1]
+        timings.append((last["seconds"], last["valid_seconds"], peak_memory_gb(device)))
+    (epoch, valid, peak), (bf16_epoch, _, bf16_peak) = timings
+    print(f"{arch:<12} {gap:>14.2e} {scale:>8.2f} {'yes' if agree else 'NO':>6} {epoch:>8.2f} {valid:>8.2f} "
+          f"{peak:>8.2f} {bf16_epoch:>13.2f} {bf16_peak:>13.2f}"
+          + ("  (scores in float64)" if dtype == torch.float64 else ""), flush=True)
     return [] if agree else [f"{arch}: CPU and {device} scores differ by {gap:.2e} (tolerance {tolerance * scale:.2e})"]
 
 
@@ -177,7 +178,7 @@ def main() -> None:
                 data[key] = load_training_data(con, config, last, args.train_days, args.valid_days, MARKET)
         con.close()
 
-    print(f"{'model':<12} {'max |cpu-gpu|':>14} {'scale':>8} {'agree':>6} {'epoch s':>8} {'peak GB':>8} "
+    print(f"{'model':<12} {'max |cpu-gpu|':>14} {'scale':>8} {'agree':>6} {'epoch s':>8} {'valid s':>8} {'peak GB':>8} "
           f"{'bf16 epoch s':>13} {'bf16 peak GB':>13}")
     for arch in args.models.split(","):
         failures += guarded(arch, lambda: architecture_check(arch, data, device, args.tolerance))
