@@ -12,9 +12,9 @@ the device by the same initial weights, float32 both (TF32 off: qpipe.training.r
 epochs (the first warms up cuDNN and the allocator), its valid pass included and shown apart. Features: Alpha158
 and Alpha360 of the last 500 days (with their lookback) of the whole market, by the numba kernels and by
 ``TorchOps`` on the device, timed (the device's second pass) and compared (``ops_torch.disagreement``).
-Data-parallel: the seeded LSTM epoch again by torch DDP
-under torchrun on every visible GPU (NCCL; two gloo CPU ranks in a dry run), its weights against one process's to
-``DDP_TOLERANCE``. It prints one line per architecture, then PASS or FAIL for the agreements and the repeats.
+Data-parallel: the seeded LSTM epoch again by torch DDP under torchrun on every visible GPU (NCCL; two gloo CPU
+ranks in a dry run), its weights against one process's to ``DDP_TOLERANCE``. It prints one line per architecture,
+then PASS or FAIL for the agreements and the repeats.
 """
 
 import argparse
