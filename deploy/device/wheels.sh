@@ -18,7 +18,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux1_x86_64 -d .whl \
   duckdb==2.0.1 pandas==2.3.3 pytz tzdata pydantic==2.14.4 pydantic_core==2.50.5 annotated_types \
   typing-inspection==0.4.5 typing_extensions==4.16.0 exchange-calendars==4.13.2 pyluach==2.3.0 \
-  korean_lunar_calendar==0.4.0 dagster-pipes==1.13.27 \
+  korean_lunar_calendar==0.4.0 dagster-pipes==1.13.27 dagster-duckdb==0.29.27 \
   dagster==1.13.27 dagster-shared==1.13.27 alembic==1.20.1 antlr4-python3-runtime==4.13.2 coloredlogs==14.0 \
   humanfriendly==10.0 docstring-parser==0.18.0 grpcio==1.85.3 grpcio-health-checking==1.81.1 protobuf==6.33.6 \
   python-dotenv==1.2.4 sqlalchemy==2.1.9 greenlet==3.5.6 structlog==26.1.0 toposort==1.10 \
