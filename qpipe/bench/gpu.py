@@ -113,6 +113,11 @@ def repeat_check(frames: TrainingData, device: torch.device) -> list[str]:
     return failures + guarded("DDP", lambda: data_parallel_check(frames, device, runs[0]))
 
 
+def frames_key(config: ModelConfig) -> tuple[int | None, bool]:
+    """What a config's frames depend on beyond the market: its window, and whether it reads concepts."""
+    return config.step_len, get_spec(config.model).reads_concepts
+
+
 def bench_config(arch: str, **params) -> ModelConfig:
     """The architecture's Alpha360 benchmark settings for two epochs (TabNet's pretraining too)."""
     extra = {"pretrain_n_epochs": 2} if arch == "tabnet" else {}
@@ -123,7 +128,7 @@ def architecture_check(arch: str, data: dict[tuple, TrainingData], device: torch
                        tolerance: float) -> list[str]:
     """One row of the table: CPU-vs-device scores from the same weights, then two epochs in float32 and in bf16."""
     config = bench_config(arch)
-    frames = data[(config.step_len, get_spec(arch).reads_concepts)]
+    frames = data[frames_key(config)]
     dtype = agreement_dtype(arch)
     on_cpu = scores_on(config, frames.valid, torch.device("cpu"), 1, dtype)
     on_device = scores_on(config, frames.valid, device, 1, dtype)
@@ -174,9 +179,9 @@ def main() -> None:
         data = {}
         for arch in args.models.split(","):
             config = bench_config(arch)
-            key = (config.step_len, get_spec(arch).reads_concepts)
-            if key not in data:
-                data[key] = load_training_data(con, config, last, args.train_days, args.valid_days, MARKET)
+            if frames_key(config) not in data:
+                data[frames_key(config)] = load_training_data(con, config, last, args.train_days, args.valid_days,
+                                                              MARKET)
         con.close()
 
     print(f"{'model':<12} {'max |cpu-gpu|':>14} {'scale':>8} {'agree':>6} {'epoch s':>8} {'valid s':>8} {'peak GB':>8} "
@@ -184,7 +189,7 @@ def main() -> None:
     for arch in args.models.split(","):
         failures += guarded(arch, lambda: architecture_check(arch, data, device, args.tolerance))
 
-    frames = data.get((model_config("lstm", "alpha360").step_len, False))
+    frames = data.get(frames_key(model_config("lstm", "alpha360", **ONE_EPOCH)))
     if frames is not None:
         failures += guarded("LSTM repeat", lambda: repeat_check(frames, device))
     print("PASS" if not failures else "FAIL\n  " + "\n  ".join(failures))
