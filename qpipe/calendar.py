@@ -15,7 +15,7 @@ provider appends to ``day.txt`` tomorrow is a partition today, with no code chan
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +41,10 @@ class MarketCalendar:
     sessions: np.ndarray  # datetime64[D], ascending: the sessions known
     timezone: str
     close: time  # the local closing time of a regular session
+    matched: str = ""  # a calendar of a source's own dates: the exchange whose hours (and sessions) it matched
+    # sessions of that exchange within the source's span on which the source has no row at all: under auto they
+    # are no partitions, so features and labels read across them; qpipe.assets.prices warns (CSV/Parquet sources)
+    gaps: np.ndarray = field(default_factory=lambda: np.empty(0, "datetime64[D]"))
 
     @property
     def last_known(self) -> np.datetime64:
@@ -108,8 +112,9 @@ def exchange_calendar(code: str, start: str = EARLIEST) -> MarketCalendar:
                           str(calendar.tz), calendar.close_times[-1][1])
 
 
-def data_calendar(name: str, key: str, dates) -> MarketCalendar:
-    """A calendar of the dates a source has, with the hours of the exchange they match best."""
+def data_calendar(name: str, key: str, dates, find_gaps: bool = False) -> MarketCalendar:
+    """A calendar of the dates a source has, with the hours of the exchange they match best; with ``find_gaps``,
+    the sessions of that exchange the source has no row on (a day missing from every file of a CSV source)."""
     sessions = np.unique(np.asarray(dates).astype("datetime64[D]"))
     if len(sessions) == 0:
         raise ValueError(f"{name}: no dates to make a calendar of")
@@ -117,7 +122,12 @@ def data_calendar(name: str, key: str, dates) -> MarketCalendar:
     # A date on a day of the week the exchange never trades (a Saturday in a CSV) is no session: its rows
     # are then refused by name as "dates that are not sessions", and it gets no partition.
     sessions = sessions[np.isin((sessions.view("int64") + 3) % 7, exchange.weekdays)]
-    return MarketCalendar(f"{name} ({exchange.name} hours)", key, sessions, exchange.timezone, exchange.close)
+    gaps = np.empty(0, "datetime64[D]")
+    if find_gaps and len(sessions):
+        whole = exchange_calendar(exchange.name, str(max(sessions[0], np.datetime64(EARLIEST, "D"))))
+        gaps = np.setdiff1d(whole.trading_days(sessions[0], min(sessions[-1], whole.last_known)), sessions)
+    return MarketCalendar(f"{name} ({exchange.name} hours)", key, sessions, exchange.timezone, exchange.close,
+                          matched=exchange.name, gaps=gaps)
 
 
 def best_matching_exchange(sessions: np.ndarray) -> MarketCalendar:
@@ -149,7 +159,7 @@ def calendar_for(choice: str, source: str, source_path: str = "", columns: dict 
         from qpipe.data.tabular import TabularSource
 
         return data_calendar(f"dates of {source_path}", "tabular dates",
-                             TabularSource(source_path, columns=dict(columns or {})).dates())
+                             TabularSource(source_path, columns=dict(columns or {})).dates(), find_gaps=True)
     return exchange_calendar(DEFAULT_EXCHANGE)
 
 

@@ -1,12 +1,13 @@
 """The main job's console: a concise live view of a run, read from the instance's event log.
 
-A line when a step finishes (or fails, with its error), and the running steps' latest progress
+A line when a step finishes (or fails, with its error) or logs a warning, and the running steps' latest progress
 (``epoch 2/4  batch 23/47  49%  ETA 0:41`` from training, the last log line otherwise): on a
 terminal one status line rewritten in place, elsewhere (a pipe, a CI log) one line every
 ``every`` seconds while something runs, so the console is never silent for 10 seconds. Everything
 else, DEBUG events included, stays in the run log in the UI.
 """
 
+import logging
 import shutil
 import sys
 import time
@@ -96,6 +97,8 @@ class RunView:
             if entry.step_key and entry.step_key in self._running and entry.level >= 20:
                 step = self._running[entry.step_key]
                 step.message = entry.user_message.splitlines()[0] if entry.user_message else ""
+            if entry.step_key and entry.level >= logging.WARNING:  # (the info lines go to the UI's log)
+                self._line(f"  warning {step_name(entry.step_key):<30} {entry.user_message}", cut=False)
             return
         kind = event.event_type
         if kind == DagsterEventType.STEP_START:

@@ -23,6 +23,13 @@ class WarehouseBusy(RuntimeError):
     pass
 
 
+class MissingTable(RuntimeError):
+    """A step read a table its upstream assets have not written into this warehouse (DuckDB's CatalogException)."""
+
+
+MISSING_TABLE = re.compile(r'Table with name "?([\w.]+)"? does not exist')
+
+
 class Warehouse(DuckDBResource):
     """The qpipe DuckDB file (its folder is created on first use), or the DuckLake ``lake`` when one is set.
 
@@ -50,6 +57,13 @@ class Warehouse(DuckDBResource):
             if self.lake and lake.is_conflict(error):  # it wrote nothing: Dagster runs the step again
                 raise dg.RetryRequested(max_retries=self.conflict_retries,
                                         seconds_to_wait=random.uniform(1, 10)) from error
+            missing = MISSING_TABLE.search(str(error)) if isinstance(error, duckdb.CatalogException) else None
+            if missing:
+                where = f"the lake {self.lake}" if self.lake else f"the warehouse {self.database}"
+                raise MissingTable(
+                    f"{where} has no table {missing.group(1)}: materialize the assets upstream of this one into it "
+                    "first (a new warehouse starts with raw/prices), or point QPIPE_HOME at the one that has them "
+                    "(QPIPE_HOME, ./.qpipe by default, is taken from the folder a run starts in)") from error
             raise
         finally:  # closed on failure too: a failed step must release the file
             con.close()

@@ -141,6 +141,9 @@ def test_a_saturday_in_a_sources_dates_is_no_session_and_its_rows_are_refused_by
     calendar = data_calendar("dates of prices.csv", "tabular dates", np.append(weekdays, saturday))
     assert calendar.name == "dates of prices.csv (XNYS hours)" and saturday not in calendar.sessions
     assert calendar.weekdays == (0, 1, 2, 3, 4)
-    with pytest.raises(PriceDataError, match="dates that are not sessions.*2024-01-06"):
+    with pytest.raises(PriceDataError, match="dates that are not sessions.*2024-01-06") as err:
         check_sessions(pd.Series([pd.Timestamp("2024-01-05"), pd.Timestamp("2024-01-06")]),
-                       calendar.trading_days("2024-01-05", "2024-01-06"), "prices.csv", calendar.name)
+                       calendar.trading_days("2024-01-05", "2024-01-06"), "prices.csv", calendar.name, calendar.matched)
+    # Found by a user: the advice was "set QPIPE_CALENDAR to ... or auto", with QPIPE_CALENDAR already auto.
+    assert "or auto" not in str(err.value)
+    assert "QPIPE_CALENDAR is auto: the source's own dates, on the days of the week XNYS trades" in str(err.value)

@@ -1,5 +1,6 @@
 """Feature and label tables through Dagster: one-day partitions equal the full-history pass, no leakage."""
 
+import logging
 import shutil
 
 import dagster as dg
@@ -12,7 +13,7 @@ from qpipe.assets.prices import raw_prices
 from qpipe.features.alpha158 import ALPHA158_NAMES
 from qpipe.features import store
 from qpipe.features.alpha360 import ALPHA360_NAMES
-from qpipe.resources import Compute, PriceSource, Warehouse
+from qpipe.resources import Compute, MissingTable, PriceSource, Warehouse
 
 FIRST, LAST = "2024-01-02", "2024-06-28"
 
@@ -165,3 +166,39 @@ def alpha360_broken_at_block(broken: int) -> tuple[store.FeatureSet, list[int]]:
         yield from store.FEATURE_SETS["alpha360"].compute(panel, operators)
 
     return store.FeatureSet("alpha360", ALPHA360_NAMES, compute), calls
+
+
+def test_rows_whose_lookback_has_no_stored_prices_are_named_in_a_warning(built, tmp_path):
+    """Found by a user: with prices stored from 2013-02-08, features of 2013-03-01 were written from 15 sessions of
+    history without a word. The market's sessions a range reads and raw.prices lacks are now named."""
+    path = tmp_path / "warehouse.duckdb"
+    shutil.copy(built, path)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def warnings(assets, day):
+        tags = {"dagster/asset_partition_range_start": day, "dagster/asset_partition_range_end": day}
+        result = dg.materialize(assets, tags=tags, selection=assets, instance=instance,
+                                resources={"warehouse": Warehouse(database=str(path)), "compute": Compute(threads=1)})
+        return [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+
+    # prices are stored from FIRST (2024-01-02); the partitions, and the market's sessions, begin in 2020
+    (warning,) = warnings([feature_tables], "2024-01-31")
+    assert warning.startswith("raw.prices has no row on 41 of the sessions that the rows of 2024-01-31..2024-01-31 "
+                              "read (61 before the first day included): 2023-11-01, 2023-11-02"), warning
+    assert "from a shorter history than Qlib's" in warning
+    assert warnings([feature_tables], "2024-06-28") == []  # its 61 sessions are all stored
+    assert warnings([label_table], "2024-01-03") == [] and len(warnings([label_table], "2024-01-02")) == 1
+    with duckdb.connect(str(path)) as con:  # a session inside the lookback, lost
+        con.execute("DELETE FROM raw.prices WHERE date = DATE '2024-06-03'")
+    (warning,) = warnings([feature_tables], "2024-06-28")
+    assert "raw.prices has no row on 1 of the sessions" in warning and ": 2024-06-03." in warning
+
+
+def test_a_step_on_an_empty_warehouse_names_the_warehouse_and_what_to_materialize(tmp_path):
+    """Found by a user: run from another folder, QPIPE_HOME (./.qpipe) made a new, empty warehouse there, and the
+    step failed with DuckDB's 'Table with name "raw.prices" does not exist because schema "raw" does not exist'."""
+    path = tmp_path / "elsewhere" / "warehouse.duckdb"
+    with pytest.raises(MissingTable, match=rf"the warehouse {path} has no table raw.prices: materialize the assets "
+                                           r"upstream of this one into it first \(a new warehouse starts with "
+                                           r"raw/prices\), or point QPIPE_HOME at the one that has them"):
+        _run(path, [label_table], "2024-01-03")

@@ -4,6 +4,7 @@ import datetime as dt
 import logging
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from qpipe.assets.prices import raw_prices, raw_universe
@@ -122,3 +123,32 @@ def test_a_source_that_shrank_is_refused_with_what_would_be_lost_unless_replace(
     _materialize(warehouse_path, source, partition_range=days, replace=True)
     assert len(table_rows(warehouse_path, "raw.prices")) == 3
     assert ("all", "BBB", dt.date(2024, 1, 2), dt.date(2024, 1, 2)) in table_rows(warehouse_path, "raw.universe")
+
+
+def test_a_session_missing_from_a_whole_csv_source_is_named_in_a_warning(tmp_path, warehouse_path, monkeypatch):
+    """Found by a user: under QPIPE_CALENDAR=auto a session with no row in any file silently stopped being a
+    partition, and features and labels read across it. The calendar of the source's dates finds such sessions
+    (those of the exchange it matched) and the ingest of a range holding one says so."""
+    import qpipe.assets.prices as prices_module
+    from qpipe.calendar import calendar_for, exchange_calendar
+
+    sessions = exchange_calendar("XNYS").trading_days("2022-01-03", "2024-03-28")
+    dates = [d for d in sessions.astype(str) if d != "2024-03-05"]
+    rows = pd.DataFrame([(d, s, 10.0, 11.0, 9.0, 10.5, 1000) for d in dates for s in ("AAA", "BBB")],
+                        columns=["date", "symbol", "open", "high", "low", "close", "volume"])
+    path = tmp_path / "prices.csv"
+    rows.to_csv(path, index=False)
+    calendar = calendar_for("auto", "tabular", str(path))
+    assert calendar.matched == "XNYS" and [str(d) for d in calendar.gaps] == ["2024-03-05"]
+    monkeypatch.setattr(prices_module, "market_calendar", lambda: calendar)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([raw_prices], instance=instance, tags={"dagster/asset_partition_range_start": "2024-03-01",
+                                                                   "dagster/asset_partition_range_end": "2024-03-08"},
+                            resources={"warehouse": Warehouse(database=str(warehouse_path)),
+                                       "price_source": PriceSource(kind="tabular", path=str(path))})
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any(w.startswith("1 sessions of XNYS have no row for any instrument in ") and "2024-03-05" in w
+               and "QPIPE_CALENDAR=XNYS refuses such a source" in w for w in warnings), warnings
+    assert {m.metadata["sessions_without_rows"].value for m in result.asset_materializations_for_node("raw__prices")} == {1}
+    assert {r[0] for r in table_rows(warehouse_path, "raw.prices")} == {
+        dt.date(2024, 3, d) for d in (1, 4, 6, 7, 8)}

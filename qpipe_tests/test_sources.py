@@ -33,6 +33,22 @@ def test_csv_folder_of_per_symbol_files_reads_all_of_sp500(tmp_path, sp500):
     assert (prices["high"] >= prices["low"]).all()
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_name_column_is_the_symbol_whatever_else_the_header_holds(tmp_path, sp500, suffix):
+    """Found by a user: the per-ticker files of sp500_5yr call the symbol ``Name``, which collided with a column
+    of the scan's own file list ("Ambiguous reference to column name"); ``filename`` and ``id`` did too."""
+    raw = sp500.head(200).drop(columns=["factor"]).rename(
+        columns={"date": "Date", "adj_close": "Adj Close", "symbol": "Name"}).assign(filename="x", id=3)
+    path = tmp_path / f"named{suffix}"
+    raw.to_csv(path, index=False) if suffix == ".csv" else raw.to_parquet(path)
+    expected = _expected_adjusted(sp500.head(200))
+    for columns in ({}, {"Name": "instrument"}):  # recognised by its alias, and mapped as the README shows
+        prices = TabularSource(str(path), columns=columns).prices()
+        assert prices["instrument"].tolist() == expected["instrument"].tolist()
+        np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
+    assert len(TabularSource(str(path)).prices(expected["date"].iloc[50], expected["date"].iloc[-1])) > 0
+
+
 def test_parquet_file_with_mapped_columns(tmp_path, sp500):
     path = tmp_path / "renamed.parquet"
     sp500.rename(columns={"symbol": "permno", "close": "px_last"}).to_parquet(path)
@@ -98,6 +114,8 @@ BAD_CASES = {
     "volume 1e30": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,10,1e30\n",
                     "implausible volume", "AAA"),
     "no symbol": ("date,symbol,open,high,low,close,volume\n2024-01-02, ,10,11,9,10,1000\n", "missing instrument", None),
+    "negative close beside an adj close": ("date,symbol,open,high,low,close,adj close,volume\n"
+                                           "2024-01-02,AAA,10,11,9,-3,49,1000\n", "non-positive close", "AAA"),
     "zero factor": ("date,symbol,open,high,low,close,volume,factor\n2024-01-02,AAA,10,11,9,10,1000,0\n",
                     "non-positive factor", "AAA"),
 }

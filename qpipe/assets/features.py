@@ -5,11 +5,26 @@ import time
 import dagster as dg
 
 from qpipe.assets.prices import PRICES, check_range, partition_dates, recording
+from qpipe.calendar import market_calendar
+from qpipe.data.validation import shown_days
 from qpipe.features import store
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import Compute, Warehouse
+from qpipe.settings import get_settings
 
 FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATURE_SETS.items()}
+
+
+def warn_of_unstored_sessions(context: dg.AssetExecutionContext, con, start, end, lookback: int) -> None:
+    """Found by a user: features of a day whose lookback had no stored prices were written without a word."""
+    sessions = market_calendar().trading_days(get_settings().first_partition, end)
+    missing = store.sessions_without_prices(con, sessions, start, end, lookback)
+    if len(missing):
+        context.log.warning(
+            f"raw.prices has no row on {len(missing)} of the sessions that the rows of {start.date()}..{end.date()} "
+            f"read ({lookback} before the first day included): {shown_days(missing)}. They are computed across "
+            "them, from a shorter history than Qlib's; materialize raw/prices for those sessions first if the source "
+            "has them, then these days again")
 
 
 @dg.multi_asset(
@@ -34,6 +49,7 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     began = time.perf_counter()
     operators = store.operators(compute.feature_device)
     with warehouse.get_connection() as con:
+        warn_of_unstored_sessions(context, con, start, end, store.LOOKBACK)
         written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
     seconds = time.perf_counter() - began
     counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
@@ -64,6 +80,8 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
 def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute: Compute) -> dg.MaterializeResult:
     start, end = partition_dates(context)
     with warehouse.get_connection() as con:
+        # The labels of day D - 2 read the closes of D - 1 and D: without D - 1 they would read across the gap
+        warn_of_unstored_sessions(context, con, start, end, store.LABEL_HORIZON - 1)
         rows = store.write_labels(con, start, end, block_cells=compute.block_cells)
     context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
                      + recording(context))

@@ -2,12 +2,13 @@
 transactional loads from the configured price source."""
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
-from qpipe.data.validation import check_sessions
+from qpipe.data.validation import check_sessions, shown_days
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import PriceSource, Warehouse
 
@@ -56,7 +57,14 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         first, last = source.span()
         raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
                          f"(it covers {first}..{last}); nothing was written")
-    check_sessions(rows["date"], calendar.trading_days(start, end), price_source.describe(), calendar.name)
+    check_sessions(rows["date"], calendar.trading_days(start, end), price_source.describe(), calendar.name,
+                   calendar.matched)
+    gaps = calendar.gaps[(calendar.gaps >= np.datetime64(start.date())) & (calendar.gaps <= np.datetime64(end.date()))]
+    if len(gaps):
+        context.log.warning(
+            f"{len(gaps)} sessions of {calendar.matched} have no row for any instrument in {price_source.describe()}: "
+            f"{shown_days(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
+            f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
     with warehouse.get_connection() as con:
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
     suspended = int(rows["close"].isna().sum())
@@ -69,6 +77,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         "first_date": str(rows["date"].min().date()),
         "last_date": str(rows["date"].max().date()),
         "source": price_source.describe(),
+        "sessions_without_rows": len(gaps),  # of the exchange a source's own calendar matched (see the warning)
     })
 
 

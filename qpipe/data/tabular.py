@@ -189,7 +189,9 @@ class TabularSource:
         if missing:
             raise PriceDataError(
                 "missing columns", str(file),
-                detail=f"required {missing} not found among {header}; map them with columns={{'<name in file>': '<qpipe name>'}}")
+                detail=f"required {missing} not found among {header}; map them with "
+                       f"QPIPE_SOURCE_COLUMNS='{{\"<name in file>\": \"<qpipe name>\"}}' (the price_source resource's "
+                       f"columns)")
         return mapping
 
     @staticmethod
@@ -213,15 +215,16 @@ class TabularSource:
         """One multi-file scan; ``_file_id`` remembers which file each row came from."""
         paths = [str(files[i]).replace("'", "''") for i in ids]
         reader = "read_parquet" if parquet else "read_csv"
-        options = "filename=true"
+        options = "filename='_qpipe_path'"  # names of our own that no file's header uses (Name, filename, id ...)
         if not parquet:  # the header is known: no per-file type sniffing, every value read as text
             types = ", ".join("'" + h.replace("'", "''") + "': 'VARCHAR'" for h in header)
             options += f", header=true, auto_detect=false, delim=',', quote='\"', columns={{{types}}}"
-        cols = ", ".join(f"CAST({identifier(src)} AS VARCHAR) AS {identifier(dst)}" for src, dst in mapping.items())
+        cols = ", ".join(f"CAST(s.{identifier(src)} AS VARCHAR) AS {identifier(dst)}" for src, dst in mapping.items())
         listing = ", ".join(f"'{p}'" for p in paths)
         ids_by_name = ", ".join(f"('{p}', {i})" for p, i in zip(paths, ids))
-        return (f"SELECT {cols}, f.id AS _file_id FROM {reader}([{listing}], {options}) "
-                f"JOIN (VALUES {ids_by_name}) AS f(name, id) ON filename = f.name" + (f" WHERE {where}" if where else ""))
+        return (f"SELECT {cols}, f._qpipe_id AS _file_id FROM {reader}([{listing}], {options}) AS s "
+                f"JOIN (VALUES {ids_by_name}) AS f(_qpipe_file, _qpipe_id) ON s._qpipe_path = f._qpipe_file"
+                + (f" WHERE {where}" if where else ""))
 
     @staticmethod
     def _check_values(con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:

@@ -29,18 +29,24 @@ class PriceDataError(ValueError):
         self.rule, self.source, self.instrument, self.date = rule, source, instrument, date
 
 
-def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar: str) -> None:
-    """Every date of the rows is a session of the calendar, and every session has rows; else name the days."""
+def shown_days(days: np.ndarray, most: int = 10) -> str:
+    return ", ".join(str(d) for d in days[:most]) + (f" and {len(days) - most} more" if len(days) > most else "")
+
+
+def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar: str, matched: str = "") -> None:
+    """Every date of the rows is a session of the calendar, and every session has rows; else name the days.
+
+    ``matched``: the calendar is the source's own dates (QPIPE_CALENDAR=auto) on the weekdays of this exchange."""
     present = np.unique(dates.to_numpy().astype("datetime64[D]"))
     foreign, absent = np.setdiff1d(present, sessions), np.setdiff1d(sessions, present)
+    hint = (f"QPIPE_CALENDAR is auto: the source's own dates, on the days of the week {matched} trades; remove those "
+            "rows, or set QPIPE_CALENDAR to an exchange that trades on them" if matched else
+            "set QPIPE_CALENDAR to the source's exchange, or auto to use the source's own dates")
     for days, rule, what in ((foreign, "dates that are not sessions", f"not sessions of {calendar}"),
                              (absent, "sessions missing from the source", f"sessions of {calendar} with no row "
                                                                            "for any instrument")):
         if len(days):
-            shown = ", ".join(str(d) for d in days[:10]) + (f" and {len(days) - 10} more" if len(days) > 10 else "")
-            raise PriceDataError(rule, source, detail=f"{shown} ({what}); set QPIPE_CALENDAR to the source's "
-                                                      "exchange, or auto to use the source's own dates",
-                                 count=len(days))
+            raise PriceDataError(rule, source, detail=f"{shown_days(days)} ({what}); {hint}", count=len(days))
 
 
 def _shown(row: pd.Series, col: str) -> str:
@@ -100,7 +106,12 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     _first_bad(frame, partial, "incomplete price row", source,
                lambda r: "some of open/high/low/close are missing; a suspended day leaves all of them empty")
     with np.errstate(invalid="ignore"):
-        # The factor first: a zero factor makes every adjusted price zero, and the factor is the cause.
+        # The file's own prices first: a factor derived from them (adj close / close) inherits their sign.
+        for col in (*OHLC, "vwap"):
+            if f"raw_{col}" in frame:
+                raw = frame[f"raw_{col}"].to_numpy(dtype=np.float64)
+                _first_bad(frame, raw <= 0, f"non-positive {col}", source, lambda r, c=col: _shown(r, c))
+        # Then the factor: a zero factor makes every adjusted price zero, and the factor is the cause.
         for col in ("factor", *OHLC, "vwap"):
             values = frame[col].to_numpy(dtype=np.float64)
             _first_bad(frame, np.isinf(values), f"infinite {col}", source, lambda r, c=col: _shown(r, c))

@@ -164,6 +164,19 @@ def day_range(days: np.ndarray, start, end) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+def sessions_without_prices(con: duckdb.DuckDBPyConnection, sessions: np.ndarray, start, end,
+                            lookback: int) -> np.ndarray:
+    """The market's ``sessions`` that rows of [start, end] read (the ``lookback`` before start too) and on which
+    raw.prices has no row: the rows are then computed across them, from a shorter history than Qlib's."""
+    lo, hi = day_range(sessions, start, end)
+    needed = sessions[max(0, lo - lookback):hi + 1]
+    if len(needed) == 0:
+        return needed
+    stored = con.execute(f"SELECT DISTINCT date FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
+                         [needed[0].item(), needed[-1].item()]).fetchnumpy()["date"]
+    return np.setdiff1d(needed, np.asarray(stored).astype("datetime64[D]"))
+
+
 def _chunks(lo: int, hi: int, size: int) -> Iterator[tuple[int, int]]:
     for c0 in range(lo, hi + 1, size):
         yield c0, min(c0 + size - 1, hi)
