@@ -21,14 +21,21 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import dagster as dg
+from qpipe.settings import SettingsError, get_settings, parse_models
+
+if __name__ == "__main__":  # a bad QPIPE_* value: one line, not a traceback from the imports below that read it
+    try:
+        get_settings()
+    except SettingsError as error:
+        sys.exit(f"qpipe: {error}")
+
+import dagster as dg  # noqa: E402 (after the settings' check)
 
 from qpipe.assets.models import TrainConfig, backtest_key, checkpoint_key, ic_key, predictions_key
 from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
-from qpipe.settings import get_settings, parse_models
 
 # A few epochs on a 240 + 60 session window: a minute or two on two CPU cores, enough to find the planted
 # signal. The MLP takes batches of 512 instead of Qlib's 4096: on 48,000 training rows that gives it enough

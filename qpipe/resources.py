@@ -19,6 +19,9 @@ from qpipe.data.sources import SOURCE_KINDS, Source, open_source
 from qpipe.settings import BLOCK_CELLS, FRAME_CELLS, LOAD_CELLS, Settings, get_settings, parse_feature_device
 
 
+WAIT_WARNING_SECONDS = 60.0  # a wait for the warehouse is news (a warning) when it lasts this long
+
+
 class WarehouseBusy(RuntimeError):
     pass
 
@@ -81,7 +84,7 @@ class Warehouse(DuckDBResource):
     def _connect(self) -> duckdb.DuckDBPyConnection:
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)
         config = {"custom_user_agent": "dagster", **self.connection_config}
-        began, told = time.monotonic(), False
+        began, told = time.monotonic(), 0
         while True:
             try:
                 return duckdb.connect(self.database, read_only=False, config=config)
@@ -95,11 +98,13 @@ class Warehouse(DuckDBResource):
                     raise WarehouseBusy(f"the warehouse {self.database} is still open in {who} after {waited:.0f} s "
                                         "(a run of another Dagster instance, or a DuckDB shell): nothing was written; "
                                         "run again when it is done") from None
-                if not told:
-                    dg.get_dagster_logger().warning(
-                        f"waiting for the warehouse {self.database}: {who} has it open (another Dagster instance's "
-                        "run, or a DuckDB shell); DuckDB lets one process write it at a time")
-                    told = True
+                if told < (waited >= WAIT_WARNING_SECONDS) + 1:  # a line at once; a warning if it goes on
+                    log = dg.get_dagster_logger()
+                    (log.warning if told else log.info)(
+                        f"waiting for the warehouse {self.database}: {who} has it open (a step reading its data, "
+                        "a run of another Dagster instance, or a DuckDB shell)"
+                        + (f", for {waited:.0f} s now" if told else "") + "; DuckDB lets one process open it at a time")
+                    told += 1
                 time.sleep(0.5)
 
 

@@ -206,8 +206,8 @@ def test_epochs_are_reported_through_the_callback():
     seen: list[dict] = []
     result = train(config, days(frame, 0, 15), days(frame, 15, 20), device="cpu", on_epoch=seen.append)
     assert seen == result.history and [m["epoch"] for m in seen] == [1, 2]
-    assert set(seen[0]) == {"epoch", "n_epochs", "train_loss", "valid_loss", "valid_ic", "lr", "seconds", "valid_seconds", "best_epoch",
-                            "best_score"}
+    assert set(seen[0]) == {"epoch", "n_epochs", "train_loss", "valid_loss", "valid_ic", "valid_ic_t", "lr", "seconds",
+                            "valid_seconds", "best_epoch", "best_score"}
     assert seen[0]["lr"] == 0.002  # the MLP preset
 
 
@@ -251,6 +251,10 @@ def test_checkpoint_round_trip_predicts_identically(small_run, tmp_path):
     config, result = _fit(small_run, seed=1)
     weights, sidecar = _save(tmp_path / "lstm" / "2020-01-30", config, result)
     assert (weights.name, sidecar.name) == ("2020-01-30.safetensors", "2020-01-30.json")
+    # readable as any new file of this process (found by a user: 0600, mkstemp's, in a folder a team shares)
+    plain = tmp_path / "plain"
+    plain.touch()
+    assert {weights.stat().st_mode & 0o777, sidecar.stat().st_mode & 0o777} == {plain.stat().st_mode & 0o777}
     _, _, valid_frame = small_run
     model = build_model(config)
     model.load_state_dict(result.state_dict)

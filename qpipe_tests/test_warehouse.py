@@ -2,6 +2,7 @@
 waits for another process that has the file open."""
 
 import importlib.util
+import logging
 import subprocess
 import sys
 import time
@@ -71,15 +72,23 @@ def _hold(path, seconds: float) -> subprocess.Popen:
     return holder
 
 
-def test_a_writer_waits_for_another_process_instead_of_failing_on_the_lock(tmp_path):
+def test_a_writer_waits_for_another_process_instead_of_failing_on_the_lock(tmp_path, monkeypatch, caplog):
+    import qpipe.resources
+
+    monkeypatch.setattr(qpipe.resources, "WAIT_WARNING_SECONDS", 1.5)
     path = tmp_path / "warehouse.duckdb"
     holder = _hold(path, 4.0)
     began = time.monotonic()
-    with Warehouse(database=str(path)).get_connection() as con:  # DuckDB alone: "Could not set lock on file"
-        waited = time.monotonic() - began
-        con.execute("INSERT INTO held VALUES (1)")
+    with caplog.at_level(logging.INFO, logger="dagster"):
+        with Warehouse(database=str(path)).get_connection() as con:  # DuckDB alone: "Could not set lock on file"
+            waited = time.monotonic() - began
+            con.execute("INSERT INTO held VALUES (1)")
     holder.wait(timeout=30)
     assert 2.0 < waited < 30
+    # A line at once (steps of one run take turns reading it: no news), a warning when the wait goes on.
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if "waiting for the warehouse" in r.getMessage()]
+    assert [level for level, _ in lines] == [logging.INFO, logging.WARNING], lines
+    assert f"process {holder.pid} has it open" in lines[0][1] and ", for 2 s now;" in lines[1][1], lines
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM held").fetchall() == [(1,)]
 

@@ -335,11 +335,16 @@ def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
     return _check
 
 
+SIGNIFICANT_T = 2.0  # t-statistic of the daily valid ICs above which a model ranks the stocks better than chance
+
+
 def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=checkpoint_key(arch), name="valid_score_finite_and_beats_a_placebo", blocking=True,
                     description="The checkpoints of the run's days: best valid loss and IC finite (else an error that "
                                 "blocks their predictions); the valid loss no worse than a placebo that scores every "
-                                "stock 0 (else a warning: the model learnt nothing that generalizes).")
+                                "stock 0, or the daily valid ICs significantly positive, t > 2 (else a warning: the "
+                                "model learnt nothing that generalizes). A model that ranks the stocks but spreads its "
+                                "scores wider than the labels loses to the placebo's loss and still learnt.")
     def _check(context: dg.AssetCheckExecutionContext, checkpoints: CheckpointStore) -> dg.AssetCheckResult:
         import json
 
@@ -352,14 +357,15 @@ def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
             sidecar = json.loads(checkpoint_paths(checkpoints.path_for(arch, day))[1].read_text())
             best = sidecar["history"][sidecar["best_epoch"] - 1]
             loss, ic, placebo = best["valid_loss"], best["valid_ic"], sidecar.get("placebo_valid_loss")
+            ranks = (best.get("valid_ic_t") or 0) > SIGNIFICANT_T  # (sidecars before it: None, or absent)
             if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (loss, ic)):
                 broken.append(day)
-            elif placebo is not None and np.isfinite(placebo) and loss > placebo:
+            elif placebo is not None and np.isfinite(placebo) and loss > placebo and not ranks:
                 worse.append(day)
         severity = dg.AssetCheckSeverity.ERROR if broken or not days else dg.AssetCheckSeverity.WARN
         return dg.AssetCheckResult(passed=bool(days) and not broken and not worse, severity=severity, metadata={
             "days": len(days), "non_finite_days": ", ".join(broken), "worse_than_placebo_days": ", ".join(worse),
-            **({"valid_loss": float(loss), "placebo_valid_loss": float(placebo)}
+            **({"valid_loss": float(loss), "placebo_valid_loss": float(placebo), "valid_ic_t": best.get("valid_ic_t")}
                if days and not broken and placebo is not None else {})})
 
     return _check

@@ -73,8 +73,9 @@ def cumulative_ic_chart(daily: pd.DataFrame, title: str, path: Path, measures: t
             ax.plot(dates, group[measure].fillna(0).cumsum(), linestyle="-" if measure == "Rank IC" else "--",
                     label=f"{model} {measure}")
     ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_title(f"{title}: cumulative daily IC")
-    ax.set_ylabel("sum of daily IC")
+    named = " and ".join(measures)  # (found by a user: the leaderboard's Rank IC chart said "daily IC")
+    ax.set_title(f"{title}: cumulative daily {named}")
+    ax.set_ylabel(f"sum of daily {named}")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -88,9 +88,16 @@ class HISTModel(nn.Module):
         return self.fc_out(output_es + output_is + output_indi).squeeze(-1)
 
 
+QLIB_FILES = {  # Qlib's kwargs that name its .npy files, and what qpipe reads instead
+    "stock2concept": "the stock-to-concept matrix is built from raw/concepts (the source's sectors and concepts), "
+                     "not read from Qlib's .npy file",
+    "stock_index": "the stocks' rows of that matrix come from raw/concepts, not from Qlib's .npy file",
+}
+
+
 def from_qlib(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The concept matrix comes from raw/concepts: Qlib's .npy paths are not read."""
-    return {k: v for k, v in kwargs.items() if k not in ("stock2concept", "stock_index")}
+    return {k: v for k, v in kwargs.items() if k not in QLIB_FILES}
 
 
 SPEC = ModelSpec(
@@ -107,5 +114,6 @@ SPEC = ModelSpec(
     },
     class_defaults={"n_epochs": 200, "lr": 0.001, "early_stop": 20, "metric": "ic", "loss": "mse", "optimizer": "adam"},
     from_qlib=from_qlib,
+    qlib_not_read=QLIB_FILES,
     reads_concepts=True,
 )

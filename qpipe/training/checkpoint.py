@@ -171,10 +171,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(model.to(device).eval(), config, sidecar["columns"], sidecar)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file here: mkstemp's 0600 would hide checkpoints from a team
+
+
 def _stage(final: Path, data: bytes) -> Path:
     """Write ``data`` to a synced temporary file next to ``final``."""
     descriptor, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
     try:
+        os.fchmod(descriptor, FILE_MODE)
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()

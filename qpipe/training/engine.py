@@ -147,15 +147,15 @@ def train(
         train_loss = _train_epoch(trainee, train_set, islice(batches, steps), optimizer,
                                   lambda batch, epoch=epoch: clock.tick(epoch, batch), params["amp"], parallel)
         validating = time.perf_counter()
-        valid_loss = valid_ic = math.nan
+        valid_loss = valid_ic = valid_ic_t = math.nan
         if valid_set is not None:
-            valid_loss, valid_ic = parallel.agree(*_validate(model, valid_set, batch_size, params["amp"]))
+            valid_loss, valid_ic, valid_ic_t = parallel.agree(*_validate(model, valid_set, batch_size, params["amp"]))
             best.update(epoch, valid_ic if params["metric"] == "ic" else -valid_loss, model)
             if scheduler is not None:
                 scheduler.step(valid_loss)
         metrics = {
             "epoch": epoch, "n_epochs": params["n_epochs"], "train_loss": train_loss, "valid_loss": valid_loss,
-            "valid_ic": valid_ic, "lr": lr,
+            "valid_ic": valid_ic, "valid_ic_t": valid_ic_t, "lr": lr,
             "seconds": time.perf_counter() - started, "valid_seconds": time.perf_counter() - validating,
             "best_epoch": best.epoch if valid_set is not None else epoch, "best_score": best.score,
         }
@@ -274,9 +274,11 @@ def _scores(model: nn.Module, samples: Sampler, batch_size: int, amp: str | None
 
 
 @torch.inference_mode()
-def _validate(model: nn.Module, samples: Sampler, batch_size: int, amp: str | None = None) -> tuple[float, float]:
-    """(valid loss over all known labels, mean daily Pearson IC) of one pass over the valid set."""
+def _validate(model: nn.Module, samples: Sampler, batch_size: int,
+              amp: str | None = None) -> tuple[float, float, float]:
+    """(valid loss over all known labels, mean daily Pearson IC, its t-statistic) of one pass over the valid set."""
     scores = _scores(model, samples, batch_size, amp)
     loss = masked_mse(scores, samples.label).item()
-    ic = daily_ic(scores.cpu().numpy(), samples.label.cpu().numpy(), samples.dates)["IC"].mean()
-    return loss, float(ic)
+    ic = daily_ic(scores.cpu().numpy(), samples.label.cpu().numpy(), samples.dates)["IC"].dropna()
+    t = ic.mean() / ic.std() * math.sqrt(len(ic)) if len(ic) > 1 and ic.std() > 0 else math.nan
+    return loss, float(ic.mean()), float(t)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from qpipe.assets.models import backtest_key, checkpoint_key, ic_key
+from qpipe.assets.models import backtest_key, checkpoint_key
 from qpipe.main import IN_PROCESS, QUIET, Stage, _span, print_leaderboard, run_stage
 from qpipe.workflow.translate import Workflow
 
@@ -36,7 +36,7 @@ def stages(workflow: Workflow) -> list[Stage]:
         Stage(f"test segment {workflow.test[0]}..{workflow.test[1]}", "daily_pipeline", workflow.test_assets(),
               _span(*workflow.test), {"ops": test_config, **IN_PROCESS, **QUIET}),
     ]
-    if ic_key(arch).to_user_string() in workflow.test_assets():
+    if workflow.ranks_on_the_leaderboard:
         runs.append(Stage("leaderboard", "leaderboard_job", ["reports/leaderboard"], {}, {**IN_PROCESS, **QUIET}))
     return runs
 

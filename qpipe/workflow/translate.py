@@ -17,6 +17,7 @@ import numpy as np
 from qpipe.features.handler import Processing, chain_names, handler_processing
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
 from qpipe.models.config import QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
+from qpipe.models.registry import get_spec
 
 Status = Literal["honoured", "changed", "not honoured"]
 QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
@@ -93,7 +94,14 @@ class Workflow:
                       f"{c.day} (train_days {c.train_days}, valid_days {c.valid_days})" for c in self.checkpoints),
                   f"    4. {', '.join(self.test_assets())} {self.test[0]}..{self.test[1]}"
                   + (", each session scored by the newest checkpoint" if len(self.checkpoints) > 1 else "")]
+        if self.ranks_on_the_leaderboard:  # (qpipe.workflow.run.stages makes these runs)
+            lines.append("    5. reports/leaderboard, printed at the end")
         return "\n".join(lines)
+
+    @property
+    def ranks_on_the_leaderboard(self) -> bool:
+        """The leaderboard ranks models by their IC report (SigAnaRecord's)."""
+        return "SigAnaRecord" in self.records
 
     def test_assets(self) -> list[str]:
         arch = self.model.model
@@ -333,6 +341,8 @@ def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> No
         if key == "model_path" and model.params.get("model_path") is None:
             r.say(f"task.model.kwargs.{key}", "not honoured", "a pickled file is never loaded (loading never runs code): "
                   "the base model starts from scratch; name a qpipe checkpoint of it to start from its weights")
+        elif key in get_spec(model.model).qlib_not_read:
+            r.say(f"task.model.kwargs.{key}", "not honoured", get_spec(model.model).qlib_not_read[key])
         elif key in QLIB_IGNORED:
             r.say(f"task.model.kwargs.{key}", "not honoured",
                   "qpipe picks the device (QPIPE_DEVICE)" if key == "GPU" else "batches are gathered on the device")
