@@ -98,7 +98,9 @@ class RunView:
                 step = self._running[entry.step_key]
                 step.message = entry.user_message.splitlines()[0] if entry.user_message else ""
             if entry.step_key and entry.level >= logging.WARNING:  # (the info lines go to the UI's log)
-                self._line(f"  warning {step_name(entry.step_key):<30} {entry.user_message}", cut=False)
+                level = "error  " if entry.level >= logging.ERROR else "warning"
+                text = entry.user_message.replace("\n", "\n" + " " * 41)
+                self._line(f"  {level} {step_name(entry.step_key):<30} {text}", cut=False)
             return
         kind = event.event_type
         if kind == DagsterEventType.STEP_START:

@@ -98,7 +98,8 @@ class Warehouse(DuckDBResource):
                     raise WarehouseBusy(f"the warehouse {self.database} is still open in {who} after {waited:.0f} s "
                                         "(a run of another Dagster instance, or a DuckDB shell): nothing was written; "
                                         "run again when it is done") from None
-                if told < (waited >= WAIT_WARNING_SECONDS) + 1:  # a line at once; a warning if it goes on
+                # a line at once (steps of a run take turns reading it), a warning if the wait goes on
+                if told == 0 or (told == 1 and waited >= WAIT_WARNING_SECONDS):
                     log = dg.get_dagster_logger()
                     (log.warning if told else log.info)(
                         f"waiting for the warehouse {self.database}: {who} has it open (a step reading its data, "
@@ -119,6 +120,8 @@ class PriceSource(dg.ConfigurableResource):
                                              "members since `since` plus the benchmark, or all")
     benchmark: str = Field(default="", description="benchmark index instrument, e.g. SH000300")
     since: str | None = Field(default=None, description="first partition: members that left before are not read")
+    concepts: str = Field(default="", description="a CSV/Parquet file of concept memberships (instrument, "
+                          "concept[, kind]) for HIST, in place of the source's own (QPIPE_CONCEPTS)")
     seed: int = Field(default=7, description="synthetic market seed")
     n_instruments: int = Field(default=300, description="synthetic market size")
 
@@ -165,7 +168,7 @@ def build_resources(settings: Settings | None = None) -> dict:
         "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads},
                                lake=s.lake, lake_data=s.lake_data),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),
-        "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,
+        "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns, concepts=s.concepts_path,
                                     market=s.qlib_market, ingest=s.qlib_ingest, benchmark=s.benchmark,
                                     since=s.first_partition, seed=s.synthetic_seed,
                                     n_instruments=s.synthetic_instruments),

@@ -21,7 +21,7 @@ CADENCES = ("daily", "weekly", "monthly")
 # Environment variable -> field. The field's default applies where the variable is unset.
 VARIABLES = {
     "QPIPE_HOME": "home", "QPIPE_SOURCE": "source", "QPIPE_SOURCE_PATH": "source_path",
-    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_QLIB_MARKET": "qlib_market",
+    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_CONCEPTS": "concepts_path", "QPIPE_QLIB_MARKET": "qlib_market",
     "QPIPE_QLIB_INGEST": "qlib_ingest", "QPIPE_BENCHMARK": "benchmark", "QPIPE_CALENDAR": "calendar",
     "QPIPE_SYNTHETIC_SEED": "synthetic_seed", "QPIPE_SYNTHETIC_INSTRUMENTS": "synthetic_instruments",
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
@@ -103,6 +103,8 @@ class Settings(BaseModel):
     source_path: str = ""
     # JSON object mapping source column names to qpipe names, e.g. {"Name": "instrument"}.
     source_columns: dict[str, str] = Field(default_factory=dict)
+    # A CSV/Parquet file of concept memberships (instrument, concept[, kind]) for HIST, in place of the source's own.
+    concepts_path: str = ""
     qlib_market: str = "all"
     # A Qlib provider's instruments to ingest: "market" (those ever in QPIPE_QLIB_MARKET since the first
     # partition, plus the benchmark), or "all" (every folder of features/).

@@ -185,13 +185,19 @@ def test_rows_whose_lookback_has_no_stored_prices_are_named_in_a_warning(built, 
     (warning,) = warnings([feature_tables], "2024-01-31")
     assert warning.startswith("raw.prices has no row on 41 of the sessions that the rows of 2024-01-31..2024-01-31 "
                               "read (61 before the first day included): 2023-11-01, 2023-11-02"), warning
-    assert "from a shorter history than Qlib's" in warning
+    assert "The rows are computed without them (from a shorter history where they precede the first stored day" in warning
     assert warnings([feature_tables], "2024-06-28") == []  # its 61 sessions are all stored
-    assert warnings([label_table], "2024-01-03") == [] and len(warnings([label_table], "2024-01-02")) == 1
+    # partition D holds the labels of D - 2 (its row) from the closes of D - 1 and D
+    assert warnings([label_table], "2024-01-04") == []
+    (warning,) = warnings([label_table], "2024-01-03")
+    assert "on 1 of the sessions that the rows of 2024-01-03..2024-01-03 read (2 before" in warning
+    assert ": 2023-12-29. " in warning
     with duckdb.connect(str(path)) as con:  # a session inside the lookback, lost
         con.execute("DELETE FROM raw.prices WHERE date = DATE '2024-06-03'")
     (warning,) = warnings([feature_tables], "2024-06-28")
     assert "raw.prices has no row on 1 of the sessions" in warning and ": 2024-06-03." in warning
+    # its labels' row is missing, not another day's (found by a review: a lookback of 1 missed it)
+    assert ": 2024-06-03." in warnings([label_table], "2024-06-05")[0]
 
 
 def test_a_step_on_an_empty_warehouse_names_the_warehouse_and_what_to_materialize(tmp_path):

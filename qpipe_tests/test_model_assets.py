@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 
 from qpipe.assets.features import feature_tables, label_table
@@ -167,6 +168,51 @@ def test_the_predictions_check_wants_one_finite_score_per_member_and_day(env):
                     "min(instrument) FROM predictions.scores WHERE model = 'alstm' AND date = ?)", [SCORED[1]] * 2)
     failed = evaluate()
     assert not failed.passed and failed.metadata["first_day_off"].value == SCORED[1]
+
+
+def test_hist_reads_the_concepts_of_a_file_of_ones_own_and_warns_when_it_has_none(env, isolated_home, tmp_path):
+    """Found by a user: a CSV or Qlib source has no concepts, and HIST trained on all-zero concept rows in silence.
+    QPIPE_CONCEPTS (the price source's ``concepts``) names a file of them; without any, the checkpoint warns."""
+    import logging
+    import shutil
+
+    resources, root = env
+    shutil.copy(resources["warehouse"].database, tmp_path / "warehouse.duckdb")
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        members = [i for (i,) in con.execute("SELECT DISTINCT instrument FROM raw.prices ORDER BY 1 LIMIT 20").fetchall()]
+    rows = [(m, "Banks" if i % 2 else "Energy", "sector") for i, m in enumerate(members)]
+    rows += [(m, "AI", "concept") for m in members[:7]] + [("GHOST", "AI", "concept")]
+    concepts = tmp_path / "concepts.csv"
+    concepts.write_text("Symbol,Sector,kind\n" + "".join(f"{m},{c},{k}\n" for m, c, k in rows))
+    instance = dg.DagsterInstance.ephemeral()
+
+    def materialize(keys, concepts_file, config):
+        mine = {**resources, "warehouse": Warehouse(database=str(tmp_path / "warehouse.duckdb")),
+                "checkpoints": CheckpointStore(root=str(tmp_path / "checkpoints")),
+                "price_source": PriceSource(kind="synthetic", n_instruments=40, seed=5, concepts=str(concepts_file))}
+        tags = {"dagster/asset_partition_range_start": DAY, "dagster/asset_partition_range_end": DAY}
+        result = dg.materialize(ASSETS, selection=[dg.AssetKey.from_user_string(k) for k in keys], tags=tags,
+                                resources=mine, run_config={"ops": config}, instance=instance)
+        return [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+
+    ingest = {"raw_universe": {"config": {"replace": True}}}  # the synthetic market's own concepts go
+    warnings = materialize(["raw/universe", "raw/concepts"], concepts, ingest)
+    assert warnings == [f"1 instruments of {concepts} are not in the source: GHOST"], warnings
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        stored = con.execute("SELECT instrument, concept, kind FROM raw.concepts").fetchall()
+    assert sorted(stored) == sorted(rows)
+    train = {"models__hist_checkpoint": {"config": QUICK}}
+    assert materialize(["models/hist_checkpoint"], concepts, train) == []
+    sidecar = json.loads((tmp_path / "checkpoints" / "hist" / f"{DAY}.json").read_text())
+    assert sidecar["concepts"] == ["AI", "Banks", "Energy"]
+
+    ghosts = tmp_path / "ghosts.parquet"  # memberships of no stock of the market
+    pd.DataFrame({"instrument": ["GHOST"], "concept": ["AI"]}).to_parquet(ghosts)
+    materialize(["raw/universe", "raw/concepts"], ghosts, ingest)
+    warnings = materialize(["models/hist_checkpoint"], ghosts, train)
+    assert warnings == ["hist: raw.concepts holds no concept membership of this window's stocks, so the predefined-"
+                        "concept module reads all-zero rows; name a file of memberships with QPIPE_CONCEPTS (the README "
+                        "shows how to make one from Qlib's HIST .npy files)"], warnings
 
 
 def test_the_checkpoint_check_wants_finite_valid_scores_and_no_loss_above_a_placebo(env):

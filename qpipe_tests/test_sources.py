@@ -275,3 +275,40 @@ def test_tabular_window_is_the_slice_of_the_full_read(tmp_path, sp500, suffix):
     assert len(expected) > 1500
     pd.testing.assert_frame_equal(window, expected)
     assert source.prices("2030-01-02", "2030-01-02").empty
+
+
+CONCEPT_CASES = {
+    "missing column": ("symbol,kind\nAAA,sector\n", "missing columns", "required ['concept'] not found"),
+    "duplicate row": ("ticker,concept\nAAA,AI\nBBB,AI\nAAA,AI\n", "duplicate (instrument, concept) row", "data row 3"),
+    "unknown kind": ("instrument,concept,kind\nAAA,AI,theme\n", "unknown kind", "kind is one of sector, concept"),
+    "empty concept": ("instrument,concept\nAAA,\n", "empty instrument or concept", "data row 1"),
+    "empty file": ("instrument,concept\n", "empty concepts file", "no memberships"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONCEPT_CASES))
+def test_a_bad_concepts_file_is_named_with_its_line_and_rule(tmp_path, case):
+    from qpipe.data.concepts import read_concepts
+
+    text, rule, detail = CONCEPT_CASES[case]
+    path = tmp_path / "concepts.csv"
+    path.write_text(text)
+    with pytest.raises(PriceDataError) as err:
+        read_concepts(path)
+    assert str(err.value).startswith(f"{rule}: source {path}") and detail in str(err.value), str(err.value)
+
+
+def test_a_concepts_file_takes_common_names_and_a_missing_kind_is_concept(tmp_path):
+    from qpipe.data.concepts import read_concepts
+
+    path = tmp_path / "concepts.csv"
+    path.write_text("Ticker, Industry\nBBB,Banks\nAAA,Energy\n\nAAA,Banks\n")
+    assert read_concepts(path).values.tolist() == [["AAA", "Banks", "concept"], ["AAA", "Energy", "concept"],
+                                                    ["BBB", "Banks", "concept"]]
+    path.write_text("symbol,concept,Kind\nNA,AI,\nNULL,Banks,Sector\n")  # tickers NA and NULL; kind's case; blank
+    assert read_concepts(path).values.tolist() == [["NA", "AI", "concept"], ["NULL", "Banks", "sector"]]
+    with pytest.raises(PriceDataError, match="concepts file not found: source .*nowhere.csv: QPIPE_CONCEPTS names no file"):
+        read_concepts(tmp_path / "nowhere.csv")
+    (tmp_path / "cut.parquet").write_bytes(b"PAR1 not parquet")
+    with pytest.raises(PriceDataError, match="unreadable concepts file: source .*cut.parquet"):
+        read_concepts(tmp_path / "cut.parquet")

@@ -3,10 +3,12 @@
 import time
 
 import dagster as dg
+import duckdb
+import pandas as pd
 
 from qpipe.assets.prices import PRICES, check_range, partition_dates, recording
 from qpipe.calendar import market_calendar
-from qpipe.data.validation import shown_days
+from qpipe.data.validation import first_few
 from qpipe.features import store
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import Compute, Warehouse
@@ -15,16 +17,17 @@ from qpipe.settings import get_settings
 FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATURE_SETS.items()}
 
 
-def warn_of_unstored_sessions(context: dg.AssetExecutionContext, con, start, end, lookback: int) -> None:
-    """Found by a user: features of a day whose lookback had no stored prices were written without a word."""
+def warn_of_unstored_sessions(context: dg.AssetExecutionContext, con: duckdb.DuckDBPyConnection,
+                              start: pd.Timestamp, end: pd.Timestamp, lookback: int) -> None:
+    """Rows are computed over the stored days only: name the sessions they read that have no prices."""
     sessions = market_calendar().trading_days(get_settings().first_partition, end)
     missing = store.sessions_without_prices(con, sessions, start, end, lookback)
     if len(missing):
         context.log.warning(
             f"raw.prices has no row on {len(missing)} of the sessions that the rows of {start.date()}..{end.date()} "
-            f"read ({lookback} before the first day included): {shown_days(missing)}. They are computed across "
-            "them, from a shorter history than Qlib's; materialize raw/prices for those sessions first if the source "
-            "has them, then these days again")
+            f"read ({lookback} before the first day included): {first_few(missing)}. The rows are computed without "
+            "them (from a shorter history where they precede the first stored day, as Qlib does at the start of its "
+            "data; across a gap otherwise): materialize raw/prices for them first if the source has them")
 
 
 @dg.multi_asset(
@@ -80,8 +83,8 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
 def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute: Compute) -> dg.MaterializeResult:
     start, end = partition_dates(context)
     with warehouse.get_connection() as con:
-        # The labels of day D - 2 read the closes of D - 1 and D: without D - 1 they would read across the gap
-        warn_of_unstored_sessions(context, con, start, end, store.LABEL_HORIZON - 1)
+        # partition D holds the labels of D - 2 (its row), from the closes of D - 1 and D
+        warn_of_unstored_sessions(context, con, start, end, store.LABEL_HORIZON)
         rows = store.write_labels(con, start, end, block_cells=compute.block_cells)
     context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
                      + recording(context))

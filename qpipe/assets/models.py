@@ -160,6 +160,10 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                          f"valid samples, {data.describe_frames()}, windows {data.windows.to_json()}; processors: "
                          f"{processing.names()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
+        if data.concepts is not None and not data.train.concepts.any():
+            context.log.warning(f"{arch}: raw.concepts holds no concept membership of this window's stocks, so the "
+                                "predefined-concept module reads all-zero rows; name a file of memberships with "
+                                "QPIPE_CONCEPTS (the README shows how to make one from Qlib's HIST .npy files)")
         began = time.perf_counter()
         device = config.device or settings.device
         ranks = distributed.processes(model, device)
@@ -342,7 +346,7 @@ def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=checkpoint_key(arch), name="valid_score_finite_and_beats_a_placebo", blocking=True,
                     description="The checkpoints of the run's days: best valid loss and IC finite (else an error that "
                                 "blocks their predictions); the valid loss no worse than a placebo that scores every "
-                                "stock 0, or the daily valid ICs significantly positive, t > 2 (else a warning: the "
+                                f"stock 0, or the daily valid ICs significantly positive, t > {SIGNIFICANT_T:g} (else a warning: the "
                                 "model learnt nothing that generalizes). A model that ranks the stocks but spreads its "
                                 "scores wider than the labels loses to the placebo's loss and still learnt.")
     def _check(context: dg.AssetCheckExecutionContext, checkpoints: CheckpointStore) -> dg.AssetCheckResult:

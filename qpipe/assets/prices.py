@@ -8,7 +8,7 @@ from pydantic import Field
 
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
-from qpipe.data.validation import check_sessions, shown_days
+from qpipe.data.validation import check_sessions, first_few
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import PriceSource, Warehouse
 
@@ -63,7 +63,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
     if len(gaps):
         context.log.warning(
             f"{len(gaps)} sessions of {calendar.matched} have no row for any instrument in {price_source.describe()}: "
-            f"{shown_days(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
+            f"{first_few(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
             f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
     with warehouse.get_connection() as con:
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
@@ -85,7 +85,8 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
     specs=[
         dg.AssetSpec(UNIVERSE, description="Index membership spans (market, instrument, start_date, end_date).",
                      kinds={"duckdb"}, metadata={"dagster/table_name": wh.UNIVERSE}),
-        dg.AssetSpec(CONCEPTS, description="Sector and concept memberships (HIST's stock2concept).",
+        dg.AssetSpec(CONCEPTS, description="Sector and concept memberships (HIST's stock2concept): the source's, "
+                                           "or those of the file QPIPE_CONCEPTS names.",
                      kinds={"duckdb"}, metadata={"dagster/table_name": wh.CONCEPTS}),
     ],
     backfill_policy=dg.BackfillPolicy.single_run(),  # so CLI partition ranges over group:ingest can include it
@@ -96,10 +97,18 @@ def raw_universe(context: dg.AssetExecutionContext, config: IngestConfig, wareho
                  price_source: PriceSource):
     source = price_source.source()
     universe, concepts = source.reference()
+    if price_source.concepts:
+        from qpipe.data.concepts import read_concepts
+
+        concepts = read_concepts(price_source.concepts)
+        unknown = sorted(set(concepts["instrument"]) - set(universe["instrument"]))
+        if unknown:
+            context.log.warning(f"{len(unknown)} instruments of {price_source.concepts} are not in the source: "
+                                f"{first_few(unknown)}")
     missing = source.missing_members()
     if missing:
         context.log.warning(f"{len(missing)} members of {price_source.market} have no data in the source and are left "
-                            f"out: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+                            f"out: {first_few(missing)}")
     with warehouse.get_connection() as con:
         wh.write_universe(con, universe, concepts, replace=config.replace)
     context.log.info(f"{len(universe)} membership spans, {len(concepts)} concept memberships")

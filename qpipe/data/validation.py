@@ -29,8 +29,9 @@ class PriceDataError(ValueError):
         self.rule, self.source, self.instrument, self.date = rule, source, instrument, date
 
 
-def shown_days(days: np.ndarray, most: int = 10) -> str:
-    return ", ".join(str(d) for d in days[:most]) + (f" and {len(days) - most} more" if len(days) > most else "")
+def first_few(items, most: int = 10) -> str:
+    """Days or names for a message: the first ``most``, and how many more."""
+    return ", ".join(str(d) for d in items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar: str, matched: str = "") -> None:
@@ -39,14 +40,19 @@ def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar
     ``matched``: the calendar is the source's own dates (QPIPE_CALENDAR=auto) on the weekdays of this exchange."""
     present = np.unique(dates.to_numpy().astype("datetime64[D]"))
     foreign, absent = np.setdiff1d(present, sessions), np.setdiff1d(sessions, present)
-    hint = (f"QPIPE_CALENDAR is auto: the source's own dates, on the days of the week {matched} trades; remove those "
-            "rows, or set QPIPE_CALENDAR to an exchange that trades on them" if matched else
-            "set QPIPE_CALENDAR to the source's exchange, or auto to use the source's own dates")
-    for days, rule, what in ((foreign, "dates that are not sessions", f"not sessions of {calendar}"),
-                             (absent, "sessions missing from the source", f"sessions of {calendar} with no row "
-                                                                           "for any instrument")):
+    if matched:  # QPIPE_CALENDAR=auto
+        foreign_hint = (f"QPIPE_CALENDAR is auto: the source's own dates, on the days of the week {matched} trades; "
+                        "remove those rows, or set QPIPE_CALENDAR to an exchange that trades on them")
+        absent_hint = ("QPIPE_CALENDAR is auto: these are days of the source's calendar it has no prices for "
+                       "(not appended yet, or bins shorter than day.txt)")
+    else:
+        foreign_hint = absent_hint = "set QPIPE_CALENDAR to the source's exchange, or auto to use the source's own dates"
+    for days, rule, what, hint in (
+            (foreign, "dates that are not sessions", f"not sessions of {calendar}", foreign_hint),
+            (absent, "sessions missing from the source", f"sessions of {calendar} with no row for any instrument",
+             absent_hint)):
         if len(days):
-            raise PriceDataError(rule, source, detail=f"{shown_days(days)} ({what}); {hint}", count=len(days))
+            raise PriceDataError(rule, source, detail=f"{first_few(days)} ({what}); {hint}", count=len(days))
 
 
 def _shown(row: pd.Series, col: str) -> str:

@@ -164,14 +164,14 @@ def day_range(days: np.ndarray, start, end) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def sessions_without_prices(con: duckdb.DuckDBPyConnection, sessions: np.ndarray, start, end,
-                            lookback: int) -> np.ndarray:
+def sessions_without_prices(con: duckdb.DuckDBPyConnection, sessions: np.ndarray, start: pd.Timestamp,
+                            end: pd.Timestamp, lookback: int) -> np.ndarray:
     """The market's ``sessions`` that rows of [start, end] read (the ``lookback`` before start too) and on which
     raw.prices has no row: the rows are then computed across them, from a shorter history than Qlib's."""
     lo, hi = day_range(sessions, start, end)
+    if hi < lo:  # no session in the range: it writes nothing
+        return sessions[:0]
     needed = sessions[max(0, lo - lookback):hi + 1]
-    if len(needed) == 0:
-        return needed
     stored = con.execute(f"SELECT DISTINCT date FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
                          [needed[0].item(), needed[-1].item()]).fetchnumpy()["date"]
     return np.setdiff1d(needed, np.asarray(stored).astype("datetime64[D]"))

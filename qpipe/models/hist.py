@@ -89,8 +89,8 @@ class HISTModel(nn.Module):
 
 
 QLIB_FILES = {  # Qlib's kwargs that name its .npy files, and what qpipe reads instead
-    "stock2concept": "the stock-to-concept matrix is built from raw/concepts (the source's sectors and concepts), "
-                     "not read from Qlib's .npy file",
+    "stock2concept": "the stock-to-concept matrix is built from raw/concepts (the source's sectors and concepts, or "
+                     "the file QPIPE_CONCEPTS names: the README makes one from this .npy and stock_index's)",
     "stock_index": "the stocks' rows of that matrix come from raw/concepts, not from Qlib's .npy file",
 }
 

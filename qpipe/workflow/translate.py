@@ -106,7 +106,7 @@ class Workflow:
     def test_assets(self) -> list[str]:
         arch = self.model.model
         assets = [f"predictions/{arch}_predictions"]
-        if "SigAnaRecord" in self.records:
+        if self.ranks_on_the_leaderboard:
             assets.append(f"reports/{arch}_ic")
         if self.port_analysis is not None:
             assets.append(f"reports/{arch}_backtest")
