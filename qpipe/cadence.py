@@ -48,8 +48,11 @@ def main() -> None:
     parser.add_argument("end")
     parser.add_argument("--every", default=None, help="cadence (default: QPIPE_RETRAIN_EVERY)")
     args = parser.parse_args()
-    settings = get_settings()
-    cadence = parse_cadence(args.every) if args.every else settings.retrain_every
+    try:
+        settings = get_settings()
+        cadence = parse_cadence(args.every) if args.every else settings.retrain_every
+    except ValueError as error:  # a bad QPIPE_* value (SettingsError) or --every: one line, not a traceback
+        parser.exit(2, f"qpipe: {error}\n")
     print(",".join(str(d) for d in retrain_days(args.start, args.end, cadence, settings.first_partition)))
 
 

@@ -8,6 +8,11 @@ run whose worker process no longer exists on this machine is dead. The worker is
 that reported the run's start (its RUN_START event carries the pid); a process with that pid that
 started after the run did is another process.
 
+A run that has ended can still hold pool claims: when Dagster itself fails a run whose worker was
+SIGKILLed (the code server's run worker, under the daemon), the slots and the pending steps of its
+pools stay claimed, and the run queue waits behind them forever while the pool reads "0 / 1 slots
+occupied". ``reap`` frees the claims of every ended run as well.
+
 ``reap`` runs when the definitions load (every `dg launch`, `dagster asset materialize`, run
 worker and code server, so a new run never waits behind a dead one), from the ``reap_dead_runs``
 sensor every 30 s under the daemon, and before the main job's runs. Only instances whose runs are
@@ -25,6 +30,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.launcher import DefaultRunLauncher
 
 ALIVE = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+ENDED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 log = logging.getLogger("qpipe.reaper")
 
 
@@ -76,21 +82,47 @@ def find_dead_runs(instance: dg.DagsterInstance) -> list[DeadRun]:
         began = _process_started(pid)
         if began is not None and began <= entry.timestamp + 1.0:
             continue  # the run's own process, still there
-        dead.append(DeadRun(run.run_id, run.job_name, pid, entry.timestamp, _pools_held(instance, run.run_id)))
+        dead.append(DeadRun(run.run_id, run.job_name, pid, entry.timestamp, _claims(instance).get(run.run_id, ())))
     return dead
 
 
-def _pools_held(instance: dg.DagsterInstance, run_id: str) -> tuple[str, ...]:
-    """The pools in which the run holds a slot or waits for one."""
+def _claims(instance: dg.DagsterInstance) -> dict[str, tuple[str, ...]]:
+    """Run id -> the pools in which it holds a slot or waits for one."""
     storage = instance.event_log_storage
-    infos = storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).values()
-    return tuple(sorted(info.concurrency_key for info in infos
-                        if any(slot.run_id == run_id for slot in info.claimed_slots)
-                        or any(step.run_id == run_id for step in info.pending_steps)))
+    claims: dict[str, set[str]] = {}
+    for info in storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).values():
+        for claim in (*info.claimed_slots, *info.pending_steps):
+            claims.setdefault(claim.run_id, set()).add(info.concurrency_key)
+    return {run_id: tuple(sorted(pools)) for run_id, pools in claims.items()}
 
 
-def reap(instance: dg.DagsterInstance) -> list[DeadRun]:
-    """Fail every dead run with the reason in its log and free its pool slots; returns them."""
+@dataclass(frozen=True)
+class Reaped:
+    dead: list[DeadRun]  # runs whose process was gone: failed, their claims freed
+    freed: dict[str, tuple[str, ...]]  # ended runs whose pool claims were left behind -> those pools, freed
+
+    def describe(self) -> str:
+        dead = f"reaped {len(self.dead)} dead run(s): {', '.join(r.run_id for r in self.dead)}" if self.dead else ""
+        freed = (f"freed the pool claims of {len(self.freed)} ended run(s): {', '.join(self.freed)}"
+                 if self.freed else "")
+        return "; ".join(part for part in (dead, freed) if part) or "no dead runs"
+
+
+def free_ended_claims(instance: dg.DagsterInstance) -> dict[str, tuple[str, ...]]:
+    """Free the pool slots and pending steps of runs that have ended (or are gone): run id -> pools."""
+    freed = {}
+    for run_id, pools in _claims(instance).items():
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.status in ENDED:
+            instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+            log.warning(f"run {run_id} had ended ({run.status.value if run else 'deleted'}) still holding claims in "
+                        f"pool {', '.join(pools)}: freed")
+            freed[run_id] = pools
+    return freed
+
+
+def reap(instance: dg.DagsterInstance) -> Reaped:
+    """Fail every dead run with the reason in its log and free its pool claims, and those of ended runs."""
     dead = find_dead_runs(instance)
     for run in dead:
         record = instance.get_run_by_id(run.run_id)
@@ -103,7 +135,7 @@ def reap(instance: dg.DagsterInstance) -> list[DeadRun]:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         log.warning(f"run {run.run_id} ({run.job_name}) had no process any more (pid {run.pid}); "
                     f"marked failed{' and freed its slots of ' + ', '.join(run.pools) if run.pools else ''}")
-    return dead
+    return Reaped(dead, free_ended_claims(instance))
 
 
 def reap_on_load() -> None:
@@ -123,6 +155,4 @@ def reap_on_load() -> None:
            description="Every 30 s: runs whose process is gone (SIGKILL, a crash) are failed and their pool slots "
                        "freed, so that no run waits behind them (qpipe.reaper).")
 def reap_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    dead = reap(context.instance)
-    return dg.SkipReason(f"reaped {len(dead)} dead run(s): {', '.join(r.run_id for r in dead)}" if dead
-                         else "no dead runs")
+    return dg.SkipReason(reap(context.instance).describe())

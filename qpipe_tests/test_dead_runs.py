@@ -143,3 +143,21 @@ def test_a_run_already_waiting_says_for_what_and_goes_on_once_the_holder_is_kill
     assert f"run {dead[:8]} had lost its process" in text, text
     assert instance.get_run_by_id(blocked).status == dg.DagsterRunStatus.SUCCESS
     _assert_reaped(instance, dead)
+
+
+def test_an_ended_run_that_still_holds_pool_claims_is_freed_so_the_queue_goes_on(home):
+    """Found by a user: under the daemon, Dagster itself failed a run whose worker was SIGKILLed ("terminated by
+    signal 9"), but left its duckdb slot and pending steps claimed; the retry and every later run stayed QUEUED
+    while the pool read "0 / 1 slots occupied"."""
+    instance, ended = _killed_holder(home)
+    storage = instance.event_log_storage
+    storage.claim_concurrency_slot("duckdb", ended, "a_check_still_waiting")  # pending: the one slot is taken
+    instance.report_run_failed(instance.get_run_by_id(ended), "Run execution process was terminated by signal 9")
+    info = storage.get_concurrency_info("duckdb")
+    assert {s.run_id for s in info.claimed_slots} == {s.run_id for s in info.pending_steps} == {ended}
+    result = reap_dead_runs(dg.build_sensor_context(instance=instance))
+    assert result.skip_message == f"freed the pool claims of 1 ended run(s): {ended}"
+    info = storage.get_concurrency_info("duckdb")
+    assert info.claimed_slots == [] and info.pending_steps == []
+    assert instance.get_run_by_id(ended).status == dg.DagsterRunStatus.FAILURE  # (Dagster's own failure stands)
+    assert reap_dead_runs(dg.build_sensor_context(instance=instance)).skip_message == "no dead runs"
