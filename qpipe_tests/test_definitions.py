@@ -28,13 +28,13 @@ def test_leaderboard_is_requested_after_each_successful_run_that_stored_daily_ic
     sensor = defs.get_sensor_def("refresh_leaderboard")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.job_name == "leaderboard_job"
 
-    def evaluate(key: list[str], metadata: dict):
+    def evaluate(key: list[str], metadata: dict, tags: dict | None = None):
         @dg.asset(key=key)
         def report() -> dg.MaterializeResult:
             return dg.MaterializeResult(metadata=metadata)
 
         with dg.instance_for_test() as instance:
-            run_id = dg.materialize([report], instance=instance).run_id
+            run_id = dg.materialize([report], instance=instance, tags=tags).run_id
             run = instance.get_run_by_id(run_id)
             event = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_SUCCESS, limit=1).records[0].event_log_entry
             context = dg.build_run_status_sensor_context(sensor_name="refresh_leaderboard", dagster_instance=instance,
@@ -48,6 +48,9 @@ def test_leaderboard_is_requested_after_each_successful_run_that_stored_daily_ic
     _, checkpoint_only = evaluate(["models", "mlp_checkpoint"], {"days": 3})
     for skipped in (before_labels, checkpoint_only):
         assert isinstance(skipped, dg.SkipReason) and "stored no daily IC" in skipped.skip_message
+    # The main job's and qpipe qrun's runs rank the models in their own last run (a workflow on its own warehouse).
+    _, own_leaderboard = evaluate(["reports", "mlp_ic"], {"days": 3}, {"qpipe/main": "yes"})
+    assert isinstance(own_leaderboard, dg.SkipReason) and "qpipe qrun" in own_leaderboard.skip_message
 
 
 def test_code_location_loads_without_torch_or_matplotlib():

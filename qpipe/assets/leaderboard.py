@@ -2,7 +2,8 @@
 
 Unpartitioned (one table for all days and models), so it sits outside the partitioned daily job:
 ``refresh_leaderboard`` requests it after each successful run that stored daily IC (the daily job, a
-backfill from the UI, a range launched from the command line).
+backfill from the UI, a range launched from the command line), but for the runs of the main job and of
+``qpipe qrun``, whose last run ranks the models itself (a workflow's, on its own warehouse).
 """
 
 import dagster as dg
@@ -73,6 +74,9 @@ def refresh_leaderboard(context: dg.RunStatusSensorContext) -> dg.RunRequest | d
     """One request per successful run of this code location (the daily job, a backfill from the UI, a range from
     the command line) whose IC reports hold days; a run that wrote none would only fail the leaderboard."""
     run = context.dagster_run
+    if run.tags.get("qpipe/main") == "yes":  # (found by a user: a qrun workflow's run rebuilt the main warehouse's)
+        return dg.SkipReason(f"run {run.run_id[:8]} is one of the main job's or of qpipe qrun, whose last run ranks "
+                             "the models on its own warehouse")
     if not stored_ic_days(context.instance, run.run_id):
         return dg.SkipReason(f"run {run.run_id[:8]} stored no daily IC")
     return dg.RunRequest(run_key=run.run_id)
