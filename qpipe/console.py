@@ -141,11 +141,8 @@ class RunView:
         if not self._waiting or time.monotonic() - self._last_reap < every:
             return
         self._last_reap = time.monotonic()
-        reaped = reap(self.instance)
-        for dead in reaped.dead:
-            self._line(f"  run {dead.run_id[:8]} had lost its process (pid {dead.pid}): marked failed, its slots freed")
-        for run_id, pools in reaped.freed.items():
-            self._line(f"  run {run_id[:8]} had ended still holding claims in pool {', '.join(pools)}: freed")
+        for line in reap(self.instance).lines():
+            self._line(f"  {line}")
 
     def _other_holders(self, pool: str) -> list[str]:
         """The other runs holding a pool's slots (their ids as the UI shows them)."""

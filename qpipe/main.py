@@ -173,11 +173,8 @@ def main() -> None:
     last_day = calendar.latest_session(args.end)
     plan_stages = stages(last_day, models, args.test_days, plan, args.epochs)
     instance = dg.DagsterInstance.get()
-    reaped = reap(instance)
-    for dead in reaped.dead:
-        print(f"  run {dead.run_id[:8]} ({dead.job_name}) had lost its process: marked failed, its pool slots freed")
-    for run_id, pools in reaped.freed.items():
-        print(f"  run {run_id[:8]} had ended still holding claims in pool {', '.join(pools)}: freed")
+    for line in reap(instance).lines():
+        print(f"  {line}")
     tables = f"lake at {settings.lake_data}" if settings.lake else f"warehouse {settings.warehouse}"
     print(f"qpipe main job on the {settings.source} market, {calendar.name} sessions to {last_day}; {tables}\n"
           f"  runs are kept in the Dagster instance at {os.environ['DAGSTER_HOME']} (see them with: dg dev)\n"

@@ -107,6 +107,13 @@ class Reaped:
                  if self.freed else "")
         return "; ".join(part for part in (dead, freed) if part) or "no dead runs"
 
+    def lines(self) -> list[str]:
+        """What a console says of it, a line a run."""
+        return ([f"run {d.run_id[:8]} had lost its process (pid {d.pid}, job {d.job_name}): marked failed, its pool "
+                 "slots freed" for d in self.dead]
+                + [f"run {run_id[:8]} had ended still holding claims in pool {', '.join(pools)}: freed"
+                   for run_id, pools in self.freed.items()])
+
 
 def free_ended_claims(instance: dg.DagsterInstance) -> dict[str, tuple[str, ...]]:
     """Free the pool slots and pending steps of runs that have ended (or are gone): run id -> pools."""

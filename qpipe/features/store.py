@@ -167,7 +167,7 @@ def day_range(days: np.ndarray, start, end) -> tuple[int, int]:
 def sessions_without_prices(con: duckdb.DuckDBPyConnection, sessions: np.ndarray, start: pd.Timestamp,
                             end: pd.Timestamp, lookback: int) -> np.ndarray:
     """The market's ``sessions`` that rows of [start, end] read (the ``lookback`` before start too) and on which
-    raw.prices has no row: the rows are then computed across them, from a shorter history than Qlib's."""
+    raw.prices has no row: the rows are computed without them (store.calendar is the stored days)."""
     lo, hi = day_range(sessions, start, end)
     if hi < lo:  # no session in the range: it writes nothing
         return sessions[:0]
