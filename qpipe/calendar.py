@@ -15,7 +15,7 @@ provider appends to ``day.txt`` tomorrow is a partition today, with no code chan
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -42,9 +42,6 @@ class MarketCalendar:
     timezone: str
     close: time  # the local closing time of a regular session
     matched: str = ""  # a calendar of a source's own dates: the exchange whose hours (and sessions) it matched
-    # sessions of that exchange within the source's span on which the source has no row at all: under auto they
-    # are no partitions, so features and labels read across them; qpipe.assets.prices warns (CSV/Parquet sources)
-    gaps: np.ndarray = field(default_factory=lambda: np.empty(0, "datetime64[D]"))
 
     @property
     def last_known(self) -> np.datetime64:
@@ -90,6 +87,16 @@ class MarketCalendar:
         cron_days = ",".join(str((d + 1) % 7) for d in self.weekdays)  # cron counts Sunday as 0
         return f"{at.minute} {at.hour} * * {'1-5' if self.weekdays == (0, 1, 2, 3, 4) else cron_days}"
 
+    def sessions_lacking(self, start, end) -> np.ndarray:
+        """The matched exchange's sessions in [start, end], within this calendar's span, that it lacks: for a
+        calendar of a source's own dates, days with no row in any of its files (no partitions, so features and
+        labels read across them). Built when asked, by the ingest: not in every process that loads the calendar."""
+        lo, hi = max(_day(start), self.sessions[0]), min(_day(end), self.sessions[-1])
+        if not self.matched or hi < lo:
+            return self.sessions[:0]
+        exchange = exchange_calendar(self.matched, str(max(lo, np.datetime64(EARLIEST, "D"))))
+        return np.setdiff1d(exchange.trading_days(lo, min(hi, exchange.last_known)), self.sessions)
+
     def describe(self) -> str:
         return (f"{self.name}: {self.timezone}, close {self.close:%H:%M}, {len(self.sessions)} sessions "
                 f"{self.sessions[0]}..{self.last_known}")
@@ -112,9 +119,8 @@ def exchange_calendar(code: str, start: str = EARLIEST) -> MarketCalendar:
                           str(calendar.tz), calendar.close_times[-1][1])
 
 
-def data_calendar(name: str, key: str, dates, find_gaps: bool = False) -> MarketCalendar:
-    """A calendar of the dates a source has, with the hours of the exchange they match best; with ``find_gaps``,
-    the sessions of that exchange the source has no row on (a day missing from every file of a CSV source)."""
+def data_calendar(name: str, key: str, dates) -> MarketCalendar:
+    """A calendar of the dates a source has, with the hours of the exchange they match best."""
     sessions = np.unique(np.asarray(dates).astype("datetime64[D]"))
     if len(sessions) == 0:
         raise ValueError(f"{name}: no dates to make a calendar of")
@@ -122,12 +128,8 @@ def data_calendar(name: str, key: str, dates, find_gaps: bool = False) -> Market
     # A date on a day of the week the exchange never trades (a Saturday in a CSV) is no session: its rows
     # are then refused by name as "dates that are not sessions", and it gets no partition.
     sessions = sessions[np.isin((sessions.view("int64") + 3) % 7, exchange.weekdays)]
-    gaps = np.empty(0, "datetime64[D]")
-    if find_gaps and len(sessions):
-        whole = exchange_calendar(exchange.name, str(max(sessions[0], np.datetime64(EARLIEST, "D"))))
-        gaps = np.setdiff1d(whole.trading_days(sessions[0], min(sessions[-1], whole.last_known)), sessions)
     return MarketCalendar(f"{name} ({exchange.name} hours)", key, sessions, exchange.timezone, exchange.close,
-                          matched=exchange.name, gaps=gaps)
+                          matched=exchange.name)
 
 
 def best_matching_exchange(sessions: np.ndarray) -> MarketCalendar:
@@ -159,7 +161,7 @@ def calendar_for(choice: str, source: str, source_path: str = "", columns: dict 
         from qpipe.data.tabular import TabularSource
 
         return data_calendar(f"dates of {source_path}", "tabular dates",
-                             TabularSource(source_path, columns=dict(columns or {})).dates(), find_gaps=True)
+                             TabularSource(source_path, columns=dict(columns or {})).dates())
     return exchange_calendar(DEFAULT_EXCHANGE)
 
 

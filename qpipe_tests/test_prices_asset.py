@@ -139,7 +139,8 @@ def test_a_session_missing_from_a_whole_csv_source_is_named_in_a_warning(tmp_pat
     path = tmp_path / "prices.csv"
     rows.to_csv(path, index=False)
     calendar = calendar_for("auto", "tabular", str(path))
-    assert calendar.matched == "XNYS" and [str(d) for d in calendar.gaps] == ["2024-03-05"]
+    assert calendar.matched == "XNYS" and [str(d) for d in calendar.sessions_lacking("2022-01-01", "2025-01-01")] == [
+        "2024-03-05"]
     monkeypatch.setattr(prices_module, "market_calendar", lambda: calendar)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([raw_prices], instance=instance, tags={"dagster/asset_partition_range_start": "2024-03-01",

@@ -2,7 +2,6 @@
 transactional loads from the configured price source."""
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -59,7 +58,8 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
                          f"(it covers {first}..{last}); nothing was written")
     check_sessions(rows["date"], calendar.trading_days(start, end), price_source.describe(), calendar.name,
                    calendar.matched)
-    gaps = calendar.gaps[(calendar.gaps >= np.datetime64(start.date())) & (calendar.gaps <= np.datetime64(end.date()))]
+    # (a Qlib provider's day.txt is its calendar, as for Qlib: only a CSV/Parquet source's dates are checked)
+    gaps = calendar.sessions_lacking(start, end) if price_source.kind == "tabular" else []
     if len(gaps):
         context.log.warning(
             f"{len(gaps)} sessions of {calendar.matched} have no row for any instrument in {price_source.describe()}: "
