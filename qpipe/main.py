@@ -36,15 +36,8 @@ from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
+from qpipe.training_profiles import QUICK_MODELS, QUICK_WINDOW, checkpoint_config
 
-# A few epochs on a 240 + 60 session window: a minute or two on two CPU cores, enough to find the planted
-# signal. The MLP takes batches of 512 instead of Qlib's 4096: on 48,000 training rows that gives it enough
-# steps. The RNNs are half Qlib's width (hidden 32, not 64): an epoch takes 7 s instead of 27 s on one thread.
-QUICK_PROFILE = {"train_days": 240, "valid_days": 60}
-# The Transformer and Localformer (feed-forward width 2048, as in Qlib) need about 8 s per batch of 2048
-# on two CPU cores, 3 minutes per epoch of this profile: ask for them with --models on a GPU machine.
-QUICK_PARAMS = {"mlp": {"n_epochs": 30, "batch_size": 512}, **{rnn: {"n_epochs": 4, "hidden_size": 32}
-                                                                 for rnn in ("gru", "lstm", "alstm")}}
 TEST_DAYS = 250  # out-of-sample sessions scored after the checkpoint
 DAILY_WINDOW = TrainConfig.model_fields["train_days"].default + TrainConfig.model_fields["valid_days"].default
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the run log keeps everything
@@ -75,14 +68,13 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
     checkpoint = len(days) - 1 - test_days
     # Features back far enough for this checkpoint's window and for a default one on the last day, so the
     # after-close schedule's next run (QPIPE_RETRAIN_EVERY, TrainConfig's windows) finds its history.
-    first_train = min(checkpoint - LABEL_HORIZON - QUICK_PROFILE["valid_days"] - QUICK_PROFILE["train_days"] + 1,
+    first_train = min(checkpoint - LABEL_HORIZON - QUICK_WINDOW["valid_days"] - QUICK_WINDOW["train_days"] + 1,
                       len(days) - 1 - LABEL_HORIZON - DAILY_WINDOW + 1)
     prices_from, features_from = days[first_train - LOOKBACK], days[first_train]
     checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
     cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)
-    training = {"ops": {checkpoint_key(arch).to_python_identifier(): {
-        "config": {**QUICK_PROFILE, "params": {**QUICK_PARAMS.get(arch, {}), **({"n_epochs": epochs} if epochs else {})}}}
-        for arch in models},
+    training = {"ops": {checkpoint_key(arch).to_python_identifier(): {"config": checkpoint_config("quick", arch, epochs)}
+                        for arch in models},
         "execution": {"config": {"multiprocess": {"max_concurrent": plan.parallel_steps}}}}
     return [
         Stage(f"prices and universe {prices_from}..{end}", "daily_pipeline", ["raw/prices", "raw/universe", "raw/concepts"],
@@ -149,10 +141,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--end", default=None, help="last session (default: the latest session up to today)")
     parser.add_argument("--test-days", type=int, default=TEST_DAYS, help="sessions scored after the checkpoint")
-    parser.add_argument("--models", default=",".join(QUICK_PARAMS),
+    parser.add_argument("--models", default=",".join(QUICK_MODELS),
                         help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)})")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs of every model (default: the quick profile's, MLP 30, RNNs 4); early stopping "
+                        help="epochs of every model (default: the quick profile's, MLP 30, the others 4); early stopping "
                              "still applies")
     args = parser.parse_args()
     try:

@@ -5,7 +5,8 @@ It fires ``qpipe.calendar.SCHEDULE_DELAY`` after the exchange's close, in the ex
 
 On days that are not retrain days (QPIPE_RETRAIN_EVERY) the run leaves the checkpoints out; the
 predictions then come from the newest checkpoint at or before the day. Architectures not listed in
-QPIPE_MODELS are left out of every run.
+QPIPE_MODELS are left out of every run; QPIPE_TRAINING=quick trains the checkpoints with the main job's
+profile (qpipe.training_profiles) instead of their defaults.
 """
 
 from zoneinfo import ZoneInfo
@@ -14,9 +15,11 @@ import dagster as dg
 
 from qpipe.cadence import is_retrain_day
 from qpipe.calendar import market_calendar
+from qpipe.assets.models import checkpoint_key
 from qpipe.jobs import DAILY, WITHOUT_RETRAINING, daily_pipeline
 from qpipe.models.registry import ARCHITECTURES
 from qpipe.settings import get_settings
+from qpipe.training_profiles import checkpoint_config
 
 CALENDAR = market_calendar()
 
@@ -35,6 +38,9 @@ def after_close(context: dg.ScheduleEvaluationContext):
     for arch in set(ARCHITECTURES) - set(settings.models):
         selection = selection - dg.AssetSelection.tag("qpipe/arch", arch)
     keys = None if selection is DAILY else sorted(selection.resolve(context.repository_def.asset_graph))
+    training = {checkpoint_key(arch).to_python_identifier(): {"config": checkpoint_config(settings.training, arch)}
+                for arch in settings.models} if retrain and settings.training != "qlib" else {}
     return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat(), asset_selection=keys,
+                         run_config={"ops": training} if training else {},
                          tags={"qpipe/retrain": "yes" if retrain else f"no (every {settings.retrain_every})",
-                               "qpipe/models": ",".join(settings.models)})
+                               "qpipe/models": ",".join(settings.models), "qpipe/training": settings.training})

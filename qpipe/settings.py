@@ -25,7 +25,7 @@ VARIABLES = {
     "QPIPE_QLIB_INGEST": "qlib_ingest", "QPIPE_BENCHMARK": "benchmark", "QPIPE_CALENDAR": "calendar",
     "QPIPE_SYNTHETIC_SEED": "synthetic_seed", "QPIPE_SYNTHETIC_INSTRUMENTS": "synthetic_instruments",
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
-    "QPIPE_MODELS": "models", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
+    "QPIPE_MODELS": "models", "QPIPE_TRAINING": "training", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
     "QPIPE_CHECKPOINTS": "checkpoints_override", "QPIPE_BLOCK_CELLS": "block_cells",
     "QPIPE_LOAD_CELLS": "load_cells", "QPIPE_FRAME_CELLS": "frame_cells",
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
@@ -123,6 +123,9 @@ class Settings(BaseModel):
     retrain_every: str | int = "daily"
     # The architectures the daily schedule trains, scores and reports (all by default).
     models: tuple[str, ...] = ARCHITECTURES
+    # How much the daily schedule trains them (qpipe.training_profiles): "qlib", the checkpoint's defaults (Qlib's
+    # benchmark settings), or "quick", the main job's profile, for a CPU machine.
+    training: Literal["qlib", "quick"] = "qlib"
     block_cells: int = Field(default=BLOCK_CELLS, ge=1_000)
     load_cells: int = Field(default=LOAD_CELLS, ge=1_000)
     frame_cells: int = Field(default=FRAME_CELLS, ge=0)

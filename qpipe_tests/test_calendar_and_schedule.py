@@ -102,6 +102,32 @@ def test_schedule_runs_only_the_models_listed_in_qpipe_models(monkeypatch):
     assert "QPIPE_MODELS = 'lstm,xgboost': unknown model 'xgboost'" in str(failed.value.__cause__)
 
 
+def test_schedule_trains_with_the_main_jobs_quick_profile_under_qpipe_training_quick(monkeypatch):
+    """Found by a user: on a CPU machine the schedule trained Qlib's full settings (a GRU ETA of 1 h 21 min)."""
+    from qpipe.definitions import defs
+
+    ny = ZoneInfo("America/New_York")
+    default = _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny)).run_requests[0]
+    assert not default.run_config and default.tags["qpipe/training"] == "qlib"  # the checkpoints' own defaults
+    monkeypatch.setenv("QPIPE_TRAINING", "quick")
+    monkeypatch.setenv("QPIPE_MODELS", "mlp,gru,transformer")
+    request = _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny)).run_requests[0]
+    ops = request.run_config["ops"]
+    assert set(ops) == {"models__mlp_checkpoint", "models__gru_checkpoint", "models__transformer_checkpoint"}
+    assert ops["models__mlp_checkpoint"]["config"] == {
+        "train_days": 240, "valid_days": 60, "params": {"n_epochs": 30, "batch_size": 512}}
+    assert ops["models__gru_checkpoint"]["config"]["params"] == {"n_epochs": 4, "hidden_size": 32}
+    assert ops["models__transformer_checkpoint"]["config"]["params"] == {"n_epochs": 4}
+    job = defs.resolve_job_def("daily_pipeline").get_subset(asset_selection=set(request.asset_selection))
+    assert dg.validate_run_config(job, request.run_config)
+    monkeypatch.setenv("QPIPE_RETRAIN_EVERY", "weekly")  # Wednesday trains nothing: no training config
+    assert not _tick(datetime(2024, 1, 17, 17, 30, tzinfo=ny)).run_requests[0].run_config
+    monkeypatch.setenv("QPIPE_TRAINING", "fast")
+    with pytest.raises(dg.DagsterUserCodeExecutionError) as failed:
+        _tick(datetime(2024, 1, 17, 17, 30, tzinfo=ny))
+    assert "QPIPE_TRAINING = 'fast'" in str(failed.value.__cause__) and "'quick'" in str(failed.value.__cause__)
+
+
 def test_exchange_calendars_give_sessions_time_zone_and_close():
     from qpipe.calendar import exchange_calendar
 

@@ -298,7 +298,8 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
             history = report.read_daily_ic(con, arch, end)
         chart = report.cumulative_ic_chart(history, arch, get_settings().home / "reports" / f"{arch}_ic.png")
         summary = ic_summary(history)
-        context.log.info(f"{arch}: {len(daily)} new IC days; to date {report.format_summary(summary)}"
+        context.log.info(f"{arch}: IC of {len(daily)} session{'s' if len(daily) != 1 else ''} stored; to date "
+                         f"{report.format_summary(summary)}"
                          + recording(context))
         numbers = {**({"IC": daily["IC"].iloc[-1], "Rank IC": daily["Rank IC"].iloc[-1]} if len(daily) else {}),
                    **{f"{k} to date": v for k, v in summary.items()}}
