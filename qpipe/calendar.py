@@ -9,15 +9,17 @@ market all read this one calendar. ``QPIPE_CALENDAR`` chooses it:
   directory's calendar is its ``calendars/day.txt`` and a CSV/Parquet source's the dates in its
   files, with the time zone and close of the exchange whose sessions they match best.
 
-A calendar knows its sessions up to ``last_known`` (an exchange's published holidays, the last
-line of ``day.txt``). After that, the weekdays on which it trades count as sessions, so a day a
-provider appends to ``day.txt`` tomorrow is a partition today, with no code change.
+A calendar knows its sessions up to ``last_known``: an exchange's published holidays; for a source's
+own dates, the last line of ``day.txt`` or the last date in its files, followed by the sessions of the
+exchange they match (so a holiday after the source's last date is no partition and the schedule skips
+it). After that, the weekdays on which it trades count as sessions, so a day a provider appends to
+``day.txt`` tomorrow is a partition today, with no code change.
 """
 
 import json
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -38,14 +40,20 @@ SCHEDULE_DELAY = timedelta(minutes=90)  # the daily run starts this long after t
 class MarketCalendar:
     name: str  # "XNYS", or where a data calendar came from, e.g. "day.txt of /data/cn (XSHG hours)"
     key: str  # what a warehouse remembers: the exchange code, or "qlib day.txt" / "tabular dates"
-    sessions: np.ndarray  # datetime64[D], ascending: the sessions known
+    sessions: np.ndarray  # datetime64[D], ascending: the exchange's sessions, or the dates of a source
     timezone: str
     close: time  # the local closing time of a regular session
     matched: str = ""  # a calendar of a source's own dates: the exchange whose hours (and sessions) it matched
+    upcoming: np.ndarray | None = None  # such a calendar: the matched exchange's sessions after the source's last date
+
+    @cached_property
+    def known(self) -> np.ndarray:
+        """Every session known: ``sessions`` and then the ``upcoming`` ones."""
+        return self.sessions if self.upcoming is None else np.concatenate([self.sessions, self.upcoming])
 
     @property
     def last_known(self) -> np.datetime64:
-        return self.sessions[-1]
+        return self.known[-1]
 
     @property
     def weekdays(self) -> tuple[int, ...]:
@@ -55,7 +63,7 @@ class MarketCalendar:
     def trading_days(self, start, end) -> np.ndarray:
         """Sessions in [start, end] as datetime64[D]; after ``last_known``, every trading weekday."""
         lo, hi = _day(start), _day(end)
-        known = self.sessions[(self.sessions >= lo) & (self.sessions <= hi)]
+        known = self.known[(self.known >= lo) & (self.known <= hi)]
         if hi <= self.last_known:
             return known
         after = np.arange(max(lo, self.last_known + ONE_DAY), hi + ONE_DAY, dtype="datetime64[D]")
@@ -69,7 +77,7 @@ class MarketCalendar:
         """Trading weekdays in [start, min(end, last_known)] that are not sessions (holidays, closures)."""
         hi = min(_day(end), self.last_known) if end is not None else self.last_known
         days = np.arange(_day(start), hi + ONE_DAY, dtype="datetime64[D]")
-        closed = days[np.isin((days.view("int64") + 3) % 7, self.weekdays) & ~np.isin(days, self.sessions)]
+        closed = days[np.isin((days.view("int64") + 3) % 7, self.weekdays) & ~np.isin(days, self.known)]
         return [d.item() for d in closed]
 
     def today(self) -> date:
@@ -99,7 +107,8 @@ class MarketCalendar:
 
     def describe(self) -> str:
         return (f"{self.name}: {self.timezone}, close {self.close:%H:%M}, {len(self.sessions)} sessions "
-                f"{self.sessions[0]}..{self.last_known}")
+                f"{self.sessions[0]}..{self.sessions[-1]}" + ("" if self.upcoming is None else
+                                                              f", then {self.matched}'s to {self.last_known}"))
 
 
 def _day(value) -> np.datetime64:
@@ -129,7 +138,7 @@ def data_calendar(name: str, key: str, dates) -> MarketCalendar:
     # are then refused by name as "dates that are not sessions", and it gets no partition.
     sessions = sessions[np.isin((sessions.view("int64") + 3) % 7, exchange.weekdays)]
     return MarketCalendar(f"{name} ({exchange.name} hours)", key, sessions, exchange.timezone, exchange.close,
-                          matched=exchange.name)
+                          matched=exchange.name, upcoming=exchange.sessions[exchange.sessions > sessions[-1]])
 
 
 def best_matching_exchange(sessions: np.ndarray) -> MarketCalendar:

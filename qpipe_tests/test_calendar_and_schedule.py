@@ -148,11 +148,35 @@ def test_a_data_calendar_takes_its_own_days_and_counts_later_weekdays_as_session
     calendar = data_calendar("day.txt of a provider", "qlib day.txt", sessions)
     assert calendar.name == "day.txt of a provider (XSHG hours)" and calendar.timezone == "Asia/Shanghai"
     assert calendar.is_session("2019-07-04") and not calendar.is_session("2019-10-01")
-    # after the last line of day.txt: weekdays, so the day a provider appends is already a partition
+    # after the last line of day.txt: XSHG's sessions (New Year's Day is none), so the day a provider appends
+    # is already a partition; after XSHG's published holidays, every weekday
     assert [str(d) for d in calendar.trading_days("2019-12-30", "2020-01-06")] == [
-        "2019-12-30", "2019-12-31", "2020-01-01", "2020-01-02", "2020-01-03", "2020-01-06"]
+        "2019-12-30", "2019-12-31", "2020-01-02", "2020-01-03", "2020-01-06"]
     assert [str(d) for d in calendar.closed_weekdays("2019-09-30", "2019-10-08")] == [
         f"2019-10-0{d}" for d in range(1, 8) if d not in (5, 6)]
+    horizon = calendar.last_known
+    assert len(calendar.trading_days(horizon + 1, horizon + 7)) == 5
+
+
+def test_a_holiday_after_a_sources_last_date_is_no_partition_and_the_schedule_skips_it(monkeypatch):
+    """Found by a user: a US file ending 2017-12-06 under QPIPE_CALENDAR=auto made 2017-12-25 and 2018-01-01
+    partitions, and the after-close schedule ran (and failed) on every holiday after the file's last date."""
+    import qpipe.partitions
+    from qpipe.calendar import data_calendar, exchange_calendar
+
+    nyse = exchange_calendar("XNYS")
+    calendar = data_calendar("dates of prices.csv", "tabular dates", nyse.trading_days("2015-01-02", "2017-12-06"))
+    assert calendar.matched == "XNYS" and str(calendar.sessions[-1]) == "2017-12-06"
+    days = [str(d) for d in calendar.trading_days("2017-12-21", "2018-01-03")]
+    assert days == ["2017-12-21", "2017-12-22", "2017-12-26", "2017-12-27", "2017-12-28", "2017-12-29",
+                    "2018-01-02", "2018-01-03"]
+    assert not calendar.is_session("2017-12-25") and not calendar.is_session("2026-11-26")  # Thanksgiving
+    assert {"2017-12-25", "2018-01-01", "2026-11-26"} <= {str(d) for d in calendar.closed_weekdays("2017-12-01")}
+    assert "2017-12-06, then XNYS's to" in calendar.describe()
+    monkeypatch.setattr(qpipe.partitions, "market_calendar", lambda: calendar)  # the partitions of such a source
+    keys = qpipe.partitions.build_partitions("2017-11-01").get_partition_keys(
+        current_time=datetime(2018, 1, 3, 18, 0, tzinfo=ZoneInfo("America/New_York")))
+    assert keys[-8:] == days and "2017-11-23" not in keys
 
 
 def test_a_saturday_in_a_sources_dates_is_no_session_and_its_rows_are_refused_by_name():
