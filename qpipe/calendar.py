@@ -157,7 +157,8 @@ def best_matching_exchange(sessions: np.ndarray) -> MarketCalendar:
     return best
 
 
-def calendar_for(choice: str, source: str, source_path: str = "", columns: dict | None = None) -> MarketCalendar:
+def calendar_for(choice: str, source: str, source_path: str = "", columns: dict | None = None,
+                 date_format: str = "") -> MarketCalendar:
     """The calendar ``QPIPE_CALENDAR = choice`` means for a source (see the module docstring)."""
     if choice.strip().lower() != "auto":
         return exchange_calendar(choice.strip())
@@ -170,20 +171,20 @@ def calendar_for(choice: str, source: str, source_path: str = "", columns: dict 
         from qpipe.data.tabular import TabularSource
 
         return data_calendar(f"dates of {source_path}", "tabular dates",
-                             TabularSource(source_path, columns=dict(columns or {})).dates())
+                             TabularSource(source_path, columns=dict(columns or {}), date_format=date_format).dates())
     return exchange_calendar(DEFAULT_EXCHANGE)
 
 
 @lru_cache(maxsize=4)
-def _configured(choice: str, source: str, source_path: str, columns: str) -> MarketCalendar:
-    return calendar_for(choice, source, source_path, json.loads(columns))
+def _configured(choice: str, source: str, source_path: str, columns: str, date_format: str) -> MarketCalendar:
+    return calendar_for(choice, source, source_path, json.loads(columns), date_format)
 
 
 def market_calendar() -> MarketCalendar:
     """The configured calendar (QPIPE_CALENDAR and the QPIPE_SOURCE* settings), loaded once per process."""
     settings = get_settings()
     return _configured(settings.calendar, settings.source, settings.source_path,
-                       json.dumps(settings.source_columns, sort_keys=True))
+                       json.dumps(settings.source_columns, sort_keys=True), settings.source_date_format)
 
 
 def trading_days(start, end) -> np.ndarray:

@@ -115,6 +115,8 @@ class PriceSource(dg.ConfigurableResource):
     kind: str = Field(description=f"one of {SOURCE_KINDS}")
     path: str = Field(default="", description="CSV/Parquet file or folder, or Qlib provider directory")
     columns: dict[str, str] = Field(default_factory=dict, description="source column -> qpipe column")
+    date_format: str = Field(default="", description="strptime format of a CSV/Parquet source's dates, e.g. %m/%d/%Y "
+                             "(QPIPE_SOURCE_DATE_FORMAT); default YYYY-MM-DD or YYYYMMDD")
     market: str = Field(default="all", description="Qlib instruments/<market>.txt used as the universe")
     ingest: Literal["market", "all"] = Field(default="market", description="Qlib instruments read: the market's "
                                              "members since `since` plus the benchmark, or all")
@@ -127,7 +129,7 @@ class PriceSource(dg.ConfigurableResource):
 
     def source(self) -> Source:
         return open_source(self.kind, self.path, self.columns, self.market, self.seed, self.n_instruments,
-                           ingest=self.ingest, benchmark=self.benchmark, since=self.since)
+                           ingest=self.ingest, benchmark=self.benchmark, since=self.since, date_format=self.date_format)
 
     def describe(self) -> str:
         return f"synthetic(seed={self.seed}, n={self.n_instruments})" if self.kind == "synthetic" else f"{self.kind}:{self.path}"
@@ -168,7 +170,7 @@ def build_resources(settings: Settings | None = None) -> dict:
         "warehouse": Warehouse(database=str(s.warehouse), connection_config={**wh.CONNECTION_CONFIG, "threads": threads},
                                lake=s.lake, lake_data=s.lake_data),
         "checkpoints": CheckpointStore(root=str(s.checkpoints)),
-        "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns, concepts=s.concepts_path,
+        "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns, date_format=s.source_date_format, concepts=s.concepts_path,
                                     market=s.qlib_market, ingest=s.qlib_ingest, benchmark=s.benchmark,
                                     since=s.first_partition, seed=s.synthetic_seed,
                                     n_instruments=s.synthetic_instruments),

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +21,7 @@ CADENCES = ("daily", "weekly", "monthly")
 # Environment variable -> field. The field's default applies where the variable is unset.
 VARIABLES = {
     "QPIPE_HOME": "home", "QPIPE_SOURCE": "source", "QPIPE_SOURCE_PATH": "source_path",
-    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_CONCEPTS": "concepts_path", "QPIPE_QLIB_MARKET": "qlib_market",
+    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_SOURCE_DATE_FORMAT": "source_date_format", "QPIPE_CONCEPTS": "concepts_path", "QPIPE_QLIB_MARKET": "qlib_market",
     "QPIPE_QLIB_INGEST": "qlib_ingest", "QPIPE_BENCHMARK": "benchmark", "QPIPE_CALENDAR": "calendar",
     "QPIPE_SYNTHETIC_SEED": "synthetic_seed", "QPIPE_SYNTHETIC_INSTRUMENTS": "synthetic_instruments",
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
@@ -103,6 +103,8 @@ class Settings(BaseModel):
     source_path: str = ""
     # JSON object mapping source column names to qpipe names, e.g. {"Name": "instrument"}.
     source_columns: dict[str, str] = Field(default_factory=dict)
+    # strptime format of a CSV/Parquet source's dates, e.g. "%m/%d/%Y"; empty: YYYY-MM-DD or YYYYMMDD.
+    source_date_format: str = ""
     # A CSV/Parquet file of concept memberships (instrument, concept[, kind]) for HIST, in place of the source's own.
     concepts_path: str = ""
     qlib_market: str = "all"
@@ -176,6 +178,19 @@ class Settings(BaseModel):
     @classmethod
     def _models(cls, value):
         return parse_models(value)
+
+    @field_validator("source_date_format")
+    @classmethod
+    def _date_format(cls, value: str) -> str:
+        sample = date(2013, 12, 31)
+        try:
+            same = not value or datetime.strptime(sample.strftime(value), value).date() == sample
+        except ValueError:
+            same = False
+        if not same:
+            raise ValueError(f"QPIPE_SOURCE_DATE_FORMAT = {value!r}: not a strptime format of a whole date "
+                             "(year, month and day), e.g. %m/%d/%Y or %d.%m.%Y")
+        return value
 
     @field_validator("source_columns", mode="before")
     @classmethod

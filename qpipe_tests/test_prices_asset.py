@@ -153,3 +153,62 @@ def test_a_session_missing_from_a_whole_csv_source_is_named_in_a_warning(tmp_pat
     assert {m.metadata["sessions_without_rows"].value for m in result.asset_materializations_for_node("raw__prices")} == {1}
     assert {r[0] for r in table_rows(warehouse_path, "raw.prices")} == {
         dt.date(2024, 3, d) for d in (1, 4, 6, 7, 8)}
+
+
+def _vendor_file(path, last_day: str, split_on: str | None = None, dividend_on: str | None = None) -> None:
+    """A back-adjusted vendor's file as it stands on ``last_day``: AAA splits 2:1 on ``split_on``, BBB pays 1% on
+    ``dividend_on``; ``adj close`` is back-adjusted for both (as Yahoo's)."""
+    days = pd.bdate_range("2024-01-02", last_day).strftime("%Y-%m-%d")
+    rows = []
+    for i, day in enumerate(days):
+        for name, price in (("AAA", 100.0 + i), ("BBB", 50.0 + 0.5 * i)):
+            traded, adjust = price, 1.0
+            if name == "AAA" and split_on and day >= split_on:
+                traded = price / 2
+            if name == "AAA" and split_on and day < split_on:
+                adjust = 0.5
+            if name == "BBB" and dividend_on and day < dividend_on:
+                adjust = 0.99
+            volume = 1000.0 * (2 if name == "AAA" and split_on and day >= split_on else 1)
+            rows.append((day, name, traded, traded * 1.01, traded * 0.99, traded, traded * adjust, volume))
+    pd.DataFrame(rows, columns=["Date", "Name", "Open", "High", "Low", "Close", "Adj Close", "Volume"]).to_csv(path, index=False)
+
+
+def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_basis(tmp_path, warehouse_path):
+    """Found by a user: with a Yahoo-style source (adj close, back-adjusted), the daily run after a 7:1 split stored
+    the new day on the new basis beside history stored on the old one: a -85% label, and no check fired."""
+    path = tmp_path / "prices.csv"
+    source = PriceSource(kind="tabular", path=str(path))
+    _vendor_file(path, "2024-01-08")
+    _materialize(warehouse_path, source, partition_range=("2024-01-02", "2024-01-08"))
+    _vendor_file(path, "2024-01-10", split_on="2024-01-09", dividend_on="2024-01-10")  # the next days' file
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([raw_prices], instance=instance, tags={"dagster/asset_partition_range_start": "2024-01-09",
+                                                                   "dagster/asset_partition_range_end": "2024-01-10"},
+                            resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+    stored = {(r[1], r[0].isoformat()): r for r in table_rows(warehouse_path, "raw.prices")}
+    # date, instrument, open, high, low, close, vwap, volume, factor: continuous on the stored basis
+    assert stored["AAA", "2024-01-08"][5] == 104.0 and stored["AAA", "2024-01-08"][8] == 1.0
+    assert stored["AAA", "2024-01-09"][5] == pytest.approx(105.0) and stored["AAA", "2024-01-09"][8] == pytest.approx(2.0)
+    assert stored["AAA", "2024-01-09"][7] == pytest.approx(1000.0)  # 2,000 traded shares = 1,000 of the old basis
+    assert stored["AAA", "2024-01-09"][5] / stored["AAA", "2024-01-09"][8] == pytest.approx(52.5)  # the traded price
+    assert stored["BBB", "2024-01-10"][5] == pytest.approx((50 + 0.5 * 6) / 0.99)  # before the dividend: 0.99
+    info = " ".join(e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.INFO)
+    assert "2 instruments re-based by the source since their last stored session" in info
+    assert "AAA x2" in info and "BBB x1.0101" in info
+    assert {m.metadata["rebased_instruments"].value for m in result.asset_materializations_for_node("raw__prices")} == {2}
+    # a day re-ingested later is on the same basis: nothing changes
+    _materialize(warehouse_path, source, "2024-01-10")
+    assert {(r[1], r[0].isoformat()): r for r in table_rows(warehouse_path, "raw.prices")} == stored
+
+    # the vendor restates one price of 2024-01-10 (not a re-basing): named, the next day stored as the source has it
+    frame = pd.read_csv(path)
+    frame.loc[(frame["Date"] == "2024-01-10") & (frame["Name"] == "BBB"), ["Close", "Adj Close"]] = 52.5
+    extra = frame[frame["Date"] == "2024-01-10"].assign(Date="2024-01-11")
+    pd.concat([frame, extra]).to_csv(path, index=False)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([raw_prices], instance=instance, partition_key="2024-01-11",
+                            resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any("differ from the stored ones for 1 instruments (BBB)" in w and "--partition-range" in w
+               for w in warnings), warnings

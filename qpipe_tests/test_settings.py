@@ -29,6 +29,8 @@ def test_defaults_work_out_of_the_box(tmp_path):
     ("QPIPE_LAKE", "postgres:dbname=qpipe", "QPIPE_LAKE = 'postgres:dbname=qpipe' needs QPIPE_LAKE_DATA"),
     ("QPIPE_FEATURE_DEVICE", "mps", "QPIPE_FEATURE_DEVICE = 'mps': expected auto, cpu, cuda or cuda:<index>"),
     ("QPIPE_BLOCK_CELLS", "100", "QPIPE_BLOCK_CELLS = '100': Input should be greater than or equal to 1000"),
+    ("QPIPE_TRAINING", "fast", "QPIPE_TRAINING = 'fast': Input should be 'qlib' or 'quick'"),
+    ("QPIPE_SOURCE_DATE_FORMAT", "%m/%Y", "QPIPE_SOURCE_DATE_FORMAT = '%m/%Y': not a strptime format of a whole date"),
 ])
 def test_a_bad_value_is_refused_by_name(variable, value, message):
     with pytest.raises(SettingsError) as refused:

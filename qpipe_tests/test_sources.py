@@ -116,6 +116,8 @@ BAD_CASES = {
     "no symbol": ("date,symbol,open,high,low,close,volume\n2024-01-02, ,10,11,9,10,1000\n", "missing instrument", None),
     "negative close beside an adj close": ("date,symbol,open,high,low,close,adj close,volume\n"
                                            "2024-01-02,AAA,10,11,9,-3,49,1000\n", "non-positive close", "AAA"),
+    "empty adj close on one row": ("date,symbol,open,high,low,close,adj close,volume\n2024-01-02,AAA,10,11,9,10,9.5,1000\n"
+                                   "2024-01-03,AAA,10.5,11,10,10.8,,900\n", "missing factor", "AAA"),
     "zero factor": ("date,symbol,open,high,low,close,volume,factor\n2024-01-02,AAA,10,11,9,10,1000,0\n",
                     "non-positive factor", "AAA"),
 }
@@ -176,6 +178,35 @@ def test_column_names_from_settings_and_headers_stay_names_never_sql(tmp_path):
     with pytest.raises(PriceDataError, match=r"unknown column mapping: .*maps 'px\"last' to \"close, error\('x'\) AS boom\", "
                                              r"which is not a qpipe column \(one of date, instrument, open"):
         TabularSource(str(path), columns={'px"last': "close, error('x') AS boom"}).prices()
+
+
+def test_dates_in_another_format_are_read_with_qpipe_source_date_format(tmp_path):
+    """Found by a user: a file of MM/DD/YYYY dates failed the code location's import with 'no dates to make a
+    calendar of' and an 82-line traceback."""
+    from qpipe.calendar import calendar_for
+
+    iso = tmp_path / "iso.csv"
+    iso.write_text(GOOD + "2024-01-16,AAA,11,12,10,11.5,800\n")
+    expected = TabularSource(str(iso)).prices()
+    us = tmp_path / "us.csv"
+    us.write_text(GOOD.replace("2024-01-02", "01/02/2024").replace("2024-01-03", "01/03/2024")
+                  + "01/16/2024,AAA,11,12,10,11.5,800\n")
+    for call in (lambda: TabularSource(str(us)).prices(), lambda: calendar_for("auto", "tabular", str(us))):
+        with pytest.raises(PriceDataError, match=r"unparseable date: source .*us.csv.*date value '01/0[23]/2024' is not "
+                                                 r"a date \(YYYY-MM-DD or YYYYMMDD; its dates may be '%m/%d/%Y' or "
+                                                 r"'%d/%m/%Y': set QPIPE_SOURCE_DATE_FORMAT"):
+            call()
+    pd.testing.assert_frame_equal(TabularSource(str(us), date_format="%m/%d/%Y").prices(), expected)
+    calendar = calendar_for("auto", "tabular", str(us), date_format="%m/%d/%Y")
+    assert [str(d) for d in calendar.sessions] == ["2024-01-02", "2024-01-03", "2024-01-16"]
+    one_day = TabularSource(str(us), date_format="%m/%d/%Y").prices("2024-01-16", "2024-01-16")
+    assert one_day["date"].tolist() == [pd.Timestamp("2024-01-16")]  # a day's read filters inside the scan
+    with pytest.raises(PriceDataError, match=r"date value '01/02/2024' is not a date in the format '%d.%m.%Y'"):
+        TabularSource(str(us), date_format="%d.%m.%Y").prices()
+    compact = tmp_path / "compact.csv"  # YYYYMMDD needs no setting
+    compact.write_text(GOOD.replace("2024-01-02", "20240102").replace("2024-01-03", "20240103")
+                       + "20240116,AAA,11,12,10,11.5,800\n")
+    pd.testing.assert_frame_equal(TabularSource(str(compact)).prices(), expected)
 
 
 def test_broken_files_are_named_with_what_is_wrong(tmp_path, sp500):

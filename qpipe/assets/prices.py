@@ -7,6 +7,7 @@ from pydantic import Field
 
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
+from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored, anchor
 from qpipe.data.validation import check_sessions, first_few
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import PriceSource, Warehouse
@@ -51,7 +52,10 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
     source = price_source.source()
-    rows = source.prices(start, end)  # those days only
+    before = calendar.trading_days(start - pd.Timedelta(days=5 * ANCHOR_SESSIONS), start - pd.Timedelta(days=1))
+    before = before[-ANCHOR_SESSIONS:]
+    read = source.prices(before[0] if len(before) else start, end)  # those days only, and the few before to anchor on
+    rows = read[read["date"] >= start].reset_index(drop=True)
     if rows.empty:
         first, last = source.span()
         raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
@@ -66,7 +70,11 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
             f"{first_few(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
             f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
     with warehouse.get_connection() as con:
+        stored = wh.read_prices(con, before[0], before[-1]) if len(before) else read.iloc[:0]
+        anchored = anchor(rows, read[read["date"] < start], stored)
+        rows = anchored.rows
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
+    report_anchoring(context, anchored, start, end)
     suspended = int(rows["close"].isna().sum())
     context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for {rows['instrument'].nunique()} instruments"
                      + recording(context))
@@ -78,7 +86,21 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         "last_date": str(rows["date"].max().date()),
         "source": price_source.describe(),
         "sessions_without_rows": len(gaps),  # of the exchange a source's own calendar matched (see the warning)
+        "rebased_instruments": len(anchored.rebased),  # moved onto the stored adjustment basis (qpipe.data.anchoring)
     })
+
+
+def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, start: pd.Timestamp, end: pd.Timestamp) -> None:
+    if anchored.rebased:
+        context.log.info(f"{len(anchored.rebased)} instruments re-based by the source since their last stored session "
+                         "(a split or dividend adjusted into its history) are stored on the warehouse's basis: "
+                         + first_few([f"{name} x{k:.6g}" for name, k in sorted(anchored.rebased.items())]))
+    if anchored.restated:
+        context.log.warning(
+            f"the source's prices of the session before {start.date()} differ from the stored ones for "
+            f"{len(anchored.restated)} instruments ({first_few(anchored.restated)}), not by one ratio (a re-basing): "
+            f"the source restated that day; to store its version, ingest from that day: dg launch --assets raw/prices "
+            f"--partition-range <that day>...{end.date()}")
 
 
 @dg.multi_asset(

@@ -10,6 +10,7 @@ import csv
 import gzip
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -69,6 +70,18 @@ def _scan_or_explain(con: duckdb.DuckDBPyConnection, sql: str, source: str) -> d
                              detail=f"{detail} (a file cut mid-row, or rows of another layout?)") from None
 
 
+# Date formats a date column may be in, named in the hint of an "unparseable date" error.
+DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y.%m.%d", "%d-%b-%Y", "%b %d, %Y")
+
+
+def _strptime(value: str, date_format: str) -> bool:
+    try:
+        datetime.strptime(value.strip(), date_format)
+        return True
+    except ValueError:
+        return False
+
+
 def identifier(name: str) -> str:
     """A column name as a quoted SQL identifier: whatever a file's header or a setting holds, it stays a name."""
     return '"' + name.replace('"', '""') + '"'
@@ -86,6 +99,7 @@ class TabularSource:
     path: str
     columns: dict[str, str] = field(default_factory=dict)
     prices_adjusted: bool = False
+    date_format: str = ""  # strptime format of the date column (QPIPE_SOURCE_DATE_FORMAT); default ISO or YYYYMMDD
 
     def files(self) -> list[Path]:
         root = Path(self.path)
@@ -107,7 +121,8 @@ class TabularSource:
         for (parquet, header), ids in self._groups(files).items():
             mapping = self._mapping(files[ids[0]], list(header))
             scans.append(self._select(files, ids, parquet, list(header), mapping,
-                                      self._date_filter(files[ids[0]], parquet, mapping, start, end)))
+                                      self._date_filter(files[ids[0]], parquet, mapping, start, end),
+                                      next((c for c in ("factor", "adj_close") if c in mapping.values()), "none")))
         con = duckdb.connect()
         try:
             _scan_or_explain(con, "CREATE TEMP TABLE rows AS " + " UNION ALL BY NAME ".join(scans), self.path)
@@ -137,8 +152,27 @@ class TabularSource:
 
     def dates(self) -> np.ndarray:
         """The distinct dates in the files (the source's calendar), read from the date column alone."""
-        rows = self._scan(("date",), "SELECT DISTINCT TRY_CAST(date AS DATE) AS d FROM scan WHERE d IS NOT NULL ORDER BY d")
+        rows = self._scan(("date",), f"SELECT DISTINCT {self._parsed('date')} AS d FROM scan WHERE d IS NOT NULL ORDER BY d")
+        if len(rows["d"]) == 0:
+            first = self._scan(("date",), "SELECT date FROM scan WHERE date IS NOT NULL LIMIT 1")["date"]
+            if len(first):
+                raise PriceDataError("unparseable date", self.path, detail=self._not_a_date(str(first[0])))
         return np.asarray(rows["d"]).astype("datetime64[D]")
+
+    def _parsed(self, column: str) -> str:
+        """SQL of ``column`` (text) as a DATE, NULL where it is not one in the source's date format."""
+        if self.date_format:
+            quoted = self.date_format.replace("'", "''")  # a format is text in the SQL, never SQL
+            return f"CAST(TRY_STRPTIME({column}, '{quoted}') AS DATE)"
+        return f"COALESCE(TRY_CAST({column} AS DATE), CAST(TRY_STRPTIME({column}, '%Y%m%d') AS DATE))"
+
+    def _not_a_date(self, value: str) -> str:
+        if self.date_format:
+            return f"date value {value!r} is not a date in the format {self.date_format!r} (QPIPE_SOURCE_DATE_FORMAT)"
+        fits = [f for f in DATE_FORMATS if _strptime(value, f)]
+        hint = (f"; its dates may be {' or '.join(repr(f) for f in fits)}: set QPIPE_SOURCE_DATE_FORMAT to the one "
+                "they are" if fits else "")
+        return f"date value {value!r} is not a date (YYYY-MM-DD or YYYYMMDD{hint})"
 
     def _scan(self, wanted: tuple[str, ...], query: str) -> dict:
         files = self.files()
@@ -194,8 +228,7 @@ class TabularSource:
                        f"columns)")
         return mapping
 
-    @staticmethod
-    def _date_filter(file: Path, parquet: bool, mapping: dict[str, str], start, end) -> str:
+    def _date_filter(self, file: Path, parquet: bool, mapping: dict[str, str], start, end) -> str:
         """SQL keeping the rows dated start..end, and those whose date does not parse (to be reported)."""
         if start is None and end is None:
             return ""
@@ -206,13 +239,14 @@ class TabularSource:
         kind = _parquet_schema(file).field(source).type if parquet else None
         if kind is not None and (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
             return f"{column} >= DATE '{lo}' AND {column} < DATE '{after}'"  # on the column: row groups are skipped
-        parsed = f"TRY_CAST({column} AS DATE)"
+        parsed = self._parsed(f"CAST({column} AS VARCHAR)")
         return f"(({parsed} >= DATE '{lo}' AND {parsed} < DATE '{after}') OR {parsed} IS NULL)"
 
     @staticmethod
     def _select(files: list[Path], ids: list[int], parquet: bool, header: list[str], mapping: dict[str, str],
-                where: str = "") -> str:
-        """One multi-file scan; ``_file_id`` remembers which file each row came from."""
+                where: str = "", factor_from: str = "") -> str:
+        """One multi-file scan; ``_file_id`` remembers which file each row came from, ``_factor_from`` which of
+        its columns gives the factor (``factor``, ``adj_close`` or ``none``)."""
         paths = [str(files[i]).replace("'", "''") for i in ids]
         reader = "read_parquet" if parquet else "read_csv"
         options = "filename='_qpipe_path'"  # names of our own that no file's header uses (Name, filename, id ...)
@@ -220,21 +254,22 @@ class TabularSource:
             types = ", ".join("'" + h.replace("'", "''") + "': 'VARCHAR'" for h in header)
             options += f", header=true, auto_detect=false, delim=',', quote='\"', columns={{{types}}}"
         cols = ", ".join(f"CAST(s.{identifier(src)} AS VARCHAR) AS {identifier(dst)}" for src, dst in mapping.items())
+        if factor_from:
+            cols += f", '{factor_from}' AS _factor_from"
         listing = ", ".join(f"'{p}'" for p in paths)
         ids_by_name = ", ".join(f"('{p}', {i})" for p, i in zip(paths, ids))
         return (f"SELECT {cols}, f._qpipe_id AS _file_id FROM {reader}([{listing}], {options}) AS s "
                 f"JOIN (VALUES {ids_by_name}) AS f(_qpipe_file, _qpipe_id) ON s._qpipe_path = f._qpipe_file"
                 + (f" WHERE {where}" if where else ""))
 
-    @staticmethod
-    def _check_values(con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
+    def _check_values(self, con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
         present = {d[0] for d in con.execute("SELECT * FROM rows LIMIT 0").description}
         bad_date = con.execute(
-            "SELECT _file_id, instrument, date FROM rows WHERE date IS NULL OR TRY_CAST(date AS DATE) IS NULL LIMIT 1"
+            f"SELECT _file_id, instrument, date FROM rows WHERE date IS NULL OR {self._parsed('date')} IS NULL LIMIT 1"
         ).fetchone()
         if bad_date:
             raise PriceDataError("unparseable date", str(files[bad_date[0]]), instrument=bad_date[1],
-                                 detail=f"date value {bad_date[2]!r} is not a date (YYYY-MM-DD)")
+                                 detail=self._not_a_date(str(bad_date[2])))
         missing_symbol = con.execute(
             "SELECT _file_id, date FROM rows WHERE instrument IS NULL OR trim(instrument) = '' LIMIT 1").fetchone()
         if missing_symbol:
@@ -257,11 +292,14 @@ class TabularSource:
         def num(col: str) -> str:
             return f"TRY_CAST(NULLIF(trim({col}), '') AS DOUBLE)" if col in present else "CAST(NULL AS DOUBLE)"
 
-        factor = f"COALESCE({num('factor')}, {num('adj_close')} / {num('close')}, 1.0)"
+        # The first of these the row's file has; an empty cell stays empty (a row with prices is then refused by
+        # name), never 1: one unadjusted row among adjusted ones would be a fake jump and fall.
+        factor = (f"CASE _factor_from WHEN 'factor' THEN {num('factor')} "
+                  f"WHEN 'adj_close' THEN {num('adj_close')} / {num('close')} ELSE 1.0 END")
         scale = "1.0" if self.prices_adjusted else "factor"
         return f"""
             WITH typed AS (
-              SELECT CAST(date AS DATE) AS date, trim(instrument) AS instrument,
+              SELECT {self._parsed('date')} AS date, trim(instrument) AS instrument,
                      {num('open')} AS open, {num('high')} AS high, {num('low')} AS low, {num('close')} AS close,
                      {num('vwap')} AS vwap, {num('volume')} AS volume, {factor} AS factor, _file_id
               FROM rows)

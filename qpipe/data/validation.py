@@ -106,6 +106,10 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     dup = frame.duplicated(["date", "instrument"], keep="first").to_numpy()
     _first_bad(frame, dup, "duplicate (instrument, date) row", source, lambda r: "the row appears more than once")
 
+    if "raw_close" in frame:  # a source that adjusts: an empty factor would leave the row without prices
+        traded = frame[[f"raw_{c}" for c in OHLC]].notna().all(axis=1).to_numpy()
+        _first_bad(frame, traded & frame["factor"].isna().to_numpy(), "missing factor", source,
+                   lambda r: "the row has prices but its factor (or adj close) is empty")
     prices = frame[list(OHLC)].to_numpy(dtype=np.float64)
     has_price = ~np.isnan(prices)
     partial = has_price.any(axis=1) & ~has_price.all(axis=1)

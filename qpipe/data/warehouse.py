@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from qpipe.data import lake
+from qpipe.data.validation import PRICE_COLUMNS, empty_prices
 
 # DuckDB would otherwise cache up to 80% of RAM. With 1 GB a 300 x 2500 feature backfill peaks at 2.7 GB RSS
 # (3.5 GB with 2 GB) and is no slower: the big inserts stream through the buffer pool.
@@ -254,6 +255,17 @@ def _refuse_losses(con: duckdb.DuckDBPyConnection, table: str, lost_sql: str, pa
             f"{table}: this ingest would remove {count} stored {what} that the source no longer has (e.g. {example}); "
             "a source that shrank is more often cut short than corrected. Nothing was written. If the removal is "
             "intended, run again with `replace: true` in the asset's config.")
+
+
+def read_prices(con: duckdb.DuckDBPyConnection, start, end) -> pd.DataFrame:
+    """The stored price rows dated [start, end] (none before the first write)."""
+    columns = ", ".join(PRICE_COLUMNS)
+    if not has_table(con, PRICES):
+        return empty_prices()
+    frame = con.execute(f"SELECT {columns} FROM {PRICES} WHERE date BETWEEN ? AND ?",
+                        [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).df()
+    frame["date"] = frame["date"].astype("datetime64[ns]")
+    return frame
 
 
 def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, end, calendar: str,
