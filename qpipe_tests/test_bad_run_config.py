@@ -51,7 +51,8 @@ CASES = {
     "pretraining for a model without it": ({"params": {"pretrain": True}}, None, "model 'mlp' has no self-supervised"),
     "a time-series window for a flat model": ({"params": {"step_len": 20}}, None, "takes flat rows (DatasetH)"),
     "a batch larger than the training set": ({"params": {"batch_size": 1_000_000}}, None,
-                                             "is fewer than one batch (batch_size 1000000)"),
+                                             "is fewer than one batch (batch_size 1000000): lower batch_size in the "
+                                             "checkpoint's params, or train on more days (train_days)"),
     "a missing Qlib YAML": ({"qlib_yaml": "/nonexistent/workflow_config_mlp.yaml"}, None,
                             "/nonexistent/workflow_config_mlp.yaml: cannot read the workflow YAML"),
     "a YAML that does not parse": ({}, lambda p: {"qlib_yaml": _yaml(p, "task: [model: {class: MLP")},

@@ -209,6 +209,16 @@ def test_dates_in_another_format_are_read_with_qpipe_source_date_format(tmp_path
     pd.testing.assert_frame_equal(TabularSource(str(compact)).prices(), expected)
 
 
+def test_a_column_mapping_names_a_column_of_the_files_in_any_case(tmp_path):
+    """Found by a user: QPIPE_SOURCE_COLUMNS naming a column no file has was accepted without a word."""
+    path = tmp_path / "prices.csv"
+    path.write_text(GOOD.replace("close", "px_last"))
+    assert TabularSource(str(path), columns={"PX_Last": "close"}).prices()["close"].tolist() == [10.5, 10.8]
+    with pytest.raises(PriceDataError, match=r"unknown column mapping: source .*prices.csv: QPIPE_SOURCE_COLUMNS maps "
+                                             r"'Close', which no file of the source has \(its columns: date, high, "):
+        TabularSource(str(path), columns={"Close": "close"}).prices()
+
+
 def test_broken_files_are_named_with_what_is_wrong(tmp_path, sp500):
     """Found by a user: pyarrow's message without a file name, and DuckDB's suggesting reader options."""
     cut = tmp_path / "cut.csv"

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from qpipe.data.validation import (
     PriceDataError,
     empty_prices,
+    first_few,
     listing_spans,
     no_concepts,
     validate_prices,
@@ -188,6 +189,12 @@ class TabularSource:
         groups: dict[tuple, list[int]] = {}
         for i, f in enumerate(files):
             groups.setdefault((self._is_parquet(f), tuple(self._header(f))), []).append(i)
+        headers = {col.strip().lower() for _, header in groups for col in header}
+        unmatched = [name for name in self.columns if name.strip().lower() not in headers]
+        if unmatched:
+            raise PriceDataError("unknown column mapping", self.path, detail=(
+                f"QPIPE_SOURCE_COLUMNS maps {unmatched[0]!r}, which no file of the source has (its columns: "
+                f"{first_few(sorted(headers), 20)})"))
         return groups
 
     @staticmethod
@@ -209,7 +216,8 @@ class TabularSource:
             raise PriceDataError("unknown column mapping", str(file),
                                  detail=f"QPIPE_SOURCE_COLUMNS maps {name!r} to {value!r}, which is not a qpipe column "
                                         f"(one of {', '.join(ALIASES)})")
-        explicit = {k: v for k, v in self.columns.items() if k in header}
+        named = {k.strip().lower(): v for k, v in self.columns.items()}  # "Close" names a file's "close" too
+        explicit = {col: named[col.strip().lower()] for col in header if col.strip().lower() in named}
         taken = set(explicit.values())
         mapping = dict(explicit)
         for canonical, names in ALIASES.items():

@@ -37,7 +37,8 @@ class Sampler:
         if self._day_starts is not None:
             return len(self._day_starts) - 1
         if self.n < batch_size:
-            raise ValueError(f"{self.n} training samples is fewer than one batch (batch_size {batch_size})")
+            raise ValueError(f"{self.n} training samples is fewer than one batch (batch_size {batch_size}): lower "
+                             "batch_size in the checkpoint's params, or train on more days (train_days)")
         return self.n // batch_size
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
