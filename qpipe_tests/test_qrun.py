@@ -65,6 +65,91 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
                                       f"reports/{workflow.model.model}_ic", f"reports/{workflow.model.model}_backtest"]
     changed = [e for e in workflow.entries if e.status == "changed"]
     assert [e.key for e in changed] == ["task.dataset.kwargs.segments.valid"] and "look-ahead" in changed[0].meaning
+    _assert_honoured_segments_are_the_runs_windows(workflow)
+
+
+def _assert_honoured_segments_are_the_runs_windows(workflow):
+    """What a segment reported honoured names is the window the run trains on: windows_as_of's arithmetic (the
+    checkpoint step's) on the same calendar, for the first checkpoint; never one after the test starts."""
+    from qpipe.training.dataset import windows_as_of
+    from qpipe.workflow.translate import _sessions
+
+    document = read_qlib_yaml(workflow.path)
+    days, _ = _sessions(Path(workflow.settings["QPIPE_SOURCE_PATH"]), document["qlib_init"].get("region", "cn"))
+    first = workflow.checkpoints[0]
+    windows = windows_as_of(days, first.day, first.train_days, first.valid_days)
+    for name in ("train", "valid"):
+        entry = next(e for e in workflow.entries if e.key == f"task.dataset.kwargs.segments.{name}")
+        start, end = (np.datetime64(str(d), "D") for d in document["task"]["dataset"]["kwargs"]["segments"][name])
+        sessions = days[(days >= start) & (days <= end)]
+        real = tuple(str(d) for d in getattr(windows, name))
+        assert (entry.status == "honoured") == (real == (str(sessions[0]), str(sessions[-1]))), (name, entry, real)
+    assert np.datetime64(first.day, "D") < np.datetime64(workflow.test[0], "D")
+
+
+def _segments(d, **given):
+    d["task"]["dataset"]["kwargs"]["segments"].update(given)
+
+
+def _entry(workflow, key):
+    return next(e for e in workflow.entries if e.key == key)
+
+
+def test_a_valid_segment_ending_before_the_test_is_honoured_with_an_earlier_checkpoint(tmp_path):
+    """Found by a user: valid to 2016-06-30 was reported honoured while the run validated on the 364 sessions to
+    2016-12-28. The checkpoint now sits where that segment's last label is known (2 sessions after it)."""
+    from qpipe.workflow.translate import Rolling
+
+    path = _edited(tmp_path, lambda d: _segments(d, valid=["2015-01-01", "2016-06-30"]))
+    workflow = translate(path)
+    assert [(str(c.day), c.train_days) for c in workflow.checkpoints] == [("2016-07-04", 1702)]  # Fri 07-01, Mon 07-04
+    valid = _entry(workflow, "task.dataset.kwargs.segments.valid")
+    assert (valid.status, valid.meaning) == ("honoured", f"valid_days {workflow.checkpoints[0].valid_days}")
+    test = _entry(workflow, "task.dataset.kwargs.segments.test")
+    assert "on 2016-07-04" in test.meaning and "newest checkpoint at or before it" in test.meaning
+    assert not [e for e in workflow.entries if e.status == "changed"]
+    _assert_honoured_segments_are_the_runs_windows(workflow)
+
+    rolled = translate(path, Rolling(240, "ROLL_SD"))  # every checkpoint 240 sessions after the one before
+    days = [c.day for c in rolled.checkpoints]
+    assert len(days) == -(-rolled.test_sessions // 240) == 4 and days[0] == workflow.checkpoints[0].day
+    xshg = _xshg_sessions()
+    assert [xshg.index(str(b)) - xshg.index(str(a)) for a, b in zip(days, days[1:])] == [240, 240, 240]
+    with_yaml = translate(_edited(tmp_path, lambda d: (_segments(d, valid=["2015-01-01", "2016-06-30"]),
+                                                       d.update(rolling={"step": 240}))))
+    lead = xshg.index("2016-12-30") - xshg.index("2016-07-04")
+    assert f"each checkpoint is {lead} sessions before" in _entry(with_yaml, "rolling").meaning
+
+
+def _xshg_sessions() -> list[str]:
+    from qpipe.workflow.translate import _sessions
+
+    return [str(d) for d in _sessions(Path("/nonexistent"), "cn")[0]]
+
+
+def test_a_valid_segment_inside_the_train_segment_is_reported_as_the_shorter_train_window(tmp_path):
+    path = _edited(tmp_path, lambda d: _segments(d, train=["2008-01-01", "2015-06-30"]))
+    workflow = translate(path)
+    train = _entry(workflow, "task.dataset.kwargs.segments.train")
+    assert train.status == "changed" and "to 2014-12-31" in train.meaning and "do not overlap" in train.meaning
+    _assert_honoured_segments_are_the_runs_windows(workflow)
+    gap = translate(_edited(tmp_path, lambda d: _segments(d, train=["2008-01-01", "2014-06-30"])))
+    assert _entry(gap, "task.dataset.kwargs.segments.train").meaning.endswith("qpipe's train window ends where valid starts)")
+
+
+def test_a_test_segment_starting_inside_the_valid_segment_is_named_as_such(tmp_path):
+    workflow = translate(_edited(tmp_path, lambda d: _segments(d, valid=["2015-01-01", "2017-03-31"])))
+    valid = _entry(workflow, "task.dataset.kwargs.segments.valid")
+    assert valid.status == "changed" and "runs into the test segment" in valid.meaning
+    assert "look-ahead" not in valid.meaning and "to 2016-12-28" in valid.meaning
+    assert [str(c.day) for c in workflow.checkpoints] == ["2016-12-30"]
+    _assert_honoured_segments_are_the_runs_windows(workflow)
+
+
+def test_the_yaml_rolling_key_is_reported_once(tmp_path):
+    """Found by a user: rolling was honoured, and rolling.step / rolling.rtype 'not a key qpipe knows' as well."""
+    workflow = translate(_edited(tmp_path, lambda d: d.update(rolling={"step": 40, "rtype": "ROLL_SD"})))
+    assert [e.status for e in workflow.entries if e.key.startswith("rolling")] == ["honoured"]
 
 
 def test_rolling_cuts_the_test_segment_into_windows_with_a_checkpoint_before_each(tmp_path):

@@ -50,9 +50,47 @@ class Rolling:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    day: dt.date  # the session before its test window
+    day: dt.date  # the session whose close knows its valid window's last label, at the latest the one before its test window
     train_days: int
     valid_days: int
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The fixed split in session indices of ``days``: the segments' first and last sessions and the checkpoint's.
+
+    The run's windows are ``windows_as_of(days, checkpoint, train_days, valid_days)``: the valid window is the
+    ``valid_days`` sessions ending LABEL_HORIZON sessions before the checkpoint (the last label known at its
+    close), the train window the ``train_days`` sessions before it."""
+
+    days: np.ndarray
+    train: tuple[int, int]
+    valid: tuple[int, int]
+    test_start: int
+    checkpoint: int
+
+    @property
+    def valid_end(self) -> int:
+        return self.checkpoint - LABEL_HORIZON
+
+    @property
+    def train_days(self) -> int:
+        return self.valid[0] - self.train[0]
+
+    @property
+    def valid_days(self) -> int:
+        return self.valid_end - self.valid[0] + 1
+
+    @property
+    def lead(self) -> int:
+        """Sessions between the checkpoint and the session before the test (0 when the valid segment reaches it)."""
+        return self.test_start - 1 - self.checkpoint
+
+    def day(self, index: int) -> dt.date:
+        return self.days[index].item()
+
+    def checkpoint_entry(self) -> Checkpoint:
+        return Checkpoint(self.day(self.checkpoint), int(self.train_days), int(self.valid_days))
 
 
 @dataclass(frozen=True)
@@ -238,7 +276,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     prices_from = days[max(0, first - LOOKBACK)].item()  # the history Qlib's expressions read before start_time
     settings["QPIPE_PARTITIONS_START"] = str(prices_from)
     split = _fixed_split(days, bounds, path)
-    _segment_entries(r, segments, bounds, split, days)
+    _segment_entries(r, segments, bounds, split)
     _fit_window_entries(r, kwargs, bounds["train"])
     processing = _processor_entries(r, kwargs, model)
     _model_entries(r, model, processing)
@@ -250,10 +288,10 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
 
     records, port_analysis = _record_entries(r, lots, bounds["test"], benchmark)
     _anchor_entries(r)
+    rolling = _rolling_entries(r, rolling, split)  # (before the keys nothing read: it reads the top-level rolling)
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
-    rolling = _rolling_entries(r, rolling)
-    checkpoints = _rolling_checkpoints(days, split, bounds["test"], rolling) if rolling else [Checkpoint(*split)]
+    checkpoints = _rolling_checkpoints(split, bounds["test"], rolling) if rolling else [split.checkpoint_entry()]
 
     def sessions(bound: tuple[dt.date, dt.date]) -> np.ndarray:
         return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
@@ -264,8 +302,9 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
                     len(test))
 
 
-def _rolling_entries(r: _Reader, given: Rolling | None) -> Rolling | None:
-    """The command line's RollingGen, else the YAML's ``rolling`` key (qpipe's; Qlib builds RollingGen in code)."""
+def _rolling_entries(r: _Reader, given: Rolling | None, split: _Split) -> Rolling | None:
+    """The command line's RollingGen, else the YAML's top-level ``rolling`` key (qpipe's; Qlib builds RollingGen in
+    code)."""
     in_yaml = r.get("rolling")
     if in_yaml is None:
         return given
@@ -273,10 +312,23 @@ def _rolling_entries(r: _Reader, given: Rolling | None) -> Rolling | None:
         raise ConfigError(f"{r.path}: rolling = {in_yaml!r}: expected {{step: N, rtype: ROLL_EX or ROLL_SD}}")
     yaml_rolling = rolling_gen(in_yaml["step"], in_yaml.get("rtype", "ROLL_EX"), f"{r.path}: rolling")
     if given is None:
-        r.say("rolling", "honoured", f"RollingGen(step={yaml_rolling.step}, rtype={yaml_rolling.rtype})")
+        r.say("rolling", "honoured", f"RollingGen(step={yaml_rolling.step}, rtype={yaml_rolling.rtype})"
+              + _rolling_lead(split))
         return yaml_rolling
-    r.say("rolling", "changed", f"the command line's RollingGen(step={given.step}, rtype={given.rtype}) instead")
+    r.say("rolling", "changed", f"the command line's RollingGen(step={given.step}, rtype={given.rtype}) instead"
+          + _rolling_lead(split))
     return given
+
+
+def _rolling_lead(split: _Split) -> str:
+    """What an earlier checkpoint (the valid segment ending before the session before the test) changes in RollingGen's
+    windows: each checkpoint stays ``step`` sessions after the one before, so each is ``lead`` sessions early too."""
+    if not split.lead:
+        return ""
+    n = split.lead + 1
+    return (f"; each checkpoint is {split.lead} session{'s' if split.lead > 1 else ''} before the session before its "
+            f"window (where its shifted valid segment's last label is known), so the last {n} sessions of every window "
+            "but the last are scored by the next window's checkpoint, where Qlib scores them with the window's own model")
 
 
 def rolling_gen(step: Any, rtype: Any, source: str) -> Rolling:
@@ -289,16 +341,16 @@ def rolling_gen(step: Any, rtype: Any, source: str) -> Rolling:
     return Rolling(step, rtype)
 
 
-def _rolling_checkpoints(days: np.ndarray, split: tuple[dt.date, int, int], test: tuple[dt.date, dt.date],
-                         rolling: Rolling) -> list[Checkpoint]:
-    """RollingGen's tasks: the test segment cut into windows of ``step`` sessions, a checkpoint on the session before
-    each; the train window slides with it, or grows by ``step`` each time (expanding)."""
-    first_day, train_days, valid_days = split
-    first = int(np.searchsorted(days, np.datetime64(first_day, "D")))
+def _rolling_checkpoints(split: _Split, test: tuple[dt.date, dt.date], rolling: Rolling) -> list[Checkpoint]:
+    """RollingGen's tasks: the test segment cut into windows of ``step`` sessions, one checkpoint each, every one
+    ``step`` sessions after the one before (RollingGen shifts every segment by ``step``); the train window slides
+    with it, or grows by ``step`` each time (expanding)."""
+    days = split.days
     last = int(np.searchsorted(days, np.datetime64(test[1], "D"), "right")) - 1
-    return [Checkpoint(days[first + i * rolling.step].item(),
-                       train_days + (i * rolling.step if rolling.rtype == "ROLL_EX" else 0), valid_days)
-            for i in range((last - first - 1) // rolling.step + 1)]
+    first = split.checkpoint_entry()
+    return [Checkpoint(days[split.checkpoint + i * rolling.step].item(),
+                       first.train_days + (i * rolling.step if rolling.rtype == "ROLL_EX" else 0), first.valid_days)
+            for i in range((last - split.test_start) // rolling.step + 1)]
 
 
 def _anchor_entries(r: _Reader) -> None:
@@ -355,9 +407,11 @@ def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> No
             r.say(f"task.model.kwargs.{key}", "honoured", "hyper-parameter of the checkpoint")
 
 
-def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> tuple[dt.date, int, int]:
-    """One checkpoint for the test segment: on the session before the test starts, trained on the train segment's
-    labels and stopped early on the valid segment's labels known by then."""
+def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> _Split:
+    """One checkpoint for the test segment, trained on the train segment's labels and stopped early on the valid
+    segment's: on the session whose close knows the valid segment's last label (LABEL_HORIZON sessions after it),
+    or, when that falls in the test segment, on the session before the test starts. An earlier checkpoint is fine:
+    each test day is scored by the newest checkpoint at or before it (predictions asset)."""
     def index(day: dt.date, side: str) -> int:
         return int(np.searchsorted(days, np.datetime64(day, "D"), side))
 
@@ -365,32 +419,22 @@ def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> tuple[dt.date, i
     if first_test == 0 or first_test >= len(days):
         raise ConfigError(f"{path}: task.dataset.kwargs.segments.test starts at {bounds['test'][0]}, outside the "
                           f"calendar's {days[0]}..{days[-1]}")
-    checkpoint = first_test - 1
-    valid_end = min(index(bounds["valid"][1], "right") - 1, checkpoint - LABEL_HORIZON)
-    valid_start, train_start = index(bounds["valid"][0], "left"), index(bounds["train"][0], "left")
-    valid_days, train_days = valid_end - valid_start + 1, valid_start - train_start
-    if valid_days < 5 or train_days < 20:
-        raise ConfigError(f"{path}: task.dataset.kwargs.segments: {train_days} train and {valid_days} valid sessions "
-                          "of known labels; a checkpoint needs at least 20 and 5")
-    return days[checkpoint].item(), int(train_days), int(valid_days)
+    train, valid = ((index(bounds[name][0], "left"), index(bounds[name][1], "right") - 1) for name in ("train", "valid"))
+    split = _Split(days, train, valid, first_test, min(valid[1] + LABEL_HORIZON, first_test - 1))
+    if split.valid_days < 5 or split.train_days < 20:
+        raise ConfigError(f"{path}: task.dataset.kwargs.segments: {split.train_days} train and {split.valid_days} valid "
+                          "sessions of known labels; a checkpoint needs at least 20 and 5")
+    return split
 
 
-def _segment_entries(r: _Reader, segments: str, bounds: dict, split: tuple, days: np.ndarray) -> None:
-    checkpoint_day, train_days, valid_days = split
-    i = int(np.searchsorted(days, np.datetime64(checkpoint_day, "D")))
-    valid_end = days[i - LABEL_HORIZON].item()
-    valid_last = days[int(np.searchsorted(days, np.datetime64(bounds["valid"][1], "D"), "right")) - 1].item()
-    train_last = days[int(np.searchsorted(days, np.datetime64(bounds["valid"][0], "D"))) - 1].item()
-    r.say(f"{segments}.train", "honoured" if train_last <= bounds["train"][1] else "changed",
-          f"train_days {train_days}" + ("" if train_last <= bounds["train"][1] else
-                                        f" (to {train_last}: qpipe's train window ends where valid starts)"))
-    if valid_end < valid_last:
-        r.say(f"{segments}.valid", "changed", f"valid_days {valid_days}, to {valid_end}: the labels of the valid "
-              f"segment's last {LABEL_HORIZON} sessions use prices of the test segment (Qlib's look-ahead, not copied)")
-    else:
-        r.say(f"{segments}.valid", "honoured", f"valid_days {valid_days}")
-    r.say(f"{segments}.test", "honoured", f"models/<arch>_checkpoint on {checkpoint_day}; predictions from "
-          f"{bounds['test'][0]} to {bounds['test'][1]}")
+def _segment_entries(r: _Reader, segments: str, bounds: dict, split: _Split) -> None:
+    r.say(f"{segments}.train", *_train_segment(split))
+    r.say(f"{segments}.valid", *_valid_segment(split))
+    checkpoint = split.day(split.checkpoint)
+    r.say(f"{segments}.test", "honoured", f"models/<arch>_checkpoint on {checkpoint}; predictions from "
+          f"{bounds['test'][0]} to {bounds['test'][1]}" + ("" if not split.lead else
+          f" ({checkpoint}: the close that knows the valid segment's last label; each test day is scored by the "
+          "newest checkpoint at or before it)"))
     for extra in ("pretrain", "pretrain_validation"):  # TabNet's pretraining segments
         if r.get(f"{segments}.{extra}") is not None:
             same = [_date(v, extra, r.path) for v in r.get(f"{segments}.{extra}")] == \
@@ -398,6 +442,31 @@ def _segment_entries(r: _Reader, segments: str, bounds: dict, split: tuple, days
             r.say(f"{segments}.{extra}", "honoured" if same else "not honoured",
                   f"TabNet pretrains on the {'train' if extra == 'pretrain' else 'valid'} window" + ("" if same else
                   ", not on a segment of its own"))
+
+
+def _train_segment(split: _Split) -> tuple[Status, str]:
+    """The train window runs from the train segment's first session to the session before the valid window."""
+    last = split.valid[0] - 1
+    said = f"train_days {split.train_days}"
+    if split.train[1] == last:
+        return "honoured", said
+    if split.train[1] < last:
+        return "changed", f"{said} (to {split.day(last)}: qpipe's train window ends where valid starts)"
+    return "changed", (f"{said}, to {split.day(last)}: the valid segment starts inside the train segment, and "
+                       "qpipe's train and valid windows do not overlap (train ends the session before valid starts)")
+
+
+def _valid_segment(split: _Split) -> tuple[Status, str]:
+    said = f"valid_days {split.valid_days}"
+    if split.valid_end == split.valid[1]:
+        return "honoured", said
+    end = split.day(split.valid_end)
+    if split.valid[1] >= split.test_start:
+        return "changed", (f"{said}, to {end}: the valid segment runs into the test segment; qpipe's valid window "
+                           f"ends {LABEL_HORIZON} sessions before the test starts (the last label known by then)")
+    n = split.valid[1] - split.valid_end
+    return "changed", (f"{said}, to {end}: the labels of the valid segment's last {n} session{'s' if n > 1 else ''} "
+                       "use prices of the test segment (Qlib's look-ahead, not copied)")
 
 
 def _fit_window_entries(r: _Reader, kwargs: str, train: tuple[dt.date, dt.date]) -> None:
