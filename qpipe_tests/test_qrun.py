@@ -304,6 +304,35 @@ def _kwargs(d):
     return d["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
 
 
+def _strategy(d):
+    return d["task"]["record"][2]["kwargs"]["config"]["strategy"]
+
+
+def _backtest(d):
+    return d["task"]["record"][2]["kwargs"]["config"]["backtest"]
+
+
+def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are_qlibs(tmp_path):
+    """Names Qlib's strategy and exchange take stay 'not honoured' with the reason; deal_price '$open' is Qlib's
+    'open'; n_drop 0 is a deliberate departure (Qlib sells every holding each day)."""
+    def change(d):
+        _strategy(d)["kwargs"].update(trade_exchange=None, n_drop=0)
+        _backtest(d)["exchange_kwargs"].update(deal_price="$open", volume_threshold=None, impact_cost=0.1, freq="day")
+
+    workflow = translate(_edited(tmp_path, change))
+    config = "task.record[2].kwargs.config"
+    assert {e.key: e.meaning for e in workflow.not_honoured() if e.key.startswith(config)} == {
+        f"{config}.strategy.kwargs.trade_exchange": "Qlib's backtest infrastructure: qpipe's backtest builds its own "
+                                                    "exchange and calendar",
+        f"{config}.backtest.exchange_kwargs.volume_threshold": "qpipe's exchange has no volume limit",
+        f"{config}.backtest.exchange_kwargs.impact_cost": "qpipe's exchange has no market impact cost (Qlib's default "
+                                                          "impact_cost: 0)",
+        f"{config}.backtest.exchange_kwargs.freq": "qpipe's exchange is daily (Qlib's default freq: day)"}
+    assert workflow.port_analysis["deal_price"] == "open" and workflow.port_analysis["n_drop"] == 0
+    n_drop = _entry(workflow, f"{config}.strategy.kwargs.n_drop")
+    assert n_drop.status == "changed" and "comb[-0:]" in n_drop.meaning
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.clear() or d.update(steps=[1, 2]), "missing task.model.class"),
     (lambda d: d["task"]["model"].update({"class": "XGBModel"}), "'XGBModel' has no qpipe architecture"),
@@ -314,6 +343,19 @@ def _kwargs(d):
     (lambda d: d["task"]["record"][2]["kwargs"]["config"]["strategy"]["kwargs"].update(topk=0),
      "task.record[2].kwargs.config: topk = 0: Input should be greater than or equal to 1"),
     (lambda d: _kwargs(d).update(start_time="soon"), "start_time = 'soon' is not a date"),
+    # misspelt: Qlib's TopkDropoutStrategy raises TypeError, its Exchange ValueError (found by a user: exit 0)
+    (lambda d: _strategy(d)["kwargs"].update(hold_threshh=3),
+     "task.record[2].kwargs.config.strategy.kwargs.hold_threshh = 3: not an argument of Qlib's TopkDropoutStrategy "
+     "(Qlib refuses it) (did you mean hold_thresh?)"),
+    (lambda d: _backtest(d)["exchange_kwargs"].update(min_costt=5),
+     "config.backtest.exchange_kwargs.min_costt = 5: not an argument of Qlib's Exchange (Qlib refuses it) "
+     "(did you mean min_cost?)"),
+    (lambda d: _backtest(d).update(acount=1e9), "config.backtest.acount = 1000000000.0: not an argument of Qlib's "
+     "backtest (Qlib refuses it) (did you mean account?)"),
+    (lambda d: _strategy(d).update({"class": "WeightStrategyBase"}), "config.strategy.class = 'WeightStrategyBase': "
+     "qpipe backtests only TopkDropoutStrategy (remove the PortAnaRecord or use that strategy)"),
+    (lambda d: _backtest(d)["exchange_kwargs"].update(open_cost=-0.01),
+     "config: open_cost = -0.01: Input should be greater than or equal to 0"),
 ])
 def test_a_workflow_that_cannot_be_valid_is_refused_naming_file_key_and_value(tmp_path, change, message):
     path = _edited(tmp_path, change)

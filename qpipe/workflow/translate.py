@@ -16,6 +16,8 @@ import numpy as np
 
 from qpipe.features.handler import Processing, chain_names, handler_processing
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
+from qpipe.evaluation.backtest import (EXCHANGE_SETTINGS, QLIB_EXCHANGE_ONLY, QLIB_STRATEGY_ONLY, STRATEGY_SETTINGS,
+                                       backtest_config, close_match)
 from qpipe.models.config import QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
 from qpipe.models.registry import get_spec
 
@@ -23,9 +25,6 @@ Status = Literal["honoured", "changed", "not honoured"]
 QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
 REGION_EXCHANGES = {"cn": "XSHG", "us": "XNYS"}
 REGION_LOTS = {"cn": 100, "us": None}  # Qlib's region defaults: trade_unit
-STRATEGY_KEYS = ("topk", "n_drop", "method_sell", "method_buy", "hold_thresh", "only_tradable",
-                 "forbid_all_trade_at_limit", "risk_degree")
-EXCHANGE_KEYS = ("limit_threshold", "deal_price", "open_cost", "close_cost", "min_cost", "trade_unit")
 
 
 @dataclass(frozen=True)
@@ -532,21 +531,23 @@ def _record_entries(r: _Reader, lots: int | None, test: tuple, benchmark: Any) -
     return names, port_analysis
 
 
+QLIB_STRATEGY_MODULES = ("qlib.contrib.strategy", "qlib.contrib.strategy.signal_strategy")
+QLIB_BACKTEST_ONLY = {"pos_type": "qpipe's account holds one kind of position (Qlib's default, Position)"}
+N_DROP_ZERO = ("qpipe keeps the holdings; Qlib with n_drop 0 sells every holding each day (its comb[-0:] is the "
+               "whole list), a bug not copied")
+
+
 def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: tuple, benchmark: Any) -> dict:
-    from pydantic import ValidationError
-
-    from qpipe.evaluation.backtest import BacktestConfig
-
+    """PortAnaRecord's config as the backtest's run config. A name Qlib's TopkDropoutStrategy, Exchange or backtest
+    would refuse (a TypeError there) is refused; one Qlib takes and qpipe does not implement is not honoured."""
     strategy, backtest = config.get("strategy") or {}, config.get("backtest") or {}
+    _strategy_class(r, f"{key}.strategy", strategy)
     chosen: dict[str, Any] = {} if lots is None else {"trade_unit": lots}
-    if strategy.get("class", "TopkDropoutStrategy") != "TopkDropoutStrategy":
-        r.entries.append(Entry(f"{key}.strategy.class", strategy["class"], "not honoured",
-                               "qpipe backtests with TopkDropoutStrategy"))
-    for name, value in (strategy.get("kwargs") or {}).items():
-        if name in STRATEGY_KEYS:
-            chosen[name] = value
-        elif name != "signal":
-            r.entries.append(Entry(f"{key}.strategy.kwargs.{name}", value, "not honoured", "not a setting of qpipe's strategy"))
+    kwargs = strategy.get("kwargs") or {}
+    chosen |= _qlib_arguments(r, f"{key}.strategy.kwargs", {k: v for k, v in kwargs.items() if k != "signal"},
+                              STRATEGY_SETTINGS, QLIB_STRATEGY_ONLY, "TopkDropoutStrategy", ("signal",))
+    if kwargs.get("n_drop") == 0:
+        r.entries.append(Entry(f"{key}.strategy.kwargs.n_drop", 0, "changed", N_DROP_ZERO))
     for name, value in backtest.items():
         if name == "account":
             chosen["account"] = value
@@ -559,20 +560,51 @@ def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: t
             r.entries.append(Entry(f"{key}.backtest.{name}", value, "honoured" if same else "not honoured",
                                    "the test segment" if same else "qpipe backtests over the test segment"))
         elif name == "exchange_kwargs":
-            for exchange_key, exchange_value in value.items():
-                if exchange_key in EXCHANGE_KEYS:
-                    chosen[exchange_key] = exchange_value
-                else:
-                    r.entries.append(Entry(f"{key}.backtest.exchange_kwargs.{exchange_key}", exchange_value,
-                                           "not honoured", "not a setting of qpipe's exchange"))
+            chosen |= _qlib_arguments(r, f"{key}.backtest.exchange_kwargs", value or {}, EXCHANGE_SETTINGS,
+                                      QLIB_EXCHANGE_ONLY, "Exchange")
         else:
-            r.entries.append(Entry(f"{key}.backtest.{name}", value, "not honoured", "not a setting of qpipe's backtest"))
+            _qlib_arguments(r, f"{key}.backtest", {name: value}, (), QLIB_BACKTEST_ONLY, "backtest",
+                            ("account", "benchmark", "start_time", "end_time", "exchange_kwargs"))
+    for name, value in config.items():
+        if name not in ("strategy", "backtest"):
+            r.entries.append(Entry(f"{key}.{name}", value, "not honoured", "qpipe's executor is Qlib's benchmark one, "
+                                   "SimulatorExecutor(time_per_step=day)" if name == "executor" else
+                                   "not a key of PortAnaRecord's config (Qlib does not read it either)"))
     try:
-        BacktestConfig(**chosen)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        raise ConfigError(f"{r.path}: {key}: {'.'.join(map(str, problem['loc']))} = {problem.get('input')!r}: "
-                          f"{problem['msg']}") from None
+        backtest_config(chosen, f"{r.path}: {key}")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if isinstance(chosen.get("deal_price"), str):  # Qlib's "$close" is qpipe's "close"
+        chosen["deal_price"] = chosen["deal_price"].removeprefix("$")
     r.entries.append(Entry(f"{key} (strategy, exchange)", ", ".join(f"{k}={v}" for k, v in chosen.items()), "honoured",
                            "reports/<arch>_backtest's port_analysis run config"))
+    return chosen
+
+
+def _strategy_class(r: _Reader, key: str, strategy: dict) -> None:
+    name = strategy.get("class", "TopkDropoutStrategy")
+    if name != "TopkDropoutStrategy":
+        raise ConfigError(f"{r.path}: {key}.class = {name!r}: qpipe backtests only TopkDropoutStrategy (remove the "
+                          "PortAnaRecord or use that strategy)")
+    module = strategy.get("module_path")
+    if module is not None:
+        known = module in QLIB_STRATEGY_MODULES
+        r.entries.append(Entry(f"{key}.module_path", module, "honoured" if known else "not honoured",
+                               "Qlib's own class" if known else "qpipe has only Qlib's TopkDropoutStrategy"))
+
+
+def _qlib_arguments(r: _Reader, key: str, given: dict, settings: tuple[str, ...], not_implemented: dict[str, str],
+                    qlib_class: str, others: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``settings`` among ``given``; each argument Qlib's class takes that qpipe does not implement is reported
+    not honoured with its reason, any other name refused (Qlib would raise) with the closest valid one."""
+    chosen = {}
+    for name, value in given.items():
+        if name in settings:
+            chosen[name] = value
+        elif name in not_implemented:
+            r.entries.append(Entry(f"{key}.{name}", value, "not honoured", not_implemented[name]))
+        else:
+            valid = (*settings, *not_implemented, *others)
+            raise ConfigError(f"{r.path}: {key}.{name} = {value!r}: not an argument of Qlib's {qlib_class} (Qlib "
+                              f"refuses it){close_match(name, valid)}; valid: {', '.join(valid)}")
     return chosen
