@@ -354,6 +354,12 @@ def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are
      "backtest (Qlib refuses it) (did you mean account?)"),
     (lambda d: _strategy(d).update({"class": "WeightStrategyBase"}), "config.strategy.class = 'WeightStrategyBase': "
      "qpipe backtests only TopkDropoutStrategy (remove the PortAnaRecord or use that strategy)"),
+    # the network cannot read what the processors leave (found by a user: 'honoured', then refused by the run)
+    (lambda d: d["task"]["model"]["kwargs"].update(d_feat=7), "the network LSTMModel(d_feat=7, hidden_size=64, "
+     "num_layers=2, dropout=0.0) cannot read the 360 columns the processors leave: a sequence model cuts a row into "
+     "d_feat blocks of lags (Qlib's reshape), and these are 6 fields (CLOSE, OPEN, HIGH, LOW, VWAP, VOLUME) of 60 lags: "
+     "d_feat must be 6, not 7"),
+    (lambda d: d["task"]["model"]["kwargs"].update(d_feat=5), "d_feat must be 6, not 5"),
     (lambda d: _backtest(d)["exchange_kwargs"].update(open_cost=-0.01),
      "config: open_cost = -0.01: Input should be greater than or equal to 0"),
 ])

@@ -145,6 +145,10 @@ def config_from_qlib_document(document: dict[str, Any], path: Path) -> ModelConf
             params = spec.from_qlib({**spec.qlib_class_defaults(step_len), **kwargs})
     except (LookupError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
+    if FEATURE_SETS[handler] not in spec.presets:  # a checkpoint's settings start from its feature set's preset
+        raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}: model {spec.name!r} has no preset "
+                          f"for feature set {FEATURE_SETS[handler]!r} (its ModelSpec has presets for "
+                          f"{', '.join(spec.presets) or 'none'}; a spec needs a preset per feature set it accepts)")
     return validated_config(spec, FEATURE_SETS[handler], step_len, params, source=str(path))
 
 

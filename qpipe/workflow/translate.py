@@ -387,7 +387,13 @@ def _without_pickles(document: dict) -> dict:
 def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> None:
     r.say("task.model.class", "honoured", f"architecture {model.model}: models/{model.model}_checkpoint")
     r.say("task.model.module_path", "honoured", "(the class names the architecture)")
-    columns = len(processing.trained_columns(list(FEATURE_SETS[model.feature_set].columns)))
+    columns = processing.trained_columns(list(FEATURE_SETS[model.feature_set].columns))
+    refusal = _network_refusal(model, columns)
+    if refusal:
+        spec = get_spec(model.model)
+        arguments = ", ".join(f"{k}={model.params[k]}" for k in spec.net_parameters() if k in model.params)
+        raise ConfigError(f"{r.path}: task.model.kwargs: the network {spec.net.__name__}({arguments}) cannot read the "
+                          f"{len(columns)} columns the processors leave: {refusal}")
     for key, value in (r.get("task.model.kwargs") or {}).items():
         if key == "model_path" and model.params.get("model_path") is None:
             r.say(f"task.model.kwargs.{key}", "not honoured", "a pickled file is never loaded (loading never runs code): "
@@ -399,11 +405,38 @@ def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> No
                   "qpipe picks the device (QPIPE_DEVICE)" if key == "GPU" else "batches are gathered on the device")
         elif key == "pt_model_uri":
             r.say(f"task.model.kwargs.{key}", "honoured", f"the network of architecture {model.model}")
-        elif key == "pt_model_kwargs" and value.get("input_dim", columns) != columns:
-            r.say(f"task.model.kwargs.{key}", "not honoured", f"the processors leave {columns} columns, so a run "
-                  f"refuses input_dim {value['input_dim']}")
         else:
             r.say(f"task.model.kwargs.{key}", "honoured", "hyper-parameter of the checkpoint")
+
+
+def _network_refusal(model: ModelConfig, columns: list[str]) -> str:
+    """Why the network of ``model`` cannot read what the processors leave ("" when it can): one forward pass on zeros
+    of the run's shape: flat rows [2, columns], TSDatasetH windows [2, step_len, columns], or (a sequence model on
+    DatasetH) Alpha360 rows cut into d_feat blocks of lags, [2, lags, d_feat]."""
+    import torch
+
+    spec, params = get_spec(model.model), model.params
+    d_feat = params.get("d_feat")
+    if spec.sampler == "flat":
+        shape = (2, len(columns))
+    elif model.step_len is not None:
+        if d_feat != len(columns):
+            return f"windows of {model.step_len} sessions of {len(columns)} columns, but d_feat = {d_feat}"
+        shape = (2, model.step_len, len(columns))
+    else:
+        fields = list(dict.fromkeys(c.rstrip("0123456789") for c in columns))
+        if d_feat != len(fields) or len(columns) % len(fields):
+            return (f"a sequence model cuts a row into d_feat blocks of lags (Qlib's reshape), and these are "
+                    f"{len(fields)} fields ({', '.join(fields)}) of {len(columns) // len(fields)} lags: d_feat must be "
+                    f"{len(fields)}, not {d_feat}")
+        shape = (2, len(columns) // d_feat, d_feat)
+    inputs = [torch.zeros(shape)] + ([torch.zeros(2, 1)] if spec.reads_concepts else [])
+    try:
+        with torch.no_grad():
+            spec.build(params).eval()(*inputs)
+    except (RuntimeError, ValueError, IndexError) as error:
+        return f"inputs {list(shape)}: {str(error).splitlines()[0]}"
+    return ""
 
 
 def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> _Split:
