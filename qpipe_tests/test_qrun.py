@@ -28,6 +28,8 @@ NOT_HONOURED = {
     "gats_Alpha360": {"task.model.kwargs.model_path"},
     # its .npy files (found by a user: reported as honoured): the concepts come from raw/concepts
     "hist_Alpha360": {"task.model.kwargs.model_path", "task.model.kwargs.stock2concept", "task.model.kwargs.stock_index"},
+    # no-ops in Qlib's SFM too, dropped (found by a user: reported as hyper-parameters of the checkpoint)
+    "sfm_Alpha360": {"task.model.kwargs.dropout_W", "task.model.kwargs.dropout_U", "task.model.kwargs.eval_steps"},
 }
 DEVICE_KEYS = {"task.model.kwargs.GPU", "task.model.kwargs.n_jobs"}
 
@@ -144,6 +146,17 @@ def test_a_test_segment_starting_inside_the_valid_segment_is_named_as_such(tmp_p
     assert "look-ahead" not in valid.meaning and "to 2016-12-28" in valid.meaning
     assert [str(c.day) for c in workflow.checkpoints] == ["2016-12-30"]
     _assert_honoured_segments_are_the_runs_windows(workflow)
+
+
+def test_the_mlps_n_epochs_is_named_as_not_read_and_max_steps_as_the_epochs_it_becomes(tmp_path):
+    """Found by a user: n_epochs 5 beside max_steps 8000 was 'hyper-parameter of the checkpoint', and the run
+    trained 400 epochs (DNNModelPytorch has no n_epochs)."""
+    workflow = translate(_edited(tmp_path, lambda d: d["task"]["model"]["kwargs"].update(n_epochs=5),
+                                 "workflow_config_mlp_Alpha158.yaml"))
+    n_epochs, max_steps = (_entry(workflow, f"task.model.kwargs.{k}") for k in ("n_epochs", "max_steps"))
+    assert n_epochs.status == "not honoured" and "max_steps decides" in n_epochs.meaning
+    assert (max_steps.status, max_steps.meaning) == ("honoured", "n_epochs 400 of 20 steps (eval_steps)")
+    assert workflow.model.params["n_epochs"] == 400
 
 
 def test_the_yaml_rolling_key_is_reported_once(tmp_path):

@@ -7,7 +7,7 @@ train and valid segments, predictions, IC and backtest over the test segment) an
 """
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,7 @@ from qpipe.features.handler import Processing, chain_names, handler_processing
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
 from qpipe.evaluation.backtest import (EXCHANGE_SETTINGS, QLIB_EXCHANGE_ONLY, QLIB_STRATEGY_ONLY, STRATEGY_SETTINGS,
                                        backtest_config, close_match)
-from qpipe.models.config import QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
+from qpipe.models.config import GENERAL_PTNN, QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
 from qpipe.models.registry import get_spec
 
 Status = Literal["honoured", "changed", "not honoured"]
@@ -394,12 +394,16 @@ def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> No
         arguments = ", ".join(f"{k}={model.params[k]}" for k in spec.net_parameters() if k in model.params)
         raise ConfigError(f"{r.path}: task.model.kwargs: the network {spec.net.__name__}({arguments}) cannot read the "
                           f"{len(columns)} columns the processors leave: {refusal}")
+    not_read = _trainer_not_read(r.get("task.model.class"), model)
     for key, value in (r.get("task.model.kwargs") or {}).items():
         if key == "model_path" and model.params.get("model_path") is None:
             r.say(f"task.model.kwargs.{key}", "not honoured", "a pickled file is never loaded (loading never runs code): "
                   "the base model starts from scratch; name a qpipe checkpoint of it to start from its weights")
-        elif key in get_spec(model.model).qlib_not_read:
-            r.say(f"task.model.kwargs.{key}", "not honoured", get_spec(model.model).qlib_not_read[key])
+        elif key in not_read:
+            r.say(f"task.model.kwargs.{key}", "not honoured", not_read[key])
+        elif key == "max_steps" and key not in model.params:  # DNNModelPytorch's schedule, read as epochs
+            r.say(f"task.model.kwargs.{key}", "honoured", f"n_epochs {model.params['n_epochs']} of "
+                  f"{model.params['steps_per_epoch']} steps (eval_steps)")
         elif key in QLIB_IGNORED:
             r.say(f"task.model.kwargs.{key}", "not honoured",
                   "qpipe picks the device (QPIPE_DEVICE)" if key == "GPU" else "batches are gathered on the device")
@@ -407,6 +411,14 @@ def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> No
             r.say(f"task.model.kwargs.{key}", "honoured", f"the network of architecture {model.model}")
         else:
             r.say(f"task.model.kwargs.{key}", "honoured", "hyper-parameter of the checkpoint")
+
+
+def _trainer_not_read(model_class: str, model: ModelConfig) -> Mapping[str, str]:
+    """The Qlib kwargs the class's trainer drops or overrides (ModelSpec.qlib_not_read of the spec whose ``from_qlib``
+    read them: DNNModelPytorch's is the MLP's whatever its network; GeneralPTNN's kwargs are read as they are)."""
+    if model_class == GENERAL_PTNN:
+        return {}
+    return get_spec("mlp" if model_class == "DNNModelPytorch" else model.model).qlib_not_read
 
 
 def _network_refusal(model: ModelConfig, columns: list[str]) -> str:
