@@ -1,6 +1,7 @@
 """``qpipe qrun WORKFLOW.yaml --dry-run`` (issue 16, point 1's report): every Qlib benchmark workflow translates;
 each key is honoured, honoured with a named difference, or named as not honoured with the reason."""
 
+import datetime
 import json
 import os
 import re
@@ -157,6 +158,27 @@ def test_the_mlps_n_epochs_is_named_as_not_read_and_max_steps_as_the_epochs_it_b
     assert n_epochs.status == "not honoured" and "max_steps decides" in n_epochs.meaning
     assert (max_steps.status, max_steps.meaning) == ("honoured", "n_epochs 400 of 20 steps (eval_steps)")
     assert workflow.model.params["n_epochs"] == 400
+
+
+def test_the_handlers_default_chains_are_shown_and_an_open_end_time_is_the_calendars_last_session(tmp_path):
+    """Found by a user: without infer/learn_processors the dry-run did not say which chains apply; end_time null
+    (Qlib: to the end of the data) was refused as not a date."""
+    def change(d):
+        for key in ("infer_processors", "learn_processors"):
+            del _kwargs(d)[key]
+        _kwargs(d)["end_time"] = None
+        _segments(d, test=["2017-01-01", "2020-08-01"])
+
+    workflow = translate(_edited(tmp_path, change))
+    handler = "task.dataset.kwargs.handler.kwargs"
+    infer, learn = (_entry(workflow, f"{handler}.{k}") for k in ("infer_processors", "learn_processors"))
+    assert (infer.status, infer.value) == ("honoured", "ProcessInf + ZScoreNorm + Fillna")  # Alpha360's own
+    assert (learn.status, learn.value) == ("honoured", "DropnaLabel + CSZScoreNorm") and "the handler's default" in learn.meaning
+    assert [c["class"] for c in workflow.processing.infer_processors] == ["ProcessInf", "ZScoreNorm", "Fillna"]
+    end = _entry(workflow, f"{handler}.end_time")
+    last = max(d for d in _xshg_sessions() if d <= str(datetime.date.today()))
+    assert end.status == "honoured" and f"the calendar's last session, {last}" in end.meaning
+    assert str(workflow.span[1]) == last
 
 
 def test_the_yaml_rolling_key_is_reported_once(tmp_path):

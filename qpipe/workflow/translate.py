@@ -251,10 +251,8 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         r.say("task.dataset.kwargs.step_len", "honoured", f"step_len {model.step_len}")
 
     kwargs = f"{handler}.kwargs"
-    span = (_date(r.get(f"{kwargs}.start_time", required=True), f"{kwargs}.start_time", path),
-            _date(r.get(f"{kwargs}.end_time", required=True), f"{kwargs}.end_time", path))
-    for end, key in zip(span, ("start_time", "end_time")):
-        r.say(f"{kwargs}.{key}", "honoured", f"prices and features {'from' if key == 'start_time' else 'to'} {end}")
+    days, sessions_from = _sessions(provider, region)
+    span = _handler_span(r, kwargs, days)
     instruments = r.get(f"{kwargs}.instruments")
     if instruments is not None:
         r.say(f"{kwargs}.instruments", "honoured" if str(instruments) == market else "not honoured",
@@ -270,7 +268,6 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         if bounds[name][0] > bounds[name][1] or not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
             raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}] is not a span "
                               f"inside the handler's {span[0]}..{span[1]}")
-    days, sessions_from = _sessions(provider, region)
     first = int(np.searchsorted(days, np.datetime64(span[0], "D")))
     prices_from = days[max(0, first - LOOKBACK)].item()  # the history Qlib's expressions read before start_time
     settings["QPIPE_PARTITIONS_START"] = str(prices_from)
@@ -299,6 +296,22 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
                     checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
                     len(test))
+
+
+def _handler_span(r: _Reader, kwargs: str, days: np.ndarray) -> tuple[dt.date, dt.date]:
+    """The handler's start_time and end_time; end_time null is Qlib's "to the end of the data": the calendar's last
+    session (up to today: an exchange's calendar runs on into the future)."""
+    start = _date(r.get(f"{kwargs}.start_time", required=True), f"{kwargs}.start_time", r.path)
+    r.say(f"{kwargs}.start_time", "honoured", f"prices and features from {start}")
+    end = r.get(f"{kwargs}.end_time", required=True)
+    if end is None:
+        end = days[days <= np.datetime64(dt.date.today(), "D")][-1].item()
+        r.say(f"{kwargs}.end_time", "honoured", f"prices and features to the calendar's last session, {end} (Qlib: "
+              "null is to the end of the data)")
+        return start, end
+    end = _date(end, f"{kwargs}.end_time", r.path)
+    r.say(f"{kwargs}.end_time", "honoured", f"prices and features to {end}")
+    return start, end
 
 
 def _rolling_entries(r: _Reader, given: Rolling | None, split: _Split) -> Rolling | None:
@@ -533,6 +546,9 @@ def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processin
         if given[key] is not None:
             r.say(f"{kwargs}.{key}", "honoured",
                   f"{chain_names(entries)}, fitted on the train window and saved in the checkpoint")
+        else:  # what applies all the same: the handler's own chain
+            r.entries.append(Entry(f"{kwargs}.{key}", chain_names(entries), "honoured", "(the handler's default; "
+                                   "not in the YAML) fitted on the train window and saved in the checkpoint"))
     if given["process_type"] is not None:
         r.say(f"{kwargs}.process_type", "honoured", "training reads " + (
             "the learn chain applied after the infer chain" if processing.process_type == "append"
