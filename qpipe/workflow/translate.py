@@ -18,7 +18,8 @@ from qpipe.features.handler import Processing, chain_names, handler_processing
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
 from qpipe.evaluation.backtest import (EXCHANGE_SETTINGS, QLIB_EXCHANGE_ONLY, QLIB_STRATEGY_ONLY, STRATEGY_SETTINGS,
                                        backtest_config, close_match)
-from qpipe.models.config import GENERAL_PTNN, QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
+from qpipe.models.config import (GENERAL_PTNN, QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document,
+                                 read_qlib_yaml)
 from qpipe.models.registry import get_spec
 
 Status = Literal["honoured", "changed", "not honoured"]
@@ -49,7 +50,7 @@ class Rolling:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    day: dt.date  # the session whose close knows its valid window's last label, at the latest the one before its test window
+    day: dt.date  # the close that knows its valid window's last label, at the latest the session before its test
     train_days: int
     valid_days: int
 
@@ -340,7 +341,8 @@ def _rolling_lead(split: _Split) -> str:
     n = split.lead + 1
     return (f"; each checkpoint is {split.lead} session{'s' if split.lead > 1 else ''} before the session before its "
             f"window (where its shifted valid segment's last label is known), so the last {n} sessions of every window "
-            "but the last are scored by the next window's checkpoint, where Qlib scores them with the window's own model")
+            "but the last are scored by the next window's checkpoint, where Qlib scores them with the window's own "
+            "model")
 
 
 def rolling_gen(step: Any, rtype: Any, source: str) -> Rolling:
@@ -476,7 +478,8 @@ def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> _Split:
     if first_test == 0 or first_test >= len(days):
         raise ConfigError(f"{path}: task.dataset.kwargs.segments.test starts at {bounds['test'][0]}, outside the "
                           f"calendar's {days[0]}..{days[-1]}")
-    train, valid = ((index(bounds[name][0], "left"), index(bounds[name][1], "right") - 1) for name in ("train", "valid"))
+    train, valid = ((index(bounds[name][0], "left"), index(bounds[name][1], "right") - 1)
+                    for name in ("train", "valid"))
     split = _Split(days, train, valid, first_test, min(valid[1] + LABEL_HORIZON, first_test - 1))
     if split.valid_days < 5 or split.train_days < 20:
         raise ConfigError(f"{path}: task.dataset.kwargs.segments: {split.train_days} train and {split.valid_days} valid "
