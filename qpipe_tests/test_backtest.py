@@ -188,6 +188,32 @@ def test_a_bad_setting_is_refused_by_name():
         BacktestConfig(n_dorp=5)
 
 
+@pytest.mark.parametrize("override, message", [
+    ({"open_cost": -0.01}, "port_analysis: open_cost = -0.01: Input should be greater than or equal to 0"),
+    ({"n_dorp": 1}, "port_analysis: n_dorp = 1: not a setting of the backtest (did you mean n_drop?)"),
+    ({"trade_unit": 0}, "port_analysis: trade_unit = 0: Input should be greater than 0"),
+])
+def test_a_bad_port_analysis_run_config_fails_the_step_in_one_line_writing_nothing(tmp_path, override, message):
+    """Found by a user: `dg launch --assets reports/gru_backtest` with a bad override failed late, in a pydantic
+    traceback of many lines."""
+    import dagster as dg
+
+    from qpipe.assets.models import backtest_key, model_assets
+    from qpipe.resources import Compute, Warehouse
+
+    asset = next(a for a in model_assets if backtest_key("mlp") in a.keys)
+    result = dg.materialize([asset], partition_key="2024-01-31", raise_on_error=False,
+                            resources={"warehouse": Warehouse(database=str(tmp_path / "w.duckdb")), "compute": Compute(threads=1)},
+                            run_config={"ops": {"reports__mlp_backtest": {"config": {"port_analysis": override}}}})
+    failure = result.get_step_failure_events()[0].event_specific_data.error
+    assert failure.cls_name == "Failure" and message in failure.message, failure.message
+    assert "\n" not in failure.message.strip() and list(tmp_path.iterdir()) == []
+
+
+def test_deal_price_takes_qlibs_dollar_form():
+    assert BacktestConfig(deal_price="$vwap").deal_price == "vwap" and BacktestConfig(deal_price="$open").deal_price == "open"
+
+
 def test_risk_analysis_by_hand_in_both_modes():
     r = pd.Series([0.01, -0.02, 0.03, 0.0])
     mean, std = 0.005, math.sqrt((0.005**2 + 0.025**2 + 0.025**2 + 0.005**2) / 3)

@@ -94,6 +94,75 @@ def test_a_model_from_outside_qpipe_gets_its_assets_and_trains_from_a_qlib_workf
     assert sidecar["config"]["params"]["n_epochs"] == 3 and len(sidecar["history"]) <= 3
 
 
+@pytest.fixture
+def tinynet(monkeypatch):
+    """The example package registered in this process, as an installed distribution registers it."""
+    from importlib.metadata import EntryPoint
+
+    from qpipe.models import registry
+
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    monkeypatch.setitem(registry.PLUGINS, "tinynet", EntryPoint(name="tinynet", value="qpipe_tinynet:SPEC",
+                                                                group=registry.ENTRY_POINT_GROUP))
+    monkeypatch.setattr(registry, "ARCHITECTURES", (*registry.BUILTIN, "tinynet"))
+    return registry
+
+
+def _tinynet_workflow(tmp_path, file: str, network: dict) -> Path:
+    from qpipe_tests.conftest import SHARED
+
+    document = yaml.safe_load((SHARED / "qlib_configs" / file).read_text())
+    document["task"]["model"] = {"class": "GeneralPTNN", "module_path": "qlib.contrib.model.pytorch_general_nn",
+                                 "kwargs": {"n_epochs": 2, "pt_model_uri": "qpipe_tinynet.TinyNet", "pt_model_kwargs": network}}
+    path = tmp_path / "workflow.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_the_dry_run_refuses_a_network_that_cannot_read_the_processed_columns(tmp_path, tinynet):
+    """Found by a user: the README's d_feat 158 on Qlib's MLP Alpha158 workflow (DropCol leaves 157 columns) passed
+    the dry-run, then failed at step 3 with 'mat1 and mat2 shapes cannot be multiplied'."""
+    from qpipe.workflow.translate import translate
+
+    with pytest.raises(ConfigError) as refused:
+        translate(_tinynet_workflow(tmp_path, "workflow_config_mlp_Alpha158.yaml", {"d_feat": 158}))
+    assert str(refused.value) == (f"{tmp_path / 'workflow.yaml'}: task.model.kwargs: the network TinyNet(d_feat=158, "
+                                  "hidden_size=16, dropout=0.0) cannot read the 157 columns the processors leave: inputs "
+                                  "[2, 157]: mat1 and mat2 shapes cannot be multiplied (2x157 and 158x16)")
+    fits = translate(_tinynet_workflow(tmp_path, "workflow_config_mlp_Alpha158.yaml", {"d_feat": 157}))
+    assert (fits.model.model, fits.model.params["d_feat"]) == ("tinynet", 157)
+
+
+def test_a_spec_without_a_preset_for_the_workflows_feature_set_is_refused_before_the_run(tmp_path, tinynet, monkeypatch):
+    """Found by a user: a spec with only an alpha158 preset on an Alpha360 YAML passed the dry-run ('tinynet on
+    alpha360'), then step 3 failed: model 'tinynet' has no preset for feature set 'alpha360'."""
+    import dataclasses
+
+    import qpipe_tinynet
+
+    from qpipe.workflow.translate import translate
+
+    only_158 = dataclasses.replace(qpipe_tinynet.SPEC, presets={"alpha158": qpipe_tinynet.SPEC.presets["alpha158"]})
+    monkeypatch.setattr(qpipe_tinynet, "SPEC", only_158)
+    with pytest.raises(ConfigError, match=r"workflow.yaml: task.dataset.kwargs.handler.class = 'Alpha360': model "
+                                          r"'tinynet' has no preset for feature set 'alpha360' \(its ModelSpec has "
+                                          r"presets for alpha158; a spec needs a preset per feature set it accepts\)"):
+        translate(_tinynet_workflow(tmp_path, "workflow_config_mlp_Alpha360.yaml", {"d_feat": 360}))
+
+
+def test_the_readmes_example_runs_as_written():
+    """The README's model package, exactly as written (its imports included), defines a spec qpipe builds and runs."""
+    import torch
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Write your own model"):readme.index("### A Qlib workflow, translated")]
+    namespace: dict = {}
+    exec(compile(section.split("```python\n")[1].split("```")[0], "README.md", "exec"), namespace)
+    spec = namespace["SPEC"]
+    assert spec.name == "tinynet" and set(spec.presets) == {"alpha158", "alpha360"}
+    assert spec.build(spec.presets["alpha360"].params)(torch.zeros(3, 360)).shape == (3,)
+
+
 def test_a_qlib_workflow_names_its_network_by_module_path(tmp_path):
     """GeneralPTNN's default network is Qlib's GRU; a network no architecture has is refused with the way to add it."""
     path = tmp_path / "workflow.yaml"

@@ -217,6 +217,15 @@ def test_yaml_structure_errors_are_named(tmp_path):
         config_from_qlib_yaml(path)
 
 
+def test_qlibs_device_in_a_checkpoints_params_names_qpipes_way():
+    """Found by a user: params {GPU: 0} in a checkpoint's run config said only "unknown hyper-parameter 'GPU'"."""
+    with pytest.raises(ConfigError, match=r"mlp/alpha360: hyper-parameter GPU = 0: Qlib's device choice; qpipe's is "
+                                          r"`device: cuda:0` in the checkpoint config \(beside params\), or QPIPE_DEVICE"):
+        model_config("mlp", "alpha360", GPU=0)
+    with pytest.raises(ConfigError, match="hyper-parameter n_jobs = 4: Qlib's DataLoader workers; qpipe has none"):
+        model_config("lstm", "alpha360", n_jobs=4)
+
+
 def test_flat_models_refuse_tsdataseth_windows():
     with pytest.raises(ConfigError, match="step_len = 20 \\(TSDatasetH\\) but model 'mlp' takes flat rows"):
         model_config("mlp", "alpha158", step_len=20)

@@ -1,6 +1,7 @@
 """``qpipe qrun WORKFLOW.yaml --dry-run`` (issue 16, point 1's report): every Qlib benchmark workflow translates;
 each key is honoured, honoured with a named difference, or named as not honoured with the reason."""
 
+import datetime
 import json
 import os
 import re
@@ -28,6 +29,8 @@ NOT_HONOURED = {
     "gats_Alpha360": {"task.model.kwargs.model_path"},
     # its .npy files (found by a user: reported as honoured): the concepts come from raw/concepts
     "hist_Alpha360": {"task.model.kwargs.model_path", "task.model.kwargs.stock2concept", "task.model.kwargs.stock_index"},
+    # no-ops in Qlib's SFM too, dropped (found by a user: reported as hyper-parameters of the checkpoint)
+    "sfm_Alpha360": {"task.model.kwargs.dropout_W", "task.model.kwargs.dropout_U", "task.model.kwargs.eval_steps"},
 }
 DEVICE_KEYS = {"task.model.kwargs.GPU", "task.model.kwargs.n_jobs"}
 
@@ -65,6 +68,123 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
                                       f"reports/{workflow.model.model}_ic", f"reports/{workflow.model.model}_backtest"]
     changed = [e for e in workflow.entries if e.status == "changed"]
     assert [e.key for e in changed] == ["task.dataset.kwargs.segments.valid"] and "look-ahead" in changed[0].meaning
+    _assert_honoured_segments_are_the_runs_windows(workflow)
+
+
+def _assert_honoured_segments_are_the_runs_windows(workflow):
+    """What a segment reported honoured names is the window the run trains on: windows_as_of's arithmetic (the
+    checkpoint step's) on the same calendar, for the first checkpoint; never one after the test starts."""
+    from qpipe.training.dataset import windows_as_of
+    from qpipe.workflow.translate import _sessions
+
+    document = read_qlib_yaml(workflow.path)
+    days, _ = _sessions(Path(workflow.settings["QPIPE_SOURCE_PATH"]), document["qlib_init"].get("region", "cn"))
+    first = workflow.checkpoints[0]
+    windows = windows_as_of(days, first.day, first.train_days, first.valid_days)
+    for name in ("train", "valid"):
+        entry = next(e for e in workflow.entries if e.key == f"task.dataset.kwargs.segments.{name}")
+        start, end = (np.datetime64(str(d), "D") for d in document["task"]["dataset"]["kwargs"]["segments"][name])
+        sessions = days[(days >= start) & (days <= end)]
+        real = tuple(str(d) for d in getattr(windows, name))
+        assert (entry.status == "honoured") == (real == (str(sessions[0]), str(sessions[-1]))), (name, entry, real)
+    assert np.datetime64(first.day, "D") < np.datetime64(workflow.test[0], "D")
+
+
+def _segments(d, **given):
+    d["task"]["dataset"]["kwargs"]["segments"].update(given)
+
+
+def _entry(workflow, key):
+    return next(e for e in workflow.entries if e.key == key)
+
+
+def test_a_valid_segment_ending_before_the_test_is_honoured_with_an_earlier_checkpoint(tmp_path):
+    """Found by a user: valid to 2016-06-30 was reported honoured while the run validated on the 364 sessions to
+    2016-12-28. The checkpoint now sits where that segment's last label is known (2 sessions after it)."""
+    from qpipe.workflow.translate import Rolling
+
+    path = _edited(tmp_path, lambda d: _segments(d, valid=["2015-01-01", "2016-06-30"]))
+    workflow = translate(path)
+    assert [(str(c.day), c.train_days) for c in workflow.checkpoints] == [("2016-07-04", 1702)]  # Fri 07-01, Mon 07-04
+    valid = _entry(workflow, "task.dataset.kwargs.segments.valid")
+    assert (valid.status, valid.meaning) == ("honoured", f"valid_days {workflow.checkpoints[0].valid_days}")
+    test = _entry(workflow, "task.dataset.kwargs.segments.test")
+    assert "on 2016-07-04" in test.meaning and "newest checkpoint at or before it" in test.meaning
+    assert not [e for e in workflow.entries if e.status == "changed"]
+    _assert_honoured_segments_are_the_runs_windows(workflow)
+
+    rolled = translate(path, Rolling(240, "ROLL_SD"))  # every checkpoint 240 sessions after the one before
+    days = [c.day for c in rolled.checkpoints]
+    assert len(days) == -(-rolled.test_sessions // 240) == 4 and days[0] == workflow.checkpoints[0].day
+    xshg = _xshg_sessions()
+    assert [xshg.index(str(b)) - xshg.index(str(a)) for a, b in zip(days, days[1:])] == [240, 240, 240]
+    with_yaml = translate(_edited(tmp_path, lambda d: (_segments(d, valid=["2015-01-01", "2016-06-30"]),
+                                                       d.update(rolling={"step": 240}))))
+    lead = xshg.index("2016-12-30") - xshg.index("2016-07-04")
+    assert f"each checkpoint is {lead} sessions before" in _entry(with_yaml, "rolling").meaning
+
+
+def _xshg_sessions() -> list[str]:
+    from qpipe.workflow.translate import _sessions
+
+    return [str(d) for d in _sessions(Path("/nonexistent"), "cn")[0]]
+
+
+def test_a_valid_segment_inside_the_train_segment_is_reported_as_the_shorter_train_window(tmp_path):
+    path = _edited(tmp_path, lambda d: _segments(d, train=["2008-01-01", "2015-06-30"]))
+    workflow = translate(path)
+    train = _entry(workflow, "task.dataset.kwargs.segments.train")
+    assert train.status == "changed" and "to 2014-12-31" in train.meaning and "do not overlap" in train.meaning
+    _assert_honoured_segments_are_the_runs_windows(workflow)
+    gap = translate(_edited(tmp_path, lambda d: _segments(d, train=["2008-01-01", "2014-06-30"])))
+    assert _entry(gap, "task.dataset.kwargs.segments.train").meaning.endswith("qpipe's train window ends where valid starts)")
+
+
+def test_a_test_segment_starting_inside_the_valid_segment_is_named_as_such(tmp_path):
+    workflow = translate(_edited(tmp_path, lambda d: _segments(d, valid=["2015-01-01", "2017-03-31"])))
+    valid = _entry(workflow, "task.dataset.kwargs.segments.valid")
+    assert valid.status == "changed" and "runs into the test segment" in valid.meaning
+    assert "look-ahead" not in valid.meaning and "to 2016-12-28" in valid.meaning
+    assert [str(c.day) for c in workflow.checkpoints] == ["2016-12-30"]
+    _assert_honoured_segments_are_the_runs_windows(workflow)
+
+
+def test_the_mlps_n_epochs_is_named_as_not_read_and_max_steps_as_the_epochs_it_becomes(tmp_path):
+    """Found by a user: n_epochs 5 beside max_steps 8000 was 'hyper-parameter of the checkpoint', and the run
+    trained 400 epochs (DNNModelPytorch has no n_epochs)."""
+    workflow = translate(_edited(tmp_path, lambda d: d["task"]["model"]["kwargs"].update(n_epochs=5),
+                                 "workflow_config_mlp_Alpha158.yaml"))
+    n_epochs, max_steps = (_entry(workflow, f"task.model.kwargs.{k}") for k in ("n_epochs", "max_steps"))
+    assert n_epochs.status == "not honoured" and "max_steps decides" in n_epochs.meaning
+    assert (max_steps.status, max_steps.meaning) == ("honoured", "n_epochs 400 of 20 steps (eval_steps)")
+    assert workflow.model.params["n_epochs"] == 400
+
+
+def test_the_handlers_default_chains_are_shown_and_an_open_end_time_is_the_calendars_last_session(tmp_path):
+    """Found by a user: without infer/learn_processors the dry-run did not say which chains apply; end_time null
+    (Qlib: to the end of the data) was refused as not a date."""
+    def change(d):
+        for key in ("infer_processors", "learn_processors"):
+            del _kwargs(d)[key]
+        _kwargs(d)["end_time"] = None
+        _segments(d, test=["2017-01-01", "2020-08-01"])
+
+    workflow = translate(_edited(tmp_path, change))
+    handler = "task.dataset.kwargs.handler.kwargs"
+    infer, learn = (_entry(workflow, f"{handler}.{k}") for k in ("infer_processors", "learn_processors"))
+    assert (infer.status, infer.value) == ("honoured", "ProcessInf + ZScoreNorm + Fillna")  # Alpha360's own
+    assert (learn.status, learn.value) == ("honoured", "DropnaLabel + CSZScoreNorm") and "the handler's default" in learn.meaning
+    assert [c["class"] for c in workflow.processing.infer_processors] == ["ProcessInf", "ZScoreNorm", "Fillna"]
+    end = _entry(workflow, f"{handler}.end_time")
+    last = max(d for d in _xshg_sessions() if d <= str(datetime.date.today()))
+    assert end.status == "honoured" and f"the calendar's last session, {last}" in end.meaning
+    assert str(workflow.span[1]) == last
+
+
+def test_the_yaml_rolling_key_is_reported_once(tmp_path):
+    """Found by a user: rolling was honoured, and rolling.step / rolling.rtype 'not a key qpipe knows' as well."""
+    workflow = translate(_edited(tmp_path, lambda d: d.update(rolling={"step": 40, "rtype": "ROLL_SD"})))
+    assert [e.status for e in workflow.entries if e.key.startswith("rolling")] == ["honoured"]
 
 
 def test_rolling_cuts_the_test_segment_into_windows_with_a_checkpoint_before_each(tmp_path):
@@ -219,6 +339,35 @@ def _kwargs(d):
     return d["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
 
 
+def _strategy(d):
+    return d["task"]["record"][2]["kwargs"]["config"]["strategy"]
+
+
+def _backtest(d):
+    return d["task"]["record"][2]["kwargs"]["config"]["backtest"]
+
+
+def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are_qlibs(tmp_path):
+    """Names Qlib's strategy and exchange take stay 'not honoured' with the reason; deal_price '$open' is Qlib's
+    'open'; n_drop 0 is a deliberate departure (Qlib sells every holding each day)."""
+    def change(d):
+        _strategy(d)["kwargs"].update(trade_exchange=None, n_drop=0)
+        _backtest(d)["exchange_kwargs"].update(deal_price="$open", volume_threshold=None, impact_cost=0.1, freq="day")
+
+    workflow = translate(_edited(tmp_path, change))
+    config = "task.record[2].kwargs.config"
+    assert {e.key: e.meaning for e in workflow.not_honoured() if e.key.startswith(config)} == {
+        f"{config}.strategy.kwargs.trade_exchange": "Qlib's backtest infrastructure: qpipe's backtest builds its own "
+                                                    "exchange and calendar",
+        f"{config}.backtest.exchange_kwargs.volume_threshold": "qpipe's exchange has no volume limit",
+        f"{config}.backtest.exchange_kwargs.impact_cost": "qpipe's exchange has no market impact cost (Qlib's default "
+                                                          "impact_cost: 0)",
+        f"{config}.backtest.exchange_kwargs.freq": "qpipe's exchange is daily (Qlib's default freq: day)"}
+    assert workflow.port_analysis["deal_price"] == "open" and workflow.port_analysis["n_drop"] == 0
+    n_drop = _entry(workflow, f"{config}.strategy.kwargs.n_drop")
+    assert n_drop.status == "changed" and "comb[-0:]" in n_drop.meaning
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.clear() or d.update(steps=[1, 2]), "missing task.model.class"),
     (lambda d: d["task"]["model"].update({"class": "XGBModel"}), "'XGBModel' has no qpipe architecture"),
@@ -229,6 +378,25 @@ def _kwargs(d):
     (lambda d: d["task"]["record"][2]["kwargs"]["config"]["strategy"]["kwargs"].update(topk=0),
      "task.record[2].kwargs.config: topk = 0: Input should be greater than or equal to 1"),
     (lambda d: _kwargs(d).update(start_time="soon"), "start_time = 'soon' is not a date"),
+    # misspelt: Qlib's TopkDropoutStrategy raises TypeError, its Exchange ValueError (found by a user: exit 0)
+    (lambda d: _strategy(d)["kwargs"].update(hold_threshh=3),
+     "task.record[2].kwargs.config.strategy.kwargs.hold_threshh = 3: not an argument of Qlib's TopkDropoutStrategy "
+     "(Qlib refuses it) (did you mean hold_thresh?)"),
+    (lambda d: _backtest(d)["exchange_kwargs"].update(min_costt=5),
+     "config.backtest.exchange_kwargs.min_costt = 5: not an argument of Qlib's Exchange (Qlib refuses it) "
+     "(did you mean min_cost?)"),
+    (lambda d: _backtest(d).update(acount=1e9), "config.backtest.acount = 1000000000.0: not an argument of Qlib's "
+     "backtest (Qlib refuses it) (did you mean account?)"),
+    (lambda d: _strategy(d).update({"class": "WeightStrategyBase"}), "config.strategy.class = 'WeightStrategyBase': "
+     "qpipe backtests only TopkDropoutStrategy (remove the PortAnaRecord or use that strategy)"),
+    # the network cannot read what the processors leave (found by a user: 'honoured', then refused by the run)
+    (lambda d: d["task"]["model"]["kwargs"].update(d_feat=7), "the network LSTMModel(d_feat=7, hidden_size=64, "
+     "num_layers=2, dropout=0.0) cannot read the 360 columns the processors leave: a sequence model cuts a row into "
+     "d_feat blocks of lags (Qlib's reshape), and these are 6 fields (CLOSE, OPEN, HIGH, LOW, VWAP, VOLUME) of 60 lags: "
+     "d_feat must be 6, not 7"),
+    (lambda d: d["task"]["model"]["kwargs"].update(d_feat=5), "d_feat must be 6, not 5"),
+    (lambda d: _backtest(d)["exchange_kwargs"].update(open_cost=-0.01),
+     "config: open_cost = -0.01: Input should be greater than or equal to 0"),
 ])
 def test_a_workflow_that_cannot_be_valid_is_refused_naming_file_key_and_value(tmp_path, change, message):
     path = _edited(tmp_path, change)

@@ -26,6 +26,7 @@ from qpipe.resources import CheckpointStore, Compute, Warehouse
 from qpipe.settings import get_settings, parse_device
 
 if TYPE_CHECKING:
+    from qpipe.evaluation.backtest import BacktestConfig
     from qpipe.features.handler import Processing
     from qpipe.models.config import ModelConfig
 
@@ -384,15 +385,18 @@ class PortfolioConfig(dg.Config):
     """Qlib's port_analysis_config for the backtest, flat, with Qlib's names (qpipe.evaluation.backtest)."""
 
     port_analysis: dict[str, Any] = Field(default_factory=dict, description=(
-        "strategy and exchange settings, e.g. {topk: 50, n_drop: 5, open_cost: 0.0005, trade_unit: 100}; "
-        "default: Qlib's benchmark workflows (trade unit 100 on XSHG/XSHE)"))
+        "strategy and exchange settings, e.g. {topk: 50, n_drop: 5, open_cost: 0.0005, trade_unit: 100, deal_price: "
+        "close ($close as Qlib's Exchange takes it)}; default: Qlib's benchmark workflows (trade unit 100 on XSHG/XSHE)"))
 
-    def resolve(self):
+    def resolve(self) -> "BacktestConfig":
         from qpipe.calendar import market_calendar
-        from qpipe.evaluation.backtest import BacktestConfig
+        from qpipe.evaluation.backtest import backtest_config
 
         lots = {"trade_unit": 100} if market_calendar().name in ("XSHG", "XSHE") else {}
-        return BacktestConfig(**{**lots, **self.port_analysis})
+        try:  # one line naming the key, the value and what is expected, before anything is read or written
+            return backtest_config({**lots, **self.port_analysis}, "port_analysis")
+        except ValueError as error:
+            raise dg.Failure(str(error)) from None
 
 
 def backtest_figures(daily) -> dict[str, float]:

@@ -15,14 +15,15 @@ Each session T, in order:
 Prices are adjusted (Qlib's ``$close``), amounts are in adjusted shares, as Qlib keeps them.
 """
 
+import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qpipe.evaluation.risk import risk_analysis
 
@@ -48,6 +49,53 @@ class BacktestConfig(BaseModel):
     limit_threshold: float | None = Field(0.095, gt=0)
     trade_unit: float | None = Field(None, gt=0)  # raw shares per lot: Qlib's cn region uses 100
     seed: int = Field(0, ge=0)  # for method_sell/method_buy "random", with each session's date (Qlib's is unseeded)
+
+    @field_validator("deal_price", mode="before")
+    @classmethod
+    def _qlib_field(cls, value: Any) -> Any:
+        """Qlib's Exchange takes ``$close`` as well as ``close`` (it prepends the ``$``)."""
+        return value[1:] if isinstance(value, str) and value.startswith("$") else value
+
+
+STRATEGY_SETTINGS = ("topk", "n_drop", "method_sell", "method_buy", "hold_thresh", "only_tradable",
+                     "forbid_all_trade_at_limit", "risk_degree")  # TopkDropoutStrategy's and BaseSignalStrategy's
+EXCHANGE_SETTINGS = ("limit_threshold", "deal_price", "open_cost", "close_cost", "min_cost", "trade_unit")
+# Arguments of Qlib's TopkDropoutStrategy (and the base classes it passes them to) and of Qlib's Exchange that qpipe's
+# backtest does not implement -> why. Any other name is a TypeError (ValueError for the Exchange) in Qlib.
+QLIB_STRATEGY_ONLY = {
+    **dict.fromkeys(("trade_exchange", "level_infra", "common_infra", "outer_trade_decision"),
+                    "Qlib's backtest infrastructure: qpipe's backtest builds its own exchange and calendar"),
+    **dict.fromkeys(("model", "dataset"), "Qlib's deprecated way to give the signal: qpipe trades the run's predictions"),
+}
+QLIB_EXCHANGE_ONLY = {
+    "freq": "qpipe's exchange is daily (Qlib's default freq: day)",
+    **dict.fromkeys(("start_time", "end_time"), "qpipe's exchange quotes the backtest's sessions"),
+    "codes": "qpipe's exchange quotes the market's members",
+    **dict.fromkeys(("subscribe_fields", "extra_quote", "quote_cls"),
+                    "qpipe's exchange reads the close, the deal price and the factor of the prices asset"),
+    "volume_threshold": "qpipe's exchange has no volume limit",
+    "impact_cost": "qpipe's exchange has no market impact cost (Qlib's default impact_cost: 0)",
+}
+
+
+def close_match(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for a misspelt name, else ``""``."""
+    found = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {found[0]}?)" if found else ""
+
+
+def backtest_config(settings: Mapping[str, Any], source: str) -> BacktestConfig:
+    """``BacktestConfig(**settings)``, or a ValueError of one line: ``source: key = value: what is expected``."""
+    try:
+        return BacktestConfig(**settings)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        key = ".".join(map(str, problem["loc"]))
+        if problem["type"] == "extra_forbidden":
+            raise ValueError(f"{source}: {key} = {problem['input']!r}: not a setting of the backtest"
+                             f"{close_match(key, BacktestConfig.model_fields)}; valid: "
+                             f"{', '.join(BacktestConfig.model_fields)}") from None
+        raise ValueError(f"{source}: {key} = {problem['input']!r}: {problem['msg']}") from None
 
 
 @dataclass(frozen=True)

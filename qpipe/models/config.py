@@ -62,6 +62,11 @@ GENERAL_PTNN_NETWORK = {"pt_model_uri": "qlib.contrib.model.pytorch_gru_ts.GRUMo
 # Accepted in a Qlib YAML and ignored: qpipe picks the device itself, and batches are gathered
 # on the device, so there are no DataLoader workers.
 QLIB_IGNORED = frozenset({"GPU", "n_jobs"})
+_QLIB_IGNORED_WAY: dict[str, Callable[[Any], str]] = {  # in a checkpoint's params (not a Qlib YAML): qpipe's way
+    "GPU": lambda value: (f"Qlib's device choice; qpipe's is `device: {'cuda:' + str(value) if isinstance(value, int) else 'cuda'}` "
+                          "in the checkpoint config (beside params), or QPIPE_DEVICE"),
+    "n_jobs": lambda value: "Qlib's DataLoader workers; qpipe has none (batches are gathered on the device): remove it",
+}
 
 
 class ConfigError(ValueError):
@@ -145,6 +150,10 @@ def config_from_qlib_document(document: dict[str, Any], path: Path) -> ModelConf
             params = spec.from_qlib({**spec.qlib_class_defaults(step_len), **kwargs})
     except (LookupError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
+    if FEATURE_SETS[handler] not in spec.presets:  # a checkpoint's settings start from its feature set's preset
+        raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}: model {spec.name!r} has no preset "
+                          f"for feature set {FEATURE_SETS[handler]!r} (its ModelSpec has presets for "
+                          f"{', '.join(spec.presets) or 'none'}; a spec needs a preset per feature set it accepts)")
     return validated_config(spec, FEATURE_SETS[handler], step_len, params, source=str(path))
 
 
@@ -167,6 +176,8 @@ def _network_by_uri(model_class: str, kwargs: dict[str, Any]) -> tuple[ModelSpec
 def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Mapping[str, Any], source: str) -> ModelConfig:
     net_parameters = spec.net_parameters()
     unknown = sorted(set(given) - set(TRAINING_DEFAULTS) - set(net_parameters))
+    for key in set(unknown) & QLIB_IGNORED:  # Qlib's, and qpipe does it another way
+        raise ConfigError(f"{source}: hyper-parameter {key} = {given[key]!r}: {_QLIB_IGNORED_WAY[key](given[key])}")
     if unknown:
         valid = ", ".join(sorted({*TRAINING_DEFAULTS, *net_parameters}))
         raise ConfigError(f"{source}: unknown hyper-parameter {unknown[0]!r} = {given[unknown[0]]!r} for model {spec.name!r}; valid: {valid}")

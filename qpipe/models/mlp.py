@@ -102,4 +102,7 @@ SPEC = ModelSpec(
         }),
     },
     from_qlib=from_qlib,
+    # from_qlib sets n_epochs from max_steps (DNNModelPytorch's class default 300 when the YAML has none)
+    qlib_not_read={"n_epochs": "Qlib's DNNModelPytorch has no n_epochs: max_steps decides (n_epochs = "
+                               "ceil(max_steps / eval_steps))"},
 )

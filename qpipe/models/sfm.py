@@ -76,9 +76,16 @@ class SFMModel(nn.Module):
         return self.fc_out(p).squeeze(-1)
 
 
+QLIB_NO_OPS = {  # accepted from Qlib configs and dropped (see the module docstring)
+    "dropout_W": "a no-op in Qlib too (its dropout masks are constant 1): dropped",
+    "dropout_U": "a no-op in Qlib too (its dropout masks are constant 1): dropped",
+    "eval_steps": "unused by Qlib's SFM too: dropped",
+}
+
+
 def from_qlib(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Drop Qlib's no-op knobs (see the module docstring)."""
-    return {k: v for k, v in kwargs.items() if k not in ("dropout_W", "dropout_U", "eval_steps")}
+    """Drop Qlib's no-op knobs."""
+    return {k: v for k, v in kwargs.items() if k not in QLIB_NO_OPS}
 
 
 SPEC = ModelSpec(
@@ -96,4 +103,5 @@ SPEC = ModelSpec(
     class_defaults={"n_epochs": 200, "lr": 1e-3, "batch_size": 2000, "early_stop": 20, "metric": "loss", "loss": "mse",
                     "optimizer": "gd"},
     from_qlib=from_qlib,
+    qlib_not_read=QLIB_NO_OPS,
 )

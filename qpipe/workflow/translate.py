@@ -7,7 +7,7 @@ train and valid segments, predictions, IC and backtest over the test segment) an
 """
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,16 +16,16 @@ import numpy as np
 
 from qpipe.features.handler import Processing, chain_names, handler_processing
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
-from qpipe.models.config import QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
+from qpipe.evaluation.backtest import (EXCHANGE_SETTINGS, QLIB_EXCHANGE_ONLY, QLIB_STRATEGY_ONLY, STRATEGY_SETTINGS,
+                                       backtest_config, close_match)
+from qpipe.models.config import (GENERAL_PTNN, QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document,
+                                 read_qlib_yaml)
 from qpipe.models.registry import get_spec
 
 Status = Literal["honoured", "changed", "not honoured"]
 QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
 REGION_EXCHANGES = {"cn": "XSHG", "us": "XNYS"}
 REGION_LOTS = {"cn": 100, "us": None}  # Qlib's region defaults: trade_unit
-STRATEGY_KEYS = ("topk", "n_drop", "method_sell", "method_buy", "hold_thresh", "only_tradable",
-                 "forbid_all_trade_at_limit", "risk_degree")
-EXCHANGE_KEYS = ("limit_threshold", "deal_price", "open_cost", "close_cost", "min_cost", "trade_unit")
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,47 @@ class Rolling:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    day: dt.date  # the session before its test window
+    day: dt.date  # the close that knows its valid window's last label, at the latest the session before its test
     train_days: int
     valid_days: int
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The fixed split in session indices of ``days``: the segments' first and last sessions and the checkpoint's.
+
+    The run's windows are ``windows_as_of(days, checkpoint, train_days, valid_days)``: the valid window is the
+    ``valid_days`` sessions ending LABEL_HORIZON sessions before the checkpoint (the last label known at its
+    close), the train window the ``train_days`` sessions before it."""
+
+    days: np.ndarray
+    train: tuple[int, int]
+    valid: tuple[int, int]
+    test_start: int
+    checkpoint: int
+
+    @property
+    def valid_end(self) -> int:
+        return self.checkpoint - LABEL_HORIZON
+
+    @property
+    def train_days(self) -> int:
+        return self.valid[0] - self.train[0]
+
+    @property
+    def valid_days(self) -> int:
+        return self.valid_end - self.valid[0] + 1
+
+    @property
+    def lead(self) -> int:
+        """Sessions between the checkpoint and the session before the test (0 when the valid segment reaches it)."""
+        return self.test_start - 1 - self.checkpoint
+
+    def day(self, index: int) -> dt.date:
+        return self.days[index].item()
+
+    def checkpoint_entry(self) -> Checkpoint:
+        return Checkpoint(self.day(self.checkpoint), int(self.train_days), int(self.valid_days))
 
 
 @dataclass(frozen=True)
@@ -214,10 +252,8 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         r.say("task.dataset.kwargs.step_len", "honoured", f"step_len {model.step_len}")
 
     kwargs = f"{handler}.kwargs"
-    span = (_date(r.get(f"{kwargs}.start_time", required=True), f"{kwargs}.start_time", path),
-            _date(r.get(f"{kwargs}.end_time", required=True), f"{kwargs}.end_time", path))
-    for end, key in zip(span, ("start_time", "end_time")):
-        r.say(f"{kwargs}.{key}", "honoured", f"prices and features {'from' if key == 'start_time' else 'to'} {end}")
+    days, sessions_from = _sessions(provider, region)
+    span = _handler_span(r, kwargs, days)
     instruments = r.get(f"{kwargs}.instruments")
     if instruments is not None:
         r.say(f"{kwargs}.instruments", "honoured" if str(instruments) == market else "not honoured",
@@ -233,12 +269,11 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         if bounds[name][0] > bounds[name][1] or not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
             raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}] is not a span "
                               f"inside the handler's {span[0]}..{span[1]}")
-    days, sessions_from = _sessions(provider, region)
     first = int(np.searchsorted(days, np.datetime64(span[0], "D")))
     prices_from = days[max(0, first - LOOKBACK)].item()  # the history Qlib's expressions read before start_time
     settings["QPIPE_PARTITIONS_START"] = str(prices_from)
     split = _fixed_split(days, bounds, path)
-    _segment_entries(r, segments, bounds, split, days)
+    _segment_entries(r, segments, bounds, split)
     _fit_window_entries(r, kwargs, bounds["train"])
     processing = _processor_entries(r, kwargs, model)
     _model_entries(r, model, processing)
@@ -250,10 +285,10 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
 
     records, port_analysis = _record_entries(r, lots, bounds["test"], benchmark)
     _anchor_entries(r)
+    rolling = _rolling_entries(r, rolling, split)  # (before the keys nothing read: it reads the top-level rolling)
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
-    rolling = _rolling_entries(r, rolling)
-    checkpoints = _rolling_checkpoints(days, split, bounds["test"], rolling) if rolling else [Checkpoint(*split)]
+    checkpoints = _rolling_checkpoints(split, bounds["test"], rolling) if rolling else [split.checkpoint_entry()]
 
     def sessions(bound: tuple[dt.date, dt.date]) -> np.ndarray:
         return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
@@ -264,8 +299,25 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
                     len(test))
 
 
-def _rolling_entries(r: _Reader, given: Rolling | None) -> Rolling | None:
-    """The command line's RollingGen, else the YAML's ``rolling`` key (qpipe's; Qlib builds RollingGen in code)."""
+def _handler_span(r: _Reader, kwargs: str, days: np.ndarray) -> tuple[dt.date, dt.date]:
+    """The handler's start_time and end_time; end_time null is Qlib's "to the end of the data": the calendar's last
+    session (up to today: an exchange's calendar runs on into the future)."""
+    start = _date(r.get(f"{kwargs}.start_time", required=True), f"{kwargs}.start_time", r.path)
+    r.say(f"{kwargs}.start_time", "honoured", f"prices and features from {start}")
+    end = r.get(f"{kwargs}.end_time", required=True)
+    if end is None:
+        end = days[days <= np.datetime64(dt.date.today(), "D")][-1].item()
+        r.say(f"{kwargs}.end_time", "honoured", f"prices and features to the calendar's last session, {end} (Qlib: "
+              "null is to the end of the data)")
+        return start, end
+    end = _date(end, f"{kwargs}.end_time", r.path)
+    r.say(f"{kwargs}.end_time", "honoured", f"prices and features to {end}")
+    return start, end
+
+
+def _rolling_entries(r: _Reader, given: Rolling | None, split: _Split) -> Rolling | None:
+    """The command line's RollingGen, else the YAML's top-level ``rolling`` key (qpipe's; Qlib builds RollingGen in
+    code)."""
     in_yaml = r.get("rolling")
     if in_yaml is None:
         return given
@@ -273,10 +325,24 @@ def _rolling_entries(r: _Reader, given: Rolling | None) -> Rolling | None:
         raise ConfigError(f"{r.path}: rolling = {in_yaml!r}: expected {{step: N, rtype: ROLL_EX or ROLL_SD}}")
     yaml_rolling = rolling_gen(in_yaml["step"], in_yaml.get("rtype", "ROLL_EX"), f"{r.path}: rolling")
     if given is None:
-        r.say("rolling", "honoured", f"RollingGen(step={yaml_rolling.step}, rtype={yaml_rolling.rtype})")
+        r.say("rolling", "honoured", f"RollingGen(step={yaml_rolling.step}, rtype={yaml_rolling.rtype})"
+              + _rolling_lead(split))
         return yaml_rolling
-    r.say("rolling", "changed", f"the command line's RollingGen(step={given.step}, rtype={given.rtype}) instead")
+    r.say("rolling", "changed", f"the command line's RollingGen(step={given.step}, rtype={given.rtype}) instead"
+          + _rolling_lead(split))
     return given
+
+
+def _rolling_lead(split: _Split) -> str:
+    """What an earlier checkpoint (the valid segment ending before the session before the test) changes in RollingGen's
+    windows: each checkpoint stays ``step`` sessions after the one before, so each is ``lead`` sessions early too."""
+    if not split.lead:
+        return ""
+    n = split.lead + 1
+    return (f"; each checkpoint is {split.lead} session{'s' if split.lead > 1 else ''} before the session before its "
+            f"window (where its shifted valid segment's last label is known), so the last {n} sessions of every window "
+            "but the last are scored by the next window's checkpoint, where Qlib scores them with the window's own "
+            "model")
 
 
 def rolling_gen(step: Any, rtype: Any, source: str) -> Rolling:
@@ -289,16 +355,16 @@ def rolling_gen(step: Any, rtype: Any, source: str) -> Rolling:
     return Rolling(step, rtype)
 
 
-def _rolling_checkpoints(days: np.ndarray, split: tuple[dt.date, int, int], test: tuple[dt.date, dt.date],
-                         rolling: Rolling) -> list[Checkpoint]:
-    """RollingGen's tasks: the test segment cut into windows of ``step`` sessions, a checkpoint on the session before
-    each; the train window slides with it, or grows by ``step`` each time (expanding)."""
-    first_day, train_days, valid_days = split
-    first = int(np.searchsorted(days, np.datetime64(first_day, "D")))
+def _rolling_checkpoints(split: _Split, test: tuple[dt.date, dt.date], rolling: Rolling) -> list[Checkpoint]:
+    """RollingGen's tasks: the test segment cut into windows of ``step`` sessions, one checkpoint each, every one
+    ``step`` sessions after the one before (RollingGen shifts every segment by ``step``); the train window slides
+    with it, or grows by ``step`` each time (expanding)."""
+    days = split.days
     last = int(np.searchsorted(days, np.datetime64(test[1], "D"), "right")) - 1
-    return [Checkpoint(days[first + i * rolling.step].item(),
-                       train_days + (i * rolling.step if rolling.rtype == "ROLL_EX" else 0), valid_days)
-            for i in range((last - first - 1) // rolling.step + 1)]
+    first = split.checkpoint_entry()
+    return [Checkpoint(days[split.checkpoint + i * rolling.step].item(),
+                       first.train_days + (i * rolling.step if rolling.rtype == "ROLL_EX" else 0), first.valid_days)
+            for i in range((last - split.test_start) // rolling.step + 1)]
 
 
 def _anchor_entries(r: _Reader) -> None:
@@ -336,28 +402,75 @@ def _without_pickles(document: dict) -> dict:
 def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> None:
     r.say("task.model.class", "honoured", f"architecture {model.model}: models/{model.model}_checkpoint")
     r.say("task.model.module_path", "honoured", "(the class names the architecture)")
-    columns = len(processing.trained_columns(list(FEATURE_SETS[model.feature_set].columns)))
+    columns = processing.trained_columns(list(FEATURE_SETS[model.feature_set].columns))
+    refusal = _network_refusal(model, columns)
+    if refusal:
+        spec = get_spec(model.model)
+        arguments = ", ".join(f"{k}={model.params[k]}" for k in spec.net_parameters() if k in model.params)
+        raise ConfigError(f"{r.path}: task.model.kwargs: the network {spec.net.__name__}({arguments}) cannot read the "
+                          f"{len(columns)} columns the processors leave: {refusal}")
+    not_read = _trainer_not_read(r.get("task.model.class"), model)
     for key, value in (r.get("task.model.kwargs") or {}).items():
         if key == "model_path" and model.params.get("model_path") is None:
             r.say(f"task.model.kwargs.{key}", "not honoured", "a pickled file is never loaded (loading never runs code): "
                   "the base model starts from scratch; name a qpipe checkpoint of it to start from its weights")
-        elif key in get_spec(model.model).qlib_not_read:
-            r.say(f"task.model.kwargs.{key}", "not honoured", get_spec(model.model).qlib_not_read[key])
+        elif key in not_read:
+            r.say(f"task.model.kwargs.{key}", "not honoured", not_read[key])
+        elif key == "max_steps" and key not in model.params:  # DNNModelPytorch's schedule, read as epochs
+            r.say(f"task.model.kwargs.{key}", "honoured", f"n_epochs {model.params['n_epochs']} of "
+                  f"{model.params['steps_per_epoch']} steps (eval_steps)")
         elif key in QLIB_IGNORED:
             r.say(f"task.model.kwargs.{key}", "not honoured",
                   "qpipe picks the device (QPIPE_DEVICE)" if key == "GPU" else "batches are gathered on the device")
         elif key == "pt_model_uri":
             r.say(f"task.model.kwargs.{key}", "honoured", f"the network of architecture {model.model}")
-        elif key == "pt_model_kwargs" and value.get("input_dim", columns) != columns:
-            r.say(f"task.model.kwargs.{key}", "not honoured", f"the processors leave {columns} columns, so a run "
-                  f"refuses input_dim {value['input_dim']}")
         else:
             r.say(f"task.model.kwargs.{key}", "honoured", "hyper-parameter of the checkpoint")
 
 
-def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> tuple[dt.date, int, int]:
-    """One checkpoint for the test segment: on the session before the test starts, trained on the train segment's
-    labels and stopped early on the valid segment's labels known by then."""
+def _trainer_not_read(model_class: str, model: ModelConfig) -> Mapping[str, str]:
+    """The Qlib kwargs the class's trainer drops or overrides (ModelSpec.qlib_not_read of the spec whose ``from_qlib``
+    read them: DNNModelPytorch's is the MLP's whatever its network; GeneralPTNN's kwargs are read as they are)."""
+    if model_class == GENERAL_PTNN:
+        return {}
+    return get_spec("mlp" if model_class == "DNNModelPytorch" else model.model).qlib_not_read
+
+
+def _network_refusal(model: ModelConfig, columns: list[str]) -> str:
+    """Why the network of ``model`` cannot read what the processors leave ("" when it can): one forward pass on zeros
+    of the run's shape: flat rows [2, columns], TSDatasetH windows [2, step_len, columns], or (a sequence model on
+    DatasetH) Alpha360 rows cut into d_feat blocks of lags, [2, lags, d_feat]."""
+    import torch
+
+    spec, params = get_spec(model.model), model.params
+    d_feat = params.get("d_feat")
+    if spec.sampler == "flat":
+        shape = (2, len(columns))
+    elif model.step_len is not None:
+        if d_feat != len(columns):
+            return f"windows of {model.step_len} sessions of {len(columns)} columns, but d_feat = {d_feat}"
+        shape = (2, model.step_len, len(columns))
+    else:
+        fields = list(dict.fromkeys(c.rstrip("0123456789") for c in columns))
+        if d_feat != len(fields) or len(columns) % len(fields):
+            return (f"a sequence model cuts a row into d_feat blocks of lags (Qlib's reshape), and these are "
+                    f"{len(fields)} fields ({', '.join(fields)}) of {len(columns) // len(fields)} lags: d_feat must be "
+                    f"{len(fields)}, not {d_feat}")
+        shape = (2, len(columns) // d_feat, d_feat)
+    inputs = [torch.zeros(shape)] + ([torch.zeros(2, 1)] if spec.reads_concepts else [])
+    try:
+        with torch.no_grad():
+            spec.build(params).eval()(*inputs)
+    except (RuntimeError, ValueError, IndexError) as error:
+        return f"inputs {list(shape)}: {str(error).splitlines()[0]}"
+    return ""
+
+
+def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> _Split:
+    """One checkpoint for the test segment, trained on the train segment's labels and stopped early on the valid
+    segment's: on the session whose close knows the valid segment's last label (LABEL_HORIZON sessions after it),
+    or, when that falls in the test segment, on the session before the test starts. An earlier checkpoint is fine:
+    each test day is scored by the newest checkpoint at or before it (predictions asset)."""
     def index(day: dt.date, side: str) -> int:
         return int(np.searchsorted(days, np.datetime64(day, "D"), side))
 
@@ -365,32 +478,23 @@ def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> tuple[dt.date, i
     if first_test == 0 or first_test >= len(days):
         raise ConfigError(f"{path}: task.dataset.kwargs.segments.test starts at {bounds['test'][0]}, outside the "
                           f"calendar's {days[0]}..{days[-1]}")
-    checkpoint = first_test - 1
-    valid_end = min(index(bounds["valid"][1], "right") - 1, checkpoint - LABEL_HORIZON)
-    valid_start, train_start = index(bounds["valid"][0], "left"), index(bounds["train"][0], "left")
-    valid_days, train_days = valid_end - valid_start + 1, valid_start - train_start
-    if valid_days < 5 or train_days < 20:
-        raise ConfigError(f"{path}: task.dataset.kwargs.segments: {train_days} train and {valid_days} valid sessions "
-                          "of known labels; a checkpoint needs at least 20 and 5")
-    return days[checkpoint].item(), int(train_days), int(valid_days)
+    train, valid = ((index(bounds[name][0], "left"), index(bounds[name][1], "right") - 1)
+                    for name in ("train", "valid"))
+    split = _Split(days, train, valid, first_test, min(valid[1] + LABEL_HORIZON, first_test - 1))
+    if split.valid_days < 5 or split.train_days < 20:
+        raise ConfigError(f"{path}: task.dataset.kwargs.segments: {split.train_days} train and {split.valid_days} valid "
+                          "sessions of known labels; a checkpoint needs at least 20 and 5")
+    return split
 
 
-def _segment_entries(r: _Reader, segments: str, bounds: dict, split: tuple, days: np.ndarray) -> None:
-    checkpoint_day, train_days, valid_days = split
-    i = int(np.searchsorted(days, np.datetime64(checkpoint_day, "D")))
-    valid_end = days[i - LABEL_HORIZON].item()
-    valid_last = days[int(np.searchsorted(days, np.datetime64(bounds["valid"][1], "D"), "right")) - 1].item()
-    train_last = days[int(np.searchsorted(days, np.datetime64(bounds["valid"][0], "D"))) - 1].item()
-    r.say(f"{segments}.train", "honoured" if train_last <= bounds["train"][1] else "changed",
-          f"train_days {train_days}" + ("" if train_last <= bounds["train"][1] else
-                                        f" (to {train_last}: qpipe's train window ends where valid starts)"))
-    if valid_end < valid_last:
-        r.say(f"{segments}.valid", "changed", f"valid_days {valid_days}, to {valid_end}: the labels of the valid "
-              f"segment's last {LABEL_HORIZON} sessions use prices of the test segment (Qlib's look-ahead, not copied)")
-    else:
-        r.say(f"{segments}.valid", "honoured", f"valid_days {valid_days}")
-    r.say(f"{segments}.test", "honoured", f"models/<arch>_checkpoint on {checkpoint_day}; predictions from "
-          f"{bounds['test'][0]} to {bounds['test'][1]}")
+def _segment_entries(r: _Reader, segments: str, bounds: dict, split: _Split) -> None:
+    r.say(f"{segments}.train", *_train_segment(split))
+    r.say(f"{segments}.valid", *_valid_segment(split))
+    checkpoint = split.day(split.checkpoint)
+    r.say(f"{segments}.test", "honoured", f"models/<arch>_checkpoint on {checkpoint}; predictions from "
+          f"{bounds['test'][0]} to {bounds['test'][1]}" + ("" if not split.lead else
+          f" ({checkpoint}: the close that knows the valid segment's last label; each test day is scored by the "
+          "newest checkpoint at or before it)"))
     for extra in ("pretrain", "pretrain_validation"):  # TabNet's pretraining segments
         if r.get(f"{segments}.{extra}") is not None:
             same = [_date(v, extra, r.path) for v in r.get(f"{segments}.{extra}")] == \
@@ -398,6 +502,31 @@ def _segment_entries(r: _Reader, segments: str, bounds: dict, split: tuple, days
             r.say(f"{segments}.{extra}", "honoured" if same else "not honoured",
                   f"TabNet pretrains on the {'train' if extra == 'pretrain' else 'valid'} window" + ("" if same else
                   ", not on a segment of its own"))
+
+
+def _train_segment(split: _Split) -> tuple[Status, str]:
+    """The train window runs from the train segment's first session to the session before the valid window."""
+    last = split.valid[0] - 1
+    said = f"train_days {split.train_days}"
+    if split.train[1] == last:
+        return "honoured", said
+    if split.train[1] < last:
+        return "changed", f"{said} (to {split.day(last)}: qpipe's train window ends where valid starts)"
+    return "changed", (f"{said}, to {split.day(last)}: the valid segment starts inside the train segment, and "
+                       "qpipe's train and valid windows do not overlap (train ends the session before valid starts)")
+
+
+def _valid_segment(split: _Split) -> tuple[Status, str]:
+    said = f"valid_days {split.valid_days}"
+    if split.valid_end == split.valid[1]:
+        return "honoured", said
+    end = split.day(split.valid_end)
+    if split.valid[1] >= split.test_start:
+        return "changed", (f"{said}, to {end}: the valid segment runs into the test segment; qpipe's valid window "
+                           f"ends {LABEL_HORIZON} sessions before the test starts (the last label known by then)")
+    n = split.valid[1] - split.valid_end
+    return "changed", (f"{said}, to {end}: the labels of the valid segment's last {n} session{'s' if n > 1 else ''} "
+                       "use prices of the test segment (Qlib's look-ahead, not copied)")
 
 
 def _fit_window_entries(r: _Reader, kwargs: str, train: tuple[dt.date, dt.date]) -> None:
@@ -420,6 +549,9 @@ def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processin
         if given[key] is not None:
             r.say(f"{kwargs}.{key}", "honoured",
                   f"{chain_names(entries)}, fitted on the train window and saved in the checkpoint")
+        else:  # what applies all the same: the handler's own chain
+            r.entries.append(Entry(f"{kwargs}.{key}", chain_names(entries), "honoured", "(the handler's default; "
+                                   "not in the YAML) fitted on the train window and saved in the checkpoint"))
     if given["process_type"] is not None:
         r.say(f"{kwargs}.process_type", "honoured", "training reads " + (
             "the learn chain applied after the infer chain" if processing.process_type == "append"
@@ -463,21 +595,23 @@ def _record_entries(r: _Reader, lots: int | None, test: tuple, benchmark: Any) -
     return names, port_analysis
 
 
+QLIB_STRATEGY_MODULES = ("qlib.contrib.strategy", "qlib.contrib.strategy.signal_strategy")
+QLIB_BACKTEST_ONLY = {"pos_type": "qpipe's account holds one kind of position (Qlib's default, Position)"}
+N_DROP_ZERO = ("qpipe keeps the holdings; Qlib with n_drop 0 sells every holding each day (its comb[-0:] is the "
+               "whole list), a bug not copied")
+
+
 def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: tuple, benchmark: Any) -> dict:
-    from pydantic import ValidationError
-
-    from qpipe.evaluation.backtest import BacktestConfig
-
+    """PortAnaRecord's config as the backtest's run config. A name Qlib's TopkDropoutStrategy, Exchange or backtest
+    would refuse (a TypeError there) is refused; one Qlib takes and qpipe does not implement is not honoured."""
     strategy, backtest = config.get("strategy") or {}, config.get("backtest") or {}
+    _strategy_class(r, f"{key}.strategy", strategy)
     chosen: dict[str, Any] = {} if lots is None else {"trade_unit": lots}
-    if strategy.get("class", "TopkDropoutStrategy") != "TopkDropoutStrategy":
-        r.entries.append(Entry(f"{key}.strategy.class", strategy["class"], "not honoured",
-                               "qpipe backtests with TopkDropoutStrategy"))
-    for name, value in (strategy.get("kwargs") or {}).items():
-        if name in STRATEGY_KEYS:
-            chosen[name] = value
-        elif name != "signal":
-            r.entries.append(Entry(f"{key}.strategy.kwargs.{name}", value, "not honoured", "not a setting of qpipe's strategy"))
+    kwargs = strategy.get("kwargs") or {}
+    chosen |= _qlib_arguments(r, f"{key}.strategy.kwargs", {k: v for k, v in kwargs.items() if k != "signal"},
+                              STRATEGY_SETTINGS, QLIB_STRATEGY_ONLY, "TopkDropoutStrategy", ("signal",))
+    if kwargs.get("n_drop") == 0:
+        r.entries.append(Entry(f"{key}.strategy.kwargs.n_drop", 0, "changed", N_DROP_ZERO))
     for name, value in backtest.items():
         if name == "account":
             chosen["account"] = value
@@ -490,20 +624,51 @@ def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: t
             r.entries.append(Entry(f"{key}.backtest.{name}", value, "honoured" if same else "not honoured",
                                    "the test segment" if same else "qpipe backtests over the test segment"))
         elif name == "exchange_kwargs":
-            for exchange_key, exchange_value in value.items():
-                if exchange_key in EXCHANGE_KEYS:
-                    chosen[exchange_key] = exchange_value
-                else:
-                    r.entries.append(Entry(f"{key}.backtest.exchange_kwargs.{exchange_key}", exchange_value,
-                                           "not honoured", "not a setting of qpipe's exchange"))
+            chosen |= _qlib_arguments(r, f"{key}.backtest.exchange_kwargs", value or {}, EXCHANGE_SETTINGS,
+                                      QLIB_EXCHANGE_ONLY, "Exchange")
         else:
-            r.entries.append(Entry(f"{key}.backtest.{name}", value, "not honoured", "not a setting of qpipe's backtest"))
+            _qlib_arguments(r, f"{key}.backtest", {name: value}, (), QLIB_BACKTEST_ONLY, "backtest",
+                            ("account", "benchmark", "start_time", "end_time", "exchange_kwargs"))
+    for name, value in config.items():
+        if name not in ("strategy", "backtest"):
+            r.entries.append(Entry(f"{key}.{name}", value, "not honoured", "qpipe's executor is Qlib's benchmark one, "
+                                   "SimulatorExecutor(time_per_step=day)" if name == "executor" else
+                                   "not a key of PortAnaRecord's config (Qlib does not read it either)"))
     try:
-        BacktestConfig(**chosen)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        raise ConfigError(f"{r.path}: {key}: {'.'.join(map(str, problem['loc']))} = {problem.get('input')!r}: "
-                          f"{problem['msg']}") from None
+        backtest_config(chosen, f"{r.path}: {key}")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if isinstance(chosen.get("deal_price"), str):  # Qlib's "$close" is qpipe's "close"
+        chosen["deal_price"] = chosen["deal_price"].removeprefix("$")
     r.entries.append(Entry(f"{key} (strategy, exchange)", ", ".join(f"{k}={v}" for k, v in chosen.items()), "honoured",
                            "reports/<arch>_backtest's port_analysis run config"))
+    return chosen
+
+
+def _strategy_class(r: _Reader, key: str, strategy: dict) -> None:
+    name = strategy.get("class", "TopkDropoutStrategy")
+    if name != "TopkDropoutStrategy":
+        raise ConfigError(f"{r.path}: {key}.class = {name!r}: qpipe backtests only TopkDropoutStrategy (remove the "
+                          "PortAnaRecord or use that strategy)")
+    module = strategy.get("module_path")
+    if module is not None:
+        known = module in QLIB_STRATEGY_MODULES
+        r.entries.append(Entry(f"{key}.module_path", module, "honoured" if known else "not honoured",
+                               "Qlib's own class" if known else "qpipe has only Qlib's TopkDropoutStrategy"))
+
+
+def _qlib_arguments(r: _Reader, key: str, given: dict, settings: tuple[str, ...], not_implemented: dict[str, str],
+                    qlib_class: str, others: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``settings`` among ``given``; each argument Qlib's class takes that qpipe does not implement is reported
+    not honoured with its reason, any other name refused (Qlib would raise) with the closest valid one."""
+    chosen = {}
+    for name, value in given.items():
+        if name in settings:
+            chosen[name] = value
+        elif name in not_implemented:
+            r.entries.append(Entry(f"{key}.{name}", value, "not honoured", not_implemented[name]))
+        else:
+            valid = (*settings, *not_implemented, *others)
+            raise ConfigError(f"{r.path}: {key}.{name} = {value!r}: not an argument of Qlib's {qlib_class} (Qlib "
+                              f"refuses it){close_match(name, valid)}; valid: {', '.join(valid)}")
     return chosen
