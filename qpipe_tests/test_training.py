@@ -123,6 +123,9 @@ def test_alpha360_sampler_refuses_columns_out_of_lag_order():
     bad = TrainingFrame(frame.features, frame.label, frame.dates, frame.instruments, swapped, frame.is_sample)
     with pytest.raises(ValueError, match="column 0 is 'CLOSE58', expected 'CLOSE59'"):
         make_sampler(bad, "sequence", CPU, d_feat=6)
+    with pytest.raises(ValueError, match=r"these are 6 fields \(CLOSE, OPEN, HIGH, LOW, VWAP, VOLUME\) of 60 lags: "
+                                         r"d_feat must be 6, not 5"):  # (found by a user: 'column 0 is ...' said it)
+        make_sampler(frame, "sequence", CPU, d_feat=5)
 
 
 def test_frame_rejects_unsorted_rows_and_non_finite_features():

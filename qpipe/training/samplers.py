@@ -120,10 +120,16 @@ def window_rows(dates: np.ndarray, instruments: np.ndarray, samples: np.ndarray,
     return filled.astype(np.int32 if len(dates) < 2**31 else np.int64)
 
 
-def _check_lag_blocks(columns: list[str], d_feat: int | None) -> None:
-    """Qlib's reshape is right only for d_feat blocks of lags T-1 ... 0 (CLOSE59 ... CLOSE0, OPEN59 ...)."""
+def lag_blocks_problem(columns: list[str], d_feat: int | None) -> str:
+    """Why Qlib's reshape of a flat row into d_feat blocks of lags T-1 ... 0 (CLOSE59 ... CLOSE0, OPEN59 ...) is
+    wrong for these columns ("" when it is right)."""
+    fields = list(dict.fromkeys(c.rstrip("0123456789") for c in columns))
+    if d_feat != len(fields) and len(columns) % len(fields) == 0:
+        return (f"a sequence model cuts a row into d_feat blocks of lags (Qlib's reshape), and these are {len(fields)} "
+                f"fields ({', '.join(fields)}) of {len(columns) // len(fields)} lags: d_feat must be {len(fields)}, "
+                f"not {d_feat}")
     if d_feat is None or len(columns) % d_feat:
-        raise ValueError(f"{len(columns)} feature columns do not split into d_feat = {d_feat} blocks")
+        return f"{len(columns)} feature columns do not split into d_feat = {d_feat} blocks"
     steps = len(columns) // d_feat
     for block in range(d_feat):
         names = columns[block * steps : (block + 1) * steps]
@@ -131,10 +137,15 @@ def _check_lag_blocks(columns: list[str], d_feat: int | None) -> None:
         expected = [f"{field}{lag}" for lag in range(steps - 1, -1, -1)]
         if names != expected:
             bad = next(i for i, (got, want) in enumerate(zip(names, expected)) if got != want)
-            raise ValueError(
-                f"column {block * steps + bad} is {names[bad]!r}, expected {expected[bad]!r}: sequence models reshape "
-                f"rows as {d_feat} blocks of lags {steps - 1}..0 (Alpha360 order)"
-            )
+            return (f"column {block * steps + bad} is {names[bad]!r}, expected {expected[bad]!r}: sequence models "
+                    f"reshape rows as {d_feat} blocks of lags {steps - 1}..0 (Alpha360 order)")
+    return ""
+
+
+def _check_lag_blocks(columns: list[str], d_feat: int | None) -> None:
+    problem = lag_blocks_problem(columns, d_feat)
+    if problem:
+        raise ValueError(problem)
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -451,11 +451,11 @@ def _network_refusal(model: ModelConfig, columns: list[str]) -> str:
             return f"windows of {model.step_len} sessions of {len(columns)} columns, but d_feat = {d_feat}"
         shape = (2, model.step_len, len(columns))
     else:
-        fields = list(dict.fromkeys(c.rstrip("0123456789") for c in columns))
-        if d_feat != len(fields) or len(columns) % len(fields):
-            return (f"a sequence model cuts a row into d_feat blocks of lags (Qlib's reshape), and these are "
-                    f"{len(fields)} fields ({', '.join(fields)}) of {len(columns) // len(fields)} lags: d_feat must be "
-                    f"{len(fields)}, not {d_feat}")
+        from qpipe.training.samplers import lag_blocks_problem
+
+        problem = lag_blocks_problem(columns, d_feat)
+        if problem:
+            return problem
         shape = (2, len(columns) // d_feat, d_feat)
     inputs = [torch.zeros(shape)] + ([torch.zeros(2, 1)] if spec.reads_concepts else [])
     try:
