@@ -11,8 +11,8 @@ market all read this one calendar. ``QPIPE_CALENDAR`` chooses it:
 
 A calendar knows its sessions up to ``last_known``: an exchange's published holidays; for a source's
 own dates, the last line of ``day.txt`` or the last date in its files, followed by the sessions of the
-exchange they match (so a holiday after the source's last date is no partition and the schedule skips
-it). After that, the weekdays on which it trades count as sessions, so a day a provider appends to
+exchange they match, where they match it closely (so a holiday after the source's last date is no
+partition and the schedule skips it). After that, the weekdays on which it trades count as sessions, so a day a provider appends to
 ``day.txt`` tomorrow is a partition today, with no code change.
 """
 
@@ -33,6 +33,7 @@ DEFAULT_EXCHANGE = "XNYS"
 # Exchanges whose sessions a data calendar is matched against for its time zone and close.
 CANDIDATES = ("XNYS", "XSHG", "XHKG", "XTKS", "XLON", "XTSE", "XASX", "XETR", "XPAR", "XKRX", "XTAI", "XBOM")
 ONE_DAY = np.timedelta64(1, "D")
+CLOSE_MATCH = 5  # days in ~2 years by which a source's dates may differ from an exchange's and still be its sessions
 SCHEDULE_DELAY = timedelta(minutes=90)  # the daily run starts this long after the close (bars are published by then)
 
 
@@ -133,17 +134,20 @@ def data_calendar(name: str, key: str, dates) -> MarketCalendar:
     sessions = np.unique(np.asarray(dates).astype("datetime64[D]"))
     if len(sessions) == 0:
         raise ValueError(f"{name}: no dates to make a calendar of")
-    exchange = best_matching_exchange(sessions)
+    exchange, differences = best_matching_exchange(sessions)
     # A date on a day of the week the exchange never trades (a Saturday in a CSV) is no session: its rows
     # are then refused by name as "dates that are not sessions", and it gets no partition.
     sessions = sessions[np.isin((sessions.view("int64") + 3) % 7, exchange.weekdays)]
+    # The exchange's sessions after the source's last date, where its recent dates are that exchange's (a few
+    # days apart at most): another market's holidays would otherwise be no partitions, and the schedule skip them.
+    upcoming = exchange.sessions[exchange.sessions > sessions[-1]] if differences <= CLOSE_MATCH else None
     return MarketCalendar(f"{name} ({exchange.name} hours)", key, sessions, exchange.timezone, exchange.close,
-                          matched=exchange.name, upcoming=exchange.sessions[exchange.sessions > sessions[-1]])
+                          matched=exchange.name, upcoming=upcoming)
 
 
-def best_matching_exchange(sessions: np.ndarray) -> MarketCalendar:
-    """The candidate exchange whose sessions differ least from ``sessions`` over their last ~2 years
-    (the first that matches exactly: most data is from the first few candidates)."""
+def best_matching_exchange(sessions: np.ndarray) -> tuple[MarketCalendar, int]:
+    """The candidate exchange whose sessions differ least from ``sessions`` over their last ~2 years (the first that
+    matches exactly: most data is from the first few candidates), and by how many days they differ."""
     recent = sessions[-500:]
     best, fewest = None, None
     for code in CANDIDATES:
@@ -154,7 +158,7 @@ def best_matching_exchange(sessions: np.ndarray) -> MarketCalendar:
             best, fewest = exchange, differences
         if differences == 0:
             break
-    return best
+    return best, fewest
 
 
 def calendar_for(choice: str, source: str, source_path: str = "", columns: dict | None = None,

@@ -1,8 +1,8 @@
 """Paths and knobs from the environment (``QPIPE_*``), with defaults that work out of the box.
 
 One pydantic model validates them all; a bad value fails with the variable's name and value.
-This module imports nothing else of qpipe but the model registry's names, so any module may
-read the settings (cadence, calendar and partitions do).
+Of qpipe, this module imports only the model registry's names and the training profiles' (neither reads the
+settings), so any module may read the settings (cadence, calendar and partitions do).
 """
 
 import json
@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qpipe.models.registry import ARCHITECTURES
+from qpipe.training_profiles import Profile
 
 CADENCES = ("daily", "weekly", "monthly")
 # Environment variable -> field. The field's default applies where the variable is unset.
@@ -127,7 +128,7 @@ class Settings(BaseModel):
     models: tuple[str, ...] = ARCHITECTURES
     # How much the daily schedule trains them (qpipe.training_profiles): "qlib", the checkpoint's defaults (Qlib's
     # benchmark settings), or "quick", the main job's profile, for a CPU machine.
-    training: Literal["qlib", "quick"] = "qlib"
+    training: Profile = "qlib"
     block_cells: int = Field(default=BLOCK_CELLS, ge=1_000)
     load_cells: int = Field(default=LOAD_CELLS, ge=1_000)
     frame_cells: int = Field(default=FRAME_CELLS, ge=0)

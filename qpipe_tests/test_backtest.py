@@ -214,6 +214,20 @@ def test_deal_price_takes_qlibs_dollar_form():
     assert BacktestConfig(deal_price="$vwap").deal_price == "vwap" and BacktestConfig(deal_price="$open").deal_price == "open"
 
 
+def test_a_cn_market_on_its_own_calendar_trades_lots_of_100(monkeypatch):
+    """Found in review: under QPIPE_CALENDAR=auto a Qlib provider's calendar is named "day.txt of ... (XSHG hours)",
+    so the backtest assets traded without Qlib's cn trade unit."""
+    import qpipe.calendar
+    from qpipe.assets.models import PortfolioConfig
+    from qpipe.calendar import data_calendar, exchange_calendar
+
+    for code, lots in (("XSHG", 100), ("XNYS", None)):
+        calendar = data_calendar("day.txt of /data", "qlib day.txt", exchange_calendar(code).trading_days("2019-01-02", "2020-12-31"))
+        monkeypatch.setattr(qpipe.calendar, "market_calendar", lambda calendar=calendar: calendar)
+        assert calendar.matched == code and PortfolioConfig().resolve().trade_unit == lots
+        assert PortfolioConfig(port_analysis={"trade_unit": 10}).resolve().trade_unit == 10
+
+
 def test_risk_analysis_by_hand_in_both_modes():
     r = pd.Series([0.01, -0.02, 0.03, 0.0])
     mean, std = 0.005, math.sqrt((0.005**2 + 0.025**2 + 0.025**2 + 0.005**2) / 3)

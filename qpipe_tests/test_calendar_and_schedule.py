@@ -173,6 +173,11 @@ def test_a_holiday_after_a_sources_last_date_is_no_partition_and_the_schedule_sk
     assert not calendar.is_session("2017-12-25") and not calendar.is_session("2026-11-26")  # Thanksgiving
     assert {"2017-12-25", "2018-01-01", "2026-11-26"} <= {str(d) for d in calendar.closed_weekdays("2017-12-01")}
     assert "2017-12-06, then XNYS's to" in calendar.describe()
+    # dates that are no exchange's closely (every weekday): no exchange's holidays after them, only weekdays
+    weekdays = np.array([d for d in np.arange(np.datetime64("2016-01-04"), np.datetime64("2017-12-07"))
+                         if (d.astype("int64") + 3) % 7 < 5])
+    loose = data_calendar("dates of weekdays.csv", "tabular dates", weekdays)
+    assert loose.upcoming is None and loose.is_session("2017-12-25")
     monkeypatch.setattr(qpipe.partitions, "market_calendar", lambda: calendar)  # the partitions of such a source
     keys = qpipe.partitions.build_partitions("2017-11-01").get_partition_keys(
         current_time=datetime(2018, 1, 3, 18, 0, tzinfo=ZoneInfo("America/New_York")))

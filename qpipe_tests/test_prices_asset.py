@@ -194,14 +194,15 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
     assert stored["AAA", "2024-01-09"][5] / stored["AAA", "2024-01-09"][8] == pytest.approx(52.5)  # the traded price
     assert stored["BBB", "2024-01-10"][5] == pytest.approx((50 + 0.5 * 6) / 0.99)  # before the dividend: 0.99
     info = " ".join(e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.INFO)
-    assert "2 instruments re-based by the source since their last stored session" in info
+    assert "2 instruments stored on the warehouse's adjustment basis, which the source has re-based since" in info
     assert "AAA x2" in info and "BBB x1.0101" in info
     assert {m.metadata["rebased_instruments"].value for m in result.asset_materializations_for_node("raw__prices")} == {2}
     # a day re-ingested later is on the same basis: nothing changes
     _materialize(warehouse_path, source, "2024-01-10")
     assert {(r[1], r[0].isoformat()): r for r in table_rows(warehouse_path, "raw.prices")} == stored
 
-    # the vendor restates one price of 2024-01-10 (not a re-basing): named, the next day stored as the source has it
+    # the vendor restates BBB's close of 2024-01-10 (its open, high and low stay): named; the next day is scaled by
+    # the close's ratio, so it stays on the stored basis
     frame = pd.read_csv(path)
     frame.loc[(frame["Date"] == "2024-01-10") & (frame["Name"] == "BBB"), ["Close", "Adj Close"]] = 52.5
     extra = frame[frame["Date"] == "2024-01-10"].assign(Date="2024-01-11")
@@ -210,5 +211,28 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
     result = dg.materialize([raw_prices], instance=instance, partition_key="2024-01-11",
                             resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
     warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
-    assert any("differ from the stored ones for 1 instruments (BBB)" in w and "--partition-range" in w
-               for w in warnings), warnings
+    assert any("the source's prices of 2024-01-10 differ from the stored ones for 1 instruments (BBB)" in w
+               and "--partition-range 2024-01-10...2024-01-11" in w for w in warnings), warnings
+    bbb = {r[0].isoformat(): r for r in table_rows(warehouse_path, "raw.prices") if r[1] == "BBB"}
+    assert bbb["2024-01-11"][5] == pytest.approx(bbb["2024-01-10"][5])  # 53 / 0.99: no fake move
+
+
+def _day(day: str, name: str, close: float, volume: float = 1000.0) -> dict:
+    return {"date": pd.Timestamp(day), "instrument": name, "open": close, "high": close * 1.01, "low": close * 0.99,
+            "close": close, "vwap": close, "volume": volume, "factor": 1.0}
+
+
+def test_anchoring_backfills_onto_the_first_later_stored_day_and_names_what_it_cannot_anchor():
+    from qpipe.data.anchoring import anchor
+
+    rows = pd.DataFrame([_day("2024-01-02", "AAA", 50.0), _day("2024-01-02", "NEW", 10.0)])
+    source = pd.DataFrame([_day("2024-01-03", "AAA", 51.237), _day("2024-01-03", "NEW", 10.0)])
+    stored = pd.DataFrame([_day("2024-01-03", "AAA", 2 * 51.237, 500.0)])  # stored on a basis 2x the source's
+    anchored = anchor(rows, source, stored)
+    assert anchored.scale == {"AAA": pytest.approx(2.0)} and anchored.unanchored == ["NEW"] and not anchored.restated
+    aaa = anchored.rows.set_index("instrument").loc["AAA"]
+    assert (aaa["close"], aaa["factor"], aaa["volume"]) == (pytest.approx(100.0), pytest.approx(2.0), pytest.approx(500.0))
+    rounded = source.assign(**{c: source[c].round(2) for c in ("open", "high", "low")})  # a vendor's cents
+    assert not anchor(rows, rounded, stored).restated
+    restated = source.assign(open=source["open"] * 1.01)
+    assert list(anchor(rows, restated, stored).restated) == ["AAA"]

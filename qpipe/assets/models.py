@@ -392,7 +392,8 @@ class PortfolioConfig(dg.Config):
         from qpipe.calendar import market_calendar
         from qpipe.evaluation.backtest import backtest_config
 
-        lots = {"trade_unit": 100} if market_calendar().name in ("XSHG", "XSHE") else {}
+        calendar = market_calendar()  # an exchange's, or a source's own dates on the exchange they match
+        lots = {"trade_unit": 100} if (calendar.matched or calendar.name) in ("XSHG", "XSHE") else {}
         try:  # one line naming the key, the value and what is expected, before anything is read or written
             return backtest_config({**lots, **self.port_analysis}, "port_analysis")
         except ValueError as error:

@@ -52,10 +52,9 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
     source = price_source.source()
-    before = calendar.trading_days(start - pd.Timedelta(days=5 * ANCHOR_SESSIONS), start - pd.Timedelta(days=1))
-    before = before[-ANCHOR_SESSIONS:]
-    read = source.prices(before[0] if len(before) else start, end)  # those days only, and the few before to anchor on
-    rows = read[read["date"] >= start].reset_index(drop=True)
+    first, last = anchor_sessions(calendar, start, end)
+    read = source.prices(first, last)  # those days only, and those around them to anchor them on
+    rows = read[read["date"].between(start, end)].reset_index(drop=True)
     if rows.empty:
         first, last = source.span()
         raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
@@ -70,11 +69,13 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
             f"{first_few(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
             f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
     with warehouse.get_connection() as con:
-        stored = wh.read_prices(con, before[0], before[-1]) if len(before) else read.iloc[:0]
-        anchored = anchor(rows, read[read["date"] < start], stored)
+        stored = wh.read_prices(con, first, last)
+        outside = ~stored["date"].between(start, end)
+        anchored = anchor(rows, read[~read["date"].between(start, end)], stored[outside])
         rows = anchored.rows
+        unanchored = wh.instruments_with_prices(con, anchored.unanchored, outside=(start, end))
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
-    report_anchoring(context, anchored, start, end)
+    report_anchoring(context, anchored, unanchored, end)
     suspended = int(rows["close"].isna().sum())
     context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for {rows['instrument'].nunique()} instruments"
                      + recording(context))
@@ -86,21 +87,36 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         "last_date": str(rows["date"].max().date()),
         "source": price_source.describe(),
         "sessions_without_rows": len(gaps),  # of the exchange a source's own calendar matched (see the warning)
-        "rebased_instruments": len(anchored.rebased),  # moved onto the stored adjustment basis (qpipe.data.anchoring)
+        "rebased_instruments": len(anchored.scale),  # scaled onto the stored adjustment basis (qpipe.data.anchoring)
     })
 
 
-def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, start: pd.Timestamp, end: pd.Timestamp) -> None:
-    if anchored.rebased:
-        context.log.info(f"{len(anchored.rebased)} instruments re-based by the source since their last stored session "
-                         "(a split or dividend adjusted into its history) are stored on the warehouse's basis: "
-                         + first_few([f"{name} x{k:.6g}" for name, k in sorted(anchored.rebased.items())]))
+def anchor_sessions(calendar, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The range widened by the ANCHOR_SESSIONS sessions before and after it (none after today)."""
+    span = pd.Timedelta(days=5 * ANCHOR_SESSIONS)
+    before = calendar.trading_days(start - span, start)[-ANCHOR_SESSIONS - 1:]
+    after = calendar.trading_days(end, min(end + span, pd.Timestamp(calendar.today())))[:ANCHOR_SESSIONS + 1]
+    return pd.Timestamp(before[0]), pd.Timestamp(after[-1]) if len(after) else end
+
+
+def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unanchored: list[str],
+                     end: pd.Timestamp) -> None:
+    if anchored.scale:
+        context.log.info(f"{len(anchored.scale)} instruments stored on the warehouse's adjustment basis, which the source "
+                         "has re-based since (splits and dividends adjusted into its history): "
+                         + first_few([f"{name} x{k:.6g}" for name, k in sorted(anchored.scale.items())]))
     if anchored.restated:
+        days = sorted({str(pd.Timestamp(d).date()) for d in anchored.restated.values()})
         context.log.warning(
-            f"the source's prices of the session before {start.date()} differ from the stored ones for "
-            f"{len(anchored.restated)} instruments ({first_few(anchored.restated)}), not by one ratio (a re-basing): "
-            f"the source restated that day; to store its version, ingest from that day: dg launch --assets raw/prices "
-            f"--partition-range <that day>...{end.date()}")
+            f"the source's prices of {first_few(days)} differ from the stored ones for {len(anchored.restated)} "
+            f"instruments ({first_few(sorted(anchored.restated))}), not by one ratio: the source restated them. The "
+            f"new rows are on the stored basis of the close; to store the source's version, ingest from {days[0]}: "
+            f"dg launch --assets raw/prices --partition-range {days[0]}...{end.date()}")
+    if unanchored:
+        context.log.warning(
+            f"{len(unanchored)} instruments with stored prices share no session within {ANCHOR_SESSIONS} of these days "
+            f"with the source (a long suspension?), so their rows are stored on the source's basis, which may not be "
+            f"the warehouse's: {first_few(unanchored)}")
 
 
 @dg.multi_asset(

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from qpipe.bench import synthetic_market
+from qpipe.data.anchoring import ANCHOR_SESSIONS
 
 REPO = Path(__file__).resolve().parents[2]
 SP500 = REPO.parent / "shared" / "data" / "sp500_5yr" / "prices.parquet"
@@ -76,6 +77,11 @@ def main() -> None:
         day_s, day_b, _ = measure(f"one day ({day})", lambda: source.prices(day, day))
         print(f"  one day reads {day_b / size:.2%} of the bins' bytes ({full_b / day_b:.0f}x less than the whole history), "
               f"{full_s / day_s:.0f}x faster", flush=True)
+        first = str(np.sort(market.prices["date"].unique())[-1 - ANCHOR_SESSIONS])[:10]
+        run_s, run_b, _ = measure(f"the day and the {ANCHOR_SESSIONS} sessions before it, which raw/prices reads (to "
+                                  "anchor a re-based source on)", lambda: source.prices(first, day))
+        print(f"  that read takes {run_b / size:.2%} of the bins' bytes ({full_b / run_b:.0f}x less than the whole "
+              f"history), {full_s / run_s:.0f}x faster", flush=True)
 
         env = {**os.environ, "QPIPE_SOURCE": "qlib", "QPIPE_SOURCE_PATH": str(root), "QPIPE_QLIB_INGEST": "all",
                "QPIPE_PARTITIONS_START": str(np.sort(market.prices["date"].unique())[0])[:10],

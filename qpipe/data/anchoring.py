@@ -5,52 +5,55 @@ already) rewrites every past price at each split or dividend. A daily run reads 
 stored before a split keep the old basis while the next day's arrive on the new one: a 7:1 split would show as a
 -86% day in the features and labels. As Qlib's collector does when it extends a provider directory
 (``YahooNormalize1dExtend`` scales new rows to the last stored close), each stock's incoming rows are scaled so
-that its last stored session before them keeps its stored prices. That session's open, high, low and close, as
-the source has them now, must all be the stored ones times one k (a re-basing; other differences are a
-restatement of that day, named, not scaled): prices and factor x k, volume x the stored/source volume ratio
-(1 / k without volumes). Features and labels are ratios of one stock's prices and volumes, so they come out as
-from a fresh load of the whole history; the traded price (price / factor), which the backtest's lots use, is
-kept.
+that a session both the warehouse and the source have prices for keeps its stored close: the last such session
+before the rows, or (a backfill of earlier history) the first after them, within ``ANCHOR_SESSIONS``. Prices and
+factor are multiplied by k = stored close / source close, volume divided by it; the traded price (price / factor),
+which the backtest's lots use, is kept. Features and labels are ratios of one stock's prices and volumes, so they
+come out as from a load of the whole history on the stored basis.
+
+Where the source's open, high or low of that session is not its stored one divided by the same k (beyond a
+rounded cent), the source restated that day: the rows are still scaled by the close's k, and the stock is named.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-ANCHOR_SESSIONS = 10  # how far back a stock's last stored session may lie (a longer suspension: not anchored)
-SAME = 1e-6  # relative: ratios closer than this are the same
+ANCHOR_SESSIONS = 10  # sessions before (or after) the rows searched for one the warehouse and the source share
+RELATIVE, CENT = 1e-6, 0.005  # how far a stored price may be from k x the source's: float noise, a rounded cent
 OHLC = ["open", "high", "low", "close"]
 
 
 @dataclass(frozen=True)
 class Anchored:
     rows: pd.DataFrame  # the incoming rows, on the stored basis
-    rebased: dict[str, float]  # instrument -> k, for the stocks whose source basis changed
-    restated: list[str]  # stocks whose prices of the anchor session changed otherwise (not scaled)
+    scale: dict[str, float] = field(default_factory=dict)  # instrument -> k, where the stored basis is not the source's
+    restated: dict[str, pd.Timestamp] = field(default_factory=dict)  # instrument -> the anchor session it restated
+    unanchored: list[str] = field(default_factory=list)  # stocks with prices in the rows and no session to anchor on
 
 
-def anchor(rows: pd.DataFrame, source_before: pd.DataFrame, stored_before: pd.DataFrame) -> Anchored:
-    """``rows`` on the basis of ``stored_before``: the warehouse's rows of the sessions before them, compared with
-    the source's rows of the same sessions (``source_before``), on each stock's last stored session with prices."""
-    stored = stored_before.dropna(subset=OHLC).sort_values("date").drop_duplicates("instrument", keep="last")
-    both = stored.merge(source_before, on=["date", "instrument"], suffixes=("", "_source"))
-    both = both.dropna(subset=[f"{c}_source" for c in OHLC])
-    ratios = np.column_stack([both[c] / both[f"{c}_source"] for c in OHLC])
-    k = ratios[:, 3]
-    one_k = np.isclose(ratios, k[:, None], rtol=SAME, atol=0).all(axis=1)
-    moved = one_k & ~np.isclose(k, 1.0, rtol=SAME, atol=0)
-    restated = sorted(both["instrument"][~one_k])
-    if not moved.any():
-        return Anchored(rows, {}, restated)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        volume_ratio = (both["volume"] / both["volume_source"]).to_numpy()
-    volume_k = np.where(np.isfinite(volume_ratio) & (volume_ratio > 0), volume_ratio, 1 / k)
-    names = both["instrument"].to_numpy()[moved]
-    price_scale = rows["instrument"].map(dict(zip(names, k[moved]))).fillna(1.0).to_numpy()
-    volume_scale = rows["instrument"].map(dict(zip(names, volume_k[moved]))).fillna(1.0).to_numpy()
+def anchor(rows: pd.DataFrame, source_near: pd.DataFrame, stored_near: pd.DataFrame) -> Anchored:
+    """``rows`` (the source's, of a range) on the basis of the warehouse: ``stored_near`` are its rows of the sessions
+    around the range, ``source_near`` the source's rows of the same sessions."""
+    shared = stored_near.merge(source_near, on=["date", "instrument"], suffixes=("", "_source"))
+    shared = shared.dropna(subset=[*OHLC, *(f"{c}_source" for c in OHLC)])
+    before = shared[shared["date"] < rows["date"].min()].sort_values("date").drop_duplicates("instrument", keep="last")
+    after = shared[shared["date"] > rows["date"].max()].sort_values("date").drop_duplicates("instrument", keep="first")
+    chosen = pd.concat([before, after[~after["instrument"].isin(before["instrument"])]])
+    k = (chosen["close"] / chosen["close_source"]).to_numpy()
+    expected = chosen[[f"{c}_source" for c in OHLC]].to_numpy() * k[:, None]
+    stored = chosen[OHLC].to_numpy()
+    same = (np.abs(stored - expected) <= np.maximum(RELATIVE * np.abs(stored), CENT * k[:, None])).all(axis=1)
+    names = chosen["instrument"].to_numpy()
+    unanchored = sorted(set(rows["instrument"][rows["close"].notna()]) - set(names))  # (suspended rows need none)
+    scale = {name: factor for name, factor in zip(names, k.tolist()) if not np.isclose(factor, 1.0, rtol=RELATIVE, atol=0)}
+    restated = dict(zip(names[~same], chosen["date"].to_numpy()[~same]))
+    if not scale:
+        return Anchored(rows, scale, restated, unanchored)
+    by_row = rows["instrument"].map(scale).fillna(1.0).to_numpy()
     out = rows.copy()
     for column in (*OHLC, "vwap", "factor"):
-        out[column] = out[column] * price_scale
-    out["volume"] = out["volume"] * volume_scale
-    return Anchored(out, dict(zip(names, k[moved].tolist())), restated)
+        out[column] = out[column] * by_row
+    out["volume"] = out["volume"] / by_row
+    return Anchored(out, scale, restated, unanchored)

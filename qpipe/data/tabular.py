@@ -164,7 +164,8 @@ class TabularSource:
         """SQL of ``column`` (text) as a DATE, NULL where it is not one in the source's date format."""
         if self.date_format:
             quoted = self.date_format.replace("'", "''")  # a format is text in the SQL, never SQL
-            return f"CAST(TRY_STRPTIME({column}, '{quoted}') AS DATE)"
+            # (ISO too: a Parquet date or timestamp column reaches here as its ISO text)
+            return f"COALESCE(CAST(TRY_STRPTIME({column}, '{quoted}') AS DATE), TRY_CAST({column} AS DATE))"
         return f"COALESCE(TRY_CAST({column} AS DATE), CAST(TRY_STRPTIME({column}, '%Y%m%d') AS DATE))"
 
     def _not_a_date(self, value: str) -> str:

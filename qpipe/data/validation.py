@@ -106,10 +106,10 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     dup = frame.duplicated(["date", "instrument"], keep="first").to_numpy()
     _first_bad(frame, dup, "duplicate (instrument, date) row", source, lambda r: "the row appears more than once")
 
-    if "raw_close" in frame:  # a source that adjusts: an empty factor would leave the row without prices
-        traded = frame[[f"raw_{c}" for c in OHLC]].notna().all(axis=1).to_numpy()
-        _first_bad(frame, traded & frame["factor"].isna().to_numpy(), "missing factor", source,
-                   lambda r: "the row has prices but its factor (or adj close) is empty")
+    # A row with prices needs its factor (checked first: a source that adjusts leaves such a row without prices).
+    priced = frame[[f"raw_{c}" if "raw_close" in frame else c for c in OHLC]].notna().all(axis=1).to_numpy()
+    _first_bad(frame, priced & frame["factor"].isna().to_numpy(), "missing factor", source,
+               lambda r: "the row has prices but its factor (or adj close) is empty")
     prices = frame[list(OHLC)].to_numpy(dtype=np.float64)
     has_price = ~np.isnan(prices)
     partial = has_price.any(axis=1) & ~has_price.all(axis=1)
@@ -139,9 +139,6 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
                        lambda r, col=col: f"{_shown(r, col)} {_shown(r, 'high')}: the high is the day's highest price")
             _first_bad(frame, values < low / slack, f"{col} < low", source,
                        lambda r, col=col: f"{_shown(r, col)} {_shown(r, 'low')}: the low is the day's lowest price")
-    factor = frame["factor"].to_numpy(dtype=np.float64)
-    _first_bad(frame, np.isnan(factor) & has_price.all(axis=1), "missing factor", source,
-               lambda r: "factor is empty on a trading (non-suspended) row")
 
     out = frame.drop(columns=[c for c in frame.columns if c not in PRICE_COLUMNS])
     return out.sort_values(["date", "instrument"], kind="stable").reset_index(drop=True)

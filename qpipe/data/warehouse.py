@@ -268,6 +268,16 @@ def read_prices(con: duckdb.DuckDBPyConnection, start, end) -> pd.DataFrame:
     return frame
 
 
+def instruments_with_prices(con: duckdb.DuckDBPyConnection, instruments: list[str], outside: tuple) -> list[str]:
+    """Those of ``instruments`` with a stored price on a day outside [start, end]."""
+    if not instruments or not has_table(con, PRICES):
+        return []
+    start, end = (pd.Timestamp(day).date() for day in outside)
+    return [row[0] for row in con.execute(
+        f"SELECT DISTINCT instrument FROM {PRICES} WHERE instrument IN (SELECT unnest(?)) AND close IS NOT NULL "
+        "AND (date < ? OR date > ?) ORDER BY instrument", [instruments, start, end]).fetchall()]
+
+
 def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, end, calendar: str,
                  replace: bool = False) -> None:
     """Replace the price rows dated [start, end] in one transaction.

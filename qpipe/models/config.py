@@ -59,14 +59,22 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 GENERAL_PTNN = "GeneralPTNN"
 GENERAL_PTNN_NETWORK = {"pt_model_uri": "qlib.contrib.model.pytorch_gru_ts.GRUModel",
                         "pt_model_kwargs": {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0}}
-# Accepted in a Qlib YAML and ignored: qpipe picks the device itself, and batches are gathered
-# on the device, so there are no DataLoader workers.
-QLIB_IGNORED = frozenset({"GPU", "n_jobs"})
-_QLIB_IGNORED_WAY: dict[str, Callable[[Any], str]] = {  # in a checkpoint's params (not a Qlib YAML): qpipe's way
-    "GPU": lambda value: (f"Qlib's device choice; qpipe's is `device: {'cuda:' + str(value) if isinstance(value, int) else 'cuda'}` "
-                          "in the checkpoint config (beside params), or QPIPE_DEVICE"),
+
+
+def _gpu_way(value: Any) -> str:
+    """Qlib's ``GPU``: a device index, or a negative one for the CPU."""
+    index = value if isinstance(value, int) and not isinstance(value, bool) else None
+    device = "cpu" if index is not None and index < 0 else f"cuda:{index}" if index is not None else "cuda"
+    return f"Qlib's device choice; qpipe's is `device: {device}` in the checkpoint config (beside params), or QPIPE_DEVICE"
+
+
+# Accepted in a Qlib YAML and ignored (qpipe picks the device itself, and batches are gathered on the device, so
+# there are no DataLoader workers) -> what to write instead in a checkpoint's params, where they are refused.
+QLIB_IGNORED_WAY: dict[str, Callable[[Any], str]] = {
+    "GPU": _gpu_way,
     "n_jobs": lambda value: "Qlib's DataLoader workers; qpipe has none (batches are gathered on the device): remove it",
 }
+QLIB_IGNORED = frozenset(QLIB_IGNORED_WAY)
 
 
 class ConfigError(ValueError):
@@ -176,8 +184,10 @@ def _network_by_uri(model_class: str, kwargs: dict[str, Any]) -> tuple[ModelSpec
 def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Mapping[str, Any], source: str) -> ModelConfig:
     net_parameters = spec.net_parameters()
     unknown = sorted(set(given) - set(TRAINING_DEFAULTS) - set(net_parameters))
-    for key in set(unknown) & QLIB_IGNORED:  # Qlib's, and qpipe does it another way
-        raise ConfigError(f"{source}: hyper-parameter {key} = {given[key]!r}: {_QLIB_IGNORED_WAY[key](given[key])}")
+    ignored = sorted(set(unknown) & QLIB_IGNORED)  # Qlib's, and qpipe does it another way
+    if ignored:
+        key = ignored[0]
+        raise ConfigError(f"{source}: hyper-parameter {key} = {given[key]!r}: {QLIB_IGNORED_WAY[key](given[key])}")
     if unknown:
         valid = ", ".join(sorted({*TRAINING_DEFAULTS, *net_parameters}))
         raise ConfigError(f"{source}: unknown hyper-parameter {unknown[0]!r} = {given[unknown[0]]!r} for model {spec.name!r}; valid: {valid}")

@@ -123,12 +123,17 @@ def window_rows(dates: np.ndarray, instruments: np.ndarray, samples: np.ndarray,
 def lag_blocks_problem(columns: list[str], d_feat: int | None) -> str:
     """Why Qlib's reshape of a flat row into d_feat blocks of lags T-1 ... 0 (CLOSE59 ... CLOSE0, OPEN59 ...) is
     wrong for these columns ("" when it is right)."""
+    problem = _lag_order_problem(columns, d_feat)
     fields = list(dict.fromkeys(c.rstrip("0123456789") for c in columns))
-    if d_feat != len(fields) and len(columns) % len(fields) == 0:
+    if problem and fields and not _lag_order_problem(columns, len(fields)):  # the columns are lag blocks: say how many
         return (f"a sequence model cuts a row into d_feat blocks of lags (Qlib's reshape), and these are {len(fields)} "
                 f"fields ({', '.join(fields)}) of {len(columns) // len(fields)} lags: d_feat must be {len(fields)}, "
                 f"not {d_feat}")
-    if d_feat is None or len(columns) % d_feat:
+    return problem
+
+
+def _lag_order_problem(columns: list[str], d_feat: int | None) -> str:
+    if not d_feat or len(columns) % d_feat or not columns:
         return f"{len(columns)} feature columns do not split into d_feat = {d_feat} blocks"
     steps = len(columns) // d_feat
     for block in range(d_feat):

@@ -461,7 +461,7 @@ def _network_refusal(model: ModelConfig, columns: list[str]) -> str:
     try:
         with torch.no_grad():
             spec.build(params).eval()(*inputs)
-    except (RuntimeError, ValueError, IndexError) as error:
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:
         return f"inputs {list(shape)}: {str(error).splitlines()[0]}"
     return ""
 
@@ -635,11 +635,11 @@ def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: t
                                    "SimulatorExecutor(time_per_step=day)" if name == "executor" else
                                    "not a key of PortAnaRecord's config (Qlib does not read it either)"))
     try:
-        backtest_config(chosen, f"{r.path}: {key}")
+        validated = backtest_config(chosen, f"{r.path}: {key}")
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if isinstance(chosen.get("deal_price"), str):  # Qlib's "$close" is qpipe's "close"
-        chosen["deal_price"] = chosen["deal_price"].removeprefix("$")
+    if "deal_price" in chosen:  # Qlib's "$close" is qpipe's "close"
+        chosen["deal_price"] = validated.deal_price
     r.entries.append(Entry(f"{key} (strategy, exchange)", ", ".join(f"{k}={v}" for k, v in chosen.items()), "honoured",
                            "reports/<arch>_backtest's port_analysis run config"))
     return chosen
@@ -661,6 +661,8 @@ def _qlib_arguments(r: _Reader, key: str, given: dict, settings: tuple[str, ...]
                     qlib_class: str, others: tuple[str, ...] = ()) -> dict[str, Any]:
     """The ``settings`` among ``given``; each argument Qlib's class takes that qpipe does not implement is reported
     not honoured with its reason, any other name refused (Qlib would raise) with the closest valid one."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"{r.path}: {key} = {given!r}: expected a mapping of {qlib_class}'s arguments")
     chosen = {}
     for name, value in given.items():
         if name in settings:
