@@ -7,7 +7,8 @@ import dagster as dg
 from qpipe.assets.features import feature_checks, feature_tables, label_table
 from qpipe.assets.leaderboard import leaderboard, leaderboard_job, refresh_leaderboard
 from qpipe.assets.models import model_assets, model_checks
-from qpipe.assets.prices import prices_are_unique_and_consistent, prices_cover_the_listed_instruments, raw_prices, raw_universe
+from qpipe.assets.prices import (prices_are_unique_and_consistent, prices_cover_the_listed_instruments,
+                                 prices_have_no_split_like_moves, raw_prices, raw_universe)
 from qpipe.jobs import daily_pipeline, step_executor
 from qpipe.reaper import reap_dead_runs, reap_on_load
 from qpipe.resources import build_resources
@@ -21,7 +22,8 @@ warnings.filterwarnings("ignore", message="Parameter `include_sources` of functi
 
 defs = dg.Definitions(
     assets=[raw_prices, raw_universe, feature_tables, label_table, *model_assets, leaderboard],
-    asset_checks=[prices_are_unique_and_consistent, prices_cover_the_listed_instruments, *feature_checks, *model_checks],
+    asset_checks=[prices_are_unique_and_consistent, prices_cover_the_listed_instruments, prices_have_no_split_like_moves,
+                  *feature_checks, *model_checks],
     jobs=[daily_pipeline, leaderboard_job, qlib_workflow],
     schedules=[after_close],
     sensors=[refresh_leaderboard, reap_dead_runs],

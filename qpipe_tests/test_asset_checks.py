@@ -6,13 +6,14 @@ import duckdb
 import pytest
 
 from qpipe.assets.features import feature_checks, feature_tables, label_table
-from qpipe.assets.prices import (prices_are_unique_and_consistent, prices_cover_the_listed_instruments, raw_prices,
-                                 raw_universe)
+from qpipe.assets.prices import (prices_are_unique_and_consistent, prices_cover_the_listed_instruments,
+                                 prices_have_no_split_like_moves, raw_prices, raw_universe)
 from qpipe.resources import Compute, PriceSource, Warehouse
 
 FIRST, LAST = "2024-03-01", "2024-05-31"
 ASSETS = [raw_prices, raw_universe, feature_tables, label_table]
-CHECKS = [prices_are_unique_and_consistent, prices_cover_the_listed_instruments, *feature_checks]
+CHECKS = [prices_are_unique_and_consistent, prices_cover_the_listed_instruments, prices_have_no_split_like_moves,
+          *feature_checks]
 
 
 def _resources(path) -> dict:
@@ -72,6 +73,23 @@ def test_a_listed_instrument_without_a_row_is_a_warning_with_its_day(warehouse, 
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["without_a_row"].value == 1
     assert evaluation.metadata["first_missing"].value.startswith("2024-04-03 SYN")
+
+
+def test_an_unadjusted_split_is_a_warning_with_the_stock_its_day_and_both_closes(warehouse, tmp_path):
+    """Found by a user: a source without a factor stored a 7:1 split as a -85% day, and no check said a word."""
+    path = tmp_path / "w.duckdb"
+    path.write_bytes(warehouse.read_bytes())
+    assert _check(path, prices_have_no_split_like_moves).passed
+    with duckdb.connect(str(path)) as con:
+        name, before = con.execute("SELECT instrument, close FROM raw.prices WHERE date = '2024-04-09' AND close IS NOT "
+                                   "NULL ORDER BY instrument LIMIT 1").fetchone()
+        con.execute("UPDATE raw.prices SET open = open / 7, high = high / 7, low = low / 7, close = close / 7, "
+                    "vwap = vwap / 7 WHERE instrument = ? AND date >= '2024-04-10'", [name])
+        after = con.execute("SELECT close FROM raw.prices WHERE instrument = ? AND date = '2024-04-10'", [name]).fetchone()[0]
+    evaluation = _check(path, prices_have_no_split_like_moves)
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.metadata["split_like_moves"].value == 1
+    assert evaluation.metadata["first_split_like"].value == f"2024-04-10 {name}: {round(before, 4)} then {round(after, 4)}"
 
 
 def test_features_checks_name_a_missing_row_and_an_all_nan_day(warehouse, tmp_path):

@@ -203,3 +203,27 @@ def prices_cover_the_listed_instruments(context: dg.AssetCheckExecutionContext, 
     return dg.AssetCheckResult(passed=missing == 0, severity=dg.AssetCheckSeverity.WARN,
                                metadata={"listed_instrument_days": listed, "without_a_row": missing,
                                          "first_missing": example or ""})
+
+
+# A close below this ratio of the stock's last close (or above its inverse) is no market day's move, but a split the
+# source does not adjust for: a 2:1 split halves the price.
+SPLIT_LIKE = 0.55
+
+
+@dg.asset_check(asset=PRICES, pool="duckdb",
+                description=f"No close is below {SPLIT_LIKE} or above {1 / SPLIT_LIKE:.2f} times the stock's last close: "
+                            "such a move is a split the source does not adjust for (give it a factor or adj close "
+                            "column); a warning, not a stop: a stock can crash.")
+def prices_have_no_split_like_moves(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+    start, end = check_range(context)
+    with warehouse.get_connection() as con:
+        moves, jumps, example = con.execute(f"""
+            WITH priced AS (
+                SELECT date, instrument, close, lag(close) OVER (PARTITION BY instrument ORDER BY date) AS last
+                FROM {wh.PRICES} WHERE close IS NOT NULL AND date BETWEEN ? - INTERVAL 31 DAY AND ?)
+            SELECT count(last), count(*) FILTER (WHERE close < last * {SPLIT_LIKE} OR close * {SPLIT_LIKE} > last),
+                   min(CASE WHEN close < last * {SPLIT_LIKE} OR close * {SPLIT_LIKE} > last THEN strftime(date, '%Y-%m-%d')
+                       || ' ' || instrument || ': ' || round(last, 4) || ' then ' || round(close, 4) END)
+            FROM priced WHERE date BETWEEN ? AND ?""", [start, end, start, end]).fetchall()[0]
+    return dg.AssetCheckResult(passed=jumps == 0, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"moves": moves, "split_like_moves": jumps, "first_split_like": example or ""})
