@@ -97,7 +97,7 @@ class SettingsError(ValueError):
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    home: Path = Path(".qpipe")
+    home: Path = Field(default=Path(".qpipe"), validate_default=True)  # absolute: messages name the real folder
     # Where prices come from: "synthetic" (the embedded default market), "tabular" (CSV/Parquet
     # file or folder at QPIPE_SOURCE_PATH) or "qlib" (a Qlib provider directory at QPIPE_SOURCE_PATH).
     source: Literal["synthetic", "tabular", "qlib"] = "synthetic"
