@@ -69,9 +69,9 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
             f"{first_few(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
             f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
     with warehouse.get_connection() as con:
-        stored = wh.read_prices(con, first, last)
-        outside = ~stored["date"].between(start, end)
-        anchored = anchor(rows, read[~read["date"].between(start, end)], stored[outside])
+        day = pd.Timedelta(days=1)  # the stored rows around the range, not those it replaces
+        stored = pd.concat([wh.read_prices(con, first, start - day), wh.read_prices(con, end + day, last)])
+        anchored = anchor(rows, read[~read["date"].between(start, end)], stored)
         rows = anchored.rows
         unanchored = wh.instruments_with_prices(con, anchored.unanchored, outside=(start, end))
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
