@@ -90,6 +90,12 @@ def test_an_unadjusted_split_is_a_warning_with_the_stock_its_day_and_both_closes
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["split_like_moves"].value == 1
     assert evaluation.metadata["first_split_like"].value == f"2024-04-10 {name}: {round(before, 4)} then {round(after, 4)}"
+    # a run of the days before it (a backfill) looks at the seam with the first stored day after them too
+    result = dg.materialize([*ASSETS, *CHECKS], selection=dg.AssetSelection.checks(prices_have_no_split_like_moves),
+                            resources=_resources(path), tags=_range("2024-04-01", "2024-04-09"), raise_on_error=False)
+    (seam,) = result.get_asset_check_evaluations()
+    assert not seam.passed and seam.metadata["first_split_like"].value.startswith(f"2024-04-10 {name}: ")
+    assert seam.description.startswith("1 split-like moves, the first: 2024-04-10")
 
 
 def test_features_checks_name_a_missing_row_and_an_all_nan_day(warehouse, tmp_path):

@@ -236,3 +236,8 @@ def test_anchoring_backfills_onto_the_first_later_stored_day_and_names_what_it_c
     assert not anchor(rows, rounded, stored).restated
     restated = source.assign(open=source["open"] * 1.01)
     assert list(anchor(rows, restated, stored).restated) == ["AAA"]
+    # stored before the rows on the source's basis, after them on twice it (a backfill into a gap across a re-basing)
+    source_around = pd.DataFrame([_day("2024-01-01", "AAA", 40.0), _day("2024-01-03", "AAA", 51.237)])
+    stored_around = pd.DataFrame([_day("2024-01-01", "AAA", 40.0), _day("2024-01-03", "AAA", 2 * 51.237)])
+    seam = anchor(rows[rows["instrument"] == "AAA"], source_around, stored_around)
+    assert not seam.scale and seam.seams == {"AAA": pd.Timestamp("2024-01-03")}

@@ -140,6 +140,32 @@ def test_a_valid_segment_inside_the_train_segment_is_reported_as_the_shorter_tra
     assert _entry(gap, "task.dataset.kwargs.segments.train").meaning.endswith("qpipe's train window ends where valid starts)")
 
 
+def test_dates_are_compared_as_the_sessions_they_mean(tmp_path):
+    """Found by a user: fit_end_time was compared with the YAML's train segment, not the window the checkpoint fits
+    its processors on; a backtest start_time on the test's first session was 'not honoured'; backtest and test
+    end times of null (Qlib: to the end of the data) were refused; the dry-run cut its backtest settings short."""
+    fit = "task.dataset.kwargs.handler.kwargs.fit_end_time"
+    gap = translate(_edited(tmp_path, lambda d: _segments(d, train=["2008-01-01", "2013-12-31"])))  # train to 2014-12-31
+    assert _entry(gap, fit).status == "honoured"  # fit_end_time 2014-12-31: the train window's last session
+    early = translate(_edited(tmp_path, lambda d: (_segments(d, train=["2008-01-01", "2013-12-31"]),
+                                                   _kwargs(d).update(fit_end_time="2013-12-31"))))
+    assert _entry(early, fit).status == "not honoured" and "(2008-01-02..2014-12-31)" in _entry(early, fit).meaning
+
+    def change(d):
+        _backtest(d).update(start_time="2017-01-03", end_time=None)  # 2017-01-03: the first session of the test
+        _segments(d, test=["2017-01-01", None])
+        _backtest(d)["exchange_kwargs"]["deal_price"] = "$vwap"
+
+    workflow = translate(_edited(tmp_path, change))
+    config = "task.record[2].kwargs.config"
+    assert _entry(workflow, f"{config}.backtest.start_time").status == "honoured"
+    end = _entry(workflow, f"{config}.backtest.end_time")
+    assert end.status == "honoured" and "predictions' dates" in end.meaning
+    assert workflow.test[1] == workflow.span[1]  # the test runs to the end of the handler's span
+    report = workflow.report()
+    assert "deal_price=vwap" in report and "open_cost=0.0005" in report and "min_cost=5" in report
+
+
 def test_a_test_segment_starting_inside_the_valid_segment_is_named_as_such(tmp_path):
     workflow = translate(_edited(tmp_path, lambda d: _segments(d, valid=["2015-01-01", "2017-03-31"])))
     valid = _entry(workflow, "task.dataset.kwargs.segments.valid")

@@ -203,6 +203,13 @@ def test_dates_in_another_format_are_read_with_qpipe_source_date_format(tmp_path
     assert one_day["date"].tolist() == [pd.Timestamp("2024-01-16")]  # a day's read filters inside the scan
     with pytest.raises(PriceDataError, match=r"date value '01/02/2024' is not a date in the format '%d.%m.%Y'"):
         TabularSource(str(us), date_format="%d.%m.%Y").prices()
+    with pytest.raises(PriceDataError, match=r"date value '01/16/2024' is not a date in the format '%d/%m/%Y'"):
+        calendar_for("auto", "tabular", str(us), date_format="%d/%m/%Y")  # not a calendar of the dates that parse
+    shanghai = tmp_path / "shanghai.parquet"  # a time zone east of UTC: that zone's days, not UTC's
+    local = expected.assign(date=expected["date"].dt.tz_localize("Asia/Shanghai"))
+    local.rename(columns={"instrument": "symbol"}).drop(columns=["vwap", "factor"]).to_parquet(shanghai)
+    pd.testing.assert_frame_equal(TabularSource(str(shanghai)).prices(), expected)
+    assert TabularSource(str(shanghai)).prices("2024-01-16", "2024-01-16")["date"].tolist() == [pd.Timestamp("2024-01-16")]
     compact = tmp_path / "compact.csv"  # YYYYMMDD needs no setting
     compact.write_text(GOOD.replace("2024-01-02", "20240102").replace("2024-01-03", "20240103")
                        + "20240116,AAA,11,12,10,11.5,800\n")

@@ -112,6 +112,14 @@ def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unan
             f"instruments ({first_few(sorted(anchored.restated))}), not by one ratio: the source restated them. The "
             f"new rows are on the stored basis of the close; to store the source's version, ingest from {days[0]}: "
             f"dg launch --assets raw/prices --partition-range {days[0]}...{end.date()}")
+    if anchored.seams:
+        first = min(anchored.seams.values())
+        context.log.warning(
+            f"the stored prices after {end.date()} of {len(anchored.seams)} instruments "
+            f"({first_few(sorted(anchored.seams))}) are on another adjustment basis than those before these days (the "
+            f"source re-based across the gap they fill): these days join those before; to join the later ones too, "
+            f"ingest them again: dg launch --assets raw/prices --partition-range {pd.Timestamp(first).date()}...<the last "
+            f"stored day>")
     if unanchored:
         context.log.warning(
             f"{len(unanchored)} instruments with stored prices share no session within {ANCHOR_SESSIONS} of these days "
@@ -217,13 +225,17 @@ SPLIT_LIKE = 0.55
 def prices_have_no_split_like_moves(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
     start, end = check_range(context)
     with warehouse.get_connection() as con:
+        # the moves of the days, and each stock's move into the first stored day after them (a backfill's seam)
         moves, jumps, example = con.execute(f"""
             WITH priced AS (
-                SELECT date, instrument, close, lag(close) OVER (PARTITION BY instrument ORDER BY date) AS last
-                FROM {wh.PRICES} WHERE close IS NOT NULL AND date BETWEEN ? - INTERVAL 31 DAY AND ?)
+                SELECT date, instrument, close, lag(close) OVER (PARTITION BY instrument ORDER BY date) AS last,
+                       lag(date) OVER (PARTITION BY instrument ORDER BY date) AS last_date
+                FROM {wh.PRICES} WHERE close IS NOT NULL AND date BETWEEN ? - INTERVAL 31 DAY AND ? + INTERVAL 31 DAY)
             SELECT count(last), count(*) FILTER (WHERE close < last * {SPLIT_LIKE} OR close * {SPLIT_LIKE} > last),
                    min(CASE WHEN close < last * {SPLIT_LIKE} OR close * {SPLIT_LIKE} > last THEN strftime(date, '%Y-%m-%d')
                        || ' ' || instrument || ': ' || round(last, 4) || ' then ' || round(close, 4) END)
-            FROM priced WHERE date BETWEEN ? AND ?""", [start, end, start, end]).fetchall()[0]
+            FROM priced WHERE date BETWEEN ? AND ? OR (date > ? AND last_date <= ?)""",
+                                               [start, end, start, end, end, end]).fetchall()[0]
     return dg.AssetCheckResult(passed=jumps == 0, severity=dg.AssetCheckSeverity.WARN,
+                               description=f"{jumps} split-like moves, the first: {example}" if jumps else None,
                                metadata={"moves": moves, "split_like_moves": jumps, "first_split_like": example or ""})

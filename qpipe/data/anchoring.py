@@ -13,6 +13,8 @@ come out as from a load of the whole history on the stored basis.
 
 Where the source's open, high or low of that session is not its stored one divided by the same k (beyond a
 rounded cent), the source restated that day: the rows are still scaled by the close's k, and the stock is named.
+Where the stored rows after the range are on another basis than those before it (a backfill into a gap across which
+the source re-based), the rows join those before, and the stock is named with the first session after.
 """
 
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ class Anchored:
     rows: pd.DataFrame  # the incoming rows, on the stored basis
     scale: dict[str, float] = field(default_factory=dict)  # instrument -> k, where the stored basis is not the source's
     restated: dict[str, pd.Timestamp] = field(default_factory=dict)  # instrument -> the anchor session it restated
+    # instrument -> the first stored session after the rows, where it is on another basis than the one before them
+    seams: dict[str, pd.Timestamp] = field(default_factory=dict)
     unanchored: list[str] = field(default_factory=list)  # stocks with prices in the rows and no session to anchor on
 
 
@@ -42,6 +46,10 @@ def anchor(rows: pd.DataFrame, source_near: pd.DataFrame, stored_near: pd.DataFr
     after = shared[shared["date"] > rows["date"].max()].sort_values("date").drop_duplicates("instrument", keep="first")
     chosen = pd.concat([before, after[~after["instrument"].isin(before["instrument"])]])
     k = (chosen["close"] / chosen["close_source"]).to_numpy()
+    both = before.merge(after, on="instrument", suffixes=("_before", "_after"))
+    k_after = both["close_after"] / both["close_source_after"] * both["close_source_before"] / both["close_before"]
+    split = ~np.isclose(k_after, 1.0, rtol=RELATIVE, atol=0)  # the stored rows after the range are on another basis
+    seams = dict(zip(both["instrument"][split], both["date_after"][split]))
     expected = chosen[[f"{c}_source" for c in OHLC]].to_numpy() * k[:, None]
     stored = chosen[OHLC].to_numpy()
     same = (np.abs(stored - expected) <= np.maximum(RELATIVE * np.abs(stored), CENT * k[:, None])).all(axis=1)
@@ -50,10 +58,10 @@ def anchor(rows: pd.DataFrame, source_near: pd.DataFrame, stored_near: pd.DataFr
     scale = {name: factor for name, factor in zip(names, k.tolist()) if not np.isclose(factor, 1.0, rtol=RELATIVE, atol=0)}
     restated = dict(zip(names[~same], chosen["date"].to_numpy()[~same]))
     if not scale:
-        return Anchored(rows, scale, restated, unanchored)
+        return Anchored(rows, scale, restated, seams, unanchored)
     by_row = rows["instrument"].map(scale).fillna(1.0).to_numpy()
     out = rows.copy()
     for column in (*OHLC, "vwap", "factor"):
         out[column] = out[column] * by_row
     out["volume"] = out["volume"] / by_row
-    return Anchored(out, scale, restated, unanchored)
+    return Anchored(out, scale, restated, seams, unanchored)

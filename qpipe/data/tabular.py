@@ -53,6 +53,12 @@ def _parquet_schema(file: Path) -> pa.Schema:
                              detail=f"{error} (an empty, truncated or non-Parquet file)") from None
 
 
+def _zone(file: Path, parquet: bool, column: str) -> str | None:
+    """The time zone of a Parquet timestamp column that has one: its dates are that zone's days, not UTC's."""
+    kind = _parquet_schema(file).field(column).type if parquet else None
+    return kind.tz if kind is not None and pa.types.is_timestamp(kind) and kind.tz else None
+
+
 def _scan_or_explain(con: duckdb.DuckDBPyConnection, sql: str, source: str) -> duckdb.DuckDBPyConnection:
     """Run a scan; DuckDB's parser errors become one line naming the file, the line and what is wrong
     (its own text suggests reader options that a qpipe user cannot set)."""
@@ -71,6 +77,7 @@ def _scan_or_explain(con: duckdb.DuckDBPyConnection, sql: str, source: str) -> d
                              detail=f"{detail} (a file cut mid-row, or rows of another layout?)") from None
 
 
+FEW_BAD_DATES = 0.01  # the share of a source's distinct date values that may fail to parse: typos, not a wrong format
 # Date formats a date column may be in, named in the hint of an "unparseable date" error.
 DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y.%m.%d", "%d-%b-%Y", "%b %d, %Y")
 
@@ -152,13 +159,16 @@ class TabularSource:
         return days[0], days[-1]
 
     def dates(self) -> np.ndarray:
-        """The distinct dates in the files (the source's calendar), read from the date column alone."""
-        rows = self._scan(("date",), f"SELECT DISTINCT {self._parsed('date')} AS d FROM scan WHERE d IS NOT NULL ORDER BY d")
-        if len(rows["d"]) == 0:
-            first = self._scan(("date",), "SELECT date FROM scan WHERE date IS NOT NULL LIMIT 1")["date"]
-            if len(first):
-                raise PriceDataError("unparseable date", self.path, detail=self._not_a_date(str(first[0])))
-        return np.asarray(rows["d"]).astype("datetime64[D]")
+        """The distinct dates in the files (the source's calendar), read from the date column alone. Where more than
+        ``FEW_BAD_DATES`` of its distinct values do not parse, the format is wrong and the dates that happen to parse
+        would make a calendar of wrong days: refused (a few bad rows are named by the ingest of their days)."""
+        rows = self._scan(("date",), f"SELECT DISTINCT date AS raw, {self._parsed('date')} AS d FROM scan "
+                                     "WHERE date IS NOT NULL ORDER BY d")
+        parsed = ~np.ma.getmaskarray(rows["d"])
+        bad = rows["raw"][~parsed]
+        if len(bad) > FEW_BAD_DATES * len(parsed):
+            raise PriceDataError("unparseable date", self.path, count=len(bad), detail=self._not_a_date(str(bad[0])))
+        return np.unique(np.asarray(rows["d"][parsed]).astype("datetime64[D]"))
 
     def _parsed(self, column: str) -> str:
         """SQL of ``column`` (text) as a DATE, NULL where it is not one in the source's date format."""
@@ -246,6 +256,10 @@ class TabularSource:
         lo = pd.Timestamp(start if start is not None else "1800-01-01").date()
         after = (pd.Timestamp(end if end is not None else "2200-12-31") + pd.Timedelta(days=1)).date()
         kind = _parquet_schema(file).field(source).type if parquet else None
+        zone = _zone(file, parquet, source)
+        if zone:
+            local = f"timezone('{zone}', {column})"
+            return f"{local} >= TIMESTAMP '{lo}' AND {local} < TIMESTAMP '{after}'"
         if kind is not None and (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
             return f"{column} >= DATE '{lo}' AND {column} < DATE '{after}'"  # on the column: row groups are skipped
         parsed = self._parsed(f"CAST({column} AS VARCHAR)")
@@ -262,7 +276,12 @@ class TabularSource:
         if not parquet:  # the header is known: no per-file type sniffing, every value read as text
             types = ", ".join("'" + h.replace("'", "''") + "': 'VARCHAR'" for h in header)
             options += f", header=true, auto_detect=false, delim=',', quote='\"', columns={{{types}}}"
-        cols = ", ".join(f"CAST(s.{identifier(src)} AS VARCHAR) AS {identifier(dst)}" for src, dst in mapping.items())
+        def text(src: str, dst: str) -> str:
+            zone = _zone(files[ids[0]], parquet, src) if dst == "date" else None
+            value = f"CAST(timezone('{zone}', s.{identifier(src)}) AS DATE)" if zone else f"s.{identifier(src)}"
+            return f"CAST({value} AS VARCHAR) AS {identifier(dst)}"
+
+        cols = ", ".join(text(src, dst) for src, dst in mapping.items())
         if factor_from:
             cols += f", '{factor_from}' AS _factor_from"
         listing = ", ".join(f"'{p}'" for p in paths)

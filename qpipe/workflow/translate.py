@@ -265,6 +265,8 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         value = r.get(f"{segments}.{name}", required=True)
         if not isinstance(value, list | tuple) or len(value) != 2:
             raise ConfigError(f"{path}: {segments}.{name} = {value!r}: expected [start, end]")
+        if name == "test" and value[1] is None:  # Qlib: to the end of the data
+            value = [value[0], span[1]]
         bounds[name] = tuple(_date(v, f"{segments}.{name}", path) for v in value)
         if bounds[name][0] > bounds[name][1] or not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
             raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}] is not a span "
@@ -274,7 +276,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     settings["QPIPE_PARTITIONS_START"] = str(prices_from)
     split = _fixed_split(days, bounds, path)
     _segment_entries(r, segments, bounds, split)
-    _fit_window_entries(r, kwargs, bounds["train"])
+    _fit_window_entries(r, kwargs, days, (split.day(split.train[0]), split.day(split.valid[0] - 1)))
     processing = _processor_entries(r, kwargs, model)
     _model_entries(r, model, processing)
     label = r.get(f"{kwargs}.label")
@@ -283,17 +285,16 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         r.say(f"{kwargs}.label", "honoured" if same else "not honoured",
               "features/label, Qlib's label" if same else f"qpipe's label is {QLIB_LABEL[0]}, not this one")
 
-    records, port_analysis = _record_entries(r, lots, bounds["test"], benchmark)
+    def sessions(bound: tuple[dt.date, dt.date]) -> np.ndarray:
+        return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
+
+    features, test = sessions(span), sessions(bounds["test"])
+    records, port_analysis = _record_entries(r, lots, days, (test[0].item(), test[-1].item()), benchmark)
     _anchor_entries(r)
     rolling = _rolling_entries(r, rolling, split)  # (before the keys nothing read: it reads the top-level rolling)
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
     checkpoints = _rolling_checkpoints(split, bounds["test"], rolling) if rolling else [split.checkpoint_entry()]
-
-    def sessions(bound: tuple[dt.date, dt.date]) -> np.ndarray:
-        return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
-
-    features, test = sessions(span), sessions(bounds["test"])
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
                     checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
                     len(test))
@@ -529,11 +530,18 @@ def _valid_segment(split: _Split) -> tuple[Status, str]:
                        "use prices of the test segment (Qlib's look-ahead, not copied)")
 
 
-def _fit_window_entries(r: _Reader, kwargs: str, train: tuple[dt.date, dt.date]) -> None:
+def _session(days: np.ndarray, day: dt.date, first: bool) -> dt.date | None:
+    """The first session on or after ``day`` (``first``), else the last on or before it."""
+    i = int(np.searchsorted(days, np.datetime64(day, "D"), "left" if first else "right")) - (0 if first else 1)
+    return days[i].item() if 0 <= i < len(days) else None
+
+
+def _fit_window_entries(r: _Reader, kwargs: str, days: np.ndarray, train: tuple[dt.date, dt.date]) -> None:
+    """fit_start_time and fit_end_time against the sessions of the train window the checkpoint fits its processors on."""
     for key, bound in (("fit_start_time", train[0]), ("fit_end_time", train[1])):
         value = r.get(f"{kwargs}.{key}")
         if value is not None:
-            same = _date(value, key, r.path) == bound
+            same = _session(days, _date(value, key, r.path), key == "fit_start_time") == bound
             r.say(f"{kwargs}.{key}", "honoured" if same else "not honoured",
                   "processors fitted on the train window" if same else
                   f"qpipe fits processors on the train window ({train[0]}..{train[1]}), not on another span")
@@ -559,7 +567,9 @@ def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processin
     return processing
 
 
-def _record_entries(r: _Reader, lots: int | None, test: tuple, benchmark: Any) -> tuple[list[str], dict | None]:
+def _record_entries(r: _Reader, lots: int | None, days: np.ndarray, test: tuple, benchmark: Any
+                    ) -> tuple[list[str], dict | None]:
+    """The records; ``test``: the test segment's first and last sessions."""
     records = r.get("task.record") or []
     if isinstance(records, dict):
         records = [records]
@@ -579,7 +589,8 @@ def _record_entries(r: _Reader, lots: int | None, test: tuple, benchmark: Any) -
 
     def port_ana(key: str, kwargs: dict) -> None:
         nonlocal port_analysis
-        port_analysis = _port_analysis(r, f"{key}.kwargs.config", kwargs.get("config") or {}, lots, test, benchmark)
+        port_analysis = _port_analysis(r, f"{key}.kwargs.config", kwargs.get("config") or {}, lots, days, test,
+                                       benchmark)
         r.say(key, "honoured", "reports/<arch>_backtest (TopkDropoutStrategy on a daily exchange)", value="PortAnaRecord")
 
     handlers: dict[str, Callable[[str, dict], None]] = {"SignalRecord": signal, "SigAnaRecord": sig_ana, "PortAnaRecord": port_ana}
@@ -601,7 +612,8 @@ N_DROP_ZERO = ("qpipe keeps the holdings; Qlib with n_drop 0 sells every holding
                "whole list), a bug not copied")
 
 
-def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: tuple, benchmark: Any) -> dict:
+def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, days: np.ndarray, test: tuple,
+                   benchmark: Any) -> dict:
     """PortAnaRecord's config as the backtest's run config. A name Qlib's TopkDropoutStrategy, Exchange or backtest
     would refuse (a TypeError there) is refused; one Qlib takes and qpipe does not implement is not honoured."""
     strategy, backtest = config.get("strategy") or {}, config.get("backtest") or {}
@@ -619,10 +631,12 @@ def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: t
             r.entries.append(Entry(f"{key}.backtest.benchmark", value, "honoured" if value == benchmark else "not honoured",
                                    "QPIPE_BENCHMARK" if value == benchmark else f"the benchmark is {benchmark}"))
         elif name in ("start_time", "end_time"):
-            bound = _date(value, f"{key}.backtest.{name}", r.path)
-            same = bound == test[0 if name == "start_time" else 1]
+            start = name == "start_time"
+            same = value is None or _session(days, _date(value, f"{key}.backtest.{name}", r.path), start) == \
+                test[0 if start else 1]
             r.entries.append(Entry(f"{key}.backtest.{name}", value, "honoured" if same else "not honoured",
-                                   "the test segment" if same else "qpipe backtests over the test segment"))
+                                   ("the test segment" + (" (Qlib: the predictions' dates)" if value is None else ""))
+                                   if same else "qpipe backtests over the test segment"))
         elif name == "exchange_kwargs":
             chosen |= _qlib_arguments(r, f"{key}.backtest.exchange_kwargs", value or {}, EXCHANGE_SETTINGS,
                                       QLIB_EXCHANGE_ONLY, "Exchange")
@@ -640,8 +654,9 @@ def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, test: t
         raise ConfigError(str(error)) from None
     if "deal_price" in chosen:  # Qlib's "$close" is qpipe's "close"
         chosen["deal_price"] = validated.deal_price
-    r.entries.append(Entry(f"{key} (strategy, exchange)", ", ".join(f"{k}={v}" for k, v in chosen.items()), "honoured",
-                           "reports/<arch>_backtest's port_analysis run config"))
+    r.entries.append(Entry(f"{key} (strategy, exchange)", f"{len(chosen)} settings", "honoured",  # all, not cut short
+                           "reports/<arch>_backtest's port_analysis run config: "
+                           + ", ".join(f"{k}={v}" for k, v in chosen.items())))
     return chosen
 
 
