@@ -167,7 +167,8 @@ class TabularSource:
         parsed = ~np.ma.getmaskarray(rows["d"])
         bad = rows["raw"][~parsed]
         if len(bad) > FEW_BAD_DATES * len(parsed):
-            raise PriceDataError("unparseable date", self.path, count=len(bad), detail=self._not_a_date(str(bad[0])))
+            raise PriceDataError("unparseable date", self.path, detail=f"{self._not_a_date(str(bad[0]))}; {len(bad)} of "
+                                                                      f"its {len(parsed)} distinct dates do not parse")
         return np.unique(np.asarray(rows["d"][parsed]).astype("datetime64[D]"))
 
     def _parsed(self, column: str) -> str:
