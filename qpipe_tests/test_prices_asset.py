@@ -216,6 +216,20 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
     bbb = {r[0].isoformat(): r for r in table_rows(warehouse_path, "raw.prices") if r[1] == "BBB"}
     assert bbb["2024-01-11"][5] == pytest.approx(bbb["2024-01-10"][5])  # 53 / 0.99: no fake move
 
+    # AAA, suspended for longer than the days looked at around a run, comes back: anchored on its last stored day
+    frame = pd.read_csv(path)
+    later = pd.bdate_range("2024-01-12", "2024-02-09").strftime("%Y-%m-%d")
+    resumed = frame[(frame["Date"] == "2024-01-10") & (frame["Name"] == "AAA")].assign(Date="2024-02-12")
+    bbb_days = pd.concat([frame[(frame["Date"] == "2024-01-11") & (frame["Name"] == "BBB")].assign(Date=d)
+                          for d in [*later, "2024-02-12"] if d != "2024-01-15"])  # (MLK day)
+    pd.concat([frame, bbb_days, resumed]).to_csv(path, index=False)
+    _materialize(warehouse_path, source, partition_range=("2024-01-12", "2024-02-09"))
+    instance = dg.DagsterInstance.ephemeral()
+    dg.materialize([raw_prices], instance=instance, partition_key="2024-02-12",
+                   resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+    aaa = {r[0].isoformat(): r for r in table_rows(warehouse_path, "raw.prices") if r[1] == "AAA"}
+    assert aaa["2024-02-12"][5] == pytest.approx(aaa["2024-01-10"][5])  # the stored basis (x2), not the source's
+
 
 def _day(day: str, name: str, close: float, volume: float = 1000.0) -> dict:
     return {"date": pd.Timestamp(day), "instrument": name, "open": close, "high": close * 1.01, "low": close * 0.99,

@@ -71,7 +71,12 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
     with warehouse.get_connection() as con:
         day = pd.Timedelta(days=1)  # the stored rows around the range, not those it replaces
         stored = pd.concat([wh.read_prices(con, first, start - day), wh.read_prices(con, end + day, last)])
-        anchored = anchor(rows, read[~read["date"].between(start, end)], stored)
+        around = read[~read["date"].between(start, end)]
+        anchored = anchor(rows, around, stored)
+        far = wh.last_priced_days(con, anchored.unanchored, before=start)  # back from a suspension: its last stored day
+        if len(far):
+            source_far = pd.concat([source.prices(day, day) for day in sorted(far["date"].unique())])
+            anchored = anchor(rows, pd.concat([around, source_far]), pd.concat([stored, far]))
         rows = anchored.rows
         unanchored = wh.instruments_with_prices(con, anchored.unanchored, outside=(start, end))
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
@@ -122,8 +127,8 @@ def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unan
             f"stored day>")
     if unanchored:
         context.log.warning(
-            f"{len(unanchored)} instruments with stored prices share no session within {ANCHOR_SESSIONS} of these days "
-            f"with the source (a long suspension?), so their rows are stored on the source's basis, which may not be "
+            f"{len(unanchored)} instruments with stored prices share no session with the source before these days, nor "
+            f"within {ANCHOR_SESSIONS} after them, so their rows are stored on the source's basis, which may not be "
             f"the warehouse's: {first_few(unanchored)}")
 
 

@@ -6,7 +6,8 @@ stored before a split keep the old basis while the next day's arrive on the new 
 -86% day in the features and labels. As Qlib's collector does when it extends a provider directory
 (``YahooNormalize1dExtend`` scales new rows to the last stored close), each stock's incoming rows are scaled so
 that a session both the warehouse and the source have prices for keeps its stored close: the last such session
-before the rows, or (a backfill of earlier history) the first after them, within ``ANCHOR_SESSIONS``. Prices and
+before the rows (the ingest looks ``ANCHOR_SESSIONS`` back, and further for a stock back from a longer
+suspension), or (a backfill of earlier history) the first after them, within ``ANCHOR_SESSIONS``. Prices and
 factor are multiplied by k = stored close / source close, volume divided by it; the traded price (price / factor),
 which the backtest's lots use, is kept. Features and labels are ratios of one stock's prices and volumes, so they
 come out as from a load of the whole history on the stored basis.

@@ -268,6 +268,19 @@ def read_prices(con: duckdb.DuckDBPyConnection, start, end) -> pd.DataFrame:
     return frame
 
 
+def last_priced_days(con: duckdb.DuckDBPyConnection, instruments: list[str], before) -> pd.DataFrame:
+    """The stored rows of each of ``instruments`` on its last day with prices before ``before``."""
+    if not instruments or not has_table(con, PRICES):
+        return empty_prices()
+    frame = con.execute(f"""
+        SELECT {", ".join(PRICE_COLUMNS)} FROM {PRICES}
+        WHERE instrument IN (SELECT unnest(?)) AND close IS NOT NULL AND date < ?
+        QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY date DESC) = 1""",
+                        [instruments, pd.Timestamp(before).date()]).df()
+    frame["date"] = frame["date"].astype("datetime64[ns]")
+    return frame
+
+
 def instruments_with_prices(con: duckdb.DuckDBPyConnection, instruments: list[str], outside: tuple) -> list[str]:
     """Those of ``instruments`` with a stored price on a day outside [start, end]."""
     if not instruments or not has_table(con, PRICES):
