@@ -12,8 +12,8 @@ market all read this one calendar. ``QPIPE_CALENDAR`` chooses it:
 A calendar knows its sessions up to ``last_known``: an exchange's published holidays; for a source's
 own dates, the last line of ``day.txt`` or the last date in its files, followed by the sessions of the
 exchange they match, where they match it closely (so a holiday after the source's last date is no
-partition and the schedule skips it). After that, the weekdays on which it trades count as sessions, so a day a provider appends to
-``day.txt`` tomorrow is a partition today, with no code change.
+partition and the schedule skips it). After that, the weekdays on which it trades count as sessions,
+so a day a provider appends to ``day.txt`` tomorrow is a partition today, with no code change.
 """
 
 import json

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
-from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored, anchor
+from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored, anchor_to_warehouse
 from qpipe.data.validation import check_sessions, first_few
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import PriceSource, Warehouse
@@ -52,9 +52,8 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
     source = price_source.source()
-    first, last = anchor_sessions(calendar, start, end)
-    read = source.prices(first, last)  # those days only, and those around them to anchor them on
-    rows = read[read["date"].between(start, end)].reset_index(drop=True)
+    read = source.prices(*anchor_sessions(calendar, start, end))  # those days only, and those around to anchor on
+    rows = read[read["date"].between(start, end)]
     if rows.empty:
         first, last = source.span()
         raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
@@ -69,16 +68,8 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
             f"{first_few(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
             f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
     with warehouse.get_connection() as con:
-        day = pd.Timedelta(days=1)  # the stored rows around the range, not those it replaces
-        stored = pd.concat([wh.read_prices(con, first, start - day), wh.read_prices(con, end + day, last)])
-        around = read[~read["date"].between(start, end)]
-        anchored = anchor(rows, around, stored)
-        far = wh.last_priced_days(con, anchored.unanchored, before=start)  # back from a suspension: its last stored day
-        if len(far):
-            source_far = pd.concat([source.prices(day, day) for day in sorted(far["date"].unique())])
-            anchored = anchor(rows, pd.concat([around, source_far]), pd.concat([stored, far]))
+        anchored, unanchored = anchor_to_warehouse(con, source, read, start, end)
         rows = anchored.rows
-        unanchored = wh.instruments_with_prices(con, anchored.unanchored, outside=(start, end))
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
     report_anchoring(context, anchored, unanchored, end)
     suspended = int(rows["close"].isna().sum())

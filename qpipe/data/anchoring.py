@@ -20,8 +20,11 @@ the source re-based), the rows join those before, and the stock is named with th
 
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import pandas as pd
+
+from qpipe.data import warehouse as wh
 
 ANCHOR_SESSIONS = 10  # sessions before (or after) the rows searched for one the warehouse and the source share
 RELATIVE, CENT = 1e-6, 0.005  # how far a stored price may be from k x the source's: float noise, a rounded cent
@@ -66,3 +69,20 @@ def anchor(rows: pd.DataFrame, source_near: pd.DataFrame, stored_near: pd.DataFr
         out[column] = out[column] * by_row
     out["volume"] = out["volume"] / by_row
     return Anchored(out, scale, restated, seams, unanchored)
+
+
+def anchor_to_warehouse(con: duckdb.DuckDBPyConnection, source, read: pd.DataFrame, start: pd.Timestamp,
+                        end: pd.Timestamp) -> tuple[Anchored, list[str]]:
+    """The source's rows of [start, end] (``read``: those and the sessions around them) on the warehouse's basis,
+    and the stocks with stored prices that nothing anchors (none before them; none within ANCHOR_SESSIONS after)."""
+    in_range = read["date"].between(start, end)
+    rows, around = read[in_range].reset_index(drop=True), read[~in_range]
+    one_day = pd.Timedelta(days=1)  # the stored rows around the range, not those it replaces
+    stored = pd.concat([wh.read_prices(con, read["date"].min(), start - one_day),
+                        wh.read_prices(con, end + one_day, read["date"].max())])
+    anchored = anchor(rows, around, stored)
+    far = wh.last_priced_days(con, anchored.unanchored, before=start)  # back from a suspension: its last stored day
+    if len(far):
+        source_far = pd.concat([source.prices(day, day) for day in sorted(far["date"].unique())])
+        anchored = anchor(rows, pd.concat([around, source_far]), pd.concat([stored, far]))
+    return anchored, wh.instruments_with_prices(con, anchored.unanchored, outside=(start, end))

@@ -259,24 +259,22 @@ def _refuse_losses(con: duckdb.DuckDBPyConnection, table: str, lost_sql: str, pa
 
 def read_prices(con: duckdb.DuckDBPyConnection, start, end) -> pd.DataFrame:
     """The stored price rows dated [start, end] (none before the first write)."""
-    columns = ", ".join(PRICE_COLUMNS)
-    if not has_table(con, PRICES):
-        return empty_prices()
-    frame = con.execute(f"SELECT {columns} FROM {PRICES} WHERE date BETWEEN ? AND ?",
-                        [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).df()
-    frame["date"] = frame["date"].astype("datetime64[ns]")
-    return frame
+    return _price_rows(con, "date BETWEEN ? AND ?", [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
 
 
 def last_priced_days(con: duckdb.DuckDBPyConnection, instruments: list[str], before) -> pd.DataFrame:
     """The stored rows of each of ``instruments`` on its last day with prices before ``before``."""
-    if not instruments or not has_table(con, PRICES):
+    if not instruments:
         return empty_prices()
-    frame = con.execute(f"""
-        SELECT {", ".join(PRICE_COLUMNS)} FROM {PRICES}
-        WHERE instrument IN (SELECT unnest(?)) AND close IS NOT NULL AND date < ?
-        QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY date DESC) = 1""",
-                        [instruments, pd.Timestamp(before).date()]).df()
+    return _price_rows(con, "instrument IN (SELECT unnest(?)) AND close IS NOT NULL AND date < ? QUALIFY "
+                            "row_number() OVER (PARTITION BY instrument ORDER BY date DESC) = 1",
+                       [instruments, pd.Timestamp(before).date()])
+
+
+def _price_rows(con: duckdb.DuckDBPyConnection, where: str, parameters: list) -> pd.DataFrame:
+    if not has_table(con, PRICES):
+        return empty_prices()
+    frame = con.execute(f"SELECT {', '.join(PRICE_COLUMNS)} FROM {PRICES} WHERE {where}", parameters).df()
     frame["date"] = frame["date"].astype("datetime64[ns]")
     return frame
 
