@@ -22,11 +22,13 @@ CADENCES = ("daily", "weekly", "monthly")
 # Environment variable -> field. The field's default applies where the variable is unset.
 VARIABLES = {
     "QPIPE_HOME": "home", "QPIPE_SOURCE": "source", "QPIPE_SOURCE_PATH": "source_path",
-    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_SOURCE_DATE_FORMAT": "source_date_format", "QPIPE_CONCEPTS": "concepts_path", "QPIPE_QLIB_MARKET": "qlib_market",
+    "QPIPE_SOURCE_COLUMNS": "source_columns", "QPIPE_SOURCE_DATE_FORMAT": "source_date_format",
+    "QPIPE_CONCEPTS": "concepts_path", "QPIPE_QLIB_MARKET": "qlib_market",
     "QPIPE_QLIB_INGEST": "qlib_ingest", "QPIPE_BENCHMARK": "benchmark", "QPIPE_CALENDAR": "calendar",
     "QPIPE_SYNTHETIC_SEED": "synthetic_seed", "QPIPE_SYNTHETIC_INSTRUMENTS": "synthetic_instruments",
     "QPIPE_PARTITIONS_START": "partitions_start", "QPIPE_DEVICE": "device", "QPIPE_RETRAIN_EVERY": "retrain_every",
-    "QPIPE_MODELS": "models", "QPIPE_TRAINING": "training", "QPIPE_MARKET": "market_override", "QPIPE_WAREHOUSE": "warehouse_override",
+    "QPIPE_MODELS": "models", "QPIPE_TRAINING": "training", "QPIPE_MARKET": "market_override",
+    "QPIPE_WAREHOUSE": "warehouse_override",
     "QPIPE_CHECKPOINTS": "checkpoints_override", "QPIPE_BLOCK_CELLS": "block_cells",
     "QPIPE_LOAD_CELLS": "load_cells", "QPIPE_FRAME_CELLS": "frame_cells",
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",

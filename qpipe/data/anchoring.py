@@ -59,7 +59,8 @@ def anchor(rows: pd.DataFrame, source_near: pd.DataFrame, stored_near: pd.DataFr
     same = (np.abs(stored - expected) <= np.maximum(RELATIVE * np.abs(stored), CENT * k[:, None])).all(axis=1)
     names = chosen["instrument"].to_numpy()
     unanchored = sorted(set(rows["instrument"][rows["close"].notna()]) - set(names))  # (suspended rows need none)
-    scale = {name: factor for name, factor in zip(names, k.tolist()) if not np.isclose(factor, 1.0, rtol=RELATIVE, atol=0)}
+    scale = {name: factor for name, factor in zip(names, k.tolist())
+             if not np.isclose(factor, 1.0, rtol=RELATIVE, atol=0)}
     restated = dict(zip(names[~same], chosen["date"].to_numpy()[~same]))
     if not scale:
         return Anchored(rows, scale, restated, seams, unanchored)

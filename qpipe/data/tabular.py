@@ -79,7 +79,8 @@ def _scan_or_explain(con: duckdb.DuckDBPyConnection, sql: str, source: str) -> d
 
 FEW_BAD_DATES = 0.01  # the share of a source's distinct date values that may fail to parse: typos, not a wrong format
 # Date formats a date column may be in, named in the hint of an "unparseable date" error.
-DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y.%m.%d", "%d-%b-%Y", "%b %d, %Y")
+DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y.%m.%d", "%d-%b-%Y",
+                "%b %d, %Y")
 
 
 def _strptime(value: str, date_format: str) -> bool:
