@@ -31,6 +31,13 @@ class MissingTable(RuntimeError):
 
 
 MISSING_TABLE = re.compile(r'Table with name "?([\w.]+)"? does not exist')
+# what DuckDB says of a file cut short or overwritten (a copy taken while a run wrote it, a full disk)
+DAMAGED = re.compile(r"Could not read enough bytes|not a valid DuckDB database|Corrupt database file|checksum",
+                     re.IGNORECASE)
+
+
+class DamagedWarehouse(RuntimeError):
+    """The warehouse file is truncated or corrupt: DuckDB cannot read it."""
 
 
 class Warehouse(DuckDBResource):
@@ -60,6 +67,7 @@ class Warehouse(DuckDBResource):
             if self.lake and lake.is_conflict(error):  # it wrote nothing: Dagster runs the step again
                 raise dg.RetryRequested(max_retries=self.conflict_retries,
                                         seconds_to_wait=random.uniform(1, 10)) from error
+            self._refuse_damaged(error)
             missing = MISSING_TABLE.search(str(error)) if isinstance(error, duckdb.CatalogException) else None
             if missing:
                 where = f"the lake {self.lake}" if self.lake else f"the warehouse {self.database}"
@@ -81,6 +89,14 @@ class Warehouse(DuckDBResource):
             raise
         return con
 
+    def _refuse_damaged(self, error: duckdb.Error) -> None:
+        if DAMAGED.search(str(error)) and not self.lake:
+            raise DamagedWarehouse(
+                f"the warehouse {self.database} is damaged: DuckDB cannot read it ({str(error).splitlines()[0]}). "
+                "The file is truncated or corrupt (a copy taken while a run wrote it, a disk that filled up). Nothing "
+                "was written and the file was left as it is: restore it from a copy, or move it away (or point "
+                "QPIPE_HOME at a new folder) and materialize again from raw/prices") from None
+
     def _connect(self) -> duckdb.DuckDBPyConnection:
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)
         config = {"custom_user_agent": "dagster", **self.connection_config}
@@ -88,8 +104,9 @@ class Warehouse(DuckDBResource):
         while True:
             try:
                 return duckdb.connect(self.database, read_only=False, config=config)
-            except duckdb.IOException as error:
-                if "Could not set lock" not in str(error):
+            except duckdb.Error as error:
+                self._refuse_damaged(error)
+                if not isinstance(error, duckdb.IOException) or "Could not set lock" not in str(error):
                     raise
                 holder = re.search(r"\(PID (\d+)\)", str(error))
                 who = f"process {holder.group(1)}" if holder else "another process"

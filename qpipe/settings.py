@@ -37,7 +37,8 @@ VARIABLES = {
 # Price cells (trading days with their lookback x instruments) a feature step computes at once. Each
 # costs ~3 KB of features while in flight, so ~1 GB a block: memory is set here, not by the universe.
 BLOCK_CELLS = 300_000
-# Feature cells (rows x columns) a checkpoint's data load, a prediction or a backtest holds at once: a block is
+# Feature cells (rows x columns) a checkpoint's data load, a prediction, a backtest or a prices ingest (16 cells a
+# row there) holds at once: a block is
 # ~200 MB of float32, held about three times while the processors run; the result is held beside it.
 LOAD_CELLS = 50_000_000
 # Feature cells of a checkpoint's training frames held in memory (2 GB of float32). Larger frames (5,000 instruments

@@ -109,7 +109,7 @@ def test_predictions_in_day_blocks_are_the_predictions_in_one(checkpoint, reads)
     (whole, whole_reads), (blocked, blocked_reads) = scores.values()
     assert len(whole_reads) == 1 and len(blocked_reads) >= 6
     assert max(r * c for r, c in blocked_reads) <= 30 * 360 * 5 * 1.2  # a block's rows vary with the day's members
-    assert written == len(whole) == len(blocked) > 30 * 30 and used == [DAY]
+    assert written == len(whole) == len(blocked) > 30 * 30 and list(used) == [DAY]
     pd.testing.assert_frame_equal(whole[["date", "instrument"]], blocked[["date", "instrument"]])
     np.testing.assert_allclose(blocked["score"], whole["score"], rtol=1e-5, atol=1e-6)  # batches differ
 

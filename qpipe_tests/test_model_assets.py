@@ -1,6 +1,7 @@
 """Checkpoints, predictions and IC reports through Dagster on a small synthetic market."""
 
 import json
+import logging
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -209,7 +210,8 @@ def test_hist_reads_the_concepts_of_a_file_of_ones_own_and_warns_when_it_has_non
     ghosts = tmp_path / "ghosts.parquet"  # memberships of no stock of the market
     pd.DataFrame({"instrument": ["GHOST"], "concept": ["AI"]}).to_parquet(ghosts)
     materialize(["raw/universe", "raw/concepts"], ghosts, ingest)
-    warnings = materialize(["models/hist_checkpoint"], ghosts, train)
+    warnings = [w for w in materialize(["models/hist_checkpoint"], ghosts, train)
+                if "were made by this checkpoint's previous weights" not in w]  # (the copied warehouse's scores)
     assert warnings == ["hist: raw.concepts holds no concept membership of this window's stocks, so the predefined-"
                         "concept module reads all-zero rows; name a file of memberships with QPIPE_CONCEPTS (the README "
                         "shows how to make one from Qlib's HIST .npy files)"], warnings
@@ -353,3 +355,51 @@ def test_concept_matrix_follows_the_checkpoints_concepts():
     membership, row = concept_matrix(con, np.array(["B", "A", "C", "A"]), ["AI", "Energy"])  # NewTheme came later
     np.testing.assert_array_equal(membership, [[1, 1], [0, 1], [0, 0]])  # a row per stock, A B C; C has none
     np.testing.assert_array_equal(row, [1, 0, 2, 0])  # each instrument's row of it
+
+
+def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are_gone_is_not_replaced(env):
+    """Found by a user: predictions silently used an older checkpoint when the newer one's files were gone, a
+    retrained checkpoint left the scores of its old weights in place unnamed, and no score could be traced to the
+    weights that made it."""
+    resources, root = env
+    instance = dg.DagsterInstance.ephemeral()
+
+    def materialize(keys, start, end, config=None, **options):
+        return dg.materialize(ASSETS, selection=[dg.AssetKey.from_user_string(k) for k in keys], instance=instance,
+                              tags={"dagster/asset_partition_range_start": start,
+                                    "dagster/asset_partition_range_end": end},
+                              resources=resources, run_config={"ops": config or {}}, **options)
+
+    def trained(day, lr):
+        params = {"n_epochs": 1, "batch_size": 256, "hidden_size": 8, "lr": lr}
+        result = materialize(["models/gru_checkpoint"], day, day,
+                             {"models__gru_checkpoint": {"config": {**QUICK, "params": params}}})
+        return result, json.loads((root / "checkpoints" / "gru" / f"{day}.json").read_text())["weights"]["sha256"]
+
+    first, sha = trained(DAY, 0.002)
+    (event,) = first.asset_materializations_for_node("models__gru_checkpoint")
+    assert event.metadata["weights_sha256"].value == sha
+    assert instance.get_latest_data_version_record(dg.AssetKey(["models", "gru_checkpoint"]), partition_key=DAY) \
+        .asset_materialization.tags["dagster/data_version"] == sha  # the same weights again: nothing downstream stale
+    predicted = materialize(["predictions/gru_predictions"], *SCORED)
+    assert predicted.asset_materializations_for_node("predictions__gru_predictions")[0].metadata[
+        "weights_sha256"].value == f"{DAY} {sha}"
+
+    retrained, new_sha = trained(DAY, 0.02)
+    assert new_sha != sha
+    warnings = [e.user_message for e in instance.all_logs(retrained.run_id) if e.level == logging.WARNING]
+    assert any(f"the stored gru scores of {SCORED[0]}..{SCORED[1]} were made by this checkpoint's previous weights "
+               f"({sha[:12]}; now {new_sha[:12]})" in w and "--partition-range 2024-02-01...2024-03-28" in w
+               for w in warnings), warnings
+
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        before = con.execute("SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY ALL").fetchall()
+    trained("2024-02-15", 0.002)
+    (root / "checkpoints" / "gru" / "2024-02-15.json").unlink()  # its files lost; Dagster still holds it
+    failed = materialize(["predictions/gru_predictions"], *SCORED, raise_on_error=False)
+    assert not failed.success
+    error = failed.get_step_failure_events()[0].event_specific_data.error.to_string()
+    assert ("models/gru_checkpoint 2024-02-15 is materialized in Dagster but its files are not in" in error
+            and f"the scores of 2024-02-15..{SCORED[1]} would come from checkpoint {DAY} instead" in error), error
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        assert con.execute("SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY ALL").fetchall() == before

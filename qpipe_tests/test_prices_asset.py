@@ -4,13 +4,22 @@ import datetime as dt
 import logging
 
 import dagster as dg
+import duckdb
 import pandas as pd
 import pytest
 
 from qpipe.assets.prices import raw_prices, raw_universe
-from qpipe.resources import PriceSource, Warehouse
+from qpipe.calendar import trading_days
+from qpipe.data import warehouse as wh
+from qpipe.data.validation import CELLS_A_PRICE_ROW
+from qpipe.resources import Compute, PriceSource, Warehouse
 from qpipe_tests.conftest import table_rows
 from qpipe_tests.test_sources import BAD_CASES, GOOD
+
+
+def _resources(warehouse_path, source: PriceSource, **compute) -> dict:
+    return {"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source,
+            "compute": Compute(threads=1, **compute)}
 
 
 def _materialize(warehouse_path, source: PriceSource, partition: str | None = None,
@@ -22,7 +31,7 @@ def _materialize(warehouse_path, source: PriceSource, partition: str | None = No
     config = {"ops": {name: {"config": {"replace": True}} for name in ("raw__prices", "raw_universe")}} if replace else None
     return dg.materialize([raw_prices, raw_universe], partition_key=partition, tags=tags, raise_on_error=raise_on_error,
                           run_config=config,
-                          resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+                          resources=_resources(warehouse_path, source))
 
 
 SYNTHETIC = PriceSource(kind="synthetic", n_instruments=40, seed=3)
@@ -92,7 +101,7 @@ def test_qlib_universe_covers_the_market_and_benchmark_and_names_members_without
     source = PriceSource(kind="qlib", path=str(root), market="syn10", benchmark="SYN0030")
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([raw_universe], instance=instance,
-                            resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+                            resources=_resources(warehouse_path, source))
     spans = table_rows(warehouse_path, "raw.universe")
     assert {r[1] for r in spans if r[0] == "all"} == (members | {"SYN0030"}) - {"GHOST"}
     assert {r[1] for r in spans if r[0] == "syn10"} == members | {"GHOST"}
@@ -145,8 +154,7 @@ def test_a_session_missing_from_a_whole_csv_source_is_named_in_a_warning(tmp_pat
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([raw_prices], instance=instance, tags={"dagster/asset_partition_range_start": "2024-03-01",
                                                                    "dagster/asset_partition_range_end": "2024-03-08"},
-                            resources={"warehouse": Warehouse(database=str(warehouse_path)),
-                                       "price_source": PriceSource(kind="tabular", path=str(path))})
+                            resources=_resources(warehouse_path, PriceSource(kind="tabular", path=str(path))))
     warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
     assert any(w.startswith("1 sessions of XNYS have no row for any instrument in ") and "2024-03-05" in w
                and "QPIPE_CALENDAR=XNYS refuses such a source" in w for w in warnings), warnings
@@ -185,7 +193,7 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([raw_prices], instance=instance, tags={"dagster/asset_partition_range_start": "2024-01-09",
                                                                    "dagster/asset_partition_range_end": "2024-01-10"},
-                            resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+                            resources=_resources(warehouse_path, source))
     stored = {(r[1], r[0].isoformat()): r for r in table_rows(warehouse_path, "raw.prices")}
     # date, instrument, open, high, low, close, vwap, volume, factor: continuous on the stored basis
     assert stored["AAA", "2024-01-08"][5] == 104.0 and stored["AAA", "2024-01-08"][8] == 1.0
@@ -209,7 +217,7 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
     pd.concat([frame, extra]).to_csv(path, index=False)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([raw_prices], instance=instance, partition_key="2024-01-11",
-                            resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+                            resources=_resources(warehouse_path, source))
     warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
     assert any("the source's prices of 2024-01-10 differ from the stored ones for 1 instruments (BBB)" in w
                and "--partition-range 2024-01-10...2024-01-11" in w for w in warnings), warnings
@@ -226,7 +234,7 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
     _materialize(warehouse_path, source, partition_range=("2024-01-12", "2024-02-09"))
     instance = dg.DagsterInstance.ephemeral()
     dg.materialize([raw_prices], instance=instance, partition_key="2024-02-12",
-                   resources={"warehouse": Warehouse(database=str(warehouse_path)), "price_source": source})
+                   resources=_resources(warehouse_path, source))
     aaa = {r[0].isoformat(): r for r in table_rows(warehouse_path, "raw.prices") if r[1] == "AAA"}
     assert aaa["2024-02-12"][5] == pytest.approx(aaa["2024-01-10"][5])  # the stored basis (x2), not the source's
 
@@ -240,18 +248,81 @@ def test_anchoring_backfills_onto_the_first_later_stored_day_and_names_what_it_c
     from qpipe.data.anchoring import anchor
 
     rows = pd.DataFrame([_day("2024-01-02", "AAA", 50.0), _day("2024-01-02", "NEW", 10.0)])
+    day, priced = pd.Timestamp("2024-01-02"), ["AAA", "NEW"]
     source = pd.DataFrame([_day("2024-01-03", "AAA", 51.237), _day("2024-01-03", "NEW", 10.0)])
     stored = pd.DataFrame([_day("2024-01-03", "AAA", 2 * 51.237, 500.0)])  # stored on a basis 2x the source's
-    anchored = anchor(rows, source, stored)
+    anchored = anchor(day, day, priced, source, stored)
     assert anchored.scale == {"AAA": pytest.approx(2.0)} and anchored.unanchored == ["NEW"] and not anchored.restated
-    aaa = anchored.rows.set_index("instrument").loc["AAA"]
-    assert (aaa["close"], aaa["factor"], aaa["volume"]) == (pytest.approx(100.0), pytest.approx(2.0), pytest.approx(500.0))
+    with duckdb.connect() as con:  # the warehouse writes the rows on the stored basis
+        wh.write_prices(con, rows, day, day, calendar="XNYS", scale=anchored.scale)
+        written = con.execute("SELECT instrument, close, factor, volume FROM raw.prices ORDER BY instrument").fetchall()
+    assert written == [("AAA", pytest.approx(100.0), pytest.approx(2.0), pytest.approx(500.0)), ("NEW", 10.0, 1.0, 1000.0)]
     rounded = source.assign(**{c: source[c].round(2) for c in ("open", "high", "low")})  # a vendor's cents
-    assert not anchor(rows, rounded, stored).restated
+    assert not anchor(day, day, priced, rounded, stored).restated
     restated = source.assign(open=source["open"] * 1.01)
-    assert list(anchor(rows, restated, stored).restated) == ["AAA"]
+    assert list(anchor(day, day, priced, restated, stored).restated) == ["AAA"]
     # stored before the rows on the source's basis, after them on twice it (a backfill into a gap across a re-basing)
     source_around = pd.DataFrame([_day("2024-01-01", "AAA", 40.0), _day("2024-01-03", "AAA", 51.237)])
     stored_around = pd.DataFrame([_day("2024-01-01", "AAA", 40.0), _day("2024-01-03", "AAA", 2 * 51.237)])
-    seam = anchor(rows[rows["instrument"] == "AAA"], source_around, stored_around)
+    seam = anchor(day, day, ["AAA"], source_around, stored_around)
     assert not seam.scale and seam.seams == {"AAA": pd.Timestamp("2024-01-03")}
+
+
+def _vendor_year(path, split_on: str | None = None, high_below_low_on: str | None = None) -> None:
+    """A back-adjusted vendor's file of three stocks over 2024's sessions to September: AAA splits 2:1 on ``split_on``
+    (its adj close then halves every day before it), CCC has a high below its low on ``high_below_low_on``."""
+    rows = []
+    for i, day in enumerate(str(d) for d in trading_days("2024-01-02", "2024-09-30")):
+        for name, price in (("AAA", 100.0 + 0.1 * i), ("BBB", 50.0 - 0.05 * i), ("CCC", 20.0 + 0.01 * i)):
+            split = name == "AAA" and split_on is not None
+            traded = price / 2 if split and day >= split_on else price
+            high, low = (traded * 0.99, traded * 1.01) if name == "CCC" and day == high_below_low_on else (
+                traded * 1.01, traded * 0.99)
+            rows.append((day, name, traded, high, low, traded, price / 2 if split else price, 1000.0))
+    pd.DataFrame(rows, columns=["date", "symbol", "open", "high", "low", "close", "adj_close", "volume"]).to_csv(
+        path, index=False)
+
+
+def test_a_long_range_is_read_in_blocks_checked_one_by_one_and_stored_in_one_transaction(tmp_path):
+    """A first load of years of thousands of stocks held the whole range in memory (5,000 instruments x 2,500
+    sessions from one Parquet file: 7.8 GB): it is read in blocks of about QPIPE_LOAD_CELLS / 16 price rows, each
+    validated, staged, and put in place with each stock's adjustment basis in one transaction."""
+    path = tmp_path / "prices.csv"
+    source = PriceSource(kind="tabular", path=str(path))
+    tables = {}
+    for label, compute in (("blocks", {"load_cells": CELLS_A_PRICE_ROW * 100}), ("default", {})):  # 33 sessions a block
+        warehouse_path = tmp_path / f"{label}.duckdb"
+        _vendor_year(path)
+        dg.materialize([raw_prices], tags={"dagster/asset_partition_range_start": "2024-01-02",
+                                           "dagster/asset_partition_range_end": "2024-01-31"},
+                       resources=_resources(warehouse_path, source, **compute))  # January, before AAA's split
+        _vendor_year(path, split_on="2024-06-03")
+        result = dg.materialize([raw_prices], tags={"dagster/asset_partition_range_start": "2024-02-01",
+                                                    "dagster/asset_partition_range_end": "2024-09-30"},
+                                resources=_resources(warehouse_path, source, **compute))
+        (materialization, *_) = result.asset_materializations_for_node("raw__prices")
+        tables[label] = (table_rows(warehouse_path, "raw.prices"), materialization.metadata["read_blocks"].value)
+    (rows, blocks), (default_rows, default_blocks) = tables["blocks"], tables["default"]
+    assert blocks >= 5 and default_blocks == 2  # the first read of 60 sessions, then the rest at once
+    assert rows == default_rows and len(rows) == 3 * len(trading_days("2024-01-02", "2024-09-30"))
+    with duckdb.connect(str(tmp_path / "blocks.duckdb"), read_only=True) as con:  # stored in date order
+        assert con.execute(f"SELECT bool_and(date >= prior) FROM (SELECT date, lag(date) OVER (ORDER BY rowid) "
+                           f"AS prior FROM {wh.PRICES})").fetchone()[0]
+    aaa = sorted(r for r in rows if r[1] == "AAA")  # on January's basis (x2) through the split: no -50% day
+    assert [r[5] for r in aaa] == pytest.approx([100.0 + 0.1 * i for i in range(len(aaa))])
+    split = [r[0].isoformat() >= "2024-06-03" for r in aaa]
+    assert [r[5] / r[8] for r in aaa] == pytest.approx([r[5] / 2 if after else r[5] for r, after in zip(aaa, split)])
+
+    # a high below the low in the last block: refused by name, nothing written, no staging table left behind
+    _vendor_year(path, split_on="2024-06-03", high_below_low_on="2024-09-20")
+    warehouse_path = tmp_path / "blocks.duckdb"
+    result = dg.materialize([raw_prices], tags={"dagster/asset_partition_range_start": "2024-02-01",
+                                                "dagster/asset_partition_range_end": "2024-09-30"},
+                            resources=_resources(warehouse_path, source, load_cells=CELLS_A_PRICE_ROW * 100),
+                            raise_on_error=False)
+    assert not result.success
+    failure = _failure_text(result)
+    assert "high < low" in failure and "CCC" in failure and "2024-09-20" in failure and "Nothing was written" in failure
+    assert table_rows(warehouse_path, "raw.prices") == rows
+    with duckdb.connect(str(warehouse_path)) as con:
+        assert not wh.has_table(con, f"{wh.PRICES}{wh.STAGING}")

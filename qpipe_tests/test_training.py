@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -270,6 +271,7 @@ def test_checkpoint_round_trip_predicts_identically(small_run, tmp_path):
     assert document["windows"]["valid"] == ["2020-01-21", "2020-01-30"]
     assert document["best_epoch"] == result.best_epoch and len(document["history"]) == len(result.history)
     assert document["seed"] == 1 and document["device"] == "cpu" and "torch" in document["versions"]
+    assert re.fullmatch(r"[0-9a-f]{40}(\+changes)?", document["versions"]["qpipe_source"])  # the code that trained it
 
 
 def test_corrupt_or_mismatched_checkpoints_are_refused(small_run, tmp_path):

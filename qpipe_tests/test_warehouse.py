@@ -15,7 +15,7 @@ import pytest
 from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import load_source
-from qpipe.resources import Warehouse, WarehouseBusy
+from qpipe.resources import DamagedWarehouse, Warehouse, WarehouseBusy
 from qpipe_tests.conftest import table_rows
 
 
@@ -104,6 +104,21 @@ def test_a_warehouse_held_too_long_is_a_clear_error_naming_the_process(tmp_path)
                 pass
     finally:
         holder.kill()
+
+
+def test_a_damaged_warehouse_file_is_named_as_damaged_and_left_as_it_is(tmp_path):
+    """Found by a user: a warehouse copied while a run wrote it failed every step with DuckDB's 'Could not read
+    enough bytes from file', which names neither the cause nor what to do."""
+    path = tmp_path / "warehouse.duckdb"
+    with Warehouse(database=str(path)).get_connection() as con:
+        con.execute("CREATE TABLE scores AS SELECT range AS i, random() AS x FROM range(2000000)")
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DamagedWarehouse, match=r"the warehouse .*warehouse.duckdb is damaged: DuckDB cannot read it "
+                                               r"\(IO Error: Could not read enough bytes.*Nothing was written"):
+        with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection():
+            pass
+    assert path.read_bytes() == whole[:len(whole) // 2]
 
 
 @pytest.mark.parametrize("environment", ["default", pytest.param("lake extra", marks=pytest.mark.lake)])

@@ -142,8 +142,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                     checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:
         import torch
 
-        from qpipe.training import dataset, distributed
-        from qpipe.training.checkpoint import save_checkpoint
+        from qpipe.training import dataset, distributed, predicting
+        from qpipe.training.checkpoint import save_checkpoint, stored_weights_sha
         from qpipe.training.engine import epoch_line, train
         from qpipe.training.reproducibility import resolve_device
 
@@ -151,7 +151,10 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         settings = get_settings()
         model = config.resolve(arch)
         processing = config.processing(model)
+        path = checkpoints.path_for(arch, day)
+        previous = stored_weights_sha(path)
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
+            scored = predicting.days_scored_by(con, arch, day) if previous else None
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
                                               market=config.market or settings.market,
                                               shuffle_labels=config.shuffle_labels, processing=processing,
@@ -178,11 +181,11 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                 result = train(model, data.train, data.valid, device=devices[0],
                                on_epoch=lambda m: context.log.info(epoch_line(m)),
                                on_progress=lambda p: context.log.info(p.line()), log=context.log.info)
-        path = checkpoints.path_for(arch, day)
         weights, sidecar = save_checkpoint(path, result, model, columns=data.train.columns, windows=data.windows.to_json(),
                                            processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state(),
                                                             "process_type": data.process_type},
-                                           provenance={"train_config": config.model_dump(), "run_id": context.run.run_id},
+                                           provenance={"train_config": config.model_dump(), "run_id": context.run.run_id,
+                                                       "market": config.market or settings.market},  # as resolved
                                            concepts=data.concepts)
         best = result.history[result.best_epoch - 1]
         context.log.info(f"best epoch {result.best_epoch}/{len(result.history)}: valid IC {best['valid_ic']:+.4f}, "
@@ -192,8 +195,15 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
 
         chart = training_curves_chart(result.history, result.best_epoch, f"{arch} {day}",
                                       Path(checkpoints.root) / arch / f"{day}.curves.png")
-        return dg.MaterializeResult(metadata={
+        sha = stored_weights_sha(path)
+        if scored and sha != previous:
+            context.log.warning(
+                f"the stored {arch} scores of {scored[0]}..{scored[1]} were made by this checkpoint's previous weights "
+                f"({previous[:12]}; now {sha[:12]}): predict them again to have them from these "
+                f"(dg launch --assets predictions/{arch}_predictions --partition-range {scored[0]}...{scored[1]})")
+        return dg.MaterializeResult(data_version=dg.DataVersion(sha), metadata={
             "dagster/uri": str(weights),
+            "weights_sha256": sha,  # the data version: the same weights again leave the predictions up to date
             **training_metadata(result, model.params, int(data.train.is_sample.sum())),
             "curves": dg.MetadataValue.path(str(chart)),
             "best_epoch": result.best_epoch,
@@ -212,6 +222,23 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         })
 
     return _checkpoint
+
+
+def lost_checkpoints(instance: dg.DagsterInstance, arch: str, checkpoints: CheckpointStore) -> list[str]:
+    """The checkpoint partitions Dagster last materialized into this store whose files are gone (a checkpoint
+    materialized into another QPIPE_HOME is not this store's)."""
+    key, folder = checkpoint_key(arch), checkpoints.path_for(arch, "").resolve()
+    gone = sorted(instance.get_materialized_partitions(key) - set(checkpoints.partitions(arch)))
+    if not gone:
+        return []
+    latest: dict[str, str] = {}
+    for record in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=gone),
+                                                  limit=10 * len(gone)).records:  # newest first
+        event = record.asset_materialization
+        uri = event.metadata.get("dagster/uri") if event else None
+        if event and event.partition not in latest and uri is not None:
+            latest[event.partition] = uri.value
+    return [p for p in gone if p in latest and Path(latest[p]).resolve().parent == folder]
 
 
 def _pipes_runner(context: dg.AssetExecutionContext):
@@ -266,11 +293,13 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         start, end = partition_dates(context)
         with warehouse.get_connection() as con:
             written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
-                                                         market=get_settings().market, load_cells=compute.load_cells)
+                                                         market=get_settings().market, load_cells=compute.load_cells,
+                                                         recorded=lost_checkpoints(context.instance, arch, checkpoints))
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
-                         f"{', '.join(used)}" + recording(context))
+                         f"{', '.join(f'{p} (weights {sha[:12]})' for p, sha in used.items())}" + recording(context))
         return dg.MaterializeResult(metadata={"dagster/partition_row_count": written,
-                                              "checkpoints": ", ".join(used)})
+                                              "checkpoints": ", ".join(used),
+                                              "weights_sha256": ", ".join(f"{p} {sha}" for p, sha in used.items())})
 
     return _predictions
 

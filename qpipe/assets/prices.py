@@ -7,10 +7,11 @@ from pydantic import Field
 
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
-from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored, anchor_to_warehouse
-from qpipe.data.validation import check_sessions, first_few
+from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored
+from qpipe.data.ingest import NoRows, ingest_prices
+from qpipe.data.validation import first_few
 from qpipe.partitions import daily_freshness, trading_days
-from qpipe.resources import PriceSource, Warehouse
+from qpipe.resources import Compute, PriceSource, Warehouse
 
 PRICES, UNIVERSE, CONCEPTS = dg.AssetKey(["raw", "prices"]), dg.AssetKey(["raw", "universe"]), dg.AssetKey(["raw", "concepts"])
 
@@ -45,21 +46,12 @@ class IngestConfig(dg.Config):
     metadata={"dagster/table_name": wh.PRICES},
 )
 def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse,
-               price_source: PriceSource):
+               price_source: PriceSource, compute: Compute):
     start, end = partition_dates(context)
     calendar = market_calendar()
     if end.date() > calendar.today():
         raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
-    source = price_source.source()
-    read = source.prices(*anchor_sessions(calendar, start, end))  # those days only, and those around to anchor on
-    rows = read[read["date"].between(start, end)]
-    if rows.empty:
-        first, last = source.span()
-        raise dg.Failure(f"{price_source.describe()} has no rows between {start.date()} and {end.date()} "
-                         f"(it covers {first}..{last}); nothing was written")
-    check_sessions(rows["date"], calendar.trading_days(start, end), price_source.describe(), calendar.name,
-                   calendar.matched)
     # (a Qlib provider's day.txt is its calendar, as for Qlib: only a CSV/Parquet source's dates are checked)
     gaps = calendar.sessions_lacking(start, end) if price_source.kind == "tabular" else []
     if len(gaps):
@@ -68,31 +60,26 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
             f"{first_few(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
             f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
     with warehouse.get_connection() as con:
-        anchored, unanchored = anchor_to_warehouse(con, source, read, start, end)
-        rows = anchored.rows
-        wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=config.replace)
-    report_anchoring(context, anchored, unanchored, end)
-    suspended = int(rows["close"].isna().sum())
-    context.log.info(f"wrote {len(rows)} price rows ({suspended} suspended) for {rows['instrument'].nunique()} instruments"
+        try:
+            done = ingest_prices(con, price_source.source(), calendar, start, end, price_source.describe(),
+                                 replace=config.replace, load_cells=compute.load_cells,
+                                 log=context.log.info)
+        except NoRows as error:
+            raise dg.Failure(str(error)) from None
+    report_anchoring(context, done.anchored, done.unanchored, end)
+    context.log.info(f"wrote {done.rows} price rows ({done.suspended} suspended) for {done.instruments} instruments"
                      + recording(context))
     return dg.MaterializeResult(metadata={
-        "dagster/partition_row_count": len(rows),
-        "instruments": int(rows["instrument"].nunique()),
-        "suspended_rows": suspended,
-        "first_date": str(rows["date"].min().date()),
-        "last_date": str(rows["date"].max().date()),
+        "dagster/partition_row_count": done.rows,
+        "instruments": done.instruments,
+        "suspended_rows": done.suspended,
+        "first_date": str(done.first.date()),
+        "last_date": str(done.last.date()),
         "source": price_source.describe(),
         "sessions_without_rows": len(gaps),  # of the exchange a source's own calendar matched (see the warning)
-        "rebased_instruments": len(anchored.scale),  # scaled onto the stored adjustment basis (qpipe.data.anchoring)
+        "rebased_instruments": len(done.anchored.scale),  # scaled onto the stored adjustment basis (qpipe.data.anchoring)
+        "read_blocks": done.blocks,  # of about QPIPE_LOAD_CELLS / 16 price rows each (qpipe.data.ingest)
     })
-
-
-def anchor_sessions(calendar, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The range widened by the ANCHOR_SESSIONS sessions before and after it (none after today)."""
-    span = pd.Timedelta(days=5 * ANCHOR_SESSIONS)
-    before = calendar.trading_days(start - span, start)[-ANCHOR_SESSIONS - 1:]
-    after = calendar.trading_days(end, min(end + span, pd.Timestamp(calendar.today())))[:ANCHOR_SESSIONS + 1]
-    return pd.Timestamp(before[0]), pd.Timestamp(after[-1]) if len(after) else end
 
 
 def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unanchored: list[str],
@@ -136,9 +123,9 @@ def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unan
     group_name="ingest",
 )
 def raw_universe(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse,
-                 price_source: PriceSource):
+                 price_source: PriceSource, compute: Compute):
     source = price_source.source()
-    universe, concepts = source.reference()
+    universe, concepts = source.reference(load_cells=compute.load_cells)
     if price_source.concepts:
         from qpipe.data.concepts import read_concepts
 

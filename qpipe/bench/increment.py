@@ -36,7 +36,8 @@ from qpipe.resources import build_resources
 day = sys.argv[1]
 resources = build_resources()
 began = time.perf_counter()
-result = dg.materialize([raw_prices], partition_key=day, resources={k: resources[k] for k in ("warehouse", "price_source")})
+result = dg.materialize([raw_prices], partition_key=day,
+                        resources={k: resources[k] for k in ("warehouse", "price_source", "compute")})
 wall = time.perf_counter() - began
 step = result.get_step_success_events()[0].event_specific_data.duration_ms / 1000
 print(json.dumps({"wall": wall, "step": step,

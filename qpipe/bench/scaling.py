@@ -5,8 +5,10 @@
 
 For each size a synthetic market of that many instruments x ``--days`` trading days is stored in a
 DuckDB file as the assets store it (prices and universe). Then, each in a fresh process so its peak RSS
-is its own: the feature materialization (Alpha158 + Alpha360 + label over every day but the last two, as the
-assets write them), a daily increment (the same three tables for the next day, then the last day: the table
+is its own: the ingest of that market's whole history from one Parquet file as a vendor ships it (raw/prices' read
+in blocks of ``--load-cells`` / 64 price rows, validated, anchored and stored in one transaction; then raw/universe's
+spans of the file, their time printed below the table), the feature materialization (Alpha158 + Alpha360 + label
+over every day but the last two, as the assets write them), a daily increment (the same three tables for the next day, then the last day: the table
 shows the second, the first after the backfill is printed below it), one LSTM Alpha360 checkpoint's data load
 (720 train + 240 valid days, Qlib's processors, ``--load-cells`` feature cells at a time; the size of the frames it
 returns is printed beside it, and whether they were memory-mapped, as frames of more than ``--frame-cells`` cells
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from qpipe.settings import BLOCK_CELLS, FRAME_CELLS, LOAD_CELLS
 
-PHASES = ("features", "increment", "load", "predict", "backtest")
+PHASES = ("ingest", "features", "increment", "load", "predict", "backtest")
 CHECKPOINT_DAY = 300  # the predictions' checkpoint is trained as of this trading day, on the 200 + 60 before it
 
 
@@ -48,6 +50,8 @@ def run_phase(phase: str, path: Path, instruments: int, days: int, block_cells: 
             wh.write_prices(con, market.prices, market.prices["date"].min(), market.prices["date"].max(), "XNYS")
             wh.write_universe(con, market.universe, market.concepts)
         return {"rows": len(market.prices)}
+    if phase == "ingest":
+        return _ingest(path, load_cells)
     with duckdb.connect(str(path), config=wh.CONNECTION_CONFIG) as con:
         days_ = store.calendar(con)
         first, last = days_[0], days_[-1]
@@ -113,6 +117,35 @@ def _predictions(con, phase: str, root: Path, as_of, load_cells: int) -> dict:
             "anonymous_gb": anonymous()}
 
 
+def _ingest(path: Path, load_cells: int) -> dict:
+    """The stored market as a vendor's Parquet file (not timed), then raw/prices' load of its whole history into a
+    warehouse of its own and raw/universe's spans of it, as the assets run them."""
+    import duckdb
+
+    from qpipe.bench import anonymous_peak, peak_rss_gb
+    from qpipe.calendar import exchange_calendar
+    from qpipe.data import warehouse as wh
+    from qpipe.data.ingest import ingest_prices
+    from qpipe.data.tabular import TabularSource
+
+    file = path.parent / "vendor.parquet"
+    with duckdb.connect(str(path), read_only=True) as con:
+        first, last = con.execute(f"SELECT min(date), max(date) FROM {wh.PRICES}").fetchone()
+        con.execute(f"COPY (SELECT date, instrument AS symbol, open, high, low, close, vwap, volume, factor "
+                    f"FROM {wh.PRICES} ORDER BY date, instrument) TO '{file}' (FORMAT parquet)")
+    source = TabularSource(str(file))
+    with anonymous_peak() as anonymous, duckdb.connect(str(path.parent / "ingested.duckdb"),
+                                                        config=wh.CONNECTION_CONFIG) as con:
+        began = time.perf_counter()
+        done = ingest_prices(con, source, exchange_calendar("XNYS"), first, last, "vendor.parquet",
+                             load_cells=load_cells)
+        ingested = time.perf_counter()
+        spans, _ = source.reference(load_cells=load_cells)
+        return {"seconds": ingested - began, "universe_seconds": time.perf_counter() - ingested, "rows": done.rows,
+                "blocks": done.blocks, "instruments": len(spans), "peak_rss_gb": peak_rss_gb(),
+                "anonymous_gb": anonymous()}
+
+
 def _write(con, start, end, block_cells: int) -> int:
     """The three feature tables' rows for [start, end], as the assets write them; returns rows written."""
     from qpipe.features import store
@@ -172,6 +205,11 @@ def main() -> None:
             table[n] = {phase: in_fresh_process(phase, path, n, args.days, *cells) for phase in needed}
         print(f"{n:>11,} {rows:>11,} " + " ".join(
             f"{table[n][p]['seconds']:>12.2f} {table[n][p]['peak_rss_gb']:>6.2f}" for p in phases), flush=True)
+        if "ingest" in phases:
+            ingest = table[n]["ingest"]
+            print(f"{'':>24}(the ingest's {ingest.get('blocks', 0)} blocks of rows; raw/universe's spans of the file: "
+                  f"{ingest.get('universe_seconds', float('nan')):.2f} s; anonymous memory at its peak "
+                  f"{ingest.get('anonymous_gb', float('nan')):.2f} GB)", flush=True)
         if "increment" in phases:
             first = table[n]["increment"].get("first_seconds", float("nan"))
             print(f"{'':>24}(the first increment after the backfill: {first:.2f} s)", flush=True)

@@ -18,6 +18,7 @@ Where the stored rows after the range are on another basis than those before it 
 the source re-based), the rows join those before, and the stock is named with the first session after.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -33,7 +34,8 @@ OHLC = ["open", "high", "low", "close"]
 
 @dataclass(frozen=True)
 class Anchored:
-    rows: pd.DataFrame  # the incoming rows, on the stored basis
+    """Each stock's basis: the warehouse writes its rows x ``scale`` (``wh.write_prices``)."""
+
     scale: dict[str, float] = field(default_factory=dict)  # instrument -> k, where the stored basis is not the source's
     restated: dict[str, pd.Timestamp] = field(default_factory=dict)  # instrument -> the anchor session it restated
     # instrument -> the first stored session after the rows, where it is on another basis than the one before them
@@ -41,13 +43,15 @@ class Anchored:
     unanchored: list[str] = field(default_factory=list)  # stocks with prices in the rows and no session to anchor on
 
 
-def anchor(rows: pd.DataFrame, source_near: pd.DataFrame, stored_near: pd.DataFrame) -> Anchored:
-    """``rows`` (the source's, of a range) on the basis of the warehouse: ``stored_near`` are its rows of the sessions
-    around the range, ``source_near`` the source's rows of the same sessions."""
+def anchor(start: pd.Timestamp, end: pd.Timestamp, priced: Iterable[str], source_near: pd.DataFrame,
+           stored_near: pd.DataFrame) -> Anchored:
+    """The basis of the source's rows of [start, end] (``priced``: the stocks with prices among them) in the
+    warehouse: ``stored_near`` are its rows of the sessions around the range, ``source_near`` the source's rows of
+    the same sessions."""
     shared = stored_near.merge(source_near, on=["date", "instrument"], suffixes=("", "_source"))
     shared = shared.dropna(subset=[*OHLC, *(f"{c}_source" for c in OHLC)])
-    before = shared[shared["date"] < rows["date"].min()].sort_values("date").drop_duplicates("instrument", keep="last")
-    after = shared[shared["date"] > rows["date"].max()].sort_values("date").drop_duplicates("instrument", keep="first")
+    before = shared[shared["date"] < start].sort_values("date").drop_duplicates("instrument", keep="last")
+    after = shared[shared["date"] > end].sort_values("date").drop_duplicates("instrument", keep="first")
     chosen = pd.concat([before, after[~after["instrument"].isin(before["instrument"])]])
     k = (chosen["close"] / chosen["close_source"]).to_numpy()
     both = before.merge(after, on="instrument", suffixes=("_before", "_after"))
@@ -58,32 +62,24 @@ def anchor(rows: pd.DataFrame, source_near: pd.DataFrame, stored_near: pd.DataFr
     stored = chosen[OHLC].to_numpy()
     same = (np.abs(stored - expected) <= np.maximum(RELATIVE * np.abs(stored), CENT * k[:, None])).all(axis=1)
     names = chosen["instrument"].to_numpy()
-    unanchored = sorted(set(rows["instrument"][rows["close"].notna()]) - set(names))  # (suspended rows need none)
+    unanchored = sorted(set(priced) - set(names))  # (suspended rows need none)
     scale = {name: factor for name, factor in zip(names, k.tolist())
              if not np.isclose(factor, 1.0, rtol=RELATIVE, atol=0)}
     restated = dict(zip(names[~same], chosen["date"].to_numpy()[~same]))
-    if not scale:
-        return Anchored(rows, scale, restated, seams, unanchored)
-    by_row = rows["instrument"].map(scale).fillna(1.0).to_numpy()
-    out = rows.copy()
-    for column in (*OHLC, "vwap", "factor"):
-        out[column] = out[column] * by_row
-    out["volume"] = out["volume"] / by_row
-    return Anchored(out, scale, restated, seams, unanchored)
+    return Anchored(scale, restated, seams, unanchored)
 
 
-def anchor_to_warehouse(con: duckdb.DuckDBPyConnection, source, read: pd.DataFrame, start: pd.Timestamp,
-                        end: pd.Timestamp) -> tuple[Anchored, list[str]]:
-    """The source's rows of [start, end] (``read``: those and the sessions around them) on the warehouse's basis,
-    and the stocks with stored prices that nothing anchors (none before them; none within ANCHOR_SESSIONS after)."""
-    in_range = read["date"].between(start, end)
-    rows, around = read[in_range].reset_index(drop=True), read[~in_range]
+def anchor_to_warehouse(con: duckdb.DuckDBPyConnection, source, start: pd.Timestamp, end: pd.Timestamp,
+                        priced: Iterable[str], around: pd.DataFrame) -> tuple[Anchored, list[str]]:
+    """The basis in the warehouse of the source's rows of [start, end] (``priced``: the stocks with prices among
+    them; ``around``: the source's rows of the sessions around the range), and the stocks with stored prices that
+    nothing anchors (none before them; none within ANCHOR_SESSIONS after)."""
     one_day = pd.Timedelta(days=1)  # the stored rows around the range, not those it replaces
-    stored = pd.concat([wh.read_prices(con, read["date"].min(), start - one_day),
-                        wh.read_prices(con, end + one_day, read["date"].max())])
-    anchored = anchor(rows, around, stored)
+    stored = pd.concat([wh.read_prices(con, around["date"].min(), start - one_day),
+                        wh.read_prices(con, end + one_day, around["date"].max())]) if len(around) else around
+    anchored = anchor(start, end, priced, around, stored)
     far = wh.last_priced_days(con, anchored.unanchored, before=start)  # back from a suspension: its last stored day
     if len(far):
         source_far = pd.concat([source.prices(day, day) for day in sorted(far["date"].unique())])
-        anchored = anchor(rows, pd.concat([around, source_far]), pd.concat([stored, far]))
+        anchored = anchor(start, end, priced, pd.concat([around, source_far]), pd.concat([stored, far]))
     return anchored, wh.instruments_with_prices(con, anchored.unanchored, outside=(start, end))

@@ -185,8 +185,9 @@ class QlibSource:
     def universe(self) -> pd.DataFrame:
         return read_instruments(Path(self.path), self.market)
 
-    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The ``all`` spans of the instruments read, plus the market file's spans; no concepts."""
+    def reference(self, load_cells: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The ``all`` spans of the instruments read (from the bins' headers alone, whatever ``load_cells``), plus
+        the market file's spans; no concepts."""
         spans = self.listing_spans()
         if self.market != "all":
             spans = pd.concat([spans, self.universe()], ignore_index=True)

@@ -2,7 +2,7 @@
 
 Every source answers three questions: ``prices(start, end)`` (validated canonical rows of those
 days only: a daily run reads one day, not the history), ``reference()`` (index membership spans
-and concept memberships), ``span()`` (its first and last day, for messages) and
+and concept memberships, holding at most about ``load_cells`` numbers of prices at once), ``span()`` (its first and last day, for messages) and
 ``missing_members()`` (members of the market without data, to warn about).
 """
 
@@ -21,6 +21,7 @@ from qpipe.data.synthetic import (
 )
 from qpipe.data.tabular import TabularSource
 from qpipe.data.validation import CONCEPT_COLUMNS, UNIVERSE_COLUMNS, validate_prices
+from qpipe.settings import LOAD_CELLS
 
 SOURCE_KINDS = ("synthetic", "tabular", "qlib")
 
@@ -28,7 +29,7 @@ SOURCE_KINDS = ("synthetic", "tabular", "qlib")
 class Source(Protocol):
     def prices(self, start=None, end=None) -> pd.DataFrame: ...
 
-    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]: ...
+    def reference(self, load_cells: int = LOAD_CELLS) -> tuple[pd.DataFrame, pd.DataFrame]: ...
 
     def span(self) -> tuple[np.datetime64, np.datetime64]: ...
 
@@ -62,7 +63,7 @@ class SyntheticSource:
     def prices(self, start=None, end=None) -> pd.DataFrame:
         return validate_prices(generate_market(self.spec, start=start, end=end).prices, f"synthetic(seed={self.seed})")
 
-    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def reference(self, load_cells: int = LOAD_CELLS) -> tuple[pd.DataFrame, pd.DataFrame]:
         market = generate_market(self.spec)
         return market.universe[UNIVERSE_COLUMNS], market.concepts[CONCEPT_COLUMNS]
 

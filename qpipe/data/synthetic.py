@@ -76,6 +76,9 @@ MOMENTUM_FROM, MOMENTUM_TO = 60, 20  # momentum = return from T-60 to T-20
 K_REVERSAL, K_MOMENTUM, K_VOLUME = 0.035, 0.025, 0.02
 VOLUME_AR, VOLUME_ON_MOVE, VOLUME_NOISE = 0.7, 0.3, 0.25
 ABS_SHOCK_MEAN = 0.75  # about E|z| of a unit-variance fat-tailed shock; centres the volume reaction
+# A move's volume reaction saturates at this many of the stock's typical daily sds: a crash trades several times
+# its usual volume, not 10^5 times (unbounded, a GARCH burst of +-30% days drove volumes past 1e15 shares a day).
+MOVE_CAP = 6.0
 TURNOVER = 0.005  # mean daily volume as a share of market cap
 
 
@@ -330,7 +333,6 @@ def _simulate(
     c_reversal = -strength * K_REVERSAL / np.sqrt(REVERSAL_DAYS)
     c_momentum = strength * K_MOMENTUM / np.sqrt(MOMENTUM_FROM - MOMENTUM_TO)
     c_volume = strength * K_VOLUME * s.idio_vol / volume_sd
-    move_to_volume = VOLUME_ON_MOVE / total_vol
     first_planted = MOMENTUM_FROM + 2
 
     log_close = np.zeros((n_days, n))
@@ -365,7 +367,7 @@ def _simulate(
             )
             ret += alpha - np.add.reduce(alpha) / n  # the effects are cross-sectional
         close = close + ret
-        volume = VOLUME_AR * volume + move_to_volume * np.abs(ret) + volume_shock
+        volume = VOLUME_AR * volume + VOLUME_ON_MOVE * np.minimum(np.abs(ret) / total_vol, MOVE_CAP) + volume_shock
         log_close[t], abnormal_volume[t] = close, volume
     mean_shares = np.log(TURNOVER * s.listing_cap / s.listing_price)
     return log_close, cond_vol, mean_shares + abnormal_volume, draws

@@ -19,7 +19,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qpipe.data.ingest import read_in_blocks
 from qpipe.data.validation import (
+    CELLS_A_PRICE_ROW,
+    UNIVERSE_COLUMNS,
     PriceDataError,
     empty_prices,
     first_few,
@@ -27,6 +30,7 @@ from qpipe.data.validation import (
     no_concepts,
     validate_prices,
 )
+from qpipe.settings import LOAD_CELLS
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "date": ("date", "datetime", "timestamp", "trade_date", "day", "time"),
@@ -145,19 +149,30 @@ class TabularSource:
         frame["_file"] = pd.Categorical.from_codes(frame.pop("_file_id"), [str(f) for f in files])
         return validate_prices(frame, self.path)
 
-    def reference(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The ``all`` market (each symbol's first to last date) from the whole table, validated: a bad row
-        anywhere fails the universe as it fails a day's prices. No concepts."""
-        return listing_spans(self.prices()), no_concepts()
+    def reference(self, load_cells: int = LOAD_CELLS) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The ``all`` market (each symbol's first to last date) from the whole table, validated as the ingest
+        validates a day's prices (a bad row anywhere fails the universe), in blocks of dates of about ``load_cells``
+        / ``CELLS_A_PRICE_ROW`` rows: memory holds one block, not the table. No concepts."""
+        days = self._days()
+        blocks = read_in_blocks(days, load_cells // CELLS_A_PRICE_ROW, lambda i, j: self.prices(days[i], days[j - 1]))
+        spans = pd.concat([listing_spans(rows) for _, rows in blocks], ignore_index=True)
+        spans = spans.groupby(["market", "instrument"], as_index=False).agg(start_date=("start_date", "min"),
+                                                                            end_date=("end_date", "max"))
+        return spans[UNIVERSE_COLUMNS], no_concepts()
 
     def missing_members(self) -> list[str]:
         return []
 
     def span(self) -> tuple[np.datetime64, np.datetime64]:
+        days = self._days()
+        return days[0], days[-1]
+
+    def _days(self) -> np.ndarray:
+        """``dates()``, at least one."""
         days = self.dates()
         if len(days) == 0:
             raise PriceDataError("empty source", self.path, detail="no dated rows")
-        return days[0], days[-1]
+        return days
 
     def dates(self) -> np.ndarray:
         """The distinct dates in the files (the source's calendar), read from the date column alone. Where more than

@@ -6,7 +6,7 @@ re-running a day never duplicates rows and a failure leaves the file exactly as 
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 
@@ -289,35 +289,52 @@ def instruments_with_prices(con: duckdb.DuckDBPyConnection, instruments: list[st
         "AND (date < ? OR date > ?) ORDER BY instrument", [instruments, start, end]).fetchall()]
 
 
-def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame, start, end, calendar: str,
-                 replace: bool = False) -> None:
-    """Replace the price rows dated [start, end] in one transaction.
+def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame | str, start, end, calendar: str,
+                 replace: bool = False, scale: Mapping[str, float] | None = None) -> None:
+    """Replace the price rows dated [start, end] in one transaction with ``prices``: a frame, or the name of a
+    table that holds them (a long range, staged there block by block).
 
     A warehouse keeps the calendar its first prices were written on (``calendar``, e.g. "XNYS"): rolling
     features over days of two calendars would be wrong, so prices of another calendar are refused.
     Stored (date, instrument) rows the new ones lack are refused as a loss unless ``replace``.
+    An instrument of ``scale`` has its prices and factor multiplied by its k and its volume divided by it: its rows
+    on the stored adjustment basis (``qpipe.data.anchoring``).
     """
     for table in (PRICES, CALENDAR):
         ensure_table(con, table, DDL[table])
-    with transaction(con):
-        stamped = next(iter(con.execute(f"SELECT name FROM {CALENDAR}").fetchall()), None)
-        if stamped is None:
-            con.execute(f"INSERT INTO {CALENDAR} VALUES (?)", [calendar])
-        elif stamped[0] != calendar:
-            raise CalendarMismatch(
-                f"this warehouse holds prices on the {stamped[0]} calendar, and the configured one is {calendar} "
-                "(QPIPE_CALENDAR and the source): a warehouse keeps one calendar. To move to the new one, point "
-                "QPIPE_HOME at a new folder (or delete the warehouse) and materialize again; nothing was written.")
-        if not replace:
-            con.register("_incoming", prices[["date", "instrument"]])
-            _refuse_losses(con, PRICES, f"""
-                SELECT strftime(p.date, '%Y-%m-%d') || ' ' || p.instrument AS example FROM {PRICES} p
-                WHERE p.date BETWEEN ? AND ? AND NOT EXISTS (
-                    SELECT 1 FROM _incoming i WHERE CAST(i.date AS DATE) = p.date AND i.instrument = p.instrument)""",
-                           [pd.Timestamp(start).date(), pd.Timestamp(end).date()], "price rows")
-            con.unregister("_incoming")
-        delete_range(con, PRICES, start, end)
-        insert(con, PRICES, prices)
+    registered = {"_incoming": prices} if isinstance(prices, pd.DataFrame) else {}
+    if scale:
+        registered["_scale"] = pd.DataFrame({"instrument": list(scale), "k": list(scale.values())})
+    incoming = "_incoming" if isinstance(prices, pd.DataFrame) else prices
+    k = "coalesce(s.k, 1.0)" if scale else "1.0"
+    values = ", ".join({"date": "i.date", "instrument": "i.instrument", "volume": f"i.volume / {k}"}.get(c, f"i.{c} * {k}")
+                       for c in PRICE_COLUMNS)
+    for name, frame in registered.items():
+        con.register(name, frame)
+    try:
+        with transaction(con):
+            stamped = next(iter(con.execute(f"SELECT name FROM {CALENDAR}").fetchall()), None)
+            if stamped is None:
+                con.execute(f"INSERT INTO {CALENDAR} VALUES (?)", [calendar])
+            elif stamped[0] != calendar:
+                raise CalendarMismatch(
+                    f"this warehouse holds prices on the {stamped[0]} calendar, and the configured one is {calendar} "
+                    "(QPIPE_CALENDAR and the source): a warehouse keeps one calendar. To move to the new one, point "
+                    "QPIPE_HOME at a new folder (or delete the warehouse) and materialize again; nothing was written.")
+            if not replace:
+                _refuse_losses(con, PRICES, f"""
+                    SELECT strftime(p.date, '%Y-%m-%d') || ' ' || p.instrument AS example FROM {PRICES} p
+                    WHERE p.date BETWEEN ? AND ? AND NOT EXISTS (
+                        SELECT 1 FROM {incoming} i WHERE CAST(i.date AS DATE) = p.date AND i.instrument = p.instrument)""",
+                               [pd.Timestamp(start).date(), pd.Timestamp(end).date()], "price rows")
+            delete_range(con, PRICES, start, end)
+            # in date order, as a day's reads and the zone maps of its row groups want it
+            con.execute(f"INSERT INTO {PRICES} ({', '.join(PRICE_COLUMNS)}) SELECT {values} FROM {incoming} i "
+                        + ("LEFT JOIN _scale s ON s.instrument = i.instrument " if scale else "")
+                        + "ORDER BY i.date, i.instrument")
+    finally:
+        for name in registered:
+            con.unregister(name)
 
 
 def write_universe(con: duckdb.DuckDBPyConnection, universe: pd.DataFrame, concepts: pd.DataFrame,

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,6 +79,15 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if base.suffix in (".safetensors", ".json"):
         base = base.with_suffix("")
     return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+
+
+def stored_weights_sha(path: str | Path) -> str:
+    """The sha256 of the weights the checkpoint at ``path`` holds, as its sidecar records it ("" when there is none
+    or it cannot be read)."""
+    try:
+        return str(json.loads(checkpoint_paths(path)[1].read_text())["weights"]["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def save_checkpoint(
@@ -221,4 +231,19 @@ def _versions() -> dict[str, str]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = "unknown"
+    versions["qpipe_source"] = _source_revision()
     return versions
+
+
+def _source_revision() -> str:
+    """The git commit of the qpipe source that trained (``+changes`` when it had uncommitted ones): its package
+    version stays 0.1.0 from commit to commit. "" outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head, changes = (subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+                         for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]))
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if head.returncode:
+        return ""
+    return head.stdout.strip() + ("+changes" if changes.stdout.strip() else "")

@@ -1,6 +1,7 @@
 """Scores for a range of days, each day from the newest checkpoint trained at or before it."""
 
 import bisect
+from collections.abc import Sequence
 
 import duckdb
 import numpy as np
@@ -55,9 +56,13 @@ def day_blocks(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, infer: Pr
 
 
 def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, end, market: str,
-                      load_cells: int = LOAD_CELLS) -> tuple[int, list[str]]:
-    """Replace ``arch``'s scores on [start, end] in one transaction; returns (rows written, checkpoint partitions
-    used).
+                      load_cells: int = LOAD_CELLS, recorded: Sequence[str] = ()) -> tuple[int, dict[str, str]]:
+    """Replace ``arch``'s scores on [start, end] in one transaction; returns (rows written, the sha256 of the weights
+    of each checkpoint partition used).
+
+    Each day is scored by the newest checkpoint at or before it in ``store``. Where one of ``recorded`` (the
+    partitions Dagster holds a materialization of) would be newer, its files are gone: refused, rather than scoring
+    those days with an older model in silence.
 
     Each checkpoint scores its days in blocks of at most about ``load_cells`` feature cells, streamed into one
     INSERT while the next block is scored (``wh.streamed_inserts``), so a backfill of years holds a block's
@@ -71,14 +76,16 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
         if newest < 0:
             raise ValueError(f"no {arch} checkpoint at or before {day}; materialize models/{arch}_checkpoint first")
         by_checkpoint.setdefault(available[newest], []).append(day)
+    _refuse_lost_checkpoints(store, arch, sorted(recorded), by_checkpoint)
     wh.ensure_table(con, wh.PREDICTIONS, PREDICTIONS_DDL)
-    written = 0
+    written, weights = 0, {}
     with wh.transaction(con), wh.cursor(con) as reader:
         con.execute(f"DELETE FROM {wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ?",
                     [arch, pd.Timestamp(start).date(), pd.Timestamp(end).date()])
         with wh.streamed_inserts(con, in_transaction=True) as insert:
             for partition, covered in by_checkpoint.items():
                 checkpoint = load_checkpoint(store.path_for(arch, partition))
+                weights[partition] = checkpoint.sidecar["weights"]["sha256"]
                 infer = infer_chain(checkpoint)
                 for block in day_blocks(reader, checkpoint, infer, covered, market, load_cells):
                     scores = score_days(reader, days, checkpoint, infer, block[0], block[-1], market)
@@ -86,7 +93,27 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
                     insert(wh.PREDICTIONS, pa.Table.from_pandas(scores.assign(model=arch, checkpoint_partition=partition),
                                                                 preserve_index=False))
                     written += len(scores)
-    return written, list(by_checkpoint)
+    return written, weights
+
+
+def days_scored_by(con: duckdb.DuckDBPyConnection, arch: str, partition: str) -> tuple[str, str] | None:
+    """The first and last day of ``arch``'s stored scores made by its checkpoint ``partition``, if any."""
+    if not wh.has_table(con, wh.PREDICTIONS):
+        return None
+    first, last = con.execute(f"SELECT min(date), max(date) FROM {wh.PREDICTIONS} WHERE model = ? AND "
+                              "checkpoint_partition = ?", [arch, partition]).fetchone()
+    return (str(first), str(last)) if first else None
+
+
+def _refuse_lost_checkpoints(store, arch: str, recorded: list[str], by_checkpoint: dict[str, list]) -> None:
+    for partition, covered in by_checkpoint.items():
+        lost = [p for p in recorded[bisect.bisect_right(recorded, partition):] if p <= str(covered[-1])]
+        if lost:
+            raise ValueError(
+                f"models/{arch}_checkpoint {lost[-1]} is materialized in Dagster but its files are not in "
+                f"{store.path_for(arch, '')} (deleted or moved?): the scores of {max(lost[0], str(covered[0]))}.."
+                f"{covered[-1]} would come from checkpoint {partition} instead. Nothing was written. Materialize it "
+                f"again (dg launch --assets models/{arch}_checkpoint --partition {lost[-1]}), or restore its files")
 
 
 def _refuse_non_finite(scores: pd.DataFrame, arch: str, partition: str) -> None:
