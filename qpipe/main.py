@@ -15,6 +15,7 @@ each run's log in the UI.
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -24,9 +25,15 @@ from pathlib import Path
 from qpipe.settings import SettingsError, get_settings, parse_models
 
 if __name__ == "__main__":  # a bad QPIPE_* value: one line, not a traceback from the imports below that read it
+    from qpipe.data.validation import PriceDataError
+
     try:
         get_settings()
-    except SettingsError as error:
+        from qpipe.compute import compute_plan
+        from qpipe.partitions import trading_days as _  # the source's calendar and the partitions built from it
+
+        compute_plan()
+    except (SettingsError, PriceDataError, ValueError) as error:
         sys.exit(f"qpipe: {error}")
 
 import dagster as dg  # noqa: E402 (after the settings' check)
@@ -61,15 +68,21 @@ def _span(start, end) -> dict[str, str]:
 
 
 def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: ComputePlan,
-           epochs: int | None = None) -> list[Stage]:
+           epochs: int | None = None, first_day: date | str = EARLIEST) -> list[Stage]:
     """The five runs for a leaderboard over the ``test_days`` sessions up to ``last_day``; ``epochs`` replaces the
-    quick profile's ``n_epochs`` of every model (early stopping still applies)."""
-    days = trading_days(EARLIEST, last_day)
+    quick profile's ``n_epochs`` of every model (early stopping still applies). ``first_day``: the source's first;
+    a history too short for the runs is refused (ValueError) before any of them."""
+    days = trading_days(max(str(first_day), EARLIEST), last_day)
     checkpoint = len(days) - 1 - test_days
     # Features back far enough for this checkpoint's window and for a default one on the last day, so the
     # after-close schedule's next run (QPIPE_RETRAIN_EVERY, TrainConfig's windows) finds its history.
     first_train = min(checkpoint - LABEL_HORIZON - QUICK_WINDOW["valid_days"] - QUICK_WINDOW["train_days"] + 1,
                       len(days) - 1 - LABEL_HORIZON - DAILY_WINDOW + 1)
+    if first_train < LOOKBACK:
+        needed = len(days) - first_train + LOOKBACK
+        raise ValueError(f"the main job needs {needed} sessions up to {last_day} ({test_days} scored after the "
+                         f"checkpoint, the training windows and {LOOKBACK} of feature lookback); the source has "
+                         f"{len(days)} from {days[0] if len(days) else first_day}: a smaller --test-days or a later --end")
     prices_from, features_from = days[first_train - LOOKBACK], days[first_train]
     checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
     cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)
@@ -91,6 +104,25 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
               _span(first_scored, end), {**IN_PROCESS, **QUIET}),
         Stage("leaderboard", "leaderboard_job", ["reports/leaderboard"], {}, {**IN_PROCESS, **QUIET}),
     ]
+
+
+def planned(calendar, end: date | None, models: tuple[str, ...], test_days: int, plan: ComputePlan,
+            epochs: int | None) -> tuple[list[Stage], date]:
+    """The runs, and the last session: ``end`` (default: the source's last date, up to today) within the source's
+    dates and not in the future."""
+    from qpipe.resources import build_resources
+
+    first, last = (str(d)[:10] for d in build_resources()["price_source"].source().span())
+    if end is not None and end > calendar.today():
+        raise ValueError(f"--end {end} is in the future ({calendar.timezone}); the latest session is "
+                         f"{calendar.latest_session()}")
+    if end is not None and str(end) < first:
+        raise ValueError(f"--end {end} is before the source's first date, {first}")
+    last_day = calendar.latest_session(end if end is not None else min(calendar.today(), date.fromisoformat(last)))
+    if str(last_day) > last:
+        raise ValueError(f"--end {last_day} is after the source's last date, {last}: end there (--end {last}), "
+                         "or point QPIPE_SOURCE_PATH at a source that holds the days after it")
+    return stages(last_day, models, test_days, plan, epochs, first_day=first), last_day
 
 
 def training_slots(instance: dg.DagsterInstance, plan: ComputePlan) -> int:
@@ -137,9 +169,14 @@ def print_leaderboard(test_days: int) -> None:
     print(f"\nTear sheets (HTML, open offline): {reports / 'leaderboard.html'}, linking one per model beside it")
 
 
+def _stop(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: the running run is canceled and the code server goes (it went on to the run's end)."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--end", default=None, help="last session (default: the latest session up to today)")
+    parser.add_argument("--end", default=None, help="last session (default: the source's latest, up to today)")
     parser.add_argument("--test-days", type=int, default=TEST_DAYS, help="sessions scored after the checkpoint")
     parser.add_argument("--models", default=",".join(QUICK_MODELS),
                         help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)})")
@@ -153,8 +190,15 @@ def main() -> None:
         parser.error(str(error).replace("QPIPE_MODELS", "--models"))
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: expected a positive number of epochs")
+    if args.test_days < 1:
+        parser.error(f"--test-days {args.test_days}: expected a positive number of sessions")
+    try:
+        end = None if args.end is None else date.fromisoformat(args.end)
+    except ValueError:
+        parser.error(f"--end {args.end!r}: expected a date, YYYY-MM-DD")
     if not os.environ.get("DAGSTER_HOME"):
         sys.exit("DAGSTER_HOME is not set: the runs need an instance to live in (the README uses export DAGSTER_HOME=$PWD)")
+    signal.signal(signal.SIGTERM, _stop)  # timeout, kill and systemd stop the run as Ctrl-C does
 
     from qpipe.launcher import code_server
     from qpipe.reaper import reap
@@ -162,8 +206,10 @@ def main() -> None:
     began = time.perf_counter()
     settings, plan = get_settings(), compute_plan()
     calendar = market_calendar()
-    last_day = calendar.latest_session(args.end)
-    plan_stages = stages(last_day, models, args.test_days, plan, args.epochs)
+    try:
+        plan_stages, last_day = planned(calendar, end, models, args.test_days, plan, args.epochs)
+    except ValueError as error:  # before any run: nothing written
+        sys.exit(f"qpipe: {error}")
     instance = dg.DagsterInstance.get()
     for line in reap(instance).lines():
         print(f"  {line}")

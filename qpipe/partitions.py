@@ -21,7 +21,11 @@ CRON_DAY = {0: "1", 1: "2", 2: "3", 3: "4", 4: "5", 5: "6", 6: "0"}  # Monday = 
 
 def build_partitions(first: str) -> dg.DailyPartitionsDefinition:
     calendar = market_calendar()
-    start = str(calendar.trading_days(first, calendar.latest_session())[0])
+    sessions = calendar.trading_days(first, calendar.latest_session())
+    if len(sessions) == 0:
+        raise ValueError(f"QPIPE_PARTITIONS_START = {first}: no session from it to the latest one, "
+                         f"{calendar.latest_session()} ({calendar.name}); the first partition must be a past day")
+    start = str(sessions[0])
     never = [f"0 0 * * {CRON_DAY[d]}" for d in range(7) if d not in calendar.weekdays]
     closed = [datetime(d.year, d.month, d.day) for d in calendar.closed_weekdays(start)]
     return dg.DailyPartitionsDefinition(start_date=start, timezone=calendar.timezone, end_offset=1,

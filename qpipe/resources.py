@@ -204,5 +204,7 @@ class CheckpointStore(dg.ConfigurableResource):
         return Path(self.root) / arch / partition
 
     def partitions(self, arch: str) -> list[str]:
+        """The partitions with a sidecar or weights here: weights without their sidecar fail the load by name
+        rather than leave their days to an older checkpoint."""
         folder = Path(self.root) / arch
-        return sorted(p.name.removesuffix(".json") for p in folder.glob("*.json")) if folder.is_dir() else []
+        return sorted({p.name.split(".")[0] for pattern in ("*.json", "*.safetensors") for p in folder.glob(pattern)})

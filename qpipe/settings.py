@@ -5,6 +5,7 @@ Of qpipe, this module imports only the model registry's names and the training p
 settings), so any module may read the settings (cadence, calendar and partitions do).
 """
 
+import difflib
 import json
 import os
 import re
@@ -34,6 +35,8 @@ VARIABLES = {
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
     "QPIPE_LAKE": "lake", "QPIPE_LAKE_DATA": "lake_data",
 }
+READ_ELSEWHERE = ("QPIPE_THREADS",)  # (qpipe.compute: threads are a property of the process, not a setting)
+
 # Price cells (trading days with their lookback x instruments) a feature step computes at once. Each
 # costs ~3 KB of features while in flight, so ~1 GB a block: memory is set here, not by the universe.
 BLOCK_CELLS = 300_000
@@ -153,7 +156,10 @@ class Settings(BaseModel):
     @field_validator("home")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+        value = value.expanduser().resolve()
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a folder: the warehouse and checkpoints go in a folder")
+        return value
 
     @field_validator("device", mode="before")
     @classmethod
@@ -248,6 +254,11 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
+        unknown = sorted(name for name in environ if name.startswith("QPIPE_") and name not in (*VARIABLES, *READ_ELSEWHERE))
+        if unknown:  # a misspelt name would leave its setting at the default in silence (QPIPE_HOEM: another folder)
+            close = difflib.get_close_matches(unknown[0], [*VARIABLES, *READ_ELSEWHERE], n=1)
+            raise SettingsError(f"{unknown[0]} is not a qpipe setting" + (f"; did you mean {close[0]}?" if close else "")
+                                + " (the README's table lists them)")
         values = {field: environ[name] for name, field in VARIABLES.items() if environ.get(name, "") != ""}
         try:
             return cls(**values)

@@ -154,14 +154,19 @@ def test_a_run_terminated_as_the_ui_does_ends_canceled_and_holds_nothing(tmp_pat
     _nothing_held(job, instance)
 
 
-def test_ctrl_c_cancels_the_running_run_and_holds_nothing(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_cancels_the_running_run_and_holds_nothing(tmp_path, stop):
+    """SIGTERM (timeout, kill, systemd) was found by a user to leave the code server running the run to its end."""
     job = MainJob(tmp_path, "--models", "gru", "--test-days", "40", "--epochs", "100")  # still training when stopped
     try:
         instance = job.instance()
         run = job.wait_for_training(instance)
         # Only the console gets the terminal's Ctrl-C: a step that got it too would fail instead of being canceled.
         assert job.foreground_group() == [job.process.pid] and len(job.leftover_processes()) > 3
-        os.killpg(job.process.pid, signal.SIGINT)  # what a terminal sends its foreground group on Ctrl-C
+        if stop == "ctrl-c":
+            os.killpg(job.process.pid, signal.SIGINT)  # what a terminal sends its foreground group on Ctrl-C
+        else:
+            job.process.terminate()  # what timeout, kill and systemd send the process itself
         assert job.wait(timeout=120) == 130, job.text
     finally:
         job.kill()

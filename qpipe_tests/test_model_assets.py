@@ -395,10 +395,16 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         before = con.execute("SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY ALL").fetchall()
     trained("2024-02-15", 0.002)
-    (root / "checkpoints" / "gru" / "2024-02-15.json").unlink()  # its files lost; Dagster still holds it
-    failed = materialize(["predictions/gru_predictions"], *SCORED, raise_on_error=False)
-    assert not failed.success
-    error = failed.get_step_failure_events()[0].event_specific_data.error.to_string()
+
+    def failure() -> str:
+        failed = materialize(["predictions/gru_predictions"], *SCORED, raise_on_error=False)
+        assert not failed.success
+        return failed.get_step_failure_events()[0].event_specific_data.error.to_string()
+
+    (root / "checkpoints" / "gru" / "2024-02-15.json").unlink()  # its sidecar lost, its weights left
+    assert "2024-02-15.json: missing checkpoint sidecar (the JSON next to 2024-02-15.safetensors)" in failure()
+    (root / "checkpoints" / "gru" / "2024-02-15.safetensors").unlink()  # both gone; Dagster still holds it
+    error = failure()
     assert ("models/gru_checkpoint 2024-02-15 is materialized in Dagster but its files are not in" in error
             and f"the scores of 2024-02-15..{SCORED[1]} would come from checkpoint {DAY} instead" in error), error
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:

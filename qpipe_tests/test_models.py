@@ -115,6 +115,14 @@ def test_gats_attends_over_the_days_stocks_as_qlib():
     assert one_day.shape == (5,) and not torch.allclose(model(day[:3]), one_day[:3])  # a stock's score depends on its day
 
 
+@pytest.mark.parametrize("model", ["transformer", "localformer"])
+def test_heads_that_do_not_divide_the_model_width_are_named(model):
+    """Found by a user: d_model 10 with nhead 3 failed inside torch with 'embed_dim must be divisible by num_heads'."""
+    with pytest.raises(ConfigError, match="hyper-parameters d_model = 10 and nhead = 3: d_model must be a multiple of nhead"):
+        model_config(model, "alpha360", d_model=10, nhead=3)
+    assert model_config(model, "alpha360", d_model=12, nhead=3).params["d_model"] == 12
+
+
 @pytest.mark.parametrize("file", ["workflow_config_gats_Alpha360.yaml", "workflow_config_hist_Alpha360.yaml"])
 def test_qlibs_pretrained_base_pickle_is_refused_by_name(file, tmp_path):
     with pytest.raises(ConfigError, match="model_path = 'benchmarks/LSTM/model_lstm_csi300.pkl': a pickled Qlib/PyTorch file is never loaded"):

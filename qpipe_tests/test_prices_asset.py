@@ -326,3 +326,33 @@ def test_a_long_range_is_read_in_blocks_checked_one_by_one_and_stored_in_one_tra
     assert table_rows(warehouse_path, "raw.prices") == rows
     with duckdb.connect(str(warehouse_path)) as con:
         assert not wh.has_table(con, f"{wh.PRICES}{wh.STAGING}")
+
+
+def test_a_session_the_source_has_not_finished_is_refused_unless_the_stocks_left(tmp_path, warehouse_path):
+    """Found by a user: a vendor file with the new day's rows for 3 of its 50 stocks went through features to
+    predictions, every check passing (the universe ended the 47 others' spans the day before)."""
+    path = tmp_path / "prices.csv"
+    source = PriceSource(kind="tabular", path=str(path))
+    names = [f"S{i:02d}" for i in range(50)]
+    days = [str(d) for d in trading_days("2024-01-02", "2024-01-05")]
+
+    def write(last_day_names):
+        rows = [(day, name, 10.0, 10.5, 9.5, 10.0, 1000.0) for day in days
+                for name in (last_day_names if day == days[-1] else names)]
+        pd.DataFrame(rows, columns=["date", "symbol", "open", "high", "low", "close", "volume"]).to_csv(path, index=False)
+
+    write(names)
+    _materialize(warehouse_path, source, partition_range=(days[0], days[-2]))
+    before = table_rows(warehouse_path, "raw.prices")
+    write(names[:3])
+    for partition in ((days[-1], days[-1]), (days[0], days[-1])):  # the day alone, and in a range
+        result = _materialize(warehouse_path, source, partition_range=partition, raise_on_error=False)
+        assert not result.success
+        assert (f"partial day: source {source.describe()}, date {days[-1]}: rows for 3 instruments and none for 47 of "
+                "the 50 the session before had (S03, S04") in _failure_text(result)
+        assert table_rows(warehouse_path, "raw.prices") == before
+    write(names[:44])  # six gone: real markets lose one or two a day, but a source may leave suspended stocks out
+    assert not _materialize(warehouse_path, source, days[-1], raise_on_error=False).success
+    config = {"ops": {"raw__prices": {"config": {"allow_missing": True}}}}
+    dg.materialize([raw_prices], partition_key=days[-1], run_config=config, resources=_resources(warehouse_path, source))
+    assert len(table_rows(warehouse_path, "raw.prices")) == len(before) + 44

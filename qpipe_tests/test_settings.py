@@ -31,6 +31,9 @@ def test_defaults_work_out_of_the_box(tmp_path):
     ("QPIPE_BLOCK_CELLS", "100", "QPIPE_BLOCK_CELLS = '100': Input should be greater than or equal to 1000"),
     ("QPIPE_TRAINING", "fast", "QPIPE_TRAINING = 'fast': Input should be 'qlib' or 'quick'"),
     ("QPIPE_SOURCE_DATE_FORMAT", "%m/%Y", "QPIPE_SOURCE_DATE_FORMAT = '%m/%Y': not a strptime format of a whole date"),
+    # found by a user: a misspelt name left its setting at the default in silence (the warehouse in another folder)
+    ("QPIPE_HOEM", "/tmp/x", "QPIPE_HOEM is not a qpipe setting; did you mean QPIPE_HOME? (the README's table lists them)"),
+    ("QPIPE_MODLES", "mlp", "QPIPE_MODLES is not a qpipe setting; did you mean QPIPE_MODELS?"),
 ])
 def test_a_bad_value_is_refused_by_name(variable, value, message):
     with pytest.raises(SettingsError) as refused:
@@ -52,3 +55,35 @@ def test_the_commands_refuse_a_bad_value_in_one_line(tmp_path, command):
     assert done.returncode in (1, 2) and list(tmp_path.iterdir()) == [], done.stderr
     assert done.stderr == ("qpipe: QPIPE_RETRAIN_EVERY = 'biweekly': expected one of daily, weekly, monthly or a "
                            "positive number of trading days\n")
+
+
+@pytest.mark.parametrize("arguments, environment, message", [
+    (["--end", "yesterday"], {}, "main.py: error: --end 'yesterday': expected a date, YYYY-MM-DD"),
+    (["--test-days", "0"], {}, "main.py: error: --test-days 0: expected a positive number of sessions"),
+    (["--end", "2030-01-02"], {}, "qpipe: --end 2030-01-02 is in the future (America/New_York)"),
+    (["--end", "2010-01-04"], {}, "qpipe: --end 2010-01-04 is before the source's first date, 2020-01-02"),
+    (["--test-days", "5000"], {}, "qpipe: the main job needs 5"),
+    ([], {"QPIPE_PARTITIONS_START": "2030-01-02"}, "qpipe: QPIPE_PARTITIONS_START = 2030-01-02: no session from it"),
+    ([], {"QPIPE_THREADS": "0"}, "qpipe: QPIPE_THREADS = '0': expected auto or a positive number of threads per step"),
+    ([], {"QPIPE_HOME": "a-file"}, "qpipe: QPIPE_HOME = 'a-file': "),
+    ([], {"QPIPE_SOURCE": "tabular", "QPIPE_SOURCE_PATH": "future.csv"}, "qpipe: dates in the future: source future.csv: "
+                                                                        "2030-01-02: a typo or a vendor's placeholder"),
+])
+def test_the_main_job_refuses_what_it_cannot_run_in_one_line_before_any_run(tmp_path, arguments, environment,
+                                                                             message):
+    """Found by a user: these printed 10 to 33 lines of traceback (an IndexError for most), or wrote prices before
+    failing (an --end after the source's last date, a source too short for the runs)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "future.csv").write_text("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,10,100\n"
+                                         "2030-01-02,AAA,10,11,9,10,100\n")
+    before = sorted(tmp_path.iterdir())
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), **environment}
+    done = subprocess.run([sys.executable, "-m", "qpipe.main", *arguments], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode in (1, 2) and sorted(tmp_path.iterdir()) == before, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(message) and (len(lines) == 1 or lines[0].startswith("usage:")), done.stderr

@@ -113,6 +113,8 @@ BAD_CASES = {
                        "open < low", "AAA"),
     "volume 1e30": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,10,1e30\n",
                     "implausible volume", "AAA"),
+    "close 1e30": ("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,1e30,9,1e30,1000\n",
+                   "implausible high", "AAA"),  # (found by a user: stored, with a split-like-move warning only)
     "no symbol": ("date,symbol,open,high,low,close,volume\n2024-01-02, ,10,11,9,10,1000\n", "missing instrument", None),
     "negative close beside an adj close": ("date,symbol,open,high,low,close,adj close,volume\n"
                                            "2024-01-02,AAA,10,11,9,-3,49,1000\n", "non-positive close", "AAA"),

@@ -304,8 +304,27 @@ def test_weights_that_do_not_fit_the_recorded_model_are_refused(small_run, tmp_p
     _, sidecar = _save(tmp_path / "m", config, result)
     document = json.loads(sidecar.read_text())
     document["config"]["params"]["hidden_size"] = 32
+    del document["definition_sha256"]  # (a sidecar written before it was kept)
     sidecar.write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match="m.json: the weights in m.safetensors do not fit the recorded model"):
+        load_checkpoint(tmp_path / "m")
+
+
+@pytest.mark.parametrize("edit", ["columns swapped", "a std set to zero"])
+def test_a_sidecar_edited_by_hand_is_refused_naming_what_changed(small_run, tmp_path, edit):
+    """Found by a user: swapped columns or an edited processor statistic loaded, and the same weights scored
+    otherwise in silence (only the weights were checked)."""
+    config, result = _fit(small_run, seed=1)
+    _, sidecar = _save(tmp_path / "m", config, result)
+    load_checkpoint(tmp_path / "m")
+    document = json.loads(sidecar.read_text())
+    if edit == "columns swapped":
+        document["columns"][:2] = document["columns"][1::-1]
+    else:
+        document["processor_state"] = {"RobustZScoreNorm": {"median": [0.0]}}
+    sidecar.write_text(json.dumps(document, indent=2))
+    key = "columns" if edit == "columns swapped" else "processor_state"
+    with pytest.raises(CheckpointError, match=f"m.json: its '{key}' differ from what was saved with these weights"):
         load_checkpoint(tmp_path / "m")
 
 

@@ -32,6 +32,9 @@ def recording(context: dg.AssetExecutionContext, n_assets: int = 1) -> str:
 class IngestConfig(dg.Config):
     replace: bool = Field(default=False, description="accept that stored rows the source no longer has are "
                                                      "removed (refused by default: a shrunken source is usually cut short)")
+    allow_missing: bool = Field(default=False, description="accept a session without rows for more than a few of the "
+                                "instruments the session before had (refused by default: a day the source has not "
+                                "finished; accept it where the stocks left, or the source leaves suspended ones out)")
 
 
 @dg.asset(
@@ -63,6 +66,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         try:
             done = ingest_prices(con, price_source.source(), calendar, start, end, price_source.describe(),
                                  replace=config.replace, load_cells=compute.load_cells,
+                                 allow_missing=config.allow_missing,
                                  log=context.log.info)
         except NoRows as error:
             raise dg.Failure(str(error)) from None

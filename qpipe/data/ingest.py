@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored, anchor_to_warehouse
-from qpipe.data.validation import CELLS_A_PRICE_ROW, PRICE_COLUMNS, check_sessions
+from qpipe.data.validation import CELLS_A_PRICE_ROW, PRICE_COLUMNS, check_sessions, check_whole_days
 from qpipe.settings import LOAD_CELLS
 
 FIRST_BLOCK = 60  # sessions of the first read (a range of at most this many is one read); its rows size the others
@@ -67,15 +67,19 @@ def anchor_sessions(calendar, start: pd.Timestamp, end: pd.Timestamp) -> tuple[p
 
 
 def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Timestamp, end: pd.Timestamp,
-                  describe: str, replace: bool = False, load_cells: int = LOAD_CELLS,
+                  describe: str, replace: bool = False, load_cells: int = LOAD_CELLS, allow_missing: bool = False,
                   log: Callable[[str], None] = lambda line: None) -> Ingested:
-    """Replace the stored prices of the sessions [start, end] with the source's (see the module's docstring)."""
+    """Replace the stored prices of the sessions [start, end] with the source's (see the module's docstring).
+
+    A session without rows for more than a few of the instruments the session before had is refused as a day the
+    source has not finished (``validation.check_whole_days``), unless ``allow_missing``."""
     start, end = pd.Timestamp(start), pd.Timestamp(end)
     sessions = calendar.trading_days(start, end)
     rows_per_block = load_cells // CELLS_A_PRICE_ROW
     around_from, around_to = anchor_sessions(calendar, start, end)
     around, priced, names = [], set(), set()
     counts = {"rows": 0, "suspended": 0, "blocks": 0}
+    listed = {"before": set() if allow_missing else wh.instruments_before(con, start)}  # the session before a day's
     staging = f"{wh.PRICES}{wh.STAGING}"
 
     def read(i: int, j: int) -> pd.DataFrame:
@@ -90,6 +94,8 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
             raise NoRows(f"{describe} has no rows between {pd.Timestamp(block[0]).date()} and "
                          f"{pd.Timestamp(block[-1]).date()} (it covers {first}..{final}); nothing was written")
         check_sessions(rows["date"], block, describe, calendar.name, calendar.matched)
+        if not allow_missing:
+            listed["before"] = check_whole_days(rows, listed["before"], describe)
         priced.update(rows["instrument"][rows["close"].notna()])
         names.update(rows["instrument"].unique())
         counts["rows"] += len(rows)
@@ -105,7 +111,7 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         anchored, unanchored = _anchored(con, source, start, end, priced, around)
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=replace, scale=anchored.scale)
     else:
-        wh.ensure_table(con, wh.PRICES, wh.DDL[wh.PRICES])  # (its schema)
+        wh.ensure_table(con, wh.PRICES, wh.DDL[wh.PRICES])  # and its schema, where the staging table goes
         con.execute(f"CREATE OR REPLACE TABLE {staging} ({wh.DDL[wh.PRICES]})")  # one a killed run left goes too
         try:
             with wh.streamed_inserts(con) as insert:

@@ -12,6 +12,10 @@ PRICE_COLUMNS = ("date", "instrument", "open", "high", "low", "close", "vwap", "
 OHLC = ("open", "high", "low", "close")
 CELLS_A_PRICE_ROW = 64  # numbers a frame of prices holds a row while it is read and checked (measured: ~600 bytes)
 MAX_VOLUME = 1e15  # shares in a day: no exchange has traded near that; more is a unit or parsing error
+MAX_PRICE = 1e8  # a traded price (the file's, or price / factor): no share has traded near it; more is an error
+# a session missing more than this share (and more than PARTIAL_MIN) of the instruments the session before had rows for
+# is a day the source has not finished: real markets lose one or two a day (sp500_5yr: 1 at most)
+PARTIAL_SHARE, PARTIAL_MIN = 0.05, 5
 OHLC_TOLERANCE = 1e-6  # relative: float32 adjusted prices (Qlib's bins) round open/high/low/close apart
 
 
@@ -54,6 +58,24 @@ def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar
              absent_hint)):
         if len(days):
             raise PriceDataError(rule, source, detail=f"{first_few(days)} ({what}); {hint}", count=len(days))
+
+
+def check_whole_days(rows: pd.DataFrame, before: set[str], source: str) -> set[str]:
+    """Each day of ``rows`` has a row for all but a few of the instruments the session before had rows for
+    (``before``: those of the session before the first day); else the source has not finished that day. Returns the
+    instruments of the last day."""
+    for day, names in rows.groupby("date", sort=True)["instrument"]:
+        current = set(names)
+        missing = sorted(before - current)
+        if len(missing) > max(PARTIAL_MIN, PARTIAL_SHARE * len(before)):
+            raise PriceDataError(
+                "partial day", source, date=day,
+                detail=f"rows for {len(current)} instruments and none for {len(missing)} of the {len(before)} the "
+                       f"session before had ({first_few(missing)}): the source looks unfinished for that day. Run again "
+                       "when it is complete; if those stocks did leave (or the source leaves suspended stocks out), set "
+                       "allow_missing: true in raw/prices' config")
+        before = current
+    return before
 
 
 def _shown(row: pd.Series, col: str) -> str:
@@ -127,6 +149,10 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             values = frame[col].to_numpy(dtype=np.float64)
             _first_bad(frame, np.isinf(values), f"infinite {col}", source, lambda r, c=col: _shown(r, c))
             _first_bad(frame, values <= 0, f"non-positive {col}", source, lambda r, c=col: _shown(r, c))
+        for col in (*OHLC, "vwap"):  # the traded price: the file's own, else the adjusted one / factor
+            traded = (frame[f"raw_{col}"] if f"raw_{col}" in frame else frame[col] / frame["factor"]).to_numpy(np.float64)
+            _first_bad(frame, traded > MAX_PRICE, f"implausible {col}", source,
+                       lambda r, c=col: f"{_shown(r, c)}: a traded price above {MAX_PRICE:.0e}")
         volume = frame["volume"].to_numpy(dtype=np.float64)
         _first_bad(frame, (volume < 0) | np.isinf(volume), "negative or infinite volume", source,
                    lambda r: _shown(r, "volume"))

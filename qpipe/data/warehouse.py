@@ -279,6 +279,15 @@ def _price_rows(con: duckdb.DuckDBPyConnection, where: str, parameters: list) ->
     return frame
 
 
+def instruments_before(con: duckdb.DuckDBPyConnection, day) -> set[str]:
+    """The instruments with a stored row on the last stored session before ``day`` (none before the first write)."""
+    if not has_table(con, PRICES):
+        return set()
+    return {name for (name,) in con.execute(
+        f"SELECT instrument FROM {PRICES} WHERE date = (SELECT max(date) FROM {PRICES} WHERE date < ?)",
+        [pd.Timestamp(day).date()]).fetchall()}
+
+
 def instruments_with_prices(con: duckdb.DuckDBPyConnection, instruments: list[str], outside: tuple) -> list[str]:
     """Those of ``instruments`` with a stored price on a day outside [start, end]."""
     if not instruments or not has_table(con, PRICES):

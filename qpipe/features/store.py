@@ -82,7 +82,7 @@ def operators(device: str = "auto") -> Any:
 
     if device == "auto" and not torch.cuda.is_available():
         return ops
-    return TorchOps(resolve_device(device))
+    return TorchOps(resolve_device(device, setting="QPIPE_FEATURE_DEVICE"))
 
 
 def calendar(con: duckdb.DuckDBPyConnection) -> np.ndarray:

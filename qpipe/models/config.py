@@ -214,6 +214,9 @@ def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Ma
             raise ConfigError(f"{source}: model {spec.name!r} needs hyper-parameter {key!r}")
         value = given.get(key, parameter.default)
         params[key] = _check(source, key, value, _net_check(key, parameter.annotation))
+    if params.get("nhead") and params.get("d_model", 0) % params["nhead"]:  # (torch's assertion names neither)
+        raise ConfigError(f"{source}: hyper-parameters d_model = {params['d_model']} and nhead = {params['nhead']}: "
+                          "d_model must be a multiple of nhead (each attention head reads d_model / nhead of it)")
     return ModelConfig(spec.name, feature_set, step_len, params)
 
 

@@ -129,7 +129,9 @@ def save_checkpoint(
         "weights": {"file": weights_path.name, "sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights)},
     }
     try:
-        text = json.dumps(_json_safe(sidecar), indent=2, allow_nan=False)
+        sidecar = _json_safe(sidecar)
+        sidecar["definition_sha256"] = {key: _sha256_of(sidecar[key]) for key in DEFINITION}
+        text = json.dumps(sidecar, indent=2, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{sidecar_path}: checkpoint metadata is not JSON-serializable: {error}") from error
     weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +157,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{sidecar_path}: unreadable checkpoint sidecar: {error}") from error
     _check_sidecar(sidecar, sidecar_path)
+    changed = [key for key, sha in (sidecar.get("definition_sha256") or {}).items() if _sha256_of(sidecar.get(key)) != sha]
+    if changed:
+        raise CheckpointError(f"{sidecar_path}: its {' and '.join(repr(k) for k in changed)} differ from what was saved "
+                              "with these weights (edited by hand?): its scores would not be the model's. Restore the "
+                              "sidecar, or retrain this partition")
     try:
         weights = weights_path.read_bytes()
     except OSError as error:
@@ -209,6 +216,14 @@ def _stage(final: Path, data: bytes) -> Path:
         os.unlink(name)
         raise
     return Path(name)
+
+
+# what the scores depend on beside the weights: edited, the same weights would score otherwise in silence
+DEFINITION = ("architecture", "config", "feature_set", "columns", "concepts", "processor_state")
+
+
+def _sha256_of(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _json_safe(value: Any) -> Any:

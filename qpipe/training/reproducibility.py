@@ -15,14 +15,16 @@ import numpy as np
 import torch
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else is taken as a torch device name."""
+def resolve_device(device: str | torch.device = "auto",
+                   setting: str = "QPIPE_DEVICE or the checkpoint's device") -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else is taken as a torch device name (``setting``: where it
+    was set, for the message)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = torch.device(device)
     if target.type == "cuda" and (not torch.cuda.is_available() or (target.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"device {str(device)!r}: {torch.cuda.device_count()} CUDA device(s) visible here "
-                         "(QPIPE_DEVICE or the checkpoint's device; auto uses a GPU when there is one)")
+                         f"({setting}; auto uses a GPU when there is one)")
     return target
 
 
