@@ -90,7 +90,8 @@ class Warehouse(DuckDBResource):
         return con
 
     def _refuse_damaged(self, error: duckdb.Error) -> None:
-        if DAMAGED.search(str(error)) and not self.lake:
+        """(An error of another file a step reads, a source's Parquet, names that file, not the warehouse.)"""
+        if DAMAGED.search(str(error)) and not self.lake and Path(self.database).name in str(error):
             raise DamagedWarehouse(
                 f"the warehouse {self.database} is damaged: DuckDB cannot read it ({str(error).splitlines()[0]}). "
                 "The file is truncated or corrupt (a copy taken while a run wrote it, a disk that filled up). Nothing "

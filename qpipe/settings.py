@@ -40,9 +40,9 @@ READ_ELSEWHERE = ("QPIPE_THREADS",)  # (qpipe.compute: threads are a property of
 # Price cells (trading days with their lookback x instruments) a feature step computes at once. Each
 # costs ~3 KB of features while in flight, so ~1 GB a block: memory is set here, not by the universe.
 BLOCK_CELLS = 300_000
-# Feature cells (rows x columns) a checkpoint's data load, a prediction, a backtest or a prices ingest (16 cells a
-# row there) holds at once: a block is
-# ~200 MB of float32, held about three times while the processors run; the result is held beside it.
+# Feature cells (rows x columns) a checkpoint's data load, a prediction, a backtest or a prices ingest (64 cells a
+# row there) holds at once: a block is ~200 MB of float32, held about three times while the processors run; the
+# result is held beside it.
 LOAD_CELLS = 50_000_000
 # Feature cells of a checkpoint's training frames held in memory (2 GB of float32). Larger frames (5,000 instruments
 # x 960 days of Alpha360: 1.7 billion cells) live in a memory-mapped file under QPIPE_HOME/scratch instead.

@@ -356,3 +356,14 @@ def test_a_session_the_source_has_not_finished_is_refused_unless_the_stocks_left
     config = {"ops": {"raw__prices": {"config": {"allow_missing": True}}}}
     dg.materialize([raw_prices], partition_key=days[-1], run_config=config, resources=_resources(warehouse_path, source))
     assert len(table_rows(warehouse_path, "raw.prices")) == len(before) + 44
+
+
+def test_blocks_grow_at_most_fourfold_so_a_history_that_starts_sparse_is_not_read_at_once():
+    """Found in review: a first block of a few stocks (a market's early years) sized the next one as the whole rest."""
+    from qpipe.data.ingest import FIRST_BLOCK, read_in_blocks
+
+    def read(i: int, j: int) -> pd.DataFrame:  # 2 stocks a session at first, then 100
+        return pd.DataFrame({"row": range(sum(2 if k < FIRST_BLOCK else 100 for k in range(i, j)))})
+
+    sizes = [len(block) for block, _ in read_in_blocks(list(range(2_000)), 1_000, read)]
+    assert sizes[:3] == [FIRST_BLOCK, 4 * FIRST_BLOCK, 10] and sum(sizes) == 2_000  # not 500 sessions of 100 stocks

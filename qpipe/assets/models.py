@@ -143,7 +143,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         import torch
 
         from qpipe.training import dataset, distributed, predicting
-        from qpipe.training.checkpoint import save_checkpoint, stored_weights_sha
+        from qpipe.training.checkpoint import save_checkpoint, stored_version
         from qpipe.training.engine import epoch_line, train
         from qpipe.training.reproducibility import resolve_device
 
@@ -152,7 +152,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         model = config.resolve(arch)
         processing = config.processing(model)
         path = checkpoints.path_for(arch, day)
-        previous = stored_weights_sha(path)
+        previous, _ = stored_version(path)
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
             scored = predicting.days_scored_by(con, arch, day) if previous else None
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
@@ -195,15 +195,17 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
 
         chart = training_curves_chart(result.history, result.best_epoch, f"{arch} {day}",
                                       Path(checkpoints.root) / arch / f"{day}.curves.png")
-        sha = stored_weights_sha(path)
+        sha, version = stored_version(path)
         if scored and sha != previous:
             context.log.warning(
                 f"the stored {arch} scores of {scored[0]}..{scored[1]} were made by this checkpoint's previous weights "
                 f"({previous[:12]}; now {sha[:12]}): predict them again to have them from these "
                 f"(dg launch --assets predictions/{arch}_predictions --partition-range {scored[0]}...{scored[1]})")
-        return dg.MaterializeResult(data_version=dg.DataVersion(sha), metadata={
+        # the data version: the weights with the columns and processor state they read (the same again leave the
+        # predictions up to date)
+        return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
             "dagster/uri": str(weights),
-            "weights_sha256": sha,  # the data version: the same weights again leave the predictions up to date
+            "weights_sha256": sha,
             **training_metadata(result, model.params, int(data.train.is_sample.sum())),
             "curves": dg.MetadataValue.path(str(chart)),
             "best_epoch": result.best_epoch,

@@ -32,6 +32,9 @@ def recording(context: dg.AssetExecutionContext, n_assets: int = 1) -> str:
 class IngestConfig(dg.Config):
     replace: bool = Field(default=False, description="accept that stored rows the source no longer has are "
                                                      "removed (refused by default: a shrunken source is usually cut short)")
+
+
+class PricesConfig(IngestConfig):
     allow_missing: bool = Field(default=False, description="accept a session without rows for more than a few of the "
                                 "instruments the session before had (refused by default: a day the source has not "
                                 "finished; accept it where the stocks left, or the source leaves suspended ones out)")
@@ -48,7 +51,7 @@ class IngestConfig(dg.Config):
     kinds={"duckdb"},
     metadata={"dagster/table_name": wh.PRICES},
 )
-def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse,
+def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehouse: Warehouse,
                price_source: PriceSource, compute: Compute):
     start, end = partition_dates(context)
     calendar = market_calendar()
@@ -82,7 +85,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: IngestConfig, warehous
         "source": price_source.describe(),
         "sessions_without_rows": len(gaps),  # of the exchange a source's own calendar matched (see the warning)
         "rebased_instruments": len(done.anchored.scale),  # scaled onto the stored adjustment basis (qpipe.data.anchoring)
-        "read_blocks": done.blocks,  # of about QPIPE_LOAD_CELLS / 16 price rows each (qpipe.data.ingest)
+        "read_blocks": done.blocks,  # of about QPIPE_LOAD_CELLS / 64 price rows each (qpipe.data.ingest)
     })
 
 

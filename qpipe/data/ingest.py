@@ -10,6 +10,7 @@ fails it before anything is written. The source's rows are read once: the sessio
 block, those after it with the last.
 """
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -18,9 +19,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored, anchor_to_warehouse
-from qpipe.data.validation import CELLS_A_PRICE_ROW, PRICE_COLUMNS, check_sessions, check_whole_days
+from qpipe.data.validation import CELLS_A_PRICE_ROW, PRICE_COLUMNS, check_sessions, check_whole_day
 from qpipe.settings import LOAD_CELLS
 
 FIRST_BLOCK = 60  # sessions of the first read (a range of at most this many is one read); its rows size the others
@@ -29,7 +31,7 @@ STAGED = pa.schema([("date", pa.timestamp("ns")), ("instrument", pa.string()),
 
 
 class NoRows(ValueError):
-    """The source has no rows on some sessions of the range: nothing was written."""
+    """The source has no rows on a block of the range's sessions (or the range has none): nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,15 @@ def read_in_blocks(sessions: np.ndarray, rows_per_block: int, read: Callable[[in
                    ) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
     """(block, its rows) for blocks of ``sessions`` (``read(i, j)``: the rows of sessions[i:j]): the first
     ``FIRST_BLOCK`` sessions, then each as many as ``rows_per_block`` rows fill at the rows a session of the last
-    block had."""
+    block had, and at most four times as many sessions as it."""
     done, size = 0, FIRST_BLOCK
     while done < len(sessions):
         block = sessions[done:done + size]
         rows = read(done, done + len(block))
         yield block, rows
         done += len(block)
-        size = max(1, int(rows_per_block // max(len(rows) / len(block), 1)))
+        # at most 4x the last: a history whose first sessions hold a few stocks would make the next block all the rest
+        size = max(1, min(4 * len(block), int(rows_per_block // max(len(rows) / len(block), 1))))
 
 
 def anchor_sessions(calendar, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -71,16 +74,20 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
                   log: Callable[[str], None] = lambda line: None) -> Ingested:
     """Replace the stored prices of the sessions [start, end] with the source's (see the module's docstring).
 
-    A session without rows for more than a few of the instruments the session before had is refused as a day the
-    source has not finished (``validation.check_whole_days``), unless ``allow_missing``."""
+    The source's last day, where it is the range's, without rows for more than a few of the instruments the session
+    before had, is refused as a day the source has not finished (``validation.check_whole_day``), unless
+    ``allow_missing``."""
     start, end = pd.Timestamp(start), pd.Timestamp(end)
     sessions = calendar.trading_days(start, end)
+    if len(sessions) == 0:
+        raise NoRows(f"no session of {calendar.name} between {start.date()} and {end.date()}; nothing was written")
     rows_per_block = load_cells // CELLS_A_PRICE_ROW
     around_from, around_to = anchor_sessions(calendar, start, end)
     around, priced, names = [], set(), set()
     counts = {"rows": 0, "suspended": 0, "blocks": 0}
-    listed = {"before": set() if allow_missing else wh.instruments_before(con, start)}  # the session before a day's
-    staging = f"{wh.PRICES}{wh.STAGING}"
+    last_two: list[set[str]] = [set(), set()]  # the instruments of the last two sessions read
+    # a fixed name in a DuckDB file (one writer at a time); on a lake, where writers do not take turns, one per run
+    staging = f"{wh.PRICES}{wh.STAGING}" + (f"_{uuid.uuid4().hex[:12]}" if lake.is_lake(con) else "")
 
     def read(i: int, j: int) -> pd.DataFrame:
         """The rows of sessions[i:j], validated; ``around`` gathers the source's rows of the sessions around the range."""
@@ -94,8 +101,8 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
             raise NoRows(f"{describe} has no rows between {pd.Timestamp(block[0]).date()} and "
                          f"{pd.Timestamp(block[-1]).date()} (it covers {first}..{final}); nothing was written")
         check_sessions(rows["date"], block, describe, calendar.name, calendar.matched)
-        if not allow_missing:
-            listed["before"] = check_whole_days(rows, listed["before"], describe)
+        for day in block[-2:]:
+            last_two[:] = [last_two[1], set(rows["instrument"][rows["date"] == day])]
         priced.update(rows["instrument"][rows["close"].notna()])
         names.update(rows["instrument"].unique())
         counts["rows"] += len(rows)
@@ -105,9 +112,21 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
             log(f"read to {pd.Timestamp(block[-1]).date()}: {j:,} of {len(sessions):,} sessions, {counts['rows']:,} rows")
         return rows
 
+    def whole_last_day() -> None:
+        """Where the source has nothing after the range, its last day is the range's: a day it may not have finished."""
+        if allow_missing or any((rows["date"] > end).any() for rows in around):
+            return
+        if len(sessions) > 1:
+            before = last_two[0]
+        else:  # the session before, where it is stored
+            previous = calendar.trading_days(start - pd.Timedelta(days=20), start)[-2:-1]
+            before = wh.instruments_on(con, previous[0]) if len(previous) else set()
+        check_whole_day(sessions[-1], last_two[1], before, describe)
+
     blocks = (rows for _, rows in read_in_blocks(sessions, rows_per_block, read))
     if len(sessions) <= FIRST_BLOCK:  # one read, as a day's run
         (rows,) = blocks
+        whole_last_day()
         anchored, unanchored = _anchored(con, source, start, end, priced, around)
         wh.write_prices(con, rows, start, end, calendar=calendar.key, replace=replace, scale=anchored.scale)
     else:
@@ -116,7 +135,9 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         try:
             with wh.streamed_inserts(con) as insert:
                 for rows in blocks:
-                    insert(staging, pa.Table.from_pandas(rows[list(PRICE_COLUMNS)], schema=STAGED, preserve_index=False))
+                    insert(staging, pa.Table.from_pandas(rows[list(PRICE_COLUMNS)], schema=STAGED,
+                                                         preserve_index=False))
+            whole_last_day()
             anchored, unanchored = _anchored(con, source, start, end, priced, around)
             wh.write_prices(con, staging, start, end, calendar=calendar.key, replace=replace, scale=anchored.scale)
         finally:

@@ -10,11 +10,11 @@ import pandas as pd
 
 PRICE_COLUMNS = ("date", "instrument", "open", "high", "low", "close", "vwap", "volume", "factor")
 OHLC = ("open", "high", "low", "close")
-CELLS_A_PRICE_ROW = 64  # numbers a frame of prices holds a row while it is read and checked (measured: ~600 bytes)
+CELLS_A_PRICE_ROW = 64  # numbers a frame of prices holds a row while read and checked (measured: ~600 bytes)
 MAX_VOLUME = 1e15  # shares in a day: no exchange has traded near that; more is a unit or parsing error
 MAX_PRICE = 1e8  # a traded price (the file's, or price / factor): no share has traded near it; more is an error
-# a session missing more than this share (and more than PARTIAL_MIN) of the instruments the session before had rows for
-# is a day the source has not finished: real markets lose one or two a day (sp500_5yr: 1 at most)
+# a source's last day missing more than this share (and more than PARTIAL_MIN) of the instruments the session before had
+# rows for is a day it has not finished: real markets lose one or two a day (sp500_5yr: 1 at most)
 PARTIAL_SHARE, PARTIAL_MIN = 0.05, 5
 OHLC_TOLERANCE = 1e-6  # relative: float32 adjusted prices (Qlib's bins) round open/high/low/close apart
 
@@ -60,22 +60,17 @@ def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar
             raise PriceDataError(rule, source, detail=f"{first_few(days)} ({what}); {hint}", count=len(days))
 
 
-def check_whole_days(rows: pd.DataFrame, before: set[str], source: str) -> set[str]:
-    """Each day of ``rows`` has a row for all but a few of the instruments the session before had rows for
-    (``before``: those of the session before the first day); else the source has not finished that day. Returns the
-    instruments of the last day."""
-    for day, names in rows.groupby("date", sort=True)["instrument"]:
-        current = set(names)
-        missing = sorted(before - current)
-        if len(missing) > max(PARTIAL_MIN, PARTIAL_SHARE * len(before)):
-            raise PriceDataError(
-                "partial day", source, date=day,
-                detail=f"rows for {len(current)} instruments and none for {len(missing)} of the {len(before)} the "
-                       f"session before had ({first_few(missing)}): the source looks unfinished for that day. Run again "
-                       "when it is complete; if those stocks did leave (or the source leaves suspended stocks out), set "
-                       "allow_missing: true in raw/prices' config")
-        before = current
-    return before
+def check_whole_day(day, names: set[str], before: set[str], source: str) -> None:
+    """The source's last day (``names``: its instruments) has a row for all but a few of the instruments the session
+    before had rows for (``before``); else the source has not finished it (a vendor file read mid-update)."""
+    missing = sorted(before - names)
+    if len(missing) > max(PARTIAL_MIN, PARTIAL_SHARE * len(before)):
+        raise PriceDataError(
+            "partial day", source, date=day,
+            detail=f"rows for {len(names)} instruments and none for {len(missing)} of the {len(before)} the session "
+                   f"before had ({first_few(missing)}): the source looks unfinished for its last day. Run again when "
+                   "it is complete; if those stocks did leave (or the source leaves suspended stocks out), set "
+                   "allow_missing: true in raw/prices' config")
 
 
 def _shown(row: pd.Series, col: str) -> str:

@@ -26,7 +26,7 @@ UNIVERSE = "raw.universe"
 CONCEPTS = "raw.concepts"
 PREDICTIONS = "predictions.scores"
 CALENDAR = "meta.calendar"
-STAGING = "_incoming"  # suffix of the table a large write fills before it replaces a range (replace_range)
+STAGING = "_incoming"  # suffix of the table a large write fills before it replaces a range
 
 DDL = {
     PRICES: """date DATE NOT NULL, instrument VARCHAR NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE,
@@ -248,7 +248,7 @@ def replace_range(con: duckdb.DuckDBPyConnection, table: str, staging: str, star
 
 
 def _refuse_losses(con: duckdb.DuckDBPyConnection, table: str, lost_sql: str, params: list, what: str) -> None:
-    """Raise RowsWouldBeLost naming how many stored rows ``lost_sql`` (over ``_incoming``) finds, with an example."""
+    """Raise RowsWouldBeLost naming how many stored rows ``lost_sql`` (over the incoming rows) finds, with an example."""
     count, example = con.execute(f"SELECT count(*), min(example) FROM ({lost_sql})", params).fetchall()[0]
     if count:
         raise RowsWouldBeLost(
@@ -279,13 +279,12 @@ def _price_rows(con: duckdb.DuckDBPyConnection, where: str, parameters: list) ->
     return frame
 
 
-def instruments_before(con: duckdb.DuckDBPyConnection, day) -> set[str]:
-    """The instruments with a stored row on the last stored session before ``day`` (none before the first write)."""
+def instruments_on(con: duckdb.DuckDBPyConnection, day) -> set[str]:
+    """The instruments with a stored row on ``day``."""
     if not has_table(con, PRICES):
         return set()
-    return {name for (name,) in con.execute(
-        f"SELECT instrument FROM {PRICES} WHERE date = (SELECT max(date) FROM {PRICES} WHERE date < ?)",
-        [pd.Timestamp(day).date()]).fetchall()}
+    return {name for (name,) in con.execute(f"SELECT instrument FROM {PRICES} WHERE date = ?",
+                                            [pd.Timestamp(day).date()]).fetchall()}
 
 
 def instruments_with_prices(con: duckdb.DuckDBPyConnection, instruments: list[str], outside: tuple) -> list[str]:
@@ -337,10 +336,12 @@ def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame | str, sta
                         SELECT 1 FROM {incoming} i WHERE CAST(i.date AS DATE) = p.date AND i.instrument = p.instrument)""",
                                [pd.Timestamp(start).date(), pd.Timestamp(end).date()], "price rows")
             delete_range(con, PRICES, start, end)
-            # in date order, as a day's reads and the zone maps of its row groups want it
+            # in date order, as a day's reads and the zone maps of its row groups want it: the incoming rows are (a
+            # frame sorted by validate_prices, blocks staged in order); a join is not
             con.execute(f"INSERT INTO {PRICES} ({', '.join(PRICE_COLUMNS)}) SELECT {values} FROM {incoming} i "
                         + ("LEFT JOIN _scale s ON s.instrument = i.instrument " if scale else "")
-                        + "ORDER BY i.date, i.instrument")
+                        + "WHERE CAST(i.date AS DATE) BETWEEN ? AND ?" + (" ORDER BY i.date, i.instrument" if scale else ""),
+                        [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
     finally:
         for name in registered:
             con.unregister(name)

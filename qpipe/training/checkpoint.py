@@ -81,13 +81,15 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
 
 
-def stored_weights_sha(path: str | Path) -> str:
-    """The sha256 of the weights the checkpoint at ``path`` holds, as its sidecar records it ("" when there is none
-    or it cannot be read)."""
+def stored_version(path: str | Path) -> tuple[str, str]:
+    """(the sha256 of the weights, of the weights with everything else the scores depend on) of the checkpoint at
+    ``path``, as its sidecar records them; ("", "") when there is none or it cannot be read."""
     try:
-        return str(json.loads(checkpoint_paths(path)[1].read_text())["weights"]["sha256"])
+        sidecar = json.loads(checkpoint_paths(path)[1].read_text())
+        weights = str(sidecar["weights"]["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
-        return ""
+        return "", ""
+    return weights, _sha256_of([weights, sidecar.get("definition_sha256")])
 
 
 def save_checkpoint(
@@ -254,6 +256,8 @@ def _source_revision() -> str:
     """The git commit of the qpipe source that trained (``+changes`` when it had uncommitted ones): its package
     version stays 0.1.0 from commit to commit. "" outside a git checkout."""
     root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():  # an installed qpipe: git would answer for whatever repository holds the venv
+        return ""
     try:
         head, changes = (subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
                          for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]))
