@@ -9,8 +9,11 @@ def qrun(args: argparse.Namespace) -> int:
     from qpipe.models.config import ConfigError
     from qpipe.workflow.translate import rolling_gen, translate
 
+    if args.rolling_type is not None and args.rolling_step is None:  # it was ignored in silence
+        print("qpipe qrun: --rolling-type needs --rolling-step N (a checkpoint every N sessions)", file=sys.stderr)
+        return 2
     try:
-        rolling = rolling_gen(args.rolling_step, args.rolling_type, "--rolling-step/--rolling-type") \
+        rolling = rolling_gen(args.rolling_step, args.rolling_type or "ROLL_EX", "--rolling-step/--rolling-type") \
             if args.rolling_step is not None else None
         workflow = translate(args.workflow, rolling)
     except ConfigError as error:
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dry-run", action="store_true", help="print the translation report only")
     run.add_argument("--rolling-step", type=int, default=None, metavar="N",
                      help="Qlib's RollingGen(step=N): a checkpoint every N sessions of the test segment")
-    run.add_argument("--rolling-type", default="ROLL_EX", metavar="RTYPE",
+    run.add_argument("--rolling-type", default=None, metavar="RTYPE",
                      help="ROLL_EX (expanding train window, the default) or ROLL_SD (sliding)")
     args = parser.parse_args(argv)
     return {"qrun": qrun}[args.command](args)

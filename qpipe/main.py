@@ -112,6 +112,10 @@ def planned(calendar, end: date | None, models: tuple[str, ...], test_days: int,
     dates and not in the future."""
     from qpipe.resources import build_resources
 
+    settings = get_settings()
+    if settings.market not in settings.source_markets:  # else found by the checkpoints, after prices and features
+        raise ValueError(f"QPIPE_MARKET = {settings.market!r}: not a market of the {settings.source} source, which has "
+                         f"{', '.join(settings.source_markets)}")
     first, last = (str(d)[:10] for d in build_resources()["price_source"].source().span())
     if end is not None and end > calendar.today():
         raise ValueError(f"--end {end} is in the future ({calendar.timezone}); the latest session is "

@@ -230,13 +230,16 @@ class Settings(BaseModel):
     @property
     def market(self) -> str:
         """The universe models train and predict on (QPIPE_MARKET), by default the source's index."""
-        if self.market_override:
-            return self.market_override
+        return self.market_override or self.source_markets[-1]
+
+    @property
+    def source_markets(self) -> tuple[str, ...]:
+        """The markets raw/universe holds of the configured source: ``all``, and its index."""
         if self.source == "synthetic":
             from qpipe.data.synthetic import index_size_for
 
-            return f"syn{index_size_for(self.synthetic_instruments)}"
-        return self.qlib_market if self.source == "qlib" else "all"
+            return "all", f"syn{index_size_for(self.synthetic_instruments)}"
+        return ("all", self.qlib_market) if self.source == "qlib" and self.qlib_market != "all" else ("all",)
 
     @property
     def warehouse(self) -> Path:

@@ -244,6 +244,15 @@ def test_rolling_cuts_the_test_segment_into_windows_with_a_checkpoint_before_eac
     with pytest.raises(ConfigError, match="step = -3"):
         rolling_gen(-3, "ROLL_EX", "--rolling-step")
 
+def test_a_rolling_type_without_a_step_is_refused(capsys):
+    """Found by a user: ``--rolling-type sliding`` without ``--rolling-step`` was ignored, exit 0."""
+    from qpipe.cli import main as qpipe
+
+    lstm = SHARED / "qlib_configs" / "workflow_config_lstm_Alpha360.yaml"
+    assert qpipe(["qrun", str(lstm), "--dry-run", "--rolling-type", "sliding"]) == 2
+    assert capsys.readouterr().err == "qpipe qrun: --rolling-type needs --rolling-step N (a checkpoint every N sessions)\n"
+    assert qpipe(["qrun", str(lstm), "--dry-run", "--rolling-type", "sliding", "--rolling-step", "240"]) == 0
+
 
 def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_writing_nothing(tmp_path):
     lstm = SHARED / "qlib_configs" / "workflow_config_lstm_Alpha360.yaml"

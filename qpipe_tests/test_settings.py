@@ -64,6 +64,8 @@ def test_the_commands_refuse_a_bad_value_in_one_line(tmp_path, command):
     (["--end", "2010-01-04"], {}, "qpipe: --end 2010-01-04 is before the source's first date, 2020-01-02"),
     (["--test-days", "5000"], {}, "qpipe: the main job needs 5"),
     ([], {"QPIPE_PARTITIONS_START": "2030-01-02"}, "qpipe: QPIPE_PARTITIONS_START = 2030-01-02: no session from it"),
+    ([], {"QPIPE_MARKET": "sp999"}, "qpipe: QPIPE_MARKET = 'sp999': not a market of the synthetic source, which has "
+                                    "all, syn200"),
     ([], {"QPIPE_THREADS": "0"}, "qpipe: QPIPE_THREADS = '0': expected auto or a positive number of threads per step"),
     ([], {"QPIPE_HOME": "a-file"}, "qpipe: QPIPE_HOME = 'a-file': "),
     ([], {"QPIPE_SOURCE": "tabular", "QPIPE_SOURCE_PATH": "future.csv"}, "qpipe: dates in the future: source future.csv: "
