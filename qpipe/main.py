@@ -82,7 +82,8 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
         needed = len(days) - first_train + LOOKBACK
         raise ValueError(f"the main job needs {needed} sessions up to {last_day} ({test_days} scored after the "
                          f"checkpoint, the training windows and {LOOKBACK} of feature lookback); the source has "
-                         f"{len(days)} from {days[0] if len(days) else first_day}: a smaller --test-days or a later --end")
+                         f"{len(days)} from {days[0] if len(days) else first_day}: a smaller --test-days or a "
+                         "later --end")
     prices_from, features_from = days[first_train - LOOKBACK], days[first_train]
     checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
     cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)

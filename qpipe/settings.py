@@ -257,11 +257,12 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         environ = os.environ if environ is None else environ
-        unknown = sorted(name for name in environ if name.startswith("QPIPE_") and name not in (*VARIABLES, *READ_ELSEWHERE))
+        known = (*VARIABLES, *READ_ELSEWHERE)
+        unknown = sorted(name for name in environ if name.startswith("QPIPE_") and name not in known)
         if unknown:  # a misspelt name would leave its setting at the default in silence (QPIPE_HOEM: another folder)
-            close = difflib.get_close_matches(unknown[0], [*VARIABLES, *READ_ELSEWHERE], n=1)
-            raise SettingsError(f"{unknown[0]} is not a qpipe setting" + (f"; did you mean {close[0]}?" if close else "")
-                                + " (the README's table lists them)")
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            raise SettingsError(f"{unknown[0]} is not a qpipe setting"
+                                + (f"; did you mean {close[0]}?" if close else "") + " (the README's table lists them)")
         values = {field: environ[name] for name, field in VARIABLES.items() if environ.get(name, "") != ""}
         try:
             return cls(**values)

@@ -184,7 +184,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         weights, sidecar = save_checkpoint(path, result, model, columns=data.train.columns, windows=data.windows.to_json(),
                                            processor_state={"infer": data.infer.to_state(), "learn": data.learn.to_state(),
                                                             "process_type": data.process_type},
-                                           provenance={"train_config": config.model_dump(), "run_id": context.run.run_id,
+                                           provenance={"train_config": config.model_dump(),
+                                                       "run_id": context.run.run_id,
                                                        "market": config.market or settings.market},  # as resolved
                                            concepts=data.concepts)
         best = result.history[result.best_epoch - 1]

@@ -84,7 +84,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
         "last_date": str(done.last.date()),
         "source": price_source.describe(),
         "sessions_without_rows": len(gaps),  # of the exchange a source's own calendar matched (see the warning)
-        "rebased_instruments": len(done.anchored.scale),  # scaled onto the stored adjustment basis (qpipe.data.anchoring)
+        "rebased_instruments": len(done.anchored.scale),  # scaled onto the stored basis (qpipe.data.anchoring)
         "read_blocks": done.blocks,  # of about QPIPE_LOAD_CELLS / 64 price rows each (qpipe.data.ingest)
     })
 

@@ -7,10 +7,10 @@ For each size a synthetic market of that many instruments x ``--days`` trading d
 DuckDB file as the assets store it (prices and universe). Then, each in a fresh process so its peak RSS
 is its own: the ingest of that market's whole history from one Parquet file as a vendor ships it (raw/prices' read
 in blocks of ``--load-cells`` / 64 price rows, validated, anchored and stored in one transaction; then raw/universe's
-spans of the file, their time printed below the table), the feature materialization (Alpha158 + Alpha360 + label
-over every day but the last two, as the assets write them), a daily increment (the same three tables for the next day, then the last day: the table
-shows the second, the first after the backfill is printed below it), one LSTM Alpha360 checkpoint's data load
-(720 train + 240 valid days, Qlib's processors, ``--load-cells`` feature cells at a time; the size of the frames it
+spans of the file, their time printed below the table), the feature materialization (Alpha158 + Alpha360 +
+label over every day but the last two, as the assets write them), a daily increment (the same three tables for the
+next day, then the last day: the table shows the second, the first after the backfill is printed below it), one
+LSTM Alpha360 checkpoint's data load (720 train + 240 valid days, Qlib's processors, ``--load-cells`` feature cells at a time; the size of the frames it
 returns is printed beside it, and whether they were memory-mapped, as frames of more than ``--frame-cells`` cells
 are, with the peak of the load's anonymous memory: what the kernel cannot page out), the predictions of every
 featured day after the 300th from one MLP Alpha158 checkpoint trained on the 200 days before it (trained first, in

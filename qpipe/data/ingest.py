@@ -2,10 +2,10 @@
 warehouse's adjustment basis and written in one transaction.
 
 A day's increment is one read (the day and the ``ANCHOR_SESSIONS`` around it, to anchor on) and one write. A long
-range, years of thousands of stocks, is read in blocks of about ``load_cells`` / ``CELLS_A_PRICE_ROW`` price rows (the first block of
-``FIRST_BLOCK`` sessions sizes the others), each streamed into a staging table by one INSERT statement
-(``wh.streamed_inserts``: its row groups go to the file as they fill) and put in place with each stock's scale
-(``qpipe.data.anchoring``) by one transaction: the run holds one block, not the range, and a bad row in any block
+range, years of thousands of stocks, is read in blocks of about ``load_cells`` / ``CELLS_A_PRICE_ROW`` price rows
+(the first block of ``FIRST_BLOCK`` sessions sizes the others), each streamed into a staging table by one INSERT
+statement (``wh.streamed_inserts``: its row groups go to the file as they fill) and put in place with each stock's
+scale (``qpipe.data.anchoring``) by one transaction: the run holds one block, not the range, and a bad row in any block
 fails it before anything is written. The source's rows are read once: the sessions before the range with the first
 block, those after it with the last.
 """
@@ -90,7 +90,7 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
     staging = f"{wh.PRICES}{wh.STAGING}" + (f"_{uuid.uuid4().hex[:12]}" if lake.is_lake(con) else "")
 
     def read(i: int, j: int) -> pd.DataFrame:
-        """The rows of sessions[i:j], validated; ``around`` gathers the source's rows of the sessions around the range."""
+        """The rows of sessions[i:j], validated; ``around`` gathers the source's rows of the sessions around them."""
         block = sessions[i:j]
         rows = source.prices(around_from if i == 0 else block[0], around_to if j == len(sessions) else block[-1])
         inside = rows["date"].between(block[0], block[-1])
@@ -109,7 +109,8 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         counts["suspended"] += int(rows["close"].isna().sum())
         counts["blocks"] += 1
         if len(sessions) > FIRST_BLOCK:
-            log(f"read to {pd.Timestamp(block[-1]).date()}: {j:,} of {len(sessions):,} sessions, {counts['rows']:,} rows")
+            log(f"read to {pd.Timestamp(block[-1]).date()}: {j:,} of {len(sessions):,} sessions, "
+                f"{counts['rows']:,} rows")
         return rows
 
     def whole_last_day() -> None:

@@ -23,6 +23,7 @@ from qpipe.data.validation import (
     no_concepts,
     validate_prices,
 )
+from qpipe.settings import LOAD_CELLS
 
 FIELDS = ("open", "high", "low", "close", "vwap", "volume", "factor")
 
@@ -185,7 +186,7 @@ class QlibSource:
     def universe(self) -> pd.DataFrame:
         return read_instruments(Path(self.path), self.market)
 
-    def reference(self, load_cells: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def reference(self, load_cells: int = LOAD_CELLS) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The ``all`` spans of the instruments read (from the bins' headers alone, whatever ``load_cells``), plus
         the market file's spans; no concepts."""
         spans = self.listing_spans()

@@ -1,9 +1,10 @@
 """One entry point over every price source: synthetic market, CSV/Parquet rows, Qlib provider.
 
-Every source answers three questions: ``prices(start, end)`` (validated canonical rows of those
-days only: a daily run reads one day, not the history), ``reference()`` (index membership spans
-and concept memberships, holding at most about ``load_cells`` numbers of prices at once), ``span()`` (its first and last day, for messages) and
-``missing_members()`` (members of the market without data, to warn about).
+Every source answers four questions: ``prices(start, end)`` (validated canonical rows of those
+days only: a daily run reads one day, not the history), ``reference(load_cells)`` (index membership
+spans and concept memberships, holding about ``load_cells`` numbers of prices at once at most),
+``span()`` (its first and last day, for messages) and ``missing_members()`` (members of the market
+without data, to warn about).
 """
 
 from dataclasses import dataclass

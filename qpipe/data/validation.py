@@ -145,7 +145,7 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             _first_bad(frame, np.isinf(values), f"infinite {col}", source, lambda r, c=col: _shown(r, c))
             _first_bad(frame, values <= 0, f"non-positive {col}", source, lambda r, c=col: _shown(r, c))
         for col in (*OHLC, "vwap"):  # the traded price: the file's own, else the adjusted one / factor
-            traded = (frame[f"raw_{col}"] if f"raw_{col}" in frame else frame[col] / frame["factor"]).to_numpy(np.float64)
+            traded = (frame[f"raw_{col}"] if f"raw_{col}" in frame else frame[col] / frame["factor"]).to_numpy(float)
             _first_bad(frame, traded > MAX_PRICE, f"implausible {col}", source,
                        lambda r, c=col: f"{_shown(r, c)}: a traded price above {MAX_PRICE:.0e}")
         volume = frame["volume"].to_numpy(dtype=np.float64)

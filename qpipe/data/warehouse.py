@@ -248,7 +248,7 @@ def replace_range(con: duckdb.DuckDBPyConnection, table: str, staging: str, star
 
 
 def _refuse_losses(con: duckdb.DuckDBPyConnection, table: str, lost_sql: str, params: list, what: str) -> None:
-    """Raise RowsWouldBeLost naming how many stored rows ``lost_sql`` (over the incoming rows) finds, with an example."""
+    """Raise RowsWouldBeLost naming how many stored rows ``lost_sql`` (over the incoming rows) finds, and one."""
     count, example = con.execute(f"SELECT count(*), min(example) FROM ({lost_sql})", params).fetchall()[0]
     if count:
         raise RowsWouldBeLost(
@@ -315,8 +315,8 @@ def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame | str, sta
         registered["_scale"] = pd.DataFrame({"instrument": list(scale), "k": list(scale.values())})
     incoming = "_incoming" if isinstance(prices, pd.DataFrame) else prices
     k = "coalesce(s.k, 1.0)" if scale else "1.0"
-    values = ", ".join({"date": "i.date", "instrument": "i.instrument", "volume": f"i.volume / {k}"}.get(c, f"i.{c} * {k}")
-                       for c in PRICE_COLUMNS)
+    special = {"date": "i.date", "instrument": "i.instrument", "volume": f"i.volume / {k}"}
+    values = ", ".join(special.get(c, f"i.{c} * {k}") for c in PRICE_COLUMNS)
     for name, frame in registered.items():
         con.register(name, frame)
     try:
@@ -340,7 +340,8 @@ def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame | str, sta
             # frame sorted by validate_prices, blocks staged in order); a join is not
             con.execute(f"INSERT INTO {PRICES} ({', '.join(PRICE_COLUMNS)}) SELECT {values} FROM {incoming} i "
                         + ("LEFT JOIN _scale s ON s.instrument = i.instrument " if scale else "")
-                        + "WHERE CAST(i.date AS DATE) BETWEEN ? AND ?" + (" ORDER BY i.date, i.instrument" if scale else ""),
+                        + "WHERE CAST(i.date AS DATE) BETWEEN ? AND ?"
+                        + (" ORDER BY i.date, i.instrument" if scale else ""),
                         [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
     finally:
         for name in registered:

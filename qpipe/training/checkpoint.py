@@ -159,11 +159,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{sidecar_path}: unreadable checkpoint sidecar: {error}") from error
     _check_sidecar(sidecar, sidecar_path)
-    changed = [key for key, sha in (sidecar.get("definition_sha256") or {}).items() if _sha256_of(sidecar.get(key)) != sha]
+    recorded = sidecar.get("definition_sha256") or {}
+    changed = [repr(key) for key, sha in recorded.items() if _sha256_of(sidecar.get(key)) != sha]
     if changed:
-        raise CheckpointError(f"{sidecar_path}: its {' and '.join(repr(k) for k in changed)} differ from what was saved "
-                              "with these weights (edited by hand?): its scores would not be the model's. Restore the "
-                              "sidecar, or retrain this partition")
+        raise CheckpointError(f"{sidecar_path}: its {' and '.join(changed)} differ from what was saved with these "
+                              "weights (edited by hand?): its scores would not be the model's. Restore the sidecar, or "
+                              "retrain this partition")
     try:
         weights = weights_path.read_bytes()
     except OSError as error:
