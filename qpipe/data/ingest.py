@@ -120,7 +120,7 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         if len(sessions) > 1:
             before = last_two[0]
         else:  # the session before, where it is stored
-            previous = calendar.trading_days(start - pd.Timedelta(days=20), start)[-2:-1]
+            previous = calendar.trading_days(around_from, start)[-2:-1]
             before = wh.instruments_on(con, previous[0]) if len(previous) else set()
         check_whole_day(sessions[-1], last_two[1], before, describe)
 
