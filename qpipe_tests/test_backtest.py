@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qpipe.evaluation.backtest import BacktestConfig, backtest, benchmark_returns
+from qpipe.evaluation.backtest import BacktestConfig, backtest, backtest_config, benchmark_returns
 from qpipe.evaluation.risk import risk_analysis
 
 DAYS = pd.bdate_range("2024-01-01", periods=6)  # d0 (the session before the first) .. d5
@@ -212,6 +212,8 @@ def test_a_bad_port_analysis_run_config_fails_the_step_in_one_line_writing_nothi
 
 def test_deal_price_takes_qlibs_dollar_form():
     assert BacktestConfig(deal_price="$vwap").deal_price == "vwap" and BacktestConfig(deal_price="$open").deal_price == "open"
+    with pytest.raises(ValueError, match=r"deal_price = '\$high': Input should be 'close', 'open' or 'vwap'"):
+        backtest_config({"deal_price": "$high"}, "port_analysis")  # quoted as written, not as 'high'
 
 
 def test_a_cn_market_on_its_own_calendar_trades_lots_of_100(monkeypatch):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from qpipe.data.qlib_provider import QlibSource, write_qlib_provider
-from qpipe.data.sources import load_source
+from qpipe.data.sources import load_source, open_source
 from qpipe.data.tabular import TabularSource
 from qpipe.data.validation import PriceDataError
 
@@ -325,6 +325,20 @@ def test_tabular_window_is_the_slice_of_the_full_read(tmp_path, sp500, suffix):
     assert len(expected) > 1500
     pd.testing.assert_frame_equal(window, expected)
     assert source.prices("2030-01-02", "2030-01-02").empty
+
+
+def test_a_benchmark_the_source_lacks_is_refused_by_the_universe_not_by_the_backtest(tmp_path, sp500):
+    """Found in review: QPIPE_BENCHMARK=SPX over a CSV without SPX failed in the backtest, after prices, features
+    and every checkpoint; the universe, the first step, now names it (as the Qlib provider does)."""
+    path = tmp_path / "prices.parquet"
+    sp500[pd.to_datetime(sp500["date"]) < "2016-03-01"].to_parquet(path, index=False)
+    with pytest.raises(PriceDataError, match=r"missing benchmark: source .*prices.parquet, instrument SPX: no rows "
+                                             r"for the benchmark index \(QPIPE_BENCHMARK\)"):
+        open_source("tabular", str(path), benchmark="SPX").reference()
+    member = sp500["symbol"].iloc[0]
+    assert member in set(open_source("tabular", str(path), benchmark=member).reference()[0]["instrument"])
+    with pytest.raises(ValueError, match="synthetic market has no index instrument; leave QPIPE_BENCHMARK empty"):
+        open_source("synthetic", benchmark="SH000300")
 
 
 CONCEPT_CASES = {

@@ -81,11 +81,14 @@ def open_source(kind: str = "synthetic", path: str = "", columns: dict | None = 
                 seed: int = 7, n_instruments: int = 300, *, ingest: str = "market", benchmark: str = "",
                 since: str | None = None, date_format: str = "") -> Source:
     if kind == "synthetic":
+        if benchmark:
+            raise ValueError(f"benchmark {benchmark!r}: the synthetic market has no index instrument; leave "
+                             "QPIPE_BENCHMARK empty (the backtest then compares with the equal-weighted market)")
         return SyntheticSource(seed=seed, n_instruments=n_instruments)
     if not path:
         raise ValueError(f"the {kind!r} source needs a path (QPIPE_SOURCE_PATH or the price_source resource's path)")
     if kind == "tabular":
-        return TabularSource(path, columns=dict(columns or {}), date_format=date_format)
+        return TabularSource(path, columns=dict(columns or {}), date_format=date_format, benchmark=benchmark)
     if kind == "qlib":
         return QlibSource(path, market=market, ingest=ingest, benchmark=benchmark, since=since)
     raise ValueError(f"unknown price source {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")

@@ -113,6 +113,7 @@ class TabularSource:
     columns: dict[str, str] = field(default_factory=dict)
     prices_adjusted: bool = False
     date_format: str = ""  # strptime format of the date column (QPIPE_SOURCE_DATE_FORMAT); default ISO or YYYYMMDD
+    benchmark: str = ""  # an index instrument the backtest compares with (QPIPE_BENCHMARK): it must have rows
 
     def files(self) -> list[Path]:
         root = Path(self.path)
@@ -158,6 +159,9 @@ class TabularSource:
         spans = pd.concat([listing_spans(rows) for _, rows in blocks], ignore_index=True)
         spans = spans.groupby(["market", "instrument"], as_index=False).agg(start_date=("start_date", "min"),
                                                                             end_date=("end_date", "max"))
+        if self.benchmark and self.benchmark not in set(spans["instrument"]):  # else found by the backtest, after training
+            raise PriceDataError("missing benchmark", self.path, instrument=self.benchmark,
+                                 detail="no rows for the benchmark index (QPIPE_BENCHMARK)")
         return spans[UNIVERSE_COLUMNS], no_concepts()
 
     def missing_members(self) -> list[str]:

@@ -19,13 +19,16 @@ import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qpipe.evaluation.risk import risk_analysis
+
+
+DealPrice = Literal["close", "open", "vwap"]
 
 
 class BacktestConfig(BaseModel):
@@ -42,7 +45,7 @@ class BacktestConfig(BaseModel):
     forbid_all_trade_at_limit: bool = True
     risk_degree: float = Field(0.95, gt=0, le=1)
     account: float = Field(1e8, gt=0)
-    deal_price: Literal["close", "open", "vwap"] = "close"
+    deal_price: DealPrice = "close"
     open_cost: float = Field(0.0005, ge=0)
     close_cost: float = Field(0.0015, ge=0)
     min_cost: float = Field(5.0, ge=0)
@@ -53,8 +56,11 @@ class BacktestConfig(BaseModel):
     @field_validator("deal_price", mode="before")
     @classmethod
     def _qlib_field(cls, value: Any) -> Any:
-        """Qlib's Exchange takes ``$close`` as well as ``close`` (it prepends the ``$``)."""
-        return value[1:] if isinstance(value, str) and value.startswith("$") else value
+        """Qlib's Exchange takes ``$close`` as well as ``close`` (it prepends the ``$``); an unknown field keeps
+        its ``$`` so that the error quotes what was written."""
+        if isinstance(value, str) and value.startswith("$") and value[1:] in get_args(DealPrice):
+            return value[1:]
+        return value
 
 
 STRATEGY_SETTINGS = ("topk", "n_drop", "method_sell", "method_buy", "hold_thresh", "only_tradable",
