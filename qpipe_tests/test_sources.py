@@ -120,6 +120,10 @@ BAD_CASES = {
                                            "2024-01-02,AAA,10,11,9,-3,49,1000\n", "non-positive close", "AAA"),
     "empty adj close on one row": ("date,symbol,open,high,low,close,adj close,volume\n2024-01-02,AAA,10,11,9,10,9.5,1000\n"
                                    "2024-01-03,AAA,10.5,11,10,10.8,,900\n", "missing factor", "AAA"),
+    "empty close beside an adj close": ("date,symbol,open,high,low,close,volume,adj_close\n"
+                                        "2024-01-02,AAA,10,11,9,,100,9\n", "incomplete price row", "AAA"),
+    # (found in review: the factor adj close / close was empty, so every adjusted price was, and the row was stored
+    # as a suspended day)
     "zero factor": ("date,symbol,open,high,low,close,volume,factor\n2024-01-02,AAA,10,11,9,10,1000,0\n",
                     "non-positive factor", "AAA"),
 }

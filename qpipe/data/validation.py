@@ -124,13 +124,13 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     dup = frame.duplicated(["date", "instrument"], keep="first").to_numpy()
     _first_bad(frame, dup, "duplicate (instrument, date) row", source, lambda r: "the row appears more than once")
 
-    # A row with prices needs its factor (checked first: a source that adjusts leaves such a row without prices).
-    priced = frame[[f"raw_{c}" if "raw_close" in frame else c for c in OHLC]].notna().all(axis=1).to_numpy()
-    _first_bad(frame, priced & frame["factor"].isna().to_numpy(), "missing factor", source,
-               lambda r: "the row has prices but its factor (or adj close) is empty")
-    prices = frame[list(OHLC)].to_numpy(dtype=np.float64)
-    has_price = ~np.isnan(prices)
+    # The file's own prices: an empty close makes a factor derived from it (adj close / close) empty, and with it
+    # every adjusted price, which would pass for a suspended day.
+    has_price = frame[[f"raw_{c}" if f"raw_{c}" in frame else c for c in OHLC]].notna().to_numpy()
     partial = has_price.any(axis=1) & ~has_price.all(axis=1)
+    # A row with prices needs its factor (checked first: a source that adjusts leaves such a row without prices).
+    _first_bad(frame, has_price.all(axis=1) & frame["factor"].isna().to_numpy(), "missing factor", source,
+               lambda r: "the row has prices but its factor (or adj close) is empty")
     _first_bad(frame, partial, "incomplete price row", source,
                lambda r: "some of open/high/low/close are missing; a suspended day leaves all of them empty")
     with np.errstate(invalid="ignore"):
