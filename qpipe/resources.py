@@ -36,6 +36,9 @@ DAMAGED = re.compile(r"Could not read enough bytes|not a valid DuckDB database|C
                      re.IGNORECASE)
 
 
+CORRUPT_BLOCK = re.compile(r"Corrupt database file: computed checksum .* in block at location")
+
+
 class DamagedWarehouse(RuntimeError):
     """The warehouse file is truncated or corrupt: DuckDB cannot read it."""
 
@@ -90,8 +93,10 @@ class Warehouse(DuckDBResource):
         return con
 
     def _refuse_damaged(self, error: duckdb.Error) -> None:
-        """(An error of another file a step reads, a source's Parquet, names that file, not the warehouse.)"""
-        if DAMAGED.search(str(error)) and not self.lake and Path(self.database).name in str(error):
+        """(An error of another file a step reads, a source's Parquet, names that file, not the warehouse; a block
+        whose checksum fails names no file, and only a DuckDB database has such blocks: the warehouse is the one.)"""
+        named = Path(self.database).name in str(error) or CORRUPT_BLOCK.search(str(error))
+        if DAMAGED.search(str(error)) and not self.lake and named:
             raise DamagedWarehouse(
                 f"the warehouse {self.database} is damaged: DuckDB cannot read it ({str(error).splitlines()[0]}). "
                 "The file is truncated or corrupt (a copy taken while a run wrote it, a disk that filled up). Nothing "

@@ -119,6 +119,15 @@ def test_a_damaged_warehouse_file_is_named_as_damaged_and_left_as_it_is(tmp_path
         with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection():
             pass
     assert path.read_bytes() == whole[:len(whole) // 2]
+    # found in review: bytes overwritten mid-file fail a block's checksum, and DuckDB's message names no file
+    damaged = bytearray(whole)
+    damaged[len(whole) // 2:len(whole) // 2 + 4096] = bytes(range(256)) * 16
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DamagedWarehouse, match=r"the warehouse .*warehouse.duckdb is damaged: DuckDB cannot read it "
+                                               r"\(Corrupt database file: computed checksum .*Nothing was written"):
+        with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection() as con:
+            con.execute("SELECT sum(x) FROM scores").fetchall()
+    assert path.read_bytes() == bytes(damaged)
 
 
 @pytest.mark.parametrize("environment", ["default", pytest.param("lake extra", marks=pytest.mark.lake)])

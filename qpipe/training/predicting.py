@@ -55,6 +55,9 @@ def day_blocks(con: duckdb.DuckDBPyConnection, checkpoint: Checkpoint, infer: Pr
     return [covered[k:k + per_block] for k in range(0, len(covered), per_block)]
 
 
+NONE = ""  # the days before a store's first checkpoint (an ISO date sorts after it)
+
+
 def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, end, market: str,
                       load_cells: int = LOAD_CELLS, recorded: Sequence[str] = ()) -> tuple[int, dict[str, str]]:
     """Replace ``arch``'s scores on [start, end] in one transaction; returns (rows written, the sha256 of the weights
@@ -73,10 +76,11 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
     by_checkpoint: dict[str, list[np.datetime64]] = {}
     for day in days[lo:hi + 1]:
         newest = bisect.bisect_right(available, str(day)) - 1  # the newest checkpoint at or before the day
-        if newest < 0:
-            raise ValueError(f"no {arch} checkpoint at or before {day}; materialize models/{arch}_checkpoint first")
-        by_checkpoint.setdefault(available[newest], []).append(day)
+        by_checkpoint.setdefault(available[newest] if newest >= 0 else NONE, []).append(day)
     _refuse_lost_checkpoints(store, arch, sorted(recorded), by_checkpoint)
+    if NONE in by_checkpoint:
+        raise ValueError(f"no {arch} checkpoint at or before {by_checkpoint[NONE][0]}; materialize "
+                         f"models/{arch}_checkpoint first")
     wh.ensure_table(con, wh.PREDICTIONS, PREDICTIONS_DDL)
     written, weights = 0, {}
     with wh.transaction(con), wh.cursor(con) as reader:
@@ -109,11 +113,14 @@ def _refuse_lost_checkpoints(store, arch: str, recorded: list[str], by_checkpoin
     for partition, covered in by_checkpoint.items():
         lost = [p for p in recorded[bisect.bisect_right(recorded, partition):] if p <= str(covered[-1])]
         if lost:
+            days = f"{max(lost[0], str(covered[0]))}..{covered[-1]}"
             raise ValueError(
                 f"models/{arch}_checkpoint {lost[-1]} is materialized in Dagster but its files are not in "
-                f"{store.path_for(arch, '')} (deleted or moved?): the scores of {max(lost[0], str(covered[0]))}.."
-                f"{covered[-1]} would come from checkpoint {partition} instead. Nothing was written. Materialize it "
-                f"again (dg launch --assets models/{arch}_checkpoint --partition {lost[-1]}), or restore its files")
+                f"{store.path_for(arch, '')} (deleted or moved?): "
+                + (f"the scores of {days} would come from checkpoint {partition} instead" if partition != NONE else
+                   f"no checkpoint is left to score {days}")
+                + f". Nothing was written. Materialize it again (dg launch --assets models/{arch}_checkpoint "
+                  f"--partition {lost[-1]}), or restore its files")
 
 
 def _refuse_non_finite(scores: pd.DataFrame, arch: str, partition: str) -> None:
