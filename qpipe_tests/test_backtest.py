@@ -210,6 +210,16 @@ def test_a_bad_port_analysis_run_config_fails_the_step_in_one_line_writing_nothi
     assert "\n" not in failure.message.strip() and list(tmp_path.iterdir()) == []
 
 
+def test_a_missing_deal_price_deals_at_the_close_as_qlibs_exchange_does():
+    """Found in review: deal_price vwap on a source without vwap (Yahoo's) suspended every stock, so a backtest made
+    no order and reported minus the benchmark; Qlib's get_deal_price deals those at the close, with a warning."""
+    at_close = backtest(_scores(), _prices(), DAYS[1:], SMALL)
+    no_vwap = backtest(_scores(), _prices().assign(vwap=np.nan), DAYS[1:], SMALL.model_copy(update={"deal_price": "vwap"}))
+    assert len(no_vwap.trades) == 6 and no_vwap.deals_at_close == 5 * 5 and at_close.deals_at_close == 0
+    pd.testing.assert_frame_equal(no_vwap.trades, at_close.trades)
+    pd.testing.assert_frame_equal(no_vwap.report, at_close.report)
+
+
 def test_deal_price_takes_qlibs_dollar_form():
     assert BacktestConfig(deal_price="$vwap").deal_price == "vwap" and BacktestConfig(deal_price="$open").deal_price == "open"
     with pytest.raises(ValueError, match=r"deal_price = '\$high': Input should be 'close', 'open' or 'vwap'"):

@@ -388,8 +388,18 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
     assert predicted.asset_materializations_for_node("predictions__gru_predictions")[0].metadata[
         "weights_sha256"].value == f"{DAY} {sha}"
 
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    def stale(day: str) -> StaleStatus:  # as the UI shows it
+        return get_stale_status_resolver(instance, ASSETS).get_status(predictions, day)
+
+    predictions = dg.AssetKey(["predictions", "gru_predictions"])
+    assert stale(SCORED[1]) == StaleStatus.FRESH
     retrained, new_sha = trained(DAY, 0.02)
     assert new_sha != sha
+    # found in review: the scores of SCORED[1], made by checkpoint DAY two months before, stayed FRESH in Dagster
+    assert stale(SCORED[1]) == StaleStatus.STALE
     warnings = [e.user_message for e in instance.all_logs(retrained.run_id) if e.level == logging.WARNING]
     assert any(f"the stored gru scores of {SCORED[0]}..{SCORED[1]} were made by this checkpoint's previous weights "
                f"({sha[:12]}; now {new_sha[:12]})" in w and "--partition-range 2024-02-01...2024-03-28" in w

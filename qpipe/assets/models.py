@@ -274,6 +274,12 @@ def training_metadata(result, params: dict, train_samples: int) -> dict:
     return metadata
 
 
+# A day's scores come from the newest checkpoint at or before it, which on a weekly, monthly or rolling cadence is
+# not the day's own: its lineage is the checkpoints of the sessions up to it, as many as Dagster follows data versions
+# across (fewer than 100 partitions), so that a retrained checkpoint marks the scores it made stale.
+CHECKPOINTS_A_DAY_READS = dg.TimeWindowPartitionMapping(start_offset=-98, end_offset=0)
+
+
 def _predictions_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=predictions_key(arch),
@@ -281,7 +287,8 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
                     "each day; DuckDB predictions.scores.",
         partitions_def=trading_days,
         freshness_policy=daily_freshness(),
-        deps=[dg.AssetDep(checkpoint_key(arch))] + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
+        deps=[dg.AssetDep(checkpoint_key(arch), partition_mapping=CHECKPOINTS_A_DAY_READS)]
+             + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",
         group_name="predictions",
@@ -485,12 +492,17 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             chart = report.backtest_chart(daily, arch, folder / f"{arch}_backtest.png")
             sheet = tearsheet.write_model_tearsheet(con, arch, end.date(), portfolio.model_dump(), chart, folder)
         figures = backtest_figures(daily)
+        if result.deals_at_close:
+            context.log.warning(f"{portfolio.deal_price} is missing on {result.deals_at_close} of the quotes that have a "
+                                "close (a source without it: Yahoo's has no vwap): those deal at the close, as Qlib's "
+                                "exchange deals them (it warns 'setting deal_price to close price')")
         context.log.info(f"{arch}: {len(result.report)} sessions traded, {len(result.trades)} orders"
                          + (f"; {dropped} later stored days dropped (they followed from the old state)" if dropped else "")
                          + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))
         return dg.MaterializeResult(metadata={
             **figures,  # the UI plots these over partitions
             "days": len(daily), "orders": len(result.trades), "holdings": int(result.report["holdings"].iloc[-1]),
+            "deals_at_close": result.deals_at_close,
             "turnover": float(result.report["turnover"].mean()), "later_days_dropped": dropped,
             "strategy": dg.MetadataValue.json(portfolio.model_dump()),
             "backtest chart": dg.MetadataValue.path(str(chart)),

@@ -118,6 +118,7 @@ class BacktestResult:
     report: pd.DataFrame  # per session: account, cash, value, return, cost, turnover, bench, holdings (Qlib's report_normal)
     positions: pd.DataFrame  # per session and holding: amount (adjusted shares), price, value, held_days
     trades: pd.DataFrame  # per order dealt: date, instrument, side, amount, price, value, cost
+    deals_at_close: int = 0  # quotes with a close but no deal price (dealt at the close, as Qlib deals them)
 
     def state(self) -> BacktestState:
         """After the last session: resumes the backtest there (``backtest(..., state=)``)."""
@@ -156,7 +157,11 @@ class _Exchange:
         # the session each day trades the scores of: the one before it (for the first day, the prices' last before)
         self.signal_dates = pd.DatetimeIndex([before[-1] if len(before) else pd.NaT, *dates[:-1]])
         self.close = grid("close").reindex(dates).to_numpy(float)
-        self.price = grid(config.deal_price).reindex(dates).to_numpy(float)
+        # Qlib's Exchange.get_deal_price: a deal price that is NaN or <= 1e-8 (a source without vwap) is the close
+        price = grid(config.deal_price).reindex(dates).to_numpy(float)
+        missing = np.isfinite(self.close) & ~(price > 1e-8)
+        self.price = np.where(missing, self.close, price)
+        self.deals_at_close = int(missing.sum())
         self.factor = grid("factor").reindex(dates).to_numpy(float)
         change = change.reindex(dates).to_numpy(float)
         self.suspended = ~np.isfinite(self.close) | ~np.isfinite(self.price)
@@ -295,7 +300,8 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
         report=pd.DataFrame(report, columns=["date", "account", "cash", "value", "return", "cost", "turnover",
                                              "bench", "holdings"]).set_index("date"),
         positions=pd.DataFrame(positions, columns=["date", "instrument", "amount", "price", "value", "held_days"]),
-        trades=pd.DataFrame(trades, columns=["date", "instrument", "side", "amount", "price", "value", "cost"]))
+        trades=pd.DataFrame(trades, columns=["date", "instrument", "side", "amount", "price", "value", "cost"]),
+        deals_at_close=exchange.deals_at_close)
 
 
 def _decide(ids: np.ndarray, values: np.ndarray, holdings: list[int], day: int, exchange: _Exchange,

@@ -78,7 +78,8 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
         results.append(_trade(con, model, sessions[k:k + per_block], market, config, benchmark, state))
         state = results[-1].state()
     result = BacktestResult(*(pd.concat(parts) if len(parts) > 1 else parts[0] for parts in
-                              zip(*((r.report, r.positions, r.trades) for r in results))))
+                              zip(*((r.report, r.positions, r.trades) for r in results))),
+                            deals_at_close=sum(r.deals_at_close for r in results))
     (later,) = con.execute(f"SELECT count(*) FROM {DAILY} WHERE model = ? AND date > ?", [model, end]).fetchall()[0]
     frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades}
     with wh.transaction(con):  # the days from start on are replaced; later ones followed from the old state
