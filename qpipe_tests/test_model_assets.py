@@ -405,9 +405,16 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
                f"({sha[:12]}; now {new_sha[:12]})" in w and "--partition-range 2024-02-01...2024-03-28" in w
                for w in warnings), warnings
 
+    trained("2024-02-15", 0.002)
+    only = {"predictions__gru_predictions": {"config": {"checkpoints": [DAY]}}}  # a workflow's own checkpoints
+    scored = materialize(["predictions/gru_predictions"], *SCORED, only)
+    assert scored.asset_materializations_for_node("predictions__gru_predictions")[0].metadata["checkpoints"].value == DAY
+    absent = materialize(["predictions/gru_predictions"], *SCORED, {"predictions__gru_predictions": {"config": {
+        "checkpoints": ["2024-02-20"]}}}, raise_on_error=False)
+    assert "gru checkpoint 2024-02-20, one of those named to score 2024-02-01..2024-03-28, is not in" in \
+        absent.get_step_failure_events()[0].event_specific_data.error.to_string()
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         before = con.execute("SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY ALL").fetchall()
-    trained("2024-02-15", 0.002)
 
     def failure() -> str:
         failed = materialize(["predictions/gru_predictions"], *SCORED, raise_on_error=False)

@@ -226,6 +226,13 @@ def test_rolling_cuts_the_test_segment_into_windows_with_a_checkpoint_before_eac
     assert [c.day for c in sliding.checkpoints] == [c.day for c in expanding.checkpoints]
     assert {c.train_days for c in sliding.checkpoints} == {1702}
     assert "each session scored by the newest checkpoint" in sliding.report()
+    from qpipe.workflow.run import stages
+
+    # found in review: checkpoints an earlier workflow left in the store scored this one's test segment (an Alpha158
+    # model two thirds of an Alpha360 workflow's): the test segment's predictions take this workflow's alone
+    test_run = stages(expanding)[-2]
+    assert test_run.run_config["ops"]["predictions__lstm_predictions"] == {
+        "config": {"checkpoints": ["2016-12-30", "2017-12-25", "2018-12-19", "2019-12-16"]}}
     one_day = translate(lstm, Rolling(1))  # a checkpoint before every test session
     assert len(one_day.checkpoints) == one_day.test_sessions
 

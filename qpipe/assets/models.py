@@ -8,6 +8,7 @@ have a higher step priority, so a run that trains several trains the fastest fir
 
 import resource
 import time
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -280,6 +281,17 @@ def training_metadata(result, params: dict, train_samples: int) -> dict:
 CHECKPOINTS_A_DAY_READS = dg.TimeWindowPartitionMapping(start_offset=-98, end_offset=0)
 
 
+class PredictConfig(dg.Config):
+    checkpoints: list[str] = Field(default_factory=list, description=(
+        "the checkpoint partitions (YYYY-MM-DD) that may score these days (a Qlib workflow's own: those of an earlier "
+        "workflow in the same store stay out); default: every checkpoint in the store"))
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _days(cls, days: list[str]) -> list[str]:
+        return [date.fromisoformat(day).isoformat() for day in days]
+
+
 def _predictions_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=predictions_key(arch),
@@ -296,15 +308,16 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         tags={"qpipe/arch": arch},
         metadata={"dagster/table_name": wh.PREDICTIONS},
     )
-    def _predictions(context: dg.AssetExecutionContext, warehouse: Warehouse, checkpoints: CheckpointStore,
-                     compute: Compute) -> dg.MaterializeResult:
+    def _predictions(context: dg.AssetExecutionContext, config: PredictConfig, warehouse: Warehouse,
+                     checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:
         from qpipe.training import predicting
 
         start, end = partition_dates(context)
         with warehouse.get_connection() as con:
             written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
                                                          market=get_settings().market, load_cells=compute.load_cells,
-                                                         recorded=lost_checkpoints(context.instance, arch, checkpoints))
+                                                         recorded=lost_checkpoints(context.instance, arch, checkpoints),
+                                                         only=config.checkpoints)
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
                          f"{', '.join(f'{p} (weights {sha[:12]})' for p, sha in used.items())}" + recording(context))
         return dg.MaterializeResult(metadata={"dagster/partition_row_count": written,

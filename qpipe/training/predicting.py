@@ -59,13 +59,14 @@ NONE = ""  # the days before a store's first checkpoint (an ISO date sorts after
 
 
 def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, end, market: str,
-                      load_cells: int = LOAD_CELLS, recorded: Sequence[str] = ()) -> tuple[int, dict[str, str]]:
+                      load_cells: int = LOAD_CELLS, recorded: Sequence[str] = (),
+                      only: Sequence[str] = ()) -> tuple[int, dict[str, str]]:
     """Replace ``arch``'s scores on [start, end] in one transaction; returns (rows written, the sha256 of the weights
     of each checkpoint partition used).
 
-    Each day is scored by the newest checkpoint at or before it in ``store``. Where one of ``recorded`` (the
-    partitions Dagster holds a materialization of) would be newer, its files are gone: refused, rather than scoring
-    those days with an older model in silence.
+    Each day is scored by the newest checkpoint at or before it in ``store`` (among ``only``, when given: a
+    workflow's own). Where one of ``recorded`` (the partitions Dagster holds a materialization of) would be newer,
+    its files are gone: refused, rather than scoring those days with an older model in silence.
 
     Each checkpoint scores its days in blocks of at most about ``load_cells`` feature cells, streamed into one
     INSERT while the next block is scored (``wh.streamed_inserts``), so a backfill of years holds a block's
@@ -73,6 +74,13 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
     days = calendar(con)
     lo, hi = day_range(days, start, end)
     available = store.partitions(arch)  # sorted ISO dates, listed once for the whole range
+    if only:
+        absent = sorted(set(only) - set(available))
+        if absent:
+            raise ValueError(f"{arch} checkpoint {absent[0]}, one of those named to score {pd.Timestamp(start).date()}.."
+                             f"{pd.Timestamp(end).date()}, is not in "
+                             f"{store.path_for(arch, '')}; nothing was written")
+        available, recorded = sorted(only), [p for p in recorded if p in only]
     by_checkpoint: dict[str, list[np.datetime64]] = {}
     for day in days[lo:hi + 1]:
         newest = bisect.bisect_right(available, str(day)) - 1  # the newest checkpoint at or before the day

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from qpipe.assets.models import backtest_key, checkpoint_key
+from qpipe.assets.models import backtest_key, checkpoint_key, predictions_key
 from qpipe.main import IN_PROCESS, QUIET, Stage, _span, print_leaderboard, run_stage
 from qpipe.workflow.translate import Workflow
 
@@ -23,8 +23,11 @@ def stages(workflow: Workflow) -> list[Stage]:
         return {"feature_set": model.feature_set, "train_days": window.train_days, "valid_days": window.valid_days,
                 "params": params, **workflow.processing.model_dump()}
 
-    test_config = {backtest_key(arch).to_python_identifier(): {"config": {"port_analysis": workflow.port_analysis}}} \
-        if workflow.port_analysis is not None else {}
+    # the test segment is scored by this workflow's checkpoints alone, not by those an earlier one left in the store
+    test_config = {predictions_key(arch).to_python_identifier():
+                   {"config": {"checkpoints": [str(c.day) for c in workflow.checkpoints]}}}
+    if workflow.port_analysis is not None:
+        test_config[backtest_key(arch).to_python_identifier()] = {"config": {"port_analysis": workflow.port_analysis}}
     runs = [
         Stage(f"prices and universe {workflow.prices_from}..{end}", "daily_pipeline",
               ["raw/prices", "raw/universe", "raw/concepts"], _span(workflow.prices_from, end), {**IN_PROCESS, **QUIET}),
