@@ -140,6 +140,35 @@ def test_a_valid_segment_inside_the_train_segment_is_reported_as_the_shorter_tra
     assert _entry(gap, "task.dataset.kwargs.segments.train").meaning.endswith("qpipe's train window ends where valid starts)")
 
 
+def test_region_us_trades_whole_shares_without_a_limit_as_qlibs_reg_us_and_reaches_the_backtest(tmp_path):
+    """Found in review: region us backtested fractional shares (Qlib's REG_US: trade_unit 1, limit_threshold None);
+    a null of the YAML could not reach the backtest at all (Dagster's run config holds no nulls)."""
+    from qpipe.assets.models import PortfolioConfig
+    from qpipe.workflow.run import stages
+
+    def us(d):
+        d["qlib_init"]["region"] = "us"
+        del _backtest(d)["exchange_kwargs"]["limit_threshold"]
+
+    workflow = translate(_edited(tmp_path, us))
+    assert workflow.port_analysis["trade_unit"] == 1 and workflow.port_analysis["limit_threshold"] is None
+    assert "trade_unit 1, limit_threshold None" in _entry(workflow, "qlib_init.region").meaning
+    run_config = stages(workflow)[-2].run_config["ops"]["reports__lstm_backtest"]["config"]
+    assert run_config["port_analysis"]["limit_threshold"] == "none"
+    resolved = PortfolioConfig(**run_config).resolve()
+    assert resolved.limit_threshold is None and resolved.trade_unit == 1
+    explicit = translate(_edited(tmp_path, lambda d: _backtest(d)["exchange_kwargs"].update(limit_threshold=None)))
+    assert explicit.port_analysis["limit_threshold"] is None  # cn with the YAML's own null
+
+
+def test_a_value_written_as_a_date_that_is_not_one_is_named_in_one_line(tmp_path):
+    path = _edited(tmp_path, lambda d: None)
+    path.write_text(path.read_text().replace("2014-12-31", "2014-13-31"))
+    with pytest.raises(ConfigError, match=r"workflow.yaml: cannot read the workflow YAML: a value written as a date is "
+                                          r"not one \(month must be in 1..12\)"):
+        translate(path)
+
+
 def test_dates_are_compared_as_the_sessions_they_mean(tmp_path):
     """Found by a user: fit_end_time was compared with the YAML's train segment, not the window the checkpoint fits
     its processors on; a backtest start_time on the test's first session was 'not honoured'; backtest and test

@@ -53,6 +53,12 @@ class BacktestConfig(BaseModel):
     trade_unit: float | None = Field(None, gt=0)  # raw shares per lot: Qlib's cn region uses 100
     seed: int = Field(0, ge=0)  # for method_sell/method_buy "random", with each session's date (Qlib's is unseeded)
 
+    @field_validator("limit_threshold", "trade_unit", mode="before")
+    @classmethod
+    def _none(cls, value: Any) -> Any:
+        """``none`` for Qlib's null (no limit, fractional shares): Dagster's run config holds no nulls."""
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "null") else value
+
     @field_validator("deal_price", mode="before")
     @classmethod
     def _qlib_field(cls, value: Any) -> Any:

@@ -114,6 +114,9 @@ def read_qlib_yaml(path: Path) -> dict[str, Any]:
         document = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: cannot read the workflow YAML: {error}") from error
+    except ValueError as error:  # PyYAML builds a date of any YYYY-MM-DD value: 2016-13-31 fails there
+        raise ConfigError(f"{path}: cannot read the workflow YAML: a value written as a date is not one ({error})") \
+            from error
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: not a Qlib workflow (a mapping with qlib_init and task), but a {type(document).__name__}")
     return document

@@ -27,7 +27,9 @@ def stages(workflow: Workflow) -> list[Stage]:
     test_config = {predictions_key(arch).to_python_identifier():
                    {"config": {"checkpoints": [str(c.day) for c in workflow.checkpoints]}}}
     if workflow.port_analysis is not None:
-        test_config[backtest_key(arch).to_python_identifier()] = {"config": {"port_analysis": workflow.port_analysis}}
+        # (Dagster's run config holds no nulls: Qlib's null limit_threshold or trade_unit goes as "none")
+        port_analysis = {k: "none" if v is None else v for k, v in workflow.port_analysis.items()}
+        test_config[backtest_key(arch).to_python_identifier()] = {"config": {"port_analysis": port_analysis}}
     runs = [
         Stage(f"prices and universe {workflow.prices_from}..{end}", "daily_pipeline",
               ["raw/prices", "raw/universe", "raw/concepts"], _span(workflow.prices_from, end), {**IN_PROCESS, **QUIET}),

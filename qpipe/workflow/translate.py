@@ -25,7 +25,8 @@ from qpipe.models.registry import get_spec
 Status = Literal["honoured", "changed", "not honoured"]
 QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
 REGION_EXCHANGES = {"cn": "XSHG", "us": "XNYS"}
-REGION_LOTS = {"cn": 100, "us": None}  # Qlib's region defaults: trade_unit
+# Qlib's region defaults of the Exchange (qlib.config's _default_region_config): REG_US trades whole shares, no limit
+REGION_EXCHANGE = {"cn": {"trade_unit": 100, "limit_threshold": 0.095}, "us": {"trade_unit": 1, "limit_threshold": None}}
 
 
 @dataclass(frozen=True)
@@ -226,12 +227,12 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
           + ("" if provider.is_dir() else " (not on this machine: a run refuses it)"))
     region = str(r.get("qlib_init.region", "cn"))
     if region in REGION_EXCHANGES:
-        lots = REGION_LOTS[region]
-        r.say("qlib_init.region", "honoured", f"the provider's own calendar; trade_unit {lots or 'none'} in the backtest",
-              value=region)
+        exchange = REGION_EXCHANGE[region]
+        r.say("qlib_init.region", "honoured", "the provider's own calendar; in the backtest unless its exchange_kwargs "
+              "say otherwise: " + ", ".join(f"{k} {v}" for k, v in exchange.items()), value=region)
     else:
         r.say("qlib_init.region", "not honoured", f"qpipe knows the regions {', '.join(REGION_EXCHANGES)}", value=region)
-        lots = None
+        exchange = {}
     market = str(r.get("market") or r.get("task.dataset.kwargs.handler.kwargs.instruments", required=True))
     settings["QPIPE_QLIB_MARKET"] = market
     if r.get("market") is not None:
@@ -289,7 +290,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
 
     features, test = sessions(span), sessions(bounds["test"])
-    records, port_analysis = _record_entries(r, lots, days, (test[0].item(), test[-1].item()), benchmark)
+    records, port_analysis = _record_entries(r, exchange, days, (test[0].item(), test[-1].item()), benchmark)
     _anchor_entries(r)
     rolling = _rolling_entries(r, rolling, split)  # (before the keys nothing read: it reads the top-level rolling)
     for key in r.unread():
@@ -567,7 +568,7 @@ def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processin
     return processing
 
 
-def _record_entries(r: _Reader, lots: int | None, days: np.ndarray, test: tuple, benchmark: Any
+def _record_entries(r: _Reader, exchange: dict, days: np.ndarray, test: tuple, benchmark: Any
                     ) -> tuple[list[str], dict | None]:
     """The records; ``test``: the test segment's first and last sessions."""
     records = r.get("task.record") or []
@@ -589,7 +590,7 @@ def _record_entries(r: _Reader, lots: int | None, days: np.ndarray, test: tuple,
 
     def port_ana(key: str, kwargs: dict) -> None:
         nonlocal port_analysis
-        port_analysis = _port_analysis(r, f"{key}.kwargs.config", kwargs.get("config") or {}, lots, days, test,
+        port_analysis = _port_analysis(r, f"{key}.kwargs.config", kwargs.get("config") or {}, exchange, days, test,
                                        benchmark)
         r.say(key, "honoured", "reports/<arch>_backtest (TopkDropoutStrategy on a daily exchange)", value="PortAnaRecord")
 
@@ -612,13 +613,13 @@ N_DROP_ZERO = ("qpipe keeps the holdings; Qlib with n_drop 0 sells every holding
                "whole list), a bug not copied")
 
 
-def _port_analysis(r: _Reader, key: str, config: dict, lots: int | None, days: np.ndarray, test: tuple,
+def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.ndarray, test: tuple,
                    benchmark: Any) -> dict:
     """PortAnaRecord's config as the backtest's run config. A name Qlib's TopkDropoutStrategy, Exchange or backtest
     would refuse (a TypeError there) is refused; one Qlib takes and qpipe does not implement is not honoured."""
     strategy, backtest = config.get("strategy") or {}, config.get("backtest") or {}
     _strategy_class(r, f"{key}.strategy", strategy)
-    chosen: dict[str, Any] = {} if lots is None else {"trade_unit": lots}
+    chosen: dict[str, Any] = dict(exchange)  # the region's, under what the YAML names
     kwargs = strategy.get("kwargs") or {}
     chosen |= _qlib_arguments(r, f"{key}.strategy.kwargs", {k: v for k, v in kwargs.items() if k != "signal"},
                               STRATEGY_SETTINGS, QLIB_STRATEGY_ONLY, "TopkDropoutStrategy", ("signal",))
