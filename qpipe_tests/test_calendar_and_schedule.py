@@ -128,6 +128,22 @@ def test_schedule_trains_with_the_main_jobs_quick_profile_under_qpipe_training_q
     assert "QPIPE_TRAINING = 'fast'" in str(failed.value.__cause__) and "'quick'" in str(failed.value.__cause__)
 
 
+def test_a_checkpoint_launched_from_the_ui_without_a_config_trains_with_qpipe_training(monkeypatch):
+    """Found in review: a UI backfill of checkpoints under QPIPE_TRAINING=quick trained Qlib's full settings (the MLP
+    400 epochs, an ETA of hours for the recurrent networks): the profile was only in the schedule's run config."""
+    from qpipe.assets.models import build_model_defs
+
+    def defaults(arch: str) -> dict:
+        fields = build_model_defs(arch)[0].op.config_schema.as_field().config_type.fields
+        return {name: fields[name].default_value for name in ("train_days", "valid_days", "params")
+                if fields[name].default_provided}
+
+    assert defaults("gru") == {"train_days": 480, "valid_days": 120}  # Qlib's, as TrainConfig has them
+    monkeypatch.setenv("QPIPE_TRAINING", "quick")
+    assert defaults("gru") == {"train_days": 240, "valid_days": 60, "params": {"n_epochs": 4, "hidden_size": 32}}
+    assert defaults("mlp")["params"] == {"n_epochs": 30, "batch_size": 512}  # what the launchpad shows and runs
+
+
 def test_exchange_calendars_give_sessions_time_zone_and_close():
     from qpipe.calendar import exchange_calendar
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, create_model, field_validator
 
 from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
 from qpipe.data import warehouse as wh
@@ -124,7 +124,23 @@ class TrainConfig(dg.Config):
         return processing("run config", **{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}})
 
 
+def train_config(arch: str, profile: str) -> type[TrainConfig]:
+    """``TrainConfig`` with the defaults of the QPIPE_TRAINING profile for ``arch``: what the launchpad shows, and
+    what a launch or backfill from the UI without a config trains with (``qlib``: TrainConfig's own)."""
+    from qpipe.training_profiles import checkpoint_config
+
+    defaults = checkpoint_config(profile, arch)
+    if not defaults:
+        return TrainConfig
+    fields = {name: (TrainConfig.model_fields[name].annotation,
+                     Field(default=value, description=TrainConfig.model_fields[name].description))
+              for name, value in defaults.items()}
+    return create_model(f"TrainConfig_{profile}_{arch}", __base__=TrainConfig, **fields)
+
+
 def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
+    config_class = train_config(arch, get_settings().training)
+
     @dg.asset(
         key=checkpoint_key(arch),
         description=f"{arch.upper()} trained on the window of labels known at the partition's close; "
@@ -139,7 +155,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         tags={"qpipe/arch": arch},
         op_tags=_checkpoint_step_tags(arch),
     )
-    def _checkpoint(context: dg.AssetExecutionContext, config: TrainConfig, warehouse: Warehouse,
+    def _checkpoint(context: dg.AssetExecutionContext, config: config_class, warehouse: Warehouse,
                     checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:
         import torch
 
