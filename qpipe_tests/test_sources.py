@@ -331,6 +331,28 @@ def test_tabular_window_is_the_slice_of_the_full_read(tmp_path, sp500, suffix):
     assert source.prices("2030-01-02", "2030-01-02").empty
 
 
+def test_a_new_file_without_volume_fails_its_ingest_not_the_code_location(tmp_path):
+    """Found in review: a vendor's new day file without its volume column took the whole code location down (the
+    schedule, the sensors and the UI's assets gone) because the calendar read every column's mapping."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "a.csv").write_text("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,10.5,100\n"
+                                  "2024-01-03,AAA,10,11,9,10.5,100\n")
+    (folder / "b.csv").write_text("date,symbol,open,high,low,close\n2024-01-04,AAA,10,11,9,10.5\n")
+    env = {**os.environ, "QPIPE_HOME": str(tmp_path / "home"), "QPIPE_SOURCE": "tabular",
+           "QPIPE_SOURCE_PATH": str(folder), "QPIPE_PARTITIONS_START": "2024-01-02"}
+    loaded = subprocess.run([sys.executable, "-c", "from qpipe.definitions import defs; from qpipe.partitions import "
+                             "trading_days; print(trading_days.get_partition_keys())"],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert loaded.returncode == 0 and "'2024-01-04'" in loaded.stdout, loaded.stderr[-2000:]
+    with pytest.raises(PriceDataError, match=r"missing columns: source .*b.csv: required \['volume'\]"):
+        TabularSource(str(folder)).prices("2024-01-04", "2024-01-04")
+
+
 def test_a_benchmark_the_source_lacks_is_refused_by_the_universe_not_by_the_backtest(tmp_path, sp500):
     """Found in review: QPIPE_BENCHMARK=SPX over a CSV without SPX failed in the backtest, after prices, features
     and every checkpoint; the universe, the first step, now names it (as the Qlib provider does)."""

@@ -211,7 +211,10 @@ class TabularSource:
         files = self.files()
         scans = []
         for (parquet, header), ids in self._groups(files).items():
-            mapping = {src: dst for src, dst in self._mapping(files[ids[0]], list(header)).items() if dst in wanted}
+            # only the columns it reads must be there: the calendar, read when the definitions load, needs the dates
+            # alone, so a file missing its volume fails the ingest of its days, not the whole code location
+            mapping = {src: dst for src, dst in self._mapping(files[ids[0]], list(header), wanted).items()
+                       if dst in wanted}
             scans.append(self._select(files, ids, parquet, list(header), mapping))
         with duckdb.connect() as con:
             return _scan_or_explain(con, f"WITH scan AS ({' UNION ALL BY NAME '.join(scans)}) {query}", self.path).fetchnumpy()
@@ -240,8 +243,9 @@ class TabularSource:
         with opener(file, "rt", newline="") as fh:
             return next(csv.reader(fh), [])
 
-    def _mapping(self, file: Path, header: list[str]) -> dict[str, str]:
-        """Source column name -> canonical name for one file; errors name the file and what is missing."""
+    def _mapping(self, file: Path, header: list[str], wanted: tuple[str, ...] = REQUIRED) -> dict[str, str]:
+        """Source column name -> canonical name for one file; errors name the file and what is missing of the
+        required columns among ``wanted``."""
         unknown = {k: v for k, v in self.columns.items() if v not in ALIASES}
         if unknown:
             name, value = next(iter(unknown.items()))
@@ -259,7 +263,7 @@ class TabularSource:
                 if col not in mapping and col.strip().lower() in names:
                     mapping[col] = canonical
                     break
-        missing = [c for c in REQUIRED if c not in mapping.values()]
+        missing = [c for c in REQUIRED if c in wanted and c not in mapping.values()]
         if missing:
             raise PriceDataError(
                 "missing columns", str(file),
