@@ -422,7 +422,9 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
         return failed.get_step_failure_events()[0].event_specific_data.error.to_string()
 
     (root / "checkpoints" / "gru" / "2024-02-15.json").unlink()  # its sidecar lost, its weights left
-    assert "2024-02-15.json: missing checkpoint sidecar (the JSON next to 2024-02-15.safetensors)" in failure()
+    error = failure()
+    assert ("2024-02-15.json: missing checkpoint sidecar (the JSON next to 2024-02-15.safetensors). Nothing was "
+            "written. Train it again (dg launch --assets models/gru_checkpoint --partition 2024-02-15)") in error, error
     (root / "checkpoints" / "gru" / "2024-02-15.safetensors").unlink()  # both gone; Dagster still holds it
     error = failure()
     assert ("models/gru_checkpoint 2024-02-15 is materialized in Dagster but its files are not in" in error

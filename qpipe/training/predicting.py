@@ -14,7 +14,7 @@ from qpipe.features.processors import ProcessorChain
 from qpipe.features.store import calendar, day_range
 from qpipe.settings import LOAD_CELLS
 from qpipe.training import dataset
-from qpipe.training.checkpoint import Checkpoint, load_checkpoint
+from qpipe.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from qpipe.training.engine import predict
 
 PREDICTIONS_DDL = ("date DATE NOT NULL, instrument VARCHAR NOT NULL, score FLOAT, model VARCHAR NOT NULL, "
@@ -96,7 +96,7 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
                     [arch, pd.Timestamp(start).date(), pd.Timestamp(end).date()])
         with wh.streamed_inserts(con, in_transaction=True) as insert:
             for partition, covered in by_checkpoint.items():
-                checkpoint = load_checkpoint(store.path_for(arch, partition))
+                checkpoint = _load(store, arch, partition)
                 weights[partition] = checkpoint.sidecar["weights"]["sha256"]
                 infer = infer_chain(checkpoint)
                 for block in day_blocks(reader, checkpoint, infer, covered, market, load_cells):
@@ -106,6 +106,15 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
                                                                 preserve_index=False))
                     written += len(scores)
     return written, weights
+
+
+def _load(store, arch: str, partition: str) -> Checkpoint:
+    """The checkpoint, or its error with what to do about it."""
+    try:
+        return load_checkpoint(store.path_for(arch, partition))
+    except CheckpointError as error:
+        raise CheckpointError(f"{str(error).rstrip('.')}. Nothing was written. Train it again (dg launch --assets models/{arch}_checkpoint "
+                              f"--partition {partition}), or restore its files from a copy") from error
 
 
 def days_scored_by(con: duckdb.DuckDBPyConnection, arch: str, partition: str) -> tuple[str, str] | None:
