@@ -367,3 +367,53 @@ def test_blocks_grow_at_most_fourfold_so_a_history_that_starts_sparse_is_not_rea
 
     sizes = [len(block) for block, _ in read_in_blocks(list(range(2_000)), 1_000, read)]
     assert sizes[:3] == [FIRST_BLOCK, 4 * FIRST_BLOCK, 10] and sum(sizes) == 2_000  # not 500 sessions of 100 stocks
+
+
+def test_the_schedules_run_looks_again_at_a_late_source_and_a_run_you_launch_fails_at_once(tmp_path, warehouse_path,
+                                                                                           monkeypatch):
+    """Found in review: the schedule's run of a day the vendor's file did not have yet failed, and its run key kept
+    the next tick from trying again: the day was left to an operator. It now looks again (every 15 minutes, here
+    0.5 s) until the day is there, as it is when the file arrives."""
+    import threading
+
+    import qpipe.assets.prices
+
+    monkeypatch.setattr(qpipe.assets.prices, "LOOK_AGAIN_SECONDS", 0.5)
+    folder = tmp_path / "vendor"
+    folder.mkdir()
+    header, day_before, day = GOOD.splitlines(keepends=True)
+    (folder / "2024-01-02.csv").write_text(header + day_before)
+    source = PriceSource(kind="tabular", path=str(folder))
+    instance = dg.DagsterInstance.ephemeral()
+
+    def scheduled(retries: int, tags=None) -> dg.ExecuteInProcessResult:
+        return dg.materialize([raw_prices], partition_key="2024-01-03", instance=instance, raise_on_error=False,
+                              tags={"dagster/schedule_name": "after_close"} if tags is None else tags,
+                              run_config={"ops": {"raw__prices": {"config": {"late_source_retries": retries}}}},
+                              resources=_resources(warehouse_path, source))
+
+    def retries(result) -> list[str]:
+        return [e.message for e in instance.all_logs(result.run_id) if e.dagster_event
+                and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+
+    launched = scheduled(3, tags={})  # an operator's run: at once
+    assert not launched.success and retries(launched) == []
+    late = scheduled(2)
+    assert not late.success and len(retries(late)) == 2
+    warnings = [e.user_message for e in instance.all_logs(late.run_id) if e.level == logging.WARNING]
+    assert any("has no rows between 2024-01-03 and 2024-01-03" in w and "the source looks late: looking again in "
+               "0.00833333 min (attempt 2 of 3" in w for w in warnings), warnings
+
+    earlier = {run.run_id for run in instance.get_runs()}
+
+    def vendor_delivers():  # after the new run's first look
+        while not any(retries(run) for run in instance.get_runs() if run.run_id not in earlier):
+            threading.Event().wait(0.05)
+        (folder / "2024-01-03.csv").write_text(header + day)
+
+    delivery = threading.Thread(target=vendor_delivers)
+    delivery.start()
+    arrived = scheduled(40)
+    delivery.join(timeout=30)
+    assert arrived.success and 1 <= len(retries(arrived)) < 40
+    assert {r[0].isoformat() for r in table_rows(warehouse_path, "raw.prices")} == {"2024-01-03"}

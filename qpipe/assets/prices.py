@@ -9,7 +9,7 @@ from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored
 from qpipe.data.ingest import NoRows, ingest_prices
-from qpipe.data.validation import first_few
+from qpipe.data.validation import PriceDataError, first_few
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import Compute, PriceSource, Warehouse
 
@@ -34,10 +34,16 @@ class IngestConfig(dg.Config):
                                                      "removed (refused by default: a shrunken source is usually cut short)")
 
 
+LOOK_AGAIN_SECONDS = 15 * 60  # how long the schedule's run waits before it looks again at a late source
+
+
 class PricesConfig(IngestConfig):
     allow_missing: bool = Field(default=False, description="accept a session without rows for more than a few of the "
                                 "instruments the session before had (refused by default: a day the source has not "
                                 "finished; accept it where the stocks left, or the source leaves suspended ones out)")
+    late_source_retries: int = Field(default=16, ge=0, description="how often the schedule's run looks again, every 15 "
+                                     "minutes, at a source that has no rows (or too few) of its day yet: a vendor's "
+                                     "late file (16: four hours); a run you launch fails at once")
 
 
 @dg.asset(
@@ -72,7 +78,12 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                                  allow_missing=config.allow_missing,
                                  log=context.log.info)
         except NoRows as error:
+            look_again(context, config, error)
             raise dg.Failure(str(error)) from None
+        except PriceDataError as error:
+            if error.rule == "partial day":
+                look_again(context, config, error)
+            raise
     report_anchoring(context, done.anchored, done.unanchored, end)
     context.log.info(f"wrote {done.rows} price rows ({done.suspended} suspended) for {done.instruments} instruments"
                      + recording(context))
@@ -87,6 +98,18 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
         "rebased_instruments": len(done.anchored.scale),  # scaled onto the stored basis (qpipe.data.anchoring)
         "read_blocks": done.blocks,  # of about QPIPE_LOAD_CELLS / 64 price rows each (qpipe.data.ingest)
     })
+
+
+def look_again(context: dg.AssetExecutionContext, config: PricesConfig, error: Exception) -> None:
+    """In the schedule's run, a day the source has not delivered (or finished) yet is looked at again later: the step
+    runs again in LOOK_AGAIN_SECONDS, up to ``late_source_retries`` times (nothing was written)."""
+    if "dagster/schedule_name" not in context.run.tags or context.retry_number >= config.late_source_retries:
+        return
+    minutes = LOOK_AGAIN_SECONDS / 60
+    context.log.warning(f"{error} -- the source looks late: looking again in {minutes:g} min (attempt "
+                        f"{context.retry_number + 2} of {config.late_source_retries + 1}; raw/prices' config "
+                        "late_source_retries)")
+    raise dg.RetryRequested(max_retries=config.late_source_retries, seconds_to_wait=LOOK_AGAIN_SECONDS) from error
 
 
 def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unanchored: list[str],
