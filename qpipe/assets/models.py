@@ -215,10 +215,13 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                                       Path(checkpoints.root) / arch / f"{day}.curves.png")
         sha, version = stored_version(path)
         if scored and sha != previous:
-            context.log.warning(
+            in_a_job = "qpipe/main" in context.run.tags  # the main job or qpipe qrun, whose next run predicts again
+            (context.log.info if in_a_job else context.log.warning)(
                 f"the stored {arch} scores of {scored[0]}..{scored[1]} were made by this checkpoint's previous weights "
-                f"({previous[:12]}; now {sha[:12]}): predict them again to have them from these "
-                f"(dg launch --assets predictions/{arch}_predictions --partition-range {scored[0]}...{scored[1]})")
+                f"({previous[:12]}; now {sha[:12]}): "
+                + ("this job's next runs predict the days they cover again" if in_a_job else
+                   f"predict them again to have them from these (dg launch --assets predictions/{arch}_predictions "
+                   f"--partition-range {scored[0]}...{scored[1]})"))
         # the data version: the weights with the columns and processor state they read (the same again leave the
         # predictions up to date)
         return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
