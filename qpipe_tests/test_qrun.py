@@ -157,6 +157,11 @@ def test_region_us_trades_whole_shares_without_a_limit_as_qlibs_reg_us_and_reach
     assert run_config["port_analysis"]["limit_threshold"] == "none"
     resolved = PortfolioConfig(**run_config).resolve()
     assert resolved.limit_threshold is None and resolved.trade_unit == 1
+    def no_benchmark(d):
+        del d["benchmark"], _backtest(d)["benchmark"]
+
+    equal_weighted = _entry(translate(_edited(tmp_path, no_benchmark)), "task.record[2].kwargs.config.backtest.benchmark")
+    assert equal_weighted.status == "changed" and equal_weighted.meaning.startswith("the equal-weighted market")
     explicit = translate(_edited(tmp_path, lambda d: _backtest(d)["exchange_kwargs"].update(limit_threshold=None)))
     assert explicit.port_analysis["limit_threshold"] is None  # cn with the YAML's own null
 

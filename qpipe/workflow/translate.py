@@ -644,6 +644,11 @@ def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.
         else:
             _qlib_arguments(r, f"{key}.backtest", {name: value}, (), QLIB_BACKTEST_ONLY, "backtest",
                             ("account", "benchmark", "start_time", "end_time", "exchange_kwargs"))
+    if "benchmark" not in backtest:  # Qlib's backtest() then takes its default, SH000300
+        r.entries.append(Entry(f"{key}.backtest.benchmark", None, "changed",
+                               (f"QPIPE_BENCHMARK={benchmark}, the workflow's" if benchmark is not None else
+                                "the equal-weighted market of the members, as none is named")
+                               + " (Qlib's backtest, given none, takes SH000300)"))
     for name, value in config.items():
         if name not in ("strategy", "backtest"):
             r.entries.append(Entry(f"{key}.{name}", value, "not honoured", "qpipe's executor is Qlib's benchmark one, "
