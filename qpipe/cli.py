@@ -1,7 +1,9 @@
 """The ``qpipe`` command: ``qpipe qrun WORKFLOW.yaml`` runs a Qlib workflow as qpipe's assets, after a report of what
-each of its keys means in qpipe (``--dry-run``: the report only)."""
+each of its keys means in qpipe (``--dry-run``: the report only); ``qpipe dump-bin SOURCE DIR`` writes a CSV/Parquet
+source as the Qlib provider directory a workflow reads, as Qlib's ``dump_bin.py dump_all`` does."""
 
 import argparse
+import json
 import sys
 
 
@@ -32,6 +34,29 @@ def qrun(args: argparse.Namespace) -> int:
         return 2
 
 
+def dump_bin(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from qpipe.data.qlib_provider import write_qlib_provider
+    from qpipe.data.tabular import TabularSource
+    from qpipe.data.validation import PriceDataError
+
+    try:
+        columns = json.loads(args.columns) if args.columns else {}
+        source = TabularSource(args.source, columns=columns, date_format=args.date_format)
+        prices = source.prices()
+        universe, _ = source.reference()
+    except (PriceDataError, json.JSONDecodeError) as error:
+        print(f"qpipe dump-bin: {error}", file=sys.stderr)
+        return 2
+    markets = [universe] + [universe.assign(market=name) for name in args.market]
+    root = write_qlib_provider(prices, args.dir, pd.concat(markets, ignore_index=True))
+    print(f"{root}: {prices['instrument'].nunique()} instruments, {prices['date'].nunique()} sessions "
+          f"({prices['date'].min().date()}..{prices['date'].max().date()}); markets "
+          f"{', '.join(['all', *args.market])} (instruments/*.txt); for a workflow's qlib_init.provider_uri")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,8 +67,16 @@ def main(argv: list[str] | None = None) -> int:
                      help="Qlib's RollingGen(step=N): a checkpoint every N sessions of the test segment")
     run.add_argument("--rolling-type", default=None, metavar="RTYPE",
                      help="ROLL_EX (expanding train window, the default) or ROLL_SD (sliding)")
+    dump = commands.add_parser("dump-bin", help="a CSV/Parquet source written as a Qlib provider directory (Qlib's "
+                               "dump_bin.py dump_all), for qpipe qrun")
+    dump.add_argument("source", help="a CSV/Parquet file or folder, as QPIPE_SOURCE_PATH takes it")
+    dump.add_argument("dir", help="the provider directory to write (calendars/, instruments/, features/)")
+    dump.add_argument("--market", action="append", default=[], metavar="NAME",
+                      help="also write instruments/NAME.txt with every instrument (a workflow's market: sp500)")
+    dump.add_argument("--columns", default="", help="JSON, as QPIPE_SOURCE_COLUMNS: {\"<name in file>\": \"<qpipe name>\"}")
+    dump.add_argument("--date-format", default="", help="strptime format of the dates, as QPIPE_SOURCE_DATE_FORMAT")
     args = parser.parse_args(argv)
-    return {"qrun": qrun}[args.command](args)
+    return {"qrun": qrun, "dump-bin": dump_bin}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -310,6 +311,31 @@ def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_wri
     real = subprocess.run([QPIPE, "qrun", lstm], capture_output=True, text=True, timeout=120, env=env)
     assert real.returncode == 2 and "qlib_init.provider_uri" in real.stderr and "not a Qlib provider directory" in real.stderr
     assert not (tmp_path / "qpipe").exists() and list((tmp_path / "dagster_home").iterdir()) == []
+
+
+def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads(tmp_path, sp500):
+    """Found in review: qrun reads a Qlib provider directory only, and a user with a CSV/Parquet source had to write
+    one by hand (the dry run said a Parquet file that was there was 'not on this machine')."""
+    from qpipe.data.qlib_provider import QlibSource
+    from qpipe.data.tabular import TabularSource
+
+    few = sp500[sp500["symbol"].isin(["AAPL", "MSFT", "XOM"]) & (pd.to_datetime(sp500["date"]) < "2014-01-01")]
+    csv = tmp_path / "prices.csv"
+    few.rename(columns={"symbol": "ticker"}).to_csv(csv, index=False)
+    provider = tmp_path / "us_data"
+    done = subprocess.run([QPIPE, "dump-bin", csv, provider, "--market", "sp3"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{provider}: 3 instruments, 269 sessions (2012-12-06..2013-12-31); markets all, sp3")
+    stored = QlibSource(str(provider), market="sp3").prices()
+    source = TabularSource(str(csv)).prices()
+    pd.testing.assert_frame_equal(stored[source.columns], source, check_dtype=False, rtol=1e-6)  # float32 bins
+    dry = _edited(tmp_path, lambda d: d["qlib_init"].update(provider_uri=str(csv)))
+    assert "not a Qlib provider directory here, no calendars/day.txt: a run refuses it; `qpipe dump-bin SOURCE DIR` " \
+           "writes one" in translate(dry).report()
+    bad = subprocess.run([QPIPE, "dump-bin", tmp_path / "nowhere.csv", provider], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("qpipe dump-bin: source not found")
 
 
 # Quick kwargs for a minute's run; every other key stays as Qlib's YAML has it.

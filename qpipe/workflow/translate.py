@@ -224,7 +224,9 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     provider = Path(str(r.get("qlib_init.provider_uri", required=True))).expanduser()
     settings["QPIPE_SOURCE_PATH"] = str(provider)
     r.say("qlib_init.provider_uri", "honoured", f"QPIPE_SOURCE=qlib, QPIPE_SOURCE_PATH={provider}"
-          + ("" if provider.is_dir() else " (not on this machine: a run refuses it)"))
+          + ("" if (provider / "calendars" / "day.txt").is_file() else
+             " (not a Qlib provider directory here, no calendars/day.txt: a run refuses it; `qpipe dump-bin "
+             "SOURCE DIR` writes one from a CSV/Parquet source)"))
     region = str(r.get("qlib_init.region", "cn"))
     if region in REGION_EXCHANGES:
         exchange = REGION_EXCHANGE[region]
