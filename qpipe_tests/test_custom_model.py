@@ -171,6 +171,13 @@ def test_a_qlib_workflow_names_its_network_by_module_path(tmp_path):
     path.write_text(yaml.safe_dump(general))
     config = config_from_qlib_yaml(path)
     assert (config.model, config.step_len, config.params["d_feat"], config.params["hidden_size"]) == ("gru", 20, 6, 64)
+    general["task"]["model"]["kwargs"]["input_dim"] = 157  # an MLP's: found in review, "for model 'gru'" said no more
+    path.write_text(yaml.safe_dump(general))
+    with pytest.raises(ConfigError, match=r"unknown hyper-parameter 'input_dim' = 157 for model 'gru'.* \(GeneralPTNN "
+                                          r"without pt_model_uri trains its default network, qlib.contrib.model."
+                                          r"pytorch_gru_ts.GRUModel: name pt_model_uri for another\)"):
+        config_from_qlib_yaml(path)
+    del general["task"]["model"]["kwargs"]["input_dim"]
     general["task"]["model"]["kwargs"]["pt_model_uri"] = "my_models.nets.MyNet"
     path.write_text(yaml.safe_dump(general))
     with pytest.raises(ConfigError, match=r"pt_model_uri = 'my_models.nets.MyNet' is the network of no qpipe "

@@ -165,7 +165,13 @@ def config_from_qlib_document(document: dict[str, Any], path: Path) -> ModelConf
         raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}: model {spec.name!r} has no preset "
                           f"for feature set {FEATURE_SETS[handler]!r} (its ModelSpec has presets for "
                           f"{', '.join(spec.presets) or 'none'}; a spec needs a preset per feature set it accepts)")
-    return validated_config(spec, FEATURE_SETS[handler], step_len, params, source=str(path))
+    try:
+        return validated_config(spec, FEATURE_SETS[handler], step_len, params, source=str(path))
+    except ConfigError as error:
+        if model_class == GENERAL_PTNN and "pt_model_uri" not in kwargs:  # the model's name came from nowhere visible
+            raise ConfigError(f"{error} (GeneralPTNN without pt_model_uri trains its default network, "
+                              f"{GENERAL_PTNN_NETWORK['pt_model_uri']}: name pt_model_uri for another)") from None
+        raise
 
 
 def _network_by_uri(model_class: str, kwargs: dict[str, Any]) -> tuple[ModelSpec, dict[str, Any]]:
