@@ -333,6 +333,16 @@ def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads
     dry = _edited(tmp_path, lambda d: d["qlib_init"].update(provider_uri=str(csv)))
     assert "not a Qlib provider directory here, no calendars/day.txt: a run refuses it; `qpipe dump-bin SOURCE DIR` " \
            "writes one" in translate(dry).report()
+    # what the provider lacks is named before any run (found in review: after half a minute of prices and features)
+    for change, message in ((lambda d: d.update(market="sp500"), "market = 'sp500': .*us_data has no "
+                             "instruments/sp500.txt \\(its markets: all, sp3\\)"),
+                            (lambda d: d.update(market="sp3", benchmark="^GSPC"), "benchmark = '\\^GSPC': .*us_data has no "
+                             "features/\\^gspc folder for it")):
+        def edit(d, change=change):
+            d["qlib_init"]["provider_uri"] = str(provider)
+            change(d)
+        with pytest.raises(ConfigError, match=message):
+            translate(_edited(tmp_path, edit))
     bad = subprocess.run([QPIPE, "dump-bin", tmp_path / "nowhere.csv", provider], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("qpipe dump-bin: source not found")

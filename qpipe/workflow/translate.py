@@ -211,6 +211,18 @@ def _sessions(provider: Path, region: str) -> tuple[np.ndarray, str]:
         f"{code} (exchange-calendars; the provider directory is not on this machine)"
 
 
+def _in_the_provider(r: _Reader, provider: Path, market: str, benchmark: Any) -> None:
+    """The market file and the benchmark's folder are in the provider directory, or ConfigError names them."""
+    markets = sorted(p.stem for p in (provider / "instruments").glob("*.txt"))
+    if market not in markets:
+        key = "market" if r.get("market") is not None else "task.dataset.kwargs.handler.kwargs.instruments"
+        raise ConfigError(f"{r.path}: {key} = {market!r}: {provider} has no instruments/{market}.txt (its markets: "
+                          f"{', '.join(markets) or 'none'}){close_match(market, markets)}")
+    if benchmark is not None and not (provider / "features" / str(benchmark).lower()).is_dir():
+        raise ConfigError(f"{r.path}: benchmark = {benchmark!r}: {provider} has no features/{str(benchmark).lower()} "
+                          "folder for it (leave benchmark out to compare with the equal-weighted market)")
+
+
 def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     """Read a Qlib workflow YAML and say what each of its keys means in qpipe; ``rolling`` (or the YAML's
     ``rolling: {step, rtype}``) retrains through the test segment as RollingGen does. Raises ConfigError (naming
@@ -244,6 +256,8 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     if benchmark is not None:
         settings["QPIPE_BENCHMARK"] = str(benchmark)
         r.say("benchmark", "honoured", f"QPIPE_BENCHMARK={benchmark}: ingested beside the market, the backtest's benchmark")
+    if (provider / "calendars" / "day.txt").is_file():  # found now, not after minutes of prices and features
+        _in_the_provider(r, provider, market, benchmark)
 
     handler = "task.dataset.kwargs.handler"
     r.say(f"{handler}.class", "honoured", f"feature set {model.feature_set}")
