@@ -417,3 +417,45 @@ def test_the_schedules_run_looks_again_at_a_late_source_and_a_run_you_launch_fai
     delivery.join(timeout=30)
     assert arrived.success and 1 <= len(retries(arrived)) < 40
     assert {r[0].isoformat() for r in table_rows(warehouse_path, "raw.prices")} == {"2024-01-03"}
+
+
+def test_the_same_rows_stored_again_leave_what_depends_on_them_up_to_date(tmp_path, warehouse_path):
+    """Found in review: ingesting a day's identical prices again marked features, labels, predictions and reports
+    stale (each run was a new data version). The data version of prices, features and labels is now their rows'."""
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from qpipe.assets.features import feature_tables, label_table
+
+    path = tmp_path / "prices.csv"
+    source = PriceSource(kind="tabular", path=str(path))
+    days = [str(d) for d in trading_days("2024-01-02", "2024-01-31")]
+    rows = [(day, name, 10.0 + k / 10, 10.5 + k / 10, 9.5 + k / 10, 10.0 + k / 10, 1000.0)
+            for k, day in enumerate(days) for name in ("AAA", "BBB")]
+    frame = pd.DataFrame(rows, columns=["date", "symbol", "open", "high", "low", "close", "volume"])
+    frame.to_csv(path, index=False)
+    instance = dg.DagsterInstance.ephemeral()
+    assets = [raw_prices, feature_tables, label_table]
+    resources = _resources(warehouse_path, source)
+
+    def run(keys: list[str]) -> None:
+        dg.materialize(assets, selection=keys, instance=instance, resources=resources, tags={
+            "dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]})
+
+    def version(key: str, day: str) -> str:
+        return instance.get_latest_data_version_record(dg.AssetKey.from_user_string(key), partition_key=day) \
+            .asset_materialization.tags["dagster/data_version"]
+
+    def stale(key: str, day: str) -> StaleStatus:
+        return get_stale_status_resolver(instance, assets).get_status(dg.AssetKey.from_user_string(key), day)
+
+    run(["raw/prices", "features/alpha158", "features/label"])
+    first = version("raw/prices", days[-1])
+    run(["raw/prices"])
+    assert version("raw/prices", days[-1]) == first
+    assert stale("features/alpha158", days[-1]) == stale("features/label", days[-1]) == StaleStatus.FRESH
+    frame.loc[len(frame) - 1, "volume"] = 2000.0  # BBB's last volume restated
+    frame.to_csv(path, index=False)
+    run(["raw/prices"])
+    assert version("raw/prices", days[-1]) != first
+    assert stale("features/alpha158", days[-1]) == stale("features/label", days[-1]) == StaleStatus.STALE

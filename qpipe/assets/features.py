@@ -8,6 +8,7 @@ import pandas as pd
 
 from qpipe.assets.prices import PRICES, check_range, partition_dates, recording
 from qpipe.calendar import market_calendar
+from qpipe.data import warehouse as wh
 from qpipe.data.validation import first_few
 from qpipe.features import store
 from qpipe.partitions import daily_freshness, trading_days
@@ -54,17 +55,16 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     with warehouse.get_connection() as con:
         warn_of_unstored_sessions(context, con, start, end, store.LOOKBACK)
         written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
+        versions = {fs.name: wh.content_version(con, fs.table, start, end) for fs in selected}
     seconds = time.perf_counter() - began
     counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
     where = f"{compute.threads} threads" if operators is store.ops else f"on {operators.device}"
     context.log.info(f"{counts} for {start.date()}..{end.date()} in {seconds:.1f}s ({where})"
                      + recording(context, len(selected)))
     for fs in selected:
-        yield dg.MaterializeResult(asset_key=["features", fs.name], metadata={
-            "dagster/partition_row_count": written[fs.name],
-            "columns": len(fs.columns),
-            "seconds": round(seconds, 3),
-        })
+        yield dg.MaterializeResult(asset_key=["features", fs.name], data_version=dg.DataVersion(versions[fs.name]),
+                                   metadata={"dagster/partition_row_count": written[fs.name],
+                                             "columns": len(fs.columns), "seconds": round(seconds, 3)})
 
 
 @dg.asset(
@@ -86,9 +86,10 @@ def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute
         # partition D holds the labels of D - 2 (its row), from the closes of D - 1 and D
         warn_of_unstored_sessions(context, con, start, end, store.LABEL_HORIZON)
         rows = store.write_labels(con, start, end, block_cells=compute.block_cells)
+        version = wh.content_version(con, store.LABEL_TABLE, start, end, date_column="known_on")
     context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
                      + recording(context))
-    return dg.MaterializeResult(metadata={"dagster/partition_row_count": rows})
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={"dagster/partition_row_count": rows})
 
 
 def _feature_checks(key: dg.AssetKey, fs: "store.FeatureSet") -> list[dg.AssetChecksDefinition]:

@@ -77,6 +77,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                                  replace=config.replace, load_cells=compute.load_cells,
                                  allow_missing=config.allow_missing,
                                  log=context.log.info)
+            version = wh.content_version(con, wh.PRICES, start, end)
         except NoRows as error:
             look_again(context, config, error)
             raise dg.Failure(str(error)) from None
@@ -87,7 +88,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
     report_anchoring(context, done.anchored, done.unanchored, end)
     context.log.info(f"wrote {done.rows} price rows ({done.suspended} suspended) for {done.instruments} instruments"
                      + recording(context))
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
         "dagster/partition_row_count": done.rows,
         "instruments": done.instruments,
         "suspended_rows": done.suspended,

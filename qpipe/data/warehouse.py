@@ -231,6 +231,15 @@ def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
                 [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
 
 
+def content_version(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> str:
+    """A digest of ``table``'s rows dated [start, end], whatever their order: a step's Dagster data version, so that
+    writing the same rows again leaves what depends on them up to date (a whole table's range in a fraction of a
+    second)."""
+    rows, digest = con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {table} t WHERE {date_column} BETWEEN ? AND ?",
+                               [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchone()
+    return f"{rows}-{digest or 0:016x}"
+
+
 def replace_range(con: duckdb.DuckDBPyConnection, table: str, staging: str, start, end) -> None:
     """Put ``staging``'s rows in place of ``table``'s rows dated [start, end] (call it inside a transaction).
 
