@@ -306,6 +306,9 @@ def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_wri
                  "4. predictions/lstm_predictions, reports/lstm_ic, reports/lstm_backtest 2017-01-03..2020-07-31\n"
                  "    5. reports/leaderboard, printed at the end"):  # the runs qrun makes (found by a user: 4 of 5)
         assert line in dry.stdout, line
+    # found in review: a key that changes the figures was one line in a 40-line report; the last line names them all
+    assert dry.stdout.rstrip().endswith("  not as Qlib runs it (3, above): task.dataset.kwargs.segments.valid, "
+                                        "task.model.kwargs.GPU, task.record[1].kwargs.ann_scaler")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "QPIPE_HOME": str(tmp_path / "qpipe")}
     (tmp_path / "dagster_home").mkdir()
     real = subprocess.run([QPIPE, "qrun", lstm], capture_output=True, text=True, timeout=120, env=env)
