@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("dir", help="the provider directory to write (calendars/, instruments/, features/)")
     dump.add_argument("--market", action="append", default=[], metavar="NAME",
                       help="also write instruments/NAME.txt with every instrument (a workflow's market: sp500)")
-    dump.add_argument("--columns", default="", help="JSON, as QPIPE_SOURCE_COLUMNS: {\"<name in file>\": \"<qpipe name>\"}")
+    dump.add_argument("--columns", default="",
+                      help="JSON, as QPIPE_SOURCE_COLUMNS: {\"<name in file>\": \"<qpipe name>\"}")
     dump.add_argument("--date-format", default="", help="strptime format of the dates, as QPIPE_SOURCE_DATE_FORMAT")
     args = parser.parse_args(argv)
     return {"qrun": qrun, "dump-bin": dump_bin}[args.command](args)

@@ -214,7 +214,8 @@ def test_a_missing_deal_price_deals_at_the_close_as_qlibs_exchange_does():
     """Found in review: deal_price vwap on a source without vwap (Yahoo's) suspended every stock, so a backtest made
     no order and reported minus the benchmark; Qlib's get_deal_price deals those at the close, with a warning."""
     at_close = backtest(_scores(), _prices(), DAYS[1:], SMALL)
-    no_vwap = backtest(_scores(), _prices().assign(vwap=np.nan), DAYS[1:], SMALL.model_copy(update={"deal_price": "vwap"}))
+    at_vwap = SMALL.model_copy(update={"deal_price": "vwap"})
+    no_vwap = backtest(_scores(), _prices().assign(vwap=np.nan), DAYS[1:], at_vwap)
     assert len(no_vwap.trades) == 6 and no_vwap.deals_at_close == 5 * 5 and at_close.deals_at_close == 0
     pd.testing.assert_frame_equal(no_vwap.trades, at_close.trades)
     pd.testing.assert_frame_equal(no_vwap.report, at_close.report)

@@ -408,7 +408,8 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
     trained("2024-02-15", 0.002)
     only = {"predictions__gru_predictions": {"config": {"checkpoints": [DAY]}}}  # a workflow's own checkpoints
     scored = materialize(["predictions/gru_predictions"], *SCORED, only)
-    assert scored.asset_materializations_for_node("predictions__gru_predictions")[0].metadata["checkpoints"].value == DAY
+    event = scored.asset_materializations_for_node("predictions__gru_predictions")[0]
+    assert event.metadata["checkpoints"].value == DAY
     absent = materialize(["predictions/gru_predictions"], *SCORED, {"predictions__gru_predictions": {"config": {
         "checkpoints": ["2024-02-20"]}}}, raise_on_error=False)
     assert "gru checkpoint 2024-02-20, one of those named to score 2024-02-01..2024-03-28, is not in" in \

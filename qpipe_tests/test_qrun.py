@@ -161,7 +161,8 @@ def test_region_us_trades_whole_shares_without_a_limit_as_qlibs_reg_us_and_reach
     def no_benchmark(d):
         del d["benchmark"], _backtest(d)["benchmark"]
 
-    equal_weighted = _entry(translate(_edited(tmp_path, no_benchmark)), "task.record[2].kwargs.config.backtest.benchmark")
+    equal_weighted = _entry(translate(_edited(tmp_path, no_benchmark)),
+                            "task.record[2].kwargs.config.backtest.benchmark")
     assert equal_weighted.status == "changed" and equal_weighted.meaning.startswith("the equal-weighted market")
     explicit = translate(_edited(tmp_path, lambda d: _backtest(d)["exchange_kwargs"].update(limit_threshold=None)))
     assert explicit.port_analysis["limit_threshold"] is None  # cn with the YAML's own null
@@ -339,8 +340,8 @@ def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads
     # what the provider lacks is named before any run (found in review: after half a minute of prices and features)
     for change, message in ((lambda d: d.update(market="sp500"), "market = 'sp500': .*us_data has no "
                              "instruments/sp500.txt \\(its markets: all, sp3\\)"),
-                            (lambda d: d.update(market="sp3", benchmark="^GSPC"), "benchmark = '\\^GSPC': .*us_data has no "
-                             "features/\\^gspc folder for it")):
+                            (lambda d: d.update(market="sp3", benchmark="^GSPC"),
+                             "benchmark = '\\^GSPC': .*us_data has no features/\\^gspc folder for it")):
         def edit(d, change=change):
             d["qlib_init"]["provider_uri"] = str(provider)
             change(d)

@@ -525,9 +525,9 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             sheet = tearsheet.write_model_tearsheet(con, arch, end.date(), portfolio.model_dump(), chart, folder)
         figures = backtest_figures(daily)
         if result.deals_at_close:
-            context.log.warning(f"{portfolio.deal_price} is missing on {result.deals_at_close} of the quotes that have a "
-                                "close (a source without it: Yahoo's has no vwap): those deal at the close, as Qlib's "
-                                "exchange deals them (it warns 'setting deal_price to close price')")
+            context.log.warning(f"{portfolio.deal_price} is missing on {result.deals_at_close} of the quotes that have "
+                                "a close (a source without it: Yahoo's has no vwap): those deal at the close, as "
+                                "Qlib's exchange deals them (it warns 'setting deal_price to close price')")
         context.log.info(f"{arch}: {len(result.report)} sessions traded, {len(result.trades)} orders"
                          + (f"; {dropped} later stored days dropped (they followed from the old state)" if dropped else "")
                          + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))

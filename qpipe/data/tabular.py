@@ -159,7 +159,7 @@ class TabularSource:
         spans = pd.concat([listing_spans(rows) for _, rows in blocks], ignore_index=True)
         spans = spans.groupby(["market", "instrument"], as_index=False).agg(start_date=("start_date", "min"),
                                                                             end_date=("end_date", "max"))
-        if self.benchmark and self.benchmark not in set(spans["instrument"]):  # else found by the backtest, after training
+        if self.benchmark and self.benchmark not in set(spans["instrument"]):  # else found by the backtest
             raise PriceDataError("missing benchmark", self.path, instrument=self.benchmark,
                                  detail="no rows for the benchmark index (QPIPE_BENCHMARK)")
         return spans[UNIVERSE_COLUMNS], no_concepts()

@@ -77,8 +77,8 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
     if only:
         absent = sorted(set(only) - set(available))
         if absent:
-            raise ValueError(f"{arch} checkpoint {absent[0]}, one of those named to score {pd.Timestamp(start).date()}.."
-                             f"{pd.Timestamp(end).date()}, is not in "
+            raise ValueError(f"{arch} checkpoint {absent[0]}, one of those named to score "
+                             f"{pd.Timestamp(start).date()}..{pd.Timestamp(end).date()}, is not in "
                              f"{store.path_for(arch, '')}; nothing was written")
         available, recorded = sorted(only), [p for p in recorded if p in only]
     by_checkpoint: dict[str, list[np.datetime64]] = {}
@@ -113,8 +113,9 @@ def _load(store, arch: str, partition: str) -> Checkpoint:
     try:
         return load_checkpoint(store.path_for(arch, partition))
     except CheckpointError as error:
-        raise CheckpointError(f"{str(error).rstrip('.')}. Nothing was written. Train it again (dg launch --assets models/{arch}_checkpoint "
-                              f"--partition {partition}), or restore its files from a copy") from error
+        raise CheckpointError(f"{str(error).rstrip('.')}. Nothing was written. Train it again (dg launch --assets "
+                              f"models/{arch}_checkpoint --partition {partition}), or restore its files from a copy") \
+            from error
 
 
 def days_scored_by(con: duckdb.DuckDBPyConnection, arch: str, partition: str) -> tuple[str, str] | None:

@@ -26,7 +26,8 @@ Status = Literal["honoured", "changed", "not honoured"]
 QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
 REGION_EXCHANGES = {"cn": "XSHG", "us": "XNYS"}
 # Qlib's region defaults of the Exchange (qlib.config's _default_region_config): REG_US trades whole shares, no limit
-REGION_EXCHANGE = {"cn": {"trade_unit": 100, "limit_threshold": 0.095}, "us": {"trade_unit": 1, "limit_threshold": None}}
+REGION_EXCHANGE = {"cn": {"trade_unit": 100, "limit_threshold": 0.095},
+                   "us": {"trade_unit": 1, "limit_threshold": None}}
 
 
 @dataclass(frozen=True)
