@@ -93,6 +93,22 @@ def test_a_score_of_day_t_never_trades_before_t_plus_1():
     assert list(alone.trades["date"]) == [DAYS[3]]
 
 
+def test_a_random_buy_draws_from_the_top_k_as_qlibs_topk_dropout_does():
+    """Found in review (against pyqlib 0.9.7): method_buy random drew from every name not held (a name ranked 17th
+    of 20 bought); Qlib's draws from the top-k of the day's scores less the holdings, all of them when fewer are left."""
+    rng = np.random.default_rng(5)
+    names = [f"S{i:02d}" for i in range(20)]
+    close = {name: list(np.round(10 * np.exp(np.cumsum(rng.normal(0, 0.01, len(DAYS)))), 4)) for name in names}
+    scores = {d: dict(zip(names, rng.normal(size=len(names)))) for d in range(len(DAYS) - 1)}
+    config = BacktestConfig(topk=3, n_drop=1, method_buy="random", account=1e6, min_cost=0)
+    result = backtest(_scores(scores), _prices(close), DAYS[1:], config)
+    bought = result.trades[result.trades["side"] == "buy"]
+    assert len(bought) >= 5
+    for day, name in zip(bought["date"], bought["instrument"]):
+        signal = scores[list(DAYS).index(day) - 1]
+        assert name in sorted(signal, key=signal.get)[-3:], (day, name)
+
+
 @pytest.mark.parametrize("method", ["top/bottom", "random"])  # random: each session draws from (seed, its date)
 def test_a_backtest_resumed_from_its_state_goes_on_exactly_as_one_run(method):
     config = SMALL if method == "top/bottom" else SMALL.model_copy(update={"method_buy": "random",
@@ -186,6 +202,16 @@ def test_a_bad_setting_is_refused_by_name():
         BacktestConfig(deal_price="midpoint")
     with pytest.raises(ValueError, match="n_dorp"):
         BacktestConfig(n_dorp=5)
+    # found in review: an infinite cost was taken (an account of -inf, its days' NaN returns skipped by the figures);
+    # Qlib's benchmark and signal keys got the generic "not a setting"
+    with pytest.raises(ValueError, match="close_cost = inf: Input should be a finite number"):
+        backtest_config({"close_cost": float("inf")}, "port_analysis")
+    with pytest.raises(ValueError, match="benchmark = 'SH000300': not a setting of the backtest: the benchmark is "
+                                         "QPIPE_BENCHMARK"):
+        backtest_config({"benchmark": "SH000300"}, "port_analysis")
+    with pytest.raises(ValueError, match="signal = '<PRED>': not a setting of the backtest: the backtest trades this "
+                                         "model's stored predictions"):
+        backtest_config({"signal": "<PRED>"}, "port_analysis")
 
 
 @pytest.mark.parametrize("override, message", [

@@ -327,12 +327,21 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     for day in days[-7:]:
         run(day, day, ["reports/mlp_backtest"], resources, strategy)
     assert stored() == one_run
-    with duckdb.connect(database) as con:
-        con.execute("DELETE FROM reports.backtest_daily WHERE model = 'mlp' AND date = ?", [days[-2]])
+    # found in review: the schedule's run without a config went on from a backtest traded with topk 8 at topk 50,
+    # one track record of two strategies
+    other = run(days[-1], days[-1], ["reports/mlp_backtest"], resources, raise_on_error=False)
+    assert not other.success
+    message = str(other.get_step_failure_events()[0].event_specific_data.error)
+    assert (f"the stored mlp backtest up to {days[-2]} was traded with other settings (topk 8 -> 50, n_drop 2 -> 5): "
+            "going on would join two strategies into one record") in message, message
+    with duckdb.connect(database) as con:  # two days missing: the first to run again is the first missing one
+        con.execute("DELETE FROM reports.backtest_daily WHERE model = 'mlp' AND date IN (?, ?)", days[-3:-1])
     gap = run(days[-1], days[-1], ["reports/mlp_backtest"], resources, strategy, raise_on_error=False)
     assert not gap.success
-    assert f"materialize reports/mlp_backtest from {days[-2]} on first" in str(gap.get_step_failure_events()[0].event_specific_data.error)
-    run(days[-2], days[-1], ["reports/mlp_backtest"], resources, strategy)
+    message = str(gap.get_step_failure_events()[0].event_specific_data.error)
+    assert f"stops at {days[-4]}, and this run starts at {days[-1]}: materialize reports/mlp_backtest from {days[-3]} " \
+           "on first" in message, message
+    run(days[-3], days[-1], ["reports/mlp_backtest"], resources, strategy)
     assert stored() == one_run
 
     refreshed = dg.materialize([*ASSETS, leaderboard], selection=[leaderboard.key], resources=resources)

@@ -34,7 +34,7 @@ DealPrice = Literal["close", "open", "vwap"]
 class BacktestConfig(BaseModel):
     """Qlib's ``port_analysis_config``: strategy kwargs, backtest kwargs and exchange kwargs, flat."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an infinite cost is no setting
 
     topk: int = Field(50, ge=1)
     n_drop: int = Field(5, ge=0)
@@ -90,6 +90,12 @@ QLIB_EXCHANGE_ONLY = {
 }
 
 
+# Names of Qlib's port_analysis_config that qpipe takes elsewhere -> where (a user copying Qlib's YAML has them).
+ELSEWHERE = {"benchmark": "the benchmark is QPIPE_BENCHMARK (an index instrument of the source), else the "
+                          "equal-weighted market",
+             "signal": "the backtest trades this model's stored predictions (Qlib's <PRED>)"}
+
+
 def close_match(name: str, choices: Iterable[str]) -> str:
     """`` (did you mean X?)`` for a misspelt name, else ``""``."""
     found = difflib.get_close_matches(name, list(choices), n=1)
@@ -103,6 +109,9 @@ def backtest_config(settings: Mapping[str, Any], source: str) -> BacktestConfig:
     except ValidationError as error:
         problem = error.errors()[0]
         key = ".".join(map(str, problem["loc"]))
+        if problem["type"] == "extra_forbidden" and key in ELSEWHERE:
+            raise ValueError(f"{source}: {key} = {problem['input']!r}: not a setting of the backtest: {ELSEWHERE[key]}") \
+                from None
         if problem["type"] == "extra_forbidden":
             raise ValueError(f"{source}: {key} = {problem['input']!r}: not a setting of the backtest"
                              f"{close_match(key, BacktestConfig.model_fields)}; valid: "
@@ -331,15 +340,15 @@ def _decide(ids: np.ndarray, values: np.ndarray, holdings: list[int], day: int, 
         return kept[-n:] if n > 0 else []
 
     ranked_holdings = sorted(holdings, key=rank)
-    others = ~np.isin(ids, holdings)
-    other_ids, other_values = ids[others], values[others]
-    missing = np.isnan(other_values)
-    order = other_ids[np.lexsort((other_ids, np.where(missing, 0.0, -other_values), missing))]
+    missing = np.isnan(values)
+    order = ids[np.lexsort((ids, np.where(missing, 0.0, -values), missing))].tolist()  # every scored name, best first
+    held = set(holdings)
     wanted = config.n_drop + config.topk - len(holdings)
     if config.method_buy == "top":
-        candidates = first(order.tolist(), wanted)
-    else:
-        candidates = first(rng.permutation(order).tolist(), wanted)
+        candidates = first([s for s in order if s not in held], wanted)
+    else:  # Qlib draws from the top-k of all scored names less the holdings; all of them when fewer are left
+        pool = [s for s in first(order, config.topk) if s not in held]
+        candidates = [int(s) for s in rng.choice(pool, wanted, replace=False)] if 0 <= wanted <= len(pool) else pool
     if config.method_sell == "bottom":
         worst = set(last(sorted({*ranked_holdings, *candidates}, key=rank), config.n_drop))
         sell = [s for s in ranked_holdings if s in worst]

@@ -6,6 +6,7 @@ holdings) is what the run for D+1 resumes from, so a backtest extended day by da
 the range.
 """
 
+import json
 from datetime import date, timedelta
 
 import duckdb
@@ -18,6 +19,7 @@ from qpipe.evaluation.backtest import BacktestConfig, BacktestResult, BacktestSt
 from qpipe.settings import LOAD_CELLS
 
 DAILY, POSITIONS, TRADES = "reports.backtest_daily", "reports.backtest_positions", "reports.backtest_trades"
+STRATEGY = "reports.backtest_strategy"  # the settings each session was traded with: a backtest is one strategy
 DDL = {
     DAILY: "model VARCHAR NOT NULL, date DATE NOT NULL, account DOUBLE, cash DOUBLE, value DOUBLE, \"return\" DOUBLE, "
            "cost DOUBLE, turnover DOUBLE, bench DOUBLE, holdings INTEGER",
@@ -25,11 +27,16 @@ DDL = {
                "value DOUBLE, held_days INTEGER",
     TRADES: "model VARCHAR NOT NULL, date DATE NOT NULL, instrument VARCHAR NOT NULL, side VARCHAR, amount DOUBLE, "
             "price DOUBLE, value DOUBLE, cost DOUBLE",
+    STRATEGY: "model VARCHAR NOT NULL, date DATE NOT NULL, strategy VARCHAR NOT NULL",
 }
 
 
 class BacktestGap(ValueError):
-    pass
+    """A run that cannot go on from the stored backtest: a day missing before it, or other settings."""
+
+
+def _settings(config: BacktestConfig) -> str:
+    return json.dumps(config.model_dump(), sort_keys=True)
 
 
 def _sessions_before(day: date, n: int) -> list[date]:
@@ -37,8 +44,10 @@ def _sessions_before(day: date, n: int) -> list[date]:
     return [pd.Timestamp(d).date() for d in trading_days(day - timedelta(days=10 * n + 20), day)[:-1][-n:]]
 
 
-def read_state(con: duckdb.DuckDBPyConnection, model: str, start: date) -> BacktestState | None:
-    """The state after the session before ``start``; None when the model has no backtest day before it."""
+def read_state(con: duckdb.DuckDBPyConnection, model: str, start: date,
+               config: BacktestConfig | None = None) -> BacktestState | None:
+    """The state after the session before ``start``; None when the model has no backtest day before it. A state
+    traded with settings other than ``config`` is refused: going on would join two strategies into one record."""
     before = _sessions_before(start, 1)
     if not before:  # the calendar's first session: nothing can come before it
         return None
@@ -47,8 +56,18 @@ def read_state(con: duckdb.DuckDBPyConnection, model: str, start: date) -> Backt
     if stored_before is None:
         return None
     if stored_before != previous:
+        following = pd.Timestamp(trading_days(stored_before, start)[1]).date()
         raise BacktestGap(f"the {model} backtest stops at {stored_before}, and this run starts at {start}: materialize "
-                          f"reports/{model}_backtest from {previous} on first (a backtest goes on from the day before)")
+                          f"reports/{model}_backtest from {following} on first (a backtest goes on from the day before)")
+    stored = con.execute(f"SELECT strategy FROM {STRATEGY} WHERE model = ? AND date = ?", [model, previous]).fetchone()
+    if config is not None and stored is not None and stored[0] != _settings(config):
+        was, now = json.loads(stored[0]), config.model_dump()
+        changed = ", ".join(f"{k} {was.get(k)!r} -> {now[k]!r}" for k in now if was.get(k) != now[k])
+        (first,) = con.execute(f"SELECT min(date) FROM {DAILY} WHERE model = ?", [model]).fetchone()
+        raise BacktestGap(f"the stored {model} backtest up to {previous} was traded with other settings ({changed}): "
+                          "going on would join two strategies into one record. Run it again from its first day with "
+                          f"these (dg launch --assets reports/{model}_backtest --partition-range {first}...{start}), "
+                          "or give this run the stored settings (the tear sheet's strategy table)")
     cash, account = con.execute(f"SELECT cash, account FROM {DAILY} WHERE model = ? AND date = ?", [model, previous]).fetchall()[0]
     holdings = con.execute(f"SELECT instrument, amount, price, held_days FROM {POSITIONS} WHERE model = ? AND date = ? "
                            "ORDER BY instrument", [model, previous]).df()
@@ -69,7 +88,7 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
     the old state)."""
     for table in DDL:
         wh.ensure_table(con, table, DDL[table])
-    state = read_state(con, model, start)
+    state = read_state(con, model, start, config)
     sessions = [pd.Timestamp(d) for d in trading_days(start, end)]
     (rows,) = con.execute(f"SELECT count(*) FROM {wh.PRICES} WHERE date BETWEEN ? AND ?", [start, end]).fetchall()[0]
     per_block = max(1, int(load_cells // max(rows / len(sessions) * CELLS_A_PRICE_ROW, 1)))
@@ -81,7 +100,8 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
                               zip(*((r.report, r.positions, r.trades) for r in results))),
                             deals_at_close=sum(r.deals_at_close for r in results))
     (later,) = con.execute(f"SELECT count(*) FROM {DAILY} WHERE model = ? AND date > ?", [model, end]).fetchall()[0]
-    frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades}
+    frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades,
+              STRATEGY: pd.DataFrame({"date": result.report.index, "strategy": _settings(config)})}
     with wh.transaction(con):  # the days from start on are replaced; later ones followed from the old state
         for table, frame in frames.items():
             con.execute(f"DELETE FROM {table} WHERE model = ? AND date >= ?", [model, start])

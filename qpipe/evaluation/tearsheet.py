@@ -138,7 +138,7 @@ def leaderboard_page(board: pd.DataFrame, ic_png: Path, returns_png: Path | None
                       for m in shown["model"]]
     table = shown.to_html(index=False, border=0, na_rep="–", escape=False, float_format=lambda v: f"{v:.4f}")
     body = ["<h1>qpipe leaderboard</h1>",
-            f'<p class="sub">{len(board)} models · Qlib\'s benchmark table: IC figures as SigAnaRecord, the backtest\'s '
+            f'<p class="sub">{len(board)} model{"s" if len(board) != 1 else ""} · Qlib\'s benchmark table: IC figures as SigAnaRecord, the backtest\'s '
             "annualized excess return, information ratio and max drawdown with cost as PortAnaRecord</p>", table,
             "<h2>Cumulative Rank IC</h2>", _image(ic_png, "cumulative Rank IC")]
     if returns_png is not None:

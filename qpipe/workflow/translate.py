@@ -661,6 +661,11 @@ def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.
         elif name == "exchange_kwargs":
             chosen |= _qlib_arguments(r, f"{key}.backtest.exchange_kwargs", value or {}, EXCHANGE_SETTINGS,
                                       QLIB_EXCHANGE_ONLY, "Exchange")
+            for setting in ("limit_threshold", "trade_unit", "deal_price"):  # Qlib's Exchange: null is the region's
+                if setting in chosen and chosen[setting] is None:
+                    del chosen[setting]
+                    if setting in exchange:
+                        chosen[setting] = exchange[setting]
         else:
             _qlib_arguments(r, f"{key}.backtest", {name: value}, (), QLIB_BACKTEST_ONLY, "backtest",
                             ("account", "benchmark", "start_time", "end_time", "exchange_kwargs"))
