@@ -165,7 +165,7 @@ def test_region_us_trades_whole_shares_without_a_limit_as_qlibs_reg_us_and_reach
                             "task.record[2].kwargs.config.backtest.benchmark")
     assert equal_weighted.status == "changed" and equal_weighted.meaning.startswith("the equal-weighted market")
     explicit = translate(_edited(tmp_path, lambda d: _backtest(d)["exchange_kwargs"].update(limit_threshold=None)))
-    assert explicit.port_analysis["limit_threshold"] == 0.095  # a null is the region's default, as Qlib's Exchange takes it
+    assert explicit.port_analysis["limit_threshold"] == 0.095  # a null: the region's default, as Qlib's Exchange has it
 
 
 def test_a_value_written_as_a_date_that_is_not_one_is_named_in_one_line(tmp_path):
