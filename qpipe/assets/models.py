@@ -492,7 +492,8 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=backtest_key(arch),
         description=f"{arch.upper()} scores traded as Qlib's PortAnaRecord (TopkDropoutStrategy, daily exchange): "
-                    "the score of day T trades at T+1; DuckDB reports.backtest_daily / _positions / _trades / _strategy; "
+                    "the score of day T trades at T+1; DuckDB reports.backtest_daily / _positions / _trades / "
+                    "_strategy; "
                     "annualized excess return, IR and max drawdown with and without cost to date, the benchmark's; a "
                     "self-contained HTML tear sheet (backtest, risk, alphalens-style signal views).",
         partitions_def=trading_days,
