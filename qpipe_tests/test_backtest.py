@@ -109,6 +109,25 @@ def test_a_random_buy_draws_from_the_top_k_as_qlibs_topk_dropout_does():
         assert name in sorted(signal, key=signal.get)[-3:], (day, name)
 
 
+def test_a_limit_move_is_the_traded_close_against_the_last_one_across_a_suspension_not_a_dividend():
+    """Found in review (against pyqlib 0.9.7): a stock back from a suspension 20% up was sold on the day it reopened,
+    its change against an empty session being NaN; Qlib's $change (reference/qlib.md §1) is the unadjusted close
+    against the last one before it, so the stock is at its limit. A dividend's adjustment (the factor, not the
+    traded close) is no move."""
+    config = SMALL.model_copy(update={"topk": 1, "n_drop": 1, "open_cost": 0, "close_cost": 0, "min_cost": 0})
+    close = {"A": [10, 10, 10, np.nan, 12, 12], "B": [10, 10, 10, 10, 10, 10]}  # A suspended on d3, back at +20%
+    scores = {1: {"A": 1.0, "B": 0.0}, 2: {"A": -1.0, "B": 1.0}, 3: {"A": -1.0, "B": 1.0}, 4: {"A": -1.0, "B": 1.0}}
+    prices = _prices(close).assign(open=lambda f: f["close"], vwap=lambda f: f["close"])
+    trades = backtest(_scores(scores), prices, DAYS[1:], config).trades
+    sells = trades[trades["side"] == "sell"]
+    assert list(zip(sells["date"], sells["instrument"])) == [(DAYS[5], "A")]  # not on d4, at its limit; nor on d3
+    dividend = _prices({"A": [10] * 6, "B": [10] * 6})
+    dividend.loc[(dividend["instrument"] == "A") & (dividend["date"] >= DAYS[3]), ["close", "open", "vwap"]] = 9.0
+    dividend.loc[(dividend["instrument"] == "A") & (dividend["date"] >= DAYS[3]), "factor"] = 0.9  # traded: 10
+    trades = backtest(_scores(scores), dividend, DAYS[1:], config).trades
+    assert list(trades[trades["side"] == "sell"]["date"])[:1] == [DAYS[3]]  # the adjusted close's -10% is no limit
+
+
 @pytest.mark.parametrize("method", ["top/bottom", "random"])  # random: each session draws from (seed, its date)
 def test_a_backtest_resumed_from_its_state_goes_on_exactly_as_one_run(method):
     config = SMALL if method == "top/bottom" else SMALL.model_copy(update={"method_buy": "random",

@@ -165,8 +165,10 @@ class _Exchange:
         def grid(field: str) -> pd.DataFrame:
             return full[field].reindex(columns=self.instruments)
 
-        close = grid("close")
-        change = close / close.shift(1) - 1  # Qlib's $change: the close against the session before's
+        raw = grid("close") / grid("factor")  # the traded close
+        # Qlib's $change (reference/qlib.md §1): the unadjusted close against the last one before it, across a
+        # suspension too, so a stock that reopens 20% up is at its limit; a dividend's adjustment is no move
+        change = raw / raw.ffill().shift(1) - 1
         self.dates = dates
         before = panel.index[panel.index < dates[0]]
         # the session each day trades the scores of: the one before it (for the first day, the prices' last before)

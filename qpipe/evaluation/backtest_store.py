@@ -118,6 +118,9 @@ def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp],
                          [model, two_before, end]).df()
     prices = con.execute(f"SELECT date, instrument, open, close, vwap, factor FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
                          [two_before, end]).df()
+    # a stock suspended since before these days moves against its last close, which may lie further back
+    earlier = wh.last_priced_days(con, sorted(set(prices["instrument"])), two_before)[prices.columns]
+    prices = pd.concat([earlier, prices.assign(date=pd.to_datetime(prices["date"]))], ignore_index=True)
     if benchmark:
         bench = benchmark_returns(prices, days, benchmark)
     else:  # the equal-weighted market: its members' mean close-to-close change

@@ -32,7 +32,8 @@ PORT_ANALYSIS = {"topk": 50, "n_drop": 5, "account": 1e8, "benchmark": "SH000300
 
 
 def make_market() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(prices, predictions): adjusted prices as Qlib stores them; change = close / the session before's - 1."""
+    """(prices, predictions): adjusted prices as Qlib stores them; change as Qlib's collector makes it (reference/
+    qlib.md §1): the unadjusted close / the last one before it - 1, across suspensions."""
     rng = np.random.default_rng(20210104)
     dates = pd.bdate_range("2021-01-04", periods=60)
     names = [f"SH6{i:05d}" for i in range(70)]
@@ -51,7 +52,8 @@ def make_market() -> tuple[pd.DataFrame, pd.DataFrame]:
         if name != "SH000300" and k % 9 == 0:  # suspensions: every field empty
             gap = rng.integers(3, 50)
             frame.loc[gap:gap + rng.integers(1, 4), ["open", "high", "low", "close", "vwap", "volume", "factor"]] = np.nan
-        frame["change"] = frame["close"] / frame["close"].shift(1) - 1
+        traded = frame["close"] / frame["factor"]  # Qlib's collector: the unadjusted close, forward-filled
+        frame["change"] = traded / traded.ffill().shift(1) - 1
         rows.append(frame)
     prices = pd.concat(rows, ignore_index=True)
     scores = pd.DataFrame({"date": np.repeat(dates, len(names)), "instrument": np.tile(names, len(dates)),
