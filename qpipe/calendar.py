@@ -34,13 +34,14 @@ DEFAULT_EXCHANGE = "XNYS"
 CANDIDATES = ("XNYS", "XSHG", "XHKG", "XTKS", "XLON", "XTSE", "XASX", "XETR", "XPAR", "XKRX", "XTAI", "XBOM")
 ONE_DAY = np.timedelta64(1, "D")
 CLOSE_MATCH = 5  # days in ~2 years by which a source's dates may differ from an exchange's and still be its sessions
+HORIZON_WARNING_DAYS = 60  # warn this long before an exchange's known sessions end
 SCHEDULE_DELAY = timedelta(minutes=90)  # the daily run starts this long after the close (bars are published by then)
 
 
 @dataclass(frozen=True, eq=False)
 class MarketCalendar:
     name: str  # "XNYS", or where a data calendar came from, e.g. "day.txt of /data/cn (XSHG hours)"
-    key: str  # what a warehouse remembers: the exchange code, or "qlib day.txt" / "tabular dates"
+    key: str  # what a warehouse remembers: the exchange code, or "tabular dates (XNYS hours)" / "qlib day.txt (...)"
     sessions: np.ndarray  # datetime64[D], ascending: the exchange's sessions, or the dates of a source
     timezone: str
     close: time  # the local closing time of a regular session
@@ -84,6 +85,21 @@ class MarketCalendar:
     def today(self) -> date:
         """Today's date where the market is."""
         return datetime.now(ZoneInfo(self.timezone)).date()
+
+    def horizon_warning(self, today: date | None = None) -> str:
+        """What to say when the exchange's known sessions end within HORIZON_WARNING_DAYS: exchange-calendars
+        publishes some exchanges' holidays a year at a time (XSHG's to 2026-12-31 in 4.13), and after the last one
+        known every weekday is a session, holidays too (the schedule's run then waits hours for rows that never come)."""
+        if self.matched and self.upcoming is None:
+            return ""  # a source's own dates, not an exchange's: they end where the source does
+        left = (self.last_known - np.datetime64(today or self.today(), "D")).astype(int)
+        if left > HORIZON_WARNING_DAYS:
+            return ""
+        from importlib.metadata import version
+
+        return (f"{self.matched or self.name}'s sessions are known to {self.last_known} (exchange-calendars "
+                f"{version('exchange-calendars')}): after it every weekday counts as a session, holidays too. Upgrade "
+                "exchange-calendars (pip install -U exchange-calendars) before then")
 
     def latest_session(self, on_or_before=None) -> date:
         day = _day(on_or_before if on_or_before is not None else self.today())
@@ -141,8 +157,10 @@ def data_calendar(name: str, key: str, dates) -> MarketCalendar:
     # The exchange's sessions after the source's last date, where its recent dates are that exchange's (a few
     # days apart at most): another market's holidays would otherwise be no partitions, and the schedule skip them.
     upcoming = exchange.sessions[exchange.sessions > sessions[-1]] if differences <= CLOSE_MATCH else None
-    return MarketCalendar(f"{name} ({exchange.name} hours)", key, sessions, exchange.timezone, exchange.close,
-                          matched=exchange.name, upcoming=upcoming)
+    # the key names the exchange too: a warehouse of one market's dates refuses another's (a CSV of Tokyo's into
+    # a warehouse of New York's was taken, both being "tabular dates")
+    return MarketCalendar(f"{name} ({exchange.name} hours)", f"{key} ({exchange.name} hours)", sessions,
+                          exchange.timezone, exchange.close, matched=exchange.name, upcoming=upcoming)
 
 
 def best_matching_exchange(sessions: np.ndarray) -> tuple[MarketCalendar, int]:

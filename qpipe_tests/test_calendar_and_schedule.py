@@ -1,6 +1,6 @@
 """Trading days: the calendar, the partitions built on it, and the after-close schedule."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -218,3 +218,24 @@ def test_a_saturday_in_a_sources_dates_is_no_session_and_its_rows_are_refused_by
     # Found by a user: the advice was "set QPIPE_CALENDAR to ... or auto", with QPIPE_CALENDAR already auto.
     assert "or auto" not in str(err.value)
     assert "QPIPE_CALENDAR is auto: the source's own dates, on the days of the week XNYS trades" in str(err.value)
+
+
+def test_an_exchange_whose_known_sessions_end_soon_is_named_with_what_to_do():
+    """Found in review: exchange-calendars 4.13 knows XSHG's sessions to 2026-12-31; after it every weekday is a
+    session (Spring Festival too), and the schedule's run of such a day waits hours for rows that never come.
+    raw/prices now says so in its log for the 60 days before."""
+    from datetime import date
+
+    from qpipe.calendar import data_calendar, exchange_calendar
+
+    shanghai = exchange_calendar("XSHG")
+    end = shanghai.last_known.item()
+    assert shanghai.horizon_warning(today=end - timedelta(days=61)) == ""
+    warning = shanghai.horizon_warning(today=end - timedelta(days=20))
+    assert warning.startswith(f"XSHG's sessions are known to {end} (exchange-calendars ") and \
+        "every weekday counts as a session, holidays too. Upgrade exchange-calendars" in warning
+    provider = data_calendar("day.txt of cn_data", "qlib day.txt", shanghai.trading_days("2024-01-02", "2024-12-31"))
+    assert provider.horizon_warning(today=end - timedelta(days=20)).startswith("XSHG's sessions are known to")
+    alone = data_calendar("dates of odd.csv", "tabular dates", exchange_calendar("XNYS").trading_days(
+        "2024-01-02", "2024-12-31")[::3])  # no exchange's sessions: they end where the source does
+    assert alone.upcoming is None and alone.horizon_warning(today=date(2024, 12, 30)) == ""

@@ -56,6 +56,30 @@ def test_prices_of_another_calendar_are_refused_and_nothing_changes(warehouse_pa
     assert table_rows(warehouse_path, wh.CALENDAR) == [("XNYS",)]
 
 
+def test_a_sources_own_dates_of_another_market_are_refused(tmp_path):
+    """Found in review: under QPIPE_CALENDAR=auto every CSV source was stamped "tabular dates", so a warehouse of New
+    York's prices took Tokyo's. The stamp names the exchange the dates match; a warehouse stamped before that takes
+    the first calendar it is given, then holds it."""
+    from qpipe.calendar import data_calendar, exchange_calendar
+
+    batch = load_source("synthetic", n_instruments=30, seed=2)
+    day = batch.between("2024-06-03", "2024-06-03")
+    new_york = data_calendar("dates of us.csv", "tabular dates", exchange_calendar("XNYS").trading_days("2023-01-03",
+                                                                                                      "2024-06-28"))
+    tokyo = data_calendar("dates of jp.csv", "tabular dates", exchange_calendar("XTKS").trading_days("2023-01-04",
+                                                                                                   "2024-06-28"))
+    assert (new_york.key, tokyo.key) == ("tabular dates (XNYS hours)", "tabular dates (XTKS hours)")
+    for stamped in ("tabular dates (XNYS hours)", "tabular dates"):  # the latter: a warehouse of the version before
+        path = tmp_path / f"{stamped}.duckdb"
+        with duckdb.connect(str(path)) as con:
+            wh.write_prices(con, day, "2024-06-03", "2024-06-03", calendar=stamped)
+            wh.write_prices(con, day, "2024-06-03", "2024-06-03", calendar=new_york.key)
+            with pytest.raises(wh.CalendarMismatch, match=r"holds prices on the tabular dates \(XNYS hours\) calendar, "
+                                                          r"and the configured one is tabular dates \(XTKS hours\)"):
+                wh.write_prices(con, day, "2024-06-03", "2024-06-03", calendar=tokyo.key)
+        assert table_rows(path, wh.CALENDAR) == [(new_york.key,)]
+
+
 HOLD = """
 import sys, time, duckdb
 con = duckdb.connect(sys.argv[1])

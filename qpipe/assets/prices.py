@@ -64,6 +64,8 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
     if end.date() > calendar.today():
         raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
+    if calendar.horizon_warning():
+        context.log.warning(calendar.horizon_warning())
     # (a Qlib provider's day.txt is its calendar, as for Qlib: only a CSV/Parquet source's dates are checked)
     gaps = calendar.sessions_lacking(start, end) if price_source.kind == "tabular" else []
     if len(gaps):

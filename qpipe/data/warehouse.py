@@ -333,6 +333,8 @@ def write_prices(con: duckdb.DuckDBPyConnection, prices: pd.DataFrame | str, sta
             stamped = next(iter(con.execute(f"SELECT name FROM {CALENDAR}").fetchall()), None)
             if stamped is None:
                 con.execute(f"INSERT INTO {CALENDAR} VALUES (?)", [calendar])
+            elif calendar.startswith(f"{stamped[0]} ("):  # stamped before a source's dates named their exchange
+                con.execute(f"UPDATE {CALENDAR} SET name = ?", [calendar])
             elif stamped[0] != calendar:
                 raise CalendarMismatch(
                     f"this warehouse holds prices on the {stamped[0]} calendar, and the configured one is {calendar} "
