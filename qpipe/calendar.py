@@ -122,6 +122,16 @@ class MarketCalendar:
         exchange = exchange_calendar(self.matched, str(max(lo, np.datetime64(EARLIEST, "D"))))
         return np.setdiff1d(exchange.trading_days(lo, min(hi, exchange.last_known)), self.sessions)
 
+    def sessions_beyond(self, start, end) -> np.ndarray:
+        """This calendar's sessions in [start, end] that the exchange its dates match closely does not trade: a
+        source's row on a holiday (a vendor's placeholder), a partition of a day the market was closed."""
+        lo, hi = _day(start), _day(end)
+        if self.upcoming is None or hi < lo:  # not a source's dates, or not close to any exchange's
+            return self.sessions[:0]
+        exchange = exchange_calendar(self.matched, str(max(lo, np.datetime64(EARLIEST, "D"))))
+        ours = self.sessions[(self.sessions >= lo) & (self.sessions <= min(hi, exchange.last_known))]
+        return np.setdiff1d(ours, exchange.trading_days(lo, hi))
+
     def describe(self) -> str:
         return (f"{self.name}: {self.timezone}, close {self.close:%H:%M}, {len(self.sessions)} sessions "
                 f"{self.sessions[0]}..{self.sessions[-1]}" + ("" if self.upcoming is None else

@@ -143,7 +143,8 @@ def test_a_session_missing_from_a_whole_csv_source_is_named_in_a_warning(tmp_pat
 
     sessions = exchange_calendar("XNYS").trading_days("2022-01-03", "2024-03-28")
     dates = [d for d in sessions.astype(str) if d != "2024-03-05"]
-    rows = pd.DataFrame([(d, s, 10.0, 11.0, 9.0, 10.5, 1000) for d in dates for s in ("AAA", "BBB")],
+    rows = pd.DataFrame([(d, s, 10.0, 11.0, 9.0, 10.5, 1000) for d in dates for s in ("AAA", "BBB")]
+                        + [("2023-07-04", "AAA", 10.0, 11.0, 9.0, 10.5, 1000)],  # a row on Independence Day
                         columns=["date", "symbol", "open", "high", "low", "close", "volume"])
     path = tmp_path / "prices.csv"
     rows.to_csv(path, index=False)
@@ -161,6 +162,14 @@ def test_a_session_missing_from_a_whole_csv_source_is_named_in_a_warning(tmp_pat
     assert {m.metadata["sessions_without_rows"].value for m in result.asset_materializations_for_node("raw__prices")} == {1}
     assert {r[0] for r in table_rows(warehouse_path, "raw.prices")} == {
         dt.date(2024, 3, d) for d in (1, 4, 6, 7, 8)}
+    # found in review: a row on a holiday made it a partition in silence, a day without a row for every other stock
+    assert [str(d) for d in calendar.sessions_beyond("2022-01-01", "2025-01-01")] == ["2023-07-04"]
+    result = dg.materialize([raw_prices], instance=instance, tags={"dagster/asset_partition_range_start": "2023-07-03",
+                                                                   "dagster/asset_partition_range_end": "2023-07-05"},
+                            resources=_resources(warehouse_path, PriceSource(kind="tabular", path=str(path))))
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any(w.startswith("1 dates of tabular:") and "are not sessions of XNYS: 2023-07-04 (a holiday row?)" in w
+               for w in warnings), warnings
 
 
 def _vendor_file(path, last_day: str, split_on: str | None = None, dividend_on: str | None = None) -> None:

@@ -73,6 +73,12 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
             f"{len(gaps)} sessions of {calendar.matched} have no row for any instrument in {price_source.describe()}: "
             f"{first_few(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
             f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
+    extra = calendar.sessions_beyond(start, end) if price_source.kind == "tabular" else []
+    if len(extra):
+        context.log.warning(
+            f"{len(extra)} dates of {price_source.describe()} are not sessions of {calendar.matched}: {first_few(extra)} "
+            f"(a holiday row?). Under QPIPE_CALENDAR=auto they are partitions, and every other stock has a day without "
+            f"a row in its features; remove those rows, or set QPIPE_CALENDAR={calendar.matched}, which refuses them")
     with warehouse.get_connection() as con:
         try:
             done = ingest_prices(con, price_source.source(), calendar, start, end, price_source.describe(),
@@ -98,6 +104,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
         "last_date": str(done.last.date()),
         "source": price_source.describe(),
         "sessions_without_rows": len(gaps),  # of the exchange a source's own calendar matched (see the warning)
+        "dates_not_sessions": len(extra),  # of that exchange (see the warning)
         "rebased_instruments": len(done.anchored.scale),  # scaled onto the stored basis (qpipe.data.anchoring)
         "read_blocks": done.blocks,  # of about QPIPE_LOAD_CELLS / 64 price rows each (qpipe.data.ingest)
     })
