@@ -64,6 +64,13 @@ def test_a_day_outside_the_source_fails_clearly(tmp_path, warehouse_path):
                           raise_on_error=False)
     assert not result.success
     assert "has no rows between 2024-03-01 and 2024-03-01 (it covers 2024-01-02..2024-01-03)" in _failure_text(result)
+    # found in review: a range starting before the source said "sessions missing from the source ... set
+    # QPIPE_CALENDAR to the source's exchange" (it was the source's exchange)
+    early = _materialize(warehouse_path, PriceSource(kind="tabular", path=str(source)),
+                         partition_range=("2023-12-28", "2024-01-03"), raise_on_error=False)
+    assert not early.success
+    assert ("starts on 2024-01-02, after 2 sessions of this range (2023-12-28, 2023-12-29; it covers "
+            "2024-01-02..2024-01-03): materialize from 2024-01-02 on") in _failure_text(early)
 
 
 def _failure_text(result: dg.ExecuteInProcessResult) -> str:

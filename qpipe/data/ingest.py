@@ -22,7 +22,7 @@ import pyarrow as pa
 from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored, anchor_to_warehouse
-from qpipe.data.validation import CELLS_A_PRICE_ROW, PRICE_COLUMNS, check_sessions, check_whole_day
+from qpipe.data.validation import CELLS_A_PRICE_ROW, PRICE_COLUMNS, check_sessions, check_whole_day, first_few
 from qpipe.settings import LOAD_CELLS
 
 FIRST_BLOCK = 60  # sessions of the first read (a range of at most this many is one read); its rows size the others
@@ -100,6 +100,13 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
             first, final = source.span()
             raise NoRows(f"{describe} has no rows between {pd.Timestamp(block[0]).date()} and "
                          f"{pd.Timestamp(block[-1]).date()} (it covers {first}..{final}); nothing was written")
+        early = block[block < rows["date"].min().to_datetime64().astype("datetime64[D]")]
+        if len(early):  # sessions before the source's first row: a range that starts too early, not a gap
+            first, final = source.span()
+            if np.datetime64(first, "D") > early[-1]:
+                raise NoRows(f"{describe} starts on {first}, after {len(early)} sessions of this range "
+                             f"({first_few(early)}; it covers {first}..{final}): materialize from {first} on; "
+                             "nothing was written")
         check_sessions(rows["date"], block, describe, calendar.name, calendar.matched)
         for day in block[-2:]:
             last_two[:] = [last_two[1], set(rows["instrument"][rows["date"] == day])]
