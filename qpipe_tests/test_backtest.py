@@ -272,18 +272,23 @@ def test_deal_price_takes_qlibs_dollar_form():
         backtest_config({"deal_price": "$high"}, "port_analysis")  # quoted as written, not as 'high'
 
 
-def test_a_cn_market_on_its_own_calendar_trades_lots_of_100(monkeypatch):
+def test_the_backtest_defaults_are_those_of_the_qlib_region_of_the_markets_exchange(monkeypatch):
     """Found in review: under QPIPE_CALENDAR=auto a Qlib provider's calendar is named "day.txt of ... (XSHG hours)",
     so the backtest assets traded without Qlib's cn trade unit."""
     import qpipe.calendar
     from qpipe.assets.models import PortfolioConfig
     from qpipe.calendar import data_calendar, exchange_calendar
 
-    for code, lots in (("XSHG", 100), ("XNYS", None)):
-        calendar = data_calendar("day.txt of /data", "qlib day.txt", exchange_calendar(code).trading_days("2019-01-02", "2020-12-31"))
+    # Qlib's regions: cn lots of 100 in a 9.5% limit; us whole shares without one (found in review: New York's
+    # stocks were held to China's limit, in fractions of shares); an exchange of no Qlib region: the benchmark's
+    for code, lots, limit in (("XSHG", 100, 0.095), ("XNYS", 1, None), ("XTKS", None, 0.095)):
+        sessions = exchange_calendar(code).trading_days("2019-01-02", "2020-12-31")
+        calendar = data_calendar("day.txt of /data", "qlib day.txt", sessions)
         monkeypatch.setattr(qpipe.calendar, "market_calendar", lambda calendar=calendar: calendar)
-        assert calendar.matched == code and PortfolioConfig().resolve().trade_unit == lots
+        resolved = PortfolioConfig().resolve()
+        assert calendar.matched == code and (resolved.trade_unit, resolved.limit_threshold) == (lots, limit)
         assert PortfolioConfig(port_analysis={"trade_unit": 10}).resolve().trade_unit == 10
+    assert PortfolioConfig(port_analysis={"limit_threshold": 0.1}).resolve().limit_threshold == 0.1
 
 
 def test_risk_analysis_by_hand_in_both_modes():

@@ -319,8 +319,9 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     assert Path(shown["backtest chart"].value).stat().st_size > 10_000
     assert {"annualized_return (benchmark)", "annualized_return (with cost, product)"} <= set(shown)
     sheet = Path(shown["tear sheet"].value).read_text()  # self-contained: its charts inline, nothing fetched
-    assert sheet.count('src="data:image/png;base64,') == 2 and not re.search(r'(src|href)="(?!data:)', sheet)
-    for part in ("Risk analysis", "excess with cost, product", "by score quantile", "IC decay", "IC by month", "topk"):
+    assert sheet.count('src="data:image/png;base64,') == 3 and not re.search(r'(src|href)="(?!data:)', sheet)
+    for part in ("Risk analysis", "excess with cost, product", "by score quantile", "IC decay", "IC by month", "topk",
+                 "Cumulative IC and Rank IC (reports/mlp_ic)"):  # the IC report's chart (found in review: not shown)
         assert part in sheet, part
     # the daily schedule's way: one session at a time, each going on from the state stored the day before
     run(days[-8], days[-8], ["reports/mlp_backtest"], resources, strategy)

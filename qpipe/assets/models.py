@@ -457,16 +457,18 @@ class PortfolioConfig(dg.Config):
 
     port_analysis: dict[str, Any] = Field(default_factory=dict, description=(
         "strategy and exchange settings, e.g. {topk: 50, n_drop: 5, open_cost: 0.0005, trade_unit: 100, deal_price: "
-        "close ($close as Qlib's Exchange takes it)}; default: Qlib's benchmark workflows (trade unit 100 on XSHG/XSHE)"))
+        "close ($close as Qlib's Exchange takes it)}; default: Qlib's benchmark workflows, with the region defaults of "
+        "the market's exchange (XSHG/XSHE: lots of 100, a 9.5% limit; XNYS: whole shares, no limit: limit_threshold "
+        "none)"))
 
     def resolve(self) -> "BacktestConfig":
         from qpipe.calendar import market_calendar
-        from qpipe.evaluation.backtest import backtest_config
+        from qpipe.evaluation.backtest import backtest_config, region_defaults
 
         calendar = market_calendar()  # an exchange's, or a source's own dates on the exchange they match
-        lots = {"trade_unit": 100} if (calendar.matched or calendar.name) in ("XSHG", "XSHE") else {}
+        region = region_defaults(calendar.matched or calendar.name)
         try:  # one line naming the key, the value and what is expected, before anything is read or written
-            return backtest_config({**lots, **self.port_analysis}, "port_analysis")
+            return backtest_config({**region, **self.port_analysis}, "port_analysis")
         except ValueError as error:
             raise dg.Failure(str(error)) from None
 

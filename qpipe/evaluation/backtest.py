@@ -69,6 +69,19 @@ class BacktestConfig(BaseModel):
         return value
 
 
+# Qlib's region defaults of the Exchange (qlib.config's _default_region_config; reference/qlib.md §9): REG_CN trades
+# lots of 100 shares within a 9.5% limit, REG_US whole shares without one. An exchange -> its region.
+REGION_DEFAULTS = {"cn": {"trade_unit": 100, "limit_threshold": 0.095},
+                   "us": {"trade_unit": 1, "limit_threshold": None}}
+EXCHANGE_REGIONS = {"XSHG": "cn", "XSHE": "cn", "XNYS": "us", "XNAS": "us", "XASE": "us", "ARCX": "us", "BATS": "us",
+                    "IEXG": "us"}
+
+
+def region_defaults(exchange: str) -> dict[str, Any]:
+    """The backtest settings Qlib's region of ``exchange`` implies (none for an exchange of no Qlib region)."""
+    return dict(REGION_DEFAULTS.get(EXCHANGE_REGIONS.get(exchange, ""), {}))
+
+
 STRATEGY_SETTINGS = ("topk", "n_drop", "method_sell", "method_buy", "hold_thresh", "only_tradable",
                      "forbid_all_trade_at_limit", "risk_degree")  # TopkDropoutStrategy's and BaseSignalStrategy's
 EXCHANGE_SETTINGS = ("limit_threshold", "deal_price", "open_cost", "close_cost", "min_cost", "trade_unit")

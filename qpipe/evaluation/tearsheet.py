@@ -69,7 +69,7 @@ def risk_table(daily: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_page(model: str, as_of: date, daily: pd.DataFrame, views: SignalViews, holdings: pd.DataFrame,
-               strategy: dict, backtest_png: Path, signal_png: Path) -> str:
+               strategy: dict, backtest_png: Path, signal_png: Path, ic_png: Path | None = None) -> str:
     """The HTML of a model's tear sheet from its stored backtest days, signal views and last holdings."""
     risk = risk_table(daily) if len(daily) > 1 else None
     headline = {}
@@ -98,6 +98,8 @@ def model_page(model: str, as_of: date, daily: pd.DataFrame, views: SignalViews,
              "views below go beyond it (alphalens-style). A score of T is bought at T+1's close and held h sessions.</p>",
              _table(signal, index=False) if not signal.empty else "<p>No session has a known return yet.</p>",
              _image(signal_png, f"{model} signal"),
+             *(["<h3>Cumulative IC and Rank IC (reports/" + html.escape(model) + "_ic)</h3>",
+                _image(ic_png, f"{model} cumulative IC")] if ic_png is not None else []),
              "<h3>Mean return per session held, by score quantile (1 = lowest scores)</h3>",
              _table(views.quantile_returns * 1e4, digits=2).replace("<table", '<table title="basis points"', 1),
              '<p class="note">In basis points per session.</p>',
@@ -127,7 +129,9 @@ def write_model_tearsheet(con: duckdb.DuckDBPyConnection, model: str, as_of: dat
                            [model, daily["date"].iloc[-1]]).df() if len(daily) else pd.DataFrame()
     signal_png = report.signal_chart(views, model, folder / f"{model}_signal.png")
     path = folder / f"{model}_tearsheet.html"
-    path.write_text(model_page(model, as_of, daily, views, holdings, strategy, backtest_png, signal_png))
+    ic_png = folder / f"{model}_ic.png"  # the IC report's chart, when it has run
+    path.write_text(model_page(model, as_of, daily, views, holdings, strategy, backtest_png, signal_png,
+                               ic_png if ic_png.exists() else None))
     return path
 
 
@@ -138,8 +142,9 @@ def leaderboard_page(board: pd.DataFrame, ic_png: Path, returns_png: Path | None
                       for m in shown["model"]]
     table = shown.to_html(index=False, border=0, na_rep="–", escape=False, float_format=lambda v: f"{v:.4f}")
     body = ["<h1>qpipe leaderboard</h1>",
-            f'<p class="sub">{len(board)} model{"s" if len(board) != 1 else ""} · Qlib\'s benchmark table: IC figures as SigAnaRecord, the backtest\'s '
-            "annualized excess return, information ratio and max drawdown with cost as PortAnaRecord</p>", table,
+            f'<p class="sub">{len(board)} model{"s" if len(board) != 1 else ""} · Qlib\'s benchmark table: IC figures '
+            "as SigAnaRecord, the backtest's annualized excess return, information ratio and max drawdown with cost "
+            "as PortAnaRecord</p>", table,
             "<h2>Cumulative Rank IC</h2>", _image(ic_png, "cumulative Rank IC")]
     if returns_png is not None:
         body += ["<h2>Cumulative excess return with cost</h2>", _image(returns_png, "cumulative excess return")]

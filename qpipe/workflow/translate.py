@@ -16,8 +16,8 @@ import numpy as np
 
 from qpipe.features.handler import Processing, chain_names, handler_processing
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
-from qpipe.evaluation.backtest import (EXCHANGE_SETTINGS, QLIB_EXCHANGE_ONLY, QLIB_STRATEGY_ONLY, STRATEGY_SETTINGS,
-                                       backtest_config, close_match)
+from qpipe.evaluation.backtest import (EXCHANGE_SETTINGS, QLIB_EXCHANGE_ONLY, QLIB_STRATEGY_ONLY, REGION_DEFAULTS,
+                                       STRATEGY_SETTINGS, backtest_config, close_match)
 from qpipe.models.config import (GENERAL_PTNN, QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document,
                                  read_qlib_yaml)
 from qpipe.models.registry import get_spec
@@ -25,9 +25,6 @@ from qpipe.models.registry import get_spec
 Status = Literal["honoured", "changed", "not honoured"]
 QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
 REGION_EXCHANGES = {"cn": "XSHG", "us": "XNYS"}
-# Qlib's region defaults of the Exchange (qlib.config's _default_region_config): REG_US trades whole shares, no limit
-REGION_EXCHANGE = {"cn": {"trade_unit": 100, "limit_threshold": 0.095},
-                   "us": {"trade_unit": 1, "limit_threshold": None}}
 
 
 @dataclass(frozen=True)
@@ -245,7 +242,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
              "SOURCE DIR` writes one from a CSV/Parquet source)"))
     region = str(r.get("qlib_init.region", "cn"))
     if region in REGION_EXCHANGES:
-        exchange = REGION_EXCHANGE[region]
+        exchange = REGION_DEFAULTS[region]
         r.say("qlib_init.region", "honoured", "the provider's own calendar; in the backtest unless its exchange_kwargs "
               "say otherwise: " + ", ".join(f"{k} {v}" for k, v in exchange.items()), value=region)
     else:
