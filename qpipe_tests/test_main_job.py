@@ -127,8 +127,9 @@ def test_the_main_job_shows_progress_trains_the_cheapest_first_and_prints_the_le
     assert max(b - a for a, b in zip(times, times[1:])) < 10, text
     assert any("epoch" in line and "ETA" in line for _, line in job.lines[stage3:stage4]), text
     board = text.split("Out-of-sample leaderboard")[1].splitlines()
-    assert board[1].split() == ["model", "IC", "ICIR", "Rank", "IC", "Rank", "ICIR", "days", "Ann.", "Ret", "IR",
-                                "MDD", "backtest", "days"], text  # Qlib's table: the signal, then the portfolio
+    assert board[1].split() == ["model", "dataset", "IC", "ICIR", "Rank", "IC", "Rank", "ICIR", "days", "Ann.", "Ret",
+                                "IR", "MDD", "backtest", "days"], text  # Qlib's table: the signal, then the portfolio
+    assert all(line.split()[1] == "Alpha360" for line in board[2:4]), text
     assert sorted(line.split()[0] for line in board[2:4]) == ["gru", "mlp"], text
     assert all(line.split()[-1] == "40" for line in board[2:4]), text  # every scored session traded
     sheet = Path(text.split("Tear sheets (HTML, open offline): ")[1].split(",")[0])

@@ -289,6 +289,8 @@ def test_leaderboard_ranks_every_model_with_stored_ics(env, isolated_home):
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         stored = con.execute('SELECT model, "Rank IC", days FROM reports.leaderboard').fetchall()
         expected = board_of(read_daily_ic(con))
+        # Qlib's table names each model's dataset (found in review: the leaderboard did not)
+        assert con.execute("SELECT dataset FROM reports.leaderboard WHERE model = 'mlp'").fetchone() == ("Alpha360",)
     assert [row[0] for row in stored] == list(expected["model"]) and "mlp" in expected["model"].tolist()
     assert [row[1] for row in stored] == sorted((row[1] for row in stored), reverse=True)  # best Rank IC first
     metadata = result.asset_materializations_for_node("reports__leaderboard")[-1].metadata

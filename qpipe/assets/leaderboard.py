@@ -10,7 +10,7 @@ import dagster as dg
 
 from qpipe.assets.models import backtest_key, ic_key
 from qpipe.models.registry import ARCHITECTURES
-from qpipe.resources import Warehouse
+from qpipe.resources import CheckpointStore, Warehouse
 from qpipe.settings import get_settings
 
 LEADERBOARD_TABLE = "reports.leaderboard"
@@ -27,7 +27,8 @@ LEADERBOARD_TABLE = "reports.leaderboard"
     kinds={"duckdb", "matplotlib"},
     metadata={"dagster/table_name": LEADERBOARD_TABLE},
 )
-def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse,
+                checkpoints: CheckpointStore) -> dg.MaterializeResult:
     from qpipe.data import warehouse as wh
     from qpipe.evaluation import backtest_store, report, tearsheet
 
@@ -38,6 +39,7 @@ def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
             raise dg.Failure("no daily IC stored yet: materialize reports/<arch>_ic for some days first")
         backtests = backtest_store.read_daily(con)
         board = report.leaderboard(daily).merge(backtest_store.portfolio_columns(backtests), on="model", how="left")
+        board.insert(1, "dataset", [datasets(con, checkpoints, model) for model in board["model"]])
         con.execute(f"CREATE SCHEMA IF NOT EXISTS reports; CREATE OR REPLACE TABLE {LEADERBOARD_TABLE} AS SELECT * FROM board")
     folder = get_settings().home / "reports"
     chart = report.cumulative_ic_chart(daily, "all models", folder / "leaderboard.png", measures=("Rank IC",))
@@ -50,6 +52,26 @@ def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.M
         "cumulative Rank IC chart": dg.MetadataValue.path(str(chart)),
         "tear sheet": dg.MetadataValue.path(str(sheet)),
     })
+
+
+def datasets(con, checkpoints: CheckpointStore, model: str) -> str:
+    """The feature sets of the checkpoints that made ``model``'s stored scores (Qlib's table: Alpha158, Alpha360)."""
+    import json
+
+    from qpipe.data import warehouse as wh
+    from qpipe.models.config import FEATURE_SETS as HANDLERS
+
+    if not wh.has_table(con, wh.PREDICTIONS):
+        return ""
+    partitions = [p for (p,) in con.execute(f"SELECT DISTINCT checkpoint_partition FROM {wh.PREDICTIONS} "
+                                            "WHERE model = ?", [model]).fetchall()]
+    names = set()
+    for partition in partitions:
+        sidecar = checkpoints.path_for(model, partition).with_suffix(".json")
+        if sidecar.is_file():
+            names.add(json.loads(sidecar.read_text())["feature_set"])
+    handlers = {name: handler for handler, name in HANDLERS.items()}  # as Qlib's table writes them: Alpha360
+    return ", ".join(handlers.get(name, name) for name in sorted(names))
 
 
 leaderboard_job = dg.define_asset_job("leaderboard_job", selection=[leaderboard.key],
