@@ -119,8 +119,12 @@ def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp],
     prices = con.execute(f"SELECT date, instrument, open, close, vwap, factor FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
                          [two_before, end]).df()
     # a stock suspended since before these days moves against its last close, which may lie further back
-    earlier = wh.last_priced_days(con, sorted(set(prices["instrument"])), two_before)[prices.columns]
-    prices = pd.concat([earlier, prices.assign(date=pd.to_datetime(prices["date"]))], ignore_index=True)
+    prices["date"] = pd.to_datetime(prices["date"])
+    priced = set(prices.loc[(prices["date"] == pd.Timestamp(two_before)) & prices["close"].notna(), "instrument"])
+    waiting = sorted(set(prices["instrument"]) - priced)
+    if waiting:
+        earlier = wh.last_priced_days(con, waiting, two_before)[prices.columns]
+        prices = pd.concat([earlier, prices], ignore_index=True) if len(earlier) else prices
     if benchmark:
         bench = benchmark_returns(prices, days, benchmark)
     else:  # the equal-weighted market: its members' mean close-to-close change
