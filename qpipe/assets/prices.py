@@ -64,21 +64,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
     if end.date() > calendar.today():
         raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
-    if calendar.horizon_warning():
-        context.log.warning(calendar.horizon_warning())
-    # (a Qlib provider's day.txt is its calendar, as for Qlib: only a CSV/Parquet source's dates are checked)
-    gaps = calendar.sessions_lacking(start, end) if price_source.kind == "tabular" else []
-    if len(gaps):
-        context.log.warning(
-            f"{len(gaps)} sessions of {calendar.matched} have no row for any instrument in {price_source.describe()}: "
-            f"{first_few(gaps)}. Under QPIPE_CALENDAR=auto they are no partitions, and features and labels read "
-            f"across them as if the market had been closed; QPIPE_CALENDAR={calendar.matched} refuses such a source")
-    extra = calendar.sessions_beyond(start, end) if price_source.kind == "tabular" else []
-    if len(extra):
-        context.log.warning(
-            f"{len(extra)} dates of {price_source.describe()} are not sessions of {calendar.matched}: {first_few(extra)} "
-            f"(a holiday row?). Under QPIPE_CALENDAR=auto they are partitions, and every other stock has a day without "
-            f"a row in its features; remove those rows, or set QPIPE_CALENDAR={calendar.matched}, which refuses them")
+    gaps, extra = warn_of_the_calendar(context, calendar, price_source, start, end)
     with warehouse.get_connection() as con:
         try:
             done = ingest_prices(con, price_source.source(), calendar, start, end, price_source.describe(),
@@ -103,11 +89,34 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
         "first_date": str(done.first.date()),
         "last_date": str(done.last.date()),
         "source": price_source.describe(),
-        "sessions_without_rows": len(gaps),  # of the exchange a source's own calendar matched (see the warning)
-        "dates_not_sessions": len(extra),  # of that exchange (see the warning)
+        "sessions_without_rows": gaps,  # of the exchange a source's own calendar matched (see the warning)
+        "dates_not_sessions": extra,  # of that exchange (see the warning)
         "rebased_instruments": len(done.anchored.scale),  # scaled onto the stored basis (qpipe.data.anchoring)
         "read_blocks": done.blocks,  # of about QPIPE_LOAD_CELLS / 64 price rows each (qpipe.data.ingest)
     })
+
+
+def warn_of_the_calendar(context: dg.AssetExecutionContext, calendar, price_source: PriceSource, start: pd.Timestamp,
+                         end: pd.Timestamp) -> tuple[int, int]:
+    """Warn of an exchange whose known sessions end soon, and of a CSV/Parquet source's dates (QPIPE_CALENDAR=auto)
+    that depart from the exchange they match: (sessions it lacks, dates that are no sessions)."""
+    if calendar.horizon_warning():
+        context.log.warning(calendar.horizon_warning())
+    if price_source.kind != "tabular":  # a Qlib provider's day.txt is its calendar, as for Qlib
+        return 0, 0
+    source, exchange = price_source.describe(), calendar.matched
+    gaps, extra = calendar.sessions_lacking(start, end), calendar.sessions_beyond(start, end)
+    if len(gaps):
+        context.log.warning(
+            f"{len(gaps)} sessions of {exchange} have no row for any instrument in {source}: {first_few(gaps)}. Under "
+            f"QPIPE_CALENDAR=auto they are no partitions, and features and labels read across them as if the market "
+            f"had been closed; QPIPE_CALENDAR={exchange} refuses such a source")
+    if len(extra):
+        context.log.warning(
+            f"{len(extra)} dates of {source} are not sessions of {exchange}: {first_few(extra)} (a holiday row?). "
+            f"Under QPIPE_CALENDAR=auto they are partitions, and every other stock has a day without a row in its "
+            f"features; remove those rows, or set QPIPE_CALENDAR={exchange}, which refuses them")
+    return len(gaps), len(extra)
 
 
 def look_again(context: dg.AssetExecutionContext, config: PricesConfig, error: Exception) -> None:
