@@ -89,7 +89,8 @@ class MarketCalendar:
     def horizon_warning(self, today: date | None = None) -> str:
         """What to say when the exchange's known sessions end within HORIZON_WARNING_DAYS: exchange-calendars
         publishes some exchanges' holidays a year at a time (XSHG's to 2026-12-31 in 4.13), and after the last one
-        known every weekday is a session, holidays too (the schedule's run then waits hours for rows that never come)."""
+        known every weekday is a session, holidays too (the schedule's run then waits hours for rows that never
+        come)."""
         if self.matched and self.upcoming is None:
             return ""  # a source's own dates, not an exchange's: they end where the source does
         left = (self.last_known - np.datetime64(today or self.today(), "D")).astype(int)

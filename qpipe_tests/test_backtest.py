@@ -95,7 +95,8 @@ def test_a_score_of_day_t_never_trades_before_t_plus_1():
 
 def test_a_random_buy_draws_from_the_top_k_as_qlibs_topk_dropout_does():
     """Found in review (against pyqlib 0.9.7): method_buy random drew from every name not held (a name ranked 17th
-    of 20 bought); Qlib's draws from the top-k of the day's scores less the holdings, all of them when fewer are left."""
+    of 20 bought); Qlib's draws from the top-k of the day's scores less the holdings, all of them when fewer are
+    left."""
     rng = np.random.default_rng(5)
     names = [f"S{i:02d}" for i in range(20)]
     close = {name: list(np.round(10 * np.exp(np.cumsum(rng.normal(0, 0.01, len(DAYS)))), 4)) for name in names}

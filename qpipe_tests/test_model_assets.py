@@ -342,8 +342,8 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     gap = run(days[-1], days[-1], ["reports/mlp_backtest"], resources, strategy, raise_on_error=False)
     assert not gap.success
     message = str(gap.get_step_failure_events()[0].event_specific_data.error)
-    assert f"stops at {days[-4]}, and this run starts at {days[-1]}: materialize reports/mlp_backtest from {days[-3]} " \
-           "on first" in message, message
+    assert (f"stops at {days[-4]}, and this run starts at {days[-1]}: materialize reports/mlp_backtest from "
+            f"{days[-3]} on first") in message, message
     run(days[-3], days[-1], ["reports/mlp_backtest"], resources, strategy)
     assert stored() == one_run
 

@@ -123,8 +123,8 @@ def backtest_config(settings: Mapping[str, Any], source: str) -> BacktestConfig:
         problem = error.errors()[0]
         key = ".".join(map(str, problem["loc"]))
         if problem["type"] == "extra_forbidden" and key in ELSEWHERE:
-            raise ValueError(f"{source}: {key} = {problem['input']!r}: not a setting of the backtest: {ELSEWHERE[key]}") \
-                from None
+            raise ValueError(f"{source}: {key} = {problem['input']!r}: not a setting of the backtest: "
+                             f"{ELSEWHERE[key]}") from None
         if problem["type"] == "extra_forbidden":
             raise ValueError(f"{source}: {key} = {problem['input']!r}: not a setting of the backtest"
                              f"{close_match(key, BacktestConfig.model_fields)}; valid: "

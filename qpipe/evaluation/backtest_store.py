@@ -58,7 +58,8 @@ def read_state(con: duckdb.DuckDBPyConnection, model: str, start: date,
     if stored_before != previous:
         following = pd.Timestamp(trading_days(stored_before, start)[1]).date()
         raise BacktestGap(f"the {model} backtest stops at {stored_before}, and this run starts at {start}: materialize "
-                          f"reports/{model}_backtest from {following} on first (a backtest goes on from the day before)")
+                          f"reports/{model}_backtest from {following} on first (a backtest goes on from the day "
+                          "before)")
     stored = con.execute(f"SELECT strategy FROM {STRATEGY} WHERE model = ? AND date = ?", [model, previous]).fetchone()
     if config is not None and stored is not None and stored[0] != _settings(config):
         was, now = json.loads(stored[0]), config.model_dump()
