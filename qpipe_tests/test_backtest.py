@@ -129,6 +129,21 @@ def test_a_limit_move_is_the_traded_close_against_the_last_one_across_a_suspensi
     assert list(trades[trades["side"] == "sell"]["date"])[:1] == [DAYS[3]]  # the adjusted close's -10% is no limit
 
 
+def test_a_day_without_volume_is_not_traded_as_qlibs_collector_empties_it():
+    """Found in review: a row with prices and no volume was traded; Qlib's data collector makes such a day (volume
+    0 or missing) all NaN, so its exchange takes the stock as suspended that day."""
+    config = SMALL.model_copy(update={"topk": 1, "n_drop": 1, "open_cost": 0, "close_cost": 0, "min_cost": 0})
+    scores = {1: {"A": 1.0, "B": 0.0}, 2: {"A": -1.0, "B": 1.0}, 3: {"A": -1.0, "B": 1.0}, 4: {"A": -1.0, "B": 1.0}}
+    prices = _prices({"A": [10] * 6, "B": [10] * 6}).assign(volume=1000.0)
+    traded = backtest(_scores(scores), prices, DAYS[1:], config).trades
+    assert list(zip(traded["date"], traded["side"], traded["instrument"]))[1:] == [(DAYS[3], "sell", "A"),
+                                                                                    (DAYS[3], "buy", "B")]
+    prices.loc[(prices["instrument"] == "A") & (prices["date"] == DAYS[3]), "volume"] = 0.0  # no trade that day
+    traded = backtest(_scores(scores), prices, DAYS[1:], config).trades
+    sells = traded[traded["side"] == "sell"]
+    assert list(zip(sells["date"], sells["instrument"])) == [(DAYS[4], "A")]  # held through its day without trades
+
+
 @pytest.mark.parametrize("method", ["top/bottom", "random"])  # random: each session draws from (seed, its date)
 def test_a_backtest_resumed_from_its_state_goes_on_exactly_as_one_run(method):
     config = SMALL if method == "top/bottom" else SMALL.model_copy(update={"method_buy": "random",

@@ -5,7 +5,8 @@ Each session T, in order:
 1. the strategy reads the scores of the session before T (never T's own: no look-ahead);
 2. it ranks the holdings and the best ``topk + n_drop - len(holdings)`` other names; it sells the holdings
    among the ``n_drop`` worst of both, and buys the first ``len(sold) + topk - len(holdings)`` others;
-3. a stock is not traded when suspended (no price) or at its limit move (``|change| >= limit_threshold``;
+3. a stock is not traded when suspended (no price, or no volume: Qlib's collector empties such a day) or at its
+   limit move (``|change| >= limit_threshold``;
    with ``forbid_all_trade_at_limit`` either limit blocks both sides), nor sold before ``hold_thresh`` days;
 4. sells execute first at the deal price, cost ``max(value * close_cost, min_cost)``; then the cash after
    sells times ``risk_degree`` is split equally over the buys, each amount rounded down to ``trade_unit``
@@ -168,7 +169,8 @@ class _Exchange:
     def __init__(self, prices: pd.DataFrame, days: Sequence, config: BacktestConfig, held: Sequence[str] = ()):
         """``held``: instruments a resumed backtest holds; one without prices in ``days`` (delisted) is suspended on
         every day, as Qlib's exchange takes a stock without quotes: kept at its last price, never traded."""
-        fields = list(dict.fromkeys(["close", config.deal_price, "factor"]))
+        volume = ["volume"] if "volume" in prices else []  # (hand-made frames may leave it out)
+        fields = list(dict.fromkeys(["close", config.deal_price, "factor", *volume]))
         panel = prices.assign(date=pd.to_datetime(prices["date"])).set_index(["date", "instrument"])[fields].unstack()
         dates = pd.DatetimeIndex(pd.to_datetime(days))
         # sorted, as in a run over every day: ties between scores go to the same name either way
@@ -195,6 +197,8 @@ class _Exchange:
         self.factor = grid("factor").reindex(dates).to_numpy(float)
         change = change.reindex(dates).to_numpy(float)
         self.suspended = ~np.isfinite(self.close) | ~np.isfinite(self.price)
+        if "volume" in fields:  # Qlib's collector empties a day without volume (<= 0 or NaN): suspended, as there
+            self.suspended |= ~(grid("volume").reindex(dates).to_numpy(float) > 0)
         if config.limit_threshold is None:
             self.limit_up = self.limit_down = np.zeros_like(self.suspended)
         else:

@@ -117,8 +117,8 @@ def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp],
     two_before = next(iter(_sessions_before(first, 2)), first)  # prices for the first day's change
     scores = con.execute(f"SELECT date, instrument, score FROM {wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ?",
                          [model, two_before, end]).df()
-    prices = con.execute(f"SELECT date, instrument, open, close, vwap, factor FROM {wh.PRICES} WHERE date BETWEEN ? AND ?",
-                         [two_before, end]).df()
+    prices = con.execute(f"SELECT date, instrument, open, close, vwap, factor, volume FROM {wh.PRICES} "
+                         "WHERE date BETWEEN ? AND ?", [two_before, end]).df()
     # a stock suspended since before these days moves against its last close, which may lie further back
     prices["date"] = pd.to_datetime(prices["date"])
     priced = set(prices.loc[(prices["date"] == pd.Timestamp(two_before)) & prices["close"].notna(), "instrument"])
