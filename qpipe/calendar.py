@@ -113,25 +113,25 @@ class MarketCalendar:
         cron_days = ",".join(str((d + 1) % 7) for d in self.weekdays)  # cron counts Sunday as 0
         return f"{at.minute} {at.hour} * * {'1-5' if self.weekdays == (0, 1, 2, 3, 4) else cron_days}"
 
-    def sessions_lacking(self, start, end) -> np.ndarray:
-        """The matched exchange's sessions in [start, end], within this calendar's span, that it lacks: for a
-        calendar of a source's own dates, days with no row in any of its files (no partitions, so features and
-        labels read across them). Built when asked, by the ingest: not in every process that loads the calendar."""
-        lo, hi = max(_day(start), self.sessions[0]), min(_day(end), self.sessions[-1])
-        if not self.matched or hi < lo:
-            return self.sessions[:0]
-        exchange = exchange_calendar(self.matched, str(max(lo, np.datetime64(EARLIEST, "D"))))
-        return np.setdiff1d(exchange.trading_days(lo, min(hi, exchange.last_known)), self.sessions)
-
-    def sessions_beyond(self, start, end) -> np.ndarray:
-        """This calendar's sessions in [start, end] that the exchange its dates match closely does not trade: a
-        source's row on a holiday (a vendor's placeholder), a partition of a day the market was closed."""
+    def departures(self, start, end) -> tuple[np.ndarray, np.ndarray]:
+        """For a calendar of a source's own dates, how they depart in [start, end] from the exchange they match:
+        (1) its sessions within this calendar's span that the source lacks, days with no row in any of its files (no
+        partitions, so features and labels read across them); (2) the source's dates that exchange does not trade,
+        where they match it closely: a row on a holiday (a vendor's placeholder), a partition of a day the market was
+        closed. Built when asked, by the ingest, with one build of the exchange's calendar: not in every process that
+        loads the calendar."""
+        none = self.sessions[:0]
         lo, hi = _day(start), _day(end)
-        if self.upcoming is None or hi < lo:  # not a source's dates, or not close to any exchange's
-            return self.sessions[:0]
+        if not self.matched or hi < lo:
+            return none, none
         exchange = exchange_calendar(self.matched, str(max(lo, np.datetime64(EARLIEST, "D"))))
+        inside_lo, inside_hi = max(lo, self.sessions[0]), min(hi, self.sessions[-1])
+        lacking = (np.setdiff1d(exchange.trading_days(inside_lo, min(inside_hi, exchange.last_known)), self.sessions)
+                   if inside_lo <= inside_hi else none)
+        if self.upcoming is None:  # not close to any exchange's sessions: every day of it would be named
+            return lacking, none
         ours = self.sessions[(self.sessions >= lo) & (self.sessions <= min(hi, exchange.last_known))]
-        return np.setdiff1d(ours, exchange.trading_days(lo, hi))
+        return lacking, np.setdiff1d(ours, exchange.trading_days(lo, hi))
 
     def describe(self) -> str:
         return (f"{self.name}: {self.timezone}, close {self.close:%H:%M}, {len(self.sessions)} sessions "

@@ -100,12 +100,13 @@ def warn_of_the_calendar(context: dg.AssetExecutionContext, calendar, price_sour
                          end: pd.Timestamp) -> tuple[int, int]:
     """Warn of an exchange whose known sessions end soon, and of a CSV/Parquet source's dates (QPIPE_CALENDAR=auto)
     that depart from the exchange they match: (sessions it lacks, dates that are no sessions)."""
-    if calendar.horizon_warning():
-        context.log.warning(calendar.horizon_warning())
+    horizon = calendar.horizon_warning()
+    if horizon:
+        context.log.warning(horizon)
     if price_source.kind != "tabular":  # a Qlib provider's day.txt is its calendar, as for Qlib
         return 0, 0
     source, exchange = price_source.describe(), calendar.matched
-    gaps, extra = calendar.sessions_lacking(start, end), calendar.sessions_beyond(start, end)
+    gaps, extra = calendar.departures(start, end)
     if len(gaps):
         context.log.warning(
             f"{len(gaps)} sessions of {exchange} have no row for any instrument in {source}: {first_few(gaps)}. Under "
