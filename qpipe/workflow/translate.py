@@ -236,8 +236,9 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
 
     provider = Path(str(r.get("qlib_init.provider_uri", required=True))).expanduser()
     settings["QPIPE_SOURCE_PATH"] = str(provider)
+    here = (provider / "calendars" / "day.txt").is_file()  # a Qlib provider directory on this machine
     r.say("qlib_init.provider_uri", "honoured", f"QPIPE_SOURCE=qlib, QPIPE_SOURCE_PATH={provider}"
-          + ("" if (provider / "calendars" / "day.txt").is_file() else
+          + ("" if here else
              " (not a Qlib provider directory here, no calendars/day.txt: a run refuses it; `qpipe dump-bin "
              "SOURCE DIR` writes one from a CSV/Parquet source)"))
     region = str(r.get("qlib_init.region", "cn"))
@@ -257,7 +258,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     if benchmark is not None:
         settings["QPIPE_BENCHMARK"] = str(benchmark)
         r.say("benchmark", "honoured", f"QPIPE_BENCHMARK={benchmark}: ingested beside the market, the backtest's benchmark")
-    if (provider / "calendars" / "day.txt").is_file():  # found now, not after minutes of prices and features
+    if here:  # what it lacks is found now, not after minutes of prices and features
         _in_the_provider(r, provider, market, benchmark)
 
     handler = "task.dataset.kwargs.handler"
