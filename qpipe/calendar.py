@@ -82,9 +82,30 @@ class MarketCalendar:
         closed = days[np.isin((days.view("int64") + 3) % 7, self.weekdays) & ~np.isin(days, self.known)]
         return [d.item() for d in closed]
 
+    def now(self) -> datetime:
+        """The time where the market is."""
+        return datetime.now(ZoneInfo(self.timezone))
+
     def today(self) -> date:
         """Today's date where the market is."""
-        return datetime.now(ZoneInfo(self.timezone)).date()
+        return self.now().date()
+
+    def not_over(self, day: date) -> str:
+        """Why the session of ``day`` cannot be ingested yet, or '' once its close has passed: a vendor's bar of a day
+        still trading (yfinance gives one) is the day so far, and features, labels and scores would be made of it."""
+        now = self.now()
+        if day > now.date():
+            return f"{day} is in the future ({self.timezone})"
+        if day == now.date() and now.time() < self.close and self.is_session(day):
+            left = int((datetime.combine(day, self.close, now.tzinfo) - now).total_seconds()) // 60
+            return (f"{day} is a session not over yet: {self.name} closes at {self.close:%H:%M} ({self.timezone}), "
+                    f"in {left // 60} h {left % 60:02d} min")
+        return ""
+
+    def last_closed_session(self) -> date:
+        """The latest session whose close has passed: the last day there are final bars of."""
+        now = self.now()
+        return self.latest_session(now.date() - timedelta(days=int(now.time() < self.close)))
 
     def horizon_warning(self, today: date | None = None) -> str:
         """What to say when the exchange's known sessions end within HORIZON_WARNING_DAYS: exchange-calendars

@@ -2,7 +2,7 @@
 
 Five Dagster runs, launched through a code server exactly as the UI launches them (so each one
 shows in ``dg dev`` with its lineage and can be stopped there, or with Ctrl-C here):
-1. prices from ``LOOKBACK`` sessions before the first training day to the latest session, and the universe;
+1. prices from ``LOOKBACK`` sessions before the first training day to the latest session over, and the universe;
 2. Alpha158, Alpha360 and labels from the first training day on;
 3. one checkpoint per architecture on the session ``--test-days`` before the latest (quick training
    profile), the cheapest first, as many at once as the machine has training slots;
@@ -109,8 +109,8 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
 
 def planned(calendar, end: date | None, models: tuple[str, ...], test_days: int, plan: ComputePlan,
             epochs: int | None) -> tuple[list[Stage], date]:
-    """The runs, and the last session: ``end`` (default: the source's last date, up to today) within the source's
-    dates and not in the future."""
+    """The runs, and the last session: ``end`` (default: the source's last date, up to the last session over) within
+    the source's dates and over."""
     from qpipe.resources import build_resources
 
     settings = get_settings()
@@ -118,12 +118,12 @@ def planned(calendar, end: date | None, models: tuple[str, ...], test_days: int,
         raise ValueError(f"QPIPE_MARKET = {settings.market!r}: not a market of the {settings.source} source, which has "
                          f"{', '.join(settings.source_markets)}")
     first, last = (str(d)[:10] for d in build_resources()["price_source"].source().span())
-    if end is not None and end > calendar.today():
-        raise ValueError(f"--end {end} is in the future ({calendar.timezone}); the latest session is "
-                         f"{calendar.latest_session()}")
+    if end is not None and calendar.not_over(end):
+        raise ValueError(f"--end {calendar.not_over(end)}; the latest session over is {calendar.last_closed_session()}")
     if end is not None and str(end) < first:
         raise ValueError(f"--end {end} is before the source's first date, {first}")
-    last_day = calendar.latest_session(end if end is not None else min(calendar.today(), date.fromisoformat(last)))
+    last_day = calendar.latest_session(end if end is not None else
+                                       min(calendar.last_closed_session(), date.fromisoformat(last)))
     if str(last_day) > last:
         raise ValueError(f"--end {last_day} is after the source's last date, {last}: end there (--end {last}), "
                          "or point QPIPE_SOURCE_PATH at a source that holds the days after it")
@@ -181,7 +181,7 @@ def _stop(signum, frame) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--end", default=None, help="last session (default: the source's latest, up to today)")
+    parser.add_argument("--end", default=None, help="last session (default: the source's latest, up to the last one over)")
     parser.add_argument("--test-days", type=int, default=TEST_DAYS, help="sessions scored after the checkpoint")
     parser.add_argument("--models", default=",".join(QUICK_MODELS),
                         help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)})")

@@ -475,3 +475,30 @@ def test_the_same_rows_stored_again_leave_what_depends_on_them_up_to_date(tmp_pa
     run(["raw/prices"])
     assert version("raw/prices", days[-1]) != first
     assert stale("features/alpha158", days[-1]) == stale("features/label", days[-1]) == StaleStatus.STALE
+
+
+def test_a_session_is_ingested_only_after_its_close(warehouse_path, monkeypatch):
+    """Found in review: today's partition could be ingested while the market traded, and a vendor's bar of the day so
+    far (yfinance gives one) went on to features, labels and scores as the day's."""
+    from zoneinfo import ZoneInfo
+
+    from qpipe.calendar import MarketCalendar, market_calendar
+
+    def clock(hour: int, minute: int = 0):
+        at = dt.datetime(2024, 3, 5, hour, minute, tzinfo=ZoneInfo("America/New_York"))
+        monkeypatch.setattr(MarketCalendar, "now", lambda self: at.astimezone(ZoneInfo(self.timezone)))
+
+    clock(11, 20)
+    calendar = market_calendar()
+    assert calendar.last_closed_session() == dt.date(2024, 3, 4) and calendar.today() == dt.date(2024, 3, 5)
+    for day, said in (("2024-03-05", "partition 2024-03-05 is a session not over yet: XNYS closes at 16:00 "
+                                     "(America/New_York), in 4 h 40 min: prices are ingested after the close"),
+                      ("2024-03-06", "partition 2024-03-06 is in the future (America/New_York): prices are ingested")):
+        early = _materialize(warehouse_path, SYNTHETIC, day, raise_on_error=False)
+        assert not early.success and said in _failure_text(early)
+    with duckdb.connect(str(warehouse_path)) as con:
+        assert not wh.has_table(con, wh.PRICES)
+    clock(16, 1)
+    assert calendar.last_closed_session() == dt.date(2024, 3, 5)
+    assert _materialize(warehouse_path, SYNTHETIC, "2024-03-05").success
+    assert {r[0].isoformat() for r in table_rows(warehouse_path, "raw.prices")} == {"2024-03-05"}

@@ -89,3 +89,28 @@ def test_the_main_job_refuses_what_it_cannot_run_in_one_line_before_any_run(tmp_
     assert done.returncode in (1, 2) and sorted(tmp_path.iterdir()) == before, done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith(message) and (len(lines) == 1 or lines[0].startswith("usage:")), done.stderr
+
+
+def test_the_main_job_ends_on_the_last_session_over(monkeypatch):
+    """Found in review: run during a session, the main job ingested that session's bars as the day's."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from qpipe.calendar import MarketCalendar, market_calendar
+    from qpipe.compute import compute_plan
+    from qpipe.main import planned
+
+    def at(day: int, hour: int):
+        when = dt.datetime(2026, 3, day, hour, tzinfo=ZoneInfo("America/New_York"))
+        monkeypatch.setattr(MarketCalendar, "now", lambda self: when)
+
+    plan, calendar = compute_plan(1), market_calendar()
+    at(10, 11)  # a Tuesday, trading
+    assert planned(calendar, None, ("mlp",), 20, plan, 1)[1] == dt.date(2026, 3, 9)
+    with pytest.raises(ValueError, match=r"^--end 2026-03-10 is a session not over yet: XNYS closes at 16:00 "
+                                         r"\(America/New_York\), in 5 h 00 min; the latest session over is 2026-03-09$"):
+        planned(calendar, dt.date(2026, 3, 10), ("mlp",), 20, plan, 1)
+    at(10, 17)
+    assert planned(calendar, None, ("mlp",), 20, plan, 1)[1] == dt.date(2026, 3, 10)
+    at(14, 9)  # a Saturday
+    assert planned(calendar, None, ("mlp",), 20, plan, 1)[1] == dt.date(2026, 3, 13)

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from qpipe.calendar import market_calendar
+from qpipe.calendar import SCHEDULE_DELAY, market_calendar
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored
 from qpipe.data.ingest import NoRows, ingest_prices
@@ -61,8 +61,10 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                price_source: PriceSource, compute: Compute):
     start, end = partition_dates(context)
     calendar = market_calendar()
-    if end.date() > calendar.today():
-        raise dg.Failure(f"partition {end.date()} is in the future ({calendar.timezone}); prices are ingested after the close")
+    early = calendar.not_over(end.date())
+    if early:
+        raise dg.Failure(f"partition {early}: prices are ingested after the close, when the day's bars are final (the "
+                         f"daily schedule runs {SCHEDULE_DELAY.seconds // 60} min after it); nothing was written")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
     gaps, extra = warn_of_the_calendar(context, calendar, price_source, start, end)
     with warehouse.get_connection() as con:

@@ -71,7 +71,7 @@ class SyntheticSource:
     def span(self) -> tuple[np.datetime64, np.datetime64]:
         from qpipe.calendar import market_calendar
 
-        return origin_session(self.spec), np.datetime64(market_calendar().latest_session(), "D")
+        return origin_session(self.spec), np.datetime64(market_calendar().last_closed_session(), "D")
 
     def missing_members(self) -> list[str]:
         return []
