@@ -13,6 +13,11 @@ SIGKILLed (the code server's run worker, under the daemon), the slots and the pe
 pools stay claimed, and the run queue waits behind them forever while the pool reads "0 / 1 slots
 occupied". ``reap`` frees the claims of every ended run as well.
 
+A run can also be created and never launched: ``dg launch`` (or a script) killed between the two leaves it
+NOT_STARTED forever, and Dagster shows its assets as materializing and keeps automation off them. One
+still not launched ``UNLAUNCHED_AFTER`` after its creation (its command launches it within seconds) is
+failed with that reason.
+
 ``reap`` runs when the definitions load (every `dg launch`, `dagster asset materialize`, run
 worker and code server, so a new run never waits behind a dead one), from the ``reap_dead_runs``
 sensor every 30 s under the daemon, and before the main job's runs. Only instances whose runs are
@@ -24,6 +29,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
@@ -31,6 +37,7 @@ from dagster._core.launcher import DefaultRunLauncher
 
 ALIVE = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 ENDED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+UNLAUNCHED_AFTER = 600.0  # seconds a run may stay NOT_STARTED before it is taken as never to be launched
 log = logging.getLogger("qpipe.reaper")
 
 
@@ -100,19 +107,23 @@ def _claims(instance: dg.DagsterInstance) -> dict[str, tuple[str, ...]]:
 class Reaped:
     dead: list[DeadRun]  # runs whose process was gone: failed, their claims freed
     freed: dict[str, tuple[str, ...]]  # ended runs whose pool claims were left behind -> those pools, freed
+    unlaunched: list[str]  # runs created and never launched: failed
 
     def describe(self) -> str:
         dead = f"reaped {len(self.dead)} dead run(s): {', '.join(r.run_id for r in self.dead)}" if self.dead else ""
         freed = (f"freed the pool claims of {len(self.freed)} ended run(s): {', '.join(self.freed)}"
                  if self.freed else "")
-        return "; ".join(part for part in (dead, freed) if part) or "no dead runs"
+        unlaunched = (f"failed {len(self.unlaunched)} run(s) never launched: {', '.join(self.unlaunched)}"
+                      if self.unlaunched else "")
+        return "; ".join(part for part in (dead, freed, unlaunched) if part) or "no dead runs"
 
     def lines(self) -> list[str]:
         """What a console says of it, a line a run."""
         return ([f"run {d.run_id[:8]} had lost its process (pid {d.pid}, job {d.job_name}): marked failed, its pool "
                  "slots freed" for d in self.dead]
                 + [f"run {run_id[:8]} had ended still holding claims in pool {', '.join(pools)}: freed"
-                   for run_id, pools in self.freed.items()])
+                   for run_id, pools in self.freed.items()]
+                + [f"run {run_id[:8]} was created and never launched: marked failed" for run_id in self.unlaunched])
 
 
 def free_ended_claims(instance: dg.DagsterInstance) -> dict[str, tuple[str, ...]]:
@@ -128,8 +139,27 @@ def free_ended_claims(instance: dg.DagsterInstance) -> dict[str, tuple[str, ...]
     return freed
 
 
-def reap(instance: dg.DagsterInstance) -> Reaped:
-    """Fail every dead run with the reason in its log and free its pool claims, and those of ended runs."""
+def fail_unlaunched_runs(instance: dg.DagsterInstance, after: float = UNLAUNCHED_AFTER) -> list[str]:
+    """Fail the runs still NOT_STARTED ``after`` seconds after their creation: their run ids."""
+    created_before = datetime.now(timezone.utc) - timedelta(seconds=after)
+    failed = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.NOT_STARTED],
+                                                                 created_before=created_before)):
+        run = record.dagster_run
+        minutes = (datetime.now(timezone.utc) - record.create_timestamp).total_seconds() / 60
+        instance.report_run_failed(run, (
+            f"qpipe: this run was created {minutes:.0f} min ago and never launched: the command that created it "
+            "(dg launch, dagster asset materialize, a script) stopped before launching it. Marked failed so that its "
+            "assets no longer show as materializing; launch it again to do its work."))
+        log.warning(f"run {run.run_id} ({run.job_name}) was created {minutes:.0f} min ago and never launched: "
+                    "marked failed")
+        failed.append(run.run_id)
+    return failed
+
+
+def reap(instance: dg.DagsterInstance, unlaunched_after: float = UNLAUNCHED_AFTER) -> Reaped:
+    """Fail every dead run with the reason in its log and free its pool claims, and those of ended runs; fail the
+    runs never launched."""
     dead = find_dead_runs(instance)
     for run in dead:
         record = instance.get_run_by_id(run.run_id)
@@ -142,7 +172,7 @@ def reap(instance: dg.DagsterInstance) -> Reaped:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         log.warning(f"run {run.run_id} ({run.job_name}) had no process any more (pid {run.pid}); "
                     f"marked failed{' and freed its slots of ' + ', '.join(run.pools) if run.pools else ''}")
-    return Reaped(dead, free_ended_claims(instance))
+    return Reaped(dead, free_ended_claims(instance), fail_unlaunched_runs(instance, unlaunched_after))
 
 
 def reap_on_load() -> None:
@@ -160,6 +190,7 @@ def reap_on_load() -> None:
 
 @dg.sensor(name="reap_dead_runs", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Every 30 s: runs whose process is gone (SIGKILL, a crash) are failed and their pool slots "
-                       "freed, so that no run waits behind them (qpipe.reaper).")
+                       "freed, so that no run waits behind them; so are runs created 10 min ago and never launched "
+                       "(qpipe.reaper).")
 def reap_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     return dg.SkipReason(reap(context.instance).describe())

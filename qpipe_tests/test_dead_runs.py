@@ -21,7 +21,7 @@ import pytest
 from dagster._core.events import DagsterEventType
 
 from qpipe.console import RunView
-from qpipe.reaper import reap_dead_runs
+from qpipe.reaper import reap, reap_dead_runs
 from qpipe_tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -161,3 +161,25 @@ def test_an_ended_run_that_still_holds_pool_claims_is_freed_so_the_queue_goes_on
     assert info.claimed_slots == [] and info.pending_steps == []
     assert instance.get_run_by_id(ended).status == dg.DagsterRunStatus.FAILURE  # (Dagster's own failure stands)
     assert reap_dead_runs(dg.build_sensor_context(instance=instance)).skip_message == "no dead runs"
+
+
+def test_a_run_created_and_never_launched_is_failed_once_it_is_old_enough(home):
+    """Found in review: a `dg launch` killed between creating its run and launching it left the run NOT_STARTED
+    forever, and the UI showed its assets as materializing (automation stays off an asset with a run in progress)."""
+    instance = dg.DagsterInstance.from_config(str(home))
+
+    @dg.asset
+    def never_launched():
+        return 1
+
+    job = dg.define_asset_job("never", selection=[never_launched]).resolve(asset_graph=dg.Definitions(
+        assets=[never_launched]).resolve_asset_graph())
+    run = instance.create_run_for_job(job)
+    assert reap_dead_runs(dg.build_sensor_context(instance=instance)).skip_message == "no dead runs"  # just created
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.NOT_STARTED
+    assert reap(instance, unlaunched_after=0.0).lines() == [f"run {run.run_id[:8]} was created and never launched: "
+                                                             "marked failed"]
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    failure = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_FAILURE).records
+    assert "never launched: the command that created it (dg launch" in failure[0].event_log_entry.dagster_event.message
+    assert reap(instance, unlaunched_after=0.0).describe() == "no dead runs"
