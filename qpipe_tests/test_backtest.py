@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from qpipe.evaluation.backtest import BacktestConfig, backtest, backtest_config, benchmark_returns
-from qpipe.evaluation.risk import risk_analysis
+from qpipe.evaluation.risk import indicator_analysis, risk_analysis
 
 DAYS = pd.bdate_range("2024-01-01", periods=6)  # d0 (the session before the first) .. d5
 CLOSE = {  # adjusted closes; C's +10% on d4 is a limit-up move (limit_threshold 0.095)
@@ -329,13 +329,15 @@ def test_risk_analysis_by_hand_in_both_modes():
 GOLDEN = Path(__file__).parent / "golden" / "qlib_backtest"
 
 
-def test_the_same_trades_as_qlib_itself_on_a_provider_directory():
+@pytest.mark.parametrize("case", ["", "small_account"])
+def test_the_same_trades_as_qlib_itself_on_a_provider_directory(case):
     """golden/make_backtest_golden.py ran pyqlib 0.9.7's backtest (TopkDropoutStrategy, SimulatorExecutor, the
     benchmark workflows' port_analysis_config with cn's trade unit) on a 70-stock market with factors,
-    suspensions and limit moves; qpipe trades the same scores on the same prices."""
+    suspensions and limit moves; qpipe trades the same scores on the same prices. In small_account (1e5), most
+    buys round to no lot: orders of no amount, which Qlib's trade indicators count."""
     prices, scores = pd.read_parquet(GOLDEN / "prices.parquet"), pd.read_parquet(GOLDEN / "scores.parquet")
-    golden = json.loads((GOLDEN / "port_analysis_1day.json").read_text())
-    qlib_report = pd.read_parquet(GOLDEN / "report_normal_1day.parquet").set_index("date")
+    golden = json.loads((GOLDEN / case / "port_analysis_1day.json").read_text())
+    qlib_report = pd.read_parquet(GOLDEN / case / "report_normal_1day.parquet").set_index("date")
     config = BacktestConfig(**{k: v for k, v in golden["config"].items() if k != "benchmark"})
     days = sorted(prices["date"].unique())[1:-1]  # Qlib needs a session after the last one
     stocks = prices[prices["instrument"] != golden["config"]["benchmark"]]
@@ -346,7 +348,8 @@ def test_the_same_trades_as_qlib_itself_on_a_provider_directory():
         np.testing.assert_allclose(ours[column], qlib_report[column], rtol=1e-9, atol=1e-12, err_msg=column)
     # Qlib's expression engine computes the index's $close/Ref($close,1)-1 in float32; qpipe in float64
     np.testing.assert_allclose(ours["bench"], qlib_report["bench"], rtol=0, atol=1e-6)
-    qlib_positions = pd.read_parquet(GOLDEN / "positions.parquet").sort_values(["date", "instrument"], ignore_index=True)
+    qlib_positions = pd.read_parquet(GOLDEN / case / "positions.parquet").sort_values(["date", "instrument"],
+                                                                                   ignore_index=True)
     mine = result.positions.sort_values(["date", "instrument"], ignore_index=True)
     def held(frame):
         return list(zip(pd.to_datetime(frame["date"]), frame["instrument"].astype(str)))
@@ -356,3 +359,7 @@ def test_the_same_trades_as_qlib_itself_on_a_provider_directory():
     for name, figures in result.risk().items():
         for figure, value in figures.items():
             assert value == pytest.approx(golden["analysis"][name][figure], abs=1e-6), (name, figure)
+    qlib_indicators = pd.read_parquet(GOLDEN / case / "indicators_normal_1day.parquet").set_index("date")
+    pd.testing.assert_frame_equal(result.indicators, qlib_indicators, check_names=False, check_freq=False,
+                                  check_index_type=False, check_dtype=False, rtol=1e-9)
+    assert indicator_analysis(result.indicators) == pytest.approx(golden["analysis"]["indicator_analysis"])

@@ -309,20 +309,26 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
 
     def stored() -> list[tuple]:
         with duckdb.connect(database, read_only=True) as con:
-            return con.execute("SELECT * FROM reports.backtest_daily WHERE model = 'mlp' ORDER BY date").fetchall()
+            return [con.execute(f"SELECT * FROM reports.{table} WHERE model = 'mlp' ORDER BY date").fetchall()
+                    for table in ("backtest_daily", "backtest_indicators")]
 
     whole = run(*SCORED, ["reports/mlp_backtest"], resources, strategy)
     one_run = stored()
     days = [str(d) for d in trading_days(*SCORED)]
-    assert [str(row[1]) for row in one_run] == days and one_run[-1][-1] == 8  # a row per session; 8 held
+    assert [str(row[1]) for row in one_run[0]] == days and one_run[0][-1][-1] == 8  # a row per session; 8 held
+    # Qlib's trade indicators: the first session has no scores of the day before to trade, the next buys 8
+    assert [str(row[1]) for row in one_run[1]] == days and [row[-1] for row in one_run[1][:2]] == [0, 8]
     shown = whole.asset_materializations_for_node("reports__mlp_backtest")[-1].metadata
     assert {"annualized_return (with cost)", "information_ratio (with cost)", "max_drawdown (with cost)",
             "annualized_return (without cost)"} <= set(shown)
     assert Path(shown["backtest chart"].value).stat().st_size > 10_000
     assert {"annualized_return (benchmark)", "annualized_return (with cost, product)"} <= set(shown)
+    # Qlib's indicator_analysis: every order of a 1e8 account dealt whole, at the base price (found in review: missing)
+    assert (shown["ffr"].value, shown["pa"].value, shown["pos"].value) == (1.0, 0.0, 0.0)
     sheet = Path(shown["tear sheet"].value).read_text()  # self-contained: its charts inline, nothing fetched
     assert sheet.count('src="data:image/png;base64,') == 3 and not re.search(r'(src|href)="(?!data:)', sheet)
-    for part in ("Risk analysis", "excess with cost, product", "by score quantile", "IC decay", "IC by month", "topk",
+    for part in ("Risk analysis", "Indicator analysis", "excess with cost, product", "by score quantile", "IC decay",
+                 "IC by month", "topk",
                  "Cumulative IC and Rank IC (reports/mlp_ic)"):  # the IC report's chart (found in review: not shown)
         assert part in sheet, part
     # the daily schedule's way: one session at a time, each going on from the state stored the day before

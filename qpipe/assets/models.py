@@ -511,6 +511,7 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
     def _backtest(context: dg.AssetExecutionContext, config: PortfolioConfig, warehouse: Warehouse,
                   compute: Compute) -> dg.MaterializeResult:
         from qpipe.evaluation import backtest_store, report, tearsheet
+        from qpipe.evaluation.risk import indicator_analysis
 
         start, end = partition_dates(context)
         settings = get_settings()
@@ -524,9 +525,11 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             except backtest_store.BacktestGap as gap:
                 raise dg.Failure(str(gap)) from None
             daily = backtest_store.read_daily(con, arch)
+            indicators = indicator_analysis(backtest_store.read_daily(con, arch, backtest_store.INDICATORS))
             chart = report.backtest_chart(daily, arch, folder / f"{arch}_backtest.png")
             sheet = tearsheet.write_model_tearsheet(con, arch, end.date(), portfolio.model_dump(), chart, folder)
-        figures = backtest_figures(daily)
+        # what the UI plots over partitions: risk_analysis to date, and Qlib's indicator_analysis of the trades
+        figures = backtest_figures(daily) | {name: value for name, value in indicators.items() if np.isfinite(value)}
         if result.deals_at_close:
             context.log.warning(f"{portfolio.deal_price} is missing on {result.deals_at_close} of the quotes that have "
                                 "a close (a source without it: Yahoo's has no vwap): those deal at the close, as "
@@ -535,7 +538,7 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
                          + (f"; {dropped} later stored days dropped (they followed from the old state)" if dropped else "")
                          + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))
         return dg.MaterializeResult(metadata={
-            **figures,  # the UI plots these over partitions
+            **figures,
             "days": len(daily), "orders": len(result.trades), "holdings": int(result.report["holdings"].iloc[-1]),
             "deals_at_close": result.deals_at_close,
             "turnover": float(result.report["turnover"].mean()), "later_days_dropped": dropped,

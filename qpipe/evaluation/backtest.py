@@ -13,6 +13,9 @@ Each session T, in order:
    raw shares through the factor, cost ``max(value * open_cost, min_cost)``, clipped to the cash left;
 5. at the close, holdings are valued at their close (a suspended one at its last price); the day's
    ``return`` is (value change + cost) / the value before, ``cost`` and ``turnover`` are per that value.
+Each day's orders also give Qlib's trade indicators (``indicators_normal``): ``ffr``, the mean share of an order's
+amount dealt (a buy clipped to the cash left, or rounded to no lot at all); ``pa``, the price advantage, and ``pos``,
+the share of orders with one, are 0 at the daily exchange's one level, where the trade price is the base price.
 Prices are adjusted (Qlib's ``$close``), amounts are in adjusted shares, as Qlib keeps them.
 """
 
@@ -27,6 +30,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qpipe.evaluation.risk import risk_analysis
+
+INDICATORS = ("ffr", "pa", "pos", "deal_amount", "value", "count")  # Qlib's trade indicators, per session
 
 
 DealPrice = Literal["close", "open", "vwap"]
@@ -147,6 +152,7 @@ class BacktestResult:
     report: pd.DataFrame  # per session: account, cash, value, return, cost, turnover, bench, holdings (Qlib's report_normal)
     positions: pd.DataFrame  # per session and holding: amount (adjusted shares), price, value, held_days
     trades: pd.DataFrame  # per order dealt: date, instrument, side, amount, price, value, cost
+    indicators: pd.DataFrame  # per session: Qlib's trade indicators (INDICATORS) of its orders
     deals_at_close: int = 0  # quotes with a close but no deal price (dealt at the close, as Qlib deals them)
 
     def state(self) -> BacktestState:
@@ -276,10 +282,11 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
     amount: dict[int, float] = dict(zip(ids, holdings["amount"].astype(float)))  # held stock -> adjusted shares
     last_price: dict[int, float] = dict(zip(ids, holdings["price"].astype(float)))  # the price it was last valued at
     held_days: dict[int, int] = dict(zip(ids, holdings["held_days"].astype(int)))
-    report, positions, trades = [], [], []
+    report, positions, trades, indicators = [], [], [], []
     for day, date in enumerate(dates):
         signal = by_day.get(signal_dates[day])
         day_cost = day_turnover = 0.0
+        orders = []  # (amount ordered, amount dealt, value dealt) of each order: Qlib's order indicators
         if signal is not None:
             # a session's draws come from (seed, its date): resumed, in blocks or in one run, the same trades
             rng = np.random.default_rng([config.seed, date.toordinal()])
@@ -295,6 +302,7 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
                 cost = _cost(value, config.close_cost, config)
                 sold_cash += value - cost
                 trades.append((date, stocks[stock], "sell", amount[stock], price, value, cost))
+                orders.append((amount[stock], amount[stock], value))
                 cash += value - cost
                 day_cost += cost
                 day_turnover += value
@@ -304,13 +312,14 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
                 if not exchange.tradable(day, stock, None if config.forbid_all_trade_at_limit else "buy"):
                     continue
                 price, factor = exchange.price[day, stock], exchange.factor[day, stock]
-                shares = _round_to_unit(budget / price, factor, config.trade_unit)
+                ordered = shares = _round_to_unit(budget / price, factor, config.trade_unit)
                 value = shares * price
                 if cash < max(value * config.open_cost, config.min_cost):
                     shares = 0.0
                 elif cash < value + max(value * config.open_cost, config.min_cost):
                     shares = _round_to_unit(min(_max_buy_amount(cash, price, config), shares), factor, config.trade_unit)
                 value = shares * price
+                orders.append((ordered, shares, value))
                 if value <= 1e-5:
                     continue
                 cost = _cost(value, config.open_cost, config)
@@ -329,13 +338,27 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
                        day_cost / value_before, day_turnover / value_before, bench[day], len(amount)))
         positions.extend((date, stocks[s], amount[s], last_price[s], amount[s] * last_price[s], held_days[s])
                          for s in sorted(amount))
+        indicators.append((date, *_trade_indicators(orders)))
         value_before = account
     return BacktestResult(
         report=pd.DataFrame(report, columns=["date", "account", "cash", "value", "return", "cost", "turnover",
                                              "bench", "holdings"]).set_index("date"),
         positions=pd.DataFrame(positions, columns=["date", "instrument", "amount", "price", "value", "held_days"]),
         trades=pd.DataFrame(trades, columns=["date", "instrument", "side", "amount", "price", "value", "cost"]),
+        indicators=pd.DataFrame(indicators, columns=["date", *INDICATORS]).set_index("date"),
         deals_at_close=exchange.deals_at_close)
+
+
+def _trade_indicators(orders: list[tuple[float, float, float]]) -> tuple[float, ...]:
+    """A session's trade indicators from its orders (Qlib's Indicator.cal_trade_indicators, method mean): an order of
+    no amount has no fulfill rate (0 / 0), and a session without orders no indicators."""
+    if not orders:
+        return math.nan, math.nan, math.nan, 0.0, 0.0, 0
+    ordered, dealt, value = np.array(orders, dtype=float).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = dealt / ordered
+    ffr = float(np.nanmean(rates)) if np.isfinite(rates).any() else math.nan
+    return ffr, 0.0, 0.0, float(dealt.sum()), float(value.sum()), len(orders)
 
 
 def _decide(ids: np.ndarray, values: np.ndarray, holdings: list[int], day: int, exchange: _Exchange,

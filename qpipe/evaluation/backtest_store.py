@@ -1,7 +1,8 @@
 """A model's backtest in the warehouse, day by day: what a daily run reads to go on, and writes.
 
 reports.backtest_daily (one row per model and session: Qlib's report_normal), reports.backtest_positions
-(the holdings after each close) and reports.backtest_trades. The state after session D (cash, account,
+(the holdings after each close), reports.backtest_trades and reports.backtest_indicators (Qlib's trade indicators,
+indicators_normal). The state after session D (cash, account,
 holdings) is what the run for D+1 resumes from, so a backtest extended day by day equals one run over
 the range.
 """
@@ -20,6 +21,7 @@ from qpipe.settings import LOAD_CELLS
 
 DAILY, POSITIONS, TRADES = "reports.backtest_daily", "reports.backtest_positions", "reports.backtest_trades"
 STRATEGY = "reports.backtest_strategy"  # the settings each session was traded with: a backtest is one strategy
+INDICATORS = "reports.backtest_indicators"
 DDL = {
     DAILY: "model VARCHAR NOT NULL, date DATE NOT NULL, account DOUBLE, cash DOUBLE, value DOUBLE, \"return\" DOUBLE, "
            "cost DOUBLE, turnover DOUBLE, bench DOUBLE, holdings INTEGER",
@@ -28,6 +30,8 @@ DDL = {
     TRADES: "model VARCHAR NOT NULL, date DATE NOT NULL, instrument VARCHAR NOT NULL, side VARCHAR, amount DOUBLE, "
             "price DOUBLE, value DOUBLE, cost DOUBLE",
     STRATEGY: "model VARCHAR NOT NULL, date DATE NOT NULL, strategy VARCHAR NOT NULL",
+    INDICATORS: "model VARCHAR NOT NULL, date DATE NOT NULL, ffr DOUBLE, pa DOUBLE, pos DOUBLE, deal_amount DOUBLE, "
+                "value DOUBLE, count INTEGER",
 }
 
 
@@ -98,10 +102,11 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
         results.append(_trade(con, model, sessions[k:k + per_block], market, config, benchmark, state))
         state = results[-1].state()
     result = BacktestResult(*(pd.concat(parts) if len(parts) > 1 else parts[0] for parts in
-                              zip(*((r.report, r.positions, r.trades) for r in results))),
+                              zip(*((r.report, r.positions, r.trades, r.indicators) for r in results))),
                             deals_at_close=sum(r.deals_at_close for r in results))
     (later,) = con.execute(f"SELECT count(*) FROM {DAILY} WHERE model = ? AND date > ?", [model, end]).fetchall()[0]
     frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades,
+              INDICATORS: result.indicators.reset_index(),
               STRATEGY: pd.DataFrame({"date": result.report.index, "strategy": _settings(config)})}
     with wh.transaction(con):  # the days from start on are replaced; later ones followed from the old state
         for table, frame in frames.items():
@@ -136,10 +141,11 @@ def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp],
     return backtest(scores, prices[prices["instrument"] != benchmark], days, config, bench=bench, state=state)
 
 
-def read_daily(con: duckdb.DuckDBPyConnection, model: str | None = None) -> pd.DataFrame:
-    wh.ensure_table(con, DAILY, DDL[DAILY])
+def read_daily(con: duckdb.DuckDBPyConnection, model: str | None = None, table: str = DAILY) -> pd.DataFrame:
+    """The stored sessions of ``table`` (the report by default; INDICATORS, the trade indicators) of one model or all."""
+    wh.ensure_table(con, table, DDL[table])
     where, params = ("WHERE model = ?", [model]) if model else ("", [])
-    return con.execute(f"SELECT * FROM {DAILY} {where} ORDER BY model, date", params).df()
+    return con.execute(f"SELECT * FROM {table} {where} ORDER BY model, date", params).df()
 
 
 def excess(daily: pd.DataFrame, with_cost: bool = True) -> pd.Series:

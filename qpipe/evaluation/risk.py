@@ -1,4 +1,5 @@
-"""Qlib's ``risk_analysis`` (qlib/contrib/evaluate.py; reference/qlib.md §9.2): the figures of its benchmark table.
+"""Qlib's ``risk_analysis`` (qlib/contrib/evaluate.py; reference/qlib.md §9.2): the figures of its benchmark table;
+and its ``indicator_analysis`` of the trade indicators (fulfill rate, price advantage, positive rate).
 
 ``mode="sum"`` (Qlib's default) accumulates returns by addition, so the annualized return is the mean
 times N and the drawdown is measured on the running sum; ``mode="product"`` compounds. N is 238 for
@@ -35,3 +36,11 @@ def risk_analysis(returns: pd.Series, n: float | None = None, freq: str = "day",
         raise ValueError(f"risk_analysis mode {mode!r}: expected 'sum' or 'product'")
     return {"mean": float(mean), "std": float(std), "annualized_return": float(annualized),
             "information_ratio": float(mean / std * np.sqrt(n)), "max_drawdown": float(drawdown)}
+
+
+def indicator_analysis(indicators: pd.DataFrame) -> dict[str, float]:
+    """ffr, pa and pos over the sessions, each session weighted by its orders (Qlib's method ``mean``)."""
+    count = indicators["count"].astype(float)
+    total = count.sum()
+    return {name: float((indicators[name] * count).sum() / total) if total else float("nan")
+            for name in ("ffr", "pa", "pos")}

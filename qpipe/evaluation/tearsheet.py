@@ -2,7 +2,7 @@
 URIs, styles inline: it opens offline, from a mail attachment as well as from the reports folder).
 
 A model's page: headline figures; the TopK-dropout backtest (chart, Qlib's risk_analysis of the excess return
-in both modes, and the benchmark's); the signal (SigAnaRecord's figures, then alphalens-style views: mean
+in both modes, and the benchmark's; its indicator_analysis); the signal (SigAnaRecord's figures, then alphalens-style views: mean
 return by score quantile, top-minus-bottom spread, IC decay over horizons, IC by month); the last holdings;
 the strategy's settings.
 """
@@ -18,7 +18,7 @@ import pandas as pd
 
 from qpipe.data import warehouse as wh
 from qpipe.evaluation import backtest_store, report
-from qpipe.evaluation.risk import FIGURES, risk_analysis
+from qpipe.evaluation.risk import FIGURES, indicator_analysis, risk_analysis
 from qpipe.evaluation.signal import SignalViews, signal_views
 
 STYLE = """
@@ -69,8 +69,10 @@ def risk_table(daily: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_page(model: str, as_of: date, daily: pd.DataFrame, views: SignalViews, holdings: pd.DataFrame,
-               strategy: dict, backtest_png: Path, signal_png: Path, ic_png: Path | None = None) -> str:
-    """The HTML of a model's tear sheet from its stored backtest days, signal views and last holdings."""
+               strategy: dict, backtest_png: Path, signal_png: Path, ic_png: Path | None = None,
+               indicators: pd.DataFrame | None = None) -> str:
+    """The HTML of a model's tear sheet from its stored backtest days (and their trade indicators), signal views and
+    last holdings."""
     risk = risk_table(daily) if len(daily) > 1 else None
     headline = {}
     if risk is not None:
@@ -93,6 +95,13 @@ def model_page(model: str, as_of: date, daily: pd.DataFrame, views: SignalViews,
         activity = pd.DataFrame({"mean": [daily["turnover"].mean(), daily["cost"].mean(), daily["holdings"].mean()]},
                                 index=["turnover per session", "cost per session", "holdings"])
         body.append(_table(activity))
+    if indicators is not None and indicators["count"].sum() > 0:
+        analysis = pd.DataFrame({"value": indicator_analysis(indicators)})
+        body += ["<h3>Indicator analysis</h3>",
+                 '<p class="note">Qlib\'s indicator_analysis of the trade indicators, each session weighted by its '
+                 f"{int(indicators['count'].sum()):,} orders: ffr, the share of an order's amount dealt (below 1 where "
+                 "a buy was clipped to the cash left); pa, the price advantage over the base price, and pos, the share "
+                 "of orders with one, are 0 on a daily exchange, which deals at the base price.</p>", _table(analysis)]
     body += ["<h2>Signal</h2>",
              '<p class="note">Daily IC and Rank IC against the next session\'s return, as Qlib\'s SigAnaRecord; the '
              "views below go beyond it (alphalens-style). A score of T is bought at T+1's close and held h sessions.</p>",
@@ -125,13 +134,15 @@ def write_model_tearsheet(con: duckdb.DuckDBPyConnection, model: str, as_of: dat
     views = signal_views(scores, closes)
     daily = backtest_store.read_daily(con, model)
     daily = daily[daily["date"] <= pd.Timestamp(as_of)]
+    indicators = backtest_store.read_daily(con, model, backtest_store.INDICATORS)
+    indicators = indicators[indicators["date"] <= pd.Timestamp(as_of)]
     holdings = con.execute(f"SELECT * FROM {backtest_store.POSITIONS} WHERE model = ? AND date = ?",
                            [model, daily["date"].iloc[-1]]).df() if len(daily) else pd.DataFrame()
     signal_png = report.signal_chart(views, model, folder / f"{model}_signal.png")
     path = folder / f"{model}_tearsheet.html"
     ic_png = folder / f"{model}_ic.png"  # the IC report's chart, when it has run
     path.write_text(model_page(model, as_of, daily, views, holdings, strategy, backtest_png, signal_png,
-                               ic_png if ic_png.exists() else None))
+                               ic_png if ic_png.exists() else None, indicators))
     return path
 
 

@@ -8,8 +8,10 @@ A deterministic market of 70 stocks and an index (SH000300) over 60 weekdays, wi
 limit moves, is dumped as a Qlib provider directory; Qlib's own backtest then trades a fixed prediction frame
 with the benchmark workflows' port_analysis_config (TopkDropoutStrategy topk 50 / n_drop 5, account 1e8,
 SH000300, limit 0.095, close price, costs 0.0005 / 0.0015, min cost 5, cn's trade unit of 100 shares).
-Stored: the market and the predictions (inputs), Qlib's report_normal_1day and positions, and
-port_analysis_1day (risk_analysis of the excess return without and with cost).
+Stored: the market and the predictions (inputs), Qlib's report_normal_1day and positions, its trade indicators
+(indicators_normal_1day: ffr, pa, pos, deal_amount, value, count per session) and port_analysis_1day
+(risk_analysis of the excess return without and with cost, indicator_analysis of the indicators). The same again
+in small_account/ for an account of 1e5, whose buys round to no lot or are clipped to the cash left.
 """
 
 import json
@@ -29,6 +31,7 @@ OUT = HERE / "qlib_backtest"
 FIELDS = ("open", "high", "low", "close", "vwap", "volume", "factor", "change")
 PORT_ANALYSIS = {"topk": 50, "n_drop": 5, "account": 1e8, "benchmark": "SH000300", "limit_threshold": 0.095,
                  "deal_price": "close", "open_cost": 0.0005, "close_cost": 0.0015, "min_cost": 5, "trade_unit": 100}
+CASES = {OUT: PORT_ANALYSIS, OUT / "small_account": {**PORT_ANALYSIS, "account": 1e5}}
 
 
 def make_market() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -64,9 +67,6 @@ def make_market() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def main() -> None:
     import qlib
-    from qlib.backtest import backtest, executor
-    from qlib.contrib.evaluate import risk_analysis
-    from qlib.contrib.strategy import TopkDropoutStrategy
 
     prices, scores = make_market()
     OUT.mkdir(exist_ok=True)
@@ -74,34 +74,45 @@ def main() -> None:
     prices[list(FIELDS)] = prices[list(FIELDS)].astype(np.float32).astype(np.float64)
     prices.to_parquet(OUT / "prices.parquet", index=False)
     scores.to_parquet(OUT / "scores.parquet", index=False)
-    dates = sorted(prices["date"].unique())
-    config = dict(PORT_ANALYSIS)
     with tempfile.TemporaryDirectory() as tmp:
         write_qlib_provider(prices, tmp, fields=FIELDS)
         qlib.init(provider_uri=tmp, region="cn", kernels=1, expression_cache=None, dataset_cache=None)
-        signal = scores.rename(columns={"date": "datetime"}).set_index(["datetime", "instrument"])[["score"]]
-        strategy = TopkDropoutStrategy(signal=signal, topk=config["topk"], n_drop=config["n_drop"])
-        metrics, _ = backtest(
-            start_time=dates[1], end_time=dates[-2], strategy=strategy,  # Qlib reads the session after the end
-            executor=executor.SimulatorExecutor(time_per_step="day", generate_portfolio_metrics=True),
-            account=config["account"], benchmark=config["benchmark"],
-            exchange_kwargs={"freq": "day", "limit_threshold": config["limit_threshold"],
-                             "deal_price": config["deal_price"], "open_cost": config["open_cost"],
-                             "close_cost": config["close_cost"], "min_cost": config["min_cost"]})
-        report, positions = metrics["1day"]
-        import qlib.config
+        for out, config in CASES.items():
+            trade(sorted(prices["date"].unique()), scores, out, dict(config))
 
-        assert qlib.config.C.trade_unit == config["trade_unit"]
+
+def trade(dates: list, scores: pd.DataFrame, out: Path, config: dict) -> None:
+    import qlib.config
+    from qlib.backtest import backtest, executor
+    from qlib.contrib.evaluate import indicator_analysis, risk_analysis
+    from qlib.contrib.strategy import TopkDropoutStrategy
+
+    out.mkdir(exist_ok=True)
+    signal = scores.rename(columns={"date": "datetime"}).set_index(["datetime", "instrument"])[["score"]]
+    strategy = TopkDropoutStrategy(signal=signal, topk=config["topk"], n_drop=config["n_drop"])
+    metrics, indicators = backtest(
+        start_time=dates[1], end_time=dates[-2], strategy=strategy,  # Qlib reads the session after the end
+        executor=executor.SimulatorExecutor(time_per_step="day", generate_portfolio_metrics=True),
+        account=config["account"], benchmark=config["benchmark"],
+        exchange_kwargs={"freq": "day", "limit_threshold": config["limit_threshold"],
+                         "deal_price": config["deal_price"], "open_cost": config["open_cost"],
+                         "close_cost": config["close_cost"], "min_cost": config["min_cost"]})
+    report, positions = metrics["1day"]
+    assert qlib.config.C.trade_unit == config["trade_unit"]
     report.index.name = "date"
-    report.reset_index().to_parquet(OUT / "report_normal_1day.parquet", index=False)
+    report.reset_index().to_parquet(out / "report_normal_1day.parquet", index=False)
     held = [(date, name, float(info["amount"]), float(info["price"]))
             for date, position in positions.items() for name, info in position.position.items()
             if isinstance(info, dict)]
-    pd.DataFrame(held, columns=["date", "instrument", "amount", "price"]).to_parquet(OUT / "positions.parquet", index=False)
+    pd.DataFrame(held, columns=["date", "instrument", "amount", "price"]).to_parquet(out / "positions.parquet", index=False)
+    daily = indicators["1day"][0].astype(float)
+    daily.index.name = "date"
+    daily.reset_index().to_parquet(out / "indicators_normal_1day.parquet", index=False)
     excess = report["return"] - report["bench"]
     analysis = {"excess_return_without_cost": risk_analysis(excess)["risk"].to_dict(),
-                "excess_return_with_cost": risk_analysis(excess - report["cost"])["risk"].to_dict()}
-    (OUT / "port_analysis_1day.json").write_text(json.dumps({"config": config, "analysis": analysis}, indent=2))
+                "excess_return_with_cost": risk_analysis(excess - report["cost"])["risk"].to_dict(),
+                "indicator_analysis": indicator_analysis(daily)["value"].to_dict()}
+    (out / "port_analysis_1day.json").write_text(json.dumps({"config": config, "analysis": analysis}, indent=2))
     print(report.head(8).to_string())
     print(json.dumps(analysis, indent=2))
 
