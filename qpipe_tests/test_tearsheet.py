@@ -39,6 +39,7 @@ def test_quantile_returns_spread_ic_decay_and_monthly_ic_by_hand():
     expected = pd.DataFrame({1: [(-0.05 - 0.1) / 2, (0.1 + 0.05) / 2],
                              2: [(-0.15 - 0.1) / 2 / 2, (0.155 + 0.05) / 2 / 2]}, index=[1, 2])
     np.testing.assert_allclose(views.quantile_returns.to_numpy(), expected.to_numpy(), atol=1e-12)
+    np.testing.assert_allclose(views.groups.to_numpy(), [[-0.05, 0.1], [-0.1, 0.05]], atol=1e-12)  # d0, d1
     np.testing.assert_allclose(views.spread.to_numpy(), [0.15, 0.15], atol=1e-12)
     assert list(views.spread.index) == list(DAYS[:2])
     # Rank IC: d0 ranks (B, D, C, A) = 1..4 against returns ranked 1, 2, 3.5, 3.5 -> sqrt(0.9); d1 -> sqrt(0.1);

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from qpipe.data import warehouse as wh  # noqa: E402
@@ -138,16 +139,22 @@ def backtest_chart(daily: pd.DataFrame, title: str, path: Path) -> Path:
 
 def signal_chart(views, title: str, path: Path) -> Path:
     """Alphalens-style views of a signal (qpipe.evaluation.signal.SignalViews): mean return by score quantile per
-    horizon, the cumulative top-minus-bottom spread, IC decay over horizons, Rank IC by month."""
+    horizon, each quantile's cumulative return and the top-minus-bottom spread (Qlib's group return plot), IC decay
+    over horizons, Rank IC by month."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ((quantile_ax, spread_ax), (decay_ax, month_ax)) = plt.subplots(2, 2, figsize=(10, 6.5))
     (views.quantile_returns * 1e4).plot.bar(ax=quantile_ax, rot=0, width=0.8)
     quantile_ax.set_title("mean return per session held, by score quantile", fontsize=10)
     quantile_ax.set_ylabel("bps")
     quantile_ax.legend(title="horizon", fontsize=7, title_fontsize=7)
+    groups = views.groups.fillna(0).cumsum()  # Qlib's group return: each quantile's, summed; and their spread
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(groups.columns), 2)))
+    for color, quantile in zip(colors, groups.columns):
+        spread_ax.plot(pd.to_datetime(groups.index), groups[quantile], color=color, linewidth=1, label=f"Q{quantile}")
     spread = views.spread.fillna(0).cumsum()
-    spread_ax.plot(pd.to_datetime(spread.index), spread, color="tab:purple")
-    spread_ax.set_title("top minus bottom quantile, cumulative (sum)", fontsize=10)
+    spread_ax.plot(pd.to_datetime(spread.index), spread, color="tab:purple", linewidth=2, label="top - bottom")
+    spread_ax.set_title("1-session return by score quantile, cumulative (sum)", fontsize=10)
+    spread_ax.legend(fontsize=6, ncol=3)
     spread_ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     views.ic_decay.plot.bar(ax=decay_ax, rot=0, width=0.7, color=["tab:blue", "tab:orange"])
     decay_ax.set_title("IC decay: mean IC by horizon (sessions)", fontsize=10)

@@ -1,5 +1,6 @@
-"""Alphalens-style views of a signal, beyond Qlib's SigAnaRecord: returns by score quantile, IC by month,
-IC decay over horizons, the top-minus-bottom spread. No Dagster here.
+"""Alphalens-style views of a signal, beyond Qlib's SigAnaRecord: returns by score quantile, each quantile's return
+session by session (Qlib's group return plot), IC by month, IC decay over horizons, the top-minus-bottom spread. No
+Dagster here.
 
 A score of session T is traded at T+1 (the backtest's rule), so its forward return over h sessions is
 close(T+1+h) / close(T+1) - 1 on adjusted closes: for h = 1 that is Qlib's label,
@@ -34,6 +35,7 @@ def score_quantiles(scores: pd.DataFrame, quantiles: int = QUANTILES) -> pd.Data
 @dataclass(frozen=True)
 class SignalViews:
     quantile_returns: pd.DataFrame  # quantile x horizon: mean forward return per session held
+    groups: pd.DataFrame  # session x quantile: the quantile's mean 1-session return (sessions with one known)
     spread: pd.Series  # per session: top quantile's mean 1-session return minus the bottom's
     ic_decay: pd.DataFrame  # horizon x (IC, Rank IC): means over the sessions with that horizon known
     monthly_ic: pd.DataFrame  # month x (IC, Rank IC): means of the 1-session daily ICs
@@ -67,4 +69,5 @@ def signal_views(scores: pd.DataFrame, closes: pd.DataFrame, horizons: Sequence[
     monthly = one.groupby(pd.to_datetime(one.index).to_period("M")).mean()
     monthly.index = monthly.index.astype(str)
     monthly.index.name = "month"
-    return SignalViews(quantile_returns, spread, ic_decay, monthly, ic_summary(one) if len(one) else {}, len(one))
+    return SignalViews(quantile_returns, first, spread, ic_decay, monthly, ic_summary(one) if len(one) else {},
+                       len(one))

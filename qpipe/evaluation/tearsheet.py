@@ -2,9 +2,9 @@
 URIs, styles inline: it opens offline, from a mail attachment as well as from the reports folder).
 
 A model's page: headline figures; the TopK-dropout backtest (chart, Qlib's risk_analysis of the excess return
-in both modes, and the benchmark's; its indicator_analysis); the signal (SigAnaRecord's figures, then alphalens-style views: mean
-return by score quantile, top-minus-bottom spread, IC decay over horizons, IC by month); the last holdings;
-the strategy's settings.
+in both modes, and the benchmark's; its indicator_analysis); the signal (SigAnaRecord's figures, then
+alphalens-style views: mean return by score quantile, each quantile's cumulative return with the top-minus-bottom
+spread, IC decay over horizons, IC by month); the last holdings; the strategy's settings.
 """
 
 import base64
