@@ -415,6 +415,12 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, monkeypatc
     for stage in (f"[1/{n}] prices and universe", f"[3/{n}] {arch} checkpoint on 2019-10-31",
                   f"[{n - 1}/{n}] test segment 2019-11-01..2019-12-31", f"[{n}/{n}] leaderboard", "Out-of-sample leaderboard"):
         assert stage in runs, stage
+    # what Qlib's records print, for the test segment (found in review: qrun ended on the leaderboard alone)
+    records = runs[runs.index("Qlib's records of the test segment 2019-11-01..2019-12-31"):]
+    assert "SigAnaRecord (" in records and "'Rank ICIR': " in records, records
+    for title in ("benchmark return", "the excess return without cost", "the excess return with cost", "indicators"):
+        assert f"'The following are analysis results of {title}(1day).'" in records, title
+    assert re.search(r"ffr\s+1\.000000\npa\s+0\.000000\npos\s+0\.000000", records), records
     sessions = [str(d) for d in np.asarray(read_calendar(provider)).astype("datetime64[D]")]
     test = [d for d in sessions if "2019-11-01" <= d <= "2019-12-31"]
     with duckdb.connect(str(qpipe / "warehouse.duckdb"), read_only=True) as con:

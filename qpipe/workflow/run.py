@@ -49,6 +49,8 @@ def stages(workflow: Workflow) -> list[Stage]:
 def run(workflow: Workflow) -> int:
     """Materialize the workflow's runs in the instance at DAGSTER_HOME; 0 when every run succeeded."""
     from qpipe.launcher import code_server
+    from qpipe.resources import build_resources
+    from qpipe.workflow.records import qlib_records
 
     provider = Path(workflow.settings["QPIPE_SOURCE_PATH"])
     if not (provider / "calendars" / "day.txt").is_file():
@@ -67,4 +69,7 @@ def run(workflow: Workflow) -> int:
                 return 130 if status == dg.DagsterRunStatus.CANCELED else 1
     if planned[-1].job == "leaderboard_job":
         print_leaderboard(workflow.test_sessions)
+    with build_resources()["warehouse"].get_connection() as con:
+        print(qlib_records(con, workflow.model.model, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
+                           portfolio=workflow.port_analysis is not None))
     return 0

@@ -133,6 +133,8 @@ class Workflow:
                   + (", each session scored by the newest checkpoint" if len(self.checkpoints) > 1 else "")]
         if self.ranks_on_the_leaderboard:  # (qpipe.workflow.run.stages makes these runs)
             lines.append("    5. reports/leaderboard, printed at the end")
+        if self.ranks_on_the_leaderboard or self.port_analysis is not None:
+            lines.append("    then the records' figures of the test segment, printed as Qlib's qrun prints them")
         departures = [e.key for e in self.entries if e.status != "honoured"]
         if departures:  # the last line a user reads before the runs: what makes the figures differ from Qlib's run
             lines.append(f"  not as Qlib runs it ({len(departures)}, above): {', '.join(departures)}")

@@ -1,0 +1,45 @@
+"""What Qlib's records print at the end of ``qrun``, for the workflow's test segment, from the warehouse: SigAnaRecord's
+IC figures, and PortAnaRecord's analyses of the benchmark return, of the excess return without and with cost, and of
+the trade indicators, in Qlib's words and layout, so a Qlib user finds the figures where qrun shows them."""
+
+from datetime import date
+
+import duckdb
+import pandas as pd
+
+from qpipe.evaluation import backtest_store, report
+from qpipe.evaluation.ic import ic_summary
+from qpipe.evaluation.risk import indicator_analysis, risk_analysis
+
+
+def _between(frame: pd.DataFrame, start: date, end: date) -> pd.DataFrame:
+    days = pd.to_datetime(frame["date"])
+    return frame[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))]
+
+
+def _analysis(title: str, frame: pd.DataFrame) -> list[str]:
+    return [f"'The following are analysis results of {title}(1day).'", frame.to_string(float_format=lambda v: f"{v:.6f}")]
+
+
+def qlib_records(con: duckdb.DuckDBPyConnection, model: str, start: date, end: date, signal: bool,
+                 portfolio: bool) -> str:
+    """The records' printout of ``model``'s test segment [start, end] (empty when it has none of them)."""
+    lines = []
+    if signal:
+        daily = _between(report.read_daily_ic(con, model), start, end)
+        figures = {name: round(value, 6) for name, value in ic_summary(daily).items()} if len(daily) else {}
+        lines.append(f"SigAnaRecord ({len(daily)} sessions with a known label): {figures}")
+    if portfolio:
+        daily = _between(backtest_store.read_daily(con, model), start, end)
+        indicators = _between(backtest_store.read_daily(con, model, backtest_store.INDICATORS), start, end)
+        if len(daily) > 1:
+            risk = {"benchmark return": daily["bench"],
+                    "the excess return without cost": backtest_store.excess(daily, with_cost=False),
+                    "the excess return with cost": backtest_store.excess(daily)}
+            for title, returns in risk.items():
+                lines += _analysis(title, pd.DataFrame({"risk": risk_analysis(returns)}))
+        if indicators["count"].sum() > 0:
+            lines += _analysis("indicators", pd.DataFrame({"value": indicator_analysis(indicators)}))
+    if not lines:
+        return ""
+    return "\n".join([f"\nQlib's records of the test segment {start}..{end} ({model}):", *lines])
