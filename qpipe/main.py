@@ -181,7 +181,8 @@ def _stop(signum, frame) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--end", default=None, help="last session (default: the source's latest, up to the last one over)")
+    parser.add_argument("--end", default=None,
+                        help="last session (default: the source's latest, up to the last one over)")
     parser.add_argument("--test-days", type=int, default=TEST_DAYS, help="sessions scored after the checkpoint")
     parser.add_argument("--models", default=",".join(QUICK_MODELS),
                         help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)})")

@@ -142,7 +142,7 @@ def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp],
 
 
 def read_daily(con: duckdb.DuckDBPyConnection, model: str | None = None, table: str = DAILY) -> pd.DataFrame:
-    """The stored sessions of ``table`` (the report by default; INDICATORS, the trade indicators) of one model or all."""
+    """The stored sessions of ``table`` (the report; INDICATORS, the trade indicators) of one model, or of all."""
     wh.ensure_table(con, table, DDL[table])
     where, params = ("WHERE model = ?", [model]) if model else ("", [])
     return con.execute(f"SELECT * FROM {table} {where} ORDER BY model, date", params).df()

@@ -18,7 +18,8 @@ def _between(frame: pd.DataFrame, start: date, end: date) -> pd.DataFrame:
 
 
 def _analysis(title: str, frame: pd.DataFrame) -> list[str]:
-    return [f"'The following are analysis results of {title}(1day).'", frame.to_string(float_format=lambda v: f"{v:.6f}")]
+    return [f"'The following are analysis results of {title}(1day).'",
+            frame.to_string(float_format=lambda v: f"{v:.6f}")]
 
 
 def qlib_records(con: duckdb.DuckDBPyConnection, model: str, start: date, end: date, signal: bool,
