@@ -20,8 +20,8 @@ failed with that reason.
 
 ``reap`` runs when the definitions load (every `dg launch`, `dagster asset materialize`, run
 worker and code server, so a new run never waits behind a dead one), from the ``reap_dead_runs``
-sensor every 30 s under the daemon, and before the main job's runs. Only instances whose runs are
-launched on this machine (the default run launcher) are checked.
+sensor every 30 s under the daemon, and before the main job's runs. Runs are looked at for a lost process only
+where they are launched on this machine (the default run launcher); runs never launched, on every instance.
 """
 
 import logging
