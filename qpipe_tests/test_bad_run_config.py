@@ -133,3 +133,18 @@ def test_a_config_the_asset_does_not_take_is_refused_before_the_run(env, case):
     assert message in str(refused.value)
     assert not (root / "checkpoints" / "mlp").exists()
     assert _stored(resources) == before
+
+
+@pytest.mark.parametrize("profile", ["qlib", "quick"])
+def test_every_training_profile_keeps_the_rules_of_the_checkpoint_config(profile):
+    """Found in review: under QPIPE_TRAINING=quick, the launchpad's config took train_days 10 and valid_days 2 and
+    trained on them (the profile's defaults were set with Fields that dropped ge=20 and ge=5)."""
+    import pydantic
+
+    from qpipe.assets.models import train_config
+
+    config = train_config("mlp", profile)
+    for field, value in (("train_days", 10), ("valid_days", 2), ("train_days", -5)):
+        with pytest.raises(pydantic.ValidationError, match=f"{field}\n  Input should be greater than or equal to"):
+            config(**{field: value})
+    assert config().train_days >= 20

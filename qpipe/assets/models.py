@@ -8,6 +8,7 @@ have a higher step priority, so a run that trains several trains the fastest fir
 
 import resource
 import time
+from copy import copy
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import numpy as np
 from pydantic import Field, create_model, field_validator
+from pydantic.fields import FieldInfo
 
 from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
 from qpipe.data import warehouse as wh
@@ -124,6 +126,13 @@ class TrainConfig(dg.Config):
         return processing("run config", **{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}})
 
 
+def _with_default(field: FieldInfo, value) -> FieldInfo:
+    """``field`` with ``value`` as its default, its rules and description kept."""
+    changed = copy(field)
+    changed.default, changed.default_factory = value, None
+    return changed
+
+
 def train_config(arch: str, profile: str) -> type[TrainConfig]:
     """``TrainConfig`` with the defaults of the QPIPE_TRAINING profile for ``arch``: what the launchpad shows, and
     what a launch or backfill from the UI without a config trains with (``qlib``: TrainConfig's own)."""
@@ -132,8 +141,9 @@ def train_config(arch: str, profile: str) -> type[TrainConfig]:
     defaults = checkpoint_config(profile, arch)
     if not defaults:
         return TrainConfig
-    fields = {name: (TrainConfig.model_fields[name].annotation,
-                     Field(default=value, description=TrainConfig.model_fields[name].description))
+    # the field with only its default changed: its rules stay (found in review: train_days 10 went through, since a
+    # Field(default, description) dropped ge=20)
+    fields = {name: (TrainConfig.model_fields[name].annotation, _with_default(TrainConfig.model_fields[name], value))
               for name, value in defaults.items()}
     return create_model(f"TrainConfig_{profile}_{arch}", __base__=TrainConfig, **fields)
 
