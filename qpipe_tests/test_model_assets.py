@@ -336,6 +336,13 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     for day in days[-7:]:
         run(day, day, ["reports/mlp_backtest"], resources, strategy)
     assert stored() == one_run
+    # found in review: a day in the middle traded again dropped the stored days after it, which Dagster still showed
+    # as materialized; they follow from it, so they are traded again, and recorded by this run
+    middle = run(days[-4], days[-4], ["reports/mlp_backtest"], resources, strategy)
+    assert stored() == one_run
+    recorded = [m.partition for m in middle.asset_materializations_for_node("reports__mlp_backtest")]
+    assert sorted(recorded) == days[-4:]
+    assert middle.asset_materializations_for_node("reports__mlp_backtest")[-1].metadata["later_days_traded_again"].value == 3
     # found in review: the schedule's run without a config went on from a backtest traded with topk 8 at topk 50,
     # one track record of two strategies
     other = run(days[-1], days[-1], ["reports/mlp_backtest"], resources, raise_on_error=False)

@@ -529,15 +529,22 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
         folder = settings.home / "reports"
         with warehouse.get_connection() as con:
             try:
-                result, dropped = backtest_store.run_backtest(con, arch, start.date(), end.date(), settings.market,
-                                                              portfolio, benchmark=settings.benchmark,
-                                                              load_cells=compute.load_cells)
+                result, later = backtest_store.run_backtest(con, arch, start.date(), end.date(), settings.market,
+                                                            portfolio, benchmark=settings.benchmark,
+                                                            load_cells=compute.load_cells)
             except backtest_store.BacktestGap as gap:
                 raise dg.Failure(str(gap)) from None
             daily = backtest_store.read_daily(con, arch)
             indicators = indicator_analysis(backtest_store.read_daily(con, arch, backtest_store.INDICATORS))
             chart = report.backtest_chart(daily, arch, folder / f"{arch}_backtest.png")
-            sheet = tearsheet.write_model_tearsheet(con, arch, end.date(), portfolio.model_dump(), chart, folder)
+            sheet = tearsheet.write_model_tearsheet(con, arch, later[-1] if later else end.date(),
+                                                    portfolio.model_dump(), chart, folder)
+        if later:  # traded again from this range's new state: Dagster records them as materialized by this run
+            context.log.info(f"{arch}: the {len(later)} stored days after {end.date()} ({later[0]}..{later[-1]}) follow "
+                             "from these: traded again too")
+            for day in later:
+                context.log_event(dg.AssetMaterialization(asset_key=backtest_key(arch), partition=str(day), metadata={
+                    "traded again": f"after the run of {start.date()}..{end.date()}, which they follow from"}))
         # what the UI plots over partitions: risk_analysis to date, and Qlib's indicator_analysis of the trades
         figures = backtest_figures(daily) | {name: value for name, value in indicators.items() if np.isfinite(value)}
         if result.deals_at_close:
@@ -545,13 +552,12 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
                                 "a close (a source without it: Yahoo's has no vwap): those deal at the close, as "
                                 "Qlib's exchange deals them (it warns 'setting deal_price to close price')")
         context.log.info(f"{arch}: {len(result.report)} sessions traded, {len(result.trades)} orders"
-                         + (f"; {dropped} later stored days dropped (they followed from the old state)" if dropped else "")
                          + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))
         return dg.MaterializeResult(metadata={
             **figures,
             "days": len(daily), "orders": len(result.trades), "holdings": int(result.report["holdings"].iloc[-1]),
             "deals_at_close": result.deals_at_close,
-            "turnover": float(result.report["turnover"].mean()), "later_days_dropped": dropped,
+            "turnover": float(result.report["turnover"].mean()), "later_days_traded_again": len(later),
             "strategy": dg.MetadataValue.json(portfolio.model_dump()),
             "backtest chart": dg.MetadataValue.path(str(chart)),
             "tear sheet": dg.MetadataValue.path(str(sheet)),

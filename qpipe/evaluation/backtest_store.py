@@ -83,17 +83,20 @@ CELLS_A_PRICE_ROW = 16  # numbers a block holds per price row: the six read, the
 
 
 def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: date, market: str, config: BacktestConfig,
-                 benchmark: str = "", load_cells: int = LOAD_CELLS) -> tuple[BacktestResult, int]:
-    """Backtest ``model``'s stored scores over the sessions [start, end], going on from the day before; write it.
+                 benchmark: str = "", load_cells: int = LOAD_CELLS) -> tuple[BacktestResult, list[date]]:
+    """Backtest ``model``'s stored scores over the sessions [start, end], going on from the day before, and over the
+    stored days after ``end`` too, which follow from these (a day traded again changes every one after it); write it.
 
     The sessions are traded in blocks of about ``load_cells`` / ``CELLS_A_PRICE_ROW`` price rows, each going on from
     the state the one before left, as a daily run goes on from the day before: years of a large universe never
     hold all their prices at once (a ``random`` method draws each session from its seed and the session's date,
-    so blocks change nothing). Returns the result and the number of later stored days dropped (they followed from
-    the old state)."""
+    so blocks change nothing). Returns the result and the stored days after ``end`` it traded again."""
     for table in DDL:
         wh.ensure_table(con, table, DDL[table])
     state = read_state(con, model, start, config)
+    later = [d for (d,) in con.execute(f"SELECT date FROM {DAILY} WHERE model = ? AND date > ? ORDER BY date",
+                                       [model, end]).fetchall()]
+    end = later[-1] if later else end
     sessions = [pd.Timestamp(d) for d in trading_days(start, end)]
     (rows,) = con.execute(f"SELECT count(*) FROM {wh.PRICES} WHERE date BETWEEN ? AND ?", [start, end]).fetchall()[0]
     per_block = max(1, int(load_cells // max(rows / len(sessions) * CELLS_A_PRICE_ROW, 1)))
@@ -104,15 +107,14 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
     result = BacktestResult(*(pd.concat(parts) if len(parts) > 1 else parts[0] for parts in
                               zip(*((r.report, r.positions, r.trades, r.indicators) for r in results))),
                             deals_at_close=sum(r.deals_at_close for r in results))
-    (later,) = con.execute(f"SELECT count(*) FROM {DAILY} WHERE model = ? AND date > ?", [model, end]).fetchall()[0]
     frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades,
               INDICATORS: result.indicators.reset_index(),
               STRATEGY: pd.DataFrame({"date": result.report.index, "strategy": _settings(config)})}
-    with wh.transaction(con):  # the days from start on are replaced; later ones followed from the old state
+    with wh.transaction(con):  # the days from start on are replaced
         for table, frame in frames.items():
             con.execute(f"DELETE FROM {table} WHERE model = ? AND date >= ?", [model, start])
             wh.insert(con, table, frame.assign(model=model, date=pd.to_datetime(frame["date"]).dt.date))
-    return result, int(later)
+    return result, later
 
 
 def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp], market: str, config: BacktestConfig,
