@@ -129,6 +129,26 @@ def test_a_bad_device_or_an_unknown_market_is_named_and_nothing_is_written(env, 
     assert not (root / "checkpoints" / "transformer").exists()
 
 
+def test_a_checkpoint_of_a_session_not_over_is_refused(env, monkeypatch):
+    """Found in review: a checkpoint of today's partition trained before the close, on the labels known the session
+    before, and went by today's date (raw/prices of that day was refused)."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from qpipe.calendar import MarketCalendar
+
+    resources, root = env
+    at = dt.datetime(2024, 1, 31, 10, 0, tzinfo=ZoneInfo("America/New_York"))
+    monkeypatch.setattr(MarketCalendar, "now", lambda self: at)
+    result = run(DAY, DAY, ["models/alstm_checkpoint"], resources, {"models__alstm_checkpoint": {"config": QUICK}},
+                 raise_on_error=False)
+    error = result.get_step_failure_events()[0].event_specific_data.error
+    assert error.message.startswith("dagster._core.definitions.events.Failure: partition 2024-01-31 is a session not "
+                                    "over yet: XNYS closes at 16:00 (America/New_York), in 6 h 00 min: a checkpoint "
+                                    "is trained at its session's close"), error.message
+    assert not (root / "checkpoints" / "alstm").exists()
+
+
 def test_non_finite_scores_are_refused_and_stored_scores_kept(env, monkeypatch):
     resources, root = env
     run(DAY, DAY, ["models/gru_checkpoint"], resources,
@@ -437,8 +457,10 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
     assert event.metadata["checkpoints"].value == DAY
     absent = materialize(["predictions/gru_predictions"], *SCORED, {"predictions__gru_predictions": {"config": {
         "checkpoints": ["2024-02-20"]}}}, raise_on_error=False)
-    assert "gru checkpoint 2024-02-20, one of those named to score 2024-02-01..2024-03-28, is not in" in \
-        absent.get_step_failure_events()[0].event_specific_data.error.to_string()
+    refused = absent.get_step_failure_events()[0].event_specific_data.error
+    assert refused.message.startswith("dagster._core.definitions.events.Failure: gru checkpoint 2024-02-20, one of "
+                                      "those named to score 2024-02-01..2024-03-28, is not in"), refused.message
+    assert refused.cause is None  # the message first (found in review: under ~20 lines of "caused by" stack)
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         before = con.execute("SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY ALL").fetchall()
 

@@ -8,6 +8,8 @@ have a higher step priority, so a run that trains several trains the fastest fir
 
 import resource
 import time
+import traceback
+from contextlib import contextmanager
 from copy import copy
 from datetime import date
 from pathlib import Path
@@ -19,6 +21,7 @@ from pydantic import Field, create_model, field_validator
 from pydantic.fields import FieldInfo
 
 from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
+from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
 from qpipe.devices import step_devices
 from qpipe.evaluation.ic import ic_summary
@@ -126,6 +129,17 @@ class TrainConfig(dg.Config):
         return processing("run config", **{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}})
 
 
+@contextmanager
+def failures_named():
+    """A ValueError of the step (a config value, a window without data, a checkpoint that will not load: each
+    names what is wrong) as a Failure with its message first, not under Dagster's "caused by" chain; its stack
+    trace goes in the failure's metadata."""
+    try:
+        yield
+    except ValueError as error:
+        raise dg.Failure(str(error), metadata={"traceback": dg.MetadataValue.text(traceback.format_exc())}) from None
+
+
 def _with_default(field: FieldInfo, value) -> FieldInfo:
     """``field`` with ``value`` as its default, its rules and description kept."""
     changed = copy(field)
@@ -165,6 +179,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         tags={"qpipe/arch": arch},
         op_tags=_checkpoint_step_tags(arch),
     )
+    @failures_named()
     def _checkpoint(context: dg.AssetExecutionContext, config: config_class, warehouse: Warehouse,
                     checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:
         import torch
@@ -175,6 +190,10 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         from qpipe.training.reproducibility import resolve_device
 
         day = context.partition_key
+        early = market_calendar().not_over(date.fromisoformat(day))
+        if early:  # (found in review: it trained on the data of the session before, and was dated this one)
+            raise dg.Failure(f"partition {early}: a checkpoint is trained at its session's close, on the labels known "
+                             "then; nothing was written")
         settings = get_settings()
         model = config.resolve(arch)
         processing = config.processing(model)
@@ -337,6 +356,7 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         tags={"qpipe/arch": arch},
         metadata={"dagster/table_name": wh.PREDICTIONS},
     )
+    @failures_named()
     def _predictions(context: dg.AssetExecutionContext, config: PredictConfig, warehouse: Warehouse,
                      checkpoints: CheckpointStore, compute: Compute) -> dg.MaterializeResult:
         from qpipe.training import predicting
