@@ -66,7 +66,8 @@ def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     shown = trained.asset_materializations_for_node(f"models__{arch}_checkpoint")[0].metadata
     epochs = shown["epochs"].value.records
     assert [r.data["epoch"] for r in epochs] == list(range(1, len(sidecar["history"]) + 1))
-    assert epochs[0].data["valid_ic"] == pytest.approx(sidecar["history"][0]["valid_ic"])
+    assert epochs[0].data["valid_ic"] == pytest.approx(sidecar["history"][0]["valid_ic"], abs=5e-5)  # rounded to 4
+    assert all(len(repr(r.data["seconds"])) <= 8 for r in epochs)  # (found in review: 17 digits, the column cut off)
     assert shown["stopped_at_epoch"].value == len(sidecar["history"]) and shown["best_epoch"].value == sidecar["best_epoch"]
     assert shown["samples_per_second"].value > 0 and shown["peak_rss_mb"].value > 100
     assert Path(shown["curves"].value).stat().st_size > 10_000
@@ -323,9 +324,21 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
 
     resources, _ = env
     run(DAY, DAY, ["models/mlp_checkpoint"], resources, {"models__mlp_checkpoint": {"config": QUICK}})
-    run(*SCORED, ["predictions/mlp_predictions", "reports/mlp_ic"], resources)
+    scored = run(*SCORED, ["predictions/mlp_predictions", "reports/mlp_ic"], resources)
     strategy = {"reports__mlp_backtest": {"config": {"port_analysis": {"topk": 8, "n_drop": 2}}}}
     database = resources["warehouse"].database
+    # found in review: every day of a range run showed the range's figures (the last day's IC, the range's rows);
+    # each day's are its own: the IC of the labels known on it, and its scores
+    with duckdb.connect(database, read_only=True) as con:
+        ic = {str(d): v for d, v in con.execute("SELECT known_on, \"IC\" FROM reports.daily_ic WHERE model = 'mlp'").fetchall()}
+        counts = dict(con.execute("SELECT date::VARCHAR, count(*) FROM predictions.scores WHERE model = 'mlp' "
+                                  "GROUP BY 1").fetchall())
+    shown_ic = {m.partition: m.metadata["IC"].value for m in scored.asset_materializations_for_node("reports__mlp_ic")
+                if "IC" in m.metadata}
+    assert len(set(shown_ic.values())) > 10 and shown_ic == pytest.approx({d: ic[d] for d in shown_ic})
+    shown_rows = {m.partition: m.metadata["dagster/partition_row_count"].value
+                  for m in scored.asset_materializations_for_node("predictions__mlp_predictions")}
+    assert shown_rows == {d: counts[d] for d in shown_rows} and len(shown_rows) == len(trading_days(*SCORED))
 
     def stored() -> list[tuple]:
         with duckdb.connect(database, read_only=True) as con:
@@ -343,6 +356,9 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
             "annualized_return (without cost)"} <= set(shown)
     assert Path(shown["backtest chart"].value).stat().st_size > 10_000
     assert {"annualized_return (benchmark)", "annualized_return (with cost, product)"} <= set(shown)
+    to_date = [m.metadata["annualized_return (with cost)"].value
+               for m in whole.asset_materializations_for_node("reports__mlp_backtest")[2:]]
+    assert len(set(to_date)) == len(to_date)  # each day's own figure to date, not the range's on every day
     # Qlib's indicator_analysis: every order of a 1e8 account dealt whole, at the base price (found in review: missing)
     assert (shown["ffr"].value, shown["pa"].value, shown["pos"].value) == (1.0, 0.0, 0.0)
     sheet = Path(shown["tear sheet"].value).read_text()  # self-contained: its charts inline, nothing fetched

@@ -6,6 +6,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from qpipe.assets.by_partition import per_partition, rows_version
 from qpipe.assets.prices import PRICES, check_range, partition_dates, recording
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
@@ -16,6 +17,7 @@ from qpipe.resources import Compute, Warehouse
 from qpipe.settings import get_settings
 
 FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATURE_SETS.items()}
+LABEL = dg.AssetKey(["features", "label"])
 
 
 def warn_of_unstored_sessions(context: dg.AssetExecutionContext, con: duckdb.DuckDBPyConnection,
@@ -54,21 +56,25 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     operators = store.operators(compute.feature_device)
     with warehouse.get_connection() as con:
         warn_of_unstored_sessions(context, con, start, end, store.LOOKBACK)
+        found = {fs.name: wh.content_version(con, fs.table, start, end) for fs in selected}
         written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
-        versions = {fs.name: wh.content_version(con, fs.table, start, end) for fs in selected}
+        versions = {fs.name: rows_version(context, dg.AssetKey(["features", fs.name]), found[fs.name],
+                                          wh.content_version(con, fs.table, start, end)) for fs in selected}
+        days = {fs.name: wh.rows_by_day(con, fs.table, start, end) for fs in selected}
     seconds = time.perf_counter() - began
     counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
     where = f"{compute.threads} threads" if operators is store.ops else f"on {operators.device}"
     context.log.info(f"{counts} for {start.date()}..{end.date()} in {seconds:.1f}s ({where})"
                      + recording(context, len(selected)))
     for fs in selected:
-        yield dg.MaterializeResult(asset_key=["features", fs.name], data_version=dg.DataVersion(versions[fs.name]),
-                                   metadata={"dagster/partition_row_count": written[fs.name],
-                                             "columns": len(fs.columns), "seconds": round(seconds, 3)})
+        key = dg.AssetKey(["features", fs.name])
+        per_partition(context, {day: {"dagster/partition_row_count": n} for day, n in days[fs.name].items()}, key)
+        yield dg.MaterializeResult(asset_key=key, data_version=versions[fs.name], metadata={
+            "rows_written": written[fs.name], "columns": len(fs.columns), "seconds": round(seconds, 3)})
 
 
 @dg.asset(
-    key=["features", "label"],
+    key=LABEL,
     description="LABEL0 = Ref($close,-2)/Ref($close,-1)-1; partition D holds the labels that become known "
                 "at D's close (those of the day two trading days earlier).",
     partitions_def=trading_days,
@@ -85,11 +91,15 @@ def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute
     with warehouse.get_connection() as con:
         # partition D holds the labels of D - 2 (its row), from the closes of D - 1 and D
         warn_of_unstored_sessions(context, con, start, end, store.LABEL_HORIZON)
+        found = wh.content_version(con, store.LABEL_TABLE, start, end, date_column="known_on")
         rows = store.write_labels(con, start, end, block_cells=compute.block_cells)
-        version = wh.content_version(con, store.LABEL_TABLE, start, end, date_column="known_on")
+        version = rows_version(context, LABEL, found,
+                               wh.content_version(con, store.LABEL_TABLE, start, end, date_column="known_on"))
+        days = wh.rows_by_day(con, store.LABEL_TABLE, start, end, date_column="known_on")
     context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
                      + recording(context))
-    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={"dagster/partition_row_count": rows})
+    per_partition(context, {day: {"dagster/partition_row_count": n} for day, n in days.items()})
+    return dg.MaterializeResult(data_version=version, metadata={"rows_written": rows})
 
 
 def _feature_checks(key: dg.AssetKey, fs: "store.FeatureSet") -> list[dg.AssetChecksDefinition]:

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 from pydantic import Field, create_model, field_validator
 from pydantic.fields import FieldInfo
 
+from qpipe.assets.by_partition import finite, per_partition
 from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
@@ -304,9 +306,13 @@ def _pipes_runner(context: dg.AssetExecutionContext):
 def training_metadata(result, params: dict, train_samples: int) -> dict:
     """What a checkpoint's materialization shows of its training: the epochs as a table, the early-stopping
     outcome, throughput and peak memory (the step's host RSS; on CUDA the device's peak allocation too)."""
-    columns = ("epoch", "train_loss", "valid_loss", "valid_ic", "lr", "seconds")
+    # figures rounded to what tells epochs apart, so the table fits the UI's metadata panel (found in review: 17
+    # digits each, the seconds cut off)
+    digits = {"train_loss": 6, "valid_loss": 6, "valid_ic": 4, "lr": 8, "seconds": 1}
+    columns = ("epoch", *digits)
     epochs = dg.MetadataValue.table(
-        records=[dg.TableRecord({c: (int(h[c]) if c == "epoch" else float(h[c])) for c in columns}) for h in result.history],
+        records=[dg.TableRecord({"epoch": int(h["epoch"]), **{c: round(float(h[c]), n) for c, n in digits.items()}})
+                 for h in result.history],
         schema=dg.TableSchema(columns=[dg.TableColumn(c, "int" if c == "epoch" else "float") for c in columns]))
     metadata = {
         "epochs": epochs,
@@ -367,9 +373,14 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
                                                          market=get_settings().market, load_cells=compute.load_cells,
                                                          recorded=lost_checkpoints(context.instance, arch, checkpoints),
                                                          only=config.checkpoints)
+            days = con.execute(f"SELECT date::VARCHAR, count(*), any_value(checkpoint_partition::VARCHAR) FROM "
+                               f"{wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1",
+                               [arch, start.date(), end.date()]).fetchall()
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
                          f"{', '.join(f'{p} (weights {sha[:12]})' for p, sha in used.items())}" + recording(context))
-        return dg.MaterializeResult(metadata={"dagster/partition_row_count": written,
+        per_partition(context, {day: {"dagster/partition_row_count": n, "checkpoint": checkpoint}
+                                for day, n, checkpoint in days})
+        return dg.MaterializeResult(metadata={"rows_written": written,
                                               "checkpoints": ", ".join(used),
                                               "weights_sha256": ", ".join(f"{p} {sha}" for p, sha in used.items())})
 
@@ -403,10 +414,16 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
         context.log.info(f"{arch}: IC of {len(daily)} session{'s' if len(daily) != 1 else ''} stored; to date "
                          f"{report.format_summary(summary)}"
                          + recording(context))
-        numbers = {**({"IC": daily["IC"].iloc[-1], "Rank IC": daily["Rank IC"].iloc[-1]} if len(daily) else {}),
-                   **{f"{k} to date": v for k, v in summary.items()}}
+        # what the UI plots over partitions: each partition's own IC, of the labels known on it, and the figures to
+        # that day (a range run's last figures on each of its days would be flat lines)
+        known_on, figures = pd.to_datetime(history["known_on"]), {}
+        for _, row in daily.iterrows():
+            day = pd.Timestamp(row["known_on"])
+            to_date = ic_summary(history[known_on <= day])
+            figures[str(day.date())] = finite({"IC": row["IC"], "Rank IC": row["Rank IC"],
+                                               **{f"{k} to date": v for k, v in to_date.items()}})
+        per_partition(context, figures)
         return dg.MaterializeResult(metadata={
-            **{k: float(v) for k, v in numbers.items() if np.isfinite(v)},  # the UI plots these over partitions
             "days": len(history),
             "cumulative IC chart": dg.MetadataValue.path(str(chart)),
         })
@@ -555,7 +572,7 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             except backtest_store.BacktestGap as gap:
                 raise dg.Failure(str(gap)) from None
             daily = backtest_store.read_daily(con, arch)
-            indicators = indicator_analysis(backtest_store.read_daily(con, arch, backtest_store.INDICATORS))
+            indicators = backtest_store.read_daily(con, arch, backtest_store.INDICATORS)
             chart = report.backtest_chart(daily, arch, folder / f"{arch}_backtest.png")
             sheet = tearsheet.write_model_tearsheet(con, arch, later[-1] if later else end.date(),
                                                     portfolio.model_dump(), chart, folder)
@@ -565,8 +582,16 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             for day in later:
                 context.log_event(dg.AssetMaterialization(asset_key=backtest_key(arch), partition=str(day), metadata={
                     "traded again": f"after the run of {start.date()}..{end.date()}, which they follow from"}))
-        # what the UI plots over partitions: risk_analysis to date, and Qlib's indicator_analysis of the trades
-        figures = backtest_figures(daily) | {name: value for name, value in indicators.items() if np.isfinite(value)}
+        # what the UI plots over partitions: on each day, risk_analysis to that day, Qlib's indicator_analysis of the
+        # trades to it, and the day's own figures
+        def to_date(day: pd.Timestamp) -> dict[str, float]:
+            return backtest_figures(daily[daily["date"] <= day]) | finite(indicator_analysis(
+                indicators[indicators["date"] <= day]))
+
+        per_partition(context, {str(day.date()): to_date(day) | finite(
+            {"return": row["return"], "turnover": row["turnover"], "holdings": row["holdings"]})
+            for day, row in result.report.iterrows()})
+        figures = to_date(pd.Timestamp(later[-1] if later else end))
         if result.deals_at_close:
             context.log.warning(f"{portfolio.deal_price} is missing on {result.deals_at_close} of the quotes that have "
                                 "a close (a source without it: Yahoo's has no vwap): those deal at the close, as "
@@ -574,10 +599,8 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
         context.log.info(f"{arch}: {len(result.report)} sessions traded, {len(result.trades)} orders"
                          + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))
         return dg.MaterializeResult(metadata={
-            **figures,
-            "days": len(daily), "orders": len(result.trades), "holdings": int(result.report["holdings"].iloc[-1]),
-            "deals_at_close": result.deals_at_close,
-            "turnover": float(result.report["turnover"].mean()), "later_days_traded_again": len(later),
+            "days": len(daily), "orders": len(result.trades), "deals_at_close": result.deals_at_close,
+            "later_days_traded_again": len(later),
             "strategy": dg.MetadataValue.json(portfolio.model_dump()),
             "backtest chart": dg.MetadataValue.path(str(chart)),
             "tear sheet": dg.MetadataValue.path(str(sheet)),

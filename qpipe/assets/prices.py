@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from qpipe.assets.by_partition import per_partition, rows_version
 from qpipe.calendar import SCHEDULE_DELAY, market_calendar
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored
@@ -69,11 +70,14 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
     gaps, extra = warn_of_the_calendar(context, calendar, price_source, start, end)
     with warehouse.get_connection() as con:
         try:
+            found = wh.content_version(con, wh.PRICES, start, end)
             done = ingest_prices(con, price_source.source(), calendar, start, end, price_source.describe(),
                                  replace=config.replace, load_cells=compute.load_cells,
                                  allow_missing=config.allow_missing,
                                  log=context.log.info)
-            version = wh.content_version(con, wh.PRICES, start, end)
+            version = rows_version(context, PRICES, found, wh.content_version(con, wh.PRICES, start, end))
+            days = con.execute(f"SELECT date, count(*), count(*) FILTER (WHERE close IS NULL) FROM {wh.PRICES} "
+                               "WHERE date BETWEEN ? AND ? GROUP BY 1", [start.date(), end.date()]).fetchall()
         except NoRows as error:
             look_again(context, config, error)
             raise dg.Failure(str(error)) from None
@@ -84,10 +88,11 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
     report_anchoring(context, done.anchored, done.unanchored, end)
     context.log.info(f"wrote {done.rows} price rows ({done.suspended} suspended) for {done.instruments} instruments"
                      + recording(context))
-    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
-        "dagster/partition_row_count": done.rows,
+    per_partition(context, {str(day): {"dagster/partition_row_count": rows, "suspended_rows": suspended}
+                            for day, rows, suspended in days})
+    return dg.MaterializeResult(data_version=version, metadata={
+        "rows_written": done.rows,  # by the run, over its days
         "instruments": done.instruments,
-        "suspended_rows": done.suspended,
         "first_date": str(done.first.date()),
         "last_date": str(done.last.date()),
         "source": price_source.describe(),

@@ -235,9 +235,18 @@ def content_version(con: duckdb.DuckDBPyConnection, table: str, start, end, date
     """A digest of ``table``'s rows dated [start, end], whatever their order: a step's Dagster data version, so that
     writing the same rows again leaves what depends on them up to date (a whole table's range in a fraction of a
     second)."""
+    if not has_table(con, table):
+        return "0-0000000000000000"
     rows, digest = con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {table} t WHERE {date_column} BETWEEN ? AND ?",
                                [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchone()
     return f"{rows}-{digest or 0:016x}"
+
+
+def rows_by_day(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> dict[str, int]:
+    """``table``'s rows per day in [start, end]: ISO day -> count."""
+    return {str(day): int(n) for day, n in con.execute(
+        f"SELECT {date_column}, count(*) FROM {table} WHERE {date_column} BETWEEN ? AND ? GROUP BY 1",
+        [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchall()}
 
 
 def replace_range(con: duckdb.DuckDBPyConnection, table: str, staging: str, start, end) -> None:

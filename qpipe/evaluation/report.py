@@ -50,7 +50,7 @@ def read_daily_ic(con: duckdb.DuckDBPyConnection, model: str | None = None, know
     if known_by is not None:
         where.append("known_on <= ?")
         args.append(pd.Timestamp(known_by).date())
-    return con.execute(f'SELECT model, date, "IC", "Rank IC", n FROM {DAILY_IC} WHERE {" AND ".join(where)} '
+    return con.execute(f'SELECT model, date, known_on, "IC", "Rank IC", n FROM {DAILY_IC} WHERE {" AND ".join(where)} '
                        "ORDER BY model, date", args).df()
 
 
