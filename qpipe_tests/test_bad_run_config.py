@@ -156,3 +156,17 @@ def test_every_training_profile_keeps_the_rules_of_the_checkpoint_config(profile
         with pytest.raises(pydantic.ValidationError, match=f"{field}\n  Input should be greater than or equal to"):
             config(**{field: value})
     assert config().train_days >= 20
+
+
+def test_a_null_hyper_parameter_is_qlibs_none_not_a_crash(env):
+    """Found in review: `seed: null` (Qlib's unseeded default; model_path, scheduler and amp null likewise) crashed
+    Dagster's config processing ("Null map member not caught in validation") before the run."""
+    import json
+    import shutil
+
+    resources, root = env
+    config = {**QUICK, "params": {**QUICK["params"], "n_epochs": 1, "seed": None, "model_path": None}}
+    assert _train(resources, config).success
+    sidecar = json.loads((root / "checkpoints" / "mlp" / f"{DAY}.json").read_text())
+    assert sidecar["config"]["params"]["seed"] is None and isinstance(sidecar["seed"], int)  # drawn, and recorded
+    shutil.rmtree(root / "checkpoints" / "mlp")  # the module's other cases expect no checkpoint

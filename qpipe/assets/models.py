@@ -66,14 +66,15 @@ class TrainConfig(dg.Config):
     feature_set: str = Field(default="alpha360", description="alpha360 or alpha158")
     train_days: int = Field(default=480, ge=20, description="trading days of labels to train on")
     valid_days: int = Field(default=120, ge=5, description="trading days of labels for early stopping")
-    params: dict[str, Any] = Field(default_factory=dict,
+    # (values Optional: Dagster's dict[str, Any] fails on a null member, and Qlib's YAMLs write seed: null and the like)
+    params: dict[str, Any | None] = Field(default_factory=dict,
                                    description="Qlib hyper-parameter overrides, e.g. {n_epochs: 20, lr: 0.001}")
     qlib_yaml: str = Field(default="", description="a Qlib workflow YAML whose task.model and handler processors "
                            "are used (then params and the processor fields below)")
-    infer_processors: list[dict[str, Any]] | None = Field(default=None, description=(
+    infer_processors: list[dict[str, Any | None]] | None = Field(default=None, description=(
         "Qlib's infer_processors, e.g. [{class: RobustZScoreNorm, kwargs: {fields_group: feature, clip_outlier: "
         "true}}, {class: Fillna, kwargs: {fields_group: feature}}]; default: the Qlib YAML's, else the benchmark's"))
-    learn_processors: list[dict[str, Any]] | None = Field(default=None, description=(
+    learn_processors: list[dict[str, Any | None]] | None = Field(default=None, description=(
         "Qlib's learn_processors, e.g. [{class: DropnaLabel}, {class: CSRankNorm, kwargs: {fields_group: label}}]"))
     process_type: str = Field(default="", description="append (learn after infer, Qlib's default) or independent")
     market: str = Field(default="", description="universe to train on; default QPIPE_MARKET")
@@ -502,7 +503,7 @@ def backtest_key(arch: str) -> dg.AssetKey:
 class PortfolioConfig(dg.Config):
     """Qlib's port_analysis_config for the backtest, flat, with Qlib's names (qpipe.evaluation.backtest)."""
 
-    port_analysis: dict[str, Any] = Field(default_factory=dict, description=(
+    port_analysis: dict[str, Any | None] = Field(default_factory=dict, description=(
         "strategy and exchange settings, e.g. {topk: 50, n_drop: 5, open_cost: 0.0005, trade_unit: 100, deal_price: "
         "close ($close as Qlib's Exchange takes it)}; default: Qlib's benchmark workflows, with the region defaults of "
         "the market's exchange (XSHG/XSHE: lots of 100, a 9.5% limit; XNYS: whole shares, no limit: limit_threshold "
