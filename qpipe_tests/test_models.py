@@ -194,7 +194,8 @@ def _edited_yaml(tmp_path: Path, **kwargs) -> Path:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"hidden_sise": 32}, "unknown hyper-parameter 'hidden_sise' = 32 for model 'lstm'"),
+        ({"hidden_sise": 32}, "unknown hyper-parameter 'hidden_sise' = 32 for model 'lstm' \\(did you mean "
+                              "hidden_size\\?\\)"),
         ({"batch_size": "800"}, "hyper-parameter batch_size = '800': must be an integer, not str"),
         ({"n_epochs": 0}, "hyper-parameter n_epochs = 0: must be > 0"),
         ({"lr": -0.001}, "hyper-parameter lr = -0.001: must be > 0"),
@@ -232,6 +233,24 @@ def test_qlibs_device_in_a_checkpoints_params_names_qpipes_way():
         model_config("mlp", "alpha360", GPU=0)
     with pytest.raises(ConfigError, match="hyper-parameter n_jobs = 4: Qlib's DataLoader workers; qpipe has none"):
         model_config("lstm", "alpha360", n_jobs=4)
+
+
+def test_a_checkpoints_params_read_as_qlib_writes_them_or_say_why_not(tmp_path):
+    """Found in review: lr: 1e-4 in a run config (Qlib's GATs and HIST YAMLs write it so; Dagster's YAML 1.1 reads a
+    string) was refused; feature_set Alpha158, Qlib's handler name, was refused; stock2concept in params was dropped in
+    silence; a Qlib HIST YAML as qlib_yaml was always refused for its pickled model_path, which params could not
+    override."""
+    config = model_config("gats", "Alpha360", lr="1e-4")
+    assert config.feature_set == "alpha360" and config.params["lr"] == 1e-4
+    with pytest.raises(ConfigError, match="hyper-parameter lr = '0.001': must be a finite number, not str"):
+        model_config("gats", "alpha360", lr="0.001")  # a string written as one stays refused
+    with pytest.raises(ConfigError, match="hyper-parameter stock2concept = 'x.npy' is not read: the stock-to-concept "
+                                          "matrix is built from raw/concepts"):
+        model_config("hist", "alpha360", stock2concept="x.npy")
+    hist = QLIB_CONFIGS / "workflow_config_hist_Alpha360.yaml"
+    with pytest.raises(ConfigError, match="a pickled Qlib/PyTorch file is never loaded.*null in a checkpoint's params"):
+        config_from_qlib_yaml(hist)
+    assert config_from_qlib_yaml(hist, overrides={"model_path": None}).params["model_path"] is None
 
 
 def test_flat_models_refuse_tsdataseth_windows():

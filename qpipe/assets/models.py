@@ -107,7 +107,7 @@ class TrainConfig(dg.Config):
         from qpipe.models.config import config_from_qlib_yaml, model_config
 
         if self.qlib_yaml:
-            base = config_from_qlib_yaml(self.qlib_yaml)
+            base = config_from_qlib_yaml(self.qlib_yaml, overrides=self.params)
             if base.model != arch:
                 raise dg.Failure(f"{self.qlib_yaml} configures {base.model!r}, not {arch!r}")
             return model_config(arch, base.feature_set, step_len=base.step_len, **{**base.params, **self.params})

@@ -5,6 +5,7 @@ are checked against their type hints; every other key belongs to the training en
 (``TRAINING_DEFAULTS``). Every error names the offending key and value.
 """
 
+import difflib
 import inspect
 import math
 import re
@@ -100,6 +101,13 @@ class ModelConfig:
 def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
     """Qlib's benchmark setting of ``model`` on ``feature_set``, with ``overrides`` (``step_len`` included)."""
     spec = get_spec(model)
+    feature_set = FEATURE_SETS.get(feature_set, feature_set)  # Qlib's handler name (Alpha158) too
+    kept = spec.from_qlib(dict(overrides))
+    not_read = sorted(k for k in overrides if k in spec.qlib_not_read and k not in kept)
+    if not_read:  # a Qlib YAML's are reported by qrun; given here, they would be dropped in silence
+        key = not_read[0]
+        raise ConfigError(f"{spec.name}/{feature_set}: hyper-parameter {key} = {overrides[key]!r} is not read: "
+                          f"{spec.qlib_not_read[key]}; remove it")
     if feature_set not in spec.presets:
         raise ConfigError(f"model {spec.name!r} has no preset for feature set {feature_set!r}; valid: {', '.join(spec.presets)}")
     preset = spec.presets[feature_set]
@@ -122,12 +130,14 @@ def read_qlib_yaml(path: Path) -> dict[str, Any]:
     return document
 
 
-def config_from_qlib_yaml(path: str | Path) -> ModelConfig:
-    """Read task.model and task.dataset of a Qlib workflow YAML (as Qlib would: class defaults + kwargs)."""
-    return config_from_qlib_document(read_qlib_yaml(Path(path)), Path(path))
+def config_from_qlib_yaml(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+    """Read task.model and task.dataset of a Qlib workflow YAML (as Qlib would: class defaults + kwargs), with
+    ``overrides`` (a checkpoint's params) over its kwargs."""
+    return config_from_qlib_document(read_qlib_yaml(Path(path)), Path(path), overrides)
 
 
-def config_from_qlib_document(document: dict[str, Any], path: Path) -> ModelConfig:
+def config_from_qlib_document(document: dict[str, Any], path: Path,
+                              overrides: Mapping[str, Any] | None = None) -> ModelConfig:
     """``config_from_qlib_yaml`` of a document already read (``path`` names it in errors)."""
 
     def lookup(dotted: str, default: Any = inspect.Parameter.empty) -> Any:
@@ -161,6 +171,8 @@ def config_from_qlib_document(document: dict[str, Any], path: Path) -> ModelConf
             params = spec.from_qlib({**spec.qlib_class_defaults(step_len), **kwargs})
     except (LookupError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
+    # (before validation: a checkpoint's model_path replaces the YAML's pickled one, found in review: always refused)
+    params = {**params, **spec.from_qlib(dict(overrides or {}))}
     if FEATURE_SETS[handler] not in spec.presets:  # a checkpoint's settings start from its feature set's preset
         raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}: model {spec.name!r} has no preset "
                           f"for feature set {FEATURE_SETS[handler]!r} (its ModelSpec has presets for "
@@ -198,8 +210,11 @@ def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Ma
         key = ignored[0]
         raise ConfigError(f"{source}: hyper-parameter {key} = {given[key]!r}: {QLIB_IGNORED_WAY[key](given[key])}")
     if unknown:
-        valid = ", ".join(sorted({*TRAINING_DEFAULTS, *net_parameters}))
-        raise ConfigError(f"{source}: unknown hyper-parameter {unknown[0]!r} = {given[unknown[0]]!r} for model {spec.name!r}; valid: {valid}")
+        names = sorted({*TRAINING_DEFAULTS, *net_parameters})
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        raise ConfigError(f"{source}: unknown hyper-parameter {unknown[0]!r} = {given[unknown[0]]!r} for model "
+                          f"{spec.name!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                          + f"; valid: {', '.join(names)}")
     if feature_set not in FEATURE_SETS.values():
         raise ConfigError(f"{source}: unknown feature set {feature_set!r}; valid: {', '.join(FEATURE_SETS.values())}")
     if step_len is not None:
@@ -244,7 +259,8 @@ def _checkpoint_path(value: Any) -> str:
         raise ValueError("must be the path of a qpipe checkpoint")
     if value.endswith((".pkl", ".pt", ".pth", ".bin")):
         raise ValueError("a pickled Qlib/PyTorch file is never loaded; point it at a qpipe checkpoint of the base "
-                         "model (e.g. .qpipe/checkpoints/lstm/2024-01-31.safetensors), or remove it to start from scratch")
+                         "model (e.g. .qpipe/checkpoints/lstm/2024-01-31.safetensors), or remove it (null in a "
+                         "checkpoint's params, over a Qlib YAML's) to start from scratch")
     return value
 
 
@@ -272,7 +288,14 @@ def _non_negative_int(value: Any) -> int:
     return value
 
 
+# A number in exponent form without a dot (1e-4): YAML 1.2 reads it as a float, PyYAML's YAML 1.1 (Dagster's run
+# config) as a string; Qlib's YAMLs write lr: 1e-4.
+EXPONENT_FORM = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _number(value: Any) -> float:
+    if isinstance(value, str) and EXPONENT_FORM.fullmatch(value.strip()):
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"must be a finite number, not {type(value).__name__}")
     return float(value)

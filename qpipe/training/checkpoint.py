@@ -155,6 +155,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     try:
         sidecar = json.loads(sidecar_path.read_text())
     except FileNotFoundError:
+        if not weights_path.exists():  # (found in review: a mistyped path was named a missing sidecar)
+            raise CheckpointError(f"{Path(path)}: no qpipe checkpoint there (neither {weights_path.name} nor "
+                                  f"{sidecar_path.name})") from None
         raise CheckpointError(f"{sidecar_path}: missing checkpoint sidecar (the JSON next to {weights_path.name})") from None
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{sidecar_path}: unreadable checkpoint sidecar: {error}") from error

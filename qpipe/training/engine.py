@@ -75,14 +75,16 @@ class OneProcess:
 def warm_start(model: nn.Module, path: str) -> list[str]:
     """Copy the weights whose names the model shares with a qpipe checkpoint (Qlib's pretrained base:
     an LSTM's or GRU's rnn.* and fc_out.* into GATs or HIST); returns the names copied."""
-    source = load_checkpoint(path).model.state_dict()
-    target = model.state_dict()
+    base = load_checkpoint(path)
+    source, target = base.model.state_dict(), model.state_dict()
     shared = sorted(set(source) & set(target))
     mismatched = [k for k in shared if source[k].shape != target[k].shape]
     if not shared or mismatched:
         detail = (f"{mismatched[0]} is {tuple(source[mismatched[0]].shape)} there, {tuple(target[mismatched[0]].shape)} here"
                   if mismatched else "no weight names in common")
-        raise ValueError(f"model_path = {path!r} does not fit this model: {detail}")
+        params = base.config.params  # what it is, so the user sees which of base_model, hidden_size ... differs
+        raise ValueError(f"model_path = {path!r} does not fit this model: it is a {base.config.model} checkpoint "
+                         f"(hidden_size {params.get('hidden_size')}, num_layers {params.get('num_layers')}); {detail}")
     model.load_state_dict({**target, **{k: source[k].to(target[k].device) for k in shared}})
     return shared
 
