@@ -190,6 +190,21 @@ def test_the_predictions_check_wants_one_finite_score_per_member_and_day(env):
                     "min(instrument) FROM predictions.scores WHERE model = 'alstm' AND date = ?)", [SCORED[1]] * 2)
     failed = evaluate()
     assert not failed.passed and failed.metadata["first_day_off"].value == SCORED[1]
+    # found in review: a collapsed model (one score for every stock each day) passed every check but the placebo's
+    spread = next(c for c in model_checks if c.check_key.name == "scores_differ_within_each_day"
+                  and c.check_key.asset_key == check.check_key.asset_key)
+
+    def spread_evaluation() -> dg.AssetCheckEvaluation:
+        result = dg.materialize([*ASSETS, spread], selection=dg.AssetSelection.checks(spread), resources=resources,
+                                tags=tags, raise_on_error=False)
+        return result.get_asset_check_evaluations()[0]
+
+    assert spread_evaluation().passed
+    with duckdb.connect(resources["warehouse"].database) as con:
+        con.execute("UPDATE predictions.scores SET score = -0.0050595 WHERE model = 'alstm' AND date = ?", [SCORED[0]])
+    flat = spread_evaluation()
+    assert not flat.passed and flat.severity == dg.AssetCheckSeverity.WARN
+    assert flat.metadata["days_with_equal_scores"].value == 1 and flat.metadata["first"].value == SCORED[0]
 
 
 def test_hist_reads_the_concepts_of_a_file_of_ones_own_and_warns_when_it_has_none(env, isolated_home, tmp_path):

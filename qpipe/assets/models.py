@@ -432,6 +432,26 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
     return _ic
 
 
+def _scores_spread_check(arch: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=predictions_key(arch), name="scores_differ_within_each_day", pool="duckdb",
+                    description="Each day's scores are not all equal: a model that gives every stock one score (it "
+                                "collapsed: features of ~1e18, a learning rate too high) ranks nothing, and its IC is "
+                                "undefined; a warning, not a stop.")
+    def _check(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            days, flat, example = con.execute(f"""
+                WITH d AS (SELECT date, min(score) = max(score) AND count(*) > 1 AS flat FROM {wh.PREDICTIONS}
+                           WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1)
+                SELECT count(*), count(*) FILTER (WHERE flat), min(CASE WHEN flat THEN strftime(date, '%Y-%m-%d') END)
+                FROM d""", [arch, *check_range(context)]).fetchall()[0]
+        return dg.AssetCheckResult(passed=flat == 0, severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"{flat} of {days} days have one score for every stock (the first: "
+                                               f"{example}): the model collapsed" if flat else None,
+                                   metadata={"days": days, "days_with_equal_scores": flat, "first": example or ""})
+
+    return _check
+
+
 def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=predictions_key(arch), name="one_finite_score_per_member", blocking=True, pool="duckdb",
                     description="Each day: one finite score for every member of the market with prices (and so "
@@ -615,4 +635,5 @@ def build_model_defs(arch: str) -> list[dg.AssetsDefinition]:
 
 
 model_assets = [asset for arch in ARCHITECTURES for asset in build_model_defs(arch)]
-model_checks = [check for arch in ARCHITECTURES for check in (_checkpoint_check(arch), _predictions_check(arch))]
+model_checks = [check for arch in ARCHITECTURES
+                for check in (_checkpoint_check(arch), _predictions_check(arch), _scores_spread_check(arch))]

@@ -59,8 +59,10 @@ def format_summary(s: dict[str, float]) -> str:
 
 
 def leaderboard(daily: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: IC, ICIR, Rank IC, Rank ICIR, days; best Rank IC first."""
-    rows = [{"model": model, **ic_summary(group), "days": len(group)} for model, group in daily.groupby("model")]
+    """One row per model: IC, ICIR, Rank IC, Rank ICIR, days (with an IC: a day of equal scores has none); best Rank
+    IC first."""
+    rows = [{"model": model, **ic_summary(group), "days": int(group["IC"].notna().sum())}
+            for model, group in daily.groupby("model")]
     return pd.DataFrame(rows).sort_values("Rank IC", ascending=False, ignore_index=True)
 
 
