@@ -512,3 +512,28 @@ def test_a_session_is_ingested_only_after_its_close(warehouse_path, monkeypatch)
     assert calendar.last_closed_session() == dt.date(2024, 3, 5)
     assert _materialize(warehouse_path, SYNTHETIC, "2024-03-05").success
     assert {r[0].isoformat() for r in table_rows(warehouse_path, "raw.prices")} == {"2024-03-05"}
+
+
+def test_a_row_with_prices_and_no_volume_is_named_and_stored_suspended_where_asked(tmp_path, warehouse_path):
+    """Found in review: 9 zero-volume rows of sp500_5yr were stored as traded days, Alpha158's VMA5 reached 4.75e18,
+    and an MLP without feature normalization scored every stock alike; Qlib's data collector empties such rows."""
+    path = tmp_path / "prices.csv"
+    days = [str(d) for d in trading_days("2024-01-02", "2024-01-05")]
+    rows = [(day, name, 10.0, 10.5, 9.5, 10.0, 0.0 if (day, name) == (days[2], "BBB") else 1000.0)
+            for day in days for name in ("AAA", "BBB")]
+    pd.DataFrame(rows, columns=["date", "symbol", "open", "high", "low", "close", "volume"]).to_csv(path, index=False)
+    source = PriceSource(kind="tabular", path=str(path))
+    instance = dg.DagsterInstance.ephemeral()
+
+    def ingest(**config) -> list[tuple]:
+        result = dg.materialize([raw_prices], instance=instance, resources=_resources(warehouse_path, source), tags={
+            "dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
+            run_config={"ops": {"raw__prices": {"config": config}}})
+        warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+        assert any(w.startswith(f"1 rows have prices and no volume (0 or missing): {days[2]} BBB.") for w in warnings)
+        return [r for r in table_rows(warehouse_path, "raw.prices") if (r[0].isoformat(), r[1]) == (days[2], "BBB")]
+
+    (kept,) = ingest()
+    assert kept[5] == 10.0 and kept[7] == 0.0  # as Qlib's dump_bin stores it
+    (suspended,) = ingest(suspend_idle=True)
+    assert all(value is None for value in suspended[2:]), suspended  # as Qlib's collector stores it

@@ -45,6 +45,9 @@ class PricesConfig(IngestConfig):
     late_source_retries: int = Field(default=16, ge=0, description="how often the schedule's run looks again, every 15 "
                                      "minutes, at a source that has no rows (or too few) of its day yet: a vendor's "
                                      "late file (16: four hours); a run you launch fails at once")
+    suspend_idle: bool = Field(default=False, description="store a row with prices and no volume (0 or missing) as a "
+                               "suspended day, as Qlib's data collector does (kept as it is by default, as Qlib's "
+                               "dump_bin keeps it: Alpha158's volume features then divide by a zero volume)")
 
 
 @dg.asset(
@@ -73,7 +76,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
             found = wh.content_version(con, wh.PRICES, start, end)
             done = ingest_prices(con, price_source.source(), calendar, start, end, price_source.describe(),
                                  replace=config.replace, load_cells=compute.load_cells,
-                                 allow_missing=config.allow_missing,
+                                 allow_missing=config.allow_missing, suspend_idle=config.suspend_idle,
                                  log=context.log.info)
             version = rows_version(context, PRICES, found, wh.content_version(con, wh.PRICES, start, end))
             days = con.execute(f"SELECT date, count(*), count(*) FILTER (WHERE close IS NULL) FROM {wh.PRICES} "
@@ -86,12 +89,21 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                 look_again(context, config, error)
             raise
     report_anchoring(context, done.anchored, done.unanchored, end)
+    if done.idle:
+        context.log.warning(
+            f"{len(done.idle)} rows have prices and no volume (0 or missing): {first_few(done.idle)}. "
+            + ("They are stored as suspended days (suspend_idle), as Qlib's data collector stores them" if
+               config.suspend_idle else
+               "They are stored as traded, as Qlib's dump_bin stores them, while Qlib's data collector empties them; "
+               "Alpha158's volume features divide by the volume there (VMA5 of ~1e12 times the mean volume), and the "
+               "backtest takes them as suspended: set suspend_idle in raw/prices' config to store them suspended"))
     context.log.info(f"wrote {done.rows} price rows ({done.suspended} suspended) for {done.instruments} instruments"
                      + recording(context))
     per_partition(context, {str(day): {"dagster/partition_row_count": rows, "suspended_rows": suspended}
                             for day, rows, suspended in days})
     return dg.MaterializeResult(data_version=version, metadata={
         "rows_written": done.rows,  # by the run, over its days
+        "rows_without_volume": len(done.idle),
         "instruments": done.instruments,
         "first_date": str(done.first.date()),
         "last_date": str(done.last.date()),

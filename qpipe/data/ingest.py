@@ -39,6 +39,7 @@ class Ingested:
     rows: int
     instruments: int
     suspended: int
+    idle: list[str]  # "date instrument" of the rows with prices and no volume (stored suspended where so asked)
     first: pd.Timestamp
     last: pd.Timestamp
     blocks: int
@@ -69,21 +70,28 @@ def anchor_sessions(calendar, start: pd.Timestamp, end: pd.Timestamp) -> tuple[p
     return pd.Timestamp(before[0]), pd.Timestamp(after[-1]) if len(after) else end
 
 
+def idle_rows(rows: pd.DataFrame) -> pd.Series:
+    """Rows with prices and no volume (0 or missing): days without a trade, which Qlib's data collector empties (its
+    exchange then takes the stock as suspended, as qpipe's backtest does)."""
+    return rows["close"].notna() & ~(rows["volume"] > 0)
+
+
 def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Timestamp, end: pd.Timestamp,
                   describe: str, replace: bool = False, load_cells: int = LOAD_CELLS, allow_missing: bool = False,
-                  log: Callable[[str], None] = lambda line: None) -> Ingested:
+                  suspend_idle: bool = False, log: Callable[[str], None] = lambda line: None) -> Ingested:
     """Replace the stored prices of the sessions [start, end] with the source's (see the module's docstring).
 
     The source's last day, where it is the range's, without rows for more than a few of the instruments the session
     before had, is refused as a day the source has not finished (``validation.check_whole_day``), unless
-    ``allow_missing``."""
+    ``allow_missing``. ``suspend_idle``: rows with prices and no volume are stored as suspended days, as Qlib's
+    collector stores them."""
     start, end = pd.Timestamp(start), pd.Timestamp(end)
     sessions = calendar.trading_days(start, end)
     if len(sessions) == 0:
         raise NoRows(f"no session of {calendar.name} between {start.date()} and {end.date()}; nothing was written")
     rows_per_block = load_cells // CELLS_A_PRICE_ROW
     around_from, around_to = anchor_sessions(calendar, start, end)
-    around, priced, names = [], set(), set()
+    around, priced, names, idle = [], set(), set(), []
     counts = {"rows": 0, "suspended": 0, "blocks": 0}
     last_two: list[set[str]] = [set(), set()]  # the instruments of the last two sessions read
     # a fixed name in a DuckDB file (one writer at a time); on a lake, where writers do not take turns, one per run
@@ -93,7 +101,12 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         """The rows of sessions[i:j], validated; ``around`` gathers the source's rows of the sessions around them."""
         block = sessions[i:j]
         rows = source.prices(around_from if i == 0 else block[0], around_to if j == len(sessions) else block[-1])
+        quiet = idle_rows(rows)
+        if suspend_idle:
+            rows.loc[quiet, list(PRICE_COLUMNS[2:])] = np.nan
         inside = rows["date"].between(block[0], block[-1])
+        idle.extend(f"{d:%Y-%m-%d} {name}" for d, name in rows.loc[quiet & inside, ["date", "instrument"]].itertuples(
+            index=False))
         around.append(rows[~inside])
         rows = rows[inside]
         if rows.empty:
@@ -150,7 +163,7 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
             wh.write_prices(con, staging, start, end, calendar=calendar.key, replace=replace, scale=anchored.scale)
         finally:
             con.execute(f"DROP TABLE IF EXISTS {staging}")
-    return Ingested(counts["rows"], len(names), counts["suspended"], pd.Timestamp(sessions[0]),
+    return Ingested(counts["rows"], len(names), counts["suspended"], idle, pd.Timestamp(sessions[0]),
                     pd.Timestamp(sessions[-1]), counts["blocks"], anchored, unanchored)
 
 
