@@ -212,8 +212,20 @@ def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_cli
                 expect(page.get_by_text(entry, exact=True).first).to_be_visible()
             shot("checkpoint_metadata")
 
+            def drawn(key: str) -> None:
+                """A chart inside the metadata, which the UI draws in a dialog (found in review: every chart was a
+                path on the server, which a browser elsewhere cannot open)."""
+                page.locator("tr", has_text=key).get_by_text("[Show Markdown]").first.click()
+                chart = page.get_by_role("dialog").locator("img").first
+                expect(chart).to_be_visible()
+                assert chart.evaluate("i => i.complete && i.naturalWidth > 300"), key
+                shot(key.replace(" ", "_"))
+                page.get_by_role("dialog").get_by_role("button", name="Close").click()
+
+            drawn("training curves")
             page.goto(f"{deployment.url}/assets/reports/leaderboard")
             expect(page.get_by_text("mlp Rank IC").first).to_be_visible()
+            drawn("cumulative Rank IC")
             shot("leaderboard")
 
             # A one-partition materialization, launched by clicking: Materialize..., the day, Launch 1 run.
@@ -249,5 +261,5 @@ def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_cli
     seconds = time.monotonic() - began
     for png in sorted(shots.glob("*.png")):
         assert not_blank(png), f"{png.name} is blank"
-    assert len(list(shots.glob("*.png"))) == 6
+    assert len(list(shots.glob("*.png"))) == 8  # the pages, and the two charts drawn from the metadata
     assert seconds < 180, f"the browser test took {seconds:.0f}s"

@@ -1,5 +1,6 @@
 """Checkpoints, predictions and IC reports through Dagster on a small synthetic market."""
 
+import base64
 import json
 import logging
 import re
@@ -370,6 +371,11 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     assert {"annualized_return (with cost)", "information_ratio (with cost)", "max_drawdown (with cost)",
             "annualized_return (without cost)"} <= set(shown)
     assert Path(shown["backtest chart"].value).stat().st_size > 10_000
+    # the chart in the materialization itself, which the UI draws where the webserver cannot read the file (found in
+    # review: every chart was a path on the server)
+    inline = shown["backtest"].value
+    assert inline.startswith("![mlp backtest](data:image/png;base64,") and inline.endswith(")")
+    assert base64.b64decode(inline.split("base64,")[1][:-1]).startswith(b"\x89PNG")
     assert {"annualized_return (benchmark)", "annualized_return (with cost, product)"} <= set(shown)
     to_date = [m.metadata["annualized_return (with cost)"].value
                for m in whole.asset_materializations_for_node("reports__mlp_backtest")[2:]]

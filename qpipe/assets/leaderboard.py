@@ -8,6 +8,7 @@ backfill from the UI, a range launched from the command line), but for the runs 
 
 import dagster as dg
 
+from qpipe.assets.charts import inline
 from qpipe.assets.models import backtest_key, ic_key
 from qpipe.models.registry import ARCHITECTURES
 from qpipe.resources import CheckpointStore, Warehouse
@@ -50,6 +51,7 @@ def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse,
         **{f"{model} Rank IC": float(value) for model, value in board.set_index("model")["Rank IC"].items()},
         "models": len(board),
         "cumulative Rank IC chart": dg.MetadataValue.path(str(chart)),
+        "cumulative Rank IC": inline(chart, "cumulative Rank IC of every model"),
         "tear sheet": dg.MetadataValue.path(str(sheet)),
     })
 

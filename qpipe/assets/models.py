@@ -22,6 +22,7 @@ from pydantic import Field, create_model, field_validator
 from pydantic.fields import FieldInfo
 
 from qpipe.assets.by_partition import finite, per_partition
+from qpipe.assets.charts import inline
 from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
@@ -261,6 +262,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             "weights_sha256": sha,
             **training_metadata(result, model.params, int(data.train.is_sample.sum())),
             "curves": dg.MetadataValue.path(str(chart)),
+            "training curves": inline(chart, f"{arch} {day} training curves"),
             "best_epoch": result.best_epoch,
             "valid_loss": float(best["valid_loss"]),
             "valid_ic": float(best["valid_ic"]),
@@ -423,6 +425,9 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
             to_date = ic_summary(history[known_on <= day])
             figures[str(day.date())] = finite({"IC": row["IC"], "Rank IC": row["Rank IC"],
                                                **{f"{k} to date": v for k, v in to_date.items()}})
+        # the chart on the last day's materialization only: the one the asset's page shows
+        context.add_asset_metadata({"cumulative IC": inline(chart, f"{arch} cumulative IC")},
+                                   partition_key=context.partition_keys[-1])
         per_partition(context, figures)
         return dg.MaterializeResult(metadata={
             "days": len(history),
@@ -613,6 +618,8 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             {"return": row["return"], "turnover": row["turnover"], "holdings": row["holdings"]})
             for day, row in result.report.iterrows()})
         figures = to_date(pd.Timestamp(later[-1] if later else end))
+        context.add_asset_metadata({"backtest": inline(chart, f"{arch} backtest")},  # on the page's materialization
+                                   partition_key=context.partition_keys[-1])
         if result.deals_at_close:
             context.log.warning(f"{portfolio.deal_price} is missing on {result.deals_at_close} of the quotes that have "
                                 "a close (a source without it: Yahoo's has no vwap): those deal at the close, as "
