@@ -14,6 +14,9 @@ def qrun(args: argparse.Namespace) -> int:
     if args.rolling_type is not None and args.rolling_step is None:  # it was ignored in silence
         print("qpipe qrun: --rolling-type needs --rolling-step N (a checkpoint every N sessions)", file=sys.stderr)
         return 2
+    if args.epochs is not None and args.epochs < 1:
+        print(f"qpipe qrun: --epochs {args.epochs}: expected a positive number of epochs", file=sys.stderr)
+        return 2
     try:
         rolling = rolling_gen(args.rolling_step, args.rolling_type or "ROLL_EX", "--rolling-step/--rolling-type") \
             if args.rolling_step is not None else None
@@ -21,6 +24,8 @@ def qrun(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"qpipe qrun: {error}", file=sys.stderr)
         return 2
+    if args.epochs is not None:
+        workflow = workflow.with_epochs(args.epochs)
     print(workflow.report(), flush=True)
     if args.dry_run:
         return 0
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="Qlib's RollingGen(step=N): a checkpoint every N sessions of the test segment")
     run.add_argument("--rolling-type", default=None, metavar="RTYPE",
                      help="ROLL_EX (expanding train window, the default) or ROLL_SD (sliding)")
+    run.add_argument("--epochs", type=int, default=None, metavar="N",
+                     help="train N epochs instead of the YAML's n_epochs (a quick run on a CPU; early stopping applies)")
     dump = commands.add_parser("dump-bin", help="a CSV/Parquet source written as a Qlib provider directory (Qlib's "
                                "dump_bin.py dump_all), for qpipe qrun")
     dump.add_argument("source", help="a CSV/Parquet file or folder, as QPIPE_SOURCE_PATH takes it")

@@ -310,6 +310,11 @@ def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_wri
     # found in review: a key that changes the figures was one line in a 40-line report; the last line names them all
     assert dry.stdout.rstrip().endswith("  not as Qlib runs it (3, above): task.dataset.kwargs.segments.valid, "
                                         "task.model.kwargs.GPU, task.record[1].kwargs.ann_scaler")
+    # found in review: no quick run without editing the YAML; --epochs is one, named as a change from Qlib's run
+    quick = subprocess.run([QPIPE, "qrun", lstm, "--dry-run", "--epochs", "2"], capture_output=True, text=True,
+                           timeout=120)
+    assert "    --epochs" in quick.stdout and "2 -> n_epochs 2, not the YAML's 200 (qpipe qrun --epochs" in quick.stdout
+    assert quick.stdout.rstrip().endswith("task.record[1].kwargs.ann_scaler, --epochs"), quick.stdout[-300:]
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "QPIPE_HOME": str(tmp_path / "qpipe")}
     (tmp_path / "dagster_home").mkdir()
     real = subprocess.run([QPIPE, "qrun", lstm], capture_output=True, text=True, timeout=120, env=env)
@@ -353,7 +358,7 @@ def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads
 
 
 # Quick kwargs for a minute's run; every other key stays as Qlib's YAML has it.
-QUICK_KWARGS = {"lstm_Alpha158": {"n_epochs": 1, "hidden_size": 8, "batch_size": 256},
+QUICK_KWARGS = {"lstm_Alpha158": {"hidden_size": 8, "batch_size": 256},  # (and --epochs 1)
                 "mlp_Alpha158": {"max_steps": 40, "batch_size": 256}}
 
 
@@ -407,7 +412,8 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, monkeypatc
         assert len(instance.get_runs()) == 8  # the job's, and the workflow's seven
         qpipe = tmp_path / "qpipe" / "workflows" / "workflow"  # the workflow's own warehouse and checkpoints
     else:
-        done = subprocess.run([QPIPE, "qrun", path], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        done = subprocess.run([QPIPE, "qrun", path, "--epochs", "1"], capture_output=True, text=True, timeout=900,
+                              cwd=tmp_path)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         runs, qpipe = done.stdout, tmp_path / "qpipe"
     assert f"workflow.yaml -> qpipe: {arch} on alpha158" in runs and "not honoured (" in runs

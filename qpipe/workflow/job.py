@@ -28,12 +28,15 @@ class QrunConfig(dg.Config):
                               "test segment; 0 = one checkpoint before it (Qlib's fixed split)")
     rolling_type: str = Field(default="ROLL_EX", description="ROLL_EX (expanding train window) or ROLL_SD (sliding)")
     dry_run: bool = Field(default=False, description="only the translation report: what each key means in qpipe")
+    epochs: int = Field(default=0, ge=0, description="train N epochs instead of the YAML's n_epochs (a quick run); "
+                        "0 = the YAML's")
     home: str = Field(default="", description="QPIPE_HOME of the workflow's warehouse and checkpoints "
                       "(default <QPIPE_HOME>/workflows/<YAML name>)")
 
     def command(self) -> list[str]:
         rolling = ["--rolling-step", str(self.rolling_step), "--rolling-type", self.rolling_type] if self.rolling_step else []
-        return [sys.executable, "-m", "qpipe.cli", "qrun", self.workflow, *rolling, *(["--dry-run"] if self.dry_run else [])]
+        return [sys.executable, "-m", "qpipe.cli", "qrun", self.workflow, *rolling,
+                *(["--epochs", str(self.epochs)] if self.epochs else []), *(["--dry-run"] if self.dry_run else [])]
 
     def workflow_home(self) -> Path:
         return Path(self.home) if self.home else get_settings().home / "workflows" / Path(self.workflow).stem

@@ -6,6 +6,7 @@ workflow's assets (prices and features over the handler's span, one checkpoint w
 train and valid segments, predictions, IC and backtest over the test segment) and their run config.
 """
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -112,6 +113,15 @@ class Workflow:
 
     def not_honoured(self) -> list[Entry]:
         return [e for e in self.entries if e.status == "not honoured"]
+
+    def with_epochs(self, epochs: int) -> "Workflow":
+        """The workflow trained ``epochs`` epochs (qrun's --epochs: a quick run on a CPU), which the report names as
+        a change from Qlib's run (early stopping still applies)."""
+        was = self.model.params["n_epochs"]
+        model = dataclasses.replace(self.model, params={**self.model.params, "n_epochs": epochs})
+        entry = Entry("--epochs", epochs, "changed", f"n_epochs {epochs}, not the YAML's {was} (qpipe qrun --epochs: "
+                      "a quick run; Qlib trains the YAML's)")
+        return dataclasses.replace(self, model=model, entries=[*self.entries, entry])
 
     def report(self) -> str:
         lines = [f"{self.path.name} -> qpipe: {self.model.model} on {self.model.feature_set}"
