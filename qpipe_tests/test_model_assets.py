@@ -180,8 +180,8 @@ def test_the_predictions_check_wants_one_finite_score_per_member_and_day(env):
     check = next(c for c in model_checks if c.check_key.asset_key == dg.AssetKey(["predictions", "alstm_predictions"]))
     tags = {"dagster/asset_partition_range_start": SCORED[0], "dagster/asset_partition_range_end": SCORED[1]}
 
-    def evaluate() -> dg.AssetCheckEvaluation:
-        result = dg.materialize([*ASSETS, check], selection=dg.AssetSelection.checks(check), resources=resources,
+    def evaluate(which: dg.AssetChecksDefinition = check) -> dg.AssetCheckEvaluation:
+        result = dg.materialize([*ASSETS, which], selection=dg.AssetSelection.checks(which), resources=resources,
                                 tags=tags, raise_on_error=False)
         return result.get_asset_check_evaluations()[0]
 
@@ -195,15 +195,10 @@ def test_the_predictions_check_wants_one_finite_score_per_member_and_day(env):
     spread = next(c for c in model_checks if c.check_key.name == "scores_differ_within_each_day"
                   and c.check_key.asset_key == check.check_key.asset_key)
 
-    def spread_evaluation() -> dg.AssetCheckEvaluation:
-        result = dg.materialize([*ASSETS, spread], selection=dg.AssetSelection.checks(spread), resources=resources,
-                                tags=tags, raise_on_error=False)
-        return result.get_asset_check_evaluations()[0]
-
-    assert spread_evaluation().passed
+    assert evaluate(spread).passed
     with duckdb.connect(resources["warehouse"].database) as con:
         con.execute("UPDATE predictions.scores SET score = -0.0050595 WHERE model = 'alstm' AND date = ?", [SCORED[0]])
-    flat = spread_evaluation()
+    flat = evaluate(spread)
     assert not flat.passed and flat.severity == dg.AssetCheckSeverity.WARN
     assert flat.metadata["days_with_equal_scores"].value == 1 and flat.metadata["first"].value == SCORED[0]
 
