@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--rolling-type", default=None, metavar="RTYPE",
                      help="ROLL_EX (expanding train window, the default) or ROLL_SD (sliding)")
     run.add_argument("--epochs", type=int, default=None, metavar="N",
-                     help="train N epochs instead of the YAML's n_epochs (a quick run on a CPU; early stopping applies)")
+                     help="train N epochs instead of the YAML's n_epochs (a quick run on a CPU; early stopping "
+                          "applies)")
     dump = commands.add_parser("dump-bin", help="a CSV/Parquet source written as a Qlib provider directory (Qlib's "
                                "dump_bin.py dump_all), for qpipe qrun")
     dump.add_argument("source", help="a CSV/Parquet file or folder, as QPIPE_SOURCE_PATH takes it")

@@ -118,8 +118,9 @@ def planned(calendar, end: date | None, models: tuple[str, ...], test_days: int,
         raise ValueError(f"QPIPE_MARKET = {settings.market!r}: not a market of the {settings.source} source, which has "
                          f"{', '.join(settings.source_markets)}")
     first, last = (str(d)[:10] for d in build_resources()["price_source"].source().span())
-    if end is not None and calendar.not_over(end):
-        raise ValueError(f"--end {calendar.not_over(end)}; the latest session over is {calendar.last_closed_session()}")
+    early = calendar.not_over(end) if end is not None else ""
+    if early:
+        raise ValueError(f"--end {early}; the latest session over is {calendar.last_closed_session()}")
     if end is not None and str(end) < first:
         raise ValueError(f"--end {end} is before the source's first date, {first}")
     last_day = calendar.latest_session(end if end is not None else

@@ -363,3 +363,21 @@ def test_the_same_trades_as_qlib_itself_on_a_provider_directory(case):
     pd.testing.assert_frame_equal(result.indicators, qlib_indicators, check_names=False, check_freq=False,
                                   check_index_type=False, check_dtype=False, rtol=1e-9)
     assert indicator_analysis(result.indicators) == pytest.approx(golden["analysis"]["indicator_analysis"])
+
+
+def test_trade_indicators_and_their_analysis_by_hand():
+    """Qlib's Indicator (method mean): ffr is the mean share dealt of a session's orders, an order of no amount has
+    none (0 / 0) but counts; indicator_analysis weights each session by its orders. The goldens deal every order
+    whole, so a clipped one is worked here."""
+    from qpipe.evaluation.backtest import _trade_indicators
+
+    # a sell dealt whole, a buy clipped to the cash left (150 of 200), a buy rounded to no lot
+    clipped = _trade_indicators([(100.0, 100.0, 1000.0), (200.0, 150.0, 1500.0), (0.0, 0.0, 0.0)])
+    assert clipped == (0.875, 0.0, 0.0, 250.0, 2500.0, 3)
+    none = _trade_indicators([])
+    assert all(math.isnan(v) for v in none[:3]) and none[3:] == (0.0, 0.0, 0)
+    cash_short = _trade_indicators([(300.0, 0.0, 0.0)])  # a buy whose cost the cash cannot pay: ffr 0
+    assert cash_short[0] == 0.0
+    days = pd.DataFrame([clipped, none, cash_short, _trade_indicators([(50.0, 50.0, 500.0)])],
+                        columns=["ffr", "pa", "pos", "deal_amount", "value", "count"])
+    assert indicator_analysis(days) == pytest.approx({"ffr": (0.875 * 3 + 0.0 + 1.0) / 5, "pa": 0.0, "pos": 0.0})

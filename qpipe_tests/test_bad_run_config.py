@@ -84,9 +84,9 @@ CASES = {
         "the learn processors keep columns the infer processors drop (CLOSE1)"),
 }
 # Refused by the config's pydantic rules as Dagster builds it, before the step's code runs.
-BUILDING_THE_CONFIG = {"a device that does not exist", "a label filter among the infer processors", "an unknown processor",
-                       "a processor with a kwarg it does not take", "a train window below the minimum",
-                       "an unknown process type"}
+BUILDING_THE_CONFIG = {"a device that does not exist", "a label filter among the infer processors",
+                       "an unknown processor", "a processor with a kwarg it does not take",
+                       "a train window below the minimum", "an unknown process type"}
 # Refused by Dagster's config system before the run starts: the key is named.
 INVALID_CONFIG = {
     "an unknown config key": ({"epochs": 10}, 'unexpected config entry "epochs"'),

@@ -341,7 +341,8 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     # found in review: every day of a range run showed the range's figures (the last day's IC, the range's rows);
     # each day's are its own: the IC of the labels known on it, and its scores
     with duckdb.connect(database, read_only=True) as con:
-        ic = {str(d): v for d, v in con.execute("SELECT known_on, \"IC\" FROM reports.daily_ic WHERE model = 'mlp'").fetchall()}
+        ic = {str(d): v for d, v in con.execute(
+            "SELECT known_on, \"IC\" FROM reports.daily_ic WHERE model = 'mlp'").fetchall()}
         counts = dict(con.execute("SELECT date::VARCHAR, count(*) FROM predictions.scores WHERE model = 'mlp' "
                                   "GROUP BY 1").fetchall())
     shown_ic = {m.partition: m.metadata["IC"].value for m in scored.asset_materializations_for_node("reports__mlp_ic")
@@ -392,9 +393,11 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     # as materialized; they follow from it, so they are traded again, and recorded by this run
     middle = run(days[-4], days[-4], ["reports/mlp_backtest"], resources, strategy)
     assert stored() == one_run
-    recorded = [m.partition for m in middle.asset_materializations_for_node("reports__mlp_backtest")]
+    recorded = {m.partition: m.metadata for m in middle.asset_materializations_for_node("reports__mlp_backtest")}
     assert sorted(recorded) == days[-4:]
-    assert middle.asset_materializations_for_node("reports__mlp_backtest")[-1].metadata["later_days_traded_again"].value == 3
+    assert all("annualized_return (with cost)" in recorded[day] and "ffr" in recorded[day] for day in days[-3:])
+    last = middle.asset_materializations_for_node("reports__mlp_backtest")[-1]
+    assert last.metadata["later_days_traded_again"].value == 3
     # found in review: the schedule's run without a config went on from a backtest traded with topk 8 at topk 50,
     # one track record of two strategies
     other = run(days[-1], days[-1], ["reports/mlp_backtest"], resources, raise_on_error=False)

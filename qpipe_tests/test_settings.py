@@ -108,7 +108,8 @@ def test_the_main_job_ends_on_the_last_session_over(monkeypatch):
     at(10, 11)  # a Tuesday, trading
     assert planned(calendar, None, ("mlp",), 20, plan, 1)[1] == dt.date(2026, 3, 9)
     with pytest.raises(ValueError, match=r"^--end 2026-03-10 is a session not over yet: XNYS closes at 16:00 "
-                                         r"\(America/New_York\), in 5 h 00 min; the latest session over is 2026-03-09$"):
+                                         r"\(America/New_York\), in 5 h 00 min; the latest session over is "
+                                         r"2026-03-09$"):
         planned(calendar, dt.date(2026, 3, 10), ("mlp",), 20, plan, 1)
     at(10, 17)
     assert planned(calendar, None, ("mlp",), 20, plan, 1)[1] == dt.date(2026, 3, 10)

@@ -77,8 +77,8 @@ def test_the_tear_sheets_open_offline_in_a_browser_with_every_chart_drawn(tmp_pa
               report.signal_chart(views, "mlp", tmp_path / "mlp_signal.png"))
     holdings = result.positions[result.positions["date"] == days[-1]]
     model_page = tmp_path / "mlp_tearsheet.html"
-    model_page.write_text(tearsheet.model_page("mlp", days[-1].date(), daily, views, holdings, config.model_dump(), *charts,
-                                               indicators=result.indicators))
+    model_page.write_text(tearsheet.model_page("mlp", days[-1].date(), daily, views, holdings, config.model_dump(),
+                                               *charts, indicators=result.indicators))
     board = pd.DataFrame([{"model": "mlp", "Rank IC": views.summary["Rank IC"], "Ann. Ret": 0.1}])
     board_page = tearsheet.write_leaderboard_tearsheet(board, daily, report.cumulative_ic_chart(
         views.monthly_ic.reset_index().assign(model="mlp", date=pd.Timestamp("2024-01-31")), "all", tmp_path / "ic.png"), tmp_path)

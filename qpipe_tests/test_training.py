@@ -492,10 +492,11 @@ def test_model_path_starts_gats_from_an_lstm_checkpoints_rnn_and_head(tmp_path):
     assert copied == sorted(k for k in base if k.startswith(("rnn.", "fc_out.")))  # Qlib copies exactly these
     assert all(torch.equal(gats.state_dict()[k], base[k]) for k in copied)
     # the checkpoint's model and sizes are named (found in review: a GRU base said only which weight differed)
-    with pytest.raises(ValueError, match=r"does not fit this model: it is a lstm checkpoint \(hidden_size 8, num_layers "
-                                         r"2\); fc_out.weight is \(1, 8\) there, \(1, 16\) here"):
+    with pytest.raises(ValueError, match=r"does not fit this model: it is a lstm checkpoint \(hidden_size 8, "
+                                         r"num_layers 2\); fc_out.weight is \(1, 8\) there, \(1, 16\) here"):
         warm_start(build_model(model_config("gats", "alpha360", hidden_size=16)), str(tmp_path / "lstm.safetensors"))
-    with pytest.raises(CheckpointError, match="none: no qpipe checkpoint there \\(neither none.safetensors nor none.json\\)"):
+    with pytest.raises(CheckpointError,
+                       match="none: no qpipe checkpoint there \\(neither none.safetensors nor none.json\\)"):
         train(model_config("gats", "alpha360", hidden_size=8, n_epochs=1, model_path=str(tmp_path / "none")),
               days(frame, 0, 15), device="cpu")
 

@@ -6,7 +6,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from qpipe.assets.by_partition import per_partition, rows_version
+from qpipe.assets.by_partition import rows_by_partition, rows_version
 from qpipe.assets.prices import PRICES, check_range, partition_dates, recording
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
@@ -56,11 +56,10 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     operators = store.operators(compute.feature_device)
     with warehouse.get_connection() as con:
         warn_of_unstored_sessions(context, con, start, end, store.LOOKBACK)
-        found = {fs.name: wh.content_version(con, fs.table, start, end) for fs in selected}
         written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
-        versions = {fs.name: rows_version(context, dg.AssetKey(["features", fs.name]), found[fs.name],
+        digests = {fs.name: wh.day_versions(con, fs.table, start, end) for fs in selected}
+        versions = {fs.name: rows_version(context, dg.AssetKey(["features", fs.name]), digests[fs.name],
                                           wh.content_version(con, fs.table, start, end)) for fs in selected}
-        days = {fs.name: wh.rows_by_day(con, fs.table, start, end) for fs in selected}
     seconds = time.perf_counter() - began
     counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
     where = f"{compute.threads} threads" if operators is store.ops else f"on {operators.device}"
@@ -68,7 +67,7 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
                      + recording(context, len(selected)))
     for fs in selected:
         key = dg.AssetKey(["features", fs.name])
-        per_partition(context, {day: {"dagster/partition_row_count": n} for day, n in days[fs.name].items()}, key)
+        rows_by_partition(context, digests[fs.name], key)
         yield dg.MaterializeResult(asset_key=key, data_version=versions[fs.name], metadata={
             "rows_written": written[fs.name], "columns": len(fs.columns), "seconds": round(seconds, 3)})
 
@@ -91,14 +90,13 @@ def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute
     with warehouse.get_connection() as con:
         # partition D holds the labels of D - 2 (its row), from the closes of D - 1 and D
         warn_of_unstored_sessions(context, con, start, end, store.LABEL_HORIZON)
-        found = wh.content_version(con, store.LABEL_TABLE, start, end, date_column="known_on")
         rows = store.write_labels(con, start, end, block_cells=compute.block_cells)
-        version = rows_version(context, LABEL, found,
+        digests = wh.day_versions(con, store.LABEL_TABLE, start, end, date_column="known_on")
+        version = rows_version(context, LABEL, digests,
                                wh.content_version(con, store.LABEL_TABLE, start, end, date_column="known_on"))
-        days = wh.rows_by_day(con, store.LABEL_TABLE, start, end, date_column="known_on")
     context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
                      + recording(context))
-    per_partition(context, {day: {"dagster/partition_row_count": n} for day, n in days.items()})
+    rows_by_partition(context, digests)
     return dg.MaterializeResult(data_version=version, metadata={"rows_written": rows})
 
 

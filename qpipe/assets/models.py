@@ -381,8 +381,8 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
                                [arch, start.date(), end.date()]).fetchall()
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
                          f"{', '.join(f'{p} (weights {sha[:12]})' for p, sha in used.items())}" + recording(context))
-        per_partition(context, {day: {"dagster/partition_row_count": n, "checkpoint": checkpoint}
-                                for day, n, checkpoint in days})
+        scored = {day: {"dagster/partition_row_count": n, "checkpoint": checkpoint} for day, n, checkpoint in days}
+        per_partition(context, {day: {"dagster/partition_row_count": 0} for day in context.partition_keys} | scored)
         return dg.MaterializeResult(metadata={"rows_written": written,
                                               "checkpoints": ", ".join(used),
                                               "weights_sha256": ", ".join(f"{p} {sha}" for p, sha in used.items())})
@@ -598,25 +598,20 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             except backtest_store.BacktestGap as gap:
                 raise dg.Failure(str(gap)) from None
             daily = backtest_store.read_daily(con, arch)
-            indicators = backtest_store.read_daily(con, arch, backtest_store.INDICATORS)
+            indicators = backtest_store.read_daily(con, arch, backtest_store.INDICATORS_TABLE)
             chart = report.backtest_chart(daily, arch, folder / f"{arch}_backtest.png")
             sheet = tearsheet.write_model_tearsheet(con, arch, later[-1] if later else end.date(),
                                                     portfolio.model_dump(), chart, folder)
-        if later:  # traded again from this range's new state: Dagster records them as materialized by this run
-            context.log.info(f"{arch}: the {len(later)} stored days after {end.date()} ({later[0]}..{later[-1]}) follow "
-                             "from these: traded again too")
-            for day in later:
-                context.log_event(dg.AssetMaterialization(asset_key=backtest_key(arch), partition=str(day), metadata={
-                    "traded again": f"after the run of {start.date()}..{end.date()}, which they follow from"}))
         # what the UI plots over partitions: on each day, risk_analysis to that day, Qlib's indicator_analysis of the
         # trades to it, and the day's own figures
         def to_date(day: pd.Timestamp) -> dict[str, float]:
             return backtest_figures(daily[daily["date"] <= day]) | finite(indicator_analysis(
                 indicators[indicators["date"] <= day]))
 
-        per_partition(context, {str(day.date()): to_date(day) | finite(
+        days = {str(day.date()): to_date(day) | finite(
             {"return": row["return"], "turnover": row["turnover"], "holdings": row["holdings"]})
-            for day, row in result.report.iterrows()})
+            for day, row in result.report.iterrows()}
+        per_partition(context, days)
         figures = to_date(pd.Timestamp(later[-1] if later else end))
         context.add_asset_metadata({"backtest": inline(chart, f"{arch} backtest")},  # on the page's materialization
                                    partition_key=context.partition_keys[-1])
@@ -626,6 +621,12 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
                                 "Qlib's exchange deals them (it warns 'setting deal_price to close price')")
         context.log.info(f"{arch}: {len(result.report)} sessions traded, {len(result.trades)} orders"
                          + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))
+        if later:  # traded again from this range's new state: Dagster records them as materialized by this run
+            context.log.info(f"{arch}: the {len(later)} stored days after {end.date()} ({later[0]}..{later[-1]}) "
+                             "follow from these: traded again too")
+            for day in map(str, later):
+                context.log_event(dg.AssetMaterialization(asset_key=backtest_key(arch), partition=day, metadata={
+                    **days[day], "traded again": f"after the run of {start.date()}..{end.date()}"}))
         return dg.MaterializeResult(metadata={
             "days": len(daily), "orders": len(result.trades), "deals_at_close": result.deals_at_close,
             "later_days_traded_again": len(later),

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from qpipe.assets.by_partition import per_partition, rows_version
+from qpipe.assets.by_partition import per_partition, rows_by_partition, rows_version
 from qpipe.calendar import SCHEDULE_DELAY, market_calendar
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored
@@ -73,14 +73,14 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
     gaps, extra = warn_of_the_calendar(context, calendar, price_source, start, end)
     with warehouse.get_connection() as con:
         try:
-            found = wh.content_version(con, wh.PRICES, start, end)
             done = ingest_prices(con, price_source.source(), calendar, start, end, price_source.describe(),
                                  replace=config.replace, load_cells=compute.load_cells,
                                  allow_missing=config.allow_missing, suspend_idle=config.suspend_idle,
-                                 log=context.log.info)
-            version = rows_version(context, PRICES, found, wh.content_version(con, wh.PRICES, start, end))
-            days = con.execute(f"SELECT date, count(*), count(*) FILTER (WHERE close IS NULL) FROM {wh.PRICES} "
-                               "WHERE date BETWEEN ? AND ? GROUP BY 1", [start.date(), end.date()]).fetchall()
+                                 benchmark=price_source.benchmark, log=context.log.info)
+            digests = wh.day_versions(con, wh.PRICES, start, end)
+            version = rows_version(context, PRICES, digests, wh.content_version(con, wh.PRICES, start, end))
+            suspended = dict(con.execute(f"SELECT date::VARCHAR, count(*) FROM {wh.PRICES} WHERE close IS NULL AND "
+                                         "date BETWEEN ? AND ? GROUP BY 1", [start.date(), end.date()]).fetchall())
         except NoRows as error:
             look_again(context, config, error)
             raise dg.Failure(str(error)) from None
@@ -99,8 +99,8 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                "backtest takes them as suspended: set suspend_idle in raw/prices' config to store them suspended"))
     context.log.info(f"wrote {done.rows} price rows ({done.suspended} suspended) for {done.instruments} instruments"
                      + recording(context))
-    per_partition(context, {str(day): {"dagster/partition_row_count": rows, "suspended_rows": suspended}
-                            for day, rows, suspended in days})
+    rows_by_partition(context, digests)
+    per_partition(context, {day: {"suspended_rows": suspended.get(day, 0)} for day in context.partition_keys})
     return dg.MaterializeResult(data_version=version, metadata={
         "rows_written": done.rows,  # by the run, over its days
         "rows_without_volume": len(done.idle),

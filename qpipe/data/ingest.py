@@ -70,15 +70,17 @@ def anchor_sessions(calendar, start: pd.Timestamp, end: pd.Timestamp) -> tuple[p
     return pd.Timestamp(before[0]), pd.Timestamp(after[-1]) if len(after) else end
 
 
-def idle_rows(rows: pd.DataFrame) -> pd.Series:
+def idle_rows(rows: pd.DataFrame, benchmark: str = "") -> pd.Series:
     """Rows with prices and no volume (0 or missing): days without a trade, which Qlib's data collector empties (its
-    exchange then takes the stock as suspended, as qpipe's backtest does)."""
-    return rows["close"].notna() & ~(rows["volume"] > 0)
+    exchange then takes the stock as suspended, as qpipe's backtest does). Not the benchmark's: an index may be
+    published without a volume."""
+    return rows["close"].notna() & ~(rows["volume"] > 0) & (rows["instrument"] != benchmark)
 
 
 def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Timestamp, end: pd.Timestamp,
                   describe: str, replace: bool = False, load_cells: int = LOAD_CELLS, allow_missing: bool = False,
-                  suspend_idle: bool = False, log: Callable[[str], None] = lambda line: None) -> Ingested:
+                  suspend_idle: bool = False, benchmark: str = "",
+                  log: Callable[[str], None] = lambda line: None) -> Ingested:
     """Replace the stored prices of the sessions [start, end] with the source's (see the module's docstring).
 
     The source's last day, where it is the range's, without rows for more than a few of the instruments the session
@@ -101,7 +103,7 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         """The rows of sessions[i:j], validated; ``around`` gathers the source's rows of the sessions around them."""
         block = sessions[i:j]
         rows = source.prices(around_from if i == 0 else block[0], around_to if j == len(sessions) else block[-1])
-        quiet = idle_rows(rows)
+        quiet = idle_rows(rows, benchmark)
         if suspend_idle:
             rows.loc[quiet, list(PRICE_COLUMNS[2:])] = np.nan
         inside = rows["date"].between(block[0], block[-1])

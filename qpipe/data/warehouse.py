@@ -236,17 +236,21 @@ def content_version(con: duckdb.DuckDBPyConnection, table: str, start, end, date
     writing the same rows again leaves what depends on them up to date (a whole table's range in a fraction of a
     second)."""
     if not has_table(con, table):
-        return "0-0000000000000000"
+        return NO_ROWS
     rows, digest = con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {table} t WHERE {date_column} BETWEEN ? AND ?",
                                [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchone()
     return f"{rows}-{digest or 0:016x}"
 
 
-def rows_by_day(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> dict[str, int]:
-    """``table``'s rows per day in [start, end]: ISO day -> count."""
-    return {str(day): int(n) for day, n in con.execute(
-        f"SELECT {date_column}, count(*) FROM {table} WHERE {date_column} BETWEEN ? AND ? GROUP BY 1",
-        [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchall()}
+NO_ROWS = "0-0000000000000000"
+
+
+def day_versions(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> dict[str, str]:
+    """``content_version`` of each day in [start, end] that has rows: ISO day -> "rows-digest"."""
+    days = con.execute(f"SELECT strftime({date_column}, '%Y-%m-%d'), count(*), bit_xor(hash(t)) FROM {table} t "
+                       f"WHERE {date_column} BETWEEN ? AND ? GROUP BY 1",
+                       [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchall()
+    return {day: f"{rows}-{digest or 0:016x}" for day, rows, digest in days}
 
 
 def replace_range(con: duckdb.DuckDBPyConnection, table: str, staging: str, start, end) -> None:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qpipe.evaluation.risk import risk_analysis
 
-INDICATORS = ("ffr", "pa", "pos", "deal_amount", "value", "count")  # Qlib's trade indicators, per session
+INDICATOR_COLUMNS = ("ffr", "pa", "pos", "deal_amount", "value", "count")  # Qlib's trade indicators of a session
 
 
 DealPrice = Literal["close", "open", "vwap"]
@@ -152,7 +152,7 @@ class BacktestResult:
     report: pd.DataFrame  # per session: account, cash, value, return, cost, turnover, bench, holdings (Qlib's report_normal)
     positions: pd.DataFrame  # per session and holding: amount (adjusted shares), price, value, held_days
     trades: pd.DataFrame  # per order dealt: date, instrument, side, amount, price, value, cost
-    indicators: pd.DataFrame  # per session: Qlib's trade indicators (INDICATORS) of its orders
+    indicators: pd.DataFrame  # per session: Qlib's trade indicators (INDICATOR_COLUMNS) of its orders
     deals_at_close: int = 0  # quotes with a close but no deal price (dealt at the close, as Qlib deals them)
 
     def state(self) -> BacktestState:
@@ -345,7 +345,7 @@ def backtest(scores: pd.DataFrame, prices: pd.DataFrame, days: Sequence, config:
                                              "bench", "holdings"]).set_index("date"),
         positions=pd.DataFrame(positions, columns=["date", "instrument", "amount", "price", "value", "held_days"]),
         trades=pd.DataFrame(trades, columns=["date", "instrument", "side", "amount", "price", "value", "cost"]),
-        indicators=pd.DataFrame(indicators, columns=["date", *INDICATORS]).set_index("date"),
+        indicators=pd.DataFrame(indicators, columns=["date", *INDICATOR_COLUMNS]).set_index("date"),
         deals_at_close=exchange.deals_at_close)
 
 

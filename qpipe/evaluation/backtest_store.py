@@ -21,7 +21,7 @@ from qpipe.settings import LOAD_CELLS
 
 DAILY, POSITIONS, TRADES = "reports.backtest_daily", "reports.backtest_positions", "reports.backtest_trades"
 STRATEGY = "reports.backtest_strategy"  # the settings each session was traded with: a backtest is one strategy
-INDICATORS = "reports.backtest_indicators"
+INDICATORS_TABLE = "reports.backtest_indicators"
 DDL = {
     DAILY: "model VARCHAR NOT NULL, date DATE NOT NULL, account DOUBLE, cash DOUBLE, value DOUBLE, \"return\" DOUBLE, "
            "cost DOUBLE, turnover DOUBLE, bench DOUBLE, holdings INTEGER",
@@ -30,8 +30,8 @@ DDL = {
     TRADES: "model VARCHAR NOT NULL, date DATE NOT NULL, instrument VARCHAR NOT NULL, side VARCHAR, amount DOUBLE, "
             "price DOUBLE, value DOUBLE, cost DOUBLE",
     STRATEGY: "model VARCHAR NOT NULL, date DATE NOT NULL, strategy VARCHAR NOT NULL",
-    INDICATORS: "model VARCHAR NOT NULL, date DATE NOT NULL, ffr DOUBLE, pa DOUBLE, pos DOUBLE, deal_amount DOUBLE, "
-                "value DOUBLE, count INTEGER",
+    INDICATORS_TABLE: "model VARCHAR NOT NULL, date DATE NOT NULL, ffr DOUBLE, pa DOUBLE, pos DOUBLE, "
+                      "deal_amount DOUBLE, value DOUBLE, count INTEGER",
 }
 
 
@@ -108,7 +108,7 @@ def run_backtest(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
                               zip(*((r.report, r.positions, r.trades, r.indicators) for r in results))),
                             deals_at_close=sum(r.deals_at_close for r in results))
     frames = {DAILY: result.report.reset_index(), POSITIONS: result.positions, TRADES: result.trades,
-              INDICATORS: result.indicators.reset_index(),
+              INDICATORS_TABLE: result.indicators.reset_index(),
               STRATEGY: pd.DataFrame({"date": result.report.index, "strategy": _settings(config)})}
     with wh.transaction(con):  # the days from start on are replaced
         for table, frame in frames.items():
@@ -144,7 +144,7 @@ def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp],
 
 
 def read_daily(con: duckdb.DuckDBPyConnection, model: str | None = None, table: str = DAILY) -> pd.DataFrame:
-    """The stored sessions of ``table`` (the report; INDICATORS, the trade indicators) of one model, or of all."""
+    """The stored sessions of ``table`` (the report; or the trade indicators) of one model, or of all."""
     wh.ensure_table(con, table, DDL[table])
     where, params = ("WHERE model = ?", [model]) if model else ("", [])
     return con.execute(f"SELECT * FROM {table} {where} ORDER BY model, date", params).df()

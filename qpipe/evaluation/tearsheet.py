@@ -134,7 +134,7 @@ def write_model_tearsheet(con: duckdb.DuckDBPyConnection, model: str, as_of: dat
     views = signal_views(scores, closes)
     daily = backtest_store.read_daily(con, model)
     daily = daily[daily["date"] <= pd.Timestamp(as_of)]
-    indicators = backtest_store.read_daily(con, model, backtest_store.INDICATORS)
+    indicators = backtest_store.read_daily(con, model, backtest_store.INDICATORS_TABLE)
     indicators = indicators[indicators["date"] <= pd.Timestamp(as_of)]
     holdings = con.execute(f"SELECT * FROM {backtest_store.POSITIONS} WHERE model = ? AND date = ?",
                            [model, daily["date"].iloc[-1]]).df() if len(daily) else pd.DataFrame()

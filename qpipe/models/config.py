@@ -102,17 +102,17 @@ def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
     """Qlib's benchmark setting of ``model`` on ``feature_set``, with ``overrides`` (``step_len`` included)."""
     spec = get_spec(model)
     feature_set = FEATURE_SETS.get(feature_set, feature_set)  # Qlib's handler name (Alpha158) too
-    kept = spec.from_qlib(dict(overrides))
+    if feature_set not in spec.presets:
+        raise ConfigError(f"model {spec.name!r} has no preset for feature set {feature_set!r}; valid: {', '.join(spec.presets)}")
+    preset = spec.presets[feature_set]
+    step_len = overrides.pop("step_len", preset.step_len)
+    kept = spec.from_qlib(overrides)
     not_read = sorted(k for k in overrides if k in spec.qlib_not_read and k not in kept)
     if not_read:  # a Qlib YAML's are reported by qrun; given here, they would be dropped in silence
         key = not_read[0]
         raise ConfigError(f"{spec.name}/{feature_set}: hyper-parameter {key} = {overrides[key]!r} is not read: "
                           f"{spec.qlib_not_read[key]}; remove it")
-    if feature_set not in spec.presets:
-        raise ConfigError(f"model {spec.name!r} has no preset for feature set {feature_set!r}; valid: {', '.join(spec.presets)}")
-    preset = spec.presets[feature_set]
-    step_len = overrides.pop("step_len", preset.step_len)
-    params = {**spec.from_qlib({**spec.qlib_class_defaults(step_len), **preset.params}), **spec.from_qlib(overrides)}
+    params = {**spec.from_qlib({**spec.qlib_class_defaults(step_len), **preset.params}), **kept}
     return validated_config(spec, feature_set, step_len, params, source=f"{spec.name}/{feature_set}")
 
 

@@ -32,7 +32,8 @@ def qlib_records(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
         lines.append(f"SigAnaRecord ({len(daily)} sessions with a known label): {figures}")
     if portfolio:
         daily = _between(backtest_store.read_daily(con, model), start, end)
-        indicators = _between(backtest_store.read_daily(con, model, backtest_store.INDICATORS), start, end)
+        stored = backtest_store.read_daily(con, model, backtest_store.INDICATORS_TABLE)
+        indicators = _between(stored, start, end)
         if len(daily) > 1:
             risk = {"benchmark return": daily["bench"],
                     "the excess return without cost": backtest_store.excess(daily, with_cost=False),

@@ -70,6 +70,8 @@ def run(workflow: Workflow) -> int:
     if planned[-1].job == "leaderboard_job":
         print_leaderboard(workflow.test_sessions)
     with build_resources()["warehouse"].get_connection() as con:
-        print(qlib_records(con, workflow.model.model, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
-                           portfolio=workflow.port_analysis is not None))
+        records = qlib_records(con, workflow.model.model, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
+                               portfolio=workflow.port_analysis is not None)
+    if records:
+        print(records)
     return 0

@@ -104,7 +104,8 @@ def trade(dates: list, scores: pd.DataFrame, out: Path, config: dict) -> None:
     held = [(date, name, float(info["amount"]), float(info["price"]))
             for date, position in positions.items() for name, info in position.position.items()
             if isinstance(info, dict)]
-    pd.DataFrame(held, columns=["date", "instrument", "amount", "price"]).to_parquet(out / "positions.parquet", index=False)
+    pd.DataFrame(held, columns=["date", "instrument", "amount", "price"]).to_parquet(out / "positions.parquet",
+                                                                                   index=False)
     daily = indicators["1day"][0].astype(float)
     daily.index.name = "date"
     daily.reset_index().to_parquet(out / "indicators_normal_1day.parquet", index=False)
