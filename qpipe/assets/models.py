@@ -83,27 +83,6 @@ class TrainConfig(dg.Config):
     shuffle_labels: bool = Field(default=False, description="placebo control: permute each day's labels before "
                                  "training; such a model must show no out-of-sample skill")
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return parse_device(value) if value else value
-
-    @field_validator("infer_processors", "learn_processors")
-    @classmethod
-    def _processors(cls, entries: list[dict[str, Any]] | None, info) -> list[dict[str, Any]] | None:
-        from qpipe.features.handler import processing
-
-        if entries is not None:  # each entry built once, so an unknown class or a bad kwarg is named before the run
-            processing("run config", **{"infer_processors": [], "learn_processors": [], info.field_name: entries})
-        return entries
-
-    @field_validator("process_type")
-    @classmethod
-    def _process_type(cls, value: str) -> str:
-        if value not in ("", "append", "independent"):
-            raise ValueError(f"process_type = {value!r}: expected append or independent")
-        return value
-
     def resolve(self, arch: str) -> "ModelConfig":
         from qpipe.models.config import config_from_qlib_yaml, model_config
 
@@ -199,6 +178,9 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             raise dg.Failure(f"partition {early}: a checkpoint is trained at its session's close, on the labels known "
                              "then; nothing was written")
         settings = get_settings()
+        # the device, the model and the processors, checked in the step (a value refused as Dagster built the config
+        # came under its wrapper's stack, found in review), before any data is read
+        device = parse_device(config.device) if config.device else settings.device
         model = config.resolve(arch)
         processing = config.processing(model)
         path = checkpoints.path_for(arch, day)
@@ -219,7 +201,6 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                                 "predefined-concept module reads all-zero rows; name a file of memberships with "
                                 "QPIPE_CONCEPTS (the README shows how to make one from Qlib's HIST .npy files)")
         began = time.perf_counter()
-        device = config.device or settings.device
         ranks = distributed.processes(model, device)
         with step_devices(device, settings.home, ranks, context.log.info) as devices:
             if ranks == 1 and (target := resolve_device(devices[0])).type == "cuda":  # its peak, not cuda:0's
