@@ -18,7 +18,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
-from qpipe.data.warehouse import NO_ROWS
+from qpipe.data.warehouse import NO_ROWS, range_version
 
 DATA_VERSION_TAG = "dagster/data_version"
 ROWS_DIGEST = "rows_digest"
@@ -44,10 +44,9 @@ def rows_by_partition(context: dg.AssetExecutionContext, digests: Mapping[str, s
                             for day, version in _every_day(context, digests).items()}, asset_key)
 
 
-def rows_version(context: dg.AssetExecutionContext, key: dg.AssetKey, digests: Mapping[str, str],
-                 range_version: str) -> dg.DataVersion:
-    """``range_version``, the digest of the run's rows; but where every partition's last materialization recorded the
-    digest its rows have now and all hold one version, that one."""
+def rows_version(context: dg.AssetExecutionContext, key: dg.AssetKey, digests: Mapping[str, str]) -> dg.DataVersion:
+    """The digest of the run's rows (of its days' ``digests``); but where every partition's last materialization
+    recorded the digest its rows have now and all hold one version, that one."""
     days = _every_day(context, digests)
     stored = context.instance.get_latest_storage_id_by_partition(
         key, DagsterEventType.ASSET_MATERIALIZATION, partitions=set(days))
@@ -58,7 +57,7 @@ def rows_version(context: dg.AssetExecutionContext, key: dg.AssetKey, digests: M
         versions = {r.asset_materialization.tags.get(DATA_VERSION_TAG) for r in records}
         if kept == set(days.items()) and len(versions) == 1 and None not in versions:
             return dg.DataVersion(versions.pop())
-    return dg.DataVersion(range_version)
+    return dg.DataVersion(range_version(days.values()))
 
 
 def _every_day(context: dg.AssetExecutionContext, digests: Mapping[str, str]) -> dict[str, str]:

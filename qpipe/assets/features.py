@@ -58,8 +58,8 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
         warn_of_unstored_sessions(context, con, start, end, store.LOOKBACK)
         written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
         digests = {fs.name: wh.day_versions(con, fs.table, start, end) for fs in selected}
-        versions = {fs.name: rows_version(context, dg.AssetKey(["features", fs.name]), digests[fs.name],
-                                          wh.content_version(con, fs.table, start, end)) for fs in selected}
+        versions = {fs.name: rows_version(context, dg.AssetKey(["features", fs.name]), digests[fs.name])
+                    for fs in selected}
     seconds = time.perf_counter() - began
     counts = ", ".join(f"{name} {rows:,} rows" for name, rows in written.items())
     where = f"{compute.threads} threads" if operators is store.ops else f"on {operators.device}"
@@ -92,8 +92,7 @@ def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute
         warn_of_unstored_sessions(context, con, start, end, store.LABEL_HORIZON)
         rows = store.write_labels(con, start, end, block_cells=compute.block_cells)
         digests = wh.day_versions(con, store.LABEL_TABLE, start, end, date_column="known_on")
-        version = rows_version(context, LABEL, digests,
-                               wh.content_version(con, store.LABEL_TABLE, start, end, date_column="known_on"))
+        version = rows_version(context, LABEL, digests)
     context.log.info(f"{store.LABEL_TABLE}: {rows} labels became known on {start.date()}..{end.date()}"
                      + recording(context))
     rows_by_partition(context, digests)

@@ -78,7 +78,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                                  allow_missing=config.allow_missing, suspend_idle=config.suspend_idle,
                                  benchmark=price_source.benchmark, log=context.log.info)
             digests = wh.day_versions(con, wh.PRICES, start, end)
-            version = rows_version(context, PRICES, digests, wh.content_version(con, wh.PRICES, start, end))
+            version = rows_version(context, PRICES, digests)
             suspended = dict(con.execute(f"SELECT date::VARCHAR, count(*) FROM {wh.PRICES} WHERE close IS NULL AND "
                                          "date BETWEEN ? AND ? GROUP BY 1", [start.date(), end.date()]).fetchall())
         except NoRows as error:

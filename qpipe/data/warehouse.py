@@ -6,7 +6,7 @@ re-running a day never duplicates rows and a failure leaves the file exactly as 
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 
@@ -231,26 +231,26 @@ def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
                 [pd.Timestamp(start).date(), pd.Timestamp(end).date()])
 
 
-def content_version(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> str:
-    """A digest of ``table``'s rows dated [start, end], whatever their order: a step's Dagster data version, so that
-    writing the same rows again leaves what depends on them up to date (a whole table's range in a fraction of a
-    second)."""
-    if not has_table(con, table):
-        return NO_ROWS
-    rows, digest = con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {table} t WHERE {date_column} BETWEEN ? AND ?",
-                               [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchone()
-    return f"{rows}-{digest or 0:016x}"
-
-
 NO_ROWS = "0-0000000000000000"
 
 
 def day_versions(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> dict[str, str]:
-    """``content_version`` of each day in [start, end] that has rows: ISO day -> "rows-digest"."""
+    """A digest of ``table``'s rows of each day in [start, end] that has rows, whatever their order: ISO day ->
+    "rows-digest". Steps' Dagster data versions are made of them, so that writing the same rows again leaves what
+    depends on them up to date (a whole table's range in a fraction of a second)."""
     days = con.execute(f"SELECT strftime({date_column}, '%Y-%m-%d'), count(*), bit_xor(hash(t)) FROM {table} t "
                        f"WHERE {date_column} BETWEEN ? AND ? GROUP BY 1",
                        [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchall()
     return {day: f"{rows}-{digest or 0:016x}" for day, rows, digest in days}
+
+
+def range_version(versions: Iterable[str]) -> str:
+    """The digest of several days' rows from theirs (``day_versions``): the counts add up, the row hashes XOR."""
+    rows, digest = 0, 0
+    for version in versions:
+        count, day_digest = version.split("-")
+        rows, digest = rows + int(count), digest ^ int(day_digest, 16)
+    return f"{rows}-{digest:016x}"
 
 
 def replace_range(con: duckdb.DuckDBPyConnection, table: str, staging: str, start, end) -> None:
