@@ -380,7 +380,7 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     assert (shown["ffr"].value, shown["pa"].value, shown["pos"].value) == (1.0, 0.0, 0.0)
     sheet = Path(shown["tear sheet"].value).read_text()  # self-contained: its charts inline, nothing fetched
     assert sheet.count('src="data:image/png;base64,') == 3 and not re.search(r'(src|href)="(?!data:)', sheet)
-    for part in ("Risk analysis", "Indicator analysis", "excess with cost, product", "by score quantile", "IC decay",
+    for part in ("Risk analysis", "Indicator analysis", "excess return with cost, product", "by score quantile", "IC decay",
                  "IC by month", "topk",
                  "Cumulative IC and Rank IC (reports/mlp_ic)"):  # the IC report's chart (found in review: not shown)
         assert part in sheet, part

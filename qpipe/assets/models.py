@@ -530,14 +530,14 @@ class PortfolioConfig(dg.Config):
 def backtest_figures(daily) -> dict[str, float]:
     """What the UI plots over a backtest's partitions: risk_analysis of the excess return with and without cost
     (mode sum, as Qlib's table; the annualized return compounded too) and the benchmark's, to date."""
-    from qpipe.evaluation.backtest_store import excess
+    from qpipe.evaluation.backtest_store import return_series
     from qpipe.evaluation.risk import risk_analysis
 
     if len(daily) < 2:
         return {}
-    series = {"with cost": excess(daily), "without cost": excess(daily, with_cost=False), "benchmark": daily["bench"]}
     figures = {}
-    for label, returns in series.items():
+    for series, returns in return_series(daily).items():
+        label = series.removeprefix("excess return ").removesuffix(" return")
         summed, compounded = risk_analysis(returns), risk_analysis(returns, mode="product")
         figures |= {f"{name} ({label})": summed[name] for name in ("annualized_return", "information_ratio", "max_drawdown")}
         figures[f"annualized_return ({label}, product)"] = compounded["annualized_return"]

@@ -155,6 +155,12 @@ def excess(daily: pd.DataFrame, with_cost: bool = True) -> pd.Series:
     return daily["return"] - daily["bench"] - (daily["cost"] if with_cost else 0.0)
 
 
+def return_series(daily: pd.DataFrame) -> dict[str, pd.Series]:
+    """The three daily series PortAnaRecord analyses, under Qlib's names, in Qlib's order."""
+    return {"benchmark return": daily["bench"], "excess return without cost": excess(daily, with_cost=False),
+            "excess return with cost": excess(daily)}
+
+
 def portfolio_columns(daily: pd.DataFrame) -> pd.DataFrame:
     """Per model, the portfolio half of Qlib's table: annualized excess return, information ratio and max
     drawdown with cost (risk_analysis, mode sum)."""

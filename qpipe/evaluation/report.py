@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from qpipe.data import warehouse as wh  # noqa: E402
-from qpipe.evaluation.backtest_store import excess  # noqa: E402
+from qpipe.evaluation.backtest_store import excess, return_series  # noqa: E402
 from qpipe.evaluation.ic import daily_ic, ic_summary  # noqa: E402
 from qpipe.features.label import LABEL_NAME  # noqa: E402
 from qpipe.features.store import LABEL_TABLE  # noqa: E402
@@ -116,12 +116,12 @@ def backtest_chart(daily: pd.DataFrame, title: str, path: Path) -> Path:
     the drawdown of the excess return with cost, and the daily turnover."""
     path.parent.mkdir(parents=True, exist_ok=True)
     dates = pd.to_datetime(daily["date"])
-    gross, net = excess(daily, with_cost=False).cumsum(), excess(daily).cumsum()
     fig, (curve_ax, drawdown_ax, turnover_ax) = plt.subplots(3, 1, figsize=(9, 7), sharex=True,
                                                              gridspec_kw={"height_ratios": [3, 1.3, 1.3]})
-    curve_ax.plot(dates, gross, label="excess return without cost")
-    curve_ax.plot(dates, net, label="excess return with cost")
-    curve_ax.plot(dates, daily["bench"].cumsum(), color="grey", linestyle="--", label="benchmark return")
+    for name, returns in return_series(daily).items():
+        style = {"color": "grey", "linestyle": "--"} if name == "benchmark return" else {}
+        curve_ax.plot(dates, returns.cumsum(), label=name, **style)
+    net = excess(daily).cumsum()
     curve_ax.axhline(0, color="grey", linewidth=0.8)
     curve_ax.set_ylabel("cumulative (sum)")
     curve_ax.legend(loc="upper left", fontsize=8)

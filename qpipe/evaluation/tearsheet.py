@@ -61,10 +61,8 @@ def _cards(figures: dict[str, float]) -> str:
 def risk_table(daily: pd.DataFrame) -> pd.DataFrame:
     """Qlib's port_analysis (risk_analysis of the excess return without and with cost) in both modes, and the
     benchmark's own return: figure x column."""
-    series = {"excess without cost": backtest_store.excess(daily, with_cost=False),
-              "excess with cost": backtest_store.excess(daily, with_cost=True), "benchmark": daily["bench"]}
     columns = {f"{name}, {mode}": risk_analysis(values, mode=mode)
-               for mode in SUMMARY_MODES for name, values in series.items()}
+               for mode in SUMMARY_MODES for name, values in backtest_store.return_series(daily).items()}
     return pd.DataFrame(columns).reindex(list(FIGURES))
 
 
@@ -76,7 +74,7 @@ def model_page(model: str, as_of: date, daily: pd.DataFrame, views: SignalViews,
     risk = risk_table(daily) if len(daily) > 1 else None
     headline = {}
     if risk is not None:
-        with_cost = risk["excess with cost, sum"]
+        with_cost = risk["excess return with cost, sum"]
         headline |= {"annualized excess return (with cost)": with_cost["annualized_return"],
                      "information ratio (with cost)": with_cost["information_ratio"],
                      "max drawdown (with cost)": with_cost["max_drawdown"]}

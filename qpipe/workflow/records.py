@@ -35,10 +35,8 @@ def qlib_records(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
         stored = backtest_store.read_daily(con, model, backtest_store.INDICATORS_TABLE)
         indicators = _between(stored, start, end)
         if len(daily) > 1:
-            risk = {"benchmark return": daily["bench"],
-                    "the excess return without cost": backtest_store.excess(daily, with_cost=False),
-                    "the excess return with cost": backtest_store.excess(daily)}
-            for title, returns in risk.items():
+            for name, returns in backtest_store.return_series(daily).items():
+                title = f"the {name}" if name.startswith("excess") else name  # Qlib's own wording
                 lines += _analysis(title, pd.DataFrame({"risk": risk_analysis(returns)}))
         if indicators["count"].sum() > 0:
             lines += _analysis("indicators", pd.DataFrame({"value": indicator_analysis(indicators)}))
