@@ -1,6 +1,7 @@
 """A checkpoint's data load, a prediction and a backtest, in blocks of about QPIPE_LOAD_CELLS cells, give what one
 block gives (issue 17: memory bounded by a setting, not by the universe)."""
 
+import shutil
 import subprocess
 import sys
 
@@ -157,6 +158,24 @@ def test_a_backtest_in_blocks_of_sessions_is_the_backtest_in_one(checkpoint, mon
     pd.testing.assert_frame_equal(blocked.positions.reset_index(drop=True), whole.positions.reset_index(drop=True))
     pd.testing.assert_frame_equal(blocked.trades.reset_index(drop=True), whole.trades.reset_index(drop=True))
     pd.testing.assert_frame_equal(stored_blocked, stored_whole)
+
+
+def test_a_benchmark_the_market_holds_is_traded_as_any_other_stock(checkpoint, tmp_path):
+    """Found in review: with QPIPE_BENCHMARK a member of the market (AAPL in an S&P 500 universe), the backtest
+    never bought it; Qlib's takes the benchmark for a return series only, and trades it as the rest."""
+    store, path = checkpoint
+    shutil.copy(path, tmp_path / "w.duckdb")
+    start, end = (pd.Timestamp(d).date() for d in SCORED)
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        predicting.write_predictions(con, store, "mlp", *SCORED, MARKET)
+        star = con.execute("SELECT min(instrument) FROM predictions.scores").fetchall()[0][0]
+        con.execute("UPDATE predictions.scores SET score = 100 WHERE instrument = ?", [star])  # always the best
+        result, _ = backtest_store.run_backtest(con, "mlp", start, end, MARKET, BacktestConfig(topk=8, n_drop=2),
+                                                benchmark=star)
+        closes = con.execute("SELECT date, close FROM raw.prices WHERE instrument = ? ORDER BY date", [star]).df()
+    assert star in set(result.trades["instrument"]) and (result.positions["instrument"] == star).any()
+    change = closes.set_index(pd.to_datetime(closes["date"]))["close"].pct_change()
+    np.testing.assert_allclose(result.report["bench"], change.reindex(result.report.index), rtol=1e-9)
 
 
 @pytest.mark.parametrize("arch", ["gru", "hist"])  # HIST also reads each stock's concept memberships

@@ -140,7 +140,8 @@ def _trade(con: duckdb.DuckDBPyConnection, model: str, days: list[pd.Timestamp],
                               "u.market = ? AND u.instrument = p.instrument AND p.date BETWEEN u.start_date AND u.end_date "
                               "WHERE p.date BETWEEN ? AND ?", [market, two_before, end]).df()
         bench = benchmark_returns(members, days)
-    return backtest(scores, prices[prices["instrument"] != benchmark], days, config, bench=bench, state=state)
+    # the benchmark is a return series, and a stock like any other where the market holds it (Qlib trades it too)
+    return backtest(scores, prices, days, config, bench=bench, state=state)
 
 
 def read_daily(con: duckdb.DuckDBPyConnection, model: str | None = None, table: str = DAILY) -> pd.DataFrame:
