@@ -18,6 +18,11 @@ NOT_STARTED forever, and Dagster shows its assets as materializing and keeps aut
 still not launched ``UNLAUNCHED_AFTER`` after its creation (its command launches it within seconds) is
 failed with that reason.
 
+A step process outlives its run worker when only the worker is killed (``kill -9`` of ``dg launch``): forked from
+the worker (through the forkserver), it would go on training and write its checkpoint into a run already failed,
+and then hang on the dead worker's pipes. ``die_with_the_run`` makes each step of a run launched here watch its
+worker and end, with its own children, within a second of it.
+
 ``reap`` runs when the definitions load (every `dg launch`, `dagster asset materialize`, run
 worker and code server, so a new run never waits behind a dead one), from the ``reap_dead_runs``
 sensor every 30 s under the daemon, and before the main job's runs. Runs are looked at for a lost process only
@@ -26,7 +31,10 @@ where they are launched on this machine (the default run launcher); runs never l
 
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -38,6 +46,7 @@ from dagster._core.launcher import DefaultRunLauncher
 ALIVE = (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 ENDED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 UNLAUNCHED_AFTER = 600.0  # seconds a run may stay NOT_STARTED before it is taken as never to be launched
+WATCH_SECONDS = 1.0  # how often a step process looks for its run worker
 log = logging.getLogger("qpipe.reaper")
 
 
@@ -79,18 +88,80 @@ def find_dead_runs(instance: dg.DagsterInstance) -> list[DeadRun]:
         return []  # runs may live on other machines: their pids mean nothing here
     dead = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(ALIVE))):
-        records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_START).records
-        if not records or records[0].event_log_entry.dagster_event is None:
+        worker = run_worker(instance, run.run_id)
+        if worker is None:
             continue  # not started yet: Dagster's own start timeout covers STARTING runs
-        entry = records[0].event_log_entry
-        pid = entry.dagster_event.pid
-        if pid is None:
-            continue
-        began = _process_started(pid)
-        if began is not None and began <= entry.timestamp + 1.0:
+        pid, started = worker
+        if _alive(pid, started):
             continue  # the run's own process, still there
-        dead.append(DeadRun(run.run_id, run.job_name, pid, entry.timestamp, _claims(instance).get(run.run_id, ())))
+        dead.append(DeadRun(run.run_id, run.job_name, pid, started, _claims(instance).get(run.run_id, ())))
     return dead
+
+
+def run_worker(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] | None:
+    """The pid of the process that reported the run's start, and when (None before it started)."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_START).records
+    if not records or records[0].event_log_entry.dagster_event is None:
+        return None
+    entry = records[0].event_log_entry
+    pid = entry.dagster_event.pid
+    return None if pid is None else (pid, entry.timestamp)
+
+
+def _alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` exists and is the one that was there at ``since`` (not a later one of its pid)."""
+    began = _process_started(pid)
+    return began is not None and began <= since + 1.0
+
+
+def _ancestors() -> list[int]:
+    """This process's parent, its parent's, ... (from /proc; empty where there is none)."""
+    chain, pid = [], os.getpid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        chain.append(pid)
+    return chain
+
+
+def _kill_descendants(pid: int) -> None:
+    """SIGKILL the children of ``pid``, and theirs (a step's torchrun, a DataLoader's workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            for child in map(int, children.read().split()):
+                _kill_descendants(child)
+                os.kill(child, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+_watching: set[str] = set()
+
+
+def die_with_the_run(instance: dg.DagsterInstance | None, run_id: str | None) -> None:
+    """In a step process forked from its run's worker on this machine: end this process, and its children, when
+    the worker is gone. (A step run in the worker itself, as ``materialize`` runs it, or by a Celery worker, has
+    no such worker above it, and nothing is watched.)"""
+    if instance is None or not run_id or run_id in _watching:
+        return
+    worker = run_worker(instance, run_id)
+    if worker is None or worker[0] == os.getpid() or worker[0] not in _ancestors():
+        return
+    pid, started = worker
+    _watching.add(run_id)
+
+    def watch() -> None:
+        while _alive(pid, started):
+            time.sleep(WATCH_SECONDS)
+        print(f"qpipe: the worker of run {run_id} (pid {pid}) is gone: this step (pid {os.getpid()}) ends with it, "
+              "writing nothing more", file=sys.stderr, flush=True)
+        _kill_descendants(os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name=f"qpipe-watch-run-{run_id[:8]}", daemon=True).start()
 
 
 def _claims(instance: dg.DagsterInstance) -> dict[str, tuple[str, ...]]:

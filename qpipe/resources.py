@@ -16,6 +16,7 @@ from qpipe import compute
 from qpipe.data import lake
 from qpipe.data import warehouse as wh
 from qpipe.data.sources import SOURCE_KINDS, Source, open_source
+from qpipe.reaper import die_with_the_run
 from qpipe.settings import BLOCK_CELLS, FRAME_CELLS, LOAD_CELLS, Settings, get_settings, parse_feature_device
 
 
@@ -59,6 +60,9 @@ class Warehouse(DuckDBResource):
     lake_data: str = Field(default="", description="where the lake's Parquet files are (QPIPE_LAKE_DATA)")
     conflict_retries: int = Field(default=3, ge=0, description="how often a step whose lake commit lost a race "
                                   "with another writer of the same table runs again, 1 to 10 s later")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        die_with_the_run(context.instance, context.run_id)  # a step that writes dies with its run's worker
 
     @contextmanager
     def get_connection(self):
@@ -205,6 +209,9 @@ class CheckpointStore(dg.ConfigurableResource):
     """``<root>/<arch>/<partition>.safetensors`` + ``.json`` sidecar, one pair per checkpoint partition."""
 
     root: str
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        die_with_the_run(context.instance, context.run_id)
 
     def path_for(self, arch: str, partition: str) -> Path:
         return Path(self.root) / arch / partition

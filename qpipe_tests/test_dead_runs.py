@@ -183,3 +183,67 @@ def test_a_run_created_and_never_launched_is_failed_once_it_is_old_enough(home):
     failure = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_FAILURE).records
     assert "never launched: the command that created it (dg launch" in failure[0].event_log_entry.dagster_event.message
     assert reap(instance, unlaunched_after=0.0).describe() == "no dead runs"
+
+
+LONG_STEP = """
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from qpipe.jobs import forked_steps_executor
+from qpipe.resources import Warehouse
+
+TICKS = Path(os.environ["TICKS"])
+
+
+@dg.asset
+def trains_for_long(warehouse: Warehouse):
+    TICKS.with_suffix(".pid").write_text(str(os.getpid()))
+    for _ in range(1200):  # a checkpoint that would write its weights once done (2 min, should the test fail)
+        with TICKS.open("a") as ticks:
+            ticks.write(".")
+        time.sleep(0.1)
+
+
+defs = dg.Definitions(assets=[trains_for_long], resources={"warehouse": Warehouse(database=os.environ["WH"])},
+                      executor=forked_steps_executor)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie no one waits for is gone too
+    except FileNotFoundError:
+        return True
+
+
+def test_a_step_ends_with_its_run_worker_when_that_is_killed(home, tmp_path):
+    """Found in review: `kill -9` of `dg launch` left its forked step training; 3 s later it replaced the stored
+    checkpoint (its run already failed by the reaper), and it stayed, with the forkserver, hanging on the dead
+    worker's pipes. The step now ends within seconds of its worker, and its stderr says why."""
+    module = tmp_path / "long_step.py"
+    module.write_text(LONG_STEP)
+    ticks = tmp_path / "ticks"
+    env = {**_env(home), "TICKS": str(ticks), "WH": str(tmp_path / "w.duckdb")}
+    launcher = subprocess.Popen([str(BIN / "dagster"), "asset", "materialize", "-f", str(module), "--select",
+                                 "trains_for_long"], env=env, cwd=tmp_path, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (ticks.exists() and ticks.stat().st_size > 5) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    step = int(ticks.with_suffix(".pid").read_text())
+    assert step != launcher.pid and not _gone(step)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while not _gone(step) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(step), "the step outlived its run worker"
+    written = ticks.stat().st_size
+    time.sleep(1.0)
+    assert ticks.stat().st_size == written
+    told = [path.read_text() for path in (home / "storage").rglob("*.err")]
+    assert any(f"this step (pid {step}) ends with it, writing nothing more" in text for text in told), told
