@@ -476,6 +476,15 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
 
     predictions = dg.AssetKey(["predictions", "gru_predictions"])
     assert stale(SCORED[1]) == StaleStatus.FRESH
+    # found in review: the same scores written again were a new version, and the IC and backtest of every day showed
+    # as changed
+    def scores_version() -> str:
+        return instance.get_latest_data_version_record(predictions, partition_key=SCORED[1]).asset_materialization \
+            .tags["dagster/data_version"]
+
+    before = scores_version()
+    materialize(["predictions/gru_predictions"], *SCORED)
+    assert scores_version() == before
     retrained, new_sha = trained(DAY, 0.02)
     assert new_sha != sha
     # found in review: the scores of SCORED[1], made by checkpoint DAY two months before, stayed FRESH in Dagster

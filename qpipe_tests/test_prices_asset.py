@@ -495,6 +495,29 @@ def test_the_same_rows_stored_again_leave_what_depends_on_them_up_to_date(tmp_pa
     assert stale("features/alpha158", days[-1]) == stale("features/label", days[-1]) == StaleStatus.STALE
 
 
+def test_the_members_version_changes_with_the_members_not_with_spans_that_only_go_on(tmp_path, warehouse_path):
+    """Found in review: each run of raw/universe was a new data version, so every daily run marked every stored
+    checkpoint (all of them read the members) stale, the same members or not."""
+    path = tmp_path / "prices.csv"
+    days = [str(d) for d in trading_days("2024-01-02", "2024-01-31")]
+    frame = pd.DataFrame([(day, name, 10.0, 10.5, 9.5, 10.0, 1000.0) for day in days for name in ("AAA", "BBB")],
+                         columns=["date", "symbol", "open", "high", "low", "close", "volume"])
+    instance = dg.DagsterInstance.ephemeral()
+    resources = _resources(warehouse_path, PriceSource(kind="tabular", path=str(path)))
+
+    def members(rows: pd.DataFrame) -> tuple[str, str]:
+        rows.to_csv(path, index=False)
+        dg.materialize([raw_universe], instance=instance, resources=resources)
+        return tuple(instance.get_latest_data_version_record(dg.AssetKey(key)).asset_materialization.tags[
+            "dagster/data_version"] for key in (["raw", "universe"], ["raw", "concepts"]))
+
+    first = members(frame[frame["date"] < days[-1]])
+    assert members(frame[frame["date"] < days[-1]]) == first  # the same again
+    assert members(frame) == first  # a session more: every span goes on to it
+    joined = members(pd.concat([frame, frame.tail(1).assign(symbol="CCC")]))  # a member joins on the last day
+    assert joined[0] != first[0] and joined[1] == first[1]
+
+
 def test_a_session_is_ingested_only_after_its_close(warehouse_path, monkeypatch):
     """Found in review: today's partition could be ingested while the market traded, and a vendor's bar of the day so
     far (yfinance gives one) went on to features, labels and scores as the day's."""

@@ -21,7 +21,7 @@ import pandas as pd
 from pydantic import Field, create_model, field_validator
 from pydantic.fields import FieldInfo
 
-from qpipe.assets.by_partition import finite, per_partition
+from qpipe.assets.by_partition import finite, per_partition, rows_by_partition, rows_version
 from qpipe.assets.charts import inline
 from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
 from qpipe.calendar import market_calendar
@@ -357,14 +357,16 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
                                                          market=get_settings().market, load_cells=compute.load_cells,
                                                          recorded=lost_checkpoints(context.instance, arch, checkpoints),
                                                          only=config.checkpoints)
-            days = con.execute(f"SELECT date::VARCHAR, count(*), any_value(checkpoint_partition::VARCHAR) FROM "
-                               f"{wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1",
-                               [arch, start.date(), end.date()]).fetchall()
+            checkpoint_of = dict(con.execute(f"SELECT date::VARCHAR, any_value(checkpoint_partition::VARCHAR) FROM "
+                                             f"{wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1",
+                                             [arch, start.date(), end.date()]).fetchall())
+            digests = wh.day_versions(con, wh.PREDICTIONS, start, end, model=arch)
+            version = rows_version(context, predictions_key(arch), digests)  # the same scores again change nothing
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
                          f"{', '.join(f'{p} (weights {sha[:12]})' for p, sha in used.items())}" + recording(context))
-        scored = {day: {"dagster/partition_row_count": n, "checkpoint": checkpoint} for day, n, checkpoint in days}
-        per_partition(context, {day: {"dagster/partition_row_count": 0} for day in context.partition_keys} | scored)
-        return dg.MaterializeResult(metadata={"rows_written": written,
+        rows_by_partition(context, digests)
+        per_partition(context, {day: {"checkpoint": checkpoint} for day, checkpoint in checkpoint_of.items()})
+        return dg.MaterializeResult(data_version=version, metadata={"rows_written": written,
                                               "checkpoints": ", ".join(used),
                                               "weights_sha256": ", ".join(f"{p} {sha}" for p, sha in used.items())})
 

@@ -209,13 +209,14 @@ def raw_universe(context: dg.AssetExecutionContext, config: IngestConfig, wareho
                             f"out: {first_few(missing)}")
     with warehouse.get_connection() as con:
         wh.write_universe(con, universe, concepts, replace=config.replace)
+        versions = wh.reference_versions(con)
     context.log.info(f"{len(universe)} membership spans, {len(concepts)} concept memberships")
-    yield dg.MaterializeResult(asset_key=UNIVERSE, metadata={
+    yield dg.MaterializeResult(asset_key=UNIVERSE, data_version=dg.DataVersion(versions[wh.UNIVERSE]), metadata={
         "dagster/row_count": len(universe),
         "markets": ", ".join(sorted(universe["market"].unique())),
         "instruments": int(universe["instrument"].nunique()),
     })
-    yield dg.MaterializeResult(asset_key=CONCEPTS, metadata={
+    yield dg.MaterializeResult(asset_key=CONCEPTS, data_version=dg.DataVersion(versions[wh.CONCEPTS]), metadata={
         "dagster/row_count": len(concepts),
         "concepts": int(concepts["concept"].nunique()),
     })

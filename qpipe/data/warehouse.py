@@ -234,14 +234,30 @@ def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
 NO_ROWS = "0-0000000000000000"
 
 
-def day_versions(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date") -> dict[str, str]:
-    """A digest of ``table``'s rows of each day in [start, end] that has rows, whatever their order: ISO day ->
-    "rows-digest". Steps' Dagster data versions are made of them, so that writing the same rows again leaves what
-    depends on them up to date (a whole table's range in a fraction of a second)."""
+def day_versions(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date",
+                 model: str | None = None) -> dict[str, str]:
+    """A digest of ``table``'s rows of each day in [start, end] that has rows (of ``model`` alone, in a table of
+    several models), whatever their order: ISO day -> "rows-digest". Steps' Dagster data versions are made of them,
+    so that writing the same rows again leaves what depends on them up to date (a whole table's range in a fraction
+    of a second)."""
+    of_model, params = ("AND model = ?", [model]) if model is not None else ("", [])
     days = con.execute(f"SELECT strftime({date_column}, '%Y-%m-%d'), count(*), bit_xor(hash(t)) FROM {table} t "
-                       f"WHERE {date_column} BETWEEN ? AND ? GROUP BY 1",
-                       [pd.Timestamp(start).date(), pd.Timestamp(end).date()]).fetchall()
+                       f"WHERE {date_column} BETWEEN ? AND ? {of_model} GROUP BY 1",
+                       [pd.Timestamp(start).date(), pd.Timestamp(end).date(), *params]).fetchall()
     return {day: f"{rows}-{digest or 0:016x}" for day, rows, digest in days}
+
+
+def reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The digests of the membership and concept tables, by table. A span that reaches the table's last day is taken
+    as open: the spans a daily ingest only extends keep their digest, so the checkpoints trained before stay up to
+    date, while a member that joins or leaves (or a concept) changes it."""
+    (rows, digest), = con.execute(f"""
+        WITH last AS (SELECT max(end_date) AS day FROM {UNIVERSE})
+        SELECT count(*), bit_xor(hash(market, instrument, start_date, CASE WHEN end_date = last.day THEN NULL
+                                                                              ELSE end_date END))
+        FROM {UNIVERSE}, last""").fetchall()
+    (concepts, concept_digest), = con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {CONCEPTS} t").fetchall()
+    return {UNIVERSE: f"{rows}-{digest or 0:016x}", CONCEPTS: f"{concepts}-{concept_digest or 0:016x}"}
 
 
 def range_version(versions: Iterable[str]) -> str:
