@@ -178,6 +178,21 @@ def test_a_benchmark_the_market_holds_is_traded_as_any_other_stock(checkpoint, t
     np.testing.assert_allclose(result.report["bench"], change.reindex(result.report.index), rtol=1e-9)
 
 
+def test_days_past_the_members_known_are_refused_by_name(checkpoint, tmp_path):
+    """Found in review: with raw/universe materialized before the prices of the last days, their predictions failed
+    with torch's "torch.cat(): expected a non-empty list of Tensors"."""
+    store, path = checkpoint
+    shutil.copy(path, tmp_path / "w.duckdb")
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        predicting.write_predictions(con, store, "mlp", *SCORED, MARKET)
+        before = con.execute("SELECT * FROM predictions.scores ORDER BY ALL").fetchall()
+        con.execute("UPDATE raw.universe SET end_date = least(end_date, DATE '2024-03-20')")
+        with pytest.raises(ValueError, match=f"the members of market 'all' in raw.universe end on 2024-03-20, before "
+                                             f"{SCORED[1]}: .* materialize it again \\(dg launch --assets raw/universe\\)"):
+            predicting.write_predictions(con, store, "mlp", *SCORED, MARKET)
+        assert con.execute("SELECT * FROM predictions.scores ORDER BY ALL").fetchall() == before
+
+
 @pytest.mark.parametrize("arch", ["gru", "hist"])  # HIST also reads each stock's concept memberships
 def test_frames_above_frame_cells_are_memory_mapped_and_train_the_same(history, tmp_path, arch):
     """Frames of more than QPIPE_FRAME_CELLS cells live in an unlinked file under the scratch folder: the same

@@ -337,7 +337,7 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
                     "each day; DuckDB predictions.scores.",
         partitions_def=trading_days,
         freshness_policy=daily_freshness(),
-        deps=[dg.AssetDep(checkpoint_key(arch), partition_mapping=CHECKPOINTS_A_DAY_READS)]
+        deps=[dg.AssetDep(checkpoint_key(arch), partition_mapping=CHECKPOINTS_A_DAY_READS), dg.AssetDep(UNIVERSE)]
              + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",

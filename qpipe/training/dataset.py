@@ -76,6 +76,18 @@ def check_market(con: duckdb.DuckDBPyConnection, market: str) -> None:
                          "set QPIPE_MARKET or the checkpoint's market to one of them, or materialize raw/universe")
 
 
+def check_members_reach(con: duckdb.DuckDBPyConnection, market: str, last) -> None:
+    """Members of ``market`` known up to ``last``: raw/universe ingested before the prices of the last days holds
+    spans that end before them, and those days would have no one to score."""
+    check_market(con, market)
+    (known_to,) = con.execute(f"SELECT max(end_date) FROM {wh.UNIVERSE} WHERE market = ?", [market]).fetchall()[0]
+    if known_to < pd.Timestamp(last).date():
+        raise ValueError(f"the members of market {market!r} in raw.universe end on {known_to}, before "
+                         f"{pd.Timestamp(last).date()}: "
+                         "raw/universe was materialized before the prices of the days after; materialize it again "
+                         "(dg launch --assets raw/universe), then this")
+
+
 def _member_rows(feature_set: str) -> str:
     """The FROM ... WHERE of ``feature_set``'s rows of market members on [$first, $last], with the known label."""
     return f"""

@@ -86,6 +86,7 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
         newest = bisect.bisect_right(available, str(day)) - 1  # the newest checkpoint at or before the day
         by_checkpoint.setdefault(available[newest] if newest >= 0 else NONE, []).append(day)
     _refuse_lost_checkpoints(store, arch, sorted(recorded), by_checkpoint)
+    dataset.check_members_reach(con, market, days[hi])
     if NONE in by_checkpoint:
         raise ValueError(f"no {arch} checkpoint at or before {by_checkpoint[NONE][0]}; materialize "
                          f"models/{arch}_checkpoint first")
