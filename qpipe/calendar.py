@@ -137,16 +137,19 @@ class MarketCalendar:
     def departures(self, start, end) -> tuple[np.ndarray, np.ndarray]:
         """For a calendar of a source's own dates, how they depart in [start, end] from the exchange they match:
         (1) its sessions within this calendar's span that the source lacks, days with no row in any of its files (no
-        partitions, so features and labels read across them); (2) the source's dates that exchange does not trade,
-        where they match it closely: a row on a holiday (a vendor's placeholder), a partition of a day the market was
-        closed. Built when asked, by the ingest, with one build of the exchange's calendar: not in every process that
-        loads the calendar."""
+        partitions, so features and labels read across them), from the day after this calendar's session before
+        ``start`` on (a daily run of the day after such a gap reads across it); (2) the source's dates that exchange
+        does not trade, where they match it closely: a row on a holiday (a vendor's placeholder), a partition of a day
+        the market was closed. Built when asked, by the ingest, with one build of the exchange's calendar: not in
+        every process that loads the calendar."""
         none = self.sessions[:0]
         lo, hi = _day(start), _day(end)
         if not self.matched or hi < lo:
             return none, none
-        exchange = exchange_calendar(self.matched, str(max(lo, np.datetime64(EARLIEST, "D"))))
-        inside_lo, inside_hi = max(lo, self.sessions[0]), min(hi, self.sessions[-1])
+        before = self.sessions[self.sessions < lo]
+        inside_lo = max(before[-1] + 1 if len(before) else lo, self.sessions[0])
+        inside_hi = min(hi, self.sessions[-1])
+        exchange = exchange_calendar(self.matched, str(max(min(lo, inside_lo), np.datetime64(EARLIEST, "D"))))
         lacking = (np.setdiff1d(exchange.trading_days(inside_lo, min(inside_hi, exchange.last_known)), self.sessions)
                    if inside_lo <= inside_hi else none)
         if self.upcoming is None:  # not close to any exchange's sessions: every day of it would be named

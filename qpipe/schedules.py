@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from qpipe.cadence import is_retrain_day
-from qpipe.calendar import market_calendar
+from qpipe.calendar import exchange_calendar, market_calendar
 from qpipe.assets.models import checkpoint_key
 from qpipe.jobs import DAILY, WITHOUT_RETRAINING, daily_pipeline
 from qpipe.models.registry import ARCHITECTURES
@@ -31,6 +31,10 @@ def after_close(context: dg.ScheduleEvaluationContext):
     """After the close on the market's weekdays: run that day's partition, unless the exchange was closed."""
     day = context.scheduled_execution_time.astimezone(ZoneInfo(CALENDAR.timezone)).date()
     if not CALENDAR.is_session(day):
+        if CALENDAR.matched and exchange_calendar(CALENDAR.matched).is_session(day):  # a day the source lacks
+            return dg.SkipReason(f"{day} is not a session of {CALENDAR.name}: {CALENDAR.matched} traded that day, but "
+                                 f"the source has no row for it, and under QPIPE_CALENDAR=auto it is no partition; "
+                                 f"add the day's rows (QPIPE_CALENDAR={CALENDAR.matched} refuses such a source)")
         return dg.SkipReason(f"{day} is not a session of {CALENDAR.name} (an exchange holiday)")
     settings = get_settings()
     retrain = is_retrain_day(day, settings.retrain_every, settings.first_partition)

@@ -5,11 +5,12 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 
 from qpipe.cadence import retrain_days
 from qpipe.settings import parse_cadence
-from qpipe.calendar import is_trading_day, trading_days
+from qpipe.calendar import exchange_calendar, is_trading_day, trading_days
 from qpipe.partitions import trading_days as partitions
 from qpipe.schedules import after_close
 
@@ -52,6 +53,23 @@ def test_schedule_runs_the_days_partition_after_close_and_skips_holidays():
     holiday = _tick(datetime(2024, 1, 15, 17, 30, tzinfo=ny))
     assert not holiday.run_requests and "holiday" in holiday.skip_message
     assert after_close.cron_schedule == "30 17 * * 1-5"  # no weekend ticks at all
+
+
+def test_a_session_a_csv_source_lacks_is_not_called_a_holiday(tmp_path, monkeypatch):
+    """Found in review: a day missing from a vendor's files (QPIPE_CALENDAR=auto) was skipped by the schedule as "an
+    exchange holiday" on a day NYSE traded."""
+    import qpipe.schedules as schedules
+    from qpipe.calendar import calendar_for
+
+    dates = [d for d in exchange_calendar("XNYS").trading_days("2023-06-01", "2024-03-28").astype(str)
+             if d != "2024-03-05"]
+    pd.DataFrame({"date": dates, "symbol": "AAA", "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5,
+                  "volume": 1000}).to_csv(tmp_path / "prices.csv", index=False)
+    monkeypatch.setattr(schedules, "CALENDAR", calendar_for("auto", "tabular", str(tmp_path / "prices.csv")))
+    ny = ZoneInfo("America/New_York")
+    lacking = _tick(datetime(2024, 3, 5, 17, 30, tzinfo=ny))
+    assert not lacking.run_requests and "XNYS traded that day, but the source has no row for it" in lacking.skip_message
+    assert "an exchange holiday" in _tick(datetime(2024, 1, 15, 17, 30, tzinfo=ny)).skip_message
 
 
 def test_retrain_cadences_pick_the_first_trading_day_of_each_period_or_every_nth_day():

@@ -169,6 +169,12 @@ def test_a_session_missing_from_a_whole_csv_source_is_named_in_a_warning(tmp_pat
     assert {m.metadata["sessions_without_rows"].value for m in result.asset_materializations_for_node("raw__prices")} == {1}
     assert {r[0] for r in table_rows(warehouse_path, "raw.prices")} == {
         dt.date(2024, 3, d) for d in (1, 4, 6, 7, 8)}
+    # found in review: the daily run of the session after the gap, whose features read across it, said nothing
+    result = dg.materialize([raw_prices], instance=instance, partition_key="2024-03-06",
+                            resources=_resources(warehouse_path, PriceSource(kind="tabular", path=str(path))))
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any(w.startswith("1 sessions of XNYS have no row for any instrument in ") and "2024-03-05" in w
+               for w in warnings), warnings
     # found in review: a row on a holiday made it a partition in silence, a day without a row for every other stock
     assert [str(d) for d in calendar.departures("2022-01-01", "2025-01-01")[1]] == ["2023-07-04"]
     result = dg.materialize([raw_prices], instance=instance, tags={"dagster/asset_partition_range_start": "2023-07-03",
