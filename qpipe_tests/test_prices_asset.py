@@ -242,7 +242,8 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
                             resources=_resources(warehouse_path, source))
     warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
     assert any("the source's prices of 2024-01-10 differ from the stored ones for 1 instruments (BBB)" in w
-               and "--partition-range 2024-01-10...2024-01-11" in w for w in warnings), warnings
+               and "dg launch --assets 'group:ingest' --partition-range 2024-01-10...2024-01-11, then the same with "
+               "'group:features'; and retrain the checkpoints of 2024-01-10 on" in w for w in warnings), warnings
     bbb = {r[0].isoformat(): r for r in table_rows(warehouse_path, "raw.prices") if r[1] == "BBB"}
     assert bbb["2024-01-11"][5] == pytest.approx(bbb["2024-01-10"][5])  # 53 / 0.99: no fake move
 
