@@ -43,10 +43,9 @@ from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
-from qpipe.training_profiles import QUICK_MODELS, QUICK_WINDOW, checkpoint_config
+from qpipe.training_profiles import QUICK_MODELS, QUICK_WINDOW, Profile, checkpoint_config
 
 TEST_DAYS = 250  # out-of-sample sessions scored after the checkpoint
-DAILY_WINDOW = TrainConfig.model_fields["train_days"].default + TrainConfig.model_fields["valid_days"].default
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the run log keeps everything
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 # One ASSET_MATERIALIZATION_PLANNED event per asset of a range run instead of one per partition (Dagster's
@@ -67,23 +66,30 @@ def _span(start, end) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": str(start), "dagster/asset_partition_range_end": str(end)}
 
 
+def daily_window(profile: Profile) -> int:
+    """The sessions of labels a checkpoint of the after-close schedule trains and validates on (QPIPE_TRAINING)."""
+    window = {name: field.default for name, field in TrainConfig.model_fields.items()
+              if name in ("train_days", "valid_days")} | checkpoint_config(profile, ARCHITECTURES[0])
+    return window["train_days"] + window["valid_days"]
+
+
 def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: ComputePlan,
-           epochs: int | None = None, first_day: date | str = EARLIEST) -> list[Stage]:
+           epochs: int | None = None, first_day: date | str = EARLIEST, profile: Profile = "qlib") -> list[Stage]:
     """The five runs for a leaderboard over the ``test_days`` sessions up to ``last_day``; ``epochs`` replaces the
     quick profile's ``n_epochs`` of every model (early stopping still applies). ``first_day``: the source's first;
     a history too short for the runs is refused (ValueError) before any of them."""
     days = trading_days(max(str(first_day), EARLIEST), last_day)
     checkpoint = len(days) - 1 - test_days
-    # Features back far enough for this checkpoint's window and for a default one on the last day, so the
-    # after-close schedule's next run (QPIPE_RETRAIN_EVERY, TrainConfig's windows) finds its history.
-    first_train = min(checkpoint - LABEL_HORIZON - QUICK_WINDOW["valid_days"] - QUICK_WINDOW["train_days"] + 1,
-                      len(days) - 1 - LABEL_HORIZON - DAILY_WINDOW + 1)
+    first_train = checkpoint - LABEL_HORIZON - QUICK_WINDOW["valid_days"] - QUICK_WINDOW["train_days"] + 1
     if first_train < LOOKBACK:
         needed = len(days) - first_train + LOOKBACK
         raise ValueError(f"the main job needs {needed} sessions up to {last_day} ({test_days} scored after the "
                          f"checkpoint, the training windows and {LOOKBACK} of feature lookback); the source has "
                          f"{len(days)} from {days[0] if len(days) else first_day}: a smaller --test-days or a "
                          "later --end")
+    # Features back far enough, where the history has them, for a checkpoint of ``profile``'s window on the last day
+    # too, so the after-close schedule's next run (QPIPE_RETRAIN_EVERY, QPIPE_TRAINING) finds its history.
+    first_train = max(LOOKBACK, min(first_train, len(days) - 1 - LABEL_HORIZON - daily_window(profile) + 1))
     prices_from, features_from = days[first_train - LOOKBACK], days[first_train]
     checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
     cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)
@@ -128,7 +134,8 @@ def planned(calendar, end: date | None, models: tuple[str, ...], test_days: int,
     if str(last_day) > last:
         raise ValueError(f"--end {last_day} is after the source's last date, {last}: end there (--end {last}), "
                          "or point QPIPE_SOURCE_PATH at a source that holds the days after it")
-    return stages(last_day, models, test_days, plan, epochs, first_day=first), last_day
+    return stages(last_day, models, test_days, plan, epochs, first_day=first,
+                  profile=get_settings().training), last_day
 
 
 def training_slots(instance: dg.DagsterInstance, plan: ComputePlan) -> int:

@@ -115,3 +115,27 @@ def test_the_main_job_ends_on_the_last_session_over(monkeypatch):
     assert planned(calendar, None, ("mlp",), 20, plan, 1)[1] == dt.date(2026, 3, 10)
     at(14, 9)  # a Saturday
     assert planned(calendar, None, ("mlp",), 20, plan, 1)[1] == dt.date(2026, 3, 13)
+
+
+def test_the_main_job_needs_only_its_own_windows_and_prepares_the_schedules_as_far_as_the_history_goes():
+    """Found in review: on 481 sessions the main job (240 + 60 sessions of training, 20 scored) was refused with
+    "needs 663 sessions": it asked for Qlib's 480 + 120 too, the window of the schedule's next checkpoint, even under
+    QPIPE_TRAINING=quick."""
+    import datetime as dt
+
+    from qpipe.calendar import trading_days
+    from qpipe.compute import compute_plan
+    from qpipe.features.store import LOOKBACK
+    from qpipe.main import stages
+
+    days = trading_days("2020-01-02", "2021-12-01")[-481:]
+    first, last = (dt.date.fromisoformat(str(d)) for d in (days[0], days[-1]))
+
+    def features_from(profile: str) -> str:
+        runs = stages(last, ("mlp",), 20, compute_plan(1), first_day=first, profile=profile)
+        return runs[1].tags["dagster/asset_partition_range_start"]
+
+    assert features_from("quick") == str(days[480 - 20 - 2 - 300 + 1])  # the main job's window: the schedule's
+    assert features_from("qlib") == str(days[LOOKBACK])  # as far back as the prices go
+    with pytest.raises(ValueError, match="the main job needs 513 sessions"):  # its own windows do not fit
+        stages(last, ("mlp",), 150, compute_plan(1), first_day=first, profile="quick")
