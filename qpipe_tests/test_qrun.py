@@ -345,8 +345,8 @@ def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads
     # what the provider lacks is named before any run (found in review: after half a minute of prices and features)
     for change, message in ((lambda d: d.update(market="sp500"), "market = 'sp500': .*us_data has no "
                              "instruments/sp500.txt \\(its markets: all, sp3\\)"),
-                            (lambda d: d.update(market="sp3", benchmark="^GSPC"),
-                             "benchmark = '\\^GSPC': .*us_data has no features/\\^gspc folder for it")):
+                            (lambda d: d.update(market="sp3", benchmark="^GSPC") or _backtest(d).update(benchmark="^GSPC"),
+                             "backtest.benchmark = '\\^GSPC': .*us_data has no features/\\^gspc folder for it")):
         def edit(d, change=change):
             d["qlib_init"]["provider_uri"] = str(provider)
             change(d)
@@ -531,3 +531,31 @@ def test_a_workflow_that_cannot_be_valid_is_refused_naming_file_key_and_value(tm
     with pytest.raises(ConfigError) as refused:
         translate(path)
     assert str(refused.value).startswith(str(path)) and message in str(refused.value)
+
+
+def test_the_benchmark_and_the_label_are_those_qlib_reads(tmp_path):
+    """Found in review: the top-level `benchmark` (an anchor in Qlib's files, read by nothing) overrode the
+    backtest's, which Qlib reads; Qlib's tuple form of its own label was reported as another label, and another
+    label trained on qpipe's all the same, with a note."""
+    edited = translate(_edited(tmp_path, lambda d: _backtest(d).update(benchmark="SH000905")))
+    assert edited.settings["QPIPE_BENCHMARK"] == "SH000905"
+    top = _entry(edited, "benchmark")
+    assert top.status == "not honoured" and top.meaning == "Qlib reads the backtest's benchmark, 'SH000905', not this key"
+    assert _entry(edited, "task.record[2].kwargs.config.backtest.benchmark").status == "honoured"
+    with pytest.raises(ConfigError, match=r"backtest.benchmark = \['SH000300', 'SH000905'\]: qpipe's benchmark is "
+                                          "one instrument"):
+        translate(_edited(tmp_path, lambda d: _backtest(d).update(benchmark=["SH000300", "SH000905"])))
+
+    qlib_form = [["Ref($close, -2)/Ref($close, -1) - 1"], ["LABEL0"]]  # Alpha158's get_label_config
+    labelled = translate(_edited(tmp_path, lambda d: _kwargs(d).update(label=qlib_form)))
+    assert _entry(labelled, "task.dataset.kwargs.handler.kwargs.label").status == "honoured"
+    with pytest.raises(ConfigError, match=r"handler.kwargs.label = \['Ref\(\$close, -6\) / Ref\(\$close, -1\) - 1'\]: "
+                                          r"qpipe trains on, and reports the IC against, one label"):
+        translate(_edited(tmp_path, lambda d: _kwargs(d).update(label=["Ref($close, -6) / Ref($close, -1) - 1"])))
+
+    def misspelt(d):
+        kwargs = d["task"]["dataset"]["kwargs"]
+        kwargs["segmetns"] = kwargs.pop("segments")
+
+    with pytest.raises(ConfigError, match=r"missing task.dataset.kwargs.segments.train \(did you mean segmetns\?\)"):
+        translate(_edited(tmp_path, misspelt))

@@ -190,7 +190,8 @@ class _Reader:
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 if required:
-                    raise ConfigError(f"{self.path}: missing {key} (not a Qlib workflow YAML?)")
+                    near = close_match(part, node) if isinstance(node, dict) else ""
+                    raise ConfigError(f"{self.path}: missing {key}{near or ' (not a Qlib workflow YAML?)'}")
                 return default
             node = node[part]
         self.read.add(key)
@@ -224,7 +225,7 @@ def _sessions(provider: Path, region: str) -> tuple[np.ndarray, str]:
         f"{code} (exchange-calendars; the provider directory is not on this machine)"
 
 
-def _in_the_provider(r: _Reader, provider: Path, market: str, benchmark: Any) -> None:
+def _in_the_provider(r: _Reader, provider: Path, market: str, benchmark: Any, benchmark_key: str) -> None:
     """The market file and the benchmark's folder are in the provider directory, or ConfigError names them."""
     markets = sorted(p.stem for p in (provider / "instruments").glob("*.txt"))
     if market not in markets:
@@ -232,8 +233,9 @@ def _in_the_provider(r: _Reader, provider: Path, market: str, benchmark: Any) ->
         raise ConfigError(f"{r.path}: {key} = {market!r}: {provider} has no instruments/{market}.txt (its markets: "
                           f"{', '.join(markets) or 'none'}){close_match(market, markets)}")
     if benchmark is not None and not (provider / "features" / str(benchmark).lower()).is_dir():
-        raise ConfigError(f"{r.path}: benchmark = {benchmark!r}: {provider} has no features/{str(benchmark).lower()} "
-                          "folder for it (leave benchmark out to compare with the equal-weighted market)")
+        raise ConfigError(f"{r.path}: {benchmark_key} = {benchmark!r}: {provider} has no "
+                          f"features/{str(benchmark).lower()} folder for it (leave benchmark out to compare with the "
+                          "equal-weighted market)")
 
 
 def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
@@ -266,12 +268,16 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     if r.get("market") is not None:
         r.say("market", "honoured", f"QPIPE_QLIB_MARKET={market}: the members of instruments/{market}.txt, ingested, "
               "trained on and scored")
-    benchmark = r.get("benchmark")
+    benchmark, benchmark_key = _benchmark(r)
     if benchmark is not None:
         settings["QPIPE_BENCHMARK"] = str(benchmark)
-        r.say("benchmark", "honoured", f"QPIPE_BENCHMARK={benchmark}: ingested beside the market, the backtest's benchmark")
+    top = r.get("benchmark")
+    if top is not None:  # a YAML anchor in Qlib's files, which Qlib itself never reads
+        r.say("benchmark", "honoured" if top == benchmark else "not honoured",
+              f"QPIPE_BENCHMARK={benchmark}: ingested beside the market, the backtest's benchmark" if top == benchmark
+              else f"Qlib reads the backtest's benchmark, {benchmark!r}, not this key")
     if here:  # what it lacks is found now, not after minutes of prices and features
-        _in_the_provider(r, provider, market, benchmark)
+        _in_the_provider(r, provider, market, benchmark, benchmark_key)
 
     handler = "task.dataset.kwargs.handler"
     r.say(f"{handler}.class", "honoured", f"feature set {model.feature_set}")
@@ -312,9 +318,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     _model_entries(r, model, processing)
     label = r.get(f"{kwargs}.label")
     if label is not None:
-        same = [str(x).replace(" ", "") for x in label] == [x.replace(" ", "") for x in QLIB_LABEL]
-        r.say(f"{kwargs}.label", "honoured" if same else "not honoured",
-              "features/label, Qlib's label" if same else f"qpipe's label is {QLIB_LABEL[0]}, not this one")
+        _label_entry(r, f"{kwargs}.label", label)
 
     def sessions(bound: tuple[dt.date, dt.date]) -> np.ndarray:
         return days[(days >= np.datetime64(bound[0], "D")) & (days <= np.datetime64(bound[1], "D"))]
@@ -329,6 +333,19 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
                     checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
                     len(test))
+
+
+def _label_entry(r: _Reader, key: str, label: Any) -> None:
+    """Qlib's label, as a list of expressions or as its handlers' ``([expressions], [names])``; another is refused:
+    the checkpoints would train on, and the IC would be of, qpipe's label all the same."""
+    expressions = label[0] if (isinstance(label, list | tuple) and len(label) == 2
+                               and all(isinstance(part, list | tuple) for part in label)) else label
+    if not isinstance(expressions, list | tuple):
+        expressions = [expressions]
+    if [str(x).replace(" ", "") for x in expressions] != [x.replace(" ", "") for x in QLIB_LABEL]:
+        raise ConfigError(f"{r.path}: {key} = {_short(label)}: qpipe trains on, and reports the IC against, one "
+                          f"label, Qlib's default {QLIB_LABEL[0]}; remove the key or set it to that")
+    r.say(key, "honoured", "features/label, Qlib's label")
 
 
 def _handler_span(r: _Reader, kwargs: str, days: np.ndarray) -> tuple[dt.date, dt.date]:
@@ -598,12 +615,32 @@ def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processin
     return processing
 
 
+def _records(r: _Reader) -> list:
+    records = r.get("task.record") or []
+    return [records] if isinstance(records, dict) else list(records)
+
+
+def _benchmark(r: _Reader) -> tuple[str | None, str]:
+    """The benchmark Qlib's backtest takes: PortAnaRecord's ``config.backtest.benchmark`` (the top-level
+    ``benchmark`` of Qlib's files is an anchor of it, read by nothing), else the top-level key, qpipe's own reading
+    for a workflow whose backtest names none; and the key it is under."""
+    for i, record in enumerate(_records(r)):
+        if isinstance(record, dict) and record.get("class") == "PortAnaRecord":
+            key = f"task.record[{i}].kwargs.config.backtest.benchmark"
+            value = (((record.get("kwargs") or {}).get("config") or {}).get("backtest") or {}).get("benchmark")
+            if isinstance(value, list | tuple | dict):
+                raise ConfigError(f"{r.path}: {key} = {_short(value)}: qpipe's benchmark is one instrument of the "
+                                  "provider (Qlib's list of several, their mean change, is not built)")
+            if value is not None:
+                return str(value), key
+    top = r.get("benchmark")
+    return (None if top is None or isinstance(top, list | dict) else str(top)), "benchmark"
+
+
 def _record_entries(r: _Reader, exchange: dict, days: np.ndarray, test: tuple, benchmark: Any
                     ) -> tuple[list[str], dict | None]:
     """The records; ``test``: the test segment's first and last sessions."""
-    records = r.get("task.record") or []
-    if isinstance(records, dict):
-        records = [records]
+    records = _records(r)
     names, port_analysis = [], None
 
     def signal(key: str, kwargs: dict) -> None:
@@ -658,9 +695,8 @@ def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.
     for name, value in backtest.items():
         if name == "account":
             chosen["account"] = value
-        elif name == "benchmark":
-            r.entries.append(Entry(f"{key}.backtest.benchmark", value, "honoured" if value == benchmark else "not honoured",
-                                   "QPIPE_BENCHMARK" if value == benchmark else f"the benchmark is {benchmark}"))
+        elif name == "benchmark" and value is not None:
+            r.entries.append(Entry(f"{key}.backtest.benchmark", value, "honoured", f"QPIPE_BENCHMARK={benchmark}"))
         elif name in ("start_time", "end_time"):
             start = name == "start_time"
             same = value is None or _session(days, _date(value, f"{key}.backtest.{name}", r.path), start) == \
@@ -679,7 +715,7 @@ def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.
         else:
             _qlib_arguments(r, f"{key}.backtest", {name: value}, (), QLIB_BACKTEST_ONLY, "backtest",
                             ("account", "benchmark", "start_time", "end_time", "exchange_kwargs"))
-    if "benchmark" not in backtest:  # Qlib's backtest() then takes its default, SH000300
+    if backtest.get("benchmark") is None:  # Qlib's backtest() then takes its default, SH000300
         r.entries.append(Entry(f"{key}.backtest.benchmark", None, "changed",
                                (f"QPIPE_BENCHMARK={benchmark}, the workflow's" if benchmark is not None else
                                 "the equal-weighted market of the members, as none is named")
