@@ -262,6 +262,14 @@ def test_rolling_cuts_the_test_segment_into_windows_with_a_checkpoint_before_eac
     assert [c.day for c in sliding.checkpoints] == [c.day for c in expanding.checkpoints]
     assert {c.train_days for c in sliding.checkpoints} == {1702}
     assert "each session scored by the newest checkpoint" in sliding.report()
+    # found in review: fit_start_time and fit_end_time were "honoured" while each window fitted its own processors
+    kwargs = "task.dataset.kwargs.handler.kwargs"
+    assert [_entry(expanding, f"{kwargs}.{k}").status for k in ("fit_start_time", "fit_end_time")] == [
+        "honoured", "changed"]
+    assert [_entry(sliding, f"{kwargs}.{k}").status for k in ("fit_start_time", "fit_end_time")] == ["changed"] * 2
+    assert _entry(sliding, f"{kwargs}.fit_end_time").meaning == (
+        "each rolling checkpoint fits the processors on its own train window, whose end moves with it (Qlib's "
+        "RollingGen keeps the template's fit_end_time: its normalization statistics)")
     from qpipe.workflow.run import stages
 
     # found in review: checkpoints an earlier workflow left in the store scored this one's test segment (an Alpha158

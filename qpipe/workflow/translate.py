@@ -327,6 +327,8 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     records, port_analysis = _record_entries(r, exchange, days, (test[0].item(), test[-1].item()), benchmark)
     _anchor_entries(r)
     rolling = _rolling_entries(r, rolling, split)  # (before the keys nothing read: it reads the top-level rolling)
+    if rolling:
+        _rolling_fit_entries(r, kwargs, rolling)
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
     checkpoints = _rolling_checkpoints(split, bounds["test"], rolling) if rolling else [split.checkpoint_entry()]
@@ -593,6 +595,18 @@ def _fit_window_entries(r: _Reader, kwargs: str, days: np.ndarray, train: tuple[
             r.say(f"{kwargs}.{key}", "honoured" if same else "not honoured",
                   "processors fitted on the train window" if same else
                   f"qpipe fits processors on the train window ({train[0]}..{train[1]}), not on another span")
+
+
+def _rolling_fit_entries(r: _Reader, kwargs: str, rolling: Rolling) -> None:
+    """Under rolling, each checkpoint fits its processors on its own train window, whose end (and under ROLL_SD its
+    start) moves with it, where Qlib's RollingGen keeps the template's fit_start_time and fit_end_time."""
+    moving = ("fit_end_time", "fit_start_time") if rolling.rtype == "ROLL_SD" else ("fit_end_time",)
+    for i, entry in enumerate(r.entries):
+        name = entry.key.removeprefix(f"{kwargs}.")
+        if name in moving and entry.status == "honoured":
+            r.entries[i] = dataclasses.replace(entry, status="changed", meaning=(
+                f"each rolling checkpoint fits the processors on its own train window, whose {name.split('_')[1]} "
+                f"moves with it (Qlib's RollingGen keeps the template's {name}: its normalization statistics)"))
 
 
 def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processing:
