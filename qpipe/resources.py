@@ -151,6 +151,8 @@ class PriceSource(dg.ConfigurableResource):
     since: str | None = Field(default=None, description="first partition: members that left before are not read")
     concepts: str = Field(default="", description="a CSV/Parquet file of concept memberships (instrument, "
                           "concept[, kind]) for HIST, in place of the source's own (QPIPE_CONCEPTS)")
+    suspend_idle: bool = Field(default=False, description="store rows with prices and no volume as suspended days, "
+                               "in every run (QPIPE_SUSPEND_IDLE; raw/prices' suspend_idle for one run)")
     seed: int = Field(default=7, description="synthetic market seed")
     n_instruments: int = Field(default=300, description="synthetic market size")
 
@@ -200,6 +202,7 @@ def build_resources(settings: Settings | None = None) -> dict:
         "price_source": PriceSource(kind=s.source, path=s.source_path, columns=s.source_columns,
                                     date_format=s.source_date_format, concepts=s.concepts_path,
                                     market=s.qlib_market, ingest=s.qlib_ingest, benchmark=s.benchmark,
+                                    suspend_idle=s.suspend_idle,
                                     since=s.first_partition, seed=s.synthetic_seed,
                                     n_instruments=s.synthetic_instruments),
     }

@@ -33,7 +33,7 @@ VARIABLES = {
     "QPIPE_CHECKPOINTS": "checkpoints_override", "QPIPE_BLOCK_CELLS": "block_cells",
     "QPIPE_LOAD_CELLS": "load_cells", "QPIPE_FRAME_CELLS": "frame_cells",
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
-    "QPIPE_LAKE": "lake", "QPIPE_LAKE_DATA": "lake_data",
+    "QPIPE_LAKE": "lake", "QPIPE_LAKE_DATA": "lake_data", "QPIPE_SUSPEND_IDLE": "suspend_idle",
 }
 READ_ELSEWHERE = ("QPIPE_THREADS",)  # (qpipe.compute: threads are a property of the process, not a setting)
 
@@ -120,6 +120,9 @@ class Settings(BaseModel):
     qlib_ingest: Literal["market", "all"] = "market"
     # The benchmark index instrument of the source (Qlib's `benchmark`, e.g. SH000300), ingested with the market.
     benchmark: str = ""
+    # Store the source's rows with prices and no volume as suspended days, as Qlib's data collector does (every run's
+    # default of raw/prices' suspend_idle).
+    suspend_idle: bool = False
     # "auto" (the source's own calendar) or an exchange code of exchange-calendars (qpipe.calendar).
     calendar: str = "auto"
     synthetic_seed: int = 7

@@ -563,7 +563,7 @@ def test_a_row_with_prices_and_no_volume_is_named_and_stored_suspended_where_ask
     source = PriceSource(kind="tabular", path=str(path), benchmark="SPX")
     instance = dg.DagsterInstance.ephemeral()
 
-    def ingest(**config) -> list[tuple]:
+    def ingest(source: PriceSource = source, **config) -> list[tuple]:
         result = dg.materialize([raw_prices], instance=instance, resources=_resources(warehouse_path, source), tags={
             "dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
             run_config={"ops": {"raw__prices": {"config": config}}})
@@ -576,3 +576,11 @@ def test_a_row_with_prices_and_no_volume_is_named_and_stored_suspended_where_ask
     (suspended,) = ingest(suspend_idle=True)
     assert all(value is None for value in suspended[2:]), suspended  # as Qlib's collector stores it
     assert all(r[5] == 10.0 for r in table_rows(warehouse_path, "raw.prices") if r[1] == "SPX")  # the index kept
+    # found in review: `qpipe qrun` and the schedule could not ask for it; QPIPE_SUSPEND_IDLE is every run's default
+    assert ingest() == [kept]
+    from qpipe.resources import build_resources
+    from qpipe.settings import Settings
+
+    every_run = build_resources(Settings.from_env({"QPIPE_SOURCE": "tabular", "QPIPE_SOURCE_PATH": str(path),
+                                                   "QPIPE_BENCHMARK": "SPX", "QPIPE_SUSPEND_IDLE": "1"}))
+    assert ingest(every_run["price_source"]) == [suspended]

@@ -567,3 +567,20 @@ def test_the_benchmark_and_the_label_are_those_qlib_reads(tmp_path):
 
     with pytest.raises(ConfigError, match=r"missing task.dataset.kwargs.segments.train \(did you mean segmetns\?\)"):
         translate(_edited(tmp_path, misspelt))
+
+
+def test_sig_ana_record_counts_the_sessions_its_ic_is_of():
+    """Found in review: a collapsed model (every score equal, no IC on 358 of 359 days) printed "359 sessions with a
+    known label" beside the IC of its one day."""
+    from qpipe.evaluation import report
+    from qpipe.workflow.records import qlib_records
+
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA reports")
+    con.execute(f"CREATE TABLE {report.DAILY_IC} ({report.DAILY_IC_DDL})")
+    days = [datetime.date(2024, 1, d) for d in (2, 3, 4)]
+    frame = pd.DataFrame({"model": "mlp", "date": days, "known_on": days, "IC": [0.1, np.nan, np.nan],
+                          "Rank IC": [0.2, np.nan, np.nan], "n": 30})
+    con.execute(f"INSERT INTO {report.DAILY_IC} SELECT * FROM frame")
+    printed = qlib_records(con, "mlp", days[0], days[-1], signal=True, portfolio=False)
+    assert "SigAnaRecord (1 sessions with an IC, of 3 with a known label): {'IC': 0.1, 'ICIR': nan" in printed, printed

@@ -71,11 +71,12 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                          f"daily schedule runs {SCHEDULE_DELAY.seconds // 60} min after it); nothing was written")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
     gaps, extra = warn_of_the_calendar(context, calendar, price_source, start, end)
+    suspend_idle = config.suspend_idle or price_source.suspend_idle
     with warehouse.get_connection() as con:
         try:
             done = ingest_prices(con, price_source.source(), calendar, start, end, price_source.describe(),
                                  replace=config.replace, load_cells=compute.load_cells,
-                                 allow_missing=config.allow_missing, suspend_idle=config.suspend_idle,
+                                 allow_missing=config.allow_missing, suspend_idle=suspend_idle,
                                  benchmark=price_source.benchmark, log=context.log.info)
             digests = wh.day_versions(con, wh.PRICES, start, end)
             version = rows_version(context, PRICES, digests)
@@ -93,10 +94,11 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
         context.log.warning(
             f"{len(done.idle)} rows have prices and no volume (0 or missing): {first_few(done.idle)}. "
             + ("They are stored as suspended days (suspend_idle), as Qlib's data collector stores them" if
-               config.suspend_idle else
+               suspend_idle else
                "They are stored as traded, as Qlib's dump_bin stores them, while Qlib's data collector empties them; "
                "Alpha158's volume features divide by the volume there (VMA5 of ~1e12 times the mean volume), and the "
-               "backtest takes them as suspended: set suspend_idle in raw/prices' config to store them suspended"))
+               "backtest takes them as suspended: to store them suspended, set QPIPE_SUSPEND_IDLE=1 (every run: the "
+               "schedule's, qpipe qrun's) or suspend_idle in raw/prices' config (this run), and ingest them again"))
     context.log.info(f"wrote {done.rows} price rows ({done.suspended} suspended) for {done.instruments} instruments"
                      + recording(context))
     rows_by_partition(context, digests)

@@ -29,7 +29,8 @@ def qlib_records(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
     if signal:
         daily = _between(report.read_daily_ic(con, model), start, end)
         figures = {name: round(value, 6) for name, value in ic_summary(daily).items()} if len(daily) else {}
-        lines.append(f"SigAnaRecord ({len(daily)} sessions with a known label): {figures}")
+        with_ic = int(daily["IC"].notna().sum()) if len(daily) else 0  # a day of equal scores has none
+        lines.append(f"SigAnaRecord ({with_ic} sessions with an IC, of {len(daily)} with a known label): {figures}")
     if portfolio:
         daily = _between(backtest_store.read_daily(con, model), start, end)
         stored = backtest_store.read_daily(con, model, backtest_store.INDICATORS_TABLE)
