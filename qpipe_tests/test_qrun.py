@@ -567,6 +567,10 @@ def test_the_benchmark_and_the_label_are_those_qlib_reads(tmp_path):
 
     with pytest.raises(ConfigError, match=r"missing task.dataset.kwargs.segments.train \(did you mean segmetns\?\)"):
         translate(_edited(tmp_path, misspelt))
+    # found in review: a test segment before the train segment was "588 train and -526 valid sessions"
+    with pytest.raises(ConfigError, match=r"segments.test starts at 2009-01-05, not after the valid segment's start "
+                                          r"\(2015-01-01\): the segments go train, valid, test, in time"):
+        translate(_edited(tmp_path, lambda d: _segments(d, test=["2009-01-05", "2009-12-31"])))
 
 
 def test_sig_ana_record_counts_the_sessions_its_ic_is_of():
@@ -584,3 +588,13 @@ def test_sig_ana_record_counts_the_sessions_its_ic_is_of():
     con.execute(f"INSERT INTO {report.DAILY_IC} SELECT * FROM frame")
     printed = qlib_records(con, "mlp", days[0], days[-1], signal=True, portfolio=False)
     assert "SigAnaRecord (1 sessions with an IC, of 3 with a known label): {'IC': 0.1, 'ICIR': nan" in printed, printed
+
+
+def test_a_top_level_block_task_does_not_refer_to_is_one_line_not_one_per_key(tmp_path):
+    """Found in review: with PortAnaRecord removed, each of port_analysis_config's 14 keys was reported as "not a
+    key qpipe knows: ignored"; Qlib reads it only through the record."""
+    workflow = translate(_edited(tmp_path, lambda d: d["task"]["record"].pop(2)))
+    left = [e for e in workflow.entries if e.key.startswith("port_analysis_config")]
+    assert [(e.key, e.status, e.meaning) for e in left] == [
+        ("port_analysis_config", "not honoured", "nothing in task refers to it: Qlib does not read it either")]
+    assert _entry(workflow, "data_handler_config").status == "honoured"  # still read, through the handler

@@ -97,7 +97,8 @@ def model_page(model: str, as_of: date, daily: pd.DataFrame, views: SignalViews,
         analysis = pd.DataFrame({"value": indicator_analysis(indicators)})
         body += ["<h3>Indicator analysis</h3>",
                  '<p class="note">Qlib\'s indicator_analysis of the trade indicators, each session weighted by its '
-                 f"{int(indicators['count'].sum()):,} orders: ffr, the share of an order's amount dealt (below 1 where "
+                 f"{int(indicators['count'].sum()):,} orders placed (Qlib's count: those rounded to no lot too, which "
+                 "deal nothing and are no trades): ffr, the share of an order's amount dealt (below 1 where "
                  "a buy was clipped to the cash left); pa, the price advantage over the base price, and pos, the share "
                  "of orders with one, are 0 on a daily exchange, which deals at the base price.</p>", _table(analysis)]
     body += ["<h2>Signal</h2>",

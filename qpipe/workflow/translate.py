@@ -430,8 +430,13 @@ def _anchor_entries(r: _Reader) -> None:
 
     visit(r.document.get("task"), "task")
     for key, value in r.document.items():
-        if key != "task" and isinstance(value, dict | list) and id(value) in where:
+        if key in ("task", "qlib_init", "rolling") or not isinstance(value, dict | list):
+            continue
+        if id(value) in where:
             r.say(key, "honoured", f"a YAML anchor, read at {where[id(value)]}", value="&" + key)
+        elif key not in r.read:  # one line for it, not one for each key below (a record removed, its config left)
+            r.say(key, "not honoured", "nothing in task refers to it: Qlib does not read it either",
+                  value="&" + key)
 
 
 def _module(r: _Reader, key: str, expected: str) -> None:
@@ -525,6 +530,12 @@ def _fixed_split(days: np.ndarray, bounds: dict, path: Path) -> _Split:
     def index(day: dt.date, side: str) -> int:
         return int(np.searchsorted(days, np.datetime64(day, "D"), side))
 
+    order = ("train", "valid", "test")
+    for earlier, later in zip(order, order[1:]):
+        if bounds[later][0] <= bounds[earlier][0]:
+            raise ConfigError(f"{path}: task.dataset.kwargs.segments.{later} starts at {bounds[later][0]}, not after "
+                              f"the {earlier} segment's start ({bounds[earlier][0]}): the segments go train, valid, "
+                              "test, in time")
     first_test = index(bounds["test"][0], "left")
     if first_test == 0 or first_test >= len(days):
         raise ConfigError(f"{path}: task.dataset.kwargs.segments.test starts at {bounds['test'][0]}, outside the "
