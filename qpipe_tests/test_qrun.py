@@ -347,6 +347,17 @@ def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads
     stored = QlibSource(str(provider), market="sp3").prices()
     source = TabularSource(str(csv)).prices()
     pd.testing.assert_frame_equal(stored[source.columns], source, check_dtype=False, rtol=1e-6)  # float32 bins
+    # found in review: no change.day.bin, so Qlib's backtest of the directory held no stock at a limit move
+    change = np.fromfile(provider / "features" / "xom" / "change.day.bin", dtype="<f4")[1:]
+    xom = source[source["instrument"] == "XOM"].sort_values("date")
+    traded = (xom["close"] / xom["factor"]).to_numpy()
+    np.testing.assert_allclose(change[1:], traded[1:] / traded[:-1] - 1, rtol=1e-5)
+    assert np.isnan(change[0])
+    from qpipe.data.qlib_provider import collector_change
+
+    suspended = pd.DataFrame({"date": pd.bdate_range("2024-01-02", periods=4), "instrument": "A",
+                              "close": [10.0, np.nan, 22.0, 22.0], "factor": [1.0, np.nan, 2.0, 2.0]})
+    np.testing.assert_allclose(collector_change(suspended), [np.nan, np.nan, 0.1, 0.0])  # across the suspension
     dry = _edited(tmp_path, lambda d: d["qlib_init"].update(provider_uri=str(csv)))
     assert "not a Qlib provider directory here, no calendars/day.txt: a run refuses it; `qpipe dump-bin SOURCE DIR` " \
            "writes one" in translate(dry).report()

@@ -71,7 +71,7 @@ def main() -> None:
     print(f"qpipe: {min(seconds):.2f} s (best of 3), annualized excess return with cost {ours:+.4f}")
     if args.qlib_python:
         with tempfile.TemporaryDirectory() as folder:
-            write_qlib_provider(prices, Path(folder) / "provider", fields=(*FIELDS, "change"))
+            write_qlib_provider(prices, Path(folder) / "provider")
             scores.to_parquet(Path(folder) / "scores.parquet", index=False)
             out = subprocess.run([args.qlib_python, str(HERE / "qlib_backtest.py"), folder], capture_output=True,
                                  text=True, check=True).stdout.strip().splitlines()[-1]

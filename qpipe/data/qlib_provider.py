@@ -218,13 +218,26 @@ class QlibSource:
         return first, last, instrument, columns
 
 
+def collector_change(prices: pd.DataFrame) -> pd.Series:
+    """Qlib's collector's ``change`` (what Qlib's Exchange holds limit moves against, as qpipe's backtest does): the
+    unadjusted close over the last one before it, across suspensions, - 1; NaN on a suspended day."""
+    ordered = prices.sort_values(["instrument", "date"])
+    traded = ordered["close"] / ordered["factor"]
+    last = traded.groupby(ordered["instrument"]).ffill().groupby(ordered["instrument"]).shift(1)
+    return (traded / last - 1).reindex(prices.index)
+
+
 def write_qlib_provider(prices: pd.DataFrame, root: str | Path, universe: pd.DataFrame | None = None,
-                        fields: tuple[str, ...] = FIELDS) -> Path:
+                        fields: tuple[str, ...] = (*FIELDS, "change")) -> Path:
     """Dump a canonical frame as a Qlib provider directory (what Qlib's ``dump_bin.py dump_all`` writes).
 
     ``universe`` (market, instrument, start_date, end_date) adds ``instruments/<market>.txt`` files
-    beside ``all.txt``; ``fields`` are the columns written (Qlib's backtest also reads ``change``).
+    beside ``all.txt``; ``fields`` are the columns written, with ``change`` as Qlib's collector makes it where the
+    frame has none: without it, Qlib's backtest of the directory holds no stock at a limit move, and its figures
+    would part from qpipe's.
     """
+    if "change" in fields and "change" not in prices:
+        prices = prices.assign(change=collector_change(prices))
     root = Path(root)
     dates = np.sort(prices["date"].unique()).astype("datetime64[D]")
     (root / "calendars").mkdir(parents=True, exist_ok=True)
