@@ -99,8 +99,9 @@ def find_dead_runs(instance: dg.DagsterInstance) -> list[DeadRun]:
 
 
 def run_worker(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] | None:
-    """The pid of the process that reported the run's start, and when (None before it started)."""
-    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_START).records
+    """The pid of the process that reported the run's start, and when (None before it started); the last to
+    report one, for a run resumed by another worker."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_START, limit=1, ascending=False).records
     if not records or records[0].event_log_entry.dagster_event is None:
         return None
     entry = records[0].event_log_entry

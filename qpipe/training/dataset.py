@@ -81,9 +81,9 @@ def check_members_reach(con: duckdb.DuckDBPyConnection, market: str, last) -> No
     spans that end before them, and those days would have no one to score."""
     check_market(con, market)
     (known_to,) = con.execute(f"SELECT max(end_date) FROM {wh.UNIVERSE} WHERE market = ?", [market]).fetchall()[0]
-    if known_to < pd.Timestamp(last).date():
-        raise ValueError(f"the members of market {market!r} in raw.universe end on {known_to}, before "
-                         f"{pd.Timestamp(last).date()}: "
+    last = pd.Timestamp(last).date()
+    if known_to < last:
+        raise ValueError(f"the members of market {market!r} in raw.universe end on {known_to}, before {last}: "
                          "raw/universe was materialized before the prices of the days after; materialize it again "
                          "(dg launch --assets raw/universe), then this")
 
