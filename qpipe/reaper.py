@@ -65,8 +65,10 @@ class DeadRun:
                 "re-execute it to redo its work.")
 
 
-def _process_started(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), or None when there is no such process."""
+def _start_ticks(pid: int) -> int | None:
+    """Process ``pid``'s start, in clock ticks since boot (which no later process of that pid shares); None when
+    there is none, or only its zombie (killed, and not yet reaped by a parent that waits on its pipes); -1 where
+    /proc cannot tell."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,11 +78,22 @@ def _process_started(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return -1
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None when there is no such process."""
+    ticks = _start_ticks(pid)
+    if ticks is None or ticks < 0:
+        return None if ticks is None else 0.0  # 0.0: alive; its start time is unknown here (no /proc)
+    try:
         with open("/proc/stat") as system:
             boot = next(float(line.split()[1]) for line in system if line.startswith("btime"))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, IndexError, ValueError):
-        return 0.0  # alive; its start time is unknown here (no /proc)
+    except (OSError, StopIteration, ValueError):
+        return 0.0
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def find_dead_runs(instance: dg.DagsterInstance) -> list[DeadRun]:
@@ -92,27 +105,21 @@ def find_dead_runs(instance: dg.DagsterInstance) -> list[DeadRun]:
         if worker is None:
             continue  # not started yet: Dagster's own start timeout covers STARTING runs
         pid, started = worker
-        if _alive(pid, started):
-            continue  # the run's own process, still there
+        began = _process_started(pid)
+        if began is not None and began <= started + 1.0:
+            continue  # the run's own process, still there (not a later one of its pid)
         dead.append(DeadRun(run.run_id, run.job_name, pid, started, _claims(instance).get(run.run_id, ())))
     return dead
 
 
 def run_worker(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] | None:
-    """The pid of the process that reported the run's start, and when (None before it started); the last to
-    report one, for a run resumed by another worker."""
+    """The pid of the process that reported the run's start, and when (None before it started)."""
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_START, limit=1, ascending=False).records
     if not records or records[0].event_log_entry.dagster_event is None:
         return None
     entry = records[0].event_log_entry
     pid = entry.dagster_event.pid
     return None if pid is None else (pid, entry.timestamp)
-
-
-def _alive(pid: int, since: float) -> bool:
-    """Whether process ``pid`` exists and is the one that was there at ``since`` (not a later one of its pid)."""
-    began = _process_started(pid)
-    return began is not None and began <= since + 1.0
 
 
 def _ancestors() -> list[int]:
@@ -149,13 +156,14 @@ def die_with_the_run(instance: dg.DagsterInstance | None, run_id: str | None) ->
     if instance is None or not run_id or run_id in _watching:
         return
     worker = run_worker(instance, run_id)
-    if worker is None or worker[0] == os.getpid() or worker[0] not in _ancestors():
+    if worker is None or worker[0] in (1, os.getpid()) or worker[0] not in _ancestors():
         return
-    pid, started = worker
+    pid = worker[0]
+    ticks = _start_ticks(pid)  # an ancestor: the worker itself, so its start is compared, not the clock's time
     _watching.add(run_id)
 
     def watch() -> None:
-        while _alive(pid, started):
+        while _start_ticks(pid) == ticks:
             time.sleep(WATCH_SECONDS)
         print(f"qpipe: the worker of run {run_id} (pid {pid}) is gone: this step (pid {os.getpid()}) ends with it, "
               "writing nothing more", file=sys.stderr, flush=True)

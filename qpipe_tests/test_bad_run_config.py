@@ -8,6 +8,7 @@ import pytest
 from qpipe.assets.features import feature_tables, label_table
 from qpipe.assets.models import checkpoint_key, model_assets
 from qpipe.assets.prices import raw_prices, raw_universe
+from qpipe.data import warehouse as wh
 from qpipe_tests.test_model_assets import QUICK, market_history
 
 # The assets a checkpoint needs, not all forty: each case builds its job in a second instead of several.
@@ -109,7 +110,8 @@ def _stored(resources) -> dict:
     import duckdb
 
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
-        return {table: con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {table} t").fetchall()[0] for table in TABLES}
+        return {table: con.execute(f"SELECT count(*), {wh.ROW_DIGEST.format('t')} FROM {table} t").fetchall()[0]
+                for table in TABLES}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -236,12 +236,12 @@ def test_a_step_ends_with_its_run_worker_when_that_is_killed(home, tmp_path):
         time.sleep(0.2)
     step = int(ticks.with_suffix(".pid").read_text())
     assert step != launcher.pid and not _gone(step)
-    launcher.send_signal(signal.SIGKILL)
-    launcher.wait(timeout=30)
+    launcher.send_signal(signal.SIGKILL)  # and not reaped yet: a zombie, as under a parent that reads its pipes
     deadline = time.monotonic() + 10
     while not _gone(step) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _gone(step), "the step outlived its run worker"
+    launcher.wait(timeout=30)
     written = ticks.stat().st_size
     time.sleep(1.0)
     assert ticks.stat().st_size == written

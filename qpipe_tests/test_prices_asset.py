@@ -525,6 +525,25 @@ def test_the_members_version_changes_with_the_members_not_with_spans_that_only_g
     assert joined[0] != first[0] and joined[1] == first[1]
 
 
+def test_the_members_version_notices_two_leaving_on_one_day_and_not_qlibs_open_end(tmp_path):
+    """Found in review: two members leaving an index on one day cancelled out of the digest (DuckDB folds a row's
+    last column into its hash by XOR); a Qlib index file's 2099-12-31 made every span of `all` count by its end."""
+    con = duckdb.connect()
+
+    def version(spans: list[tuple]) -> str:
+        universe = pd.DataFrame(spans, columns=["market", "instrument", "start_date", "end_date"])
+        universe[["start_date", "end_date"]] = universe[["start_date", "end_date"]].apply(pd.to_datetime)
+        wh.write_universe(con, universe, pd.DataFrame(columns=["instrument", "concept", "kind"]), replace=True)
+        return wh.reference_versions(con)[wh.UNIVERSE]
+
+    def day(d: int, left: tuple[str, ...] = ()) -> list[tuple]:
+        index = [("csi4", name, "2024-01-02", "2024-01-10" if name in left else "2099-12-31") for name in "ABCD"]
+        return index + [("all", name, "2024-01-02", f"2024-01-{d}") for name in "ABCDE"]
+
+    assert version(day(10)) == version(day(11)) == version(day(12))  # spans that only go on
+    assert version(day(11, left=("A", "B"))) not in (version(day(11)), version(day(11, left=("A",))))
+
+
 def test_a_session_is_ingested_only_after_its_close(warehouse_path, monkeypatch):
     """Found in review: today's partition could be ingested while the market traded, and a vendor's bar of the day so
     far (yfinance gives one) went on to features, labels and scores as the day's."""

@@ -609,3 +609,16 @@ def test_a_top_level_block_task_does_not_refer_to_is_one_line_not_one_per_key(tm
     assert [(e.key, e.status, e.meaning) for e in left] == [
         ("port_analysis_config", "not honoured", "nothing in task refers to it: Qlib does not read it either")]
     assert _entry(workflow, "data_handler_config").status == "honoured"  # still read, through the handler
+
+
+def test_a_null_benchmark_and_qruns_sys_paths_are_named_for_what_they_are(tmp_path):
+    """Found in review: `backtest.benchmark: null` was refused as "not an argument of Qlib's backtest", and qrun's
+    `sys: {rel_path: [...]}` reported as a block Qlib does not read."""
+    def edit(d):
+        _backtest(d)["benchmark"] = None
+        d["sys"] = {"rel_path": ["."]}
+
+    workflow = translate(_edited(tmp_path, edit))
+    null = _entry(workflow, "task.record[2].kwargs.config.backtest.benchmark")
+    assert null.status == "changed" and null.meaning.endswith("(Qlib's backtest, given null, with none: a zero return)")
+    assert _entry(workflow, "sys").meaning.startswith("Qlib's qrun adds these paths to sys.path")

@@ -232,6 +232,10 @@ def delete_range(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
 
 
 NO_ROWS = "0-0000000000000000"
+# An order-free digest of rows: each row's hash hashed again before the XOR. DuckDB folds a row's last column into its
+# hash by XOR, so under one XOR two rows whose last column changed alike (two members leaving on one day, a factor
+# restated on two rows) would cancel out.
+ROW_DIGEST = "bit_xor(hash(hash({})))"
 
 
 def day_versions(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date",
@@ -241,22 +245,23 @@ def day_versions(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
     so that writing the same rows again leaves what depends on them up to date (a whole table's range in a fraction
     of a second)."""
     of_model, params = ("AND model = ?", [model]) if model is not None else ("", [])
-    days = con.execute(f"SELECT strftime({date_column}, '%Y-%m-%d'), count(*), bit_xor(hash(t)) FROM {table} t "
+    days = con.execute(f"SELECT strftime({date_column}, '%Y-%m-%d'), count(*), {ROW_DIGEST.format('t')} FROM {table} t "
                        f"WHERE {date_column} BETWEEN ? AND ? {of_model} GROUP BY 1",
                        [pd.Timestamp(start).date(), pd.Timestamp(end).date(), *params]).fetchall()
     return {day: f"{rows}-{digest or 0:016x}" for day, rows, digest in days}
 
 
 def reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """The digests of the membership and concept tables, by table. A span that reaches the table's last day is taken
-    as open: the spans a daily ingest only extends keep their digest, so the checkpoints trained before stay up to
-    date, while a member that joins or leaves (or a concept) changes it."""
-    (rows, digest), = con.execute(f"""
-        WITH last AS (SELECT max(end_date) AS day FROM {UNIVERSE})
-        SELECT count(*), bit_xor(hash(market, instrument, start_date, CASE WHEN end_date = last.day THEN NULL
-                                                                              ELSE end_date END))
-        FROM {UNIVERSE}, last""").fetchall()
-    (concepts, concept_digest), = con.execute(f"SELECT count(*), bit_xor(hash(t)) FROM {CONCEPTS} t").fetchall()
+    """The digests of the membership and concept tables, by table, such that the spans a daily ingest only extends
+    keep them (so the checkpoints trained before stay up to date), while a member that joins or leaves an index (or
+    a concept) changes them. A span of an index that reaches its market's last end (a day, or Qlib's 2099-12-31) is
+    taken as open; the spans of ``all``, each stock's first to last priced day, count by their start (their end is
+    the prices', which have versions of their own: a stock suspended on the last day changes no member)."""
+    span = ("(market, instrument, start_date, CASE WHEN market = 'all' OR end_date = max(end_date) OVER "
+            "(PARTITION BY market) THEN NULL ELSE end_date END)")
+    (rows, digest), = con.execute(f"SELECT count(*), {ROW_DIGEST.format('s')} FROM (SELECT {span} AS s "
+                                  f"FROM {UNIVERSE})").fetchall()
+    (concepts, concept_digest), = con.execute(f"SELECT count(*), {ROW_DIGEST.format('t')} FROM {CONCEPTS} t").fetchall()
     return {UNIVERSE: f"{rows}-{digest or 0:016x}", CONCEPTS: f"{concepts}-{concept_digest or 0:016x}"}
 
 

@@ -190,7 +190,7 @@ class _Reader:
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 if required:
-                    near = close_match(part, node) if isinstance(node, dict) else ""
+                    near = close_match(part, map(str, node)) if isinstance(node, dict) else ""
                     raise ConfigError(f"{self.path}: missing {key}{near or ' (not a Qlib workflow YAML?)'}")
                 return default
             node = node[part]
@@ -432,11 +432,13 @@ def _anchor_entries(r: _Reader) -> None:
     for key, value in r.document.items():
         if key in ("task", "qlib_init", "rolling") or not isinstance(value, dict | list):
             continue
-        if id(value) in where:
+        if key == "sys":
+            r.say(key, "not honoured", "Qlib's qrun adds these paths to sys.path, for modules of the workflow's own; "
+                  "qpipe runs its own networks only")
+        elif id(value) in where:
             r.say(key, "honoured", f"a YAML anchor, read at {where[id(value)]}", value="&" + key)
         elif key not in r.read:  # one line for it, not one for each key below (a record removed, its config left)
-            r.say(key, "not honoured", "nothing in task refers to it: Qlib does not read it either",
-                  value="&" + key)
+            r.say(key, "not honoured", "nothing in task refers to it: Qlib does not read it either")
 
 
 def _module(r: _Reader, key: str, expected: str) -> None:
@@ -720,8 +722,13 @@ def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.
     for name, value in backtest.items():
         if name == "account":
             chosen["account"] = value
-        elif name == "benchmark" and value is not None:
-            r.entries.append(Entry(f"{key}.backtest.benchmark", value, "honoured", f"QPIPE_BENCHMARK={benchmark}"))
+        elif name == "benchmark":
+            r.entries.append(Entry(f"{key}.backtest.benchmark", value, "honoured", f"QPIPE_BENCHMARK={benchmark}")
+                             if value is not None else
+                             Entry(f"{key}.backtest.benchmark", None, "changed", "compared with " + (
+                                 f"QPIPE_BENCHMARK={benchmark}, the workflow's" if benchmark is not None else
+                                 "the equal-weighted market of the members")
+                                 + " (Qlib's backtest, given null, with none: a zero return)"))
         elif name in ("start_time", "end_time"):
             start = name == "start_time"
             same = value is None or _session(days, _date(value, f"{key}.backtest.{name}", r.path), start) == \
@@ -740,7 +747,7 @@ def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.
         else:
             _qlib_arguments(r, f"{key}.backtest", {name: value}, (), QLIB_BACKTEST_ONLY, "backtest",
                             ("account", "benchmark", "start_time", "end_time", "exchange_kwargs"))
-    if backtest.get("benchmark") is None:  # Qlib's backtest() then takes its default, SH000300
+    if "benchmark" not in backtest:  # Qlib's backtest() then takes its default, SH000300
         r.entries.append(Entry(f"{key}.backtest.benchmark", None, "changed",
                                (f"QPIPE_BENCHMARK={benchmark}, the workflow's" if benchmark is not None else
                                 "the equal-weighted market of the members, as none is named")
