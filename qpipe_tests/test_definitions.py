@@ -28,12 +28,14 @@ def test_leaderboard_is_requested_after_each_successful_run_that_stored_daily_ic
     sensor = defs.get_sensor_def("refresh_leaderboard")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.job_name == "leaderboard_job"
 
-    def evaluate(key: list[str], metadata: dict, tags: dict | None = None):
+    def evaluate(key: list[str], metadata: dict, tags: dict | None = None, ranked: bool = False):
         @dg.asset(key=key)
         def report() -> dg.MaterializeResult:
             return dg.MaterializeResult(metadata=metadata)
 
         with dg.instance_for_test() as instance:
+            if ranked:  # a leaderboard already materialized
+                dg.materialize([dg.asset(key=["reports", "leaderboard"])(lambda: None)], instance=instance)
             run_id = dg.materialize([report], instance=instance, tags=tags).run_id
             run = instance.get_run_by_id(run_id)
             event = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_SUCCESS, limit=1).records[0].event_log_entry
@@ -46,8 +48,12 @@ def test_leaderboard_is_requested_after_each_successful_run_that_stored_daily_ic
     assert isinstance(request, dg.RunRequest) and request.run_key == run_id
     _, before_labels = evaluate(["reports", "mlp_ic"], {"days": 0})  # no label known yet: nothing to rank
     _, checkpoint_only = evaluate(["models", "mlp_checkpoint"], {"days": 3})
-    for skipped in (before_labels, checkpoint_only):
+    _, first_backtest = evaluate(["reports", "mlp_backtest"], {"days": 3})  # no leaderboard to update yet
+    for skipped in (before_labels, checkpoint_only, first_backtest):
         assert isinstance(skipped, dg.SkipReason) and "stored no daily IC" in skipped.skip_message
+    # found in review: a backtest run again with other settings left the leaderboard's portfolio columns stale
+    run_id, backtest_again = evaluate(["reports", "mlp_backtest"], {"days": 3}, ranked=True)
+    assert isinstance(backtest_again, dg.RunRequest) and backtest_again.run_key == run_id
     # The main job's and qpipe qrun's runs rank the models in their own last run (a workflow on its own warehouse).
     _, own_leaderboard = evaluate(["reports", "mlp_ic"], {"days": 3}, {"qpipe/main": "yes"})
     assert isinstance(own_leaderboard, dg.SkipReason) and "qpipe qrun" in own_leaderboard.skip_message

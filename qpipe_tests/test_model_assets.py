@@ -151,6 +151,40 @@ def test_a_checkpoint_of_a_session_not_over_is_refused(env, monkeypatch):
     assert not (root / "checkpoints" / "alstm").exists()
 
 
+@pytest.mark.parametrize("key", ["predictions/mlp_predictions", "reports/mlp_ic", "reports/mlp_backtest"])
+def test_reports_of_a_session_not_over_or_without_its_data_are_refused(env, monkeypatch, key):
+    """Found in review: the UI's "Latest" partition of a backtest (and of an IC report) ran on a session still
+    trading, stored a day of no prices as traded (0 return, 50 holdings), and Dagster recorded it as done."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from qpipe.calendar import MarketCalendar
+
+    resources, root = env
+
+    def stored() -> list:
+        with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+            return con.execute("SELECT table_name, estimated_size FROM duckdb_tables() ORDER BY ALL").fetchall()
+
+    def refused(day: str) -> str:
+        result = run(day, day, [key], resources, raise_on_error=False)
+        error = result.get_step_failure_events()[0].event_specific_data.error
+        assert error.cls_name == "Failure" and error.cause is None, error.to_string()
+        return error.message.removeprefix("dagster._core.definitions.events.Failure: ").strip()
+
+    before = stored()
+    at = dt.datetime(2024, 3, 28, 10, 0, tzinfo=ZoneInfo("America/New_York"))
+    monkeypatch.setattr(MarketCalendar, "now", lambda self: at)
+    assert refused(SCORED[1]).startswith("partition 2024-03-28 is a session not over yet: XNYS closes at 16:00")
+    monkeypatch.undo()
+    if key != "predictions/mlp_predictions":  # (its refusal of a day without features is test_blocks')
+        upstream = {"reports/mlp_ic": "features/label", "reports/mlp_backtest": "raw/prices"}[key]
+        assert refused("2024-04-01") == (f"{upstream} has no rows of 1 of these sessions: 2024-04-01; materialize it "
+                                         f"for them first (dg launch --assets {upstream} --partition-range "
+                                         "2024-04-01...2024-04-01); nothing was written")
+    assert stored() == before
+
+
 def test_non_finite_scores_are_refused_and_stored_scores_kept(env, monkeypatch):
     resources, root = env
     run(DAY, DAY, ["models/gru_checkpoint"], resources,

@@ -81,6 +81,7 @@ leaderboard_job = dg.define_asset_job("leaderboard_job", selection=[leaderboard.
 
 
 IC_KEYS = frozenset(ic_key(arch) for arch in ARCHITECTURES)
+BACKTEST_KEYS = frozenset(backtest_key(arch) for arch in ARCHITECTURES)
 
 
 def stored_ic_days(instance: dg.DagsterInstance, run_id: str) -> int:
@@ -91,16 +92,28 @@ def stored_ic_days(instance: dg.DagsterInstance, run_id: str) -> int:
     return max(days, default=0)
 
 
+def stored_a_backtest(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether a run traded a model's sessions again (the leaderboard's Ann. Ret, IR and MDD come from them)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return any(r.event_log_entry.asset_materialization.asset_key in BACKTEST_KEYS for r in records
+               if r.event_log_entry.asset_materialization is not None)
+
+
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, request_job=leaderboard_job,
                       default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10,
-                      description="Rebuild reports/leaderboard after every successful run that stored daily IC.")
+                      description="Rebuild reports/leaderboard after every successful run that stored daily IC, "
+                                  "or traded a backtest once there is a leaderboard.")
 def refresh_leaderboard(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
     """One request per successful run of this code location (the daily job, a backfill from the UI, a range from
-    the command line) whose IC reports hold days; a run that wrote none would only fail the leaderboard."""
+    the command line) whose IC reports hold days, or that traded a backtest (found in review: one re-run from the
+    launchpad with other settings left the leaderboard's portfolio columns as they were, marked fresh) once a
+    leaderboard exists; before any IC it would only fail."""
     run = context.dagster_run
     if run.tags.get("qpipe/main") == "yes":  # (found by a user: a qrun workflow's run rebuilt the main warehouse's)
         return dg.SkipReason(f"run {run.run_id[:8]} is one of the main job's or of qpipe qrun, whose last run ranks "
                              "the models on its own warehouse")
-    if not stored_ic_days(context.instance, run.run_id):
-        return dg.SkipReason(f"run {run.run_id[:8]} stored no daily IC")
+    traded = stored_a_backtest(context.instance, run.run_id) and \
+        context.instance.get_latest_materialization_event(leaderboard.key) is not None
+    if not stored_ic_days(context.instance, run.run_id) and not traded:
+        return dg.SkipReason(f"run {run.run_id[:8]} stored no daily IC and traded no backtest a leaderboard ranks")
     return dg.RunRequest(run_key=run.run_id)

@@ -23,12 +23,12 @@ from pydantic.fields import FieldInfo
 
 from qpipe.assets.by_partition import finite, per_partition, rows_by_partition, rows_version
 from qpipe.assets.charts import inline
-from qpipe.assets.prices import UNIVERSE, check_range, partition_dates, recording
-from qpipe.calendar import market_calendar
+from qpipe.assets.prices import (UNIVERSE, check_range, partition_dates, recording, refuse_before_the_close,
+                                 refuse_days_without)
 from qpipe.data import warehouse as wh
 from qpipe.devices import step_devices
 from qpipe.evaluation.ic import ic_summary
-from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
 from qpipe.partitions import daily_freshness, trading_days
 from qpipe.resources import CheckpointStore, Compute, Warehouse
@@ -173,10 +173,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         from qpipe.training.reproducibility import resolve_device
 
         day = context.partition_key
-        early = market_calendar().not_over(date.fromisoformat(day))
-        if early:  # (found in review: it trained on the data of the session before, and was dated this one)
-            raise dg.Failure(f"partition {early}: a checkpoint is trained at its session's close, on the labels known "
-                             "then; nothing was written")
+        # (found in review: it trained on the data of the session before, and was dated this one)
+        refuse_before_the_close(day, "a checkpoint is trained at its session's close, on the labels known then")
         settings = get_settings()
         # the device, the model and the processors, checked in the step (a value refused as Dagster built the config
         # came under its wrapper's stack, found in review), before any data is read
@@ -352,6 +350,8 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         from qpipe.training import predicting
 
         start, end = partition_dates(context)
+        refuse_before_the_close(end, "a session is scored from its features, made once its prices are in after the "
+                                     "close")
         with warehouse.get_connection() as con:
             written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
                                                          market=get_settings().market, load_cells=compute.load_cells,
@@ -392,7 +392,9 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
         from qpipe.evaluation import report
 
         start, end = partition_dates(context)
+        refuse_before_the_close(end, "the IC of a session is of the labels its close makes known")
         with warehouse.get_connection() as con:
+            refuse_days_without(con, LABEL_TABLE, "known_on", start, end, "features/label")
             daily = report.write_daily_ic(con, arch, start, end)
             history = report.read_daily_ic(con, arch, end)
         chart = report.cumulative_ic_chart(history, arch, get_settings().home / "reports" / f"{arch}_ic.png")
@@ -570,10 +572,12 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
         from qpipe.evaluation.risk import indicator_analysis
 
         start, end = partition_dates(context)
+        refuse_before_the_close(end, "a session is traded at its close, on the prices that come in after it")
         settings = get_settings()
         portfolio = config.resolve()
         folder = settings.home / "reports"
         with warehouse.get_connection() as con:
+            refuse_days_without(con, wh.PRICES, "date", start, end, "raw/prices")
             try:
                 result, later = backtest_store.run_backtest(con, arch, start.date(), end.date(), settings.market,
                                                             portfolio, benchmark=settings.benchmark,

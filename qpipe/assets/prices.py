@@ -23,6 +23,26 @@ def partition_dates(context: dg.AssetExecutionContext) -> tuple[pd.Timestamp, pd
     return pd.Timestamp(keys.start), pd.Timestamp(keys.end)
 
 
+def refuse_before_the_close(day, why: str) -> None:
+    """A Failure for a partition whose session is not over (or is in the future): ``why`` it waits for the close
+    (found in review: a backtest and an IC report of a session still trading, made of no prices, went in as done)."""
+    early = market_calendar().not_over(pd.Timestamp(day).date())
+    if early:
+        raise dg.Failure(f"partition {early}: {why}; nothing was written")
+
+
+def refuse_days_without(con, table: str, column: str, start: pd.Timestamp, end: pd.Timestamp, upstream: str) -> None:
+    """A Failure naming the sessions of [start, end] without a row in ``table`` (by ``column``): ``upstream``, the
+    asset that writes them, was not materialized for them."""
+    have = {d for (d,) in con.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} BETWEEN ? AND ?",
+                                      [start.date(), end.date()]).fetchall()}
+    missing = [str(d) for d in market_calendar().trading_days(start, end) if d.item() not in have]
+    if missing:
+        raise dg.Failure(f"{upstream} has no rows of {len(missing)} of these sessions: {first_few(missing)}; "
+                         f"materialize it for them first (dg launch --assets {upstream} --partition-range "
+                         f"{missing[0]}...{missing[-1]}); nothing was written")
+
+
 def recording(context: dg.AssetExecutionContext, n_assets: int = 1) -> str:
     """What the step does after its work: Dagster records one materialization per asset and partition
     (about 18 ms each in the sqlite event log), seconds for a range of a year or more."""
@@ -65,10 +85,8 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                price_source: PriceSource, compute: Compute):
     start, end = partition_dates(context)
     calendar = market_calendar()
-    early = calendar.not_over(end.date())
-    if early:
-        raise dg.Failure(f"partition {early}: prices are ingested after the close, when the day's bars are final (the "
-                         f"daily schedule runs {SCHEDULE_DELAY.seconds // 60} min after it); nothing was written")
+    refuse_before_the_close(end, "prices are ingested after the close, when the day's bars are final (the daily "
+                                 f"schedule runs {SCHEDULE_DELAY.seconds // 60} min after it)")
     context.log.info(f"loading {price_source.describe()} for {start.date()}..{end.date()} on {calendar.name}")
     gaps, extra = warn_of_the_calendar(context, calendar, price_source, start, end)
     suspend_idle = config.suspend_idle or price_source.suspend_idle
