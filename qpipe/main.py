@@ -43,7 +43,7 @@ from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
-from qpipe.training_profiles import QUICK_MODELS, QUICK_WINDOW, Profile, checkpoint_config
+from qpipe.training_profiles import QUICK_MODELS, QUICK_WINDOW, Profile, checkpoint_config, training_window
 
 TEST_DAYS = 250  # out-of-sample sessions scored after the checkpoint
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the run log keeps everything
@@ -68,8 +68,8 @@ def _span(start, end) -> dict[str, str]:
 
 def daily_window(profile: Profile) -> int:
     """The sessions of labels a checkpoint of the after-close schedule trains and validates on (QPIPE_TRAINING)."""
-    window = {name: field.default for name, field in TrainConfig.model_fields.items()
-              if name in ("train_days", "valid_days")} | checkpoint_config(profile, ARCHITECTURES[0])
+    window = {name: TrainConfig.model_fields[name].default for name in ("train_days", "valid_days")}
+    window |= training_window(profile)
     return window["train_days"] + window["valid_days"]
 
 
@@ -134,8 +134,7 @@ def planned(calendar, end: date | None, models: tuple[str, ...], test_days: int,
     if str(last_day) > last:
         raise ValueError(f"--end {last_day} is after the source's last date, {last}: end there (--end {last}), "
                          "or point QPIPE_SOURCE_PATH at a source that holds the days after it")
-    return stages(last_day, models, test_days, plan, epochs, first_day=first,
-                  profile=get_settings().training), last_day
+    return stages(last_day, models, test_days, plan, epochs, first_day=first, profile=settings.training), last_day
 
 
 def training_slots(instance: dg.DagsterInstance, plan: ComputePlan) -> int:

@@ -22,11 +22,15 @@ QUICK_EPOCHS = 4
 QUICK_MODELS = ("mlp", "gru", "lstm", "alstm")  # the main job's default: those that train in minutes on a CPU
 
 
+def training_window(profile: Profile) -> dict[str, int]:
+    """The train_days and valid_days ``profile`` sets (none for ``qlib``: the checkpoint's defaults)."""
+    return dict(QUICK_WINDOW) if profile == "quick" else {}
+
+
 def checkpoint_config(profile: Profile, arch: str, epochs: int | None = None) -> dict[str, Any]:
     """The checkpoint asset's config for ``arch`` under ``profile`` (empty for ``qlib``: its defaults); ``epochs``
     replaces the profile's ``n_epochs`` (early stopping still applies)."""
     params = dict(QUICK_PARAMS.get(arch, {"n_epochs": QUICK_EPOCHS})) if profile == "quick" else {}
     if epochs:
         params["n_epochs"] = epochs
-    window = QUICK_WINDOW if profile == "quick" else {}
-    return {**window, **({"params": params} if params else {})}
+    return {**training_window(profile), **({"params": params} if params else {})}

@@ -84,19 +84,20 @@ IC_KEYS = frozenset(ic_key(arch) for arch in ARCHITECTURES)
 BACKTEST_KEYS = frozenset(backtest_key(arch) for arch in ARCHITECTURES)
 
 
-def stored_ic_days(instance: dg.DagsterInstance, run_id: str) -> int:
+def _materialized(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetMaterialization]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return [m for m in (r.event_log_entry.asset_materialization for r in records) if m is not None]
+
+
+def stored_ic_days(materialized: list[dg.AssetMaterialization]) -> int:
     """The most IC days to date that a run's IC reports recorded (0: it wrote none, or none were known yet)."""
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-    days = [m.metadata["days"].value for m in (r.event_log_entry.asset_materialization for r in records)
-            if m is not None and m.asset_key in IC_KEYS and "days" in m.metadata]
-    return max(days, default=0)
+    return max((m.metadata["days"].value for m in materialized if m.asset_key in IC_KEYS and "days" in m.metadata),
+               default=0)
 
 
-def stored_a_backtest(instance: dg.DagsterInstance, run_id: str) -> bool:
+def stored_a_backtest(materialized: list[dg.AssetMaterialization]) -> bool:
     """Whether a run traded a model's sessions again (the leaderboard's Ann. Ret, IR and MDD come from them)."""
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-    return any(r.event_log_entry.asset_materialization.asset_key in BACKTEST_KEYS for r in records
-               if r.event_log_entry.asset_materialization is not None)
+    return any(m.asset_key in BACKTEST_KEYS for m in materialized)
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, request_job=leaderboard_job,
@@ -112,8 +113,8 @@ def refresh_leaderboard(context: dg.RunStatusSensorContext) -> dg.RunRequest | d
     if run.tags.get("qpipe/main") == "yes":  # (found by a user: a qrun workflow's run rebuilt the main warehouse's)
         return dg.SkipReason(f"run {run.run_id[:8]} is one of the main job's or of qpipe qrun, whose last run ranks "
                              "the models on its own warehouse")
-    traded = stored_a_backtest(context.instance, run.run_id) and \
-        context.instance.get_latest_materialization_event(leaderboard.key) is not None
-    if not stored_ic_days(context.instance, run.run_id) and not traded:
+    materialized = _materialized(context.instance, run.run_id)  # (the run's events, read once)
+    if not stored_ic_days(materialized) and not (
+            stored_a_backtest(materialized) and context.instance.get_latest_materialization_event(leaderboard.key)):
         return dg.SkipReason(f"run {run.run_id[:8]} stored no daily IC and traded no backtest a leaderboard ranks")
     return dg.RunRequest(run_key=run.run_id)

@@ -238,6 +238,11 @@ NO_ROWS = "0-0000000000000000"
 ROW_DIGEST = "bit_xor(hash(hash({})))"
 
 
+def _version(rows: int, digest: int | None) -> str:
+    """A data version: "rows-digest" (NO_ROWS for none)."""
+    return f"{rows}-{digest or 0:016x}"
+
+
 def day_versions(con: duckdb.DuckDBPyConnection, table: str, start, end, date_column: str = "date",
                  model: str | None = None) -> dict[str, str]:
     """A digest of ``table``'s rows of each day in [start, end] that has rows (of ``model`` alone, in a table of
@@ -248,7 +253,7 @@ def day_versions(con: duckdb.DuckDBPyConnection, table: str, start, end, date_co
     days = con.execute(f"SELECT strftime({date_column}, '%Y-%m-%d'), count(*), {ROW_DIGEST.format('t')} FROM {table} t "
                        f"WHERE {date_column} BETWEEN ? AND ? {of_model} GROUP BY 1",
                        [pd.Timestamp(start).date(), pd.Timestamp(end).date(), *params]).fetchall()
-    return {day: f"{rows}-{digest or 0:016x}" for day, rows, digest in days}
+    return {day: _version(rows, digest) for day, rows, digest in days}
 
 
 def reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -262,7 +267,7 @@ def reference_versions(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     (rows, digest), = con.execute(f"SELECT count(*), {ROW_DIGEST.format('s')} FROM (SELECT {span} AS s "
                                   f"FROM {UNIVERSE})").fetchall()
     (concepts, concept_digest), = con.execute(f"SELECT count(*), {ROW_DIGEST.format('t')} FROM {CONCEPTS} t").fetchall()
-    return {UNIVERSE: f"{rows}-{digest or 0:016x}", CONCEPTS: f"{concepts}-{concept_digest or 0:016x}"}
+    return {UNIVERSE: _version(rows, digest), CONCEPTS: _version(concepts, concept_digest)}
 
 
 def range_version(versions: Iterable[str]) -> str:
@@ -271,7 +276,7 @@ def range_version(versions: Iterable[str]) -> str:
     for version in versions:
         count, day_digest = version.split("-")
         rows, digest = rows + int(count), digest ^ int(day_digest, 16)
-    return f"{rows}-{digest:016x}"
+    return _version(rows, digest)
 
 
 def replace_range(con: duckdb.DuckDBPyConnection, table: str, staging: str, start, end) -> None:

@@ -313,7 +313,8 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     settings["QPIPE_PARTITIONS_START"] = str(prices_from)
     split = _fixed_split(days, bounds, path)
     _segment_entries(r, segments, bounds, split)
-    _fit_window_entries(r, kwargs, days, (split.day(split.train[0]), split.day(split.valid[0] - 1)))
+    rolling = _rolling_entries(r, rolling, split)
+    _fit_window_entries(r, kwargs, days, (split.day(split.train[0]), split.day(split.valid[0] - 1)), rolling)
     processing = _processor_entries(r, kwargs, model)
     _model_entries(r, model, processing)
     label = r.get(f"{kwargs}.label")
@@ -326,9 +327,6 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     features, test = sessions(span), sessions(bounds["test"])
     records, port_analysis = _record_entries(r, exchange, days, (test[0].item(), test[-1].item()), benchmark)
     _anchor_entries(r)
-    rolling = _rolling_entries(r, rolling, split)  # (before the keys nothing read: it reads the top-level rolling)
-    if rolling:
-        _rolling_fit_entries(r, kwargs, rolling)
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
     checkpoints = _rolling_checkpoints(split, bounds["test"], rolling) if rolling else [split.checkpoint_entry()]
@@ -599,27 +597,26 @@ def _session(days: np.ndarray, day: dt.date, first: bool) -> dt.date | None:
     return days[i].item() if 0 <= i < len(days) else None
 
 
-def _fit_window_entries(r: _Reader, kwargs: str, days: np.ndarray, train: tuple[dt.date, dt.date]) -> None:
-    """fit_start_time and fit_end_time against the sessions of the train window the checkpoint fits its processors on."""
+def _fit_window_entries(r: _Reader, kwargs: str, days: np.ndarray, train: tuple[dt.date, dt.date],
+                        rolling: Rolling | None) -> None:
+    """fit_start_time and fit_end_time against the sessions of the train window the checkpoint fits its processors on.
+    Under rolling, each checkpoint fits them on its own train window, whose end (and under ROLL_SD its start) moves
+    with it, where Qlib's RollingGen keeps the template's fit_start_time and fit_end_time."""
+    moving = () if rolling is None else ("fit_end_time", "fit_start_time") if rolling.rtype == "ROLL_SD" else (
+        "fit_end_time",)
     for key, bound in (("fit_start_time", train[0]), ("fit_end_time", train[1])):
         value = r.get(f"{kwargs}.{key}")
-        if value is not None:
-            same = _session(days, _date(value, key, r.path), key == "fit_start_time") == bound
+        if value is None:
+            continue
+        same = _session(days, _date(value, key, r.path), key == "fit_start_time") == bound
+        if same and key in moving:
+            r.say(f"{kwargs}.{key}", "changed", f"each rolling checkpoint fits the processors on its own train window, "
+                  f"whose {key.split('_')[1]} moves with it (Qlib's RollingGen keeps the template's {key}: its "
+                  "normalization statistics)")
+        else:
             r.say(f"{kwargs}.{key}", "honoured" if same else "not honoured",
                   "processors fitted on the train window" if same else
                   f"qpipe fits processors on the train window ({train[0]}..{train[1]}), not on another span")
-
-
-def _rolling_fit_entries(r: _Reader, kwargs: str, rolling: Rolling) -> None:
-    """Under rolling, each checkpoint fits its processors on its own train window, whose end (and under ROLL_SD its
-    start) moves with it, where Qlib's RollingGen keeps the template's fit_start_time and fit_end_time."""
-    moving = ("fit_end_time", "fit_start_time") if rolling.rtype == "ROLL_SD" else ("fit_end_time",)
-    for i, entry in enumerate(r.entries):
-        name = entry.key.removeprefix(f"{kwargs}.")
-        if name in moving and entry.status == "honoured":
-            r.entries[i] = dataclasses.replace(entry, status="changed", meaning=(
-                f"each rolling checkpoint fits the processors on its own train window, whose {name.split('_')[1]} "
-                f"moves with it (Qlib's RollingGen keeps the template's {name}: its normalization statistics)"))
 
 
 def _processor_entries(r: _Reader, kwargs: str, model: ModelConfig) -> Processing:
@@ -722,13 +719,9 @@ def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.
     for name, value in backtest.items():
         if name == "account":
             chosen["account"] = value
-        elif name == "benchmark":
-            r.entries.append(Entry(f"{key}.backtest.benchmark", value, "honoured", f"QPIPE_BENCHMARK={benchmark}")
-                             if value is not None else
-                             Entry(f"{key}.backtest.benchmark", None, "changed", "compared with " + (
-                                 f"QPIPE_BENCHMARK={benchmark}, the workflow's" if benchmark is not None else
-                                 "the equal-weighted market of the members")
-                                 + " (Qlib's backtest, given null, with none: a zero return)"))
+        elif name == "benchmark":  # (a null one is Qlib's "no benchmark": below)
+            if value is not None:
+                r.entries.append(Entry(f"{key}.backtest.benchmark", value, "honoured", f"QPIPE_BENCHMARK={benchmark}"))
         elif name in ("start_time", "end_time"):
             start = name == "start_time"
             same = value is None or _session(days, _date(value, f"{key}.backtest.{name}", r.path), start) == \
@@ -747,11 +740,12 @@ def _port_analysis(r: _Reader, key: str, config: dict, exchange: dict, days: np.
         else:
             _qlib_arguments(r, f"{key}.backtest", {name: value}, (), QLIB_BACKTEST_ONLY, "backtest",
                             ("account", "benchmark", "start_time", "end_time", "exchange_kwargs"))
-    if "benchmark" not in backtest:  # Qlib's backtest() then takes its default, SH000300
+    if backtest.get("benchmark") is None:  # Qlib's backtest() then takes its default, SH000300; given null, none
         r.entries.append(Entry(f"{key}.backtest.benchmark", None, "changed",
                                (f"QPIPE_BENCHMARK={benchmark}, the workflow's" if benchmark is not None else
                                 "the equal-weighted market of the members, as none is named")
-                               + " (Qlib's backtest, given none, takes SH000300)"))
+                               + (" (Qlib's backtest, given none, takes SH000300)" if "benchmark" not in backtest
+                                  else " (Qlib's backtest, given null, with none: a zero return)")))
     for name, value in config.items():
         if name not in ("strategy", "backtest"):
             r.entries.append(Entry(f"{key}.{name}", value, "not honoured", "qpipe's executor is Qlib's benchmark one, "
