@@ -9,6 +9,7 @@ from qpipe.assets.leaderboard import leaderboard, leaderboard_job, refresh_leade
 from qpipe.assets.models import model_assets, model_checks
 from qpipe.assets.prices import (prices_are_unique_and_consistent, prices_cover_the_listed_instruments,
                                  prices_have_no_split_like_moves, raw_prices, raw_universe)
+from qpipe.freshness import build_freshness
 from qpipe.jobs import daily_pipeline, step_executor
 from qpipe.reaper import reap_dead_runs, reap_on_load
 from qpipe.resources import build_resources
@@ -20,13 +21,16 @@ from qpipe.workflow.job import qlib_workflow
 # beta parameter include_sources and so warns about it on every command that selects a group: not the user's doing.
 warnings.filterwarnings("ignore", message="Parameter `include_sources` of function", category=dg.BetaWarning)
 
+assets = [raw_prices, raw_universe, feature_tables, label_table, *model_assets, leaderboard]
+fresh_after_the_close, freshness_sensor = build_freshness(assets)
+
 defs = dg.Definitions(
-    assets=[raw_prices, raw_universe, feature_tables, label_table, *model_assets, leaderboard],
+    assets=assets,
     asset_checks=[prices_are_unique_and_consistent, prices_cover_the_listed_instruments, prices_have_no_split_like_moves,
-                  *feature_checks, *model_checks],
-    jobs=[daily_pipeline, leaderboard_job, qlib_workflow],
+                  *feature_checks, *model_checks, fresh_after_the_close],
+    jobs=[daily_pipeline(unscheduled=fresh_after_the_close), leaderboard_job, qlib_workflow],
     schedules=[after_close],
-    sensors=[refresh_leaderboard, reap_dead_runs],
+    sensors=[refresh_leaderboard, reap_dead_runs, freshness_sensor],
     resources=build_resources(),
     executor=step_executor(get_settings().executor, get_settings().celery_broker),
 )

@@ -47,10 +47,13 @@ def step_executor(executor: str, celery_broker: str) -> dg.ExecutorDefinition:
     return forked_steps_executor
 
 
-daily_pipeline = dg.define_asset_job(
-    "daily_pipeline",
-    selection=DAILY,
-    description="Everything computable for one trading day: prices, features, the labels that became known, "
-                "checkpoints (on retrain days, QPIPE_RETRAIN_EVERY), predictions and IC reports.",
-    run_tags={"dagster/max_runtime": "21600"},
-)
+def daily_pipeline(unscheduled: dg.AssetChecksDefinition):
+    """The job of a trading day's partition; ``unscheduled``: checks on its assets it leaves out (qpipe.freshness's,
+    which its sensor evaluates)."""
+    return dg.define_asset_job(
+        "daily_pipeline",
+        selection=DAILY - dg.AssetSelection.checks(unscheduled),
+        description="Everything computable for one trading day: prices, features, the labels that became known, "
+                    "checkpoints (on retrain days, QPIPE_RETRAIN_EVERY), predictions and IC reports.",
+        run_tags={"dagster/max_runtime": "21600"},
+    )

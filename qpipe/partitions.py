@@ -8,14 +8,13 @@ today, so the after-close schedule can run it; the schedule itself skips days th
 sessions (reference/dagster.md §2.6).
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import dagster as dg
 
 from qpipe.calendar import market_calendar
 from qpipe.settings import get_settings
 
-FRESH_BY = timedelta(hours=5)  # after the close: the daily run's start, plus time for a long one
 CRON_DAY = {0: "1", 1: "2", 2: "3", 3: "4", 4: "5", 5: "6", 6: "0"}  # Monday = 0 -> cron's day of the week
 
 
@@ -30,14 +29,6 @@ def build_partitions(first: str) -> dg.DailyPartitionsDefinition:
     closed = [datetime(d.year, d.month, d.day) for d in calendar.closed_weekdays(start)]
     return dg.DailyPartitionsDefinition(start_date=start, timezone=calendar.timezone, end_offset=1,
                                         exclusions=[*never, *closed])
-
-
-def daily_freshness() -> dg.FreshnessPolicy:
-    """A daily asset is stale when a session's data is not in by FRESH_BY after the close (the after-close
-    run starts 90 minutes after it): the UI then shows it, and a freshness alert can page someone."""
-    calendar = market_calendar()
-    return dg.FreshnessPolicy.cron(deadline_cron=calendar.schedule_cron(FRESH_BY), lower_bound_delta=timedelta(hours=24),
-                                   timezone=calendar.timezone)
 
 
 trading_days = build_partitions(get_settings().first_partition)

@@ -16,7 +16,7 @@ import dagster as dg
 from qpipe.cadence import is_retrain_day
 from qpipe.calendar import exchange_calendar, market_calendar
 from qpipe.assets.models import checkpoint_key
-from qpipe.jobs import DAILY, WITHOUT_RETRAINING, daily_pipeline
+from qpipe.jobs import DAILY, WITHOUT_RETRAINING
 from qpipe.models.registry import ARCHITECTURES
 from qpipe.settings import get_settings
 from qpipe.training_profiles import checkpoint_config
@@ -24,7 +24,7 @@ from qpipe.training_profiles import checkpoint_config
 CALENDAR = market_calendar()
 
 
-@dg.schedule(cron_schedule=CALENDAR.schedule_cron(), execution_timezone=CALENDAR.timezone, job=daily_pipeline,
+@dg.schedule(cron_schedule=CALENDAR.schedule_cron(), execution_timezone=CALENDAR.timezone, job_name="daily_pipeline",
              default_status=dg.DefaultScheduleStatus.RUNNING,
              description=f"After the close of {CALENDAR.name} on its sessions: that day's partition of daily_pipeline.")
 def after_close(context: dg.ScheduleEvaluationContext):

@@ -31,7 +31,9 @@ import json
 from datetime import datetime
 from zoneinfo import ZoneInfo
 import dagster as dg
+from qpipe.calendar import market_calendar
 from qpipe.definitions import defs
+from qpipe.freshness import due_session
 from qpipe.partitions import trading_days
 from qpipe.schedules import after_close
 
@@ -42,9 +44,10 @@ for day in ("2019-07-04", "2019-10-01", "2019-10-08", "2019-02-04"):
     result = after_close.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=when,
                                                                  repository_def=defs.get_repository_def()))
     ticks[day] = [r.partition_key for r in result.run_requests]
-fresh = defs.resolve_asset_graph().get(dg.AssetKey(["raw", "prices"])).freshness_policy
+due = {when: str(due_session(market_calendar(), datetime.fromisoformat(when).replace(tzinfo=shanghai)))
+       for when in ("2019-09-30 19:59", "2019-09-30 20:00", "2019-10-07 23:00", "2019-10-08 20:00")}
 print(json.dumps({"keys": trading_days.get_partition_keys(), "cron": after_close.cron_schedule,
-                  "fresh": [fresh.deadline_cron, fresh.timezone],
+                  "due": due,
                   "timezone": after_close.execution_timezone, "ticks": ticks}))
 """
 
@@ -85,7 +88,9 @@ def test_partitions_and_schedule_follow_the_providers_shanghai_calendar(provider
     assert not {"2019-02-04", "2019-02-08", "2019-10-01", "2019-10-07"} & set(found["keys"])
     assert found["keys"][-1] > "2019-12-31"  # later weekdays are partitions already: days the provider appends
     assert found["cron"] == "30 16 * * 1-5" and found["timezone"] == "Asia/Shanghai"
-    assert found["fresh"] == ["0 20 * * 1-5", "Asia/Shanghai"]  # due 5 hours after the 15:00 close
+    # Due 5 hours after the 15:00 close, and not over the National Day week
+    assert found["due"] == {"2019-09-30 19:59": "2019-09-27", "2019-09-30 20:00": "2019-09-30",
+                            "2019-10-07 23:00": "2019-09-30", "2019-10-08 20:00": "2019-10-08"}
     assert found["ticks"] == {"2019-07-04": ["2019-07-04"], "2019-10-01": [], "2019-10-08": ["2019-10-08"],
                               "2019-02-04": []}
 

@@ -1,7 +1,5 @@
 """The code location loads, and its graph is what users are told it is."""
 
-import datetime as dt
-
 import dagster as dg
 
 from qpipe.definitions import defs
@@ -70,15 +68,16 @@ def test_code_location_loads_without_torch_or_matplotlib():
     assert "BetaWarning" not in loaded.stderr
 
 
-def test_daily_assets_are_due_five_hours_after_the_close_on_sessions():
+def test_each_daily_partitioned_asset_has_the_calendars_freshness_check_and_none_a_weekday_cron():
     graph = defs.resolve_asset_graph()
-    policies = {node.key.to_user_string(): node.freshness_policy for node in graph.asset_nodes}
-    daily = ["raw/prices", "features/alpha158", "features/alpha360", "features/label", "predictions/lstm_predictions",
-             "reports/lstm_ic"]
-    for key in daily:
-        assert (policies[key].deadline_cron, policies[key].timezone) == ("0 21 * * 1-5", "America/New_York"), key
-        assert policies[key].lower_bound_delta == dt.timedelta(hours=24)
-    assert policies["models/lstm_checkpoint"] is None  # its cadence is QPIPE_RETRAIN_EVERY's
+    checked = {key.asset_key.to_user_string() for key in graph.asset_check_keys if key.name == "fresh_after_the_close"}
+    from qpipe.models.registry import ARCHITECTURES
+
+    assert checked == {"raw/prices", "features/alpha158", "features/alpha360", "features/label",
+                       *(f"{group}/{arch}_{kind}" for arch in ARCHITECTURES
+                         for group, kind in (("models", "checkpoint"), ("predictions", "predictions"),
+                                             ("reports", "ic"), ("reports", "backtest")))}
+    assert not [node.key for node in graph.asset_nodes if node.freshness_policy]  # holidays would be late
 
 
 def test_steps_fork_from_a_preloaded_server_unless_the_run_config_names_a_start_method(tmp_path):

@@ -12,7 +12,7 @@ from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
 from qpipe.data.validation import first_few
 from qpipe.features import store
-from qpipe.partitions import daily_freshness, trading_days
+from qpipe.partitions import trading_days
 from qpipe.resources import Compute, Warehouse
 from qpipe.settings import get_settings
 
@@ -39,8 +39,7 @@ def warn_of_unstored_sessions(context: dg.AssetExecutionContext, con: duckdb.Duc
                                       "Qlib's names and order (normalization is fitted per checkpoint, not stored).",
                      deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(
                          start_offset=-store.LOOKBACK))],
-                     kinds={"duckdb", "numpy"}, metadata={"dagster/table_name": fs.table},
-                     freshness_policy=daily_freshness())
+                     kinds={"duckdb", "numpy"}, metadata={"dagster/table_name": fs.table})
         for key, fs in FEATURE_KEYS.items()
     ],
     partitions_def=trading_days,
@@ -78,7 +77,6 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
                 "at D's close (those of the day two trading days earlier).",
     partitions_def=trading_days,
     deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-store.LABEL_HORIZON))],
-    freshness_policy=daily_freshness(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb",
     group_name="features",

@@ -30,7 +30,7 @@ from qpipe.devices import step_devices
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE
 from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
-from qpipe.partitions import daily_freshness, trading_days
+from qpipe.partitions import trading_days
 from qpipe.resources import CheckpointStore, Compute, Warehouse
 from qpipe.settings import get_settings, parse_device
 
@@ -334,7 +334,6 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         description=f"{arch.upper()} scores per (date, instrument) from the newest checkpoint at or before "
                     "each day; DuckDB predictions.scores.",
         partitions_def=trading_days,
-        freshness_policy=daily_freshness(),
         deps=[dg.AssetDep(checkpoint_key(arch), partition_mapping=CHECKPOINTS_A_DAY_READS), dg.AssetDep(UNIVERSE)]
              + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -379,7 +378,6 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
         description=f"{arch.upper()} daily IC and Rank IC against the raw label (Qlib SigAnaRecord), for the "
                     "labels that became known on the partition's days; IC, ICIR, Rank IC, Rank ICIR to date.",
         partitions_def=trading_days,
-        freshness_policy=daily_freshness(),
         deps=[dg.AssetDep(predictions_key(arch), partition_mapping=dg.TimeWindowPartitionMapping(
             start_offset=-LABEL_HORIZON, end_offset=-LABEL_HORIZON)), dg.AssetDep(LABEL)],
         backfill_policy=dg.BackfillPolicy.single_run(),

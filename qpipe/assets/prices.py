@@ -11,7 +11,7 @@ from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored
 from qpipe.data.ingest import NoRows, ingest_prices
 from qpipe.data.validation import PriceDataError, first_few
-from qpipe.partitions import daily_freshness, trading_days
+from qpipe.partitions import trading_days
 from qpipe.resources import Compute, PriceSource, Warehouse
 
 PRICES, UNIVERSE, CONCEPTS = dg.AssetKey(["raw", "prices"]), dg.AssetKey(["raw", "universe"]), dg.AssetKey(["raw", "concepts"])
@@ -74,7 +74,6 @@ class PricesConfig(IngestConfig):
     key=PRICES,
     description="Adjusted daily OHLCV, vwap and factor per (date, instrument); suspended days are NULL rows.",
     partitions_def=trading_days,
-    freshness_policy=daily_freshness(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb",
     group_name="ingest",
