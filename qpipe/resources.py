@@ -38,6 +38,8 @@ DAMAGED = re.compile(r"Could not read enough bytes|not a valid DuckDB database|C
 
 
 CORRUPT_BLOCK = re.compile(r"Corrupt database file: computed checksum .* in block at location")
+STALE_WAL = re.compile(r"replaying WAL", re.IGNORECASE)  # a log beside a file restored from a copy: not its own
+HEADERS = 3 * 4096  # a DuckDB file's main header and two database headers, before its blocks
 
 
 class DamagedWarehouse(RuntimeError):
@@ -80,8 +82,10 @@ class Warehouse(DuckDBResource):
                 where = f"the lake {self.lake}" if self.lake else f"the warehouse {self.database}"
                 raise MissingTable(
                     f"{where} has no table {missing.group(1)}: materialize the assets upstream of this one into it "
-                    "first (a new warehouse starts with raw/prices), or point QPIPE_HOME at the one that has them "
-                    "(QPIPE_HOME, ./.qpipe by default, is taken from the folder a run starts in)") from error
+                    "first (a new warehouse starts with raw/prices), or point " + (
+                        "QPIPE_WAREHOUSE at the file that has them" if get_settings().warehouse_override else
+                        "QPIPE_HOME at the one that has them (QPIPE_HOME, ./.qpipe by default, is taken from the folder "
+                        "a run starts in)")) from error
             raise
         finally:  # closed on failure too: a failed step must release the file
             con.close()
@@ -100,12 +104,32 @@ class Warehouse(DuckDBResource):
         """(An error of another file a step reads, a source's Parquet, names that file, not the warehouse; a block
         whose checksum fails names no file, and only a DuckDB database has such blocks: the warehouse is the one.)"""
         named = Path(self.database).name in str(error) or CORRUPT_BLOCK.search(str(error))
-        if DAMAGED.search(str(error)) and not self.lake and named:
+        if self.lake or not named:
+            return
+        if STALE_WAL.search(str(error)):
             raise DamagedWarehouse(
-                f"the warehouse {self.database} is damaged: DuckDB cannot read it ({str(error).splitlines()[0]}). "
-                "The file is truncated or corrupt (a copy taken while a run wrote it, a disk that filled up). Nothing "
-                "was written and the file was left as it is: restore it from a copy, or move it away (or point "
-                "QPIPE_HOME at a new folder) and materialize again from raw/prices") from None
+                f"the warehouse {self.database} cannot be opened: its write-ahead log {self.database}.wal is not its "
+                f"own ({str(error).splitlines()[0]}), the log of the file a restored copy replaced. Move the .wal away "
+                "(it holds only that file's last unfinished writes) and run again; nothing was written") from None
+        if DAMAGED.search(str(error)):
+            self._damaged(f"DuckDB cannot read it ({str(error).splitlines()[0]})")
+
+    def _damaged(self, why: str) -> None:
+        raise DamagedWarehouse(
+            f"the warehouse {self.database} is damaged: {why}. The file is truncated or corrupt (a copy taken while a "
+            "run wrote it, a disk that filled up). Nothing was written and the file was left as it is: restore it "
+            "from a copy, or move it away (or point QPIPE_HOME at a new folder) and materialize again from "
+            "raw/prices") from None
+
+    def _refuse_truncated(self, con: duckdb.DuckDBPyConnection) -> None:
+        """A file cut short opens, and DuckDB writes into it (its missing blocks fail only when a step reads them,
+        and the file grows back, zero-filled): refused here before any step writes, from its own count of blocks."""
+        [(blocks, block_size)] = con.execute("SELECT total_blocks, block_size FROM pragma_database_size() "
+                                             "WHERE database_name = current_database()").fetchall()
+        needed, size = HEADERS + blocks * block_size, Path(self.database).stat().st_size
+        if size < needed:
+            con.close()
+            self._damaged(f"it is {size:,} bytes, and its {blocks} blocks of {block_size:,} need {needed:,}")
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +137,9 @@ class Warehouse(DuckDBResource):
         began, told = time.monotonic(), 0
         while True:
             try:
-                return duckdb.connect(self.database, read_only=False, config=config)
+                con = duckdb.connect(self.database, read_only=False, config=config)
+                self._refuse_truncated(con)
+                return con
             except duckdb.Error as error:
                 self._refuse_damaged(error)
                 if not isinstance(error, duckdb.IOException) or "Could not set lock" not in str(error):

@@ -164,6 +164,17 @@ class Settings(BaseModel):
             raise ValueError(f"{value} is a file, not a folder: the warehouse and checkpoints go in a folder")
         return value
 
+    @field_validator("warehouse_override")
+    @classmethod
+    def _a_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser().resolve()
+        if value.is_dir():
+            raise ValueError(f"{value} is a folder: QPIPE_WAREHOUSE names the DuckDB file itself (e.g. "
+                             f"{value / 'warehouse.duckdb'})")
+        return value
+
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value):

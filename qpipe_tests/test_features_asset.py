@@ -200,11 +200,15 @@ def test_rows_whose_lookback_has_no_stored_prices_are_named_in_a_warning(built, 
     assert ": 2024-06-03." in warnings([label_table], "2024-06-05")[0]
 
 
-def test_a_step_on_an_empty_warehouse_names_the_warehouse_and_what_to_materialize(tmp_path):
+def test_a_step_on_an_empty_warehouse_names_the_warehouse_and_what_to_materialize(tmp_path, monkeypatch):
     """Found by a user: run from another folder, QPIPE_HOME (./.qpipe) made a new, empty warehouse there, and the
     step failed with DuckDB's 'Table with name "raw.prices" does not exist because schema "raw" does not exist'."""
     path = tmp_path / "elsewhere" / "warehouse.duckdb"
     with pytest.raises(MissingTable, match=rf"the warehouse {path} has no table raw.prices: materialize the assets "
                                            r"upstream of this one into it first \(a new warehouse starts with "
                                            r"raw/prices\), or point QPIPE_HOME at the one that has them"):
+        _run(path, [label_table], "2024-01-03")
+    # found in review: under QPIPE_WAREHOUSE, the hint named QPIPE_HOME, a setting that then plays no part
+    monkeypatch.setenv("QPIPE_WAREHOUSE", str(path))
+    with pytest.raises(MissingTable, match=r"or point QPIPE_WAREHOUSE at the file that has them$"):
         _run(path, [label_table], "2024-01-03")

@@ -34,6 +34,9 @@ def test_defaults_work_out_of_the_box(tmp_path):
     # found by a user: a misspelt name left its setting at the default in silence (the warehouse in another folder)
     ("QPIPE_HOEM", "/tmp/x", "QPIPE_HOEM is not a qpipe setting; did you mean QPIPE_HOME? (the README's table lists them)"),
     ("QPIPE_MODLES", "mlp", "QPIPE_MODLES is not a qpipe setting; did you mean QPIPE_MODELS?"),
+    # found in review: a folder gave DuckDB's 'Could not read from file ...: Is a directory', naming no setting
+    ("QPIPE_WAREHOUSE", "/tmp", "QPIPE_WAREHOUSE = '/tmp': /tmp is a folder: QPIPE_WAREHOUSE names the "
+                                "DuckDB file itself (e.g. /tmp/warehouse.duckdb)"),
 ])
 def test_a_bad_value_is_refused_by_name(variable, value, message):
     with pytest.raises(SettingsError) as refused:

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -152,6 +153,50 @@ def test_a_damaged_warehouse_file_is_named_as_damaged_and_left_as_it_is(tmp_path
         with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection() as con:
             con.execute("SELECT sum(x) FROM scores").fetchall()
     assert path.read_bytes() == bytes(damaged)
+
+
+def test_a_warehouse_cut_short_that_duckdb_would_write_into_is_refused_before_any_write(tmp_path):
+    """Found in review: a file cut in half whose catalog is in its first half opens, and DuckDB wrote a day into
+    it; the file grew back, zero-filled, and the damage then showed only when a step read a lost block."""
+    path = tmp_path / "warehouse.duckdb"
+    with Warehouse(database=str(path)).get_connection() as con:
+        con.execute("CREATE TABLE small AS SELECT 1 AS i")
+        con.execute("CHECKPOINT")
+        con.execute("CREATE TABLE scores AS SELECT range AS i, random() AS x FROM range(2000000)")
+    half = path.read_bytes()[:path.stat().st_size // 2]
+    path.write_bytes(half)
+    with duckdb.connect(str(path)) as con:  # what DuckDB alone does with it
+        con.execute("INSERT INTO small VALUES (2)")
+    path.write_bytes(half)
+    with pytest.raises(DamagedWarehouse, match=rf"the warehouse .*warehouse.duckdb is damaged: it is {len(half):,} "
+                                               r"bytes, and its \d+ blocks of 262,144 need [\d,]+\. .*Nothing was written"):
+        with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection() as con:
+            con.execute("INSERT INTO small VALUES (2)")
+    assert path.read_bytes() == half
+
+
+def test_a_copy_restored_beside_the_log_of_the_file_it_replaced_says_to_move_the_log_away(tmp_path):
+    """Found in review: 'restore it from a copy' with the crashed run's warehouse.duckdb.wal left beside it gave
+    DuckDB's 'Failure while replaying WAL file', with nothing to say the log was the other file's."""
+    path = tmp_path / "warehouse.duckdb"
+    with Warehouse(database=str(path)).get_connection() as con:
+        con.execute("CREATE TABLE prices AS SELECT range AS i FROM range(1000)")
+    copy = path.read_bytes()
+    with Warehouse(database=str(path)).get_connection() as con:
+        con.execute("INSERT INTO prices SELECT range FROM range(10)")
+    crash = ("import duckdb, os, sys; con = duckdb.connect(sys.argv[1]); con.execute(\"SET checkpoint_threshold='10GB'\"); "
+             "con.execute('PRAGMA disable_checkpoint_on_shutdown'); con.execute('DELETE FROM prices WHERE i < 5'); "
+             "os._exit(9)")
+    subprocess.run([sys.executable, "-c", crash, str(path)], check=False, timeout=60)
+    assert Path(f"{path}.wal").exists()
+    path.write_bytes(copy)
+    with pytest.raises(DamagedWarehouse, match=r"its write-ahead log .*warehouse.duckdb.wal is not its own .*Move the "
+                                               r"\.wal away"):
+        with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection():
+            pass
+    Path(f"{path}.wal").rename(tmp_path / "old.wal")
+    with Warehouse(database=str(path)).get_connection() as con:
+        assert con.execute("SELECT count(*) FROM prices").fetchall() == [(1000,)]
 
 
 @pytest.mark.parametrize("environment", ["default", pytest.param("lake extra", marks=pytest.mark.lake)])
