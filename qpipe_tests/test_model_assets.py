@@ -4,6 +4,7 @@ import base64
 import json
 import logging
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -240,9 +241,6 @@ def test_the_predictions_check_wants_one_finite_score_per_member_and_day(env):
 def test_hist_reads_the_concepts_of_a_file_of_ones_own_and_warns_when_it_has_none(env, isolated_home, tmp_path):
     """Found by a user: a CSV or Qlib source has no concepts, and HIST trained on all-zero concept rows in silence.
     QPIPE_CONCEPTS (the price source's ``concepts``) names a file of them; without any, the checkpoint warns."""
-    import logging
-    import shutil
-
     resources, root = env
     shutil.copy(resources["warehouse"].database, tmp_path / "warehouse.duckdb")
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
@@ -341,6 +339,29 @@ def test_corrupt_checkpoint_is_named_and_predictions_are_kept(env):
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         after = con.execute("SELECT * FROM predictions.scores WHERE model = 'lstm' ORDER BY date, instrument").fetchall()
     assert after == before and len(before) > 0 and np.isfinite([r[2] for r in before]).all()
+
+
+def test_predictions_of_days_without_features_are_refused_by_name(env, tmp_path):
+    """Found in review: days whose features were never materialized failed with torch's 'torch.cat(): expected a
+    non-empty list of Tensors'."""
+    resources, root = env
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copy(root / "warehouse.duckdb", copy)
+    own = {**resources, "warehouse": Warehouse(database=str(copy)),
+           "checkpoints": CheckpointStore(root=str(tmp_path / "checkpoints"))}
+    run(DAY, DAY, ["models/mlp_checkpoint"], own,
+        {"models__mlp_checkpoint": {"config": {**QUICK, "params": {"n_epochs": 1, "batch_size": 256}}}})
+    with duckdb.connect(str(copy)) as con:
+        con.execute("DELETE FROM features.alpha360 WHERE date IN ('2024-02-14', '2024-02-15')")
+    result = run(*SCORED, ["predictions/mlp_predictions"], own, raise_on_error=False)
+    error = result.get_step_failure_events()[0].event_specific_data.error.to_string()
+    assert ("features/alpha360 has no rows of 2 of the sessions to score: 2024-02-14, 2024-02-15; materialize it for "
+            "them first (dg launch --assets features/alpha360 --partition-range 2024-02-14...2024-02-15); nothing was "
+            "written") in error
+    with duckdb.connect(str(copy), read_only=True) as con:
+        assert not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'predictions'")\
+            .fetchall()[0][0] or not con.execute("SELECT count(*) FROM predictions.scores WHERE model = 'mlp'")\
+            .fetchall()[0][0]
 
 
 def test_leaderboard_ranks_every_model_with_stored_ics(env, isolated_home):

@@ -11,7 +11,8 @@ import pyarrow as pa
 from qpipe.data import warehouse as wh
 from qpipe.features.handler import infer_frame
 from qpipe.features.processors import ProcessorChain
-from qpipe.features.store import calendar, day_range
+from qpipe.data.validation import first_few
+from qpipe.features.store import FEATURE_SETS, calendar, day_range
 from qpipe.settings import LOAD_CELLS
 from qpipe.training import dataset
 from qpipe.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -98,6 +99,7 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
         with wh.streamed_inserts(con, in_transaction=True) as insert:
             for partition, covered in by_checkpoint.items():
                 checkpoint = _load(store, arch, partition)
+                _refuse_days_without_features(reader, checkpoint.config.feature_set, covered)
                 weights[partition] = checkpoint.sidecar["weights"]["sha256"]
                 infer = infer_chain(checkpoint)
                 for block in day_blocks(reader, checkpoint, infer, covered, market, load_cells):
@@ -126,6 +128,17 @@ def days_scored_by(con: duckdb.DuckDBPyConnection, arch: str, partition: str) ->
     first, last = con.execute(f"SELECT min(date), max(date) FROM {wh.PREDICTIONS} WHERE model = ? AND "
                               "checkpoint_partition = ?", [arch, partition]).fetchone()
     return (str(first), str(last)) if first else None
+
+
+def _refuse_days_without_features(con: duckdb.DuckDBPyConnection, feature_set: str, covered: list) -> None:
+    """Days to score that have no features, named (torch's 'torch.cat(): expected a non-empty list' before)."""
+    have = {d for (d,) in con.execute(f"SELECT DISTINCT date FROM {FEATURE_SETS[feature_set].table} WHERE date "
+                                      "BETWEEN ? AND ?", [covered[0].item(), covered[-1].item()]).fetchall()}
+    missing = [str(day) for day in covered if day.item() not in have]
+    if missing:
+        raise ValueError(f"features/{feature_set} has no rows of {len(missing)} of the sessions to score: "
+                         f"{first_few(missing)}; materialize it for them first (dg launch --assets features/"
+                         f"{feature_set} --partition-range {missing[0]}...{missing[-1]}); nothing was written")
 
 
 def _refuse_lost_checkpoints(store, arch: str, recorded: list[str], by_checkpoint: dict[str, list]) -> None:
