@@ -368,6 +368,23 @@ def test_a_failed_save_leaves_the_existing_checkpoint_intact(small_run, tmp_path
         _save(tmp_path / "m", config, other, processor_state={"median": np.zeros(3)})
     assert (weights.read_bytes(), sidecar.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+    # Found in review: a full disk failed the step with a bare "OSError: [Errno 28] No space left on device", naming
+    # no path and not saying the checkpoint before was kept. The kernel's file size limit fails the write alike.
+    import resource
+    import signal
+
+    limit, ignored = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, limit[1]))
+    try:
+        with pytest.raises(CheckpointError, match=rf"could not write the checkpoint m.safetensors \([\d,]+ bytes\) and "
+                                                  rf"m.json into {tmp_path}: File too large; the checkpoint stored there "
+                                                  r"before is kept, no partial file is left"):
+            _save(tmp_path / "m", config, other)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, ignored)
+    assert (weights.read_bytes(), sidecar.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
 
 
 # --- learning ----------------------------------------------------------------------------------

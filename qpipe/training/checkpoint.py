@@ -141,9 +141,15 @@ def save_checkpoint(
     try:
         for final, data in ((weights_path, weights), (sidecar_path, text.encode())):
             staged.append(_stage(final, data))
-    except BaseException:
+    except BaseException as error:
         for temporary in staged:
             temporary.unlink()
+        if isinstance(error, OSError):  # a full disk, a folder not writable: say where, and what is left
+            kept = "the checkpoint stored there before is kept" if weights_path.exists() else "nothing is stored there"
+            raise CheckpointError(f"could not write the checkpoint {weights_path.name} ({len(weights):,} bytes) and "
+                                  f"{sidecar_path.name} into {weights_path.parent}: {error.strerror or error}; {kept}, "
+                                  "no partial file is left. Free space there (or point QPIPE_HOME elsewhere) and "
+                                  "train again") from error
         raise
     for temporary, final in zip(staged, (weights_path, sidecar_path)):
         os.replace(temporary, final)
