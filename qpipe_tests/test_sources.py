@@ -232,6 +232,40 @@ def test_a_column_mapping_names_a_column_of_the_files_in_any_case(tmp_path):
         TabularSource(str(path), columns={"Close": "close"}).prices()
 
 
+def test_a_company_name_column_beside_the_symbol_is_not_taken_for_the_instrument(tmp_path, sp500):
+    """Found in review: a vendor's ``name`` column ("AAPL Inc.") before ``symbol`` was stored as the instrument, 30
+    new stocks and no row for the stored ones; so would a ``time`` column before ``date`` be."""
+    raw = sp500.head(200).drop(columns=["factor"]).rename(columns={"adj_close": "Adj Close"})
+    raw.insert(0, "name", raw["symbol"] + " Inc.")
+    raw.insert(0, "time", "00:00")
+    raw.to_csv(tmp_path / "vendor.csv", index=False)
+    prices = TabularSource(str(tmp_path / "vendor.csv")).prices()
+    expected = _expected_adjusted(sp500.head(200))
+    assert prices["instrument"].tolist() == expected["instrument"].tolist()
+    assert prices["date"].tolist() == expected["date"].tolist()
+    # two columns mapped to one: one of them was dropped in silence
+    with pytest.raises(PriceDataError, match=r"column mapped twice: .*QPIPE_SOURCE_COLUMNS maps 'Adj Close' and 'close' "
+                                             r"to 'close': one of them would be dropped in silence"):
+        TabularSource(str(tmp_path / "vendor.csv"), columns={"Adj Close": "close", "close": "close"}).prices()
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    """Found in review: Excel's "CSV UTF-8" begins with a byte-order mark, and its first column, '\\ufeffdate',
+    was not found, nor could QPIPE_SOURCE_COLUMNS name it as the error said."""
+    (tmp_path / "excel.csv").write_bytes(GOOD.encode("utf-8-sig"))
+    assert TabularSource(str(tmp_path / "excel.csv")).prices()["close"].tolist() == [10.5, 10.8]
+    assert TabularSource(str(tmp_path / "excel.csv"), columns={"date": "date"}).prices()["close"].tolist() == [10.5, 10.8]
+
+
+def test_a_row_in_two_files_names_both(tmp_path):
+    """Found in review: a file downloaded twice ('AAPL (1).csv') named only one of them."""
+    (tmp_path / "AAA.csv").write_text(GOOD)
+    (tmp_path / "AAA (1).csv").write_text(GOOD)
+    with pytest.raises(PriceDataError, match=r"duplicate \(instrument, date\) row: .*the row appears more than once, "
+                                             r"in .*AAA \(1\).csv and .*AAA.csv"):
+        TabularSource(str(tmp_path)).prices()
+
+
 def test_broken_files_are_named_with_what_is_wrong(tmp_path, sp500):
     """Found by a user: pyarrow's message without a file name, and DuckDB's suggesting reader options."""
     cut = tmp_path / "cut.csv"

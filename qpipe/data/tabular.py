@@ -240,7 +240,7 @@ class TabularSource:
         if self._is_parquet(file):
             return _parquet_schema(file).names
         opener = gzip.open if file.name.lower().endswith(".gz") else open
-        with opener(file, "rt", newline="") as fh:
+        with opener(file, "rt", newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" begins with a BOM
             return next(csv.reader(fh), [])
 
     def _mapping(self, file: Path, header: list[str], wanted: tuple[str, ...] = REQUIRED) -> dict[str, str]:
@@ -252,17 +252,19 @@ class TabularSource:
             raise PriceDataError("unknown column mapping", str(file),
                                  detail=f"QPIPE_SOURCE_COLUMNS maps {name!r} to {value!r}, which is not a qpipe column "
                                         f"(one of {', '.join(ALIASES)})")
+        twice = [v for v in ALIASES if list(self.columns.values()).count(v) > 1]
+        if twice:
+            raise PriceDataError("column mapped twice", str(file), detail=(
+                f"QPIPE_SOURCE_COLUMNS maps {' and '.join(repr(k) for k, v in self.columns.items() if v == twice[0])} "
+                f"to {twice[0]!r}: one of them would be dropped in silence; map only the one it is"))
         named = {k.strip().lower(): v for k, v in self.columns.items()}  # "Close" names a file's "close" too
         explicit = {col: named[col.strip().lower()] for col in header if col.strip().lower() in named}
         taken = set(explicit.values())
         mapping = dict(explicit)
         for canonical, names in ALIASES.items():
-            if canonical in taken:
-                continue
-            for col in header:
-                if col not in mapping and col.strip().lower() in names:
-                    mapping[col] = canonical
-                    break
+            found = [col for col in header if col not in mapping and col.strip().lower() in names]
+            if found and canonical not in taken:  # by the aliases' order: a "symbol" before a company's "name"
+                mapping[min(found, key=lambda col: names.index(col.strip().lower()))] = canonical
         missing = [c for c in REQUIRED if c in wanted and c not in mapping.values()]
         if missing:
             raise PriceDataError(

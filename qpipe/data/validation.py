@@ -91,6 +91,15 @@ def _first_bad(frame: pd.DataFrame, bad: np.ndarray, rule: str, source: str, det
                          detail=detail_of(row), count=int(bad.sum()))
 
 
+def _where_else(frame: pd.DataFrame, row: pd.Series) -> str:
+    """A duplicate row, and the files it is in where there are several (a file downloaded twice, 'AAPL (1).csv')."""
+    if "_file" not in frame.columns:
+        return "the row appears more than once"
+    files = frame.loc[(frame["date"] == row["date"]) & (frame["instrument"] == row["instrument"]), "_file"]
+    names = sorted({str(f) for f in files})
+    return "the row appears more than once" + (f", in {' and '.join(names)}" if len(names) > 1 else "")
+
+
 UNIVERSE_COLUMNS = ["market", "instrument", "start_date", "end_date"]
 CONCEPT_COLUMNS = ["instrument", "concept", "kind"]
 
@@ -122,7 +131,7 @@ def validate_prices(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         raise PriceDataError("missing columns", source, detail=f"{missing} (found {list(frame.columns)})")
 
     dup = frame.duplicated(["date", "instrument"], keep="first").to_numpy()
-    _first_bad(frame, dup, "duplicate (instrument, date) row", source, lambda r: "the row appears more than once")
+    _first_bad(frame, dup, "duplicate (instrument, date) row", source, lambda row: _where_else(frame, row))
 
     # The file's own prices: an empty close makes a factor derived from it (adj close / close) empty, and with it
     # every adjusted price, which would pass for a suspended day.
