@@ -296,8 +296,9 @@ def test_the_backtest_defaults_are_those_of_the_qlib_region_of_the_markets_excha
     from qpipe.calendar import data_calendar, exchange_calendar
 
     # Qlib's regions: cn lots of 100 in a 9.5% limit; us whole shares without one (found in review: New York's
-    # stocks were held to China's limit, in fractions of shares); an exchange of no Qlib region: the benchmark's
-    for code, lots, limit in (("XSHG", 100, 0.095), ("XNYS", 1, None), ("XTKS", None, 0.095)):
+    # stocks were held to China's limit, in fractions of shares); an exchange of no Qlib region trades as us does
+    # (found in review: Hong Kong's stocks, which have no daily limit, were held to China's, in fractions of shares)
+    for code, lots, limit in (("XSHG", 100, 0.095), ("XNYS", 1, None), ("XHKG", 1, None), ("XTKS", 1, None)):
         sessions = exchange_calendar(code).trading_days("2019-01-02", "2020-12-31")
         calendar = data_calendar("day.txt of /data", "qlib day.txt", sessions)
         monkeypatch.setattr(qpipe.calendar, "market_calendar", lambda calendar=calendar: calendar)

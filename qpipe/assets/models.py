@@ -514,8 +514,8 @@ class PortfolioConfig(dg.Config):
     port_analysis: dict[str, Any | None] = Field(default_factory=dict, description=(
         "strategy and exchange settings, e.g. {topk: 50, n_drop: 5, open_cost: 0.0005, trade_unit: 100, deal_price: "
         "close ($close as Qlib's Exchange takes it)}; default: Qlib's benchmark workflows, with the region defaults of "
-        "the market's exchange (XSHG/XSHE: lots of 100, a 9.5% limit; XNYS: whole shares, no limit: limit_threshold "
-        "none)"))
+        "the market's exchange (XSHG/XSHE: lots of 100, a 9.5% limit; any other: whole shares, no limit: "
+        "limit_threshold none)"))
 
     def resolve(self) -> "BacktestConfig":
         from qpipe.calendar import market_calendar

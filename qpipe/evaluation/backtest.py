@@ -76,16 +76,17 @@ class BacktestConfig(BaseModel):
 
 
 # Qlib's region defaults of the Exchange (qlib.config's _default_region_config; reference/qlib.md §9): REG_CN trades
-# lots of 100 shares within a 9.5% limit, REG_US whole shares without one. An exchange -> its region.
+# lots of 100 shares within a 9.5% limit, REG_US whole shares without one. An exchange -> its region; any other
+# exchange trades as REG_US does (Hong Kong, London, Tokyo have no daily limit in percent: China's was applied there;
+# a market with lots or limits of its own sets trade_unit and limit_threshold in port_analysis).
 REGION_DEFAULTS = {"cn": {"trade_unit": 100, "limit_threshold": 0.095},
                    "us": {"trade_unit": 1, "limit_threshold": None}}
-EXCHANGE_REGIONS = {"XSHG": "cn", "XSHE": "cn", "XNYS": "us", "XNAS": "us", "XASE": "us", "ARCX": "us", "BATS": "us",
-                    "IEXG": "us"}
+EXCHANGE_REGIONS = {"XSHG": "cn", "XSHE": "cn"}
 
 
 def region_defaults(exchange: str) -> dict[str, Any]:
-    """The backtest settings Qlib's region of ``exchange`` implies (none for an exchange of no Qlib region)."""
-    return dict(REGION_DEFAULTS.get(EXCHANGE_REGIONS.get(exchange, ""), {}))
+    """The backtest settings Qlib's region of ``exchange`` implies: cn's on Shanghai and Shenzhen, us's elsewhere."""
+    return dict(REGION_DEFAULTS[EXCHANGE_REGIONS.get(exchange, "us")])
 
 
 STRATEGY_SETTINGS = ("topk", "n_drop", "method_sell", "method_buy", "hold_thresh", "only_tradable",
