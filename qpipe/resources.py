@@ -122,14 +122,15 @@ class Warehouse(DuckDBResource):
             "raw/prices") from None
 
     def _refuse_truncated(self, con: duckdb.DuckDBPyConnection) -> None:
-        """A file cut short opens, and DuckDB writes into it (its missing blocks fail only when a step reads them,
-        and the file grows back, zero-filled): refused here before any step writes, from its own count of blocks."""
-        [(blocks, block_size)] = con.execute("SELECT total_blocks, block_size FROM pragma_database_size() "
-                                             "WHERE database_name = current_database()").fetchall()
-        needed, size = HEADERS + blocks * block_size, Path(self.database).stat().st_size
+        """A file cut short whose catalog survived opens, and DuckDB writes into it (its lost blocks fail only when a
+        step reads them, and the file grows back, zero-filled): refused before any step writes, when the file cannot
+        hold the blocks DuckDB counts in use (free blocks at its end may be cut off: DuckDB does so itself)."""
+        [(used, block_size)] = con.execute("SELECT used_blocks, block_size FROM pragma_database_size() "
+                                           "WHERE database_name = current_database()").fetchall()
+        needed, size = HEADERS + used * block_size, Path(self.database).stat().st_size
         if size < needed:
             con.close()
-            self._damaged(f"it is {size:,} bytes, and its {blocks} blocks of {block_size:,} need {needed:,}")
+            self._damaged(f"it is {size:,} bytes, and its {used} blocks in use of {block_size:,} bytes need {needed:,}")
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,8 @@ def test_a_warehouse_cut_short_that_duckdb_would_write_into_is_refused_before_an
         con.execute("INSERT INTO small VALUES (2)")
     path.write_bytes(half)
     with pytest.raises(DamagedWarehouse, match=rf"the warehouse .*warehouse.duckdb is damaged: it is {len(half):,} "
-                                               r"bytes, and its \d+ blocks of 262,144 need [\d,]+\. .*Nothing was written"):
+                                               r"bytes, and its \d+ blocks in use of 262,144 bytes need [\d,]+\. "
+                                               r".*Nothing was written"):
         with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection() as con:
             con.execute("INSERT INTO small VALUES (2)")
     assert path.read_bytes() == half
