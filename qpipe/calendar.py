@@ -33,7 +33,11 @@ DEFAULT_EXCHANGE = "XNYS"
 # Exchanges whose sessions a data calendar is matched against for its time zone and close.
 CANDIDATES = ("XNYS", "XSHG", "XHKG", "XTKS", "XLON", "XTSE", "XASX", "XETR", "XPAR", "XKRX", "XTAI", "XBOM")
 ONE_DAY = np.timedelta64(1, "D")
-CLOSE_MATCH = 5  # days in ~2 years by which a source's dates may differ from an exchange's and still be its sessions
+# By how many days a source's recent dates (~2 years) may differ from an exchange's sessions and still be its: 5,
+# or, where that exchange is clearly the nearest (the next is twice as far), 3% of them: a vendor's missed days, its
+# holiday rows and the closures exchange-calendars does not know (Hong Kong's typhoons) add up to more than 5 (found
+# in review), while neighbours differ by as few as 1 (Paris and Frankfurt) or 7 (London) days in 500 sessions.
+CLOSE_MATCH, CLOSE_MATCH_SHARE = 5, 0.03
 HORIZON_WARNING_DAYS = 60  # warn this long before an exchange's known sessions end
 SCHEDULE_DELAY = timedelta(minutes=90)  # the daily run starts this long after the close (bars are published by then)
 
@@ -47,6 +51,7 @@ class MarketCalendar:
     close: time  # the local closing time of a regular session
     matched: str = ""  # a calendar of a source's own dates: the exchange whose hours (and sessions) it matched
     upcoming: np.ndarray | None = None  # such a calendar: the matched exchange's sessions after the source's last date
+    apart: int = 0  # such a calendar: on how many of its last ~500 dates it differs from the matched exchange
 
     @cached_property
     def known(self) -> np.ndarray:
@@ -112,8 +117,11 @@ class MarketCalendar:
         publishes some exchanges' holidays a year at a time (XSHG's to 2026-12-31 in 4.13), and after the last one
         known every weekday is a session, holidays too (the schedule's run then waits hours for rows that never
         come)."""
-        if self.matched and self.upcoming is None:
-            return ""  # a source's own dates, not an exchange's: they end where the source does
+        if self.matched and self.upcoming is None:  # a source's own dates, near no exchange's: they end where it does
+            return (f"the {self.name.removesuffix(f' ({self.matched} hours)')} are no exchange's sessions: the "
+                    f"nearest, {self.matched}'s, differ from its last {min(len(self.sessions), 500)} by {self.apart} "
+                    f"days, so after {self.sessions[-1]} every weekday counts as a session, holidays too. If they are "
+                    f"{self.matched}'s, set QPIPE_CALENDAR={self.matched}; else mind the holidays after it")
         left = (self.last_known - np.datetime64(today or self.today(), "D")).astype(int)
         if left > HORIZON_WARNING_DAYS:
             return ""
@@ -185,33 +193,32 @@ def data_calendar(name: str, key: str, dates) -> MarketCalendar:
     sessions = np.unique(np.asarray(dates).astype("datetime64[D]"))
     if len(sessions) == 0:
         raise ValueError(f"{name}: no dates to make a calendar of")
-    exchange, differences = best_matching_exchange(sessions)
+    (differences, exchange), (runner_up, _) = best_matching_exchanges(sessions)[:2]
     # A date on a day of the week the exchange never trades (a Saturday in a CSV) is no session: its rows
     # are then refused by name as "dates that are not sessions", and it gets no partition.
     sessions = sessions[np.isin((sessions.view("int64") + 3) % 7, exchange.weekdays)]
     # The exchange's sessions after the source's last date, where its recent dates are that exchange's (a few
     # days apart at most): another market's holidays would otherwise be no partitions, and the schedule skip them.
-    upcoming = exchange.sessions[exchange.sessions > sessions[-1]] if differences <= CLOSE_MATCH else None
+    close = differences <= CLOSE_MATCH or (differences <= CLOSE_MATCH_SHARE * min(len(sessions), 500)
+                                           and 2 * differences <= runner_up)
+    upcoming = exchange.sessions[exchange.sessions > sessions[-1]] if close else None
     # the key names the exchange too: a warehouse of one market's dates refuses another's (a CSV of Tokyo's into
     # a warehouse of New York's was taken, both being "tabular dates")
     return MarketCalendar(f"{name} ({exchange.name} hours)", f"{key} ({exchange.name} hours)", sessions,
-                          exchange.timezone, exchange.close, matched=exchange.name, upcoming=upcoming)
+                          exchange.timezone, exchange.close, matched=exchange.name, upcoming=upcoming,
+                          apart=differences)
 
 
-def best_matching_exchange(sessions: np.ndarray) -> tuple[MarketCalendar, int]:
-    """The candidate exchange whose sessions differ least from ``sessions`` over their last ~2 years (the first that
-    matches exactly: most data is from the first few candidates), and by how many days they differ."""
+def best_matching_exchanges(sessions: np.ndarray) -> list[tuple[int, MarketCalendar]]:
+    """The candidate exchanges by how many days their sessions differ from ``sessions`` over the last ~2 years,
+    nearest first (ties in CANDIDATES' order)."""
     recent = sessions[-500:]
-    best, fewest = None, None
-    for code in CANDIDATES:
+    found = []
+    for rank, code in enumerate(CANDIDATES):
         exchange = exchange_calendar(code, str(max(recent[0], np.datetime64(EARLIEST, "D"))))
         theirs = exchange.trading_days(recent[0], min(recent[-1], exchange.last_known))
-        differences = len(np.setxor1d(recent[recent <= exchange.last_known], theirs))
-        if fewest is None or differences < fewest:
-            best, fewest = exchange, differences
-        if differences == 0:
-            break
-    return best, fewest
+        found.append((len(np.setxor1d(recent[recent <= exchange.last_known], theirs)), rank, exchange))
+    return [(differences, exchange) for differences, _, exchange in sorted(found, key=lambda f: f[:2])]
 
 
 def calendar_for(choice: str, source: str, source_path: str = "", columns: dict | None = None,

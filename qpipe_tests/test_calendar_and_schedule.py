@@ -1,6 +1,7 @@
 """Trading days: the calendar, the partitions built on it, and the after-close schedule."""
 
-from datetime import datetime, timedelta
+import re
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -236,13 +237,38 @@ def test_a_saturday_in_a_sources_dates_is_no_session_and_its_rows_are_refused_by
     # Found by a user: the advice was "set QPIPE_CALENDAR to ... or auto", with QPIPE_CALENDAR already auto.
     assert "or auto" not in str(err.value)
     assert "QPIPE_CALENDAR is auto: the source's own dates, on the days of the week XNYS trades" in str(err.value)
+    assert "Sundays" not in str(err.value)  # a Saturday is no time zone's doing
+
+
+def test_a_market_dated_a_day_early_and_an_exchanges_unknown_closures_are_named_as_such():
+    """Found in review: Tokyo's bars dated in UTC fall on the day before (Sundays to Thursdays), and the refusal of
+    their Sundays did not point at the time zone; under QPIPE_CALENDAR=XHKG, the typhoon closures exchange-calendars
+    lists as sessions were refused with advice to set QPIPE_CALENDAR to the source's exchange, which it was, and
+    counted as '2 rows ... the first is shown' with both shown."""
+    import pandas as pd
+
+    from qpipe.calendar import exchange_calendar
+    from qpipe.data.validation import PriceDataError, check_sessions
+
+    tokyo = exchange_calendar("XTKS").trading_days("2024-06-03", "2024-06-14")
+    with pytest.raises(PriceDataError, match=r"dates that are not sessions: .*: 2 days, 2024-06-02, 2024-06-09 \(not "
+                                             r"sessions of XTKS\); .*2 of them Sundays: bars of a market east of the zone "
+                                             r"they were dated in \(Tokyo's dated in UTC\) fall a day early"):
+        check_sessions(pd.Series(tokyo - np.timedelta64(1, "D")), tokyo, "jp.csv", "XTKS")
+    hong_kong = exchange_calendar("XHKG").trading_days("2023-08-28", "2023-09-08")
+    typhoons = hong_kong[[4, 9]]  # 2023-09-01 and 09-08 in exchange-calendars 4.13, which has no closures of them
+    with pytest.raises(PriceDataError) as err:
+        check_sessions(pd.Series(np.setdiff1d(hong_kong, typhoons)), hong_kong, "hk.csv", "XHKG")
+    assert (f"sessions missing from the source: source hk.csv: 2 days, {typhoons[0]}, {typhoons[1]} (sessions of XHKG "
+            "with no row for any instrument); days the source has no row for; if the exchange was closed on them (a "
+            "typhoon, a closure exchange-calendars does not know), QPIPE_CALENDAR=auto") in str(err.value)
+    assert "rows break this rule" not in str(err.value)
 
 
 def test_an_exchange_whose_known_sessions_end_soon_is_named_with_what_to_do():
     """Found in review: exchange-calendars 4.13 knows XSHG's sessions to 2026-12-31; after it every weekday is a
     session (Spring Festival too), and the schedule's run of such a day waits hours for rows that never come.
     raw/prices now says so in its log for the 60 days before."""
-    from datetime import date
 
     from qpipe.calendar import data_calendar, exchange_calendar
 
@@ -255,5 +281,27 @@ def test_an_exchange_whose_known_sessions_end_soon_is_named_with_what_to_do():
     provider = data_calendar("day.txt of cn_data", "qlib day.txt", shanghai.trading_days("2024-01-02", "2024-12-31"))
     assert provider.horizon_warning(today=end - timedelta(days=20)).startswith("XSHG's sessions are known to")
     alone = data_calendar("dates of odd.csv", "tabular dates", exchange_calendar("XNYS").trading_days(
-        "2024-01-02", "2024-12-31")[::3])  # no exchange's sessions: they end where the source does
-    assert alone.upcoming is None and alone.horizon_warning(today=date(2024, 12, 30)) == ""
+        "2024-01-02", "2024-12-31")[::3])  # no exchange's sessions: they end where the source does, and it says so
+    assert alone.upcoming is None
+    assert re.fullmatch(r"the dates of odd.csv are no exchange's sessions: the nearest, \w+'s, differ from its last "
+                        rf"84 by \d+ days, so after {alone.sessions[-1]} every weekday counts as a session, holidays "
+                        r"too. If they are \w+'s, set QPIPE_CALENDAR=\w+; else mind the holidays after it",
+                        alone.horizon_warning(today=date(2024, 12, 30)))
+
+
+def test_a_vendors_few_missed_days_and_holiday_rows_leave_its_dates_the_exchanges():
+    """Found in review: three missed days and three holiday rows (Yahoo writes flat rows on holidays) beside the two
+    typhoon closures exchange-calendars does not know took a Hong Kong file past 5 days from XHKG's sessions: every
+    weekday after its last date became a session, Good Friday and Christmas too, and no holiday row was named."""
+    from qpipe.calendar import data_calendar, exchange_calendar
+
+    hong_kong = exchange_calendar("XHKG")
+    sessions = hong_kong.trading_days("2023-01-02", "2024-12-31")
+    missed = sessions[[100, 200, 300]]
+    holidays = np.array(["2024-04-01", "2024-07-01", "2024-10-01"], dtype="datetime64[D]")  # weekdays HKEX closed
+    assert not any(hong_kong.is_session(day) for day in holidays)
+    calendar = data_calendar("dates of hk", "tabular dates", np.sort(np.r_[np.setdiff1d(sessions, missed), holidays]))
+    assert calendar.matched == "XHKG" and calendar.upcoming is not None and calendar.horizon_warning(date(2024, 12, 31)) == ""
+    assert not calendar.is_session("2025-04-18") and not calendar.is_session("2025-12-25")  # Good Friday, Christmas
+    lacking, extra = calendar.departures("2023-01-02", "2024-12-31")
+    assert list(lacking) == list(missed) and list(extra) == list(holidays)

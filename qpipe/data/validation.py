@@ -45,19 +45,25 @@ def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar
     ``matched``: the calendar is the source's own dates (QPIPE_CALENDAR=auto) on the weekdays of this exchange."""
     present = np.unique(dates.to_numpy().astype("datetime64[D]"))
     foreign, absent = np.setdiff1d(present, sessions), np.setdiff1d(sessions, present)
+    sundays = int(np.sum((foreign.view("int64") + 3) % 7 == 6))
+    early = (f"; {sundays} of them Sundays: bars of a market east of the zone they were dated in (Tokyo's dated in "
+             "UTC) fall a day early, date each bar by the exchange's own day" if 2 * sundays > len(foreign) else "")
     if matched:  # QPIPE_CALENDAR=auto
         foreign_hint = (f"QPIPE_CALENDAR is auto: the source's own dates, on the days of the week {matched} trades; "
-                        "remove those rows, or set QPIPE_CALENDAR to an exchange that trades on them")
+                        f"remove those rows, or set QPIPE_CALENDAR to an exchange that trades on them{early}")
         absent_hint = ("QPIPE_CALENDAR is auto: these are days of the source's calendar it has no prices for "
                        "(not appended yet, or bins shorter than day.txt)")
     else:
-        foreign_hint = absent_hint = "set QPIPE_CALENDAR to the source's exchange, or auto to use the source's own dates"
+        foreign_hint = f"set QPIPE_CALENDAR to the source's exchange, or auto to use the source's own dates{early}"
+        absent_hint = ("days the source has no row for; if the exchange was closed on them (a typhoon, a closure "
+                       "exchange-calendars does not know), QPIPE_CALENDAR=auto takes the source's own dates and names "
+                       "such days in the ingest's log; else set QPIPE_CALENDAR to the source's exchange")
     for days, rule, what, hint in (
             (foreign, "dates that are not sessions", f"not sessions of {calendar}", foreign_hint),
             (absent, "sessions missing from the source", f"sessions of {calendar} with no row for any instrument",
              absent_hint)):
         if len(days):
-            raise PriceDataError(rule, source, detail=f"{first_few(days)} ({what}); {hint}", count=len(days))
+            raise PriceDataError(rule, source, detail=f"{len(days)} days, {first_few(days)} ({what}); {hint}")
 
 
 def check_whole_day(day, names: set[str], before: set[str], source: str) -> None:
