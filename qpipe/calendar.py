@@ -238,8 +238,8 @@ def calendar_for(choice: str, source: str, source_path: str = "", columns: dict 
         dates = TabularSource(source_path, columns=dict(columns or {}), date_format=date_format).dates()
         future = dates[dates > np.datetime64(date.today() + timedelta(days=1))]  # (a day of slack: time zones)
         if len(future):  # they would be sessions of a calendar whose sessions today has none
-            raise PriceDataError("dates in the future", source_path, detail=f"{first_few(future)}: a typo or a "
-                                 "vendor's placeholder; remove those rows", count=len(future))
+            raise PriceDataError("dates in the future", source_path, detail=f"{len(future)} dates, {first_few(future)}: "
+                                 "a typo or a vendor's placeholder; remove those rows")
         return data_calendar(f"dates of {source_path}", "tabular dates", dates)
     return exchange_calendar(DEFAULT_EXCHANGE)
 

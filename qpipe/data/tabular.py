@@ -162,6 +162,9 @@ class TabularSource:
         if self.benchmark and self.benchmark not in set(spans["instrument"]):  # else found by the backtest
             raise PriceDataError("missing benchmark", self.path, instrument=self.benchmark,
                                  detail="no rows for the benchmark index (QPIPE_BENCHMARK)")
+        # The index is no member of the market its file lists (found in review: ^HSI was trained on, scored, counted
+        # in the daily IC, and bought once it had a volume); its rows stay in raw.prices, the benchmark's returns.
+        spans = spans[spans["instrument"] != self.benchmark]
         return spans[UNIVERSE_COLUMNS], no_concepts()
 
     def missing_members(self) -> list[str]:
