@@ -52,6 +52,7 @@ class MarketCalendar:
     matched: str = ""  # a calendar of a source's own dates: the exchange whose hours (and sessions) it matched
     upcoming: np.ndarray | None = None  # such a calendar: the matched exchange's sessions after the source's last date
     apart: int = 0  # such a calendar: on how many of its last ~500 dates it differs from the matched exchange
+    early: tuple[tuple[date, time], ...] = ()  # (session, its close) of the half days (Christmas Eve ...)
 
     @cached_property
     def known(self) -> np.ndarray:
@@ -95,22 +96,27 @@ class MarketCalendar:
         """Today's date where the market is."""
         return self.now().date()
 
+    def close_on(self, day: date) -> time:
+        """The close of ``day``: a half day's early one, else the regular close."""
+        return dict(self.early).get(day, self.close)
+
     def not_over(self, day: date) -> str:
         """Why the session of ``day`` cannot be ingested yet, or '' once its close has passed: a vendor's bar of a day
         still trading (yfinance gives one) is the day so far, and features, labels and scores would be made of it."""
         now = self.now()
         if day > now.date():
             return f"{day} is in the future ({self.timezone})"
-        if day == now.date() and now.time() < self.close and self.is_session(day):
-            left = int((datetime.combine(day, self.close, now.tzinfo) - now).total_seconds()) // 60
-            return (f"{day} is a session not over yet: {self.name} closes at {self.close:%H:%M} ({self.timezone}), "
+        close = self.close_on(day)
+        if day == now.date() and now.time() < close and self.is_session(day):
+            left = int((datetime.combine(day, close, now.tzinfo) - now).total_seconds()) // 60
+            return (f"{day} is a session not over yet: {self.name} closes at {close:%H:%M} ({self.timezone}), "
                     f"in {left // 60} h {left % 60:02d} min")
         return ""
 
     def last_closed_session(self) -> date:
         """The latest session whose close has passed: the last day there are final bars of."""
         now = self.now()
-        return self.latest_session(now.date() - timedelta(days=int(now.time() < self.close)))
+        return self.latest_session(now.date() - timedelta(days=int(now.time() < self.close_on(now.date()))))
 
     def horizon_warning(self, today: date | None = None) -> str:
         """What to say when the exchange's known sessions end within HORIZON_WARNING_DAYS: exchange-calendars
@@ -184,8 +190,10 @@ def exchange_calendar(code: str, start: str = EARLIEST) -> MarketCalendar:
     except xcals.errors.InvalidCalendarName:
         raise ValueError(f"QPIPE_CALENDAR = {code!r}: not an exchange code of exchange-calendars "
                          f"(e.g. {', '.join(CANDIDATES)}) and not 'auto'") from None
+    early = calendar.closes[calendar.early_closes].dt.tz_convert(calendar.tz)
     return MarketCalendar(code.upper(), code.upper(), calendar.sessions.to_numpy().astype("datetime64[D]"),
-                          str(calendar.tz), calendar.close_times[-1][1])
+                          str(calendar.tz), calendar.close_times[-1][1],
+                          early=tuple((day.date(), close.time()) for day, close in early.items()))
 
 
 def data_calendar(name: str, key: str, dates) -> MarketCalendar:
@@ -206,7 +214,7 @@ def data_calendar(name: str, key: str, dates) -> MarketCalendar:
     # a warehouse of New York's was taken, both being "tabular dates")
     return MarketCalendar(f"{name} ({exchange.name} hours)", f"{key} ({exchange.name} hours)", sessions,
                           exchange.timezone, exchange.close, matched=exchange.name, upcoming=upcoming,
-                          apart=differences)
+                          apart=differences, early=exchange.early)
 
 
 def best_matching_exchanges(sessions: np.ndarray) -> list[tuple[int, MarketCalendar]]:
@@ -238,8 +246,8 @@ def calendar_for(choice: str, source: str, source_path: str = "", columns: dict 
         dates = TabularSource(source_path, columns=dict(columns or {}), date_format=date_format).dates()
         future = dates[dates > np.datetime64(date.today() + timedelta(days=1))]  # (a day of slack: time zones)
         if len(future):  # they would be sessions of a calendar whose sessions today has none
-            raise PriceDataError("dates in the future", source_path, detail=f"{len(future)} dates, {first_few(future)}: "
-                                 "a typo or a vendor's placeholder; remove those rows")
+            raise PriceDataError("dates in the future", source_path, detail=f"{len(future)} dates, "
+                                 f"{first_few(future)}: a typo or a vendor's placeholder; remove those rows")
         return data_calendar(f"dates of {source_path}", "tabular dates", dates)
     return exchange_calendar(DEFAULT_EXCHANGE)
 

@@ -251,9 +251,9 @@ def test_a_market_dated_a_day_early_and_an_exchanges_unknown_closures_are_named_
     from qpipe.data.validation import PriceDataError, check_sessions
 
     tokyo = exchange_calendar("XTKS").trading_days("2024-06-03", "2024-06-14")
-    with pytest.raises(PriceDataError, match=r"dates that are not sessions: .*: 2 days, 2024-06-02, 2024-06-09 \(not "
-                                             r"sessions of XTKS\); .*2 of them Sundays: bars of a market east of the zone "
-                                             r"they were dated in \(Tokyo's dated in UTC\) fall a day early"):
+    with pytest.raises(PriceDataError, match=r"dates that are not sessions: .*: 2 days, 2024-06-02, 2024-06-09 "
+                                             r"\(not sessions of XTKS\); .*2 of them Sundays: bars of a market east of "
+                                             r"the zone they were dated in \(Tokyo's dated in UTC\) fall a day early"):
         check_sessions(pd.Series(tokyo - np.timedelta64(1, "D")), tokyo, "jp.csv", "XTKS")
     hong_kong = exchange_calendar("XHKG").trading_days("2023-08-28", "2023-09-08")
     typhoons = hong_kong[[4, 9]]  # 2023-09-01 and 09-08 in exchange-calendars 4.13, which has no closures of them
@@ -301,7 +301,27 @@ def test_a_vendors_few_missed_days_and_holiday_rows_leave_its_dates_the_exchange
     holidays = np.array(["2024-04-01", "2024-07-01", "2024-10-01"], dtype="datetime64[D]")  # weekdays HKEX closed
     assert not any(hong_kong.is_session(day) for day in holidays)
     calendar = data_calendar("dates of hk", "tabular dates", np.sort(np.r_[np.setdiff1d(sessions, missed), holidays]))
-    assert calendar.matched == "XHKG" and calendar.upcoming is not None and calendar.horizon_warning(date(2024, 12, 31)) == ""
+    assert calendar.matched == "XHKG" and calendar.upcoming is not None
+    assert calendar.horizon_warning(date(2024, 12, 31)) == ""
     assert not calendar.is_session("2025-04-18") and not calendar.is_session("2025-12-25")  # Good Friday, Christmas
     lacking, extra = calendar.departures("2023-01-02", "2024-12-31")
     assert list(lacking) == list(missed) and list(extra) == list(holidays)
+
+
+def test_a_half_day_is_over_at_its_early_close(monkeypatch):
+    """Found in review: at 13:00 on Hong Kong's Christmas Eve (closed at 12:00) a session was 'not over: closes at
+    16:00, in 3 h 00 min', and a manual run of it was refused."""
+    from qpipe.calendar import MarketCalendar
+
+    hong_kong = exchange_calendar("XHKG")
+    christmas_eve = date(2024, 12, 24)
+
+    def at(hour: int) -> None:
+        monkeypatch.setattr(MarketCalendar, "now",
+                            lambda self: datetime(2024, 12, 24, hour, tzinfo=ZoneInfo("Asia/Hong_Kong")))
+
+    at(13)
+    assert hong_kong.not_over(christmas_eve) == "" and hong_kong.last_closed_session() == christmas_eve
+    at(11)
+    assert hong_kong.not_over(christmas_eve).endswith("closes at 12:00 (Asia/Hong_Kong), in 1 h 00 min")
+    assert hong_kong.last_closed_session() == date(2024, 12, 23)
