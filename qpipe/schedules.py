@@ -34,7 +34,8 @@ def after_close(context: dg.ScheduleEvaluationContext):
         if CALENDAR.matched and exchange_calendar(CALENDAR.matched).is_session(day):  # a day the source lacks
             return dg.SkipReason(f"{day} is not a session of {CALENDAR.name}: {CALENDAR.matched} traded that day, but "
                                  f"the source has no row for it, and under QPIPE_CALENDAR=auto it is no partition; "
-                                 f"add the day's rows (QPIPE_CALENDAR={CALENDAR.matched} refuses such a source)")
+                                 f"add the day's rows (QPIPE_CALENDAR={CALENDAR.matched} refuses such a source), unless "
+                                 "the exchange was closed (a typhoon, a closure exchange-calendars does not know)")
         return dg.SkipReason(f"{day} is not a session of {CALENDAR.name} (an exchange holiday)")
     settings = get_settings()
     retrain = is_retrain_day(day, settings.retrain_every, settings.first_partition)
