@@ -186,7 +186,6 @@ def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_cli
 
     deployment, day = operation.deployment, operation.day
     shots = tmp_path / "screenshots"
-    began = time.monotonic()
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -258,8 +257,6 @@ def test_the_ui_in_a_real_browser_shows_the_work_and_launches_a_partition_by_cli
             print(f"screenshots: {shots}")
             raise
         browser.close()
-    seconds = time.monotonic() - began
     for png in sorted(shots.glob("*.png")):
         assert not_blank(png), f"{png.name} is blank"
     assert len(list(shots.glob("*.png"))) == 8  # the pages, and the two charts drawn from the metadata
-    assert seconds < 180, f"the browser test took {seconds:.0f}s"
