@@ -108,7 +108,7 @@ def test_appending_days_changes_no_earlier_day() -> None:
 
 
 @pytest.mark.parametrize("now, last", [
-    ("2024-03-05 10:00", "2024-03-05"),  # a session, trading: the market has its day so far (ingest waits for the close)
+    ("2024-03-05 10:00", "2024-03-05"),  # a session, trading: the market has the day so far (ingest waits for the close)
     ("2024-03-05 17:00", "2024-03-05"),  # the same session, closed
     ("2024-03-05 23:30", "2024-03-05"),  # already 2024-03-06 in UTC: today is the exchange's
     ("2024-03-10 12:00", "2024-03-08"),  # a Sunday: Friday's session
