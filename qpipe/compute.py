@@ -72,10 +72,12 @@ def use_threads(threads: int) -> None:
     """
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
+    import numba
+
+    # numba first: its first set_num_threads starts its OpenMP pool, which sets the process's OpenMP thread count to
+    # the whole pool, and undid torch's where a torch op had run before (found in the tests: every core, not 1)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     if "torch" in sys.modules:
         import torch
 
         torch.set_num_threads(threads)
-    import numba
-
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

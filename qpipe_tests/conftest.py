@@ -1,5 +1,7 @@
 """Shared fixtures: real data from ../shared/data, throwaway warehouses, isolated settings."""
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -31,6 +33,46 @@ def isolated_home(tmp_path, monkeypatch):
     """No test writes into the developer's .qpipe or DAGSTER_HOME."""
     monkeypatch.setenv("QPIPE_HOME", str(tmp_path / "qpipe_home"))
     return tmp_path / "qpipe_home"
+
+
+@contextmanager
+def _process_state_kept():
+    """Put back what an in-process run changes for the rest of the process: Compute's ``use_threads`` sets torch's and
+    numba's thread counts and OMP/MKL_NUM_THREADS, and a deployment points DAGSTER_PG_* at its PostgreSQL. A test or
+    module after it on the same xdist worker then computes (and sums: the last bits of a result) as it would alone."""
+    import numba
+    import torch
+    from numba.np.ufunc import parallel
+
+    from qpipe.compute import THREAD_VARIABLES
+
+    def variables() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k in THREAD_VARIABLES or k.startswith("DAGSTER_PG_")}
+
+    def numba_threads() -> int:  # without starting numba's pool where nothing has (its default: all of it)
+        return numba.get_num_threads() if parallel._is_initialized else numba.config.NUMBA_NUM_THREADS
+
+    torch_threads, numba_before, saved = torch.get_num_threads(), numba_threads(), variables()
+    yield
+    torch.set_num_threads(torch_threads)
+    if numba_threads() != numba_before:
+        numba.set_num_threads(numba_before)
+    for key in variables().keys() - saved.keys():
+        del os.environ[key]
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_process_state():
+    """(a module's fixtures run in-process materializations too)"""
+    with _process_state_kept():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def process_state(module_process_state):
+    with _process_state_kept():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ class Deployment:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen] = {}
+        self._saved_env = {k: os.environ.get(k) for k in postgres.env}  # put back by stop()
         os.environ.update(postgres.env)  # this process's view of the same instance
         self.instance = dg.DagsterInstance.from_config(str(self.home))  # creates the schema before the services start
 
@@ -93,3 +94,5 @@ class Deployment:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.instance.dispose()
+        for key, value in self._saved_env.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)

@@ -398,6 +398,7 @@ def test_the_schedules_run_looks_again_at_a_late_source_and_a_run_you_launch_fai
     the next tick from trying again: the day was left to an operator. It now looks again (every 15 minutes, here
     0.5 s) until the day is there, as it is when the file arrives."""
     import threading
+    import time
 
     import qpipe.assets.prices
 
@@ -429,14 +430,19 @@ def test_the_schedules_run_looks_again_at_a_late_source_and_a_run_you_launch_fai
 
     earlier = {run.run_id for run in instance.get_runs()}
 
-    def vendor_delivers():  # after the new run's first look
+    ended = threading.Event()
+
+    def vendor_delivers():  # after the new run's first look; never, if the run ends or no retry comes in 300 s
+        deadline = time.monotonic() + 300
         while not any(retries(run) for run in instance.get_runs() if run.run_id not in earlier):
-            threading.Event().wait(0.05)
+            if ended.wait(0.05) or time.monotonic() > deadline:
+                return
         (folder / "2024-01-03.csv").write_text(header + day)
 
-    delivery = threading.Thread(target=vendor_delivers)
+    delivery = threading.Thread(target=vendor_delivers, daemon=True)
     delivery.start()
     arrived = scheduled(40)
+    ended.set()
     delivery.join(timeout=30)
     assert arrived.success and 1 <= len(retries(arrived)) < 40
     assert {r[0].isoformat() for r in table_rows(warehouse_path, "raw.prices")} == {"2024-01-03"}

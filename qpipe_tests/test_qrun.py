@@ -36,6 +36,17 @@ NOT_HONOURED = {
 DEVICE_KEYS = {"task.model.kwargs.GPU", "task.model.kwargs.n_jobs"}
 
 
+@pytest.fixture(autouse=True)
+def home_without_qlib_data(tmp_path, monkeypatch):
+    """Qlib's YAMLs name ~/.qlib/qlib_data/cn_data, whose calendar (when it is there) sets the sessions a workflow
+    means, and whose presence lets a run meant to be refused go on: HOME, for this process and the commands it
+    starts, is an empty folder, so every machine reads the YAMLs alike."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
 def _leaves(node, prefix=""):
     if isinstance(node, dict):
         for key, value in node.items():

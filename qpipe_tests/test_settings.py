@@ -1,5 +1,7 @@
 """Settings come from QPIPE_* variables; a bad value fails with the variable's name and value."""
 
+from datetime import date, timedelta
+
 import pytest
 
 from qpipe.settings import Settings, SettingsError
@@ -60,19 +62,27 @@ def test_the_commands_refuse_a_bad_value_in_one_line(tmp_path, command):
                            "positive number of trading days\n")
 
 
+FUTURE = "<future>"  # a Wednesday over a year ahead, put in when the test runs (the test ids stay the same every day)
+
+
+def _in_the_future(text: str) -> str:
+    future = next(d for d in (date.today() + timedelta(days=400 + k) for k in range(7)) if d.weekday() == 2)
+    return text.replace(FUTURE, future.isoformat())
+
+
 @pytest.mark.parametrize("arguments, environment, message", [
     (["--end", "yesterday"], {}, "main.py: error: --end 'yesterday': expected a date, YYYY-MM-DD"),
     (["--test-days", "0"], {}, "main.py: error: --test-days 0: expected a positive number of sessions"),
-    (["--end", "2030-01-02"], {}, "qpipe: --end 2030-01-02 is in the future (America/New_York)"),
+    (["--end", FUTURE], {}, f"qpipe: --end {FUTURE} is in the future (America/New_York)"),
     (["--end", "2010-01-04"], {}, "qpipe: --end 2010-01-04 is before the source's first date, 2020-01-02"),
     (["--test-days", "5000"], {}, "qpipe: the main job needs 5"),
-    ([], {"QPIPE_PARTITIONS_START": "2030-01-02"}, "qpipe: QPIPE_PARTITIONS_START = 2030-01-02: no session from it"),
+    ([], {"QPIPE_PARTITIONS_START": FUTURE}, f"qpipe: QPIPE_PARTITIONS_START = {FUTURE}: no session from it"),
     ([], {"QPIPE_MARKET": "sp999"}, "qpipe: QPIPE_MARKET = 'sp999': not a market of the synthetic source, which has "
                                     "all, syn200"),
     ([], {"QPIPE_THREADS": "0"}, "qpipe: QPIPE_THREADS = '0': expected auto or a positive number of threads per step"),
     ([], {"QPIPE_HOME": "a-file"}, "qpipe: QPIPE_HOME = 'a-file': "),
     ([], {"QPIPE_SOURCE": "tabular", "QPIPE_SOURCE_PATH": "future.csv"}, "qpipe: dates in the future: source future.csv: "
-                                                                        "2030-01-02: a typo or a vendor's placeholder"),
+                                                                        f"{FUTURE}: a typo or a vendor's placeholder"),
 ])
 def test_the_main_job_refuses_what_it_cannot_run_in_one_line_before_any_run(tmp_path, arguments, environment,
                                                                              message):
@@ -82,9 +92,11 @@ def test_the_main_job_refuses_what_it_cannot_run_in_one_line_before_any_run(tmp_
     import subprocess
     import sys
 
+    arguments, message = [_in_the_future(a) for a in arguments], _in_the_future(message)
+    environment = {k: _in_the_future(v) for k, v in environment.items()}
     (tmp_path / "a-file").write_text("")
     (tmp_path / "future.csv").write_text("date,symbol,open,high,low,close,volume\n2024-01-02,AAA,10,11,9,10,100\n"
-                                         "2030-01-02,AAA,10,11,9,10,100\n")
+                                         + _in_the_future(f"{FUTURE},AAA,10,11,9,10,100\n"))
     before = sorted(tmp_path.iterdir())
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), **environment}
     done = subprocess.run([sys.executable, "-m", "qpipe.main", *arguments], capture_output=True, text=True, env=env,

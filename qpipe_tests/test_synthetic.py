@@ -1,28 +1,32 @@
 """The synthetic market honours the price contract, carries a learnable, planted signal and is live:
-a bar for every session up to today, and a history that never changes when days are appended."""
+a bar for every session up to today, and a history that never changes when days are appended.
 
+The statistics are taken on the default market up to a fixed day (END), not up to today: the same rows on every
+run, whatever the date; the default end (today where the exchange is) is tested with the clock pinned."""
+
+import datetime as dt
 import io
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from qpipe.calendar import trading_days
-from qpipe.data.synthetic import (
-    CONCEPTS, HORIZON_YEARS, SECTORS, SyntheticMarket, SyntheticSpec, generate_market, today,
-)
+from qpipe.calendar import MarketCalendar, trading_days
+from qpipe.data.synthetic import CONCEPTS, HORIZON_YEARS, SECTORS, SyntheticMarket, SyntheticSpec, generate_market
 from qpipe.data.validation import validate_prices
 
 PRICE_FIELDS = ["open", "high", "low", "close", "vwap", "volume"]
 SMALL = SyntheticSpec(n_instruments=60, index_size=40, n_splits=20)
 SMALL_END = "2021-12-31"
+END = "2026-06-30"  # the default market's last day in the tests below (a session)
 # Past the horizon: every listing, delisting and split of the seed has happened.
 BEYOND_HORIZON = str((pd.Timestamp(SyntheticSpec().origin) + pd.DateOffset(years=HORIZON_YEARS, days=30)).date())
 
 
 @pytest.fixture(scope="module")
 def market() -> SyntheticMarket:
-    return generate_market()  # the default market: origin .. today
+    return generate_market(end=END)  # the default market: origin .. END
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def test_same_seed_gives_byte_identical_data_and_another_seed_differs() -> None:
 
 
 def test_same_seed_gives_the_same_bytes_for_a_day_whatever_range_is_asked(market: SyntheticMarket) -> None:
-    """A sub-range is byte for byte the same days cut out of origin .. today, wherever it lies."""
+    """A sub-range is byte for byte the same days cut out of origin .. END, wherever it lies."""
     for start, end in [("2024-03-01", "2024-03-31"), ("2020-01-02", "2020-01-02"), ("2021-06-07", "2023-02-10")]:
         part = generate_market(start=start, end=end)
         assert len(part.prices) > 0
@@ -103,11 +107,25 @@ def test_appending_days_changes_no_earlier_day() -> None:
         pd.testing.assert_frame_equal(longer.concepts, shorter.concepts)
 
 
-def test_default_end_is_the_last_session_up_to_today(market: SyntheticMarket) -> None:
-    sessions = trading_days(SyntheticSpec().origin, today())
-    assert market.prices["date"].max() == pd.Timestamp(sessions[-1])
-    assert (pd.Timestamp(today()) - market.prices["date"].max()).days < 5  # weekends and holidays only
-    assert len(sessions) > 1_700  # 2020-01-02 .. late 2026 and later
+@pytest.mark.parametrize("now, last", [
+    ("2024-03-05 10:00", "2024-03-05"),  # a session, trading: the market has the day so far (ingest waits for the close)
+    ("2024-03-05 17:00", "2024-03-05"),  # the same session, closed
+    ("2024-03-05 23:30", "2024-03-05"),  # already 2024-03-06 in UTC: today is the exchange's
+    ("2024-03-10 12:00", "2024-03-08"),  # a Sunday: Friday's session
+    ("2024-03-29 12:00", "2024-03-28"),  # Good Friday, a holiday of NYSE
+])
+def test_default_end_is_the_last_session_up_to_today(monkeypatch, now: str, last: str) -> None:
+    at = dt.datetime.fromisoformat(now).replace(tzinfo=ZoneInfo("America/New_York"))
+    monkeypatch.setattr(MarketCalendar, "now", lambda self: at.astimezone(ZoneInfo(self.timezone)))
+    dates = generate_market(SMALL, start="2024-02-01").prices["date"]
+    assert dates.max() == pd.Timestamp(last)
+    assert list(np.sort(dates.unique())) == list(trading_days("2024-02-01", last).astype("datetime64[ns]"))
+
+
+def test_the_default_market_spans_the_sessions_from_its_origin(market: SyntheticMarket) -> None:
+    sessions = trading_days(SyntheticSpec().origin, END)
+    assert market.prices["date"].max() == pd.Timestamp(END) == pd.Timestamp(sessions[-1])
+    assert len(sessions) == 1631  # NYSE sessions from 2020-01-02 to 2026-06-30
 
 
 def test_price_frame_has_the_contract_columns_dtypes_and_order(market: SyntheticMarket) -> None:
@@ -125,7 +143,7 @@ def test_price_frame_has_the_contract_columns_dtypes_and_order(market: Synthetic
 
 
 def test_dates_are_the_trading_calendar(market: SyntheticMarket) -> None:
-    expected = trading_days(SyntheticSpec().origin, today()).astype("datetime64[ns]")
+    expected = trading_days(SyntheticSpec().origin, END).astype("datetime64[ns]")
     assert np.array_equal(np.sort(market.prices["date"].unique()), expected)
     dates = np.sort(generate_market(SMALL, end="2024-12-31").prices["date"].unique())
     assert len(dates) == 1258  # NYSE sessions from 2020-01-02 to 2024-12-31
@@ -168,7 +186,7 @@ def test_listings_start_late_end_early_and_have_no_missing_rows_inside(
 ) -> None:
     days, span = listing_spans(market.prices)
     late, gone = (span["min"] > days[0]).sum(), (span["max"] < days[-1]).sum()
-    # About 2 listings and 1.2 delistings a year (per 300) over 2020 .. today; most list later.
+    # About 2 listings and 1.2 delistings a year (per 300) over 2020 .. END; most list later.
     assert len(span) == 240 + late < 300 and late >= 5
     assert 2 <= gone <= 36
     rows_in_span = np.searchsorted(days, span["max"]) - np.searchsorted(days, span["min"]) + 1
@@ -203,7 +221,7 @@ def test_first_adjusted_close_is_one_and_splits_jump_only_the_raw_price(
     factor = wide(market, "factor")
     ratio = (factor / factor.shift(1)).stack()
     splits = ratio[~np.isclose(ratio, 1.0)]
-    assert 3 <= len(splits) <= 36  # the splits of SyntheticSpec().n_splits = 36 that came by today
+    assert 3 <= len(splits) <= 36  # the splits of SyntheticSpec().n_splits = 36 that came by END
     assert np.isin(np.round(splits.to_numpy(), 9), [2.0, 3.0]).all()
     raw = close / factor
     for (day, instrument), split_ratio in splits.items():
@@ -224,11 +242,11 @@ def test_the_factor_moves_at_each_split_of_the_horizon_only(whole_horizon: Synth
     assert np.isin(np.round(splits.to_numpy(), 9), [2.0, 3.0]).all()
 
 
-@pytest.mark.parametrize("which", ["today", "whole_horizon"])
+@pytest.mark.parametrize("which", ["to_end", "whole_horizon"])
 def test_universe_spans_lie_in_listings_and_the_index_is_full(
     which: str, market: SyntheticMarket, whole_horizon: SyntheticMarket
 ) -> None:
-    data, spec = (market, SyntheticSpec()) if which == "today" else (whole_horizon, SMALL)
+    data, spec = (market, SyntheticSpec()) if which == "to_end" else (whole_horizon, SMALL)
     universe, prices = data.universe, data.prices
     assert list(universe.columns) == ["market", "instrument", "start_date", "end_date"]
     assert set(universe["market"]) == {"all", spec.index_name}
@@ -322,7 +340,7 @@ def test_the_planted_effects_together_give_a_rank_ic_near_four_percent(
 
 
 def test_zero_signal_strength_leaves_nothing_to_learn() -> None:
-    close = wide(generate_market(SyntheticSpec(signal_strength=0.0)), "close")
+    close = wide(generate_market(SyntheticSpec(signal_strength=0.0), end=END), "close")
     label = qlib_label(close)
     for score in (-(close / close.shift(5)), close.shift(20) / close.shift(60)):
         assert abs(rank_ic_t_stat(score, label)[1]) < 3
@@ -339,6 +357,20 @@ def test_specs_that_cannot_be_generated_are_refused() -> None:
         generate_market(SMALL, start="2021-01-01", end="2020-12-31")
 
 
+def index_members_per_day(market: SyntheticMarket, index_name: str) -> np.ndarray:
+    """How many instruments the index holds on each session of the market."""
+    days = np.sort(market.prices["date"].unique())
+    index = market.universe[market.universe["market"] == index_name]
+    members = np.zeros(len(days) + 1, dtype=int)
+    np.add.at(members, np.searchsorted(days, index["start_date"]), 1)
+    np.add.at(members, np.searchsorted(days, index["end_date"]) + 1, -1)
+    return np.cumsum(members)[:-1]
+
+
 def test_the_default_index_fills_for_any_market_size_the_sources_ask_for() -> None:
-    for n in range(3, 2_001):
-        SyntheticSpec(n_instruments=n, index_size=min(200, n * 2 // 3))  # as load_source builds it
+    specs = {n: SyntheticSpec(n_instruments=n, index_size=min(200, n * 2 // 3)) for n in range(3, 2_001)}  # as
+    # load_source builds them; the index of a few, over a quarter, holds index_size members every session
+    for n in (3, 4, 5, 7, 10, 31, 299, 300, 301, 1000):
+        spec = specs[n]
+        members = index_members_per_day(generate_market(spec, end="2020-03-31"), spec.index_name)
+        assert len(members) > 50 and (members == spec.index_size).all(), (n, spec.index_size, set(members))

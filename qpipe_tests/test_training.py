@@ -215,8 +215,11 @@ def test_epochs_are_reported_through_the_callback():
     assert seen[0]["lr"] == 0.002  # the MLP preset
 
 
-def test_auto_device_is_cuda_only_when_available():
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+@pytest.mark.parametrize("cuda, expected", [(False, "cpu"), (True, "cuda")])
+def test_auto_device_is_cuda_only_when_available(monkeypatch, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_device("auto") == torch.device(expected)
+    assert resolve_device("cpu") == torch.device("cpu")  # a device named is taken as it is
 
 
 # --- reproducibility and checkpoints -----------------------------------------------------------
