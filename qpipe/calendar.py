@@ -201,7 +201,8 @@ def data_calendar(name: str, key: str, dates) -> MarketCalendar:
     sessions = np.unique(np.asarray(dates).astype("datetime64[D]"))
     if len(sessions) == 0:
         raise ValueError(f"{name}: no dates to make a calendar of")
-    (differences, exchange), (runner_up, _) = best_matching_exchanges(sessions)[:2]
+    ranked = best_matching_exchanges(sessions)
+    (differences, exchange), runner_up = ranked[0], ranked[1][0] if len(ranked) > 1 else len(sessions)
     # A date on a day of the week the exchange never trades (a Saturday in a CSV) is no session: its rows
     # are then refused by name as "dates that are not sessions", and it gets no partition.
     sessions = sessions[np.isin((sessions.view("int64") + 3) % 7, exchange.weekdays)]
@@ -226,6 +227,8 @@ def best_matching_exchanges(sessions: np.ndarray) -> list[tuple[int, MarketCalen
         exchange = exchange_calendar(code, str(max(recent[0], np.datetime64(EARLIEST, "D"))))
         theirs = exchange.trading_days(recent[0], min(recent[-1], exchange.last_known))
         found.append((len(np.setxor1d(recent[recent <= exchange.last_known], theirs)), rank, exchange))
+        if found[-1][0] == 0:
+            break  # exactly its sessions (most data is of the first few candidates): none is nearer
     return [(differences, exchange) for differences, _, exchange in sorted(found, key=lambda f: f[:2])]
 
 
@@ -241,13 +244,13 @@ def calendar_for(choice: str, source: str, source_path: str = "", columns: dict 
         return data_calendar(f"day.txt of {root}", "qlib day.txt", read_calendar(root))
     if source == "tabular":
         from qpipe.data.tabular import TabularSource
-        from qpipe.data.validation import PriceDataError, first_few
+        from qpipe.data.validation import PriceDataError, counted
 
         dates = TabularSource(source_path, columns=dict(columns or {}), date_format=date_format).dates()
         future = dates[dates > np.datetime64(date.today() + timedelta(days=1))]  # (a day of slack: time zones)
         if len(future):  # they would be sessions of a calendar whose sessions today has none
-            raise PriceDataError("dates in the future", source_path, detail=f"{len(future)} dates, "
-                                 f"{first_few(future)}: a typo or a vendor's placeholder; remove those rows")
+            raise PriceDataError("dates in the future", source_path, detail=f"{counted(future, 'dates')}: a typo or "
+                                 "a vendor's placeholder; remove those rows")
         return data_calendar(f"dates of {source_path}", "tabular dates", dates)
     return exchange_calendar(DEFAULT_EXCHANGE)
 

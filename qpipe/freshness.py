@@ -19,8 +19,7 @@ import dagster as dg
 
 from qpipe.cadence import retrain_days
 from qpipe.calendar import MarketCalendar, market_calendar
-from qpipe.jobs import DAILY
-from qpipe.models.registry import ARCHITECTURES
+from qpipe.jobs import DAILY, scheduled_models
 from qpipe.settings import get_settings
 
 FRESH_BY = timedelta(hours=5)  # after the close: the daily run's start (90 min after it), plus time for a long one
@@ -75,13 +74,10 @@ class Verdict:
         return {"session": str(self.session), "due": dg.MetadataValue.timestamp(self.due),
                 **({"landed": dg.MetadataValue.timestamp(self.landed)} if self.landed else {})}
 
-    def result(self) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(asset_key=self.key, check_name=CHECK, passed=self.passed,
-                                   description=self.description, metadata=self.metadata)
-
-    def evaluation(self) -> dg.AssetCheckEvaluation:
-        return dg.AssetCheckEvaluation(asset_key=self.key, check_name=CHECK, passed=self.passed,
-                                       description=self.description, metadata=self.metadata)
+    def result(self, kind: type = dg.AssetCheckResult):
+        """The verdict as a check step yields it, or (``kind`` AssetCheckEvaluation) as the sensor reports it."""
+        return kind(asset_key=self.key, check_name=CHECK, passed=self.passed, description=self.description,
+                    metadata=self.metadata)
 
 
 def _duration(minutes: int) -> str:
@@ -99,20 +95,23 @@ def verdicts(instance: dg.DagsterInstance, calendar: MarketCalendar, now: dateti
         day = retrained if key in checkpoints else session
         if day is None or instance.get_latest_materialization_event(key) is None:
             continue
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[day.isoformat()]), limit=1).records
+        records = instance.fetch_materializations(  # the first: a later run of an on-time day is not late
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[day.isoformat()]), limit=1, ascending=True).records
         landed = datetime.fromtimestamp(records[0].timestamp, ZoneInfo(calendar.timezone)) if records else None
         found.append(Verdict(key, day, deadline(calendar, day), landed))
     return found
 
 
+def checks_but_freshness(graph, keys) -> frozenset[dg.AssetCheckKey]:
+    """The checks of ``keys`` but this one, for a run of them: a run that names none gets every check of its assets
+    (its sensor evaluates this one; in a run it would judge the checkpoint of a day the run does not train)."""
+    return frozenset(check for check in graph.asset_check_keys if check.asset_key in keys and check.name != CHECK)
+
+
 def build_freshness(assets: Sequence[dg.AssetsDefinition]) -> tuple[dg.AssetChecksDefinition, dg.SensorDefinition]:
     """The check on each daily partitioned asset the schedule runs, and the sensor that evaluates it."""
-    selection = DAILY
-    for arch in set(ARCHITECTURES) - set(get_settings().models):
-        selection = selection - dg.AssetSelection.tag("qpipe/arch", arch)
     partitioned = {key for definition in assets if definition.partitions_def is not None for key in definition.keys}
-    keys = selection.resolve(assets) & partitioned
+    keys = scheduled_models(DAILY).resolve(assets) & partitioned
     checkpoints = CHECKPOINTS.resolve(assets) & keys
     calendar = market_calendar()
     what = (f"The partition of the session last due is in (of a checkpoint: of the last retrain day due); a "
@@ -124,10 +123,7 @@ def build_freshness(assets: Sequence[dg.AssetsDefinition]) -> tuple[dg.AssetChec
     def fresh_after_the_close_check(context: dg.AssetCheckExecutionContext):
         wanted = {check.asset_key for check in context.selected_asset_check_keys}
         judged = verdicts(context.instance, calendar, now(), wanted, checkpoints)
-        yield from (verdict.result() for verdict in judged)
-        for key in sorted(wanted - {verdict.key for verdict in judged}):  # a step gives each of its checks a result
-            yield dg.AssetCheckResult(asset_key=key, check_name=CHECK, passed=True,
-                                      description="not judged: never materialized, or no retrain day due yet")
+        yield from (verdict.result() for verdict in judged)  # an asset not judged gets no result (not a pass)
 
     @dg.sensor(name=CHECK, minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Every 2 min: {what} A verdict that changes is reported as a runless evaluation of the "
@@ -138,7 +134,7 @@ def build_freshness(assets: Sequence[dg.AssetsDefinition]) -> tuple[dg.AssetChec
         state = {verdict.key.to_user_string(): [str(verdict.session), verdict.passed] for verdict in judged}
         for verdict in judged:
             if before.get(verdict.key.to_user_string()) != state[verdict.key.to_user_string()]:
-                context.instance.report_runless_asset_event(verdict.evaluation())
+                context.instance.report_runless_asset_event(verdict.result(dg.AssetCheckEvaluation))
         context.update_cursor(json.dumps(state))
         late = [f"{verdict.key.to_user_string()} ({verdict.session})" for verdict in judged if not verdict.passed]
         return dg.SkipReason(f"{len(judged) - len(late)} of {len(judged)} daily assets in by their deadline" +

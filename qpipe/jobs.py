@@ -13,6 +13,16 @@ warnings.filterwarnings("ignore", message="Asset job daily_pipeline materializes
 DAILY = dg.AssetSelection.groups("ingest", "features", "models", "predictions", "reports")
 WITHOUT_RETRAINING = DAILY - dg.AssetSelection.groups("models")
 
+
+def scheduled_models(selection: dg.AssetSelection) -> dg.AssetSelection:
+    """``selection`` less the assets of the architectures the schedule leaves out (not in QPIPE_MODELS)."""
+    from qpipe.models.registry import ARCHITECTURES
+    from qpipe.settings import get_settings
+
+    for arch in set(ARCHITECTURES) - set(get_settings().models):
+        selection = selection - dg.AssetSelection.tag("qpipe/arch", arch)
+    return selection
+
 # Step processes forked from a server that has loaded the code location once, instead of a fresh interpreter per
 # step that imports it again: about 4 s less per step on two cores (31 s -> 14 s for four steps), which is most of
 # a run of small steps. Every run's default (UI, schedule, `dg launch`, the main job), unless its run config

@@ -28,6 +28,8 @@ from dagster._core.workspace.load_target import GrpcServerTarget
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.server import wait_for_grpc_server
 
+from qpipe.freshness import checks_but_freshness
+
 LOCATION = "qpipe"
 MODULE = "qpipe.definitions"
 REPOSITORY = "__repository__"
@@ -48,8 +50,10 @@ class CodeServer:
         location = workspace.get_code_location(LOCATION)
         repository = location.get_repository(REPOSITORY)
         keys = frozenset(dg.AssetKey.from_user_string(key) for key in asset_keys)
+        checks = checks_but_freshness(repository.asset_graph, keys)
         job = location.get_job(JobSubsetSelector(location_name=LOCATION, repository_name=repository.name,
-                                                 job_name=job_name, op_selection=None, asset_selection=keys))
+                                                 job_name=job_name, op_selection=None, asset_selection=keys,
+                                                 asset_check_selection=checks))
         config = dict(run_config or {})
         plan = location.get_execution_plan(job, config, step_keys_to_execute=None, known_state=None,
                                            instance=self.instance).execution_plan_snapshot
@@ -57,7 +61,7 @@ class CodeServer:
             job_name=job.name, run_id=None, run_config=config, status=None, tags={**job.tags, **(tags or {})},
             root_run_id=None, parent_run_id=None, step_keys_to_execute=plan.step_keys_to_execute,
             execution_plan_snapshot=plan, job_snapshot=job.job_snapshot, parent_job_snapshot=job.parent_job_snapshot,
-            asset_selection=keys, asset_check_selection=None, resolved_op_selection=job.resolved_op_selection,
+            asset_selection=keys, asset_check_selection=checks, resolved_op_selection=job.resolved_op_selection,
             op_selection=None, remote_job_origin=job.get_remote_origin(), job_code_origin=job.get_python_origin(),
             asset_graph=repository.asset_graph)
         self.instance.launch_run(run.run_id, workspace)

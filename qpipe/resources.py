@@ -2,6 +2,7 @@
 
 import random
 import re
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,8 +39,11 @@ DAMAGED = re.compile(r"Could not read enough bytes|not a valid DuckDB database|C
 
 
 CORRUPT_BLOCK = re.compile(r"Corrupt database file: computed checksum .* in block at location")
-STALE_WAL = re.compile(r"replaying WAL", re.IGNORECASE)  # a log beside a file restored from a copy: not its own
+STALE_WAL = re.compile(r"WAL checkpoint iteration does not match")  # a log beside a copy restored: not its own
 HEADERS = 3 * 4096  # a DuckDB file's main header and two database headers, before its blocks
+_OPEN: dict[str, int] = {}  # warehouse files this process has connections to, and how many
+_OPEN_LOCK = threading.Lock()
+_CHECKED: set[tuple[str, int, int]] = set()  # (file, size, mtime) found whole
 
 
 class DamagedWarehouse(RuntimeError):
@@ -69,6 +73,9 @@ class Warehouse(DuckDBResource):
     @contextmanager
     def get_connection(self):
         con = self._attach_lake() if self.lake else self._connect()
+        key = str(Path(self.database).resolve())
+        with _OPEN_LOCK:
+            _OPEN[key] = _OPEN.get(key, 0) + 1
         try:
             con.execute("SET enable_progress_bar = false")  # it would draw on the console of every long step
             yield con
@@ -89,6 +96,8 @@ class Warehouse(DuckDBResource):
             raise
         finally:  # closed on failure too: a failed step must release the file
             con.close()
+            with _OPEN_LOCK:
+                _OPEN[key] -= 1
 
     def _attach_lake(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB of this process with the lake attached: no file, so no lock to wait for."""
@@ -123,14 +132,29 @@ class Warehouse(DuckDBResource):
 
     def _refuse_truncated(self, con: duckdb.DuckDBPyConnection) -> None:
         """A file cut short whose catalog survived opens, and DuckDB writes into it (its lost blocks fail only when a
-        step reads them, and the file grows back, zero-filled): refused before any step writes, when the file cannot
-        hold the blocks DuckDB counts in use (free blocks at its end may be cut off: DuckDB does so itself)."""
-        [(used, block_size)] = con.execute("SELECT used_blocks, block_size FROM pragma_database_size() "
-                                           "WHERE database_name = current_database()").fetchall()
-        needed, size = HEADERS + used * block_size, Path(self.database).stat().st_size
-        if size < needed:
+        step reads them, and the file grows back, zero-filled): refused before any step writes, when the file ends
+        before the last block in use (free blocks at its end may be cut off: DuckDB does so itself). Checked once per
+        file version in a process, and not while this process has it open (blocks being written are not in it yet)."""
+        path = Path(self.database)
+        stat = path.stat()
+        version = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        with _OPEN_LOCK:
+            if _OPEN.get(version[0]) or version in _CHECKED:
+                return
+        [(blocks, block_size)] = con.execute("SELECT total_blocks, block_size FROM pragma_database_size() WHERE "
+                                             "database_name = current_database()").fetchall()
+        tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = "
+                             "current_database()").fetchall()
+        last = max([-1, *(block for schema, table in tables for (block,) in con.execute(
+            "SELECT max(block_id) FROM pragma_storage_info(?) WHERE block_id BETWEEN 0 AND ?",
+            [f'"{schema}"."{table}"', blocks - 1]).fetchall() if block is not None)])
+        needed = HEADERS + (last + 1) * block_size
+        if stat.st_size < needed:
+            con.execute("PRAGMA disable_checkpoint_on_shutdown")  # the close would write a .wal's rows into it
             con.close()
-            self._damaged(f"it is {size:,} bytes, and its {used} blocks in use of {block_size:,} bytes need {needed:,}")
+            self._damaged(f"it is {stat.st_size:,} bytes, and its block {last} in use (of {block_size:,} bytes) "
+                          f"ends at {needed:,}")
+        _CHECKED.add(version)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         Path(self.database).parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ import dagster as dg
 from qpipe.cadence import is_retrain_day
 from qpipe.calendar import exchange_calendar, market_calendar
 from qpipe.assets.models import checkpoint_key
-from qpipe.jobs import DAILY, WITHOUT_RETRAINING
-from qpipe.models.registry import ARCHITECTURES
+from qpipe.freshness import checks_but_freshness
+from qpipe.jobs import DAILY, WITHOUT_RETRAINING, scheduled_models
 from qpipe.settings import get_settings
 from qpipe.training_profiles import checkpoint_config
 
@@ -39,13 +39,13 @@ def after_close(context: dg.ScheduleEvaluationContext):
         return dg.SkipReason(f"{day} is not a session of {CALENDAR.name} (an exchange holiday)")
     settings = get_settings()
     retrain = is_retrain_day(day, settings.retrain_every, settings.first_partition)
-    selection = DAILY if retrain else WITHOUT_RETRAINING
-    for arch in set(ARCHITECTURES) - set(settings.models):
-        selection = selection - dg.AssetSelection.tag("qpipe/arch", arch)
-    keys = None if selection is DAILY else sorted(selection.resolve(context.repository_def.asset_graph))
+    selection = scheduled_models(DAILY if retrain else WITHOUT_RETRAINING)
+    graph = context.repository_def.asset_graph
+    keys = None if selection is DAILY else sorted(selection.resolve(graph))
     training = {checkpoint_key(arch).to_python_identifier(): {"config": checkpoint_config(settings.training, arch)}
                 for arch in settings.models} if retrain and settings.training != "qlib" else {}
     return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat(), asset_selection=keys,
+                         asset_check_keys=None if keys is None else sorted(checks_but_freshness(graph, set(keys))),
                          run_config={"ops": training} if training else {},
                          tags={"qpipe/retrain": "yes" if retrain else f"no (every {settings.retrain_every})",
                                "qpipe/models": ",".join(settings.models), "qpipe/training": settings.training})

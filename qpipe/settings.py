@@ -169,7 +169,7 @@ class Settings(BaseModel):
     def _a_file(cls, value: Path | None) -> Path | None:
         if value is None:
             return None
-        value = value.expanduser().resolve()
+        value = value.expanduser().absolute()  # not resolved: DuckDB looks for the .wal beside the name given
         if value.is_dir():
             raise ValueError(f"{value} is a folder: QPIPE_WAREHOUSE names the DuckDB file itself (e.g. "
                              f"{value / 'warehouse.duckdb'})")

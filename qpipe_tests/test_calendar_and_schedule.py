@@ -252,8 +252,9 @@ def test_a_market_dated_a_day_early_and_an_exchanges_unknown_closures_are_named_
 
     tokyo = exchange_calendar("XTKS").trading_days("2024-06-03", "2024-06-14")
     with pytest.raises(PriceDataError, match=r"dates that are not sessions: .*: 2 days, 2024-06-02, 2024-06-09 "
-                                             r"\(not sessions of XTKS\); .*2 of them Sundays: bars of a market east of "
-                                             r"the zone they were dated in \(Tokyo's dated in UTC\) fall a day early"):
+                                             r"\(not sessions of XTKS\); .*2 of them Sundays and no Friday: bars of a "
+                                             r"market east of the zone they were dated in \(Tokyo's dated in UTC\) fall "
+                                             r"a day early"):
         check_sessions(pd.Series(tokyo - np.timedelta64(1, "D")), tokyo, "jp.csv", "XTKS")
     hong_kong = exchange_calendar("XHKG").trading_days("2023-08-28", "2023-09-08")
     typhoons = hong_kong[[4, 9]]  # 2023-09-01 and 09-08 in exchange-calendars 4.13, which has no closures of them

@@ -87,6 +87,20 @@ def test_the_check_executed_from_the_ui_gives_the_sensors_verdict_and_no_daily_r
                                                                       asset_selection=set())
         evaluations = {e.asset_key: e for e in job.execute_in_process(instance=instance).get_asset_check_evaluations()}
     assert not evaluations[PRICES].passed and "2026-11-25 is not in" in evaluations[PRICES].description
-    assert evaluations[ALPHA158].passed and evaluations[ALPHA158].description.startswith("not judged")
+    assert ALPHA158 not in evaluations  # never materialized: not judged, and not shown as passed either
     daily = defs.resolve_job_def("daily_pipeline").asset_layer.asset_graph.asset_check_keys
     assert daily and not {key for key in daily if key.name == freshness.CHECK}
+
+
+def test_the_schedules_runs_of_some_assets_leave_the_check_out(monkeypatch):
+    """Found in code review: a run naming assets and no checks gets every check of its assets from the whole graph,
+    so the schedule's runs on days without retraining judged freshness too, the checkpoints' of a day not retrained."""
+    from qpipe.schedules import after_close
+
+    monkeypatch.setenv("QPIPE_RETRAIN_EVERY", "weekly")
+    tick = dg.build_schedule_context(scheduled_execution_time=new_york("2026-11-25 17:30"),
+                                     repository_def=defs.get_repository_def())
+    (request,) = after_close.evaluate_tick(tick).run_requests
+    assert request.asset_selection and not any(key.path[0] == "models" for key in request.asset_selection)
+    checks = {check.name for check in request.asset_check_keys}
+    assert freshness.CHECK not in checks and {"prices_are_unique_and_consistent", "no_all_nan_day"} <= checks

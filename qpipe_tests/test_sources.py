@@ -244,9 +244,15 @@ def test_a_company_name_column_beside_the_symbol_is_not_taken_for_the_instrument
     assert prices["instrument"].tolist() == expected["instrument"].tolist()
     assert prices["date"].tolist() == expected["date"].tolist()
     # two columns mapped to one: one of them was dropped in silence
-    with pytest.raises(PriceDataError, match=r"column mapped twice: .*QPIPE_SOURCE_COLUMNS maps 'Adj Close' and 'close' "
+    with pytest.raises(PriceDataError, match=r"column mapped twice: .*QPIPE_SOURCE_COLUMNS maps 'close' and 'Adj Close' "
                                              r"to 'close': one of them would be dropped in silence"):
         TabularSource(str(tmp_path / "vendor.csv"), columns={"Adj Close": "close", "close": "close"}).prices()
+    # two vendors' files, each with its own name of the date (found in code review: refused as mapped twice)
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "a.csv").write_text(GOOD.replace("date", "TradeDate"))
+    (tmp_path / "two" / "b.csv").write_text(GOOD.replace("date", "Dt").replace("AAA", "BBB"))
+    both = TabularSource(str(tmp_path / "two"), columns={"TradeDate": "date", "Dt": "date"}).prices()
+    assert sorted(both["instrument"].unique()) == ["AAA", "BBB"] and len(both) == 4
 
 
 def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):

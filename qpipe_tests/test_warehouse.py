@@ -154,6 +154,16 @@ def test_a_damaged_warehouse_file_is_named_as_damaged_and_left_as_it_is(tmp_path
     assert path.read_bytes() == bytes(damaged)
 
 
+CRASH = ("import duckdb, os, sys; con = duckdb.connect(sys.argv[1]); con.execute(\"SET checkpoint_threshold='10GB'\"); "
+         "con.execute('PRAGMA disable_checkpoint_on_shutdown'); con.execute(sys.argv[2]); os._exit(9)")
+
+
+def _crash_during(path: Path, sql: str) -> None:
+    """A process that commits ``sql`` and dies before the checkpoint: the rows are in the .wal, not the file."""
+    subprocess.run([sys.executable, "-c", CRASH, str(path), sql], check=False, timeout=60)
+    assert Path(f"{path}.wal").exists()
+
+
 def test_a_warehouse_cut_short_that_duckdb_would_write_into_is_refused_before_any_write(tmp_path):
     """Found in review: a file cut in half whose catalog is in its first half opens, and DuckDB wrote a day into
     it; the file grew back, zero-filled, and the damage then showed only when a step read a lost block."""
@@ -167,12 +177,40 @@ def test_a_warehouse_cut_short_that_duckdb_would_write_into_is_refused_before_an
     with duckdb.connect(str(path)) as con:  # what DuckDB alone does with it
         con.execute("INSERT INTO small VALUES (2)")
     path.write_bytes(half)
-    with pytest.raises(DamagedWarehouse, match=rf"the warehouse .*warehouse.duckdb is damaged: it is {len(half):,} "
-                                               r"bytes, and its \d+ blocks in use of 262,144 bytes need [\d,]+\. "
-                                               r".*Nothing was written"):
+    refused = rf"the warehouse .*warehouse.duckdb is damaged: it is {len(half):,} bytes, and its block \d+ in use " \
+              r"\(of 262,144 bytes\) ends at [\d,]+\. .*Nothing was written"
+    with pytest.raises(DamagedWarehouse, match=refused):
         with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection() as con:
             con.execute("INSERT INTO small VALUES (2)")
     assert path.read_bytes() == half
+    # found in code review: with a .wal beside it, the refusal's close wrote the log's rows into the file
+    _crash_during(path, "INSERT INTO small VALUES (5)")
+    with pytest.raises(DamagedWarehouse, match=refused):
+        with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection():
+            pass
+    assert path.read_bytes() == half and Path(f"{path}.wal").exists()
+
+
+def test_a_warehouse_cut_short_after_a_table_was_dropped_is_refused(tmp_path):
+    """Found in code review: after a DROP the blocks in use sit at the file's end, beyond as many blocks as are in
+    use; a file cut there passed a check that counted them."""
+    path = tmp_path / "warehouse.duckdb"
+    with Warehouse(database=str(path)).get_connection() as con:
+        con.execute("CREATE TABLE big AS SELECT range AS i, random() AS x FROM range(3000000)")
+        con.execute("CHECKPOINT")
+        con.execute("CREATE TABLE scores AS SELECT range AS i, random() AS x FROM range(1000000)")
+        con.execute("CHECKPOINT")
+        con.execute("DROP TABLE big")
+    whole = path.read_bytes()
+    cut = whole[:len(whole) * 9 // 10 // 4096 * 4096]
+    path.write_bytes(cut)
+    with pytest.raises(DamagedWarehouse, match=r"is damaged: it is [\d,]+ bytes, and its block \d+ in use"):
+        with Warehouse(database=str(path), lock_wait_seconds=1.0).get_connection():
+            pass
+    assert path.read_bytes() == cut
+    path.write_bytes(whole)  # whole, it opens
+    with Warehouse(database=str(path)).get_connection() as con:
+        assert con.execute("SELECT count(*) FROM scores").fetchall() == [(1_000_000,)]
 
 
 def test_a_copy_restored_beside_the_log_of_the_file_it_replaced_says_to_move_the_log_away(tmp_path):
@@ -184,11 +222,7 @@ def test_a_copy_restored_beside_the_log_of_the_file_it_replaced_says_to_move_the
     copy = path.read_bytes()
     with Warehouse(database=str(path)).get_connection() as con:
         con.execute("INSERT INTO prices SELECT range FROM range(10)")
-    crash = ("import duckdb, os, sys; con = duckdb.connect(sys.argv[1]); con.execute(\"SET checkpoint_threshold='10GB'\"); "
-             "con.execute('PRAGMA disable_checkpoint_on_shutdown'); con.execute('DELETE FROM prices WHERE i < 5'); "
-             "os._exit(9)")
-    subprocess.run([sys.executable, "-c", crash, str(path)], check=False, timeout=60)
-    assert Path(f"{path}.wal").exists()
+    _crash_during(path, "DELETE FROM prices WHERE i < 5")
     path.write_bytes(copy)
     with pytest.raises(DamagedWarehouse, match=r"its write-ahead log .*warehouse.duckdb.wal is not its own .*Move the "
                                                r"\.wal away"):

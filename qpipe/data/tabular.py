@@ -255,13 +255,13 @@ class TabularSource:
             raise PriceDataError("unknown column mapping", str(file),
                                  detail=f"QPIPE_SOURCE_COLUMNS maps {name!r} to {value!r}, which is not a qpipe column "
                                         f"(one of {', '.join(ALIASES)})")
-        twice = [v for v in ALIASES if list(self.columns.values()).count(v) > 1]
-        if twice:
-            raise PriceDataError("column mapped twice", str(file), detail=(
-                f"QPIPE_SOURCE_COLUMNS maps {' and '.join(repr(k) for k, v in self.columns.items() if v == twice[0])} "
-                f"to {twice[0]!r}: one of them would be dropped in silence; map only the one it is"))
         named = {k.strip().lower(): v for k, v in self.columns.items()}  # "Close" names a file's "close" too
         explicit = {col: named[col.strip().lower()] for col in header if col.strip().lower() in named}
+        twice = [v for v in ALIASES if list(explicit.values()).count(v) > 1]  # of this file: vendors name them apart
+        if twice:
+            raise PriceDataError("column mapped twice", str(file), detail=(
+                f"QPIPE_SOURCE_COLUMNS maps {' and '.join(repr(k) for k, v in explicit.items() if v == twice[0])} "
+                f"to {twice[0]!r}: one of them would be dropped in silence; map only the one it is"))
         taken = set(explicit.values())
         mapping = dict(explicit)
         for canonical, names in ALIASES.items():

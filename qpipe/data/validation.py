@@ -39,15 +39,22 @@ def first_few(items, most: int = 10) -> str:
     return ", ".join(str(d) for d in items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
+def counted(items, noun: str) -> str:
+    """``items`` for a message, with how many when there are several: '2 days, 2024-06-02, 2024-06-09'."""
+    return first_few(items) if len(items) == 1 else f"{len(items)} {noun}, {first_few(items)}"
+
+
 def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar: str, matched: str = "") -> None:
     """Every date of the rows is a session of the calendar, and every session has rows; else name the days.
 
     ``matched``: the calendar is the source's own dates (QPIPE_CALENDAR=auto) on the weekdays of this exchange."""
     present = np.unique(dates.to_numpy().astype("datetime64[D]"))
     foreign, absent = np.setdiff1d(present, sessions), np.setdiff1d(sessions, present)
-    sundays = int(np.sum((foreign.view("int64") + 3) % 7 == 6))
-    early = (f"; {sundays} of them Sundays: bars of a market east of the zone they were dated in (Tokyo's dated in "
-             "UTC) fall a day early, date each bar by the exchange's own day" if 2 * sundays > len(foreign) else "")
+    weekday = (present.view("int64") + 3) % 7  # Monday = 0
+    sundays = int(np.sum(np.isin(present, foreign) & (weekday == 6)))
+    shifted = 2 * sundays > len(foreign) and not np.any(weekday == 4)  # Sunday to Thursday: a week a day early
+    early = (f"; {sundays} of them Sundays and no Friday: bars of a market east of the zone they were dated in "
+             "(Tokyo's dated in UTC) fall a day early, date each bar by the exchange's own day" if shifted else "")
     if matched:  # QPIPE_CALENDAR=auto
         foreign_hint = (f"QPIPE_CALENDAR is auto: the source's own dates, on the days of the week {matched} trades; "
                         f"remove those rows, or set QPIPE_CALENDAR to an exchange that trades on them{early}")
@@ -63,7 +70,7 @@ def check_sessions(dates: pd.Series, sessions: np.ndarray, source: str, calendar
             (absent, "sessions missing from the source", f"sessions of {calendar} with no row for any instrument",
              absent_hint)):
         if len(days):
-            raise PriceDataError(rule, source, detail=f"{len(days)} days, {first_few(days)} ({what}); {hint}")
+            raise PriceDataError(rule, source, detail=f"{counted(days, 'days')} ({what}); {hint}")
 
 
 def check_whole_day(day, names: set[str], before: set[str], source: str) -> None:

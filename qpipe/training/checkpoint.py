@@ -136,9 +136,9 @@ def save_checkpoint(
         text = json.dumps(sidecar, indent=2, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{sidecar_path}: checkpoint metadata is not JSON-serializable: {error}") from error
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
     staged: list[Path] = []
     try:
+        weights_path.parent.mkdir(parents=True, exist_ok=True)
         for final, data in ((weights_path, weights), (sidecar_path, text.encode())):
             staged.append(_stage(final, data))
     except BaseException as error:
