@@ -38,10 +38,13 @@ def test_partition_keys_are_trading_days_and_lookbacks_count_trading_days():
     assert sorted(upstream.get_partition_keys()) == ["2024-01-11", "2024-01-12", "2024-01-16"]
 
 
-def _tick(when: datetime):
+def _tick(when: datetime, instance: dg.DagsterInstance | None = None):
     from qpipe.definitions import defs
-    context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
-    return after_close.evaluate_tick(context)
+
+    with dg.instance_for_test() as empty:
+        context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def(),
+                                            instance=instance or empty)
+        return after_close.evaluate_tick(context)
 
 
 def test_schedule_runs_the_days_partition_after_close_and_skips_holidays():
@@ -54,6 +57,29 @@ def test_schedule_runs_the_days_partition_after_close_and_skips_holidays():
     holiday = _tick(datetime(2024, 1, 15, 17, 30, tzinfo=ny))
     assert not holiday.run_requests and "holiday" in holiday.skip_message
     assert after_close.cron_schedule == "30 17 * * 1-5"  # no weekend ticks at all
+
+
+def test_a_tick_after_the_daemon_was_down_runs_the_sessions_missed_first_oldest_first():
+    """Found in review: Dagster runs only the last due tick of a schedule without a partition set after its daemon
+    was down (the README promised a catch-up); the sessions in between were never run."""
+    import yaml
+
+    from qpipe.assets.prices import PRICES
+    from qpipe_tests.conftest import REPO
+
+    ny = ZoneInfo("America/New_York")
+    with dg.instance_for_test() as instance:
+        for day in ("2024-01-09", "2024-01-10"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(PRICES, partition=day))
+        after_outage = _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny), instance)  # down from 01-10's tick on
+        holiday = _tick(datetime(2024, 1, 15, 17, 30, tzinfo=ny), instance)  # back on MLK day
+    assert [r.partition_key for r in after_outage.run_requests] == ["2024-01-11", "2024-01-12", "2024-01-16"]
+    assert [r.run_key for r in after_outage.run_requests] == ["2024-01-11", "2024-01-12", "2024-01-16"]
+    assert [r.tags.get("qpipe/caught-up") for r in after_outage.run_requests] == ["missed by the schedule"] * 2 + [None]
+    assert [r.partition_key for r in holiday.run_requests] == ["2024-01-11", "2024-01-12"]
+    # the runs of the schedule take turns, oldest first: a day's features read the day before's prices
+    limits = yaml.safe_load((REPO / "dagster.yaml").read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": "dagster/schedule_name", "value": "after_close", "limit": 1} in limits
 
 
 def test_a_session_a_csv_source_lacks_is_not_called_a_holiday(tmp_path, monkeypatch):

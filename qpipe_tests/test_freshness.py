@@ -98,9 +98,10 @@ def test_the_schedules_runs_of_some_assets_leave_the_check_out(monkeypatch):
     from qpipe.schedules import after_close
 
     monkeypatch.setenv("QPIPE_RETRAIN_EVERY", "weekly")
-    tick = dg.build_schedule_context(scheduled_execution_time=new_york("2026-11-25 17:30"),
-                                     repository_def=defs.get_repository_def())
-    (request,) = after_close.evaluate_tick(tick).run_requests
+    with dg.instance_for_test() as instance:
+        tick = dg.build_schedule_context(scheduled_execution_time=new_york("2026-11-25 17:30"),
+                                         repository_def=defs.get_repository_def(), instance=instance)
+        (request,) = after_close.evaluate_tick(tick).run_requests
     assert request.asset_selection and not any(key.path[0] == "models" for key in request.asset_selection)
     checks = {check.name for check in request.asset_check_keys}
     assert freshness.CHECK not in checks and {"prices_are_unique_and_consistent", "no_all_nan_day"} <= checks
