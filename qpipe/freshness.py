@@ -27,7 +27,7 @@ CHECK = "fresh_after_the_close"
 CHECKPOINTS = dg.AssetSelection.groups("models")
 
 
-def now() -> datetime:
+def current_time() -> datetime:
     return datetime.now(ZoneInfo("UTC"))
 
 
@@ -122,14 +122,14 @@ def build_freshness(assets: Sequence[dg.AssetsDefinition]) -> tuple[dg.AssetChec
                           can_subset=True, description=what)
     def fresh_after_the_close_check(context: dg.AssetCheckExecutionContext):
         wanted = {check.asset_key for check in context.selected_asset_check_keys}
-        judged = verdicts(context.instance, calendar, now(), wanted, checkpoints)
+        judged = verdicts(context.instance, calendar, current_time(), wanted, checkpoints)
         yield from (verdict.result() for verdict in judged)  # an asset not judged gets no result (not a pass)
 
     @dg.sensor(name=CHECK, minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"Every 2 min: {what} A verdict that changes is reported as a runless evaluation of the "
                            f"check {CHECK} (qpipe.freshness).")
     def fresh_after_the_close_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        judged = verdicts(context.instance, calendar, now(), keys, checkpoints)
+        judged = verdicts(context.instance, calendar, current_time(), keys, checkpoints)
         before = json.loads(context.cursor) if context.cursor else {}
         state = {verdict.key.to_user_string(): [str(verdict.session), verdict.passed] for verdict in judged}
         for verdict in judged:
@@ -137,7 +137,7 @@ def build_freshness(assets: Sequence[dg.AssetsDefinition]) -> tuple[dg.AssetChec
                 context.instance.report_runless_asset_event(verdict.result(dg.AssetCheckEvaluation))
         context.update_cursor(json.dumps(state))
         late = [f"{verdict.key.to_user_string()} ({verdict.session})" for verdict in judged if not verdict.passed]
-        return dg.SkipReason(f"{len(judged) - len(late)} of {len(judged)} daily assets in by their deadline" +
+        return dg.SkipReason(f"{len(judged) - len(late)} of {len(judged)} daily assets have the partition due" +
                              (f"; not in: {', '.join(late)}" if late else "") if judged else
                              "no daily asset materialized yet")
 

@@ -46,7 +46,8 @@ def after_close(context: dg.ScheduleEvaluationContext):
             return dg.SkipReason(f"{day} is not a session of {CALENDAR.name}: {CALENDAR.matched} traded that day, but "
                                  f"the source has no row for it, and under QPIPE_CALENDAR=auto it is no partition; "
                                  f"add the day's rows (QPIPE_CALENDAR={CALENDAR.matched} refuses such a source), "
-                                 "unless the exchange was closed (a typhoon, a closure exchange-calendars does not know)")
+                                 "unless the exchange was closed (a typhoon, a closure exchange-calendars does not "
+                                 "know)")
         return dg.SkipReason(f"{day} is not a session of {CALENDAR.name} (an exchange holiday)")
     days = [*missed, day] if CALENDAR.is_session(day) else missed
     return [_request(context, session, caught_up=session != day) for session in days]

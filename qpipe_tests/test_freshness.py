@@ -44,7 +44,8 @@ def _history(instance: dg.DagsterInstance, key: dg.AssetKey) -> list[tuple[bool,
 
 def test_the_sensor_reports_the_session_last_due_skips_the_holiday_and_turns_green_when_a_late_day_lands(monkeypatch):
     monkeypatch.setenv("QPIPE_RETRAIN_EVERY", "weekly")  # checkpoints on the week's first session: Monday 11-23
-    monkeypatch.setattr(freshness, "now", lambda: new_york("2026-11-27 08:00"))  # the morning after Thanksgiving
+    # the morning after Thanksgiving
+    monkeypatch.setattr(freshness, "current_time", lambda: new_york("2026-11-27 08:00"))
     sensor = defs.get_sensor_def(freshness.CHECK)
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
@@ -58,7 +59,7 @@ def test_the_sensor_reports_the_session_last_due_skips_the_holiday_and_turns_gre
         land(LSTM, "2026-11-25")  # a checkpoint of a day that is not a retrain day: Monday's is still missing
         context = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
         skipped = sensor(context)
-        assert skipped.skip_message == ("2 of 4 daily assets in by their deadline; not in: features/alpha158 "
+        assert skipped.skip_message == ("2 of 4 daily assets have the partition due; not in: features/alpha158 "
                                         "(2026-11-25), models/lstm_checkpoint (2026-11-23)")
         [(passed, description)] = _history(instance, PRICES)  # landed now: days after the deadline
         assert passed and description.startswith("2026-11-25 is in since ") and " d " in description
@@ -75,11 +76,11 @@ def test_the_sensor_reports_the_session_last_due_skips_the_holiday_and_turns_gre
         assert [passed for passed, _ in _history(instance, ALPHA158)] == [False, True]
         assert _history(instance, ALPHA158)[-1][1].endswith("after its deadline")
         assert len(_history(instance, PRICES)) == 1
-        assert skipped.skip_message.startswith("3 of 4 daily assets in")
+        assert skipped.skip_message.startswith("3 of 4 daily assets have the partition due")
 
 
 def test_the_check_executed_from_the_ui_gives_the_sensors_verdict_and_no_daily_run_executes_it(monkeypatch):
-    monkeypatch.setattr(freshness, "now", lambda: new_york("2026-11-27 08:00"))
+    monkeypatch.setattr(freshness, "current_time", lambda: new_york("2026-11-27 08:00"))
     checks = {dg.AssetCheckKey(key, freshness.CHECK) for key in (PRICES, ALPHA158)}
     with dg.instance_for_test() as instance:
         instance.report_runless_asset_event(dg.AssetMaterialization(PRICES, partition="2026-11-24"))
