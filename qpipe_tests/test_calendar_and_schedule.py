@@ -41,9 +41,9 @@ def test_partition_keys_are_trading_days_and_lookbacks_count_trading_days():
 def _tick(when: datetime, instance: dg.DagsterInstance | None = None):
     from qpipe.definitions import defs
 
-    with dg.instance_for_test() as empty:
-        context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def(),
-                                            instance=instance or empty)
+    # (the context opens its own instance from the one given, and sets it as the current one until it is closed)
+    with dg.instance_for_test() as empty, dg.build_schedule_context(
+            scheduled_execution_time=when, repository_def=defs.get_repository_def(), instance=instance or empty) as context:
         return after_close.evaluate_tick(context)
 
 

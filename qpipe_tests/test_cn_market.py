@@ -41,9 +41,9 @@ shanghai = ZoneInfo("Asia/Shanghai")
 ticks = {}
 for day in ("2019-07-04", "2019-10-01", "2019-10-08", "2019-02-04"):
     when = datetime.fromisoformat(day).replace(hour=16, minute=30, tzinfo=shanghai)
-    result = after_close.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=when,
-                                                                 repository_def=defs.get_repository_def(),
-                                                                 instance=dg.DagsterInstance.ephemeral()))
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+            scheduled_execution_time=when, repository_def=defs.get_repository_def(), instance=instance) as context:
+        result = after_close.evaluate_tick(context)
     ticks[day] = [r.partition_key for r in result.run_requests]
 due = {when: str(due_session(market_calendar(), datetime.fromisoformat(when).replace(tzinfo=shanghai)))
        for when in ("2019-09-30 19:59", "2019-09-30 20:00", "2019-10-07 23:00", "2019-10-08 20:00")}

@@ -99,9 +99,9 @@ def test_the_schedules_runs_of_some_assets_leave_the_check_out(monkeypatch):
     from qpipe.schedules import after_close
 
     monkeypatch.setenv("QPIPE_RETRAIN_EVERY", "weekly")
-    with dg.instance_for_test() as instance:
-        tick = dg.build_schedule_context(scheduled_execution_time=new_york("2026-11-25 17:30"),
-                                         repository_def=defs.get_repository_def(), instance=instance)
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+            scheduled_execution_time=new_york("2026-11-25 17:30"), repository_def=defs.get_repository_def(),
+            instance=instance) as tick:
         (request,) = after_close.evaluate_tick(tick).run_requests
     assert request.asset_selection and not any(key.path[0] == "models" for key in request.asset_selection)
     checks = {check.name for check in request.asset_check_keys}

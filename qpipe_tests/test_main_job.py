@@ -66,7 +66,10 @@ class MainJob:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.text
-            for run in instance.get_runs(dg.RunsFilter(tags={"qpipe/main": "yes"})):
+            # still training now: a checkpoint that early-stopped while a loaded machine polled slowly left the stop
+            # to the job's last seconds, or after them (found in CI: the job had ended, with 0)
+            for run in instance.get_runs(dg.RunsFilter(tags={"qpipe/main": "yes"},
+                                                       statuses=[dg.DagsterRunStatus.STARTED])):
                 if any("_checkpoint" in key for key in run.step_keys_to_execute or []):
                     if any("batch" in (e.user_message or "") for e in instance.all_logs(run.run_id)):
                         return run
