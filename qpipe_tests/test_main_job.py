@@ -26,6 +26,12 @@ pytestmark = pytest.mark.slow
 PROGRESS = re.compile(r"  \[\d+:\d\d(:\d\d)?\] ")  # the console's progress line: [elapsed] step latest | ...
 STAGE = re.compile(r"\[\d/\d\] ")
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C reaches the job as it does from a terminal: a test run in the background of a shell (CI's `cmd &`)
+    ignores SIGINT, and a process started with it ignored ignores it too (found in CI: the job ran on to its end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class MainJob:
     """``python -m qpipe.main`` in a new session, its output lines collected with their arrival times."""
 
@@ -41,7 +47,8 @@ class MainJob:
         # ("table alembic_version already exists").
         self._instance = dg.DagsterInstance.from_config(str(self.home))
         self.process = subprocess.Popen([sys.executable, "-m", "qpipe.main", *args], cwd=REPO, env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=_as_from_a_terminal)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
