@@ -17,7 +17,8 @@ so a day a provider appends to ``day.txt`` tomorrow is a partition today, with n
 """
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -52,7 +53,7 @@ class MarketCalendar:
     matched: str = ""  # a calendar of a source's own dates: the exchange whose hours (and sessions) it matched
     upcoming: np.ndarray | None = None  # such a calendar: the matched exchange's sessions after the source's last date
     apart: int = 0  # such a calendar: on how many of its last ~500 dates it differs from the matched exchange
-    early: tuple[tuple[date, time], ...] = ()  # (session, its close) of the half days (Christmas Eve ...)
+    early: Mapping[date, time] = field(default_factory=dict)  # the closes of the half days (Christmas Eve ...)
 
     @cached_property
     def known(self) -> np.ndarray:
@@ -98,7 +99,7 @@ class MarketCalendar:
 
     def close_on(self, day: date) -> time:
         """The close of ``day``: a half day's early one, else the regular close."""
-        return dict(self.early).get(day, self.close)
+        return self.early.get(day, self.close)
 
     def not_over(self, day: date) -> str:
         """Why the session of ``day`` cannot be ingested yet, or '' once its close has passed: a vendor's bar of a day
@@ -193,7 +194,7 @@ def exchange_calendar(code: str, start: str = EARLIEST) -> MarketCalendar:
     early = calendar.closes[calendar.early_closes].dt.tz_convert(calendar.tz)
     return MarketCalendar(code.upper(), code.upper(), calendar.sessions.to_numpy().astype("datetime64[D]"),
                           str(calendar.tz), calendar.close_times[-1][1],
-                          early=tuple((day.date(), close.time()) for day, close in early.items()))
+                          early={day.date(): close.time() for day, close in early.items()})
 
 
 def data_calendar(name: str, key: str, dates) -> MarketCalendar:

@@ -93,10 +93,12 @@ def verdicts(instance: dg.DagsterInstance, calendar: MarketCalendar, now: dateti
     found = []
     for key in sorted(keys):
         day = retrained if key in checkpoints else session
-        if day is None or instance.get_latest_materialization_event(key) is None:
+        if day is None:
             continue
         records = instance.fetch_materializations(  # the first: a later run of an on-time day is not late
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[day.isoformat()]), limit=1, ascending=True).records
+        if not records and instance.get_latest_materialization_event(key) is None:
+            continue  # (the second query only for a partition not in)
         landed = datetime.fromtimestamp(records[0].timestamp, ZoneInfo(calendar.timezone)) if records else None
         found.append(Verdict(key, day, deadline(calendar, day), landed))
     return found

@@ -34,9 +34,7 @@ def refuse_before_the_close(day, why: str) -> None:
 def refuse_days_without(con, table: str, column: str, start: pd.Timestamp, end: pd.Timestamp, upstream: str) -> None:
     """A Failure naming the sessions of [start, end] without a row in ``table`` (by ``column``): ``upstream``, the
     asset that writes them, was not materialized for them."""
-    have = {d for (d,) in con.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} BETWEEN ? AND ?",
-                                      [start.date(), end.date()]).fetchall()}
-    missing = [str(d) for d in market_calendar().trading_days(start, end) if d.item() not in have]
+    missing = wh.days_without_rows(con, table, column, market_calendar().trading_days(start, end))
     if missing:
         raise dg.Failure(f"{upstream} has no rows of {len(missing)} of these sessions: {first_few(missing)}; "
                          f"materialize it for them first (dg launch --assets {upstream} --partition-range "

@@ -211,6 +211,16 @@ def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
                             [schema, name]).fetchall()[0][0])
 
 
+def days_without_rows(con: duckdb.DuckDBPyConnection, table: str, column: str, days) -> list[str]:
+    """The days of ``days`` (datetime64[D], ascending) on which ``table`` has no row by ``column``: days an upstream
+    asset was not materialized for."""
+    if len(days) == 0:
+        return []
+    have = {d for (d,) in con.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} BETWEEN ? AND ?",
+                                      [days[0].item(), days[-1].item()]).fetchall()}
+    return [str(day) for day in days if day.item() not in have]
+
+
 def ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns_sql: str) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns_sql})")

@@ -132,9 +132,7 @@ def days_scored_by(con: duckdb.DuckDBPyConnection, arch: str, partition: str) ->
 
 def _refuse_days_without_features(con: duckdb.DuckDBPyConnection, feature_set: str, covered: list) -> None:
     """Days to score that have no features, named (torch's 'torch.cat(): expected a non-empty list' before)."""
-    have = {d for (d,) in con.execute(f"SELECT DISTINCT date FROM {FEATURE_SETS[feature_set].table} WHERE date "
-                                      "BETWEEN ? AND ?", [covered[0].item(), covered[-1].item()]).fetchall()}
-    missing = [str(day) for day in covered if day.item() not in have]
+    missing = wh.days_without_rows(con, FEATURE_SETS[feature_set].table, "date", covered)
     if missing:
         raise ValueError(f"features/{feature_set} has no rows of {len(missing)} of the sessions to score: "
                          f"{first_few(missing)}; materialize it for them first (dg launch --assets features/"
