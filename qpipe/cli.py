@@ -48,7 +48,7 @@ def dump_bin(args: argparse.Namespace) -> int:
 
     try:
         columns = json.loads(args.columns) if args.columns else {}
-        source = TabularSource(args.source, columns=columns, date_format=args.date_format)
+        source = TabularSource(args.source, columns=columns, date_format=args.date_format, benchmark=args.benchmark)
         prices = source.prices()
         universe, _ = source.reference()
     except (PriceDataError, json.JSONDecodeError) as error:
@@ -58,7 +58,9 @@ def dump_bin(args: argparse.Namespace) -> int:
     root = write_qlib_provider(prices, args.dir, pd.concat(markets, ignore_index=True))
     print(f"{root}: {prices['instrument'].nunique()} instruments, {prices['date'].nunique()} sessions "
           f"({prices['date'].min().date()}..{prices['date'].max().date()}); markets "
-          f"{', '.join(['all', *args.market])} (instruments/*.txt); for a workflow's qlib_init.provider_uri")
+          f"{', '.join(['all', *args.market])} (instruments/*.txt" +
+          (f"; the benchmark {args.benchmark} in features/ only" if args.benchmark else "") +
+          "); for a workflow's qlib_init.provider_uri")
     return 0
 
 
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("dir", help="the provider directory to write (calendars/, instruments/, features/)")
     dump.add_argument("--market", action="append", default=[], metavar="NAME",
                       help="also write instruments/NAME.txt with every instrument (a workflow's market: sp500)")
+    dump.add_argument("--benchmark", default="", metavar="INSTRUMENT",
+                      help="an index in the source (a workflow's benchmark: ^GSPC): its prices are written, and it is "
+                           "left out of the markets, as QPIPE_BENCHMARK leaves it out of a CSV/Parquet source's")
     dump.add_argument("--columns", default="",
                       help="JSON, as QPIPE_SOURCE_COLUMNS: {\"<name in file>\": \"<qpipe name>\"}")
     dump.add_argument("--date-format", default="", help="strptime format of the dates, as QPIPE_SOURCE_DATE_FORMAT")

@@ -1,4 +1,4 @@
-"""Freshness on the market's sessions: each session's partitions are due ``FRESH_BY`` after its close.
+"""Freshness on the market's sessions: each session's partitions are due QPIPE_FRESH_BY hours (5) after its close.
 
 Dagster's FreshnessPolicy is a cron of weekdays, which cannot skip an exchange's holidays (each would show every
 daily asset late), and it passes on any materialization in its window, a backfill of an old partition too. The
@@ -22,7 +22,6 @@ from qpipe.calendar import MarketCalendar, market_calendar
 from qpipe.jobs import DAILY, scheduled_models
 from qpipe.settings import get_settings
 
-FRESH_BY = timedelta(hours=5)  # after the close: the daily run's start (90 min after it), plus time for a long one
 CHECK = "fresh_after_the_close"
 CHECKPOINTS = dg.AssetSelection.groups("models")
 
@@ -32,7 +31,7 @@ def current_time() -> datetime:
 
 
 def deadline(calendar: MarketCalendar, day: date) -> datetime:
-    return datetime.combine(day, calendar.close, ZoneInfo(calendar.timezone)) + FRESH_BY
+    return datetime.combine(day, calendar.close, ZoneInfo(calendar.timezone)) + timedelta(hours=get_settings().fresh_by)
 
 
 def due_session(calendar: MarketCalendar, now: datetime) -> date:
@@ -117,7 +116,8 @@ def build_freshness(assets: Sequence[dg.AssetsDefinition]) -> tuple[dg.AssetChec
     checkpoints = CHECKPOINTS.resolve(assets) & keys
     calendar = market_calendar()
     what = (f"The partition of the session last due is in (of a checkpoint: of the last retrain day due); a "
-            f"session's partitions are due {FRESH_BY.seconds // 3600} hours after the {calendar.close:%H:%M} close "
+            f"session's partitions are due {get_settings().fresh_by:g} hours (QPIPE_FRESH_BY) after the "
+            f"{calendar.close:%H:%M} close "
             f"of {calendar.name} ({calendar.timezone}), holidays are not due.")
 
     @dg.multi_asset_check(name=CHECK, specs=[dg.AssetCheckSpec(CHECK, asset=key, description=what) for key in keys],

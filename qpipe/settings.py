@@ -34,6 +34,7 @@ VARIABLES = {
     "QPIPE_LOAD_CELLS": "load_cells", "QPIPE_FRAME_CELLS": "frame_cells",
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
     "QPIPE_LAKE": "lake", "QPIPE_LAKE_DATA": "lake_data", "QPIPE_SUSPEND_IDLE": "suspend_idle",
+    "QPIPE_FRESH_BY": "fresh_by",
 }
 READ_ELSEWHERE = ("QPIPE_THREADS",)  # (qpipe.compute: threads are a property of the process, not a setting)
 
@@ -135,6 +136,9 @@ class Settings(BaseModel):
     retrain_every: str | int = "daily"
     # The architectures the daily schedule trains, scores and reports (all by default).
     models: tuple[str, ...] = ARCHITECTURES
+    # Hours after a session's close by which its partitions are due (qpipe.freshness): the daily run starts 90 min
+    # after the close; raise it where retrains of the Qlib profile run longer (up to a week, for a weekend's retrain).
+    fresh_by: float = Field(default=5, gt=0, le=168)
     # How much the daily schedule trains them (qpipe.training_profiles): "qlib", the checkpoint's defaults (Qlib's
     # benchmark settings), or "quick", the main job's profile, for a CPU machine.
     training: Profile = "qlib"

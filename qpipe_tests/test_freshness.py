@@ -6,10 +6,12 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import pytest
 
 import qpipe.freshness as freshness
 from qpipe.calendar import exchange_calendar
 from qpipe.definitions import defs
+from qpipe.settings import SettingsError
 
 NEW_YORK = ZoneInfo("America/New_York")
 PRICES, ALPHA158 = dg.AssetKey(["raw", "prices"]), dg.AssetKey(["features", "alpha158"])
@@ -106,3 +108,14 @@ def test_the_schedules_runs_of_some_assets_leave_the_check_out(monkeypatch):
     assert request.asset_selection and not any(key.path[0] == "models" for key in request.asset_selection)
     checks = {check.name for check in request.asset_check_keys}
     assert freshness.CHECK not in checks and {"prices_are_unique_and_consistent", "no_all_nan_day"} <= checks
+
+
+def test_qpipe_fresh_by_moves_the_deadline_and_a_bad_value_is_refused_by_name(monkeypatch):
+    xnys = exchange_calendar("XNYS")
+    monkeypatch.setenv("QPIPE_FRESH_BY", "9.5")  # retrains of the Qlib profile that run into the night
+    assert freshness.deadline(xnys, datetime(2026, 11, 25).date()) == new_york("2026-11-26 01:30")
+    assert str(freshness.due_session(xnys, new_york("2026-11-26 01:29"))) == "2026-11-24"
+    assert str(freshness.due_session(xnys, new_york("2026-11-26 01:30"))) == "2026-11-25"
+    monkeypatch.setenv("QPIPE_FRESH_BY", "0")
+    with pytest.raises(SettingsError, match="QPIPE_FRESH_BY"):
+        freshness.deadline(xnys, datetime(2026, 11, 25).date())

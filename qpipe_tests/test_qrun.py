@@ -382,6 +382,19 @@ def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads
             change(d)
         with pytest.raises(ConfigError, match=message):
             translate(_edited(tmp_path, edit))
+    # the index a workflow benchmarks against is written, and is no member of the markets (as QPIPE_BENCHMARK)
+    indexed = tmp_path / "indexed"
+    done = subprocess.run([QPIPE, "dump-bin", csv, indexed, "--market", "sp2", "--benchmark", "XOM"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "markets all, sp2 (instruments/*.txt; the benchmark XOM in features/ only)" in \
+        done.stdout, done.stdout + done.stderr
+    for market in ("all", "sp2"):
+        assert (indexed / "instruments" / f"{market}.txt").read_text().split()[::3] \
+            == ["AAPL", "MSFT"]
+    assert (indexed / "features" / "xom" / "close.day.bin").exists()
+    bad = subprocess.run([QPIPE, "dump-bin", csv, indexed, "--benchmark", "^GSPC"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "missing benchmark" in bad.stderr and "^GSPC" in bad.stderr, bad.stderr
     bad = subprocess.run([QPIPE, "dump-bin", tmp_path / "nowhere.csv", provider], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("qpipe dump-bin: source not found")
