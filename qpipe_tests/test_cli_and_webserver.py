@@ -97,3 +97,17 @@ def test_cli_materialize_then_the_runs_show_in_dg_dev(dagster_home, tmp_path):
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_a_holiday_partition_on_the_command_line_is_refused_before_anything_runs(dagster_home, tmp_path):
+    """Dagster's CLI checks the partition key itself, before qpipe's code runs: its message is generic, so the README
+    names it with the command that lists the sessions. Nothing is written."""
+    home, env = dagster_home
+    cli = subprocess.run([str(BIN / "dagster"), "asset", "materialize", "-m", "qpipe.definitions",
+                          "--select", "raw/prices", "--partition", "2024-12-25"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert cli.returncode != 0 and "containing the passed partition key `2024-12-25`" in cli.stderr, cli.stderr[-2000:]
+    assert not (tmp_path / "qpipe" / "warehouse.duckdb").exists() and not (home / "storage").exists()
+    sessions = subprocess.run([sys.executable, "-m", "qpipe.cadence", "2024-12-23", "2024-12-27", "--every", "daily"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert sessions.returncode == 0 and "2024-12-24" in sessions.stdout and "2024-12-25" not in sessions.stdout
