@@ -201,8 +201,10 @@ def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unan
 
 @dg.multi_asset(
     specs=[
+        # After the prices (found in review: a step of its own, it read a late or unfinished vendor file beside the
+        # first look of raw/prices, and the day's members stayed those of the day before when the retry found it all)
         dg.AssetSpec(UNIVERSE, description="Index membership spans (market, instrument, start_date, end_date).",
-                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.UNIVERSE}),
+                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.UNIVERSE}, deps=[PRICES]),
         dg.AssetSpec(CONCEPTS, description="Sector and concept memberships (HIST's stock2concept): the source's, "
                                            "or those of the file QPIPE_CONCEPTS names.",
                      kinds={"duckdb"}, metadata={"dagster/table_name": wh.CONCEPTS}),
