@@ -133,6 +133,9 @@ def test_a_source_that_shrank_is_refused_with_what_would_be_lost_unless_replace(
     assert not result.success
     text = "\n".join(e.event_specific_data.error.to_string() for e in result.get_step_failure_events())
     assert "raw.prices: this ingest would remove 1 stored price rows that the source no longer has (e.g. 2024-01-03 BBB)" in text
+    assert "replace: true" in text  # (raw/universe waits for the prices: not run)
+    alone = dg.materialize([raw_universe], raise_on_error=False, resources=_resources(warehouse_path, source))
+    text = "\n".join(e.event_specific_data.error.to_string() for e in alone.get_step_failure_events())
     assert "raw.universe: this ingest would remove 1 stored membership spans" in text and "replace: true" in text
     assert {t: table_rows(warehouse_path, t) for t in before} == before
 
@@ -232,7 +235,8 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
     assert {(r[1], r[0].isoformat()): r for r in table_rows(warehouse_path, "raw.prices")} == stored
 
     # the vendor restates BBB's close of 2024-01-10 (its open, high and low stay): named; the next day is scaled by
-    # the close's ratio, so it stays on the stored basis
+    # the ratio of the session before, which the source did not restate (found in review: by the restated close's,
+    # every later row kept the correction as a fake move), so only the restated day differs until ingested again
     frame = pd.read_csv(path)
     frame.loc[(frame["Date"] == "2024-01-10") & (frame["Name"] == "BBB"), ["Close", "Adj Close"]] = 52.5
     extra = frame[frame["Date"] == "2024-01-10"].assign(Date="2024-01-11")
@@ -245,7 +249,8 @@ def test_a_split_adjusted_into_a_back_adjusted_sources_history_keeps_the_stored_
                and "dg launch --assets 'group:ingest' --partition-range 2024-01-10...2024-01-11, then the same with "
                "'group:features'; and retrain the checkpoints of 2024-01-10 on" in w for w in warnings), warnings
     bbb = {r[0].isoformat(): r for r in table_rows(warehouse_path, "raw.prices") if r[1] == "BBB"}
-    assert bbb["2024-01-11"][5] == pytest.approx(bbb["2024-01-10"][5])  # 53 / 0.99: no fake move
+    assert bbb["2024-01-11"][5] == pytest.approx(52.5 / 0.99)  # the source's 52.5, on the stored basis of 01-09
+    assert bbb["2024-01-10"][5] == pytest.approx(53 / 0.99)  # the day restated, as stored until ingested again
 
     # AAA, suspended for longer than the days looked at around a run, comes back: anchored on its last stored day
     frame = pd.read_csv(path)
@@ -284,6 +289,18 @@ def test_anchoring_backfills_onto_the_first_later_stored_day_and_names_what_it_c
     assert not anchor(day, day, priced, rounded, stored).restated
     restated = source.assign(open=source["open"] * 1.01)
     assert list(anchor(day, day, priced, restated, stored).restated) == ["AAA"]
+    # found in review: a correction of a session before the anchor was named nowhere, and a corrected anchor session
+    # set the basis of every later row; the basis is now the last session the source did not restate
+    history = [_day(d, "AAA", c) for d, c in (("2023-12-26", 40.0), ("2023-12-27", 41.0), ("2023-12-28", 42.0))]
+    corrected = pd.DataFrame(history).assign(close=[40.0, 41.0 * 1.03, 42.0])  # 12-27's close, 3% off when stored
+    anchored = anchor(day, day, ["AAA"], corrected, pd.DataFrame(history))
+    assert not anchored.scale and anchored.restated == {"AAA": pd.Timestamp("2023-12-27")}
+    corrected = pd.DataFrame(history).assign(close=[40.0, 41.0, 42.0 * 1.01])  # the anchor session's close
+    anchored = anchor(day, day, ["AAA"], corrected, pd.DataFrame(history))
+    assert not anchored.scale and anchored.restated == {"AAA": pd.Timestamp("2023-12-28")}
+    rebased = pd.DataFrame(history).assign(**{c: pd.DataFrame(history)[c] / 2 for c in ("open", "high", "low", "close")})
+    anchored = anchor(day, day, ["AAA"], rebased, pd.DataFrame(history))  # a split re-bases them all: no restatement
+    assert anchored.scale == {"AAA": pytest.approx(2.0)} and not anchored.restated
     # stored before the rows on the source's basis, after them on twice it (a backfill into a gap across a re-basing)
     source_around = pd.DataFrame([_day("2024-01-01", "AAA", 40.0), _day("2024-01-03", "AAA", 51.237)])
     stored_around = pd.DataFrame([_day("2024-01-01", "AAA", 40.0), _day("2024-01-03", "AAA", 2 * 51.237)])

@@ -179,7 +179,7 @@ def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unan
         context.log.warning(
             f"the source's prices of {first_few(days)} differ from the stored ones for {len(anchored.restated)} "
             f"instruments ({first_few(sorted(anchored.restated))}), not by one ratio: the source restated them. The "
-            f"new rows are on the stored basis of the close. To store the source's version, ingest from {days[0]} "
+            f"new rows are on the stored basis of the last session it did not restate. To store the source's version, ingest from {days[0]} "
             f"again with the features and labels that read those prices: dg launch --assets 'group:ingest' "
             f"--partition-range {days[0]}...{end.date()}, then the same with 'group:features'; and retrain the "
             f"checkpoints of {days[0]} on, whose windows hold that day (Dagster does not mark them stale across 720 "

@@ -4,16 +4,18 @@ A back-adjusted source (Yahoo's ``Adj Close``, a vendor's cumulative factor, or 
 already) rewrites every past price at each split or dividend. A daily run reads only its own days, so the rows
 stored before a split keep the old basis while the next day's arrive on the new one: a 7:1 split would show as a
 -86% day in the features and labels. As Qlib's collector does when it extends a provider directory
-(``YahooNormalize1dExtend`` scales new rows to the last stored close), each stock's incoming rows are scaled so
-that a session both the warehouse and the source have prices for keeps its stored close: the last such session
-before the rows (the ingest looks ``ANCHOR_SESSIONS`` back, and further for a stock back from a longer
-suspension), or (a backfill of earlier history) the first after them, within ``ANCHOR_SESSIONS``. Prices and
+(``YahooNormalize1dExtend`` scales new rows to the last stored close), each stock's incoming rows are scaled so that
+a session both the warehouse and the source have prices for keeps its stored close: the last such session before the
+rows that the source did not restate (the ingest looks ``ANCHOR_SESSIONS`` back, and further for a stock back from a
+longer suspension), or (a backfill of earlier history) the first after them, within ``ANCHOR_SESSIONS``. Prices and
 factor are multiplied by k = stored close / source close, volume divided by it; the traded price (price / factor),
 which the backtest's lots use, is kept. Features and labels are ratios of one stock's prices and volumes, so they
 come out as from a load of the whole history on the stored basis.
 
-Where the source's open, high or low of that session is not its stored one divided by the same k (beyond a
-rounded cent), the source restated that day: the rows are still scaled by the close's k, and the stock is named.
+A session whose stored open, high, low and close are not the source's x one k (beyond a rounded cent) was restated
+by the source; so was one read before the rows whose k is not the anchor's. The stock is named with its first such
+session, which keeps its stored prices (a correction taken for the basis would be a fake move in every later row);
+where every session read was restated, the last one anchors all the same.
 Where the stored rows after the range are on another basis than those before it (a backfill into a gap across which
 the source re-based), the rows join those before, and the stock is named with the first session after.
 """
@@ -49,24 +51,41 @@ def anchor(start: pd.Timestamp, end: pd.Timestamp, priced: Iterable[str], source
     warehouse: ``stored_near`` are its rows of the sessions around the range, ``source_near`` the source's rows of
     the same sessions."""
     shared = stored_near.merge(source_near, on=["date", "instrument"], suffixes=("", "_source"))
-    shared = shared.dropna(subset=[*OHLC, *(f"{c}_source" for c in OHLC)])
-    before = shared[shared["date"] < start].sort_values("date").drop_duplicates("instrument", keep="last")
-    after = shared[shared["date"] > end].sort_values("date").drop_duplicates("instrument", keep="first")
-    chosen = pd.concat([before, after[~after["instrument"].isin(before["instrument"])]])
-    k = (chosen["close"] / chosen["close_source"]).to_numpy()
-    both = before.merge(after, on="instrument", suffixes=("_before", "_after"))
+    shared = shared.dropna(subset=[*OHLC, *(f"{c}_source" for c in OHLC)]).sort_values("date")
+    shared["k"] = shared["close"] / shared["close_source"]
+    shared["agrees"] = _agrees(shared, shared["k"].to_numpy())
+    before = shared[shared["date"] < start]
+    # the last session before the rows the source did not restate (found in review: a corrected close of the anchor
+    # session made its ratio the basis of every later row, a fake move kept in the series), else the last one
+    kept = before[before["agrees"]].drop_duplicates("instrument", keep="last")
+    chosen_before = pd.concat([kept, before[~before["instrument"].isin(kept["instrument"])]
+                               .drop_duplicates("instrument", keep="last")])
+    after = shared[shared["date"] > end].drop_duplicates("instrument", keep="first")
+    chosen = pd.concat([chosen_before, after[~after["instrument"].isin(chosen_before["instrument"])]])
+    k = chosen["k"].to_numpy()
+    both = chosen_before.merge(after, on="instrument", suffixes=("_before", "_after"))
     k_after = both["close_after"] / both["close_source_after"] * both["close_source_before"] / both["close_before"]
     split = ~np.isclose(k_after, 1.0, rtol=RELATIVE, atol=0)  # the stored rows after the range are on another basis
     seams = dict(zip(both["instrument"][split], both["date_after"][split]))
-    expected = chosen[[f"{c}_source" for c in OHLC]].to_numpy() * k[:, None]
-    stored = chosen[OHLC].to_numpy()
-    same = (np.abs(stored - expected) <= np.maximum(RELATIVE * np.abs(stored), CENT * k[:, None])).all(axis=1)
     names = chosen["instrument"].to_numpy()
     unanchored = sorted(set(priced) - set(names))  # (suspended rows need none)
     scale = {name: factor for name, factor in zip(names, k.tolist())
              if not np.isclose(factor, 1.0, rtol=RELATIVE, atol=0)}
-    restated = dict(zip(names[~same], chosen["date"].to_numpy()[~same]))
-    return Anchored(scale, restated, seams, unanchored)
+    # every session read before the rows whose stored prices are not the source's on the chosen basis (found in
+    # review: a vendor's correction of a day before the anchor session was named nowhere), and an anchor after them
+    # that the source restated: the first such session of each stock
+    basis = before["instrument"].map(dict(zip(names, k))).to_numpy()
+    restated = pd.concat([before[~_agrees(before, basis)], chosen[~chosen["agrees"]]]).sort_values("date")
+    first = restated.drop_duplicates("instrument")
+    return Anchored(scale, dict(zip(first["instrument"], first["date"])), seams, unanchored)
+
+
+def _agrees(rows: pd.DataFrame, k: np.ndarray) -> np.ndarray:
+    """Whether each row's stored open, high, low and close are the source's x ``k`` (beyond float noise and a rounded
+    cent)."""
+    expected = rows[[f"{c}_source" for c in OHLC]].to_numpy() * k[:, None]
+    stored = rows[OHLC].to_numpy()
+    return (np.abs(stored - expected) <= np.maximum(RELATIVE * np.abs(stored), CENT * k[:, None])).all(axis=1)
 
 
 def anchor_to_warehouse(con: duckdb.DuckDBPyConnection, source, start: pd.Timestamp, end: pd.Timestamp,
