@@ -4,6 +4,7 @@ source as the Qlib provider directory a workflow reads, as Qlib's ``dump_bin.py 
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -26,15 +27,37 @@ def qrun(args: argparse.Namespace) -> int:
         return 2
     if args.epochs is not None:
         workflow = workflow.with_epochs(args.epochs)
+    from qpipe.workflow.run import inherited, print_records, run, workflow_home
+
+    home = workflow_home(workflow.path, args.home)
+    if args.records:
+        if not (home / "warehouse.duckdb").is_file():
+            print(f"qpipe qrun: no run of {workflow.path} in {home} yet (its warehouse.duckdb); --home names another "
+                  "folder", file=sys.stderr)
+            return 2
+        for name in inherited(workflow):
+            del os.environ[name]
+        os.environ.update({**workflow.settings, "QPIPE_HOME": str(home)})
+        if not print_records(workflow):
+            print(f"qpipe qrun: {home} holds no records of {workflow.model.model}'s test segment {workflow.test[0]}.."
+                  f"{workflow.test[1]}", file=sys.stderr)
+            return 1
+        return 0
+    left_out = inherited(workflow)
+    print(f"warehouse and checkpoints: {home}" + (
+        f"\nnot inherited from the shell, as the workflow decides them: "
+        f"{', '.join(f'{name}={value}' for name, value in sorted(left_out.items()))}" if left_out else ""))
     print(workflow.report(), flush=True)
     if args.dry_run:
         return 0
-    from qpipe.workflow.run import run
-
+    if not os.environ.get("DAGSTER_HOME"):
+        print("qpipe qrun: DAGSTER_HOME is not set: the runs need a Dagster instance to live in, e.g. export "
+              "DAGSTER_HOME=$PWD (any folder; `dg dev` from it shows the runs)", file=sys.stderr)
+        return 2
     print()
     try:
-        return run(workflow)
-    except (FileNotFoundError, RuntimeError) as error:
+        return run(workflow, home)
+    except FileNotFoundError as error:
         print(f"qpipe qrun: {error}", file=sys.stderr)
         return 2
 
@@ -67,9 +90,17 @@ def dump_bin(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qpipe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("qrun", help="a Qlib workflow YAML, translated into qpipe's settings and runs, and run")
+    qrun_help = "a Qlib workflow YAML, translated into qpipe's settings and runs, and run"
+    run = commands.add_parser("qrun", help=qrun_help, description=(
+        f"{qrun_help}: first a report of what each key means in qpipe, then the runs (in the Dagster instance at "
+        "DAGSTER_HOME, shown by `dg dev`), then what Qlib's records print. The workflow's warehouse and checkpoints "
+        "live in <QPIPE_HOME>/workflows/<YAML name> (QPIPE_HOME: ./.qpipe unless set), or --home."))
     run.add_argument("workflow", help="a Qlib workflow YAML (qrun's input)")
     run.add_argument("--dry-run", action="store_true", help="print the translation report only")
+    run.add_argument("--home", default=None, metavar="DIR",
+                     help="the workflow's warehouse and checkpoints (default <QPIPE_HOME>/workflows/<YAML name>)")
+    run.add_argument("--records", action="store_true",
+                     help="print the records of the workflow's last run from its home again, and run nothing")
     run.add_argument("--rolling-step", type=int, default=None, metavar="N",
                      help="Qlib's RollingGen(step=N): a checkpoint every N sessions of the test segment")
     run.add_argument("--rolling-type", default=None, metavar="RTYPE",

@@ -320,7 +320,9 @@ def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_wri
     lstm = SHARED / "qlib_configs" / "workflow_config_lstm_Alpha360.yaml"
     dry = subprocess.run([QPIPE, "qrun", lstm, "--dry-run"], capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.startswith("workflow_config_lstm_Alpha360.yaml -> qpipe: lstm on alpha360")
+    home, report = dry.stdout.split("\n", 1)  # the workflow's own home (found in review: a second one overwrote it)
+    assert home.startswith("warehouse and checkpoints: /") and home.endswith("/workflows/workflow_config_lstm_Alpha360")
+    assert report.startswith("workflow_config_lstm_Alpha360.yaml -> qpipe: lstm on alpha360")
     for line in ("  honoured (", "  changed (1):", "  not honoured (2):", "3. models/lstm_checkpoint on 2016-12-30",
                  "task.model.kwargs.GPU", "qpipe picks the device",
                  "4. predictions/lstm_predictions, reports/lstm_ic, reports/lstm_backtest 2017-01-03..2020-07-31\n"
@@ -339,6 +341,13 @@ def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_wri
     real = subprocess.run([QPIPE, "qrun", lstm], capture_output=True, text=True, timeout=120, env=env)
     assert real.returncode == 2 and "qlib_init.provider_uri" in real.stderr and "not a Qlib provider directory" in real.stderr
     assert not (tmp_path / "qpipe").exists() and list((tmp_path / "dagster_home").iterdir()) == []
+    # found in review: without DAGSTER_HOME the run was refused after the report, saying not what to set
+    unset = subprocess.run([QPIPE, "qrun", lstm], capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in env.items() if k != "DAGSTER_HOME"})
+    assert unset.returncode == 2 and "DAGSTER_HOME is not set" in unset.stderr and "export DAGSTER_HOME" in unset.stderr
+    never = subprocess.run([QPIPE, "qrun", lstm, "--records"], capture_output=True, text=True, timeout=120, env=env)
+    assert never.returncode == 2 and f"no run of {lstm} in {tmp_path / 'qpipe' / 'workflows' / lstm.stem} yet" in \
+        never.stderr, never.stderr
 
 
 def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads(tmp_path, sp500):
@@ -455,10 +464,21 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, monkeypatc
         assert len(instance.get_runs()) == 8  # the job's, and the workflow's seven
         qpipe = tmp_path / "qpipe" / "workflows" / "workflow"  # the workflow's own warehouse and checkpoints
     else:
+        # found in review: the shell's QPIPE_* settings were inherited (a benchmark, a warehouse elsewhere) though the
+        # report said the YAML's; and a second workflow overwrote the first one's figures in the same QPIPE_HOME
+        monkeypatch.setenv("QPIPE_BENCHMARK", "SH000300")  # no such index in this provider: the run would fail
+        monkeypatch.setenv("QPIPE_WAREHOUSE", str(tmp_path / "elsewhere.duckdb"))
         done = subprocess.run([QPIPE, "qrun", path, "--epochs", "1"], capture_output=True, text=True, timeout=900,
                               cwd=tmp_path)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        runs, qpipe = done.stdout, tmp_path / "qpipe"
+        runs, qpipe = done.stdout, tmp_path / "qpipe" / "workflows" / "workflow"
+        assert (f"not inherited from the shell, as the workflow decides them: QPIPE_BENCHMARK=SH000300, "
+                f"QPIPE_WAREHOUSE={tmp_path / 'elsewhere.duckdb'}") in runs
+        assert f"warehouse and checkpoints: {qpipe}" in runs and not (tmp_path / "elsewhere.duckdb").exists()
+        again = subprocess.run([QPIPE, "qrun", path, "--records"], capture_output=True, text=True, timeout=300,
+                               cwd=tmp_path)
+        assert again.returncode == 0 and again.stdout.strip() in runs and "SigAnaRecord (" in again.stdout, \
+            again.stdout + again.stderr
     assert f"workflow.yaml -> qpipe: {arch} on alpha158" in runs and "not honoured (" in runs
     n = 7 if name == "mlp_Alpha158" else 5  # three checkpoints when rolling
     for stage in (f"[1/{n}] prices and universe", f"[3/{n}] {arch} checkpoint on 2019-10-31",

@@ -4,11 +4,11 @@ names, as the command line does.
 A workflow's runs need settings of their own (its provider directory, market and calendar), so ``qpipe qrun``
 starts a code server with them; its runs land in this instance beside the job's run, and its console is this
 run's log. The workflow's warehouse and checkpoints live apart, under ``<QPIPE_HOME>/workflows/<YAML name>``
-unless the config names a home, so a provider's market never mixes with the one this code location serves.
+unless the config names a home (as on the command line), so a provider's market never mixes with the one this code
+location serves.
 Terminating the job's run stops the workflow's running run as Ctrl-C does.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from qpipe.settings import get_settings
+from qpipe.workflow.run import workflow_home
 
 
 class QrunConfig(dg.Config):
@@ -35,18 +35,18 @@ class QrunConfig(dg.Config):
 
     def command(self) -> list[str]:
         rolling = ["--rolling-step", str(self.rolling_step), "--rolling-type", self.rolling_type] if self.rolling_step else []
-        return [sys.executable, "-m", "qpipe.cli", "qrun", self.workflow, *rolling,
+        return [sys.executable, "-m", "qpipe.cli", "qrun", self.workflow, *rolling, "--home", str(self.workflow_home()),
                 *(["--epochs", str(self.epochs)] if self.epochs else []), *(["--dry-run"] if self.dry_run else [])]
 
     def workflow_home(self) -> Path:
-        return Path(self.home) if self.home else get_settings().home / "workflows" / Path(self.workflow).stem
+        return workflow_home(self.workflow, self.home or None)
 
 
 @dg.op(description="qpipe qrun on the workflow YAML of the run config; its output is this run's log")
 def qrun(context: dg.OpExecutionContext, config: QrunConfig) -> dg.Output:
     home = config.workflow_home()
     context.log.info(f"qpipe qrun {config.workflow}: warehouse and checkpoints in {home}")
-    process = subprocess.Popen(config.command(), env={**os.environ, "QPIPE_HOME": str(home)}, text=True,
+    process = subprocess.Popen(config.command(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     lines: list[str] = []
     try:

@@ -1,5 +1,11 @@
 """A translated Qlib workflow, run: the settings it names, then its runs through a code server, as the main job
-launches them (so they are in the UI with their lineage, and Ctrl-C or Terminate stops them)."""
+launches them (so they are in the UI with their lineage, and Ctrl-C or Terminate stops them).
+
+Each workflow has a home of its own (its warehouse and checkpoints, Qlib's experiment): ``<QPIPE_HOME>/workflows/<YAML
+name>`` unless one is named, so a second workflow never overwrites the first one's figures, which ``qpipe qrun
+FILE.yaml --records`` prints again. The ``QPIPE_*`` settings of the shell that the workflow decides (its data, market,
+benchmark, calendar, warehouse) are not inherited: the YAML and its report decide, as in Qlib.
+"""
 
 import os
 from pathlib import Path
@@ -8,7 +14,25 @@ import dagster as dg
 
 from qpipe.assets.models import backtest_key, checkpoint_key, predictions_key
 from qpipe.main import IN_PROCESS, QUIET, Stage, _span, print_leaderboard, run_stage
+from qpipe.settings import VARIABLES, get_settings
 from qpipe.workflow.translate import Workflow
+
+# Settings of the machine, not of a workflow: kept from the shell (QPIPE_CONCEPTS: HIST's concepts, which a Qlib
+# workflow names as .npy files qpipe does not read)
+MACHINE = ("QPIPE_DEVICE", "QPIPE_FEATURE_DEVICE", "QPIPE_BLOCK_CELLS", "QPIPE_LOAD_CELLS", "QPIPE_FRAME_CELLS",
+           "QPIPE_FRESH_BY", "QPIPE_CONCEPTS")
+
+
+def workflow_home(workflow_path: str | Path, home: str | Path | None = None) -> Path:
+    """Where a workflow's warehouse and checkpoints live: ``home``, else ``<QPIPE_HOME>/workflows/<YAML name>``."""
+    return Path(home).expanduser().absolute() if home else get_settings().home / "workflows" / Path(workflow_path).stem
+
+
+def inherited(workflow: Workflow) -> dict[str, str]:
+    """The shell's QPIPE_* settings a run of ``workflow`` leaves out (found in review: QPIPE_BENCHMARK=AAPL in the
+    shell was the backtest's benchmark of a YAML with none, while the report said the equal-weighted market)."""
+    return {name: value for name, value in os.environ.items() if name in VARIABLES and name not in MACHINE
+            and name != "QPIPE_HOME" and name not in workflow.settings}
 
 
 def stages(workflow: Workflow) -> list[Stage]:
@@ -46,19 +70,18 @@ def stages(workflow: Workflow) -> list[Stage]:
     return runs
 
 
-def run(workflow: Workflow) -> int:
-    """Materialize the workflow's runs in the instance at DAGSTER_HOME; 0 when every run succeeded."""
+def run(workflow: Workflow, home: Path) -> int:
+    """Materialize the workflow's runs in the instance at DAGSTER_HOME, into ``home``; 0 when every run succeeded."""
     from qpipe.launcher import code_server
-    from qpipe.resources import build_resources
-    from qpipe.workflow.records import qlib_records
 
     provider = Path(workflow.settings["QPIPE_SOURCE_PATH"])
     if not (provider / "calendars" / "day.txt").is_file():
         raise FileNotFoundError(f"{workflow.path}: qlib_init.provider_uri = {provider}: not a Qlib provider directory "
                                 "(no calendars/day.txt)")
-    if not os.environ.get("DAGSTER_HOME"):
-        raise RuntimeError("DAGSTER_HOME is not set: the runs need an instance to live in")
-    os.environ.update(workflow.settings)  # read by this process's settings and by the code server it starts
+    for name in inherited(workflow):
+        del os.environ[name]
+    os.environ.update({**workflow.settings, "QPIPE_HOME": str(home)})  # for this process and its code server
+    stored_before = (home / "warehouse.duckdb").exists()
     planned = stages(workflow)
     log_file = Path(os.environ["DAGSTER_HOME"]) / "logs" / "qpipe-qrun.log"
     with code_server(dg.DagsterInstance.get(), log_file) as server:
@@ -66,12 +89,28 @@ def run(workflow: Workflow) -> int:
             status = run_stage(server, stage, number, len(planned))
             if status != dg.DagsterRunStatus.SUCCESS:
                 print(f"the run's log is in the UI; the processes' console output in {log_file}")
+                if number == 1 and stored_before:  # (found in review: the advice was a config qrun cannot pass)
+                    print(f"{home} holds what an earlier run of a workflow named {workflow.path.stem} stored, kept as "
+                          f"it was; to run this one apart: qpipe qrun {workflow.path} --home NEW_FOLDER (or remove "
+                          f"{home})")
                 return 130 if status == dg.DagsterRunStatus.CANCELED else 1
     if planned[-1].job == "leaderboard_job":
         print_leaderboard(workflow.test_sessions)
+    print_records(workflow)
+    print(f"\nThe workflow's warehouse and checkpoints: {home}; these records again: qpipe qrun {workflow.path} "
+          f"--records" + (f" --home {home}" if home != workflow_home(workflow.path) else ""))
+    return 0
+
+
+def print_records(workflow: Workflow) -> bool:
+    """Print what Qlib's records print of the workflow's test segment, from the warehouse of QPIPE_HOME; whether it
+    holds any."""
+    from qpipe.resources import build_resources
+    from qpipe.workflow.records import qlib_records
+
     with build_resources()["warehouse"].get_connection() as con:
         records = qlib_records(con, workflow.model.model, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
                                portfolio=workflow.port_analysis is not None)
     if records:
         print(records)
-    return 0
+    return bool(records)
