@@ -7,8 +7,9 @@ import dagster as dg
 from qpipe.assets.features import feature_checks, feature_tables, label_table
 from qpipe.assets.leaderboard import leaderboard, leaderboard_job, refresh_leaderboard
 from qpipe.assets.models import model_assets, model_checks
-from qpipe.assets.prices import (prices_are_unique_and_consistent, prices_cover_the_listed_instruments,
-                                 prices_have_no_split_like_moves, raw_prices, raw_universe)
+from qpipe.assets.prices import (members_have_their_history, prices_are_unique_and_consistent,
+                                 prices_cover_the_listed_instruments, prices_have_no_split_like_moves, raw_prices,
+                                 raw_universe)
 from qpipe.freshness import build_freshness
 from qpipe.jobs import daily_pipeline, step_executor
 from qpipe.reaper import reap_dead_runs, reap_on_load
@@ -27,6 +28,7 @@ fresh_after_the_close, freshness_sensor = build_freshness(assets)
 defs = dg.Definitions(
     assets=assets,
     asset_checks=[prices_are_unique_and_consistent, prices_cover_the_listed_instruments, prices_have_no_split_like_moves,
+                  members_have_their_history,
                   *feature_checks, *model_checks, fresh_after_the_close],
     jobs=[daily_pipeline(unscheduled=fresh_after_the_close), leaderboard_job, qlib_workflow],
     schedules=[after_close],

@@ -629,3 +629,32 @@ def test_a_row_with_prices_and_no_volume_is_named_and_stored_suspended_where_ask
     every_run = build_resources(Settings.from_env({"QPIPE_SOURCE": "tabular", "QPIPE_SOURCE_PATH": str(path),
                                                    "QPIPE_BENCHMARK": "SPX", "QPIPE_SUSPEND_IDLE": "1"}))
     assert ingest(every_run["price_source"]) == [suspended]
+
+
+def test_a_symbol_relabelled_over_its_whole_history_is_named_with_the_range_to_ingest(tmp_path, warehouse_path):
+    """Found in review: a vendor relabelled COH as TPR over its whole history; the universe's replace then listed TPR
+    as a member since the first day while its prices began on the day of the rename, and nothing said so."""
+    from qpipe.assets.prices import members_have_their_history
+
+    days = [str(d) for d in trading_days("2024-01-02", "2024-01-10")]
+
+    def vendor(last: int, name: str) -> None:
+        rows = [f"{d},{s},10,11,9,10.5,1000" for d in days[:last] for s in ("AAA", name)]
+        (tmp_path / "prices.csv").write_text("date,symbol,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+
+    source = PriceSource(kind="tabular", path=str(tmp_path / "prices.csv"))
+    vendor(4, "COH")
+    _materialize(warehouse_path, source, partition_range=(days[0], days[3]))
+    vendor(5, "TPR")  # the whole history relabelled, and the next day
+    _materialize(warehouse_path, source, partition=days[4], replace=True)
+    result = dg.materialize([raw_universe, members_have_their_history], resources=_resources(warehouse_path, source))
+    [evaluation] = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert evaluation.description.startswith(f"1 members have history in the source before their first stored price: "
+                                              f"TPR since {days[0]} (stored from {days[4]})")
+    assert f"dg launch --assets raw/prices --partition-range {days[0]}...{days[4]} (with replace: true" in \
+        evaluation.description
+    _materialize(warehouse_path, source, partition_range=(days[0], days[4]), replace=True)  # as it says
+    result = dg.materialize([raw_universe, members_have_their_history], resources=_resources(warehouse_path, source))
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed and evaluation.metadata["members_without_their_history"].value == 0

@@ -288,6 +288,37 @@ def prices_cover_the_listed_instruments(context: dg.AssetCheckExecutionContext, 
                                          "first_missing": example or ""})
 
 
+@dg.asset_check(asset=UNIVERSE, pool="duckdb", additional_deps=[PRICES],
+                description="Each member's stored prices begin where its history in the source does (or where the "
+                            "warehouse's do); a warning, not a stop: a symbol the source relabelled over its whole "
+                            "history, or days never ingested, leave a member's features NaN for up to 60 sessions.")
+def members_have_their_history(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
+    """Found in review: a vendor relabelled COH as TPR over its whole history; after the universe's replace, TPR's
+    prices began on the day of the rename while its span said member since 2016, and nothing said so."""
+    with warehouse.get_connection() as con:
+        if not wh.has_table(con, wh.PRICES):
+            return dg.AssetCheckResult(passed=True, description="raw/prices is not materialized yet",
+                                       metadata={"members_without_their_history": 0})
+        late = con.execute(f"""
+            WITH listed AS (SELECT instrument, min(start_date) AS since FROM {wh.UNIVERSE} GROUP BY 1),
+                 stored AS (SELECT instrument, min(date) AS first FROM {wh.PRICES} GROUP BY 1),
+                 warehouse AS (SELECT min(date) AS first FROM {wh.PRICES})
+            SELECT l.instrument, greatest(l.since, w.first), s.first FROM listed l JOIN stored s USING (instrument),
+                   warehouse w
+            WHERE s.first > greatest(l.since, w.first) ORDER BY 2, 1""").fetchall()
+    if not late:
+        return dg.AssetCheckResult(passed=True, metadata={"members_without_their_history": 0})
+    since, first = late[0][1], late[0][2]
+    return dg.AssetCheckResult(
+        passed=False, severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(late)} members have history in the source before their first stored price: "
+                    f"{first_few([f'{name} since {a} (stored from {b})' for name, a, b in late])}. A symbol the source "
+                    f"relabelled? Ingest its history: dg launch --assets raw/prices --partition-range {since}..."
+                    f"{first} (with replace: true in its config where the source no longer has the rows stored under "
+                    f"the old symbol), then the features and labels of those days",
+        metadata={"members_without_their_history": len(late), "first": f"{late[0][0]} since {since}"})
+
+
 # A close below this ratio of the stock's last close (or above its inverse) is no market day's move, but a split the
 # source does not adjust for: a 2:1 split halves the price.
 SPLIT_LIKE = 0.55
