@@ -27,7 +27,7 @@ def qrun(args: argparse.Namespace) -> int:
         return 2
     if args.epochs is not None:
         workflow = workflow.with_epochs(args.epochs)
-    from qpipe.workflow.run import inherited, print_records, run, workflow_home
+    from qpipe.workflow.run import left_out, print_records, run, settle, workflow_home
 
     home = workflow_home(workflow.path, args.home)
     if args.records:
@@ -35,18 +35,16 @@ def qrun(args: argparse.Namespace) -> int:
             print(f"qpipe qrun: no run of {workflow.path} in {home} yet (its warehouse.duckdb); --home names another "
                   "folder", file=sys.stderr)
             return 2
-        for name in inherited(workflow):
-            del os.environ[name]
-        os.environ.update({**workflow.settings, "QPIPE_HOME": str(home)})
+        settle(workflow, home)
         if not print_records(workflow):
             print(f"qpipe qrun: {home} holds no records of {workflow.model.model}'s test segment {workflow.test[0]}.."
                   f"{workflow.test[1]}", file=sys.stderr)
             return 1
         return 0
-    left_out = inherited(workflow)
+    shell = left_out(workflow)
     print(f"warehouse and checkpoints: {home}" + (
         f"\nnot inherited from the shell, as the workflow decides them: "
-        f"{', '.join(f'{name}={value}' for name, value in sorted(left_out.items()))}" if left_out else ""))
+        f"{', '.join(f'{name}={value}' for name, value in sorted(shell.items()))}" if shell else ""))
     print(workflow.report(), flush=True)
     if args.dry_run:
         return 0

@@ -28,11 +28,18 @@ def workflow_home(workflow_path: str | Path, home: str | Path | None = None) -> 
     return Path(home).expanduser().absolute() if home else get_settings().home / "workflows" / Path(workflow_path).stem
 
 
-def inherited(workflow: Workflow) -> dict[str, str]:
+def left_out(workflow: Workflow) -> dict[str, str]:
     """The shell's QPIPE_* settings a run of ``workflow`` leaves out (found in review: QPIPE_BENCHMARK=AAPL in the
     shell was the backtest's benchmark of a YAML with none, while the report said the equal-weighted market)."""
     return {name: value for name, value in os.environ.items() if name in VARIABLES and name not in MACHINE
             and name != "QPIPE_HOME" and name not in workflow.settings}
+
+
+def settle(workflow: Workflow, home: Path) -> None:
+    """The workflow's settings in this process's environment, read by its settings and the code server it starts."""
+    for name in left_out(workflow):
+        del os.environ[name]
+    os.environ.update({**workflow.settings, "QPIPE_HOME": str(home)})
 
 
 def stages(workflow: Workflow) -> list[Stage]:
@@ -78,9 +85,7 @@ def run(workflow: Workflow, home: Path) -> int:
     if not (provider / "calendars" / "day.txt").is_file():
         raise FileNotFoundError(f"{workflow.path}: qlib_init.provider_uri = {provider}: not a Qlib provider directory "
                                 "(no calendars/day.txt)")
-    for name in inherited(workflow):
-        del os.environ[name]
-    os.environ.update({**workflow.settings, "QPIPE_HOME": str(home)})  # for this process and its code server
+    settle(workflow, home)
     stored_before = (home / "warehouse.duckdb").exists()
     planned = stages(workflow)
     log_file = Path(os.environ["DAGSTER_HOME"]) / "logs" / "qpipe-qrun.log"
