@@ -79,7 +79,9 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
     assert workflow.test_assets() == [f"predictions/{workflow.model.model}_predictions",
                                       f"reports/{workflow.model.model}_ic", f"reports/{workflow.model.model}_backtest"]
     changed = [e for e in workflow.entries if e.status == "changed"]
-    assert [e.key for e in changed] == ["task.dataset.kwargs.segments.valid"] and "look-ahead" in changed[0].meaning
+    assert changed[0].key == "task.dataset.kwargs.segments.valid" and "look-ahead" in changed[0].meaning
+    # the MLP's batches: drawn without replacement, where Qlib's DNNModelPytorch draws with replacement
+    assert [e.key for e in changed[1:]] == (["task.model.kwargs.batch_size"] if name.startswith("mlp") else [])
     _assert_honoured_segments_are_the_runs_windows(workflow)
 
 
@@ -518,6 +520,10 @@ def _backtest(d):
     return d["task"]["record"][2]["kwargs"]["config"]["backtest"]
 
 
+def _records(d):
+    return d["task"]["record"]
+
+
 def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are_qlibs(tmp_path):
     """Names Qlib's strategy and exchange take stay 'not honoured' with the reason; deal_price '$open' is Qlib's
     'open'; n_drop 0 is a deliberate departure (Qlib sells every holding each day)."""
@@ -568,6 +574,31 @@ def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are
     (lambda d: d["task"]["model"]["kwargs"].update(d_feat=5), "d_feat must be 6, not 5"),
     (lambda d: _backtest(d)["exchange_kwargs"].update(open_cost=-0.01),
      "config: open_cost = -0.01: Input should be greater than or equal to 0"),
+    # found in review: a record's kwargs were never read (exit 0, none of them in the report); Qlib's __init__
+    # raises TypeError on a name it does not take (PortAnaRecord's **kwargs reach ACRecordTemp, which takes none)
+    (lambda d: _records(d)[1]["kwargs"].update(ana_long_shrt=False), "task.record[1].kwargs.ana_long_shrt = False: "
+     "not an argument of Qlib's SigAnaRecord (Qlib refuses it: TypeError) (did you mean ana_long_short?)"),
+    (lambda d: _records(d)[0]["kwargs"].update(dataset_typo=1), "task.record[0].kwargs.dataset_typo = 1: not an "
+     "argument of Qlib's SignalRecord (Qlib refuses it: TypeError) (did you mean dataset?)"),
+    (lambda d: _records(d)[2]["kwargs"].update(risk_analysis_frq="day"), "task.record[2].kwargs.risk_analysis_frq = "
+     "day: not an argument of Qlib's PortAnaRecord (Qlib refuses it: TypeError) (did you mean risk_analysis_freq?)"),
+    (lambda d: _records(d)[1]["kwargs"].update(label_col=1), "task.record[1].kwargs.label_col = 1: the label has one "
+     "column"),
+    (lambda d: _records(d)[2]["kwargs"].update(indicator_analysis_method="value_weigted"), "indicator_analysis_method "
+     "= 'value_weigted': not a method of Qlib's indicator_analysis (Qlib: KeyError) (did you mean value_weighted?)"),
+    (lambda d: _records(d)[2]["kwargs"].update(risk_analysis_freq="weak"), "risk_analysis_freq = 'weak': 'weak' is "
+     "not a frequency of Qlib's"),
+    (lambda d: _records(d)[1].update(module_path="qlib.workflow.record_tmp"), "task.record[1].module_path = "
+     "'qlib.workflow.record_tmp': qpipe runs the records of Qlib's qlib.workflow.record_temp only (did you mean "
+     "qlib.workflow.record_temp?)"),
+    # found in review: an unknown record ran with rc 0 and no IC (Qlib: AttributeError)
+    (lambda d: _records(d)[1].update({"class": "SigAnaRecrod"}), "task.record[1].class = 'SigAnaRecrod': "
+     "qlib.workflow.record_temp has no such record (Qlib: AttributeError) (did you mean SigAnaRecord?)"),
+    # found in review: "not a key qpipe knows: ignored", and the run trained with the default processors
+    (lambda d: _kwargs(d).update(infer_processor=_kwargs(d).pop("infer_processors")),
+     "...: not an argument of Qlib's Alpha360 (Qlib refuses it: TypeError) (did you mean infer_processors?)"),
+    (lambda d: _kwargs(d).update(data_loader={"class": "QlibDataLoader"}), "handler.kwargs.data_loader = {'class': "
+     "'QlibDataLoader'}: not an argument of Qlib's Alpha360"),
 ])
 def test_a_workflow_that_cannot_be_valid_is_refused_naming_file_key_and_value(tmp_path, change, message):
     path = _edited(tmp_path, change)
@@ -646,3 +677,62 @@ def test_a_null_benchmark_and_qruns_sys_paths_are_named_for_what_they_are(tmp_pa
     null = _entry(workflow, "task.record[2].kwargs.config.backtest.benchmark")
     assert null.status == "changed" and null.meaning.endswith("(Qlib's backtest, given null, with none: a zero return)")
     assert _entry(workflow, "sys").meaning.startswith("Qlib's qrun adds these paths to sys.path")
+
+
+def test_the_records_arguments_qlib_takes_are_each_reported(tmp_path):
+    """Found in review: task.record was marked read whole, so PortAnaRecord's indicator_analysis_method and
+    risk_analysis_freq (qpipe prints the daily analysis, by Qlib's method mean) were in no line of the report."""
+    def change(d):
+        _records(d)[2]["kwargs"].update(indicator_analysis_method="value_weighted", risk_analysis_freq="week",
+                                        indicator_analysis_freq=["day"], skip_existing=True)
+        _records(d)[1]["kwargs"].update(label_col=0)
+
+    workflow = translate(_edited(tmp_path, change))
+    record = "task.record[2].kwargs"
+    method, risk = (_entry(workflow, f"{record}.{k}") for k in ("indicator_analysis_method", "risk_analysis_freq"))
+    assert method.status == "not honoured" and "Qlib's method mean" in method.meaning
+    assert risk.status == "not honoured" and "the 1week report is not found" in risk.meaning
+    assert [_entry(workflow, k).status for k in (f"{record}.indicator_analysis_freq", f"{record}.skip_existing",
+                                                 "task.record[1].kwargs.label_col", "task.record[1].module_path",
+                                                 "task.record[0].kwargs.model")] == ["honoured"] * 5
+    assert f"{record}.indicator_analysis_method, {record}.risk_analysis_freq" in workflow.report().splitlines()[-1]
+    # Qlib's own records qpipe does not run stay named, as Qlib runs them
+    other = translate(_edited(tmp_path, lambda d: _records(d).append({"class": "MultiPassPortAnaRecord"})))
+    assert _entry(other, "task.record[3]").status == "not honoured"
+    # a class written with its module, as Qlib also reads it
+    dotted = translate(_edited(tmp_path, lambda d: _records(d)[2].update(
+        {"class": "qlib.workflow.record_temp.PortAnaRecord"})))
+    assert dotted.records[2] == "PortAnaRecord" and dotted.port_analysis is not None
+
+
+def test_the_handler_arguments_qlib_takes_are_reported_and_others_refused(tmp_path):
+    """Keys Qlib's Alpha158 and Alpha360 take (their own, DataHandlerLP's, DataHandler's) stay accepted, each
+    reported; found in review: a misspelt one (infer_processor) ran with the default chain."""
+    def change(d):
+        _kwargs(d).update(freq="day", filter_pipe=None, inst_processors=[{"class": "X"}], drop_raw=True)
+
+    for file in ("workflow_config_lstm_Alpha360.yaml", "workflow_config_lstm_Alpha158.yaml"):
+        workflow = translate(_edited(tmp_path, change, file))
+        kwargs = "task.dataset.kwargs.handler.kwargs"
+        assert [_entry(workflow, f"{kwargs}.{k}").status for k in ("freq", "filter_pipe", "inst_processors",
+                                                                   "drop_raw")] == [
+            "honoured", "honoured", "not honoured", "not honoured"]
+        assert not [e for e in workflow.entries if "not a key qpipe knows" in e.meaning]
+
+
+def test_alstms_rnn_type_other_than_gru_is_a_change_from_qlib(tmp_path):
+    """Found in review: rnn_type LSTM was a hyper-parameter 'honoured', while Qlib's ALSTM never passes it to its
+    network (always a GRU) and qpipe builds an LSTM."""
+    kwargs = "task.model.kwargs"
+    lstm = translate(_edited(tmp_path, lambda d: d["task"]["model"]["kwargs"].update(rnn_type="LSTM"),
+                             "workflow_config_alstm_Alpha158.yaml"))
+    entry = _entry(lstm, f"{kwargs}.rnn_type")
+    assert entry.status == "changed" and "always trains a GRU" in entry.meaning
+    assert lstm.report().splitlines()[-1].count(f"{kwargs}.rnn_type") == 1
+    gru = translate(SHARED / "qlib_configs" / "workflow_config_alstm_Alpha158.yaml")
+    assert _entry(gru, f"{kwargs}.rnn_type").status == "honoured"
+    # the MLP without batch_size in the YAML: DNNModelPytorch's default, drawn otherwise, is named all the same
+    mlp = translate(_edited(tmp_path, lambda d: d["task"]["model"]["kwargs"].pop("batch_size"),
+                            "workflow_config_mlp_Alpha158.yaml"))
+    batch = _entry(mlp, f"{kwargs}.batch_size")
+    assert (batch.status, batch.value) == ("changed", 2000) and "with replacement" in batch.meaning
