@@ -736,3 +736,42 @@ def test_alstms_rnn_type_other_than_gru_is_a_change_from_qlib(tmp_path):
                             "workflow_config_mlp_Alpha158.yaml"))
     batch = _entry(mlp, f"{kwargs}.batch_size")
     assert (batch.status, batch.value) == ("changed", 2000) and "with replacement" in batch.meaning
+
+
+def _provider(tmp_path, members: dict[str, tuple[str, str]]) -> Path:
+    """A provider directory with what the translation reads: the XSHG sessions of 2007..2020 as its calendar, a
+    csi300 market file of ``members`` (name -> first, last day) and the benchmark's folder."""
+    provider = tmp_path / "provider"
+    (provider / "calendars").mkdir(parents=True)
+    (provider / "instruments").mkdir()
+    (provider / "features" / "sh000300").mkdir(parents=True)
+    days = [d for d in _xshg_sessions() if "2007-01-01" <= d <= "2020-12-31"]
+    (provider / "calendars" / "day.txt").write_text("\n".join(days) + "\n")
+    (provider / "instruments" / "csi300.txt").write_text(
+        "".join(f"{name}\t{first}\t{last}\n" for name, (first, last) in members.items()))
+    return provider
+
+
+def test_a_batch_larger_than_the_train_windows_samples_is_refused_before_anything_runs(tmp_path):
+    """Found in review: batch_size 8192 on 40 stocks was refused by the checkpoint's run (7520 training samples)
+    after prices and features were written. The market's members over the train window bound the samples."""
+    provider = _provider(tmp_path, {"SH600000": ("2007-01-04", "2020-12-31"), "SH600004": ("2012-01-04", "2020-12-31")})
+
+    def change(d, batch_size):
+        d["qlib_init"]["provider_uri"] = str(provider)
+        d["task"]["model"]["kwargs"]["batch_size"] = batch_size
+
+    # train 2008-01-02..2014-12-31: 1702 sessions of SH600000, and SH600004's from 2012-01-04 (726)
+    with pytest.raises(ConfigError, match=r"task.model.kwargs.batch_size = 2500: the train window 2008-01-02..2014-12-31 "
+                                          r"holds at most 2428 training samples \(the members of "
+                                          r"instruments/csi300.txt over its 1702 sessions\), fewer than one batch "
+                                          r"\(Qlib's training loop drops an incomplete batch and would train on none\)"):
+        translate(_edited(tmp_path, lambda d: change(d, 2500)))
+    workflow = translate(_edited(tmp_path, lambda d: change(d, 800)))
+    assert _entry(workflow, "task.model.kwargs.batch_size").meaning == (
+        "hyper-parameter of the checkpoint; the train window 2008-01-02..2014-12-31 holds at most 2428 samples (the "
+        "members of instruments/csi300.txt over its sessions), 3 batches a pass, fewer where members lack prices or "
+        "labels")
+    # the MLP: Qlib's DNNModelPytorch would train (batches with replacement), qpipe's sampler would not
+    with pytest.raises(ConfigError, match=r"DNNModelPytorch draws batches with replacement and would train"):
+        translate(_edited(tmp_path, lambda d: change(d, 4096), "workflow_config_mlp_Alpha158.yaml"))

@@ -333,6 +333,8 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
     checkpoints = _rolling_checkpoints(split, bounds["test"], rolling) if rolling else [split.checkpoint_entry()]
+    if here:  # (a refusal the checkpoint's run makes, after prices and features are written)
+        _batch_entry(r, model, provider, market, days, checkpoints)
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
                     checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
                     len(test))
@@ -371,6 +373,53 @@ def _handler_arguments(r: _Reader, key: str, handler: str) -> None:
         elif name in QLIB_HANDLER_MEMORY:
             r.say(f"{key}.{name}", "not honoured", "Qlib's handling of the data in memory, no bearing on the "
                   "figures: qpipe reads its feature store")
+
+
+def _member_sessions(provider: Path, market: str, days: np.ndarray) -> np.ndarray:
+    """The members of instruments/<market>.txt on each session of ``days``, summed from the first: [len(days) + 1]."""
+    from qpipe.data.qlib_provider import read_instruments
+
+    spans = read_instruments(provider, market)
+    starts = np.sort(spans["start_date"].to_numpy().astype("datetime64[D]"))
+    ends = np.sort(spans["end_date"].to_numpy().astype("datetime64[D]"))
+    members = np.searchsorted(starts, days, "right") - np.searchsorted(ends, days, "left")
+    return np.concatenate([[0], np.cumsum(members)])
+
+
+def _batch_entry(r: _Reader, model: ModelConfig, provider: Path, market: str, days: np.ndarray,
+                 checkpoints: list[Checkpoint]) -> None:
+    """A batch of more samples than the smallest train window holds is refused (the checkpoint's sampler would
+    refuse it once prices and features are written); else batch_size's line says how many samples that window holds
+    at most: the market's members over its sessions, fewer where a member lacks prices or a label (not counted here:
+    that needs the features)."""
+    from qpipe.training.dataset import windows_as_of
+
+    if get_spec(model.model).sampler == "daily":  # one day per batch: batch_size is not read
+        return
+    batch, summed = model.params["batch_size"], _member_sessions(provider, market, days)
+
+    def window(c: Checkpoint) -> tuple[int, int]:
+        train = windows_as_of(days, c.day, c.train_days, c.valid_days).train
+        return tuple(int(np.searchsorted(days, np.datetime64(d, "D"))) for d in train)
+
+    first, last = min((window(c) for c in checkpoints), key=lambda w: summed[w[1] + 1] - summed[w[0]])
+    samples, span = int(summed[last + 1] - summed[first]), f"{days[first]}..{days[last]}"
+    key = "task.model.kwargs.batch_size"
+    if samples < batch:
+        qlib = ("Qlib's DNNModelPytorch draws batches with replacement and would train; qpipe draws without"
+                if r.get("task.model.class") == "DNNModelPytorch" else
+                "Qlib's training loop drops an incomplete batch and would train on none")
+        raise ConfigError(f"{r.path}: {key} = {batch}: the train window {span} holds at most {samples} training "
+                          f"samples (the members of instruments/{market}.txt over its {last - first + 1} sessions), "
+                          f"fewer than one batch ({qlib}): lower batch_size to at most {samples}")
+    said = (f"; the train window {span} holds at most {samples} samples (the members of instruments/{market}.txt "
+            f"over its sessions), {samples // batch} batch{'es' if samples // batch > 1 else ''} a pass, fewer where "
+            "members lack prices or labels")
+    index = next((i for i, e in enumerate(r.entries) if e.key == key), None)
+    if index is None:
+        r.entries.append(Entry(key, batch, "honoured", "(the class default; not in the YAML) " + said[2:]))
+    else:
+        r.entries[index] = dataclasses.replace(r.entries[index], meaning=r.entries[index].meaning + said)
 
 
 def _label_entry(r: _Reader, key: str, label: Any) -> None:
