@@ -555,6 +555,9 @@ def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are
     (lambda d: d["task"]["record"][2]["kwargs"]["config"]["strategy"]["kwargs"].update(topk=0),
      "task.record[2].kwargs.config: topk = 0: Input should be greater than or equal to 1"),
     (lambda d: _kwargs(d).update(start_time="soon"), "start_time = 'soon' is not a date"),
+    # found in review: "is not a span inside the handler's 2008-01-01..2020-08-01", though both dates were
+    (lambda d: _segments(d, valid=["2016-12-31", "2015-01-01"]),
+     "segments.valid = [2016-12-31, 2015-01-01]: the start is after the end"),
     # misspelt: Qlib's TopkDropoutStrategy raises TypeError, its Exchange ValueError (found by a user: exit 0)
     (lambda d: _strategy(d)["kwargs"].update(hold_threshh=3),
      "task.record[2].kwargs.config.strategy.kwargs.hold_threshh = 3: not an argument of Qlib's TopkDropoutStrategy "
@@ -775,3 +778,36 @@ def test_a_batch_larger_than_the_train_windows_samples_is_refused_before_anythin
     # the MLP: Qlib's DNNModelPytorch would train (batches with replacement), qpipe's sampler would not
     with pytest.raises(ConfigError, match=r"DNNModelPytorch draws batches with replacement and would train"):
         translate(_edited(tmp_path, lambda d: change(d, 4096), "workflow_config_mlp_Alpha158.yaml"))
+
+
+def test_a_yaml_syntax_error_names_the_file_and_epochs_name_where_theirs_come_from(tmp_path):
+    """Found in review: a syntax error was 'in "<unicode string>", line 41'; --epochs on TabNet, whose YAML has no
+    n_epochs, said "not the YAML's 100" (the class default)."""
+    path = _edited(tmp_path, lambda d: None)
+    path.write_text(path.read_text().replace("n_drop: 5", "n_drop 5\n      x: 1"))
+    with pytest.raises(ConfigError) as refused:
+        translate(path)
+    assert f'in "{path}", line' in str(refused.value) and "<unicode string>" not in str(refused.value)
+    tabnet = translate(SHARED / "qlib_configs" / "workflow_config_TabNet_Alpha158.yaml").with_epochs(1)
+    assert _entry(tabnet, "--epochs").meaning.startswith("n_epochs 1, not the default 100 (qpipe qrun --epochs")
+    lstm = translate(SHARED / "qlib_configs" / "workflow_config_lstm_Alpha360.yaml").with_epochs(1)
+    assert _entry(lstm, "--epochs").meaning.startswith("n_epochs 1, not the YAML's 200 (")
+
+
+def test_a_handler_span_beyond_the_data_is_reported_as_the_span_used(tmp_path):
+    """Found in review: start_time 2010-01-01 was "prices and features from 2010-01-01" where the data begin
+    2012-12-06 (and so at the end): the line now says the calendar's session the runs start or end on."""
+    provider = _provider(tmp_path, {"SH600000": ("2007-01-04", "2020-12-31")})
+
+    def change(d):
+        d["qlib_init"]["provider_uri"] = str(provider)
+        _kwargs(d).update(start_time="2005-01-01", end_time="2021-06-30")
+        _segments(d, test=["2017-01-01", "2021-06-30"])
+
+    workflow = translate(_edited(tmp_path, change))
+    kwargs = "task.dataset.kwargs.handler.kwargs"
+    assert _entry(workflow, f"{kwargs}.start_time").meaning.startswith(
+        "prices and features from 2007-01-04, the calendar's first session: the data begin after start_time")
+    assert _entry(workflow, f"{kwargs}.end_time").meaning.startswith(
+        "prices and features to 2020-12-31, the calendar's last session: the data end before end_time")
+    assert [str(d) for d in workflow.span] == ["2007-01-04", "2020-12-31"] and str(workflow.prices_from) == "2007-01-04"

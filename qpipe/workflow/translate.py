@@ -119,11 +119,21 @@ class Workflow:
     def with_epochs(self, epochs: int) -> "Workflow":
         """The workflow trained ``epochs`` epochs (qrun's --epochs: a quick run on a CPU), which the report names as
         a change from Qlib's run (early stopping still applies)."""
-        was = self.model.params["n_epochs"]
         model = dataclasses.replace(self.model, params={**self.model.params, "n_epochs": epochs})
-        entry = Entry("--epochs", epochs, "changed", f"n_epochs {epochs}, not the YAML's {was} (qpipe qrun --epochs: "
-                      "a quick run; Qlib trains the YAML's)")
+        entry = Entry("--epochs", epochs, "changed", f"n_epochs {epochs}, not {self._epochs_given()} (qpipe qrun "
+                      "--epochs: a quick run)")
         return dataclasses.replace(self, model=model, entries=[*self.entries, entry])
+
+    def _epochs_given(self) -> str:
+        """Where the workflow's epochs come from: the YAML's n_epochs, its max_steps (DNNModelPytorch), or the
+        class default."""
+        was = self.model.params["n_epochs"]
+        keys = {e.key for e in self.entries if e.status == "honoured"}
+        if "task.model.kwargs.n_epochs" in keys:
+            return f"the YAML's {was}"
+        if "task.model.kwargs.max_steps" in keys:
+            return f"the YAML's {was} (max_steps)"
+        return f"the default {was}"
 
     def report(self) -> str:
         lines = [f"{self.path.name} -> qpipe: {self.model.model} on {self.model.feature_set}"
@@ -308,7 +318,10 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         if name == "test" and value[1] is None:  # Qlib: to the end of the data
             value = [value[0], span[1]]
         bounds[name] = tuple(_date(v, f"{segments}.{name}", path) for v in value)
-        if bounds[name][0] > bounds[name][1] or not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
+        if bounds[name][0] > bounds[name][1]:
+            raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}]: the start is after "
+                              "the end (expected [start, end])")
+        if not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
             raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}] is not a span "
                               f"inside the handler's {span[0]}..{span[1]}")
     first = int(np.searchsorted(days, np.datetime64(span[0], "D")))
@@ -439,15 +452,20 @@ def _handler_span(r: _Reader, kwargs: str, days: np.ndarray) -> tuple[dt.date, d
     """The handler's start_time and end_time; end_time null is Qlib's "to the end of the data": the calendar's last
     session (up to today: an exchange's calendar runs on into the future)."""
     start = _date(r.get(f"{kwargs}.start_time", required=True), f"{kwargs}.start_time", r.path)
-    r.say(f"{kwargs}.start_time", "honoured", f"prices and features from {start}")
+    first = days[0].item()
+    r.say(f"{kwargs}.start_time", "honoured", f"prices and features from {start}" if start >= first else
+          f"prices and features from {first}, the calendar's first session: the data begin after start_time (Qlib "
+          "reads from there too)")
     end = r.get(f"{kwargs}.end_time", required=True)
     if end is None:
         end = days[days <= np.datetime64(dt.date.today(), "D")][-1].item()
         r.say(f"{kwargs}.end_time", "honoured", f"prices and features to the calendar's last session, {end} (Qlib: "
               "null is to the end of the data)")
         return start, end
-    end = _date(end, f"{kwargs}.end_time", r.path)
-    r.say(f"{kwargs}.end_time", "honoured", f"prices and features to {end}")
+    end, last = _date(end, f"{kwargs}.end_time", r.path), days[-1].item()
+    r.say(f"{kwargs}.end_time", "honoured", f"prices and features to {end}" if end <= last else
+          f"prices and features to {last}, the calendar's last session: the data end before end_time (Qlib reads "
+          "to there too)")
     return start, end
 
 
