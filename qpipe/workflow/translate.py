@@ -9,7 +9,6 @@ train and valid segments, predictions, IC and backtest over the test segment) an
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
