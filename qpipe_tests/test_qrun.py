@@ -79,7 +79,9 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
     assert workflow.test_assets() == [f"predictions/{workflow.model.model}_predictions",
                                       f"reports/{workflow.model.model}_ic", f"reports/{workflow.model.model}_backtest"]
     changed = [e for e in workflow.entries if e.status == "changed"]
-    assert [e.key for e in changed] == ["task.dataset.kwargs.segments.valid"] and "look-ahead" in changed[0].meaning
+    assert changed[0].key == "task.dataset.kwargs.segments.valid" and "look-ahead" in changed[0].meaning
+    # the MLP's batches: drawn without replacement, where Qlib's DNNModelPytorch draws with replacement
+    assert [e.key for e in changed[1:]] == (["task.model.kwargs.batch_size"] if name.startswith("mlp") else [])
     _assert_honoured_segments_are_the_runs_windows(workflow)
 
 
@@ -538,6 +540,10 @@ def _backtest(d):
     return d["task"]["record"][2]["kwargs"]["config"]["backtest"]
 
 
+def _records(d):
+    return d["task"]["record"]
+
+
 def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are_qlibs(tmp_path):
     """Names Qlib's strategy and exchange take stay 'not honoured' with the reason; deal_price '$open' is Qlib's
     'open'; n_drop 0 is a deliberate departure (Qlib sells every holding each day)."""
@@ -569,6 +575,9 @@ def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are
     (lambda d: d["task"]["record"][2]["kwargs"]["config"]["strategy"]["kwargs"].update(topk=0),
      "task.record[2].kwargs.config: topk = 0: Input should be greater than or equal to 1"),
     (lambda d: _kwargs(d).update(start_time="soon"), "start_time = 'soon' is not a date"),
+    # found in review: "is not a span inside the handler's 2008-01-01..2020-08-01", though both dates were
+    (lambda d: _segments(d, valid=["2016-12-31", "2015-01-01"]),
+     "segments.valid = [2016-12-31, 2015-01-01]: the start is after the end"),
     # misspelt: Qlib's TopkDropoutStrategy raises TypeError, its Exchange ValueError (found by a user: exit 0)
     (lambda d: _strategy(d)["kwargs"].update(hold_threshh=3),
      "task.record[2].kwargs.config.strategy.kwargs.hold_threshh = 3: not an argument of Qlib's TopkDropoutStrategy "
@@ -588,6 +597,31 @@ def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are
     (lambda d: d["task"]["model"]["kwargs"].update(d_feat=5), "d_feat must be 6, not 5"),
     (lambda d: _backtest(d)["exchange_kwargs"].update(open_cost=-0.01),
      "config: open_cost = -0.01: Input should be greater than or equal to 0"),
+    # found in review: a record's kwargs were never read (exit 0, none of them in the report); Qlib's __init__
+    # raises TypeError on a name it does not take (PortAnaRecord's **kwargs reach ACRecordTemp, which takes none)
+    (lambda d: _records(d)[1]["kwargs"].update(ana_long_shrt=False), "task.record[1].kwargs.ana_long_shrt = False: "
+     "not an argument of Qlib's SigAnaRecord (Qlib refuses it: TypeError) (did you mean ana_long_short?)"),
+    (lambda d: _records(d)[0]["kwargs"].update(dataset_typo=1), "task.record[0].kwargs.dataset_typo = 1: not an "
+     "argument of Qlib's SignalRecord (Qlib refuses it: TypeError) (did you mean dataset?)"),
+    (lambda d: _records(d)[2]["kwargs"].update(risk_analysis_frq="day"), "task.record[2].kwargs.risk_analysis_frq = "
+     "day: not an argument of Qlib's PortAnaRecord (Qlib refuses it: TypeError) (did you mean risk_analysis_freq?)"),
+    (lambda d: _records(d)[1]["kwargs"].update(label_col=1), "task.record[1].kwargs.label_col = 1: the label has one "
+     "column"),
+    (lambda d: _records(d)[2]["kwargs"].update(indicator_analysis_method="value_weigted"), "indicator_analysis_method "
+     "= 'value_weigted': not a method of Qlib's indicator_analysis (Qlib: KeyError) (did you mean value_weighted?)"),
+    (lambda d: _records(d)[2]["kwargs"].update(risk_analysis_freq="weak"), "risk_analysis_freq = 'weak': 'weak' is "
+     "not a frequency of Qlib's"),
+    (lambda d: _records(d)[1].update(module_path="qlib.workflow.record_tmp"), "task.record[1].module_path = "
+     "'qlib.workflow.record_tmp': qpipe runs the records of Qlib's qlib.workflow.record_temp only (did you mean "
+     "qlib.workflow.record_temp?)"),
+    # found in review: an unknown record ran with rc 0 and no IC (Qlib: AttributeError)
+    (lambda d: _records(d)[1].update({"class": "SigAnaRecrod"}), "task.record[1].class = 'SigAnaRecrod': "
+     "qlib.workflow.record_temp has no such record (Qlib: AttributeError) (did you mean SigAnaRecord?)"),
+    # found in review: "not a key qpipe knows: ignored", and the run trained with the default processors
+    (lambda d: _kwargs(d).update(infer_processor=_kwargs(d).pop("infer_processors")),
+     "...: not an argument of Qlib's Alpha360 (Qlib refuses it: TypeError) (did you mean infer_processors?)"),
+    (lambda d: _kwargs(d).update(data_loader={"class": "QlibDataLoader"}), "handler.kwargs.data_loader = {'class': "
+     "'QlibDataLoader'}: not an argument of Qlib's Alpha360"),
 ])
 def test_a_workflow_that_cannot_be_valid_is_refused_naming_file_key_and_value(tmp_path, change, message):
     path = _edited(tmp_path, change)
@@ -666,3 +700,134 @@ def test_a_null_benchmark_and_qruns_sys_paths_are_named_for_what_they_are(tmp_pa
     null = _entry(workflow, "task.record[2].kwargs.config.backtest.benchmark")
     assert null.status == "changed" and null.meaning.endswith("(Qlib's backtest, given null, with none: a zero return)")
     assert _entry(workflow, "sys").meaning.startswith("Qlib's qrun adds these paths to sys.path")
+
+
+def test_the_records_arguments_qlib_takes_are_each_reported(tmp_path):
+    """Found in review: task.record was marked read whole, so PortAnaRecord's indicator_analysis_method and
+    risk_analysis_freq (qpipe prints the daily analysis, by Qlib's method mean) were in no line of the report."""
+    def change(d):
+        _records(d)[2]["kwargs"].update(indicator_analysis_method="value_weighted", risk_analysis_freq="week",
+                                        indicator_analysis_freq=["day"], skip_existing=True)
+        _records(d)[1]["kwargs"].update(label_col=0)
+
+    workflow = translate(_edited(tmp_path, change))
+    record = "task.record[2].kwargs"
+    method, risk = (_entry(workflow, f"{record}.{k}") for k in ("indicator_analysis_method", "risk_analysis_freq"))
+    assert method.status == "not honoured" and "Qlib's method mean" in method.meaning
+    assert risk.status == "not honoured" and "the 1week report is not found" in risk.meaning
+    assert [_entry(workflow, k).status for k in (f"{record}.indicator_analysis_freq", f"{record}.skip_existing",
+                                                 "task.record[1].kwargs.label_col", "task.record[1].module_path",
+                                                 "task.record[0].kwargs.model")] == ["honoured"] * 5
+    assert f"{record}.indicator_analysis_method, {record}.risk_analysis_freq" in workflow.report().splitlines()[-1]
+    # Qlib's own records qpipe does not run stay named, as Qlib runs them
+    other = translate(_edited(tmp_path, lambda d: _records(d).append({"class": "MultiPassPortAnaRecord"})))
+    assert _entry(other, "task.record[3]").status == "not honoured"
+    # a class written with its module, as Qlib also reads it
+    dotted = translate(_edited(tmp_path, lambda d: _records(d)[2].update(
+        {"class": "qlib.workflow.record_temp.PortAnaRecord"})))
+    assert dotted.records[2] == "PortAnaRecord" and dotted.port_analysis is not None
+
+
+def test_the_handler_arguments_qlib_takes_are_reported_and_others_refused(tmp_path):
+    """Keys Qlib's Alpha158 and Alpha360 take (their own, DataHandlerLP's, DataHandler's) stay accepted, each
+    reported; found in review: a misspelt one (infer_processor) ran with the default chain."""
+    def change(d):
+        _kwargs(d).update(freq="day", filter_pipe=None, inst_processors=[{"class": "X"}], drop_raw=True)
+
+    for file in ("workflow_config_lstm_Alpha360.yaml", "workflow_config_lstm_Alpha158.yaml"):
+        workflow = translate(_edited(tmp_path, change, file))
+        kwargs = "task.dataset.kwargs.handler.kwargs"
+        assert [_entry(workflow, f"{kwargs}.{k}").status for k in ("freq", "filter_pipe", "inst_processors",
+                                                                   "drop_raw")] == [
+            "honoured", "honoured", "not honoured", "not honoured"]
+        assert not [e for e in workflow.entries if "not a key qpipe knows" in e.meaning]
+
+
+def test_alstms_rnn_type_other_than_gru_is_a_change_from_qlib(tmp_path):
+    """Found in review: rnn_type LSTM was a hyper-parameter 'honoured', while Qlib's ALSTM never passes it to its
+    network (always a GRU) and qpipe builds an LSTM."""
+    kwargs = "task.model.kwargs"
+    lstm = translate(_edited(tmp_path, lambda d: d["task"]["model"]["kwargs"].update(rnn_type="LSTM"),
+                             "workflow_config_alstm_Alpha158.yaml"))
+    entry = _entry(lstm, f"{kwargs}.rnn_type")
+    assert entry.status == "changed" and "always trains a GRU" in entry.meaning
+    assert lstm.report().splitlines()[-1].count(f"{kwargs}.rnn_type") == 1
+    gru = translate(SHARED / "qlib_configs" / "workflow_config_alstm_Alpha158.yaml")
+    assert _entry(gru, f"{kwargs}.rnn_type").status == "honoured"
+    # the MLP without batch_size in the YAML: DNNModelPytorch's default, drawn otherwise, is named all the same
+    mlp = translate(_edited(tmp_path, lambda d: d["task"]["model"]["kwargs"].pop("batch_size"),
+                            "workflow_config_mlp_Alpha158.yaml"))
+    batch = _entry(mlp, f"{kwargs}.batch_size")
+    assert (batch.status, batch.value) == ("changed", 2000) and "with replacement" in batch.meaning
+
+
+def _provider(tmp_path, members: dict[str, tuple[str, str]]) -> Path:
+    """A provider directory with what the translation reads: the XSHG sessions of 2007..2020 as its calendar, a
+    csi300 market file of ``members`` (name -> first, last day) and the benchmark's folder."""
+    provider = tmp_path / "provider"
+    (provider / "calendars").mkdir(parents=True)
+    (provider / "instruments").mkdir()
+    (provider / "features" / "sh000300").mkdir(parents=True)
+    days = [d for d in _xshg_sessions() if "2007-01-01" <= d <= "2020-12-31"]
+    (provider / "calendars" / "day.txt").write_text("\n".join(days) + "\n")
+    (provider / "instruments" / "csi300.txt").write_text(
+        "".join(f"{name}\t{first}\t{last}\n" for name, (first, last) in members.items()))
+    return provider
+
+
+def test_a_batch_larger_than_the_train_windows_samples_is_refused_before_anything_runs(tmp_path):
+    """Found in review: batch_size 8192 on 40 stocks was refused by the checkpoint's run (7520 training samples)
+    after prices and features were written. The market's members over the train window bound the samples."""
+    provider = _provider(tmp_path, {"SH600000": ("2007-01-04", "2020-12-31"), "SH600004": ("2012-01-04", "2020-12-31")})
+
+    def change(d, batch_size):
+        d["qlib_init"]["provider_uri"] = str(provider)
+        d["task"]["model"]["kwargs"]["batch_size"] = batch_size
+
+    # train 2008-01-02..2014-12-31: 1702 sessions of SH600000, and SH600004's from 2012-01-04 (726)
+    with pytest.raises(ConfigError, match=r"task.model.kwargs.batch_size = 2500: the train window 2008-01-02..2014-12-31 "
+                                          r"holds at most 2428 training samples \(the members of "
+                                          r"instruments/csi300.txt over its 1702 sessions\), fewer than one batch "
+                                          r"\(Qlib's training loop drops an incomplete batch and would train on none\)"):
+        translate(_edited(tmp_path, lambda d: change(d, 2500)))
+    workflow = translate(_edited(tmp_path, lambda d: change(d, 800)))
+    assert _entry(workflow, "task.model.kwargs.batch_size").meaning == (
+        "hyper-parameter of the checkpoint; the train window 2008-01-02..2014-12-31 holds at most 2428 samples (the "
+        "members of instruments/csi300.txt over its sessions), 3 batches a pass, fewer where members lack prices or "
+        "labels")
+    # the MLP: Qlib's DNNModelPytorch would train (batches with replacement), qpipe's sampler would not
+    with pytest.raises(ConfigError, match=r"DNNModelPytorch draws batches with replacement and would train"):
+        translate(_edited(tmp_path, lambda d: change(d, 4096), "workflow_config_mlp_Alpha158.yaml"))
+
+
+def test_a_yaml_syntax_error_names_the_file_and_epochs_name_where_theirs_come_from(tmp_path):
+    """Found in review: a syntax error was 'in "<unicode string>", line 41'; --epochs on TabNet, whose YAML has no
+    n_epochs, said "not the YAML's 100" (the class default)."""
+    path = _edited(tmp_path, lambda d: None)
+    path.write_text(path.read_text().replace("n_drop: 5", "n_drop 5\n      x: 1"))
+    with pytest.raises(ConfigError) as refused:
+        translate(path)
+    assert f'in "{path}", line' in str(refused.value) and "<unicode string>" not in str(refused.value)
+    tabnet = translate(SHARED / "qlib_configs" / "workflow_config_TabNet_Alpha158.yaml").with_epochs(1)
+    assert _entry(tabnet, "--epochs").meaning.startswith("n_epochs 1, not the default 100 (qpipe qrun --epochs")
+    lstm = translate(SHARED / "qlib_configs" / "workflow_config_lstm_Alpha360.yaml").with_epochs(1)
+    assert _entry(lstm, "--epochs").meaning.startswith("n_epochs 1, not the YAML's 200 (")
+
+
+def test_a_handler_span_beyond_the_data_is_reported_as_the_span_used(tmp_path):
+    """Found in review: start_time 2010-01-01 was "prices and features from 2010-01-01" where the data begin
+    2012-12-06 (and so at the end): the line now says the calendar's session the runs start or end on."""
+    provider = _provider(tmp_path, {"SH600000": ("2007-01-04", "2020-12-31")})
+
+    def change(d):
+        d["qlib_init"]["provider_uri"] = str(provider)
+        _kwargs(d).update(start_time="2005-01-01", end_time="2021-06-30")
+        _segments(d, test=["2017-01-01", "2021-06-30"])
+
+    workflow = translate(_edited(tmp_path, change))
+    kwargs = "task.dataset.kwargs.handler.kwargs"
+    assert _entry(workflow, f"{kwargs}.start_time").meaning.startswith(
+        "prices and features from 2007-01-04, the calendar's first session: the data begin after start_time")
+    assert _entry(workflow, f"{kwargs}.end_time").meaning.startswith(
+        "prices and features to 2020-12-31, the calendar's last session: the data end before end_time")
+    assert [str(d) for d in workflow.span] == ["2007-01-04", "2020-12-31"] and str(workflow.prices_from) == "2007-01-04"

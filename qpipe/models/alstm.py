@@ -2,7 +2,8 @@
 
 Fixed Qlib bug: Qlib's ALSTM wrapper never passes ``rnn_type`` to the network, so the YAML's
 ``rnn_type`` lands in ``**kwargs`` and the recurrent layer is always a GRU. Here ``rnn_type``
-("GRU" or "LSTM") is honoured; the benchmark configs ask for "GRU", so they are unchanged.
+("GRU" or "LSTM") is honoured; the benchmark configs ask for "GRU", so they are unchanged (``qpipe qrun`` reports
+another rnn_type as changed from Qlib's run).
 """
 
 from typing import Literal
@@ -46,6 +47,14 @@ class ALSTMModel(nn.Module):
         return self.fc_out(torch.cat((rnn_out[:, -1, :], attended), dim=1)).squeeze(-1)
 
 
+def _rnn_type_changed(rnn_type: str) -> str:
+    """How qpipe's ALSTM differs from Qlib's for this rnn_type (see the module docstring)."""
+    if str(rnn_type).upper() == "GRU":
+        return ""
+    return (f"qpipe builds an {rnn_type} layer; Qlib's ALSTM never passes rnn_type to ALSTMModel and always trains a "
+            "GRU (set GRU to train as Qlib does)")
+
+
 SPEC = ModelSpec(
     name="alstm",
     net=ALSTMModel,
@@ -62,4 +71,5 @@ SPEC = ModelSpec(
             "early_stop": 10, "batch_size": 800, "metric": "loss", "loss": "mse", "rnn_type": "GRU",
         }),
     },
+    qlib_changed={"rnn_type": _rnn_type_changed},
 )

@@ -119,7 +119,8 @@ def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
 def read_qlib_yaml(path: Path) -> dict[str, Any]:
     """A Qlib workflow YAML as Qlib reads it (YAML 1.2 floats such as ``1e-4``); an error names the file."""
     try:
-        document = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+        with path.open() as stream:  # (a syntax error names the file, not "<unicode string>")
+            document = yaml.load(stream, Loader=_Yaml12Loader)
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: cannot read the workflow YAML: {error}") from error
     except ValueError as error:  # PyYAML builds a date of any YYYY-MM-DD value: 2016-13-31 fails there

@@ -105,4 +105,7 @@ SPEC = ModelSpec(
     # from_qlib sets n_epochs from max_steps (DNNModelPytorch's class default 300 when the YAML has none)
     qlib_not_read={"n_epochs": "Qlib's DNNModelPytorch has no n_epochs: max_steps decides (n_epochs = "
                                "ceil(max_steps / eval_steps))"},
+    qlib_changed={"batch_size": lambda size: (
+        f"batches of {size} drawn without replacement from successive shuffles of the train window (Qlib's "
+        "DNNModelPytorch draws each batch with replacement: np.random.choice(train_num, batch_size))")},
 )

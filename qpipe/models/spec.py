@@ -45,6 +45,9 @@ class ModelSpec:
     ts_class_defaults: Mapping[str, Any] = field(default_factory=dict)  # where the _ts class (TSDatasetH) differs
     from_qlib: Callable[[dict[str, Any]], dict[str, Any]] = _unchanged  # Qlib-only kwargs -> engine names
     qlib_not_read: Mapping[str, str] = field(default_factory=dict)  # Qlib kwargs from_qlib drops -> why (qpipe qrun)
+    # Qlib kwargs qpipe's trainer reads otherwise than the Qlib class -> given the value (the class default where the
+    # YAML has none), how it differs, "" where that value trains as Qlib's does (qpipe qrun reports it changed)
+    qlib_changed: Mapping[str, Callable[[Any], str]] = field(default_factory=dict)
     reads_concepts: bool = False  # forward(x, concepts): each stock's concept-membership row as well (HIST)
     # Why the rows of a training batch cannot be split across data-parallel ranks ("" = they can: the network reads
     # each row on its own but for BatchNorm, which data-parallel training synchronizes). Whole-day batches never can.

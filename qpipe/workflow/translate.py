@@ -8,7 +8,7 @@ train and valid segments, predictions, IC and backtest over the test segment) an
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Mapping
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from qpipe.evaluation.backtest import (EXCHANGE_SETTINGS, QLIB_EXCHANGE_ONLY, QL
 from qpipe.models.config import (GENERAL_PTNN, QLIB_IGNORED, ConfigError, ModelConfig, config_from_qlib_document,
                                  read_qlib_yaml)
 from qpipe.models.registry import get_spec
+from qpipe.models.spec import ModelSpec
 
 Status = Literal["honoured", "changed", "not honoured"]
 QLIB_LABEL = ["Ref($close, -2) / Ref($close, -1) - 1"]
@@ -117,11 +118,21 @@ class Workflow:
     def with_epochs(self, epochs: int) -> "Workflow":
         """The workflow trained ``epochs`` epochs (qrun's --epochs: a quick run on a CPU), which the report names as
         a change from Qlib's run (early stopping still applies)."""
-        was = self.model.params["n_epochs"]
         model = dataclasses.replace(self.model, params={**self.model.params, "n_epochs": epochs})
-        entry = Entry("--epochs", epochs, "changed", f"n_epochs {epochs}, not the YAML's {was} (qpipe qrun --epochs: "
-                      "a quick run; Qlib trains the YAML's)")
+        entry = Entry("--epochs", epochs, "changed", f"n_epochs {epochs}, not {self._epochs_given()} (qpipe qrun "
+                      "--epochs: a quick run)")
         return dataclasses.replace(self, model=model, entries=[*self.entries, entry])
+
+    def _epochs_given(self) -> str:
+        """Where the workflow's epochs come from: the YAML's n_epochs, its max_steps (DNNModelPytorch), or the
+        class default."""
+        was = self.model.params["n_epochs"]
+        keys = {e.key for e in self.entries if e.status == "honoured"}
+        if "task.model.kwargs.n_epochs" in keys:
+            return f"the YAML's {was}"
+        if "task.model.kwargs.max_steps" in keys:
+            return f"the YAML's {was} (max_steps)"
+        return f"the default {was}"
 
     def report(self) -> str:
         lines = [f"{self.path.name} -> qpipe: {self.model.model} on {self.model.feature_set}"
@@ -289,6 +300,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         r.say("task.dataset.kwargs.step_len", "honoured", f"step_len {model.step_len}")
 
     kwargs = f"{handler}.kwargs"
+    _handler_arguments(r, kwargs, str(r.get(f"{handler}.class")))
     days, sessions_from = _sessions(provider, region)
     span = _handler_span(r, kwargs, days)
     instruments = r.get(f"{kwargs}.instruments")
@@ -305,7 +317,10 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         if name == "test" and value[1] is None:  # Qlib: to the end of the data
             value = [value[0], span[1]]
         bounds[name] = tuple(_date(v, f"{segments}.{name}", path) for v in value)
-        if bounds[name][0] > bounds[name][1] or not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
+        if bounds[name][0] > bounds[name][1]:
+            raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}]: the start is after "
+                              "the end (expected [start, end])")
+        if not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
             raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}] is not a span "
                               f"inside the handler's {span[0]}..{span[1]}")
     first = int(np.searchsorted(days, np.datetime64(span[0], "D")))
@@ -330,9 +345,93 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     for key in r.unread():
         r.entries.append(Entry(key, r.get(key), "not honoured", "not a key qpipe knows: ignored"))
     checkpoints = _rolling_checkpoints(split, bounds["test"], rolling) if rolling else [split.checkpoint_entry()]
+    if here:  # (a refusal the checkpoint's run makes, after prices and features are written)
+        _batch_entry(r, model, provider, market, days, checkpoints)
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
                     checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
                     len(test))
+
+
+# The arguments Qlib's Alpha158 and Alpha360 take: their own (label popped from **kwargs), then DataHandlerLP's and
+# DataHandler's, which their **kwargs reach; any other name is a TypeError there (data_loader: a second value).
+QLIB_HANDLER_READ = ("instruments", "start_time", "end_time", "fit_start_time", "fit_end_time", "infer_processors",
+                     "learn_processors", "process_type", "label")  # read where translate() says what they mean
+QLIB_HANDLER_EMPTY = {  # none given is Qlib's default and qpipe's; any other -> why qpipe does not apply it
+    "filter_pipe": "qpipe trains on all the market's members: Qlib's dynamic instrument filters are not built",
+    "inst_processors": "qpipe's features are computed from the stored prices: Qlib's per-instrument processors "
+                       "are not built",
+    "shared_processors": "qpipe fits the infer and learn chains only; name these processors in both"}
+QLIB_HANDLER_MEMORY = ("drop_raw", "init_data", "fetch_orig")  # how Qlib's handler holds its data in memory
+
+
+def _handler_arguments(r: _Reader, key: str, handler: str) -> None:
+    """The handler's arguments that translate() does not read elsewhere: reported, or refused where Qlib's handler
+    would raise (TypeError), with the closest valid name."""
+    given = r.get(key) or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{r.path}: {key} = {_short(given)}: expected a mapping of {handler}'s arguments")
+    valid = (*QLIB_HANDLER_READ, "freq", *QLIB_HANDLER_EMPTY, *QLIB_HANDLER_MEMORY)
+    for name, value in given.items():
+        if name not in valid:
+            raise ConfigError(f"{r.path}: {key}.{name} = {_short(value)}: not an argument of Qlib's {handler} (Qlib "
+                              f"refuses it: TypeError){close_match(name, valid)}; valid: {', '.join(valid)}")
+        if name == "freq":
+            daily = str(value).lower() in ("day", "1day", "d", "1d")
+            r.say(f"{key}.{name}", "honoured" if daily else "not honoured",
+                  "daily features" if daily else "qpipe's features are daily")
+        elif name in QLIB_HANDLER_EMPTY:
+            r.say(f"{key}.{name}", "not honoured" if value else "honoured",
+                  QLIB_HANDLER_EMPTY[name] if value else "none (Qlib's default)")
+        elif name in QLIB_HANDLER_MEMORY:
+            r.say(f"{key}.{name}", "not honoured", "Qlib's handling of the data in memory, no bearing on the "
+                  "figures: qpipe reads its feature store")
+
+
+def _member_sessions(provider: Path, market: str, days: np.ndarray) -> np.ndarray:
+    """The members of instruments/<market>.txt on each session of ``days``, summed from the first: [len(days) + 1]."""
+    from qpipe.data.qlib_provider import read_instruments
+
+    spans = read_instruments(provider, market)
+    starts = np.sort(spans["start_date"].to_numpy().astype("datetime64[D]"))
+    ends = np.sort(spans["end_date"].to_numpy().astype("datetime64[D]"))
+    members = np.searchsorted(starts, days, "right") - np.searchsorted(ends, days, "left")
+    return np.concatenate([[0], np.cumsum(members)])
+
+
+def _batch_entry(r: _Reader, model: ModelConfig, provider: Path, market: str, days: np.ndarray,
+                 checkpoints: list[Checkpoint]) -> None:
+    """A batch of more samples than the smallest train window holds is refused (the checkpoint's sampler would
+    refuse it once prices and features are written); else batch_size's line says how many samples that window holds
+    at most: the market's members over its sessions, fewer where a member lacks prices or a label (not counted here:
+    that needs the features)."""
+    from qpipe.training.dataset import windows_as_of
+
+    if get_spec(model.model).sampler == "daily":  # one day per batch: batch_size is not read
+        return
+    batch, summed = model.params["batch_size"], _member_sessions(provider, market, days)
+
+    def window(c: Checkpoint) -> tuple[int, int]:
+        train = windows_as_of(days, c.day, c.train_days, c.valid_days).train
+        return tuple(int(np.searchsorted(days, np.datetime64(d, "D"))) for d in train)
+
+    first, last = min((window(c) for c in checkpoints), key=lambda w: summed[w[1] + 1] - summed[w[0]])
+    samples, span = int(summed[last + 1] - summed[first]), f"{days[first]}..{days[last]}"
+    key = "task.model.kwargs.batch_size"
+    if samples < batch:
+        qlib = ("Qlib's DNNModelPytorch draws batches with replacement and would train; qpipe draws without"
+                if r.get("task.model.class") == "DNNModelPytorch" else
+                "Qlib's training loop drops an incomplete batch and would train on none")
+        raise ConfigError(f"{r.path}: {key} = {batch}: the train window {span} holds at most {samples} training "
+                          f"samples (the members of instruments/{market}.txt over its {last - first + 1} sessions), "
+                          f"fewer than one batch ({qlib}): lower batch_size to at most {samples}")
+    said = (f"; the train window {span} holds at most {samples} samples (the members of instruments/{market}.txt "
+            f"over its sessions), {samples // batch} batch{'es' if samples // batch > 1 else ''} a pass, fewer where "
+            "members lack prices or labels")
+    index = next((i for i, e in enumerate(r.entries) if e.key == key), None)
+    if index is None:
+        r.entries.append(Entry(key, batch, "honoured", "(the class default; not in the YAML) " + said[2:]))
+    else:
+        r.entries[index] = dataclasses.replace(r.entries[index], meaning=r.entries[index].meaning + said)
 
 
 def _label_entry(r: _Reader, key: str, label: Any) -> None:
@@ -352,15 +451,20 @@ def _handler_span(r: _Reader, kwargs: str, days: np.ndarray) -> tuple[dt.date, d
     """The handler's start_time and end_time; end_time null is Qlib's "to the end of the data": the calendar's last
     session (up to today: an exchange's calendar runs on into the future)."""
     start = _date(r.get(f"{kwargs}.start_time", required=True), f"{kwargs}.start_time", r.path)
-    r.say(f"{kwargs}.start_time", "honoured", f"prices and features from {start}")
+    first = days[0].item()
+    r.say(f"{kwargs}.start_time", "honoured", f"prices and features from {start}" if start >= first else
+          f"prices and features from {first}, the calendar's first session: the data begin after start_time (Qlib "
+          "reads from there too)")
     end = r.get(f"{kwargs}.end_time", required=True)
     if end is None:
         end = days[days <= np.datetime64(dt.date.today(), "D")][-1].item()
         r.say(f"{kwargs}.end_time", "honoured", f"prices and features to the calendar's last session, {end} (Qlib: "
               "null is to the end of the data)")
         return start, end
-    end = _date(end, f"{kwargs}.end_time", r.path)
-    r.say(f"{kwargs}.end_time", "honoured", f"prices and features to {end}")
+    end, last = _date(end, f"{kwargs}.end_time", r.path), days[-1].item()
+    r.say(f"{kwargs}.end_time", "honoured", f"prices and features to {end}" if end <= last else
+          f"prices and features to {last}, the calendar's last session: the data end before end_time (Qlib reads "
+          "to there too)")
     return start, end
 
 
@@ -465,9 +569,13 @@ def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> No
         arguments = ", ".join(f"{k}={model.params[k]}" for k in spec.net_parameters() if k in model.params)
         raise ConfigError(f"{r.path}: task.model.kwargs: the network {spec.net.__name__}({arguments}) cannot read the "
                           f"{len(columns)} columns the processors leave: {refusal}")
-    not_read = _trainer_not_read(r.get("task.model.class"), model)
+    trainer = _trainer_spec(r.get("task.model.class"), model)
+    not_read = trainer.qlib_not_read if trainer else {}
+    changed = _trainer_changes(r, model, trainer)
     for key, value in (r.get("task.model.kwargs") or {}).items():
-        if key == "model_path" and model.params.get("model_path") is None:
+        if key in changed:
+            r.say(f"task.model.kwargs.{key}", "changed", changed[key])
+        elif key == "model_path" and model.params.get("model_path") is None:
             r.say(f"task.model.kwargs.{key}", "not honoured", "a pickled file is never loaded (loading never runs code): "
                   "the base model starts from scratch; name a qpipe checkpoint of it to start from its weights")
         elif key in not_read:
@@ -484,12 +592,28 @@ def _model_entries(r: _Reader, model: ModelConfig, processing: Processing) -> No
             r.say(f"task.model.kwargs.{key}", "honoured", "hyper-parameter of the checkpoint")
 
 
-def _trainer_not_read(model_class: str, model: ModelConfig) -> Mapping[str, str]:
-    """The Qlib kwargs the class's trainer drops or overrides (ModelSpec.qlib_not_read of the spec whose ``from_qlib``
-    read them: DNNModelPytorch's is the MLP's whatever its network; GeneralPTNN's kwargs are read as they are)."""
+def _trainer_spec(model_class: str, model: ModelConfig) -> ModelSpec | None:
+    """The spec whose ``from_qlib`` read the class's kwargs, whose qlib_not_read and qlib_changed say what the class's
+    trainer does with them: DNNModelPytorch's is the MLP's whatever its network; None for GeneralPTNN, whose kwargs
+    are read as they are."""
     if model_class == GENERAL_PTNN:
-        return {}
-    return get_spec("mlp" if model_class == "DNNModelPytorch" else model.model).qlib_not_read
+        return None
+    return get_spec("mlp" if model_class == "DNNModelPytorch" else model.model)
+
+
+def _trainer_changes(r: _Reader, model: ModelConfig, trainer: ModelSpec | None) -> dict[str, str]:
+    """The kwargs qpipe trains with otherwise than the Qlib class, each with how; one the YAML does not name (the
+    class default applies) is reported here, under its key."""
+    changes = {}
+    for key, how in (trainer.qlib_changed if trainer else {}).items():
+        said = how(model.params[key]) if key in model.params else ""
+        if said:
+            changes[key] = said
+    given = r.get("task.model.kwargs") or {}
+    for key in set(changes) - set(given):
+        r.entries.append(Entry(f"task.model.kwargs.{key}", model.params[key], "changed",
+                               f"(the class default; not in the YAML) {changes[key]}"))
+    return changes
 
 
 def _network_refusal(model: ModelConfig, columns: list[str]) -> str:
@@ -644,12 +768,18 @@ def _records(r: _Reader) -> list:
     return [records] if isinstance(records, dict) else list(records)
 
 
+def _record_name(record: Any) -> Any:
+    """The class a record names (``qlib.workflow.record_temp.PortAnaRecord`` too)."""
+    name = record.get("class") if isinstance(record, dict) else record
+    return name.rpartition(".")[2] if isinstance(name, str) else name
+
+
 def _benchmark(r: _Reader) -> tuple[str | None, str]:
     """The benchmark Qlib's backtest takes: PortAnaRecord's ``config.backtest.benchmark`` (the top-level
     ``benchmark`` of Qlib's files is an anchor of it, read by nothing), else the top-level key, qpipe's own reading
     for a workflow whose backtest names none; and the key it is under."""
     for i, record in enumerate(_records(r)):
-        if isinstance(record, dict) and record.get("class") == "PortAnaRecord":
+        if isinstance(record, dict) and _record_name(record) == "PortAnaRecord":
             key = f"task.record[{i}].kwargs.config.backtest.benchmark"
             value = (((record.get("kwargs") or {}).get("config") or {}).get("backtest") or {}).get("benchmark")
             if isinstance(value, list | tuple | dict):
@@ -661,39 +791,129 @@ def _benchmark(r: _Reader) -> tuple[str | None, str]:
     return (None if top is None or isinstance(top, list | dict) else str(top)), "benchmark"
 
 
+QLIB_RECORD_MODULE = "qlib.workflow.record_temp"
+QLIB_ONLY_RECORDS = {  # Qlib's other records (Qlib runs them; qpipe does not)
+    "HFSignalRecord": "Qlib's high-frequency signal analysis (qpipe's records are daily)",
+    "MultiPassPortAnaRecord": "Qlib's repeated backtests from shuffled initial scores (qpipe backtests once)",
+    "ACRecordTemp": "Qlib's base class, which records nothing", "RecordTemp": "Qlib's base class, which records nothing"}
+# The arguments each record's __init__ takes from the YAML: qrun passes ``recorder`` itself (a second one is a
+# TypeError), and PortAnaRecord's **kwargs go to ACRecordTemp.__init__, which takes no other (a TypeError too).
+RECORD_ARGUMENTS = {"SignalRecord": ("model", "dataset"),
+                    "SigAnaRecord": ("ana_long_short", "ann_scaler", "label_col", "skip_existing"),
+                    "PortAnaRecord": ("config", "risk_analysis_freq", "indicator_analysis_freq",
+                                      "indicator_analysis_method", "skip_existing")}
+RECORD_ASSETS = {"SignalRecord": "predictions/<arch>_predictions over the test segment",
+                 "SigAnaRecord": "reports/<arch>_ic: IC, ICIR, Rank IC, Rank ICIR",
+                 "PortAnaRecord": "reports/<arch>_backtest (TopkDropoutStrategy on a daily exchange)"}
+SKIP_EXISTING = ("each qrun computes its records afresh, as Qlib's qrun does: it starts a new recorder, where "
+                 "nothing exists to skip")
+INDICATOR_METHODS = ("mean", "amount_weighted", "value_weighted")  # Qlib's indicator_analysis
+
+
+def _record_class(r: _Reader, key: str, record: Any) -> str:
+    """The record's class, refused (Qlib's getattr raises AttributeError) where the module has none of that name;
+    its ``module_path`` (or a dotted class) checked against Qlib's record module."""
+    given = record.get("class") if isinstance(record, dict) else record
+    if not isinstance(given, str):
+        raise ConfigError(f"{r.path}: {key} = {_short(record)}: expected {{class: SignalRecord, SigAnaRecord or "
+                          "PortAnaRecord, kwargs: {...}}")
+    module, _, name = given.rpartition(".")
+    module = module or (record.get("module_path") if isinstance(record, dict) else None)
+    where = f"{key}.module_path" if "." not in given else f"{key}.class"
+    if module is not None and module != QLIB_RECORD_MODULE:
+        raise ConfigError(f"{r.path}: {where} = {module!r}: qpipe runs the records of Qlib's {QLIB_RECORD_MODULE} "
+                          f"only{close_match(str(module), [QLIB_RECORD_MODULE])}")
+    known = (*RECORD_ARGUMENTS, *QLIB_ONLY_RECORDS)
+    if name not in known:
+        raise ConfigError(f"{r.path}: {key}.class = {given!r}: {QLIB_RECORD_MODULE} has no such record (Qlib: "
+                          f"AttributeError){close_match(name, known)}; qpipe runs {', '.join(RECORD_ARGUMENTS)}")
+    if isinstance(record, dict) and "module_path" in record:
+        r.entries.append(Entry(f"{key}.module_path", module, "honoured", "Qlib's own class"))
+    return name
+
+
+def _record_arguments(r: _Reader, key: str, name: str, kwargs: Any) -> None:
+    """Each argument of the record: honoured, not honoured with the reason, or refused where Qlib's __init__ would
+    raise (TypeError) with the closest valid name. PortAnaRecord's ``config`` is read by _port_analysis."""
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{r.path}: {key}.kwargs = {_short(kwargs)}: expected a mapping of {name}'s arguments")
+    valid = RECORD_ARGUMENTS[name]
+    for argument, value in kwargs.items():
+        if argument not in valid:
+            raise ConfigError(f"{r.path}: {key}.kwargs.{argument} = {_short(value)}: not an argument of Qlib's {name} "
+                              f"(Qlib refuses it: TypeError){close_match(argument, valid)}; valid: {', '.join(valid)}")
+        if argument != "config":
+            r.entries.append(Entry(f"{key}.kwargs.{argument}", value,
+                                   *_record_argument(r, f"{key}.kwargs.{argument}", argument, value)))
+
+
+def _record_argument(r: _Reader, key: str, argument: str, value: Any) -> tuple[Status, str]:
+    if argument in ("model", "dataset"):  # Qlib's qrun fills the placeholders with the trained model and dataset
+        placeholder = f"<{argument.upper()}>"
+        return ("honoured", "the workflow's checkpoint" if argument == "model" else "the workflow's features") \
+            if value == placeholder else ("not honoured", f"qpipe scores the workflow's own {argument} ({placeholder})")
+    if argument == "ana_long_short":
+        return ("not honoured", "qpipe reports no long-short return; the backtest's tear sheet shows the "
+                "top-minus-bottom quantile spread") if value else ("honoured", "no long-short figures (Qlib's default)")
+    if argument == "ann_scaler":
+        return "not honoured", "it scales only the long-short figures, which qpipe does not report"
+    if argument == "label_col":
+        if isinstance(value, int) and not isinstance(value, bool) and value in (0, -1):
+            return "honoured", "the IC against features/label, the label's one column"
+        raise ConfigError(f"{r.path}: {key} = {value!r}: the label has one column (Qlib's default label, the one "
+                          "qpipe trains on): label_col 0 (Qlib's IC would fail: IndexError)")
+    if argument == "skip_existing":
+        return "honoured", SKIP_EXISTING
+    if argument == "indicator_analysis_method":
+        if value is None or value == "mean":
+            return "honoured", "the indicators' mean over the sessions (Qlib's default method)"
+        if value in INDICATOR_METHODS:
+            return "not honoured", "qpipe's indicators are Qlib's method mean (each session weighted by its orders)"
+        raise ConfigError(f"{r.path}: {key} = {value!r}: not a method of Qlib's indicator_analysis (Qlib: KeyError)"
+                          f"{close_match(str(value), INDICATOR_METHODS)}; valid: {', '.join(INDICATOR_METHODS)}")
+    return _analysis_freq(r, key, value)
+
+
+def _analysis_freq(r: _Reader, key: str, value: Any) -> tuple[Status, str]:
+    """risk_analysis_freq or indicator_analysis_freq: Qlib's Freq.parse of each (a ValueError there is refused);
+    qpipe analyses the daily reports only, which are all Qlib's executor (SimulatorExecutor, day) reports too."""
+    if value is None:
+        return "honoured", "1day, the executor's (Qlib's default)"
+    freqs = []
+    for freq in [value] if isinstance(value, str) else value if isinstance(value, list) else [value]:
+        match = re.fullmatch(r"([0-9]*)(month|mon|week|w|day|d|minute|min)", str(freq))
+        if match is None:
+            raise ConfigError(f"{r.path}: {key} = {value!r}: {freq!r} is not a frequency of Qlib's (n)month/mon, "
+                              "(n)week/w, (n)day/d, (n)minute/min (Qlib: ValueError)")
+        unit = {"mon": "month", "w": "week", "d": "day", "minute": "min"}.get(match[2], match[2])
+        freqs.append(f"{match[1] or 1}{unit}")
+    if set(freqs) == {"1day"}:
+        return "honoured", "1day, the daily analysis qpipe prints"
+    return "not honoured", (f"qpipe analyses the daily reports only; Qlib, whose executor reports daily, warns that "
+                            f"the {', '.join(f for f in freqs if f != '1day')} report is not found and prints none")
+
+
 def _record_entries(r: _Reader, exchange: dict, days: np.ndarray, test: tuple, benchmark: Any
                     ) -> tuple[list[str], dict | None]:
     """The records; ``test``: the test segment's first and last sessions."""
-    records = _records(r)
     names, port_analysis = [], None
-
-    def signal(key: str, kwargs: dict) -> None:
-        r.say(key, "honoured", "predictions/<arch>_predictions over the test segment", value="SignalRecord")
-
-    def sig_ana(key: str, kwargs: dict) -> None:
-        r.say(key, "honoured", "reports/<arch>_ic: IC, ICIR, Rank IC, Rank ICIR", value="SigAnaRecord")
-        if kwargs.get("ana_long_short"):
-            r.entries.append(Entry(f"{key}.kwargs.ana_long_short", True, "not honoured", "qpipe reports no long-short "
-                                   "return; the backtest's tear sheet shows the top-minus-bottom quantile spread"))
-        if "ann_scaler" in kwargs:
-            r.entries.append(Entry(f"{key}.kwargs.ann_scaler", kwargs["ann_scaler"], "not honoured",
-                                   "it scales only the long-short figures, which qpipe does not report"))
-
-    def port_ana(key: str, kwargs: dict) -> None:
-        nonlocal port_analysis
-        port_analysis = _port_analysis(r, f"{key}.kwargs.config", kwargs.get("config") or {}, exchange, days, test,
-                                       benchmark)
-        r.say(key, "honoured", "reports/<arch>_backtest (TopkDropoutStrategy on a daily exchange)", value="PortAnaRecord")
-
-    handlers: dict[str, Callable[[str, dict], None]] = {"SignalRecord": signal, "SigAnaRecord": sig_ana, "PortAnaRecord": port_ana}
-    for i, record in enumerate(records):
+    for i, record in enumerate(_records(r)):
         key = f"task.record[{i}]"
-        name = record.get("class") if isinstance(record, dict) else record
+        name = _record_class(r, key, record)
         names.append(name)
-        if name in handlers:
-            handlers[name](key, (record.get("kwargs") or {}) if isinstance(record, dict) else {})
-        else:
-            r.entries.append(Entry(key, name, "not honoured", f"qpipe has the records {', '.join(handlers)}"))
+        if name in QLIB_ONLY_RECORDS:
+            r.entries.append(Entry(key, name, "not honoured", f"{QLIB_ONLY_RECORDS[name]}; qpipe runs "
+                                   f"{', '.join(RECORD_ARGUMENTS)}"))
+            continue
+        kwargs = (record.get("kwargs") or {}) if isinstance(record, dict) else {}
+        _record_arguments(r, key, name, kwargs)
+        if name == "PortAnaRecord":
+            port_analysis = _port_analysis(r, f"{key}.kwargs.config", kwargs.get("config") or {}, exchange, days, test,
+                                           benchmark)
+        r.entries.append(Entry(key, name, "honoured", RECORD_ASSETS[name]))
+        for extra in set(record) - {"class", "module_path", "kwargs"} if isinstance(record, dict) else ():
+            r.entries.append(Entry(f"{key}.{extra}", record[extra], "not honoured", "not a key of a record (Qlib "
+                                   "reads class, module_path and kwargs)"))
     r.read.add("task.record")
     return names, port_analysis
 
