@@ -45,7 +45,7 @@ def settle(workflow: Workflow, home: Path) -> None:
 def stages(workflow: Workflow) -> list[Stage]:
     """Prices, features, the checkpoint of the fixed split, the test segment's assets, the leaderboard."""
     model = workflow.model
-    arch, start, end = model.model, *workflow.span
+    arch, start, end = model.model, workflow.span[0], workflow.data_end
     checkpoint = checkpoint_key(arch).to_python_identifier()
     # Dagster's config holds no nulls; a missing key takes its default
     params = {k: v for k, v in {**model.to_json()["params"], "step_len": model.step_len}.items() if v is not None}
@@ -72,6 +72,10 @@ def stages(workflow: Workflow) -> list[Stage]:
         Stage(f"test segment {workflow.test[0]}..{workflow.test[1]}", "daily_pipeline", workflow.test_assets(),
               _span(*workflow.test), {"ops": test_config, **IN_PROCESS, **QUIET}),
     ]
+    if workflow.ic_tail:
+        runs.append(Stage(f"IC of the test segment's last sessions, their labels known {workflow.ic_tail[0]}.."
+                          f"{workflow.ic_tail[1]}", "daily_pipeline", [f"reports/{arch}_ic"], _span(*workflow.ic_tail),
+                          {**IN_PROCESS, **QUIET}))
     if workflow.ranks_on_the_leaderboard:
         runs.append(Stage("leaderboard", "leaderboard_job", ["reports/leaderboard"], {}, {**IN_PROCESS, **QUIET}))
     return runs

@@ -111,6 +111,14 @@ class Workflow:
     entries: list[Entry]
     sessions_from: str  # whose calendar counted the sessions
     test_sessions: int
+    # The sessions after the test segment whose closes know its last labels (LABEL_HORIZON, as far as the data go):
+    # Qlib's expressions read prices past end_time for them (found in review: qpipe's IC left the last two out)
+    labels_known: tuple[dt.date, dt.date] | None = None
+
+    @property
+    def data_end(self) -> dt.date:
+        """The last session of prices, features and labels the runs materialize."""
+        return max(self.span[1], self.labels_known[1]) if self.labels_known else self.span[1]
 
     def not_honoured(self) -> list[Entry]:
         return [e for e in self.entries if e.status == "not honoured"]
@@ -146,20 +154,28 @@ class Workflow:
         lines.append(f"  runs (sessions counted on {self.sessions_from}):")
         lines.append("    settings: " + " ".join(f"{k}={v}" for k, v in self.settings.items()))
         arch, features = self.model.model, self.model.feature_set
-        lines += [f"    1. raw/prices, raw/universe, raw/concepts {self.prices_from}..{self.span[1]}",
-                  f"    2. features/{features}, features/label {self.span[0]}..{self.span[1]}",
+        lines += [f"    1. raw/prices, raw/universe, raw/concepts {self.prices_from}..{self.data_end}",
+                  f"    2. features/{features}, features/label {self.span[0]}..{self.data_end}",
                   f"    3. models/{arch}_checkpoint on " + ", ".join(
                       f"{c.day} (train_days {c.train_days}, valid_days {c.valid_days})" for c in self.checkpoints),
                   f"    4. {', '.join(self.test_assets())} {self.test[0]}..{self.test[1]}"
                   + (", each session scored by the newest checkpoint" if len(self.checkpoints) > 1 else "")]
-        if self.ranks_on_the_leaderboard:  # (qpipe.workflow.run.stages makes these runs)
-            lines.append("    5. reports/leaderboard, printed at the end")
+        if self.ic_tail:  # (qpipe.workflow.run.stages makes these runs)
+            lines.append(f"    5. reports/{arch}_ic {self.ic_tail[0]}..{self.ic_tail[1]}: the ICs of the test "
+                         "segment's last sessions, whose labels are known after it (as Qlib reads them)")
+        if self.ranks_on_the_leaderboard:
+            lines.append(f"    {5 + bool(self.ic_tail)}. reports/leaderboard, printed at the end")
         if self.ranks_on_the_leaderboard or self.port_analysis is not None:
             lines.append("    then the records' figures of the test segment, printed as Qlib's qrun prints them")
         departures = [e.key for e in self.entries if e.status != "honoured"]
         if departures:  # the last line a user reads before the runs: what makes the figures differ from Qlib's run
             lines.append(f"  not as Qlib runs it ({len(departures)}, above): {', '.join(departures)}")
         return "\n".join(lines)
+
+    @property
+    def ic_tail(self) -> tuple[dt.date, dt.date] | None:
+        """The IC report's partitions after the test segment: those that score its last sessions."""
+        return self.labels_known if self.ranks_on_the_leaderboard else None
 
     @property
     def ranks_on_the_leaderboard(self) -> bool:
@@ -347,9 +363,10 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     checkpoints = _rolling_checkpoints(split, bounds["test"], rolling) if rolling else [split.checkpoint_entry()]
     if here:  # (a refusal the checkpoint's run makes, after prices and features are written)
         _batch_entry(r, model, provider, market, days, checkpoints)
+    after = days[days > test[-1]][:LABEL_HORIZON]
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
                     checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
-                    len(test))
+                    len(test), (after[0].item(), after[-1].item()) if len(after) else None)
 
 
 # The arguments Qlib's Alpha158 and Alpha360 take: their own (label popped from **kwargs), then DataHandlerLP's and
