@@ -29,10 +29,17 @@ def step_name(step_key: str) -> str:
 
 
 def root_cause(error) -> str:
-    """The innermost error's message: the user's exception, not Dagster's wrapper around it."""
+    """The innermost error's first line: the user's exception, not Dagster's wrapper around it, named without its
+    module (found in review: ``qpipe.data.warehouse.RowsWouldBeLost: ...`` before the message was noise), a
+    ``dg.Failure`` by its message alone."""
     while error is not None and (error.cause or error.context) is not None:
         error = error.cause or error.context
-    return error.message if error is not None else ""
+    lines = error.message.strip().splitlines() if error is not None else []
+    if not lines:
+        return ""
+    name, _, message = lines[0].partition(": ")  # (format_exception_only: the class's qualified name first)
+    name = name.rsplit(".", 1)[-1]
+    return message if name == "Failure" else f"{name}: {message}" if message else name
 
 
 @dataclass
@@ -115,9 +122,9 @@ class RunView:
             self._line(f"  done    {step_name(event.step_key):<30} {entry.timestamp - step.started:6.1f}s  {step.message}")
         elif kind == DagsterEventType.STEP_FAILURE:
             self._running.pop(event.step_key, None)
-            reason = root_cause(event.step_failure_data.error).strip().splitlines()
             self._step_failed = True
-            self._line(f"  FAILED  {step_name(event.step_key):<30} {reason[0] if reason else ''}", cut=False)
+            self._line(f"  FAILED  {step_name(event.step_key):<30} {root_cause(event.step_failure_data.error)}",
+                       cut=False)
         elif kind == DagsterEventType.ENGINE_EVENT and (entry.message or "").startswith("Step blocked by limit for pool"):
             pool = entry.message.rsplit(" ", 1)[-1]
             holders = self._other_holders(pool)

@@ -202,3 +202,31 @@ def test_ctrl_c_or_sigterm_cancels_the_running_run_and_holds_nothing(tmp_path, s
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED, job.text
     assert "stopping run" in job.text
     _nothing_held(job, instance)
+
+
+class _StoreRefused(Exception):
+    pass
+
+
+def test_a_failed_step_is_one_line_naming_the_error_without_its_module():
+    """Found in review: a failed step's line began with the exception's module path
+    (``qpipe.data.warehouse.RowsWouldBeLost: ...``), Dagster's ``Failure`` with its own."""
+    import io
+
+    @dg.asset
+    def refused():
+        raise _StoreRefused("raw.prices: this ingest would remove 3 stored price rows\nmore detail")
+
+    @dg.asset
+    def failed():
+        raise dg.Failure("partition 2024-01-31 is a session not yet closed")
+
+    with dg.instance_for_test() as instance:
+        lines = []
+        for asset in (refused, failed):
+            result = dg.materialize([asset], instance=instance, raise_on_error=False)
+            out = io.StringIO()
+            assert RunView(instance, result.run_id, out=out).follow() == dg.DagsterRunStatus.FAILURE
+            lines += [line.split(None, 2)[2] for line in out.getvalue().splitlines() if "FAILED" in line]
+    assert lines == ["_StoreRefused: raw.prices: this ingest would remove 3 stored price rows",
+                     "partition 2024-01-31 is a session not yet closed"]
