@@ -212,3 +212,20 @@ def test_a_step_on_an_empty_warehouse_names_the_warehouse_and_what_to_materializ
     monkeypatch.setenv("QPIPE_WAREHOUSE", str(path))
     with pytest.raises(MissingTable, match=r"or point QPIPE_WAREHOUSE at the file that has them$"):
         _run(path, [label_table], "2024-01-03")
+
+
+def test_features_and_labels_of_a_day_without_prices_are_refused_and_nothing_is_materialized(built, tmp_path):
+    """Found in review: features of a day without prices (today's, before the close) went in as materialized with
+    0 rows, and the run failed later on a check whose figures read as a pass."""
+    path = tmp_path / "warehouse.duckdb"
+    shutil.copy(built, path)
+    with duckdb.connect(str(path)) as con:
+        con.execute("DELETE FROM raw.prices WHERE date = DATE '2024-06-28'")
+    for asset in (feature_tables, label_table):
+        result = dg.materialize([asset], partition_key="2024-06-28", raise_on_error=False,
+                                resources={"warehouse": Warehouse(database=str(path)), "compute": Compute(threads=1)})
+        [failure] = result.get_step_failure_events()
+        assert "raw/prices has no rows of 1 of these sessions: 2024-06-28; materialize it for them first (dg launch " \
+               "--assets raw/prices --partition-range 2024-06-28...2024-06-28); nothing was written" in \
+               failure.event_specific_data.error.to_string()
+        assert result.get_asset_materialization_events() == []

@@ -7,7 +7,8 @@ import duckdb
 import pandas as pd
 
 from qpipe.assets.by_partition import rows_by_partition, rows_version
-from qpipe.assets.prices import PRICES, check_range, partition_dates, recording
+from qpipe.assets.prices import (PRICES, check_range, partition_dates, recording, refuse_before_the_close,
+                                 refuse_days_without)
 from qpipe.calendar import market_calendar
 from qpipe.data import warehouse as wh
 from qpipe.data.validation import first_few
@@ -53,7 +54,10 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     selected = [FEATURE_KEYS[key] for key in FEATURE_KEYS if key in context.selected_asset_keys]
     began = time.perf_counter()
     operators = store.operators(compute.feature_device)
+    # found in review: a day without prices (today's, before the close) went in as materialized with 0 rows
+    refuse_before_the_close(end, "a session's features are computed from its prices, in after the close")
     with warehouse.get_connection() as con:
+        refuse_days_without(con, wh.PRICES, "date", start, end, "raw/prices")
         warn_of_unstored_sessions(context, con, start, end, store.LOOKBACK)
         written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
         digests = {fs.name: wh.day_versions(con, fs.table, start, end) for fs in selected}
@@ -85,7 +89,9 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
 )
 def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute: Compute) -> dg.MaterializeResult:
     start, end = partition_dates(context)
+    refuse_before_the_close(end, "the labels known on a session are made from its close")
     with warehouse.get_connection() as con:
+        refuse_days_without(con, wh.PRICES, "date", start, end, "raw/prices")
         # partition D holds the labels of D - 2 (its row), from the closes of D - 1 and D
         warn_of_unstored_sessions(context, con, start, end, store.LABEL_HORIZON)
         rows = store.write_labels(con, start, end, block_cells=compute.block_cells)
