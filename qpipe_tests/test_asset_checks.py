@@ -62,6 +62,8 @@ def test_prices_checks_pass_on_an_ingest_and_name_a_duplicate_and_an_inconsisten
     evaluation = _check(path, prices_are_unique_and_consistent)
     assert not evaluation.passed
     assert evaluation.metadata["duplicate_rows"].value == 1 and evaluation.metadata["ohlc_inconsistent_rows"].value == 1
+    assert evaluation.description == ("1 duplicate (date, instrument) rows, 1 rows whose open or close is outside "
+                                      "[low, high]")
 
 
 def test_a_listed_instrument_without_a_row_is_a_warning_with_its_day(warehouse, tmp_path):
@@ -73,6 +75,7 @@ def test_a_listed_instrument_without_a_row_is_a_warning_with_its_day(warehouse, 
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["without_a_row"].value == 1
     assert evaluation.metadata["first_missing"].value.startswith("2024-04-03 SYN")
+    assert evaluation.description.startswith("1 listed (instrument, day) pairs without a row, the first 2024-04-03 SYN")
 
 
 def test_an_unadjusted_split_is_a_warning_with_the_stock_its_day_and_both_closes(warehouse, tmp_path):

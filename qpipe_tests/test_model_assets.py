@@ -312,6 +312,10 @@ def test_the_checkpoint_check_wants_finite_valid_scores_and_no_loss_above_a_plac
     worse = evaluate(with_best(valid_ic_t=1.5))  # loses to the placebo, and ranks no better than chance
     assert not worse.passed and worse.severity == dg.AssetCheckSeverity.WARN
     assert worse.metadata["worse_than_placebo_days"].value == day
+    # a sentence, not only figures (found in review)
+    assert worse.description == (f"{day}: valid loss {best['valid_loss']:.4f} is worse than the placebo's "
+                                 f"{best['valid_loss'] / 2:.4f} (every stock scored 0), and the valid IC's t 1.50 is "
+                                 "not above 2: nothing learnt that generalizes")
     # Found by a user: the quick start's MLP (valid IC +0.048) was flagged FAILED for a valid loss 0.5% above the
     # placebo's. Its daily valid ICs were significantly positive: it ranks the stocks, with scores spread too wide.
     assert evaluate(with_best(valid_ic_t=2.5)).passed

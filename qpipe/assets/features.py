@@ -116,7 +116,9 @@ def _feature_checks(key: dg.AssetKey, fs: "store.FeatureSet") -> list[dg.AssetCh
                        min(CASE WHEN f.n IS DISTINCT FROM p.n OR f.k IS DISTINCT FROM p.n
                            THEN strftime(coalesce(p.date, f.date), '%Y-%m-%d') END)
                 FROM p FULL JOIN f ON p.date = f.date""", check_range(context)).fetchall()[0]
-        return dg.AssetCheckResult(passed=days > 0 and mismatched == 0,
+        why = ("no day with prices or rows: nothing to compare" if days == 0 else
+               f"{mismatched} days whose rows are not one per price row, the first {example}" if mismatched else None)
+        return dg.AssetCheckResult(passed=days > 0 and mismatched == 0, description=why,
                                    metadata={"days": days, "days_mismatched": mismatched, "first_mismatch": example or ""})
 
     nan_share = " + ".join(f'(CASE WHEN isnan("{c}") OR "{c}" IS NULL THEN 1 ELSE 0 END)' for c in fs.columns)
@@ -135,7 +137,9 @@ def _feature_checks(key: dg.AssetKey, fs: "store.FeatureSet") -> list[dg.AssetCh
         inside = per_day[per_day["date"].dt.date >= first]
         before = per_day[per_day["date"].dt.date < first]["share"]
         all_nan = inside[inside["share"] >= 1.0]
-        return dg.AssetCheckResult(passed=len(inside) > 0 and all_nan.empty, metadata={
+        why = ("no day of rows" if inside.empty else f"{len(all_nan)} days whose values are all NaN: "
+               f"{', '.join(str(d.date()) for d in all_nan['date'][:10])}" if len(all_nan) else None)
+        return dg.AssetCheckResult(passed=len(inside) > 0 and all_nan.empty, description=why, metadata={
             "days": len(inside),
             "all_nan_days": ", ".join(str(d.date()) for d in all_nan["date"][:10]),
             "nan_share_max": float(inside["share"].max()) if len(inside) else float("nan"),

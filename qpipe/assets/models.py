@@ -460,7 +460,12 @@ def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
                        min(CASE WHEN s.n IS DISTINCT FROM m.n THEN strftime(coalesce(m.date, s.date), '%Y-%m-%d') END)
                 FROM members m FULL JOIN scores s ON s.date = m.date""",
                 [*check_range(context), get_settings().market, arch]).fetchall()[0]
+        why = ("no day of scores or members" if days == 0 else
+               f"{short_days} days whose scores are not one per member with prices, the first {example}"
+               if short_days else f"{int(duplicates)} duplicate and {int(non_finite)} non-finite scores"
+               if duplicates or non_finite else None)
         return dg.AssetCheckResult(passed=days > 0 and short_days == 0 and duplicates == 0 and non_finite == 0,
+                                   description=why,
                                    metadata={"days": days, "days_with_other_counts": short_days,
                                              "duplicate_scores": int(duplicates), "non_finite_scores": int(non_finite),
                                              "first_day_off": example or ""})
@@ -496,7 +501,15 @@ def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
             elif placebo is not None and np.isfinite(placebo) and loss > placebo and not ranks:
                 worse.append(day)
         severity = dg.AssetCheckSeverity.ERROR if broken or not days else dg.AssetCheckSeverity.WARN
-        return dg.AssetCheckResult(passed=bool(days) and not broken and not worse, severity=severity, metadata={
+        # a sentence, not only figures (found in review: a failed check showed four numbers and no reason)
+        why = (f"no checkpoint of {first}..{last}" if not days else
+               f"{', '.join(broken)}: the best valid loss or IC is not finite (NaN or inf): its predictions do not run"
+               if broken else
+               f"{', '.join(worse)}: valid loss {loss:.4f} is worse than the placebo's {placebo:.4f} (every stock "
+               f"scored 0), and the valid IC's t {best.get('valid_ic_t') or 0:.2f} is not above {SIGNIFICANT_T:g}: "
+               "nothing learnt that generalizes" if worse else None)
+        return dg.AssetCheckResult(passed=bool(days) and not broken and not worse, severity=severity, description=why,
+                                   metadata={
             "days": len(days), "non_finite_days": ", ".join(broken), "worse_than_placebo_days": ", ".join(worse),
             **({"valid_loss": float(loss), "placebo_valid_loss": float(placebo), "valid_ic_t": best.get("valid_ic_t")}
                if days and not broken and placebo is not None else {})})

@@ -263,7 +263,11 @@ def prices_are_unique_and_consistent(context: dg.AssetCheckExecutionContext, war
                    count(*) FILTER (WHERE high < low OR greatest(open, close) > high * (1 + {OHLC_TOLERANCE})
                                     OR least(open, close) < low / (1 + {OHLC_TOLERANCE}))
             FROM {wh.PRICES} WHERE date BETWEEN ? AND ?""", check_range(context)).fetchall()[0]
-    return dg.AssetCheckResult(passed=rows > 0 and duplicates == 0 and inconsistent == 0,
+    why = ("no stored row of these days" if rows == 0 else ", ".join(
+        text for n, text in ((duplicates, f"{duplicates} duplicate (date, instrument) rows"),
+                             (inconsistent, f"{inconsistent} rows whose open or close is outside [low, high]")) if n)
+           or None)
+    return dg.AssetCheckResult(passed=rows > 0 and duplicates == 0 and inconsistent == 0, description=why,
                                metadata={"rows": rows, "duplicate_rows": duplicates, "ohlc_inconsistent_rows": inconsistent})
 
 
@@ -284,6 +288,8 @@ def prices_cover_the_listed_instruments(context: dg.AssetCheckExecutionContext, 
             FROM expected e LEFT JOIN {wh.PRICES} p ON p.date = e.date AND p.instrument = e.instrument""",
                                                  check_range(context)).fetchall()[0]
     return dg.AssetCheckResult(passed=missing == 0, severity=dg.AssetCheckSeverity.WARN,
+                               description=f"{missing} listed (instrument, day) pairs without a row, the first {example}"
+                                           if missing else None,
                                metadata={"listed_instrument_days": listed, "without_a_row": missing,
                                          "first_missing": example or ""})
 
