@@ -54,6 +54,9 @@ def test_leaderboard_is_requested_after_each_successful_run_that_stored_daily_ic
     # The main job's and qpipe qrun's runs rank the models in their own last run (a workflow on its own warehouse).
     _, own_leaderboard = evaluate(["reports", "mlp_ic"], {"days": 3}, {"qpipe/main": "yes"})
     assert isinstance(own_leaderboard, dg.SkipReason) and "qpipe qrun" in own_leaderboard.skip_message
+    # found in review: one of them re-executed from the UI ran on this location's warehouse, and was not ranked
+    run_id, again = evaluate(["reports", "mlp_ic"], {"days": 3}, {"qpipe/main": "yes", "dagster/parent_run_id": "x"})
+    assert isinstance(again, dg.RunRequest) and again.run_key == run_id
 
 
 def test_code_location_loads_without_torch_or_matplotlib():

@@ -110,7 +110,9 @@ def refresh_leaderboard(context: dg.RunStatusSensorContext) -> dg.RunRequest | d
     launchpad with other settings left the leaderboard's portfolio columns as they were, marked fresh) once a
     leaderboard exists; before any IC it would only fail."""
     run = context.dagster_run
-    if run.tags.get("qpipe/main") == "yes":  # (found by a user: a qrun workflow's run rebuilt the main warehouse's)
+    # (found by a user: a qrun workflow's run rebuilt the main warehouse's). A run re-executed from the UI keeps the
+    # tag but runs in this code location, on its warehouse (found in review: the leaderboard stayed stale)
+    if run.tags.get("qpipe/main") == "yes" and "dagster/parent_run_id" not in run.tags:
         return dg.SkipReason(f"run {run.run_id[:8]} is one of the main job's or of qpipe qrun, whose last run ranks "
                              "the models on its own warehouse")
     materialized = _materialized(context.instance, run.run_id)  # (the run's events, read once)
