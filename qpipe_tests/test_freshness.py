@@ -119,3 +119,20 @@ def test_qpipe_fresh_by_moves_the_deadline_and_a_bad_value_is_refused_by_name(mo
     monkeypatch.setenv("QPIPE_FRESH_BY", "0")
     with pytest.raises(SettingsError, match="QPIPE_FRESH_BY"):
         freshness.deadline(xnys, datetime(2026, 11, 25).date())
+
+
+def test_an_asset_last_materialized_by_the_main_job_is_not_judged(monkeypatch):
+    """Found in review: right after the quick start every checkpoint showed a failed freshness check (the main job
+    trains a test segment before the end): its daily loop has not started, so it is not judged."""
+    monkeypatch.setattr(freshness, "current_time", lambda: new_york("2026-11-27 08:00"))
+
+    @dg.asset(key=MLP, partitions_def=defs.resolve_assets_def(MLP).partitions_def)
+    def mlp_checkpoint() -> None:
+        pass
+
+    with dg.instance_for_test() as instance:
+        dg.materialize([mlp_checkpoint], partition_key="2026-09-10", instance=instance, tags={"qpipe/main": "yes"})
+        assert freshness.verdicts(instance, exchange_calendar("XNYS"), freshness.current_time(), {MLP}, {MLP}) == []
+        dg.materialize([mlp_checkpoint], partition_key="2026-09-11", instance=instance)  # a run of the daily loop
+        [verdict] = freshness.verdicts(instance, exchange_calendar("XNYS"), freshness.current_time(), {MLP}, {MLP})
+        assert not verdict.passed and verdict.session.isoformat() == "2026-11-25"
