@@ -74,6 +74,11 @@ def test_checkpoint_predictions_and_ic_report(env, isolated_home, arch):
     assert shown["stopped_at_epoch"].value == len(sidecar["history"]) and shown["best_epoch"].value == sidecar["best_epoch"]
     assert shown["samples_per_second"].value > 0 and shown["peak_rss_mb"].value > 100
     assert Path(shown["curves"].value).stat().st_size > 10_000
+    # how it was trained (found in review: the UI showed none of it): the sidecar's windows and hyper-parameters
+    assert shown["train_window"].value == "..".join(sidecar["windows"]["train"])
+    assert shown["valid_window"].value == "..".join(sidecar["windows"]["valid"])
+    assert shown["feature_set"].value == sidecar["feature_set"] and shown["market"].value
+    assert shown["hyper_parameters"].value == {**sidecar["config"]["params"], "step_len": sidecar["config"]["step_len"]}
     assert (root / "checkpoints" / arch / f"{DAY}.safetensors").stat().st_size > 0
     days = [str(d) for d in trading_days("2023-06-01", DAY)]
     # no leakage: the last label trained on is the last one known at the checkpoint day's close
