@@ -32,10 +32,18 @@ CALENDAR = market_calendar()
 CATCH_UP = 10  # sessions before its own a tick runs at most: a longer outage is a backfill's (the skip says so)
 
 
+def _cadence() -> str:
+    every = get_settings().retrain_every
+    return f"every {every} trading days" if isinstance(every, int) else str(every)
+
+
 @dg.schedule(cron_schedule=CALENDAR.schedule_cron(), execution_timezone=CALENDAR.timezone, job_name="daily_pipeline",
              default_status=dg.DefaultScheduleStatus.RUNNING,
              description=f"After the close of {CALENDAR.name} on its sessions: that day's partition of daily_pipeline, "
-                         "after those of the sessions missed since the newest stored prices.")
+                         "after those of the sessions missed since the newest stored prices. "
+                         # what tonight's tick trains (found in review: the page did not say)
+                         f"Models: {', '.join(get_settings().models)} (QPIPE_MODELS), retrained {_cadence()} "
+                         f"(QPIPE_RETRAIN_EVERY) with the {get_settings().training} training profile (QPIPE_TRAINING).")
 def after_close(context: dg.ScheduleEvaluationContext):
     """After the close on the market's weekdays: run that day's partition, unless the exchange was closed, after
     the sessions missed since the newest stored prices partition."""

@@ -352,3 +352,16 @@ def test_a_half_day_is_over_at_its_early_close(monkeypatch):
     at(11)
     assert hong_kong.not_over(christmas_eve).endswith("closes at 12:00 (Asia/Hong_Kong), in 1 h 00 min")
     assert hong_kong.last_closed_session() == date(2024, 12, 23)
+
+
+def test_the_schedules_description_says_what_its_ticks_train():
+    """Found in review: the schedule's page did not say which models a tick trains, how often, nor how much."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "QPIPE_MODELS": "mlp,gru", "QPIPE_RETRAIN_EVERY": "20", "QPIPE_TRAINING": "quick"}
+    shown = subprocess.run([sys.executable, "-c", "from qpipe.schedules import after_close; "
+                            "print(after_close.description)"], env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip().endswith("Models: mlp, gru (QPIPE_MODELS), retrained every 20 trading days "
+                                         "(QPIPE_RETRAIN_EVERY) with the quick training profile (QPIPE_TRAINING).")
