@@ -439,6 +439,7 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     inline = shown["backtest"].value
     assert inline.startswith("![mlp backtest](data:image/png;base64,") and inline.endswith(")")
     assert base64.b64decode(inline.split("base64,")[1][:-1]).startswith(b"\x89PNG")
+    assert shown["signal"].value.startswith("![mlp quantile returns and IC decay](data:image/png;base64,")
     assert {"annualized_return (benchmark)", "annualized_return (with cost, product)"} <= set(shown)
     to_date = [m.metadata["annualized_return (with cost)"].value
                for m in whole.asset_materializations_for_node("reports__mlp_backtest")[2:]]

@@ -616,8 +616,11 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             for day, row in result.report.iterrows()}
         per_partition(context, days)
         figures = to_date(pd.Timestamp(later[-1] if later else end))
-        context.add_asset_metadata({"backtest": inline(chart, f"{arch} backtest")},  # on the page's materialization
-                                   partition_key=context.partition_keys[-1])
+        signal = folder / f"{arch}_signal.png"  # the tear sheet's alphalens-style views (found in review: only in
+        context.add_asset_metadata({"backtest": inline(chart, f"{arch} backtest"),  # the HTML, no use remotely)
+                                    **({"signal": inline(signal, f"{arch} quantile returns and IC decay")}
+                                       if signal.exists() else {})},
+                                   partition_key=context.partition_keys[-1])  # on the page's materialization
         if result.deals_at_close:
             context.log.warning(f"{portfolio.deal_price} is missing on {result.deals_at_close} of the quotes that have "
                                 "a close (a source without it: Yahoo's has no vwap): those deal at the close, as "
