@@ -561,7 +561,7 @@ def backtest_figures(daily) -> dict[str, float]:
         summed, compounded = risk_analysis(returns), risk_analysis(returns, mode="product")
         figures |= {f"{name} ({label})": summed[name] for name in ("annualized_return", "information_ratio", "max_drawdown")}
         figures[f"annualized_return ({label}, product)"] = compounded["annualized_return"]
-    return {name: float(value) for name, value in figures.items() if np.isfinite(value)}
+    return finite(figures)
 
 
 def _backtest_asset(arch: str) -> dg.AssetsDefinition:
