@@ -5,6 +5,7 @@ import logging
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -301,6 +302,23 @@ def test_anchoring_backfills_onto_the_first_later_stored_day_and_names_what_it_c
     rebased = pd.DataFrame(history).assign(**{c: pd.DataFrame(history)[c] / 2 for c in ("open", "high", "low", "close")})
     anchored = anchor(day, day, ["AAA"], rebased, pd.DataFrame(history))  # a split re-bases them all: no restatement
     assert anchored.scale == {"AAA": pytest.approx(2.0)} and not anchored.restated
+    # found in code review: a source that rounds to cents and re-bases (a dividend: x0.98) was named restated for
+    # most stocks, its cents and the stored ones apart by more than one
+    rng = np.random.default_rng(0)
+    days_read = [str(d.date()) for d in pd.bdate_range("2023-12-11", periods=10)]
+    closes = rng.uniform(5, 200, size=(500, 10))
+    stored_rows, source_rows = [], []
+    for i, row in enumerate(closes):
+        for d, c in zip(days_read, row):
+            prices = {"open": c * 0.99, "high": c * 1.02, "low": c * 0.97, "close": c}
+            stored_rows.append({"date": pd.Timestamp(d), "instrument": f"S{i}", **{k: round(v, 2) for k, v in prices.items()}})
+            source_rows.append({"date": pd.Timestamp(d), "instrument": f"S{i}",
+                                **{k: round(v * 0.98, 2) for k, v in prices.items()}})
+    anchored = anchor(day, day, [f"S{i}" for i in range(500)], pd.DataFrame(source_rows), pd.DataFrame(stored_rows))
+    assert anchored.restated == {} and len(anchored.scale) == 500
+    corrected = pd.DataFrame(source_rows)
+    corrected.loc[corrected["instrument"].eq("S7") & corrected["date"].eq(pd.Timestamp(days_read[4])), "close"] *= 1.01
+    assert anchor(day, day, ["S7"], corrected, pd.DataFrame(stored_rows)).restated == {"S7": pd.Timestamp(days_read[4])}
     # stored before the rows on the source's basis, after them on twice it (a backfill into a gap across a re-basing)
     source_around = pd.DataFrame([_day("2024-01-01", "AAA", 40.0), _day("2024-01-03", "AAA", 51.237)])
     stored_around = pd.DataFrame([_day("2024-01-01", "AAA", 40.0), _day("2024-01-03", "AAA", 2 * 51.237)])

@@ -179,7 +179,8 @@ def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unan
         context.log.warning(
             f"the source's prices of {first_few(days)} differ from the stored ones for {len(anchored.restated)} "
             f"instruments ({first_few(sorted(anchored.restated))}), not by one ratio: the source restated them. The "
-            f"new rows are on the stored basis of the last session it did not restate. To store the source's version, ingest from {days[0]} "
+            f"new rows are on the stored basis of the last session it did not restate (the last one read, where it "
+            f"restated them all). To store the source's version, ingest from {days[0]} "
             f"again with the features and labels that read those prices: dg launch --assets 'group:ingest' "
             f"--partition-range {days[0]}...{end.date()}, then the same with 'group:features'; and retrain the "
             f"checkpoints of {days[0]} on, whose windows hold that day (Dagster does not mark them stale across 720 "
@@ -314,7 +315,7 @@ def members_have_their_history(context: dg.AssetCheckExecutionContext, warehouse
             WHERE s.first > greatest(l.since, w.first) ORDER BY 2, 1""").fetchall()
     if not late:
         return dg.AssetCheckResult(passed=True, metadata={"members_without_their_history": 0})
-    since, first = late[0][1], late[0][2]
+    since, first = min(row[1] for row in late), max(row[2] for row in late)  # one range covers every member
     return dg.AssetCheckResult(
         passed=False, severity=dg.AssetCheckSeverity.WARN,
         description=f"{len(late)} members have history in the source before their first stored price: "
@@ -322,7 +323,7 @@ def members_have_their_history(context: dg.AssetCheckExecutionContext, warehouse
                     f"relabelled? Ingest its history: dg launch --assets raw/prices --partition-range {since}..."
                     f"{first} (with replace: true in its config where the source no longer has the rows stored under "
                     f"the old symbol), then the features and labels of those days",
-        metadata={"members_without_their_history": len(late), "first": f"{late[0][0]} since {since}"})
+        metadata={"members_without_their_history": len(late), "first": f"{late[0][0]} since {late[0][1]}"})
 
 
 # A close below this ratio of the stock's last close (or above its inverse) is no market day's move, but a split the

@@ -39,7 +39,8 @@ class Anchored:
     """Each stock's basis: the warehouse writes its rows x ``scale`` (``wh.write_prices``)."""
 
     scale: dict[str, float] = field(default_factory=dict)  # instrument -> k, where the stored basis is not the source's
-    restated: dict[str, pd.Timestamp] = field(default_factory=dict)  # instrument -> the anchor session it restated
+    # instrument -> the first session read that the source restated (the anchor's, or one before it)
+    restated: dict[str, pd.Timestamp] = field(default_factory=dict)
     # instrument -> the first stored session after the rows, where it is on another basis than the one before them
     seams: dict[str, pd.Timestamp] = field(default_factory=dict)
     unanchored: list[str] = field(default_factory=list)  # stocks with prices in the rows and no session to anchor on
@@ -53,7 +54,7 @@ def anchor(start: pd.Timestamp, end: pd.Timestamp, priced: Iterable[str], source
     shared = stored_near.merge(source_near, on=["date", "instrument"], suffixes=("", "_source"))
     shared = shared.dropna(subset=[*OHLC, *(f"{c}_source" for c in OHLC)]).sort_values("date")
     shared["k"] = shared["close"] / shared["close_source"]
-    shared["agrees"] = _agrees(shared, shared["k"].to_numpy())
+    shared["agrees"] = _agrees(shared, shared["k"].to_numpy(), shared["close_source"].to_numpy())
     before = shared[shared["date"] < start]
     # the last session before the rows the source did not restate (found in review: a corrected close of the anchor
     # session made its ratio the basis of every later row, a fake move kept in the series), else the last one
@@ -75,17 +76,21 @@ def anchor(start: pd.Timestamp, end: pd.Timestamp, priced: Iterable[str], source
     # review: a vendor's correction of a day before the anchor session was named nowhere), and an anchor after them
     # that the source restated: the first such session of each stock
     basis = before["instrument"].map(dict(zip(names, k))).to_numpy()
-    restated = pd.concat([before[~_agrees(before, basis)], chosen[~chosen["agrees"]]]).sort_values("date")
+    of_close = before["instrument"].map(dict(zip(names, chosen["close_source"]))).to_numpy()
+    restated = pd.concat([before[~_agrees(before, basis, of_close)], chosen[~chosen["agrees"]]]).sort_values("date")
     first = restated.drop_duplicates("instrument")
     return Anchored(scale, dict(zip(first["instrument"], first["date"])), seams, unanchored)
 
 
-def _agrees(rows: pd.DataFrame, k: np.ndarray) -> np.ndarray:
-    """Whether each row's stored open, high, low and close are the source's x ``k`` (beyond float noise and a rounded
-    cent)."""
-    expected = rows[[f"{c}_source" for c in OHLC]].to_numpy() * k[:, None]
+def _agrees(rows: pd.DataFrame, k: np.ndarray, of_close: np.ndarray) -> np.ndarray:
+    """Whether each row's stored open, high, low and close are the source's x ``k``, beyond float noise and the cents
+    both sides round to: the stored price's, the source's, and those of the closes ``k`` is the ratio of (``of_close``:
+    the source's of them; found in code review: one cent of the source's alone named most stocks of a cent-rounded
+    source that re-based)."""
+    source = rows[[f"{c}_source" for c in OHLC]].to_numpy()
     stored = rows[OHLC].to_numpy()
-    return (np.abs(stored - expected) <= np.maximum(RELATIVE * np.abs(stored), CENT * k[:, None])).all(axis=1)
+    rounding = CENT * (1 + k[:, None]) * (1 + np.abs(source) / np.abs(of_close)[:, None])
+    return (np.abs(stored - source * k[:, None]) <= np.maximum(RELATIVE * np.abs(stored), rounding)).all(axis=1)
 
 
 def anchor_to_warehouse(con: duckdb.DuckDBPyConnection, source, start: pd.Timestamp, end: pd.Timestamp,
