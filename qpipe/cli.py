@@ -27,20 +27,15 @@ def qrun(args: argparse.Namespace) -> int:
         return 2
     if args.epochs is not None:
         workflow = workflow.with_epochs(args.epochs)
-    from qpipe.workflow.run import left_out, print_records, run, settle, workflow_home
+    from qpipe.workflow.home import HomeTaken, claim, left_out, refuse_a_missing_provider, settle, workflow_home
 
-    home = workflow_home(workflow.path, args.home)
+    try:
+        home = workflow_home(workflow.path, args.home)
+    except ValueError as error:  # (QPIPE_HOME naming a file)
+        print(f"qpipe qrun: {error}", file=sys.stderr)
+        return 2
     if args.records:
-        if not (home / "warehouse.duckdb").is_file():
-            print(f"qpipe qrun: no run of {workflow.path} in {home} yet (its warehouse.duckdb); --home names another "
-                  "folder", file=sys.stderr)
-            return 2
-        settle(workflow, home)
-        if not print_records(workflow):
-            print(f"qpipe qrun: {home} holds no records of {workflow.model.model}'s test segment {workflow.test[0]}.."
-                  f"{workflow.test[1]}", file=sys.stderr)
-            return 1
-        return 0
+        return records_again(workflow, home)
     shell = left_out(workflow)
     print(f"warehouse and checkpoints: {home}" + (
         f"\nnot inherited from the shell, as the workflow decides them: "
@@ -54,10 +49,43 @@ def qrun(args: argparse.Namespace) -> int:
         return 2
     print()
     try:
-        return run(workflow, home)
-    except FileNotFoundError as error:
+        refuse_a_missing_provider(workflow)
+        claim(home, workflow.path)
+    except (FileNotFoundError, HomeTaken) as error:
         print(f"qpipe qrun: {error}", file=sys.stderr)
         return 2
+    settle(workflow, home)
+    from qpipe.workflow.run import run  # (after settle: its imports read the settings)
+
+    code = run(workflow)
+    if code == 0:
+        print(f"\nThe workflow's warehouse and checkpoints: {home}; these records again: qpipe qrun {workflow.path} "
+              "--records" + (f" --home {home}" if args.home else ""))
+    return code
+
+
+def records_again(workflow, home) -> int:
+    """``qpipe qrun FILE.yaml --records``: the records of the workflow's last run, from its home."""
+    from qpipe.workflow.home import HomeTaken, claim
+    from qpipe.workflow.records import print_records
+
+    if not (home / "warehouse.duckdb").is_file():
+        print(f"qpipe qrun: no run of {workflow.path} in {home} yet (its warehouse.duckdb); --home names another "
+              "folder", file=sys.stderr)
+        return 2
+    if not (workflow.ranks_on_the_leaderboard or workflow.port_analysis is not None):
+        print(f"qpipe qrun: {workflow.path} has no SigAnaRecord or PortAnaRecord: no records to print", file=sys.stderr)
+        return 1
+    try:
+        claim(home, workflow.path, mark=False)
+    except HomeTaken as error:
+        print(f"qpipe qrun: {error}", file=sys.stderr)
+        return 2
+    if not print_records(workflow, home / "warehouse.duckdb"):
+        print(f"qpipe qrun: {home} holds no records of {workflow.model.model}'s test segment {workflow.test[0]}.."
+              f"{workflow.test[1]} (its run did not reach them)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def dump_bin(args: argparse.Namespace) -> int:

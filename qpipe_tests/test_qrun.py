@@ -360,6 +360,23 @@ def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_wri
     never = subprocess.run([QPIPE, "qrun", lstm, "--records"], capture_output=True, text=True, timeout=120, env=env)
     assert never.returncode == 2 and f"no run of {lstm} in {tmp_path / 'qpipe' / 'workflows' / lstm.stem} yet" in \
         never.stderr, never.stderr
+    # found in code review: a bad value of a setting the workflow replaces stopped even the dry run, with a traceback
+    lake = subprocess.run([QPIPE, "qrun", lstm, "--dry-run"], capture_output=True, text=True, timeout=120,
+                          env={**env, "QPIPE_LAKE": "x"})
+    assert lake.returncode == 0 and "not inherited from the shell, as the workflow decides them: QPIPE_LAKE=x" in \
+        lake.stdout, lake.stderr[-2000:]
+    # a run that failed before its IC stage left a warehouse without records: said so (found in code review: a crash)
+    home = tmp_path / "qpipe" / "workflows" / lstm.stem
+    home.mkdir(parents=True)
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        con.execute("CREATE SCHEMA raw; CREATE TABLE raw.prices (date DATE)")
+    failed = subprocess.run([QPIPE, "qrun", lstm, "--records"], capture_output=True, text=True, timeout=120, env=env)
+    assert failed.returncode == 1 and "holds no records of lstm's test segment" in failed.stderr, failed.stderr[-2000:]
+    # a home holds one workflow's runs (found in code review: two workflows named config.yaml shared one)
+    (home / "workflow.txt").write_text("/elsewhere/workflow_config_lstm_Alpha360.yaml\n")
+    taken = subprocess.run([QPIPE, "qrun", lstm, "--records"], capture_output=True, text=True, timeout=120, env=env)
+    assert taken.returncode == 2 and (f"{home} holds the runs of /elsewhere/workflow_config_lstm_Alpha360.yaml, "
+                                      "another workflow of the name") in taken.stderr, taken.stderr[-2000:]
 
 
 def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads(tmp_path, sp500):
@@ -631,14 +648,16 @@ def test_qlib_arguments_qpipe_does_not_implement_are_named_and_dollar_prices_are
     (lambda d: _records(d)[2]["kwargs"].update(risk_analysis_freq="weak"), "risk_analysis_freq = 'weak': 'weak' is "
      "not a frequency of Qlib's"),
     (lambda d: _records(d)[1].update(module_path="qlib.workflow.record_tmp"), "task.record[1].module_path = "
-     "'qlib.workflow.record_tmp': qpipe runs the records of Qlib's qlib.workflow.record_temp only (did you mean "
+     "'qlib.workflow.record_tmp': no such module (Qlib: ModuleNotFoundError) (did you mean "
      "qlib.workflow.record_temp?)"),
     # found in review: an unknown record ran with rc 0 and no IC (Qlib: AttributeError)
     (lambda d: _records(d)[1].update({"class": "SigAnaRecrod"}), "task.record[1].class = 'SigAnaRecrod': "
      "qlib.workflow.record_temp has no such record (Qlib: AttributeError) (did you mean SigAnaRecord?)"),
     # found in review: "not a key qpipe knows: ignored", and the run trained with the default processors
     (lambda d: _kwargs(d).update(infer_processor=_kwargs(d).pop("infer_processors")),
-     "...: not an argument of Qlib's Alpha360 (Qlib refuses it: TypeError) (did you mean infer_processors?)"),
+     "handler.kwargs.infer_processor = "),
+    (lambda d: _kwargs(d).update(infer_processor=_kwargs(d).pop("infer_processors")),
+     ": not an argument of Qlib's Alpha360 (Qlib refuses it: TypeError) (did you mean infer_processors?)"),
     (lambda d: _kwargs(d).update(data_loader={"class": "QlibDataLoader"}), "handler.kwargs.data_loader = {'class': "
      "'QlibDataLoader'}: not an argument of Qlib's Alpha360"),
 ])
@@ -741,6 +760,10 @@ def test_the_records_arguments_qlib_takes_are_each_reported(tmp_path):
     # Qlib's own records qpipe does not run stay named, as Qlib runs them
     other = translate(_edited(tmp_path, lambda d: _records(d).append({"class": "MultiPassPortAnaRecord"})))
     assert _entry(other, "task.record[3]").status == "not honoured"
+    # so does a user's own record, which Qlib imports and runs (found in code review: it was refused)
+    own = translate(_edited(tmp_path, lambda d: _records(d).append({"class": "MyRecord", "module_path": "my.records"})))
+    assert (_entry(own, "task.record[3]").value, _entry(own, "task.record[3]").status) == ("my.records.MyRecord",
+                                                                                         "not honoured")
     # a class written with its module, as Qlib also reads it
     dotted = translate(_edited(tmp_path, lambda d: _records(d)[2].update(
         {"class": "qlib.workflow.record_temp.PortAnaRecord"})))

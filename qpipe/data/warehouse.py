@@ -222,6 +222,8 @@ def days_without_rows(con: duckdb.DuckDBPyConnection, table: str, column: str, d
 
 
 def ensure_table(con: duckdb.DuckDBPyConnection, table: str, columns_sql: str) -> None:
+    if has_table(con, table):  # (no statement that writes: a read-only connection reads through this too)
+        return
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns_sql})")
 

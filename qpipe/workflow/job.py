@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from qpipe.workflow.run import workflow_home
+from qpipe.workflow.home import workflow_home
 
 
 class QrunConfig(dg.Config):

@@ -61,9 +61,10 @@ SKIP_EXISTING = ("each qrun computes its records afresh, as Qlib's qrun does: it
 INDICATOR_METHODS = ("mean", "amount_weighted", "value_weighted")  # Qlib's indicator_analysis
 
 
-def _record_class(r: Reader, key: str, record: Any) -> str:
-    """The record's class, refused (Qlib's getattr raises AttributeError) where the module has none of that name;
-    its ``module_path`` (or a dotted class) checked against Qlib's record module."""
+def _record_class(r: Reader, key: str, record: Any) -> str | None:
+    """The record's class, refused (Qlib's getattr raises AttributeError) where Qlib's record module has none of that
+    name or its ``module_path`` (or a dotted class) is a misspelt one; None for a record of another module (a user's
+    own, which Qlib runs and qpipe cannot: not honoured; found in code review: it was refused)."""
     given = record.get("class") if isinstance(record, dict) else record
     if not isinstance(given, str):
         raise ConfigError(f"{r.path}: {key} = {short(record)}: expected {{class: SignalRecord, SigAnaRecord or "
@@ -72,8 +73,12 @@ def _record_class(r: Reader, key: str, record: Any) -> str:
     module = module or (record.get("module_path") if isinstance(record, dict) else None)
     where = f"{key}.module_path" if "." not in given else f"{key}.class"
     if module is not None and module != QLIB_RECORD_MODULE:
-        raise ConfigError(f"{r.path}: {where} = {module!r}: qpipe runs the records of Qlib's {QLIB_RECORD_MODULE} "
-                          f"only{close_match(str(module), [QLIB_RECORD_MODULE])}")
+        if close_match(str(module), [QLIB_RECORD_MODULE]):
+            raise ConfigError(f"{r.path}: {where} = {module!r}: no such module (Qlib: ModuleNotFoundError)"
+                              f"{close_match(str(module), [QLIB_RECORD_MODULE])}")
+        r.entries.append(Entry(key, given if "." in given else f"{module}.{name}", "not honoured",
+                               f"a record of {module}: qpipe runs the records of Qlib's {QLIB_RECORD_MODULE} only"))
+        return None
     known = (*RECORD_ARGUMENTS, *QLIB_ONLY_RECORDS)
     if name not in known:
         raise ConfigError(f"{r.path}: {key}.class = {given!r}: {QLIB_RECORD_MODULE} has no such record (Qlib: "
@@ -151,6 +156,8 @@ def record_entries(r: Reader, exchange: dict, days: np.ndarray, test: tuple, ben
     for i, record in enumerate(_records(r)):
         key = f"task.record[{i}]"
         name = _record_class(r, key, record)
+        if name is None:
+            continue
         names.append(name)
         if name in QLIB_ONLY_RECORDS:
             r.entries.append(Entry(key, name, "not honoured", f"{QLIB_ONLY_RECORDS[name]}; qpipe runs "

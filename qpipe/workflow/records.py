@@ -3,10 +3,12 @@ IC figures, and PortAnaRecord's analyses of the benchmark return, of the excess 
 the trade indicators, in Qlib's words and layout, so a Qlib user finds the figures where qrun shows them."""
 
 from datetime import date
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 
+from qpipe.data import warehouse as wh
 from qpipe.evaluation import backtest_store, report
 from qpipe.evaluation.ic import ic_summary
 from qpipe.evaluation.risk import indicator_analysis, risk_analysis
@@ -26,12 +28,12 @@ def qlib_records(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
                  portfolio: bool) -> str:
     """The records' printout of ``model``'s test segment [start, end] (empty when it has none of them)."""
     lines = []
-    if signal:
+    if signal and wh.has_table(con, report.DAILY_IC):  # (a run that failed before its IC stage has none)
         daily = _between(report.read_daily_ic(con, model), start, end)
         figures = {name: round(value, 6) for name, value in ic_summary(daily).items()} if len(daily) else {}
         with_ic = int(daily["IC"].notna().sum()) if len(daily) else 0  # a day of equal scores has none
         lines.append(f"SigAnaRecord ({with_ic} sessions with an IC, of {len(daily)} with a known label): {figures}")
-    if portfolio:
+    if portfolio and all(wh.has_table(con, t) for t in (backtest_store.DAILY, backtest_store.INDICATORS_TABLE)):
         daily = _between(backtest_store.read_daily(con, model), start, end)
         stored = backtest_store.read_daily(con, model, backtest_store.INDICATORS_TABLE)
         indicators = _between(stored, start, end)
@@ -44,3 +46,14 @@ def qlib_records(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
     if not lines:
         return ""
     return "\n".join([f"\nQlib's records of the test segment {start}..{end} ({model}):", *lines])
+
+
+def print_records(workflow, warehouse: Path) -> bool:
+    """Print what Qlib's records print of ``workflow``'s test segment, from the DuckDB file ``warehouse`` (read only:
+    ``qpipe qrun --records`` needs no provider directory); whether it holds any."""
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        records = qlib_records(con, workflow.model.model, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
+                               portfolio=workflow.port_analysis is not None)
+    if records:
+        print(records)
+    return bool(records)

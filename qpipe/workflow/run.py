@@ -1,10 +1,7 @@
 """A translated Qlib workflow, run: the settings it names, then its runs through a code server, as the main job
 launches them (so they are in the UI with their lineage, and Ctrl-C or Terminate stops them).
 
-Each workflow has a home of its own (its warehouse and checkpoints, Qlib's experiment): ``<QPIPE_HOME>/workflows/<YAML
-name>`` unless one is named, so a second workflow never overwrites the first one's figures, which ``qpipe qrun
-FILE.yaml --records`` prints again. The ``QPIPE_*`` settings of the shell that the workflow decides (its data, market,
-benchmark, calendar, warehouse) are not inherited: the YAML and its report decide, as in Qlib.
+Each workflow has a home and settings of its own (``qpipe.workflow.home``), which this module's imports read.
 """
 
 import os
@@ -14,32 +11,8 @@ import dagster as dg
 
 from qpipe.assets.models import backtest_key, checkpoint_key, predictions_key
 from qpipe.main import IN_PROCESS, QUIET, Stage, _span, print_leaderboard, run_stage
-from qpipe.settings import VARIABLES, get_settings
+from qpipe.workflow.records import print_records
 from qpipe.workflow.translate import Workflow
-
-# Settings of the machine, not of a workflow: kept from the shell (QPIPE_CONCEPTS: HIST's concepts, which a Qlib
-# workflow names as .npy files qpipe does not read)
-MACHINE = ("QPIPE_DEVICE", "QPIPE_FEATURE_DEVICE", "QPIPE_BLOCK_CELLS", "QPIPE_LOAD_CELLS", "QPIPE_FRAME_CELLS",
-           "QPIPE_FRESH_BY", "QPIPE_CONCEPTS")
-
-
-def workflow_home(workflow_path: str | Path, home: str | Path | None = None) -> Path:
-    """Where a workflow's warehouse and checkpoints live: ``home``, else ``<QPIPE_HOME>/workflows/<YAML name>``."""
-    return Path(home).expanduser().absolute() if home else get_settings().home / "workflows" / Path(workflow_path).stem
-
-
-def left_out(workflow: Workflow) -> dict[str, str]:
-    """The shell's QPIPE_* settings a run of ``workflow`` leaves out (found in review: QPIPE_BENCHMARK=AAPL in the
-    shell was the backtest's benchmark of a YAML with none, while the report said the equal-weighted market)."""
-    return {name: value for name, value in os.environ.items() if name in VARIABLES and name not in MACHINE
-            and name != "QPIPE_HOME" and name not in workflow.settings}
-
-
-def settle(workflow: Workflow, home: Path) -> None:
-    """The workflow's settings in this process's environment, read by its settings and the code server it starts."""
-    for name in left_out(workflow):
-        del os.environ[name]
-    os.environ.update({**workflow.settings, "QPIPE_HOME": str(home)})
 
 
 def stages(workflow: Workflow) -> list[Stage]:
@@ -81,15 +54,12 @@ def stages(workflow: Workflow) -> list[Stage]:
     return runs
 
 
-def run(workflow: Workflow, home: Path) -> int:
-    """Materialize the workflow's runs in the instance at DAGSTER_HOME, into ``home``; 0 when every run succeeded."""
+def run(workflow: Workflow) -> int:
+    """Materialize the workflow's runs in the instance at DAGSTER_HOME, into the QPIPE_HOME ``home.settle`` set; 0
+    when every run succeeded."""
     from qpipe.launcher import code_server
 
-    provider = Path(workflow.settings["QPIPE_SOURCE_PATH"])
-    if not (provider / "calendars" / "day.txt").is_file():
-        raise FileNotFoundError(f"{workflow.path}: qlib_init.provider_uri = {provider}: not a Qlib provider directory "
-                                "(no calendars/day.txt)")
-    settle(workflow, home)
+    home = Path(os.environ["QPIPE_HOME"])
     stored_before = (home / "warehouse.duckdb").exists()
     planned = stages(workflow)
     log_file = Path(os.environ["DAGSTER_HOME"]) / "logs" / "qpipe-qrun.log"
@@ -99,27 +69,10 @@ def run(workflow: Workflow, home: Path) -> int:
             if status != dg.DagsterRunStatus.SUCCESS:
                 print(f"the run's log is in the UI; the processes' console output in {log_file}")
                 if number == 1 and stored_before:  # (found in review: the advice was a config qrun cannot pass)
-                    print(f"{home} holds what an earlier run of a workflow named {workflow.path.stem} stored, kept as "
-                          f"it was; to run this one apart: qpipe qrun {workflow.path} --home NEW_FOLDER (or remove "
-                          f"{home})")
+                    print(f"{home} holds what an earlier run of this workflow stored, kept as it was; to run it "
+                          f"apart: qpipe qrun {workflow.path} --home NEW_FOLDER (or remove {home})")
                 return 130 if status == dg.DagsterRunStatus.CANCELED else 1
     if planned[-1].job == "leaderboard_job":
         print_leaderboard(workflow.test_sessions)
-    print_records(workflow)
-    print(f"\nThe workflow's warehouse and checkpoints: {home}; these records again: qpipe qrun {workflow.path} "
-          f"--records" + (f" --home {home}" if home != workflow_home(workflow.path) else ""))
+    print_records(workflow, home / "warehouse.duckdb")
     return 0
-
-
-def print_records(workflow: Workflow) -> bool:
-    """Print what Qlib's records print of the workflow's test segment, from the warehouse of QPIPE_HOME; whether it
-    holds any."""
-    from qpipe.resources import build_resources
-    from qpipe.workflow.records import qlib_records
-
-    with build_resources()["warehouse"].get_connection() as con:
-        records = qlib_records(con, workflow.model.model, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
-                               portfolio=workflow.port_analysis is not None)
-    if records:
-        print(records)
-    return bool(records)

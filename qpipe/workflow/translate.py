@@ -59,7 +59,7 @@ class Workflow:
     @property
     def data_end(self) -> dt.date:
         """The last session of prices, features and labels the runs materialize."""
-        return max(self.span[1], self.labels_known[1]) if self.labels_known else self.span[1]
+        return max(self.span[1], self.ic_tail[1]) if self.ic_tail else self.span[1]  # (only where an IC reads them)
 
     def not_honoured(self) -> list[Entry]:
         return [e for e in self.entries if e.status == "not honoured"]
@@ -225,10 +225,11 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         value = r.get(f"{segments}.{name}", required=True)
         if not isinstance(value, list | tuple) or len(value) != 2:
             raise ConfigError(f"{path}: {segments}.{name} = {value!r}: expected [start, end]")
-        if name == "test" and value[1] is None:  # Qlib: to the end of the data
+        to_the_end = name == "test" and value[1] is None  # Qlib: to the end of the data
+        if to_the_end:
             value = [value[0], span[1]]
         bounds[name] = tuple(date(v, f"{segments}.{name}", path) for v in value)
-        if bounds[name][0] > bounds[name][1]:
+        if bounds[name][0] > bounds[name][1] and not to_the_end:  # (an end not written: the span's check names it)
             raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}]: the start is after "
                               "the end (expected [start, end])")
         if not span[0] <= bounds[name][0] or bounds[name][1] > span[1]:
