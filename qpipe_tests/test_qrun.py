@@ -430,6 +430,9 @@ def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads
         assert (indexed / "instruments" / f"{market}.txt").read_text().split()[::3] \
             == ["AAPL", "MSFT"]
     assert (indexed / "features" / "xom" / "close.day.bin").exists()
+    # and a workflow on its `all` market does not train on it (found in code review: every features/ folder was one)
+    universe, _ = QlibSource(str(indexed), market="all", benchmark="XOM").reference()
+    assert sorted(universe["instrument"]) == ["AAPL", "MSFT"]
     bad = subprocess.run([QPIPE, "dump-bin", csv, indexed, "--benchmark", "^GSPC"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "missing benchmark" in bad.stderr and "^GSPC" in bad.stderr, bad.stderr

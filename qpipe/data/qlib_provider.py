@@ -190,6 +190,9 @@ class QlibSource:
         """The ``all`` spans of the instruments read (from the bins' headers alone, whatever ``load_cells``), plus
         the market file's spans; no concepts."""
         spans = self.listing_spans()
+        if (Path(self.path) / "instruments" / "all.txt").is_file():  # Qlib's D.instruments("all"): a folder it does not
+            listed = set(read_instruments(Path(self.path), "all")["instrument"].str.upper())  # list (the index
+            spans = spans[spans["instrument"].isin(listed)]  # `qpipe dump-bin --benchmark` leaves out) is no member
         if self.market != "all":
             spans = pd.concat([spans, self.universe()], ignore_index=True)
         return spans[UNIVERSE_COLUMNS], no_concepts()
