@@ -308,6 +308,17 @@ def test_the_backtest_defaults_are_those_of_the_qlib_region_of_the_markets_excha
     assert PortfolioConfig(port_analysis={"limit_threshold": 0.1}).resolve().limit_threshold == 0.1
 
 
+def test_the_launchpad_shows_the_backtests_settings():
+    """Found in review: the backtest's config was an empty dict in the launchpad, every setting hidden until a run's
+    metadata showed it. Its default now holds them all but the region's (lots, limit), which the market decides."""
+    from qpipe.definitions import defs
+
+    ops = defs.resolve_job_def("daily_pipeline").run_config_schema.config_type.fields["ops"].config_type
+    field = ops.fields["reports__mlp_backtest"].config_type.fields["config"].config_type.fields["port_analysis"]
+    assert field.default_provided and field.default_value["topk"] == 50 and field.default_value["open_cost"] == 0.0005
+    assert not {"trade_unit", "limit_threshold"} & set(field.default_value)
+
+
 def test_risk_analysis_by_hand_in_both_modes():
     r = pd.Series([0.01, -0.02, 0.03, 0.0])
     mean, std = 0.005, math.sqrt((0.005**2 + 0.025**2 + 0.025**2 + 0.005**2) / 3)

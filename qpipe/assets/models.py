@@ -526,10 +526,18 @@ def backtest_key(arch: str) -> dg.AssetKey:
     return dg.AssetKey(["reports", f"{arch}_backtest"])
 
 
+def _shown_defaults() -> dict[str, Any]:
+    """The backtest's settings but the region's (lots, limit: the market's exchange decides them at run time), as the
+    launchpad shows them (found in review: an empty dict hid every setting until a run's metadata showed it)."""
+    from qpipe.evaluation.backtest import BacktestConfig
+
+    return {k: v for k, v in BacktestConfig().model_dump().items() if k not in ("limit_threshold", "trade_unit")}
+
+
 class PortfolioConfig(dg.Config):
     """Qlib's port_analysis_config for the backtest, flat, with Qlib's names (qpipe.evaluation.backtest)."""
 
-    port_analysis: dict[str, Any | None] = Field(default_factory=dict, description=(
+    port_analysis: dict[str, Any | None] = Field(default=_shown_defaults(), description=(
         "strategy and exchange settings, e.g. {topk: 50, n_drop: 5, open_cost: 0.0005, trade_unit: 100, deal_price: "
         "close ($close as Qlib's Exchange takes it)}; default: Qlib's benchmark workflows, with the region defaults of "
         "the market's exchange (XSHG/XSHE: lots of 100, a 9.5% limit; any other: whole shares, no limit: "
