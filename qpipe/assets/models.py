@@ -224,7 +224,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         from qpipe.evaluation.report import training_curves_chart
 
         chart = training_curves_chart(result.history, result.best_epoch, f"{arch} {day}",
-                                      Path(checkpoints.root) / arch / f"{day}.curves.png")
+                                      Path(checkpoints.root) / arch / f"{day}.curves.png", result.placebo_valid_loss)
         sha, version = stored_version(path)
         if scored and sha != previous:
             in_a_job = "qpipe/main" in context.run.tags  # the main job or qpipe qrun, whose next run predicts again
