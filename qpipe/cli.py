@@ -57,7 +57,7 @@ def qrun(args: argparse.Namespace) -> int:
     settle(workflow, home)
     from qpipe.workflow.run import run  # (after settle: its imports read the settings)
 
-    code = run(workflow)
+    code = run(workflow, home)
     if code == 0:
         print(f"\nThe workflow's warehouse and checkpoints: {home}; these records again: qpipe qrun {workflow.path} "
               "--records" + (f" --home {home}" if args.home else ""))

@@ -309,7 +309,7 @@ def members_have_their_history(context: dg.AssetCheckExecutionContext, warehouse
         late = con.execute(f"""
             WITH listed AS (SELECT instrument, min(start_date) AS since FROM {wh.UNIVERSE} GROUP BY 1),
                  stored AS (SELECT instrument, min(date) AS first FROM {wh.PRICES} GROUP BY 1),
-                 warehouse AS (SELECT min(date) AS first FROM {wh.PRICES})
+                 warehouse AS (SELECT min(first) AS first FROM stored)
             SELECT l.instrument, greatest(l.since, w.first), s.first FROM listed l JOIN stored s USING (instrument),
                    warehouse w
             WHERE s.first > greatest(l.since, w.first) ORDER BY 2, 1""").fetchall()

@@ -54,12 +54,11 @@ def stages(workflow: Workflow) -> list[Stage]:
     return runs
 
 
-def run(workflow: Workflow) -> int:
-    """Materialize the workflow's runs in the instance at DAGSTER_HOME, into the QPIPE_HOME ``home.settle`` set; 0
-    when every run succeeded."""
+def run(workflow: Workflow, home: Path) -> int:
+    """Materialize the workflow's runs in the instance at DAGSTER_HOME, into ``home`` (the QPIPE_HOME ``home.settle``
+    set); 0 when every run succeeded."""
     from qpipe.launcher import code_server
 
-    home = Path(os.environ["QPIPE_HOME"])
     stored_before = (home / "warehouse.duckdb").exists()
     planned = stages(workflow)
     log_file = Path(os.environ["DAGSTER_HOME"]) / "logs" / "qpipe-qrun.log"
