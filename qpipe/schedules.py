@@ -5,8 +5,10 @@ It fires ``qpipe.calendar.SCHEDULE_DELAY`` after the exchange's close, in the ex
 
 A tick runs its day's partition, and before it each session since the newest stored prices partition (at most
 CATCH_UP): Dagster runs only the last due tick of a schedule like this one after the daemon was down (it catches up
-only partitioned schedules), and the days in between would be missing. Run keys (the day) keep a day from running
-twice; the runs of the schedule take turns (dagster.yaml's tag limit on dagster/schedule_name), oldest first.
+only partitioned schedules), and the days in between would be missing. It also runs again each of the CATCH_UP sessions
+before its own whose newest run failed (a fault fixed since, a vendor's file late past the retries): once per failed
+run, its run key naming that run. Run keys (the day) keep a day from running twice; the runs of the schedule take
+turns (dagster.yaml's tag limit on dagster/schedule_name), oldest first.
 
 On days that are not retrain days (QPIPE_RETRAIN_EVERY) the run leaves the checkpoints out; the
 predictions then come from the newest checkpoint at or before the day. Architectures not listed in
@@ -46,10 +48,10 @@ def _cadence() -> str:
                          f"(QPIPE_RETRAIN_EVERY) with the {get_settings().training} training profile (QPIPE_TRAINING).")
 def after_close(context: dg.ScheduleEvaluationContext):
     """After the close on the market's weekdays: run that day's partition, unless the exchange was closed, after
-    the sessions missed since the newest stored prices partition."""
+    the sessions missed since the newest stored prices partition and the recent ones whose newest run failed."""
     day = context.scheduled_execution_time.astimezone(ZoneInfo(CALENDAR.timezone)).date()
-    missed = _missed(context, day)
-    if not CALENDAR.is_session(day) and not missed:
+    missed, failed = _missed(context, day), _failed(context, day)
+    if not CALENDAR.is_session(day) and not missed and not failed:
         if CALENDAR.matched and exchange_calendar(CALENDAR.matched).is_session(day):  # a day the source lacks
             return dg.SkipReason(f"{day} is not a session of {CALENDAR.name}: {CALENDAR.matched} traded that day, but "
                                  f"the source has no row for it, and under QPIPE_CALENDAR=auto it is no partition; "
@@ -57,8 +59,12 @@ def after_close(context: dg.ScheduleEvaluationContext):
                                  "unless the exchange was closed (a typhoon, a closure exchange-calendars does not "
                                  "know)")
         return dg.SkipReason(f"{day} is not a session of {CALENDAR.name} (an exchange holiday)")
-    days = [*missed, day] if CALENDAR.is_session(day) else missed
-    return [_request(context, session, caught_up=session != day) for session in days]
+    days = {session: ("missed by the schedule", session.isoformat()) for session in missed}
+    days |= {session: (f"run {run_id} failed", f"{session} after {run_id}")
+             for session, run_id in failed.items()}
+    if CALENDAR.is_session(day):
+        days[day] = (None, day.isoformat())
+    return [_request(context, session, *days[session]) for session in sorted(days)]
 
 
 def _missed(context: dg.ScheduleEvaluationContext, day: date) -> list[date]:
@@ -75,7 +81,23 @@ def _missed(context: dg.ScheduleEvaluationContext, day: date) -> list[date]:
     return missed[-CATCH_UP:]
 
 
-def _request(context: dg.ScheduleEvaluationContext, day: date, caught_up: bool) -> dg.RunRequest:
+def _failed(context: dg.ScheduleEvaluationContext, day: date) -> dict[date, str]:
+    """The sessions of the CATCH_UP before ``day`` whose newest run failed, each with that run's id.
+
+    A run of any job counts (a re-execution, a backfill of the day): a later one that succeeded or is under way means
+    the day is in hand; a run cancelled by hand is left alone.
+    """
+    recent = CALENDAR.trading_days(day - timedelta(days=7 * CATCH_UP), day - timedelta(days=1))[-CATCH_UP:]
+    if not len(recent):
+        return {}
+    newest: dict[str, dg.DagsterRun] = {}
+    for run in context.instance.get_runs(dg.RunsFilter(tags={"dagster/partition": list(recent.astype(str))})):
+        newest.setdefault(run.tags["dagster/partition"], run)  # newest first
+    return {date.fromisoformat(key): run.run_id for key, run in sorted(newest.items())
+            if run.status == dg.DagsterRunStatus.FAILURE}
+
+
+def _request(context: dg.ScheduleEvaluationContext, day: date, caught_up: str | None, run_key: str) -> dg.RunRequest:
     settings = get_settings()
     retrain = is_retrain_day(day, settings.retrain_every, settings.first_partition)
     selection = scheduled_models(DAILY if retrain else WITHOUT_RETRAINING)
@@ -83,9 +105,9 @@ def _request(context: dg.ScheduleEvaluationContext, day: date, caught_up: bool) 
     keys = None if selection is DAILY else sorted(selection.resolve(graph))
     training = {checkpoint_key(arch).to_python_identifier(): {"config": checkpoint_config(settings.training, arch)}
                 for arch in settings.models} if retrain and settings.training != "qlib" else {}
-    return dg.RunRequest(partition_key=day.isoformat(), run_key=day.isoformat(), asset_selection=keys,
+    return dg.RunRequest(partition_key=day.isoformat(), run_key=run_key, asset_selection=keys,
                          asset_check_keys=None if keys is None else sorted(checks_but_freshness(graph, set(keys))),
                          run_config={"ops": training} if training else {},
                          tags={"qpipe/retrain": "yes" if retrain else f"no (every {settings.retrain_every})",
                                "qpipe/models": ",".join(settings.models), "qpipe/training": settings.training,
-                               **({"qpipe/caught-up": "missed by the schedule"} if caught_up else {})})
+                               **({"qpipe/caught-up": caught_up} if caught_up else {})})

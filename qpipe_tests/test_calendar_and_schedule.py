@@ -82,6 +82,37 @@ def test_a_tick_after_the_daemon_was_down_runs_the_sessions_missed_first_oldest_
     assert {"key": "dagster/schedule_name", "value": "after_close", "limit": 1} in limits
 
 
+def test_a_tick_runs_again_the_recent_sessions_whose_newest_run_failed_once_per_failed_run():
+    """Found in review: a day whose scheduled run failed after its prices were in (a training step's fault) was never
+    run again by a tick, its run key being the day; the README asked for a re-execution by hand."""
+    from qpipe.assets.prices import PRICES
+
+    ny = ZoneInfo("America/New_York")
+    with dg.instance_for_test() as instance:
+        def run(day: str, status: dg.DagsterRunStatus) -> str:
+            return instance.add_run(dg.DagsterRun(job_name="daily_pipeline", status=status,
+                                                  tags={"dagster/partition": day})).run_id
+
+        for day in ("2023-12-01", "2024-01-09", "2024-01-10", "2024-01-11", "2024-01-12"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(PRICES, partition=day))
+        run("2023-12-01", dg.DagsterRunStatus.FAILURE)  # older than the CATCH_UP sessions: a backfill's
+        run("2024-01-10", dg.DagsterRunStatus.FAILURE)
+        run("2024-01-10", dg.DagsterRunStatus.SUCCESS)  # re-executed by hand
+        failed = run("2024-01-11", dg.DagsterRunStatus.FAILURE)
+        run("2024-01-12", dg.DagsterRunStatus.CANCELED)  # stopped by hand: left alone
+        tick = _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny), instance)
+        holiday = _tick(datetime(2024, 1, 15, 17, 30, tzinfo=ny), instance)
+        run("2024-01-11", dg.DagsterRunStatus.STARTED)  # the tick's re-run, under way
+        instance.report_runless_asset_event(dg.AssetMaterialization(PRICES, partition="2024-01-16"))
+        under_way = _tick(datetime(2024, 1, 17, 17, 30, tzinfo=ny), instance)
+    assert [(r.partition_key, r.run_key) for r in tick.run_requests] == [("2024-01-11", f"2024-01-11 after {failed}"),
+                                                                         ("2024-01-16", "2024-01-16")]
+    assert tick.run_requests[0].tags["qpipe/caught-up"] == f"run {failed} failed"
+    assert "qpipe/caught-up" not in tick.run_requests[1].tags
+    assert [r.run_key for r in holiday.run_requests] == [f"2024-01-11 after {failed}"]  # not skipped as a holiday
+    assert [r.partition_key for r in under_way.run_requests] == ["2024-01-17"]
+
+
 def test_a_session_a_csv_source_lacks_is_not_called_a_holiday(tmp_path, monkeypatch):
     """Found in review: a day missing from a vendor's files (QPIPE_CALENDAR=auto) was skipped by the schedule as "an
     exchange holiday" on a day NYSE traded."""
