@@ -251,8 +251,8 @@ def test_a_bad_setting_is_refused_by_name():
 
 @pytest.mark.parametrize("override, message", [
     ({"open_cost": -0.01}, "port_analysis: open_cost = -0.01: Input should be greater than or equal to 0"),
-    ({"n_dorp": 1}, "port_analysis: n_dorp = 1: not a setting of the backtest (did you mean n_drop?)"),
     ({"trade_unit": 0}, "port_analysis: trade_unit = 0: Input should be greater than 0"),
+    ({"limit_threshold": "ten"}, "port_analysis: limit_threshold = 'ten': Input should be a valid number"),
 ])
 def test_a_bad_port_analysis_run_config_fails_the_step_in_one_line_writing_nothing(tmp_path, override, message):
     """Found by a user: `dg launch --assets reports/gru_backtest` with a bad override failed late, in a pydantic
@@ -308,15 +308,32 @@ def test_the_backtest_defaults_are_those_of_the_qlib_region_of_the_markets_excha
     assert PortfolioConfig(port_analysis={"limit_threshold": 0.1}).resolve().limit_threshold == 0.1
 
 
-def test_the_launchpad_shows_the_backtests_settings():
+def test_the_launchpad_shows_the_backtests_settings_and_refuses_a_misspelt_one_while_it_is_typed():
     """Found in review: the backtest's config was an empty dict in the launchpad, every setting hidden until a run's
-    metadata showed it. Its default now holds them all but the region's (lots, limit), which the market decides."""
+    metadata showed it; then a dict with the defaults, which took a misspelt name until the run started. Its settings
+    are typed now; the region's (lots, limit) show ``region``: the market decides them."""
+    import dagster as dg
+
     from qpipe.definitions import defs
 
-    ops = defs.resolve_job_def("daily_pipeline").run_config_schema.config_type.fields["ops"].config_type
+    job = defs.resolve_job_def("daily_pipeline")
+    ops = job.run_config_schema.config_type.fields["ops"].config_type
     field = ops.fields["reports__mlp_backtest"].config_type.fields["config"].config_type.fields["port_analysis"]
     assert field.default_provided and field.default_value["topk"] == 50 and field.default_value["open_cost"] == 0.0005
-    assert not {"trade_unit", "limit_threshold"} & set(field.default_value)
+    assert field.default_value["trade_unit"] == field.default_value["limit_threshold"] == "region"
+
+    def refused(port_analysis: dict) -> str:
+        with pytest.raises(dg.DagsterInvalidConfigError) as error:
+            dg.validate_run_config(job, {"ops": {"reports__mlp_backtest": {"config": {"port_analysis": port_analysis}}}})
+        return str(error.value)
+
+    assert 'unexpected config entry "n_dorp" at path root:ops:reports__mlp_backtest:config:port_analysis' in refused(
+        {"n_dorp": 1})
+    assert 'unexpected config entry "benchmark"' in refused({"benchmark": "SH000300"})
+    assert "deal_price not in enum" in refused({"deal_price": "high"})
+    assert "topk" in refused({"topk": "fifty"})
+    assert dg.validate_run_config(job, {"ops": {"reports__mlp_backtest": {"config": {"port_analysis": {
+        "topk": 30, "account": 1000000, "risk_degree": 1, "limit_threshold": "none", "trade_unit": 100}}}}})
 
 
 def test_risk_analysis_by_hand_in_both_modes():

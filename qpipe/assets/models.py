@@ -526,31 +526,42 @@ def backtest_key(arch: str) -> dg.AssetKey:
     return dg.AssetKey(["reports", f"{arch}_backtest"])
 
 
-def _shown_defaults() -> dict[str, Any]:
-    """The backtest's settings but the region's (lots, limit: the market's exchange decides them at run time), as the
-    launchpad shows them (found in review: an empty dict hid every setting until a run's metadata showed it)."""
+REGION_SETTINGS = ("limit_threshold", "trade_unit")  # the market's exchange decides them at run time
+
+
+def _port_analysis_fields() -> dict[str, tuple]:
+    """BacktestConfig's settings as the launchpad types them, so that a misspelt name or a value of the wrong type is
+    refused while it is typed (found in review: a dict let both through to the run). Their rules (a cost >= 0) are
+    BacktestConfig's, checked at run start in one line; the region's two take a number, ``none`` or ``region``."""
     from qpipe.evaluation.backtest import BacktestConfig
 
-    return {k: v for k, v in BacktestConfig().model_dump().items() if k not in ("limit_threshold", "trade_unit")}
+    return {name: (Any, Field("region", description=f"{field.description}; region: the Qlib region's of the "
+                                                    "market's exchange (XSHG/XSHE: cn's lots of 100 and 9.5% limit; "
+                                                    "any other: us's whole shares and no limit)"))
+            if name in REGION_SETTINGS else (field.annotation, Field(field.default, description=field.description))
+            for name, field in BacktestConfig.model_fields.items()}
+
+
+PortAnalysis = create_model("PortAnalysis", __base__=dg.Config, **_port_analysis_fields())
 
 
 class PortfolioConfig(dg.Config):
     """Qlib's port_analysis_config for the backtest, flat, with Qlib's names (qpipe.evaluation.backtest)."""
 
-    port_analysis: dict[str, Any | None] = Field(default=_shown_defaults(), description=(
-        "strategy and exchange settings, e.g. {topk: 50, n_drop: 5, open_cost: 0.0005, trade_unit: 100, deal_price: "
-        "close ($close as Qlib's Exchange takes it)}; default: Qlib's benchmark workflows, with the region defaults of "
-        "the market's exchange (XSHG/XSHE: lots of 100, a 9.5% limit; any other: whole shares, no limit: "
-        "limit_threshold none)"))
+    port_analysis: PortAnalysis = Field(default_factory=PortAnalysis, description=(  # type: ignore[valid-type]
+        "strategy and exchange settings with Qlib's names; default: Qlib's benchmark workflows, with the region "
+        "defaults of the market's exchange (limit_threshold and trade_unit: region). The benchmark is QPIPE_BENCHMARK "
+        "(an index instrument of the source), else the equal-weighted market; the signal is this model's stored "
+        "predictions"))
 
     def resolve(self) -> "BacktestConfig":
         from qpipe.calendar import market_calendar
         from qpipe.evaluation.backtest import backtest_config, region_defaults
 
         calendar = market_calendar()  # an exchange's, or a source's own dates on the exchange they match
-        region = region_defaults(calendar.matched or calendar.name)
+        chosen = {k: v for k, v in self.port_analysis.model_dump().items() if v != "region"}
         try:  # one line naming the key, the value and what is expected, before anything is read or written
-            return backtest_config({**region, **self.port_analysis}, "port_analysis")
+            return backtest_config({**region_defaults(calendar.matched or calendar.name), **chosen}, "port_analysis")
         except ValueError as error:
             raise dg.Failure(str(error)) from None
 

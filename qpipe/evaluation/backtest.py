@@ -42,22 +42,25 @@ class BacktestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an infinite cost is no setting
 
-    topk: int = Field(50, ge=1)
-    n_drop: int = Field(5, ge=0)
-    method_sell: Literal["bottom", "random"] = "bottom"
-    method_buy: Literal["top", "random"] = "top"
-    hold_thresh: int = Field(1, ge=0)
-    only_tradable: bool = False
-    forbid_all_trade_at_limit: bool = True
-    risk_degree: float = Field(0.95, gt=0, le=1)
-    account: float = Field(1e8, gt=0)
-    deal_price: DealPrice = "close"
-    open_cost: float = Field(0.0005, ge=0)
-    close_cost: float = Field(0.0015, ge=0)
-    min_cost: float = Field(5.0, ge=0)
-    limit_threshold: float | None = Field(0.095, gt=0)
-    trade_unit: float | None = Field(None, gt=0)  # raw shares per lot: Qlib's cn region uses 100
-    seed: int = Field(0, ge=0)  # for method_sell/method_buy "random", with each session's date (Qlib's is unseeded)
+    topk: int = Field(50, ge=1, description="stocks held")
+    n_drop: int = Field(5, ge=0, description="holdings replaced each session at most")
+    method_sell: Literal["bottom", "random"] = Field("bottom", description="which of the candidates to sell")
+    method_buy: Literal["top", "random"] = Field("top", description="which of the candidates to buy")
+    hold_thresh: int = Field(1, ge=0, description="sessions a stock is held at least")
+    only_tradable: bool = Field(False, description="rank only the stocks tradable that session")
+    forbid_all_trade_at_limit: bool = Field(True, description="a stock at either limit is neither bought nor sold")
+    risk_degree: float = Field(0.95, gt=0, le=1, description="share of the account invested")
+    account: float = Field(1e8, gt=0, description="the account's cash at the start")
+    deal_price: DealPrice = Field("close", description="the price orders deal at ($close as Qlib's Exchange takes it)")
+    open_cost: float = Field(0.0005, ge=0, description="cost of a buy, per value")
+    close_cost: float = Field(0.0015, ge=0, description="cost of a sell, per value")
+    min_cost: float = Field(5.0, ge=0, description="the least cost of an order")
+    limit_threshold: float | None = Field(0.095, gt=0, description="the daily limit move that stops trading; none: no "
+                                                                   "limit")
+    trade_unit: float | None = Field(None, gt=0, description="raw shares per lot (Qlib's cn region: 100); none: "
+                                                            "fractional shares")
+    seed: int = Field(0, ge=0, description="for method_sell/method_buy random, with each session's date (Qlib's "
+                                           "is unseeded)")
 
     @field_validator("limit_threshold", "trade_unit", mode="before")
     @classmethod
