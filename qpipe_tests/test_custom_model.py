@@ -209,3 +209,81 @@ def test_an_entry_point_that_is_not_a_spec_is_refused_when_used(monkeypatch):
                                                                  group=registry.ENTRY_POINT_GROUP))
     with pytest.raises(registry.UnknownModelError, match="must name a qpipe.models.spec.ModelSpec whose name is 'notaspec'"):
         registry.get_spec("notaspec")
+
+
+def test_the_dry_run_refuses_a_network_that_returns_more_than_one_score_per_sample(tmp_path, tinynet, monkeypatch):
+    """Found in review: a network returning [B, 1] passed the dry-run, then trained on a loss broadcast over [B, B]."""
+    import qpipe_tinynet
+    import torch
+
+    from qpipe.workflow.translate import translate
+
+    monkeypatch.setattr(qpipe_tinynet.TinyNet, "forward",
+                        lambda self, x: self.out(self.dropout(torch.tanh(self.hidden(x)))))
+    with pytest.raises(ConfigError, match=r"the network TinyNet\(d_feat=157, hidden_size=16, dropout=0.0\) returns "
+                                          r"scores of shape \[2, 1\] for inputs \[2, 157\]: it must return one score "
+                                          r"per sample, shape \[2\]"):
+        translate(_tinynet_workflow(tmp_path, "workflow_config_mlp_Alpha158.yaml", {"d_feat": 157}))
+
+
+def test_a_plugin_that_does_not_import_is_named_and_leaves_the_other_architectures_usable(monkeypatch):
+    """Found in review: one plugin whose module imports a missing package stopped every workflow (Qlib's own LSTM's
+    too) with that module's bare traceback."""
+    from importlib.metadata import EntryPoint
+
+    from qpipe.models import registry
+
+    monkeypatch.setitem(registry.PLUGINS, "broken", EntryPoint(name="broken", value="not_installed_pkg.models:SPEC",
+                                                               group=registry.ENTRY_POINT_GROUP))
+    monkeypatch.setattr(registry, "ARCHITECTURES", (*registry.BUILTIN, "broken"))
+    named = r"entry point broken = not_installed_pkg.models:SPEC \(group qpipe.models\) could not be imported: " \
+            r"ModuleNotFoundError: No module named 'not_installed_pkg'"
+    with pytest.raises(registry.UnknownModelError, match=named):
+        registry.get_spec("broken")
+    assert registry.spec_for_qlib_class("LSTM").name == "lstm"
+    with pytest.raises(registry.UnknownModelError, match=f"has no qpipe architecture; supported: .*; left out: {named}"):
+        registry.spec_for_qlib_class("MyNet")
+
+
+def test_a_network_argument_is_checked_by_its_type_hint_or_default_and_its_own_default_always_passes(monkeypatch):
+    """Found in review: `padding: int = 0` could never be configured (its default refused as 'must be > 0'), and
+    bool, str, optional and unannotated arguments were a TypeError."""
+    import dataclasses
+    from typing import Literal
+
+    from torch import nn
+
+    from qpipe.models.config import validated_config
+    from qpipe.models.registry import get_spec
+
+    class Net(nn.Module):
+        def __init__(self, d_feat: int = 158, padding: int = 0, shift: int = -1, alpha: float = -0.5,
+                     bias: bool = True, hidden: int | None = None, act="relu", norm: Literal["batch", "layer"] = "batch",
+                     dropout: float = 0.1):
+            super().__init__()
+
+    spec = dataclasses.replace(get_spec("mlp"), name="net", net=Net)
+
+    def config(**given):
+        return validated_config(spec, "alpha158", None, given, "test").params
+
+    defaults = config()
+    assert {k: defaults[k] for k in ("padding", "shift", "alpha", "bias", "hidden", "act", "norm")} == {
+        "padding": 0, "shift": -1, "alpha": -0.5, "bias": True, "hidden": None, "act": "relu", "norm": "batch"}
+    assert config(padding=2, shift=-3, bias=False, hidden=64, act="gelu")["hidden"] == 64
+    for given, message in ((dict(padding=-1), "padding = -1: must be >= 0"), (dict(d_feat=0), "d_feat = 0: must be > 0"),
+                           (dict(bias="yes"), "bias = 'yes': must be true or false"),
+                           (dict(hidden=0), "hidden = 0: must be > 0"), (dict(act=1), "act = 1: must be a string"),
+                           (dict(dropout=1.5), r"dropout = 1.5: must be in \[0, 1\)")):
+        with pytest.raises(ConfigError, match=message):
+            config(**given)
+
+
+def test_every_architecture_has_a_training_cost_a_new_one_the_unmeasured_cost():
+    """Found in review: a model file added as the README said (its name in BUILTIN) stopped the code location loading:
+    its training cost, which orders the steps, was looked up in BUILTIN_COST."""
+    from qpipe.models import registry
+
+    assert registry.training_costs(("mlp", "mycnn")) == {"mlp": registry.BUILTIN_COST["mlp"],
+                                                         "mycnn": registry.UNMEASURED_COST}
+    assert set(registry.TRAINING_COST) == set(registry.ARCHITECTURES)

@@ -265,3 +265,5 @@ def test_feature_width_must_match_the_network():
         make_frame_sampler(config, data, CPU)
     with pytest.raises(ValueError, match="input_dim = 157 but the frame has 19 feature columns"):
         make_frame_sampler(model_config("mlp", "alpha158"), data, CPU)
+    with pytest.raises(ValueError, match="d_feat = 158 but the frame has 19 feature columns"):  # a flat model's
+        make_frame_sampler(model_config("tabnet", "alpha158"), data, CPU)

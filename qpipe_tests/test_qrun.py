@@ -376,7 +376,8 @@ def test_the_console_script_prints_the_report_and_refuses_a_missing_provider_wri
     (home / "workflow.txt").write_text("/elsewhere/workflow_config_lstm_Alpha360.yaml\n")
     taken = subprocess.run([QPIPE, "qrun", lstm, "--records"], capture_output=True, text=True, timeout=120, env=env)
     assert taken.returncode == 2 and (f"{home} holds the runs of /elsewhere/workflow_config_lstm_Alpha360.yaml, "
-                                      "another workflow of the name") in taken.stderr, taken.stderr[-2000:]
+                                      f"another workflow than {Path(lstm).resolve()}: run this one with --home "
+                                      "NEW_FOLDER") in taken.stderr, taken.stderr[-2000:]
 
 
 def test_dump_bin_writes_a_csv_source_as_the_provider_directory_a_workflow_reads(tmp_path, sp500):

@@ -215,6 +215,37 @@ def test_epochs_are_reported_through_the_callback():
     assert seen[0]["lr"] == 0.002  # the MLP preset
 
 
+class _Wrapped(torch.nn.Module):
+    """A network as a user might write one wrong: its scores as ``[B, 1]``, or NaN."""
+
+    def __init__(self, net: torch.nn.Module, fault: str):
+        super().__init__()
+        self.net, self.fault = net, fault
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        scores = self.net(*inputs)
+        return scores.unsqueeze(-1) if self.fault == "column" else scores * float("nan")
+
+
+def test_a_network_that_does_not_return_one_score_per_sample_or_scores_nan_is_refused_by_name(monkeypatch):
+    """Found in review: a network returning [B, 1] trained on a loss broadcast over [B, B] (memory growing with the
+    square of the valid rows) and failed in numpy's words; one scoring NaN failed in the IC's IndexError, the
+    engine's own message never reached."""
+    from qpipe.training import engine
+
+    frame = market(20, 20, strength=0.3)
+    config = model_config("mlp", "alpha360", layers=(8,), n_epochs=2, batch_size=100, steps_per_epoch=None)
+    real = engine.build_model
+    for fault, message in (("column", r"the network returns scores of shape \[100, 1\] for a batch of 100 samples: "
+                                      r"it must return one score per sample, shape \[100\] \(for \[B, 1\]: "
+                                      r"\.squeeze\(-1\)\)"),
+                           ("nan", r"mlp: the valid loss was NaN at every epoch: the network scores NaN")):
+        monkeypatch.setattr(engine, "build_model", lambda config, fault=fault: _Wrapped(real(config), fault))
+        with pytest.raises(ValueError, match=message):
+            train(config, days(frame, 0, 15), days(frame, 15, 20), device="cpu")
+    assert daily_ic(np.full(4, np.nan), np.arange(4.0), np.array([1, 1, 2, 2])).isna().all().all()
+
+
 @pytest.mark.parametrize("cuda, expected", [(False, "cpu"), (True, "cuda")])
 def test_auto_device_is_cuda_only_when_available(monkeypatch, cuda, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

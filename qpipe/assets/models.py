@@ -29,7 +29,7 @@ from qpipe.data import warehouse as wh
 from qpipe.devices import step_devices
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE
-from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
+from qpipe.models.registry import ARCHITECTURES, TRAINING_COST, UnknownModelError
 from qpipe.partitions import trading_days
 from qpipe.resources import CheckpointStore, Compute, Warehouse
 from qpipe.settings import get_settings, parse_device
@@ -115,11 +115,11 @@ class TrainConfig(dg.Config):
 @contextmanager
 def failures_named():
     """A ValueError of the step (a config value, a window without data, a checkpoint that will not load: each
-    names what is wrong) as a Failure with its message first, not under Dagster's "caused by" chain; its stack
-    trace goes in the failure's metadata."""
+    names what is wrong) or a plugin's that does not import, as a Failure with its message first, not under Dagster's
+    "caused by" chain; its stack trace goes in the failure's metadata."""
     try:
         yield
-    except ValueError as error:
+    except (ValueError, UnknownModelError) as error:
         raise dg.Failure(str(error), metadata={"traceback": dg.MetadataValue.text(traceback.format_exc())}) from None
 
 

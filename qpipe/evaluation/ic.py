@@ -59,6 +59,8 @@ def _grouped_rank(x: np.ndarray, group: np.ndarray) -> np.ndarray:
     order = np.lexsort((x, group))
     xs, gs = x[order], group[order]
     n = len(x)
+    if n == 0:  # no day has a score and a label (a network that scores NaN): every day's IC is NaN
+        return np.empty(0)
     position = np.arange(n)
     new_group = np.r_[True, gs[1:] != gs[:-1]]
     new_run = new_group | np.r_[True, xs[1:] != xs[:-1]]

@@ -238,7 +238,7 @@ def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Ma
         if key not in given and parameter.default is inspect.Parameter.empty:
             raise ConfigError(f"{source}: model {spec.name!r} needs hyper-parameter {key!r}")
         value = given.get(key, parameter.default)
-        params[key] = _check(source, key, value, _net_check(key, parameter.annotation))
+        params[key] = _check(source, key, value, _net_check(key, parameter))
     if params.get("nhead") and params.get("d_model", 0) % params["nhead"]:  # (torch's assertion names neither)
         raise ConfigError(f"{source}: hyper-parameters d_model = {params['d_model']} and nhead = {params['nhead']}: "
                           "d_model must be a multiple of nhead (each attention head reads d_model / nhead of it)")
@@ -268,6 +268,12 @@ def _checkpoint_path(value: Any) -> str:
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, not {type(value).__name__}")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {type(value).__name__}")
     return value
 
 
@@ -381,17 +387,32 @@ _ENGINE_CHECKS: dict[str, Check] = {
 }
 
 
-def _net_check(key: str, annotation: Any) -> Check:
-    """The check a network argument gets from its type hint."""
+def _net_check(key: str, parameter: inspect.Parameter) -> Check:
+    """The check a network argument gets from its type hint, or from its default's type without one: a count or size
+    is > 0 and a rate >= 0, unless the network's own default is 0 or less (found in review: ``padding: int = 0`` could
+    never be configured, and bool, str and optional arguments were refused)."""
+    annotation, default = parameter.annotation, parameter.default
+    has_default = default is not inspect.Parameter.empty and default is not None
+    if annotation is inspect.Parameter.empty and has_default:
+        annotation = type(default)
+    args = typing.get_args(annotation)
+    if type(None) in args and len(args) == 2:  # X | None
+        return _optional(_net_check(key, parameter.replace(annotation=next(a for a in args if a is not type(None)))))
     if typing.get_origin(annotation) is typing.Literal:
-        return _choice(*typing.get_args(annotation))
+        return _choice(*args)
+    if annotation is bool:
+        return _boolean
     if annotation is int:
-        return _positive_int
+        return (_integer if has_default and default < 0 else _non_negative_int if has_default and default == 0
+                else _positive_int)
     if annotation is float:
-        return _probability if "dropout" in key else _non_negative_number
+        return _probability if "dropout" in key else _number if has_default and default < 0 else _non_negative_number
+    if annotation is str:
+        return _string
     if typing.get_origin(annotation) is tuple:
         return _positive_ints
-    raise TypeError(f"network argument {key!r} has no supported type hint: {annotation!r}")
+    raise TypeError(f"network argument {key!r} has no supported type hint: {annotation!r} (supported: int, float, bool, "
+                    "str, Literal[...], tuple[int, ...], each also | None)")
 
 
 class _Yaml12Loader(yaml.SafeLoader):

@@ -59,7 +59,7 @@ class ModelSpec:
 
     def net_parameters(self) -> dict[str, inspect.Parameter]:
         """The network constructor's arguments, whose defaults are the Qlib class defaults."""
-        return dict(inspect.signature(self.net).parameters)
+        return dict(inspect.signature(self.net, eval_str=True).parameters)  # (``from __future__ import annotations``)
 
     def build(self, params: Mapping[str, Any]) -> "nn.Module":
         return self.net(**{name: params[name] for name in self.net_parameters() if name in params})

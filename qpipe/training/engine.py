@@ -94,8 +94,9 @@ def make_frame_sampler(config: ModelConfig, frame: TrainingFrame, device: torch.
     spec = get_spec(config.model)
     params = config.params
     n_columns = len(frame.columns)
-    if "input_dim" in params and params["input_dim"] != n_columns:
-        raise ValueError(f"input_dim = {params['input_dim']} but the frame has {n_columns} feature columns")
+    width = "input_dim" if "input_dim" in params else "d_feat" if spec.sampler == "flat" and "d_feat" in params else None
+    if width and params[width] != n_columns:  # (found in review: a flat plugin's d_feat failed in torch's words)
+        raise ValueError(f"{width} = {params[width]} but the frame has {n_columns} feature columns")
     return make_sampler(frame, spec.sampler, device, step_len=config.step_len, d_feat=params.get("d_feat"),
                         with_concepts=spec.reads_concepts)
 
@@ -168,7 +169,8 @@ def train(
             break
     if valid_set is not None:
         if best.state is None:
-            raise RuntimeError(f"{config.model}: the valid {params['metric']} was NaN at every epoch; training diverged")
+            raise ValueError(f"{config.model}: the valid {params['metric']} was NaN at every epoch: the network scores "
+                             f"NaN (training diverged at lr = {params['lr']:g}, or the network's output is NaN)")
         model.load_state_dict(best.state)
 
     return TrainResult(
@@ -257,7 +259,7 @@ def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Ten
     for batch in batches:
         positions, known = parallel.shard(batch, label)
         with autocast(label.device, amp):
-            pred = model(*samples.inputs(positions))
+            pred = _forward(model, samples, positions)
         loss = masked_mse(pred.float(), label.index_select(0, positions), known)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,7 +274,18 @@ def _train_epoch(model: nn.Module, samples: Sampler, batches: Iterator[torch.Ten
 def _scores(model: nn.Module, samples: Sampler, batch_size: int, amp: str | None = None) -> torch.Tensor:
     model.eval()
     with autocast(samples.label.device, amp):
-        return torch.cat([model(*samples.inputs(positions)).float() for positions in samples.eval_batches(batch_size)])
+        return torch.cat([_forward(model, samples, positions).float() for positions in samples.eval_batches(batch_size)])
+
+
+def _forward(model: nn.Module, samples: Sampler, positions: torch.Tensor) -> torch.Tensor:
+    """The network's scores of the samples at ``positions``, one per sample (found in review: a network returning
+    [B, 1] made the loss broadcast over [B, B], training on it in memory growing with the square of the batch)."""
+    pred = model(*samples.inputs(positions))
+    if pred.shape != positions.shape:
+        raise ValueError(f"the network returns scores of shape {list(pred.shape)} for a batch of {len(positions)} "
+                         f"samples: it must return one score per sample, shape [{len(positions)}] (for [B, 1]: "
+                         ".squeeze(-1))")
+    return pred
 
 
 @torch.inference_mode()

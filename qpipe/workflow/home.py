@@ -36,8 +36,8 @@ def claim(home: Path, workflow_path: Path, mark: bool = True) -> None:
     owner = home / OWNER
     mine = str(Path(workflow_path).resolve())
     if owner.is_file() and owner.read_text().strip() != mine:
-        raise HomeTaken(f"{home} holds the runs of {owner.read_text().strip()}, another workflow of the name "
-                        f"{Path(workflow_path).stem}: run this one with --home NEW_FOLDER")
+        raise HomeTaken(f"{home} holds the runs of {owner.read_text().strip()}, another workflow than {mine}: run "
+                        "this one with --home NEW_FOLDER")
     if mark:
         home.mkdir(parents=True, exist_ok=True)
         owner.write_text(mine + "\n")

@@ -27,8 +27,7 @@ def model_entries(r: Reader, model: ModelConfig, processing: Processing) -> None
     if refusal:
         spec = get_spec(model.model)
         arguments = ", ".join(f"{k}={model.params[k]}" for k in spec.net_parameters() if k in model.params)
-        raise ConfigError(f"{r.path}: task.model.kwargs: the network {spec.net.__name__}({arguments}) cannot read the "
-                          f"{len(columns)} columns the processors leave: {refusal}")
+        raise ConfigError(f"{r.path}: task.model.kwargs: the network {spec.net.__name__}({arguments}) {refusal}")
     trainer = _trainer_spec(r.get("task.model.class"), model)
     not_read = trainer.qlib_not_read if trainer else {}
     changed = _trainer_changes(r, model, trainer)
@@ -77,30 +76,34 @@ def _trainer_changes(r: Reader, model: ModelConfig, trainer: ModelSpec | None) -
 
 
 def _network_refusal(model: ModelConfig, columns: list[str]) -> str:
-    """Why the network of ``model`` cannot read what the processors leave ("" when it can): one forward pass on zeros
-    of the run's shape: flat rows [2, columns], TSDatasetH windows [2, step_len, columns], or (a sequence model on
-    DatasetH) Alpha360 rows cut into d_feat blocks of lags, [2, lags, d_feat]."""
+    """Why the network of ``model`` cannot score what the processors leave ("" when it can): one forward pass on
+    zeros of the run's shape: flat rows [2, columns], TSDatasetH windows [2, step_len, columns], or (a sequence model
+    on DatasetH) Alpha360 rows cut into d_feat blocks of lags, [2, lags, d_feat]; it must give one score per row."""
     import torch
 
+    cannot_read = f"cannot read the {len(columns)} columns the processors leave:"
     spec, params = get_spec(model.model), model.params
     d_feat = params.get("d_feat")
     if spec.sampler == "flat":
         shape = (2, len(columns))
     elif model.step_len is not None:
         if d_feat != len(columns):
-            return f"windows of {model.step_len} sessions of {len(columns)} columns, but d_feat = {d_feat}"
+            return f"{cannot_read} windows of {model.step_len} sessions of {len(columns)} columns, but d_feat = {d_feat}"
         shape = (2, model.step_len, len(columns))
     else:
         from qpipe.training.samplers import lag_blocks_problem
 
         problem = lag_blocks_problem(columns, d_feat)
         if problem:
-            return problem
+            return f"{cannot_read} {problem}"
         shape = (2, len(columns) // d_feat, d_feat)
     inputs = [torch.zeros(shape)] + ([torch.zeros(2, 1)] if spec.reads_concepts else [])
     try:
         with torch.no_grad():
-            spec.build(params).eval()(*inputs)
+            scores = spec.build(params).eval()(*inputs)
     except (RuntimeError, ValueError, IndexError, TypeError) as error:
-        return f"inputs {list(shape)}: {str(error).splitlines()[0]}"
+        return f"{cannot_read} inputs {list(shape)}: {str(error).splitlines()[0]}"
+    if tuple(scores.shape) != (2,):  # (found in review: a [B, 1] output passed, to fail after the first epoch)
+        return (f"returns scores of shape {list(scores.shape)} for inputs {list(shape)}: it must return one score per "
+                "sample, shape [2] (for [B, 1]: .squeeze(-1))")
     return ""
