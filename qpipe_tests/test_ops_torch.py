@@ -73,6 +73,8 @@ def _operator_cases():
     yield "less", lambda o, x, y, first: o.less(x, y)
     yield "gt", lambda o, x, y, first: o.gt(x, y)
     yield "lt", lambda o, x, y, first: o.lt(x, y)
+    for name in ("ge", "le", "eq", "ne"):  # (the expression language's other comparisons)
+        yield name, lambda o, x, y, first, name=name: getattr(o, name)(x, y)
     yield "log", lambda o, x, y, first: o.log(x)
     yield "abs", lambda o, x, y, first: o.abs(x - y)
     yield "sign", lambda o, x, y, first: o.sign(x - y)

@@ -40,6 +40,40 @@ FILTER_COL_20: list[str] = [
 ]
 
 
+# Each column as Qlib's Alpha158DL writes it (reference/qlib.md §3.1): the expressions a user's own feature set starts
+# from (qpipe.features.expressions evaluates them to these columns' values, bit for bit).
+_KBAR_AND_PRICE = {
+    "KMID": "($close-$open)/$open", "KLEN": "($high-$low)/$open", "KMID2": "($close-$open)/($high-$low+1e-12)",
+    "KUP": "($high-Greater($open, $close))/$open", "KUP2": "($high-Greater($open, $close))/($high-$low+1e-12)",
+    "KLOW": "(Less($open, $close)-$low)/$open", "KLOW2": "(Less($open, $close)-$low)/($high-$low+1e-12)",
+    "KSFT": "(2*$close-$high-$low)/$open", "KSFT2": "(2*$close-$high-$low)/($high-$low+1e-12)",
+    "OPEN0": "$open/$close", "HIGH0": "$high/$close", "LOW0": "$low/$close", "VWAP0": "$vwap/$close",
+}
+_UP, _DOWN, _MOVE = "Greater({x}-Ref({x}, 1), 0)", "Greater(Ref({x}, 1)-{x}, 0)", "Abs({x}-Ref({x}, 1))"
+_ROLLING_EXPRESSIONS = {
+    "ROC": "Ref($close, {d})/$close", "MA": "Mean($close, {d})/$close", "STD": "Std($close, {d})/$close",
+    "BETA": "Slope($close, {d})/$close", "RSQR": "Rsquare($close, {d})", "RESI": "Resi($close, {d})/$close",
+    "MAX": "Max($high, {d})/$close", "MIN": "Min($low, {d})/$close", "QTLU": "Quantile($close, {d}, 0.8)/$close",
+    "QTLD": "Quantile($close, {d}, 0.2)/$close", "RANK": "Rank($close, {d})",
+    "RSV": "($close-Min($low, {d}))/(Max($high, {d})-Min($low, {d})+1e-12)", "IMAX": "IdxMax($high, {d})/{d}",
+    "IMIN": "IdxMin($low, {d})/{d}", "IMXD": "(IdxMax($high, {d})-IdxMin($low, {d}))/{d}",
+    "CORR": "Corr($close, Log($volume+1), {d})",
+    "CORD": "Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), {d})",
+    "CNTP": "Mean($close>Ref($close, 1), {d})", "CNTN": "Mean($close<Ref($close, 1), {d})",
+    "CNTD": "Mean($close>Ref($close, 1), {d})-Mean($close<Ref($close, 1), {d})",
+    **{f"{prefix}P": f"Sum({_UP}, {{d}})/(Sum({_MOVE}, {{d}})+1e-12)" for prefix in ("SUM", "VSUM")},
+    **{f"{prefix}N": f"Sum({_DOWN}, {{d}})/(Sum({_MOVE}, {{d}})+1e-12)" for prefix in ("SUM", "VSUM")},
+    **{f"{prefix}D": f"(Sum({_UP}, {{d}})-Sum({_DOWN}, {{d}}))/(Sum({_MOVE}, {{d}})+1e-12)" for prefix in ("SUM", "VSUM")},
+    "VMA": "Mean($volume, {d})/($volume+1e-12)", "VSTD": "Std($volume, {d})/($volume+1e-12)",
+    "WVMA": "Std(Abs($close/Ref($close, 1)-1)*$volume, {d})/(Mean(Abs($close/Ref($close, 1)-1)*$volume, {d})+1e-12)",
+}
+ALPHA158_EXPRESSIONS: dict[str, str] = {
+    **_KBAR_AND_PRICE,
+    **{f"{family}{d}": _ROLLING_EXPRESSIONS[family].format(d=d, x="$volume" if family.startswith("VSUM") else "$close")
+       for family in ROLLING_FAMILIES for d in WINDOWS},
+}
+
+
 def alpha158_columns(panel: Panel, ops: Ops = ops) -> Iterator[Column]:
     """Yield (name, float32 [T, J]) for the 158 Alpha158 features, in Qlib's column order.
 

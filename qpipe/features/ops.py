@@ -86,6 +86,26 @@ def lt(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
     return np.less(a, b)
 
 
+def ge(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
+    """`a >= b` = ``np.greater_equal``: bool, any comparison with NaN is False."""
+    return np.greater_equal(a, b)
+
+
+def le(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
+    """`a <= b` = ``np.less_equal``: bool, any comparison with NaN is False."""
+    return np.less_equal(a, b)
+
+
+def eq(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
+    """`a == b` = ``np.equal``: bool, any comparison with NaN is False."""
+    return np.equal(a, b)
+
+
+def ne(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
+    """`a != b` = ``np.not_equal``: bool, any comparison with NaN is True (IEEE)."""
+    return np.not_equal(a, b)
+
+
 def log(x: np.ndarray) -> np.ndarray:
     """`Log(x)` = ``np.log``: Log(0) = -inf, Log(<0) = NaN, no warnings (Qlib ignores them)."""
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -84,6 +84,18 @@ class TorchOps:
     def lt(self, a: Tensor, b: Tensor | float) -> Tensor:
         return torch.lt(a, b)
 
+    def ge(self, a: Tensor, b: Tensor | float) -> Tensor:
+        return torch.ge(a, b)
+
+    def le(self, a: Tensor, b: Tensor | float) -> Tensor:
+        return torch.le(a, b)
+
+    def eq(self, a: Tensor, b: Tensor | float) -> Tensor:
+        return torch.eq(a, b)
+
+    def ne(self, a: Tensor, b: Tensor | float) -> Tensor:
+        return torch.ne(a, b)
+
     def log(self, x: Tensor) -> Tensor:
         """numpy's own log, on the host: float32 logs differ by an ulp between libraries (numpy's, torch's CPU and
         CUDA ones), which a 5-day CORR of Log(volume) amplified to 2e-5. A few [T, J] panels cross the bus."""

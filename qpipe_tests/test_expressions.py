@@ -1,0 +1,75 @@
+"""Qlib's expression language on qpipe's operators: each Alpha158 expression, parsed as Qlib writes it, gives that
+column to the last bit (on the edge-case fixture and on real prices), and what Qlib's engine would not take, or a
+feature must not read, is refused by name."""
+
+import numpy as np
+import pytest
+
+from qpipe.features import ops
+from qpipe.features.alpha158 import ALPHA158_EXPRESSIONS, ALPHA158_NAMES, alpha158_columns
+from qpipe.features.expressions import ExpressionError, parse
+from qpipe.features.panel import panel_from_frame
+from qpipe.features.store import LOOKBACK
+from qpipe_tests.test_alpha_features import _fixture_frame
+
+
+def _assert_expressions_give_alpha158(panel, ops=ops) -> None:
+    for name, column in alpha158_columns(panel, ops):
+        value = ops.float32(parse(ALPHA158_EXPRESSIONS[name]).evaluate(panel, ops))
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, column, err_msg=f"{name} = {ALPHA158_EXPRESSIONS[name]}")
+
+
+def test_every_alpha158_expression_gives_its_column_bit_for_bit_on_the_edge_cases():
+    assert list(ALPHA158_EXPRESSIONS) == ALPHA158_NAMES
+    _assert_expressions_give_alpha158(panel_from_frame(_fixture_frame()))
+
+
+def test_every_alpha158_expression_gives_its_column_bit_for_bit_on_real_prices(sp500):
+    days = np.sort(sp500["date"].unique())[-300:]
+    real = sp500[sp500["date"].isin(days) & sp500["symbol"].isin(sp500["symbol"].unique()[:60])]
+    vwap = (real["high"] + real["low"] + real["close"]) / 3  # (the source has none)
+    _assert_expressions_give_alpha158(panel_from_frame(real.rename(columns={"symbol": "instrument"}).assign(vwap=vwap)))
+
+
+def test_the_expressions_run_on_the_gpus_operator_table_too():
+    """``TorchOps`` on the CPU here (the GPU check script runs it on CUDA): the same columns as its own Alpha158."""
+    from qpipe.features.ops_torch import TorchOps
+
+    _assert_expressions_give_alpha158(panel_from_frame(_fixture_frame()), TorchOps("cpu"))
+
+
+def test_the_lookback_is_qlibs_extended_window_and_within_the_stores():
+    assert parse("$close").lookback == 0 and parse("Ref($close, 5)/$close").lookback == 5
+    assert parse("Mean($close, 20)").lookback == 19 and parse("Mean(Ref($close, 1), 20)").lookback == 20
+    assert parse("Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), 60)").lookback == 60
+    assert max(parse(e).lookback for e in ALPHA158_EXPRESSIONS.values()) <= LOOKBACK
+
+
+def test_comparisons_delta_and_constants_follow_numpy_as_qlibs_engine():
+    panel = panel_from_frame(_fixture_frame())
+    close, volume, first = panel["close"], panel["volume"], panel.first
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(parse("$close >= $open").evaluate(panel, ops), close >= panel["open"])
+        np.testing.assert_array_equal(parse("Delta($volume, 3)").evaluate(panel, ops), volume - ops.ref(volume, 3, first))
+        np.testing.assert_array_equal(parse("-$close * 2").evaluate(panel, ops), -close * 2)
+    assert parse("1 / 4").evaluate(panel, ops).shape == panel.shape
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Ref($close, -2)/Ref($close, -1) - 1", r"Ref\(-2\) reads a later session: a label's expression"),
+    ("Mean($close, 0)", "Mean's window of 0 .* is not supported"),
+    ("Mean($close, 2.5)", "Mean's window must be a whole number of sessions, not '2.5'"),
+    ("EMA($close, 5)", "EMA is not an operator qpipe evaluates; operators: Ref, Mean"),
+    ("Mean($close)", r"Mean takes 2 arguments \(an expression, a window\), not 1"),
+    ("$factor * $close", r"\$factor is not a field of the prices; fields: \$open, \$high"),
+    ("($close - $open", "not an expression"),
+    ("close / $open", "'close' is neither a field"),
+    ("$close ** 2", r"'\$close \*\* 2' is not an expression qpipe evaluates"),
+    ("$low < $close < $high", "a comparison is one of"),
+    ("Quantile($close, 5, 'q')", "Quantile's quantile must be a number"),
+])
+def test_what_qpipe_does_not_evaluate_is_refused_naming_the_expression_and_why(text, message):
+    with pytest.raises(ExpressionError, match=message) as refused:
+        parse(text)
+    assert str(refused.value).startswith(repr(text))
