@@ -34,7 +34,7 @@ VARIABLES = {
     "QPIPE_LOAD_CELLS": "load_cells", "QPIPE_FRAME_CELLS": "frame_cells",
     "QPIPE_EXECUTOR": "executor", "QPIPE_CELERY_BROKER": "celery_broker", "QPIPE_FEATURE_DEVICE": "feature_device",
     "QPIPE_LAKE": "lake", "QPIPE_LAKE_DATA": "lake_data", "QPIPE_SUSPEND_IDLE": "suspend_idle",
-    "QPIPE_FRESH_BY": "fresh_by",
+    "QPIPE_FRESH_BY": "fresh_by", "QPIPE_FEATURE_SETS": "feature_sets",
 }
 READ_ELSEWHERE = ("QPIPE_THREADS",)  # (qpipe.compute: threads are a property of the process, not a setting)
 
@@ -156,6 +156,8 @@ class Settings(BaseModel):
     # are under QPIPE_LAKE_DATA (a folder every worker mounts). Unset: the DuckDB file QPIPE_WAREHOUSE.
     lake: str = ""
     lake_data: str = ""
+    # A YAML file of the user's own feature sets of Qlib expressions (qpipe.features.custom), beside Alpha158/360.
+    feature_sets: Path | None = None
     market_override: str | None = None
     warehouse_override: Path | None = None
     checkpoints_override: Path | None = None
@@ -178,6 +180,13 @@ class Settings(BaseModel):
             raise ValueError(f"{value} is a folder: QPIPE_WAREHOUSE names the DuckDB file itself (e.g. "
                              f"{value / 'warehouse.duckdb'})")
         return value
+
+    @field_validator("feature_sets")
+    @classmethod
+    def _feature_sets(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_file():
+            raise ValueError(f"{value} is not a file: QPIPE_FEATURE_SETS names a YAML file of feature sets")
+        return None if value is None else value.expanduser().absolute()
 
     @field_validator("device", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ from qpipe.resources import Compute, Warehouse
 from qpipe.settings import get_settings
 
 FEATURE_KEYS = {dg.AssetKey(["features", name]): fs for name, fs in store.FEATURE_SETS.items()}
+# the prices sessions before a day its features read (one mapping for the multi-asset: its longest set's)
+LOOKBACK = max(fs.lookback for fs in store.FEATURE_SETS.values())
 LABEL = dg.AssetKey(["features", "label"])
 
 
@@ -34,15 +36,23 @@ def warn_of_unstored_sessions(context: dg.AssetExecutionContext, con: duckdb.Duc
             "data; across a gap otherwise): materialize raw/prices for them first if the source has them")
 
 
+def _spec(key: dg.AssetKey, fs: store.FeatureSet) -> dg.AssetSpec:
+    if fs.expressions is None:
+        description, shown = (f"Qlib {fs.name.capitalize()}: {len(fs.columns)} raw float32 columns with Qlib's names "
+                              "and order (normalization is fitted per checkpoint, not stored)."), {}
+    else:
+        description = (f"{fs.name}: {len(fs.columns)} float32 columns of your own Qlib expressions (QPIPE_FEATURE_SETS), "
+                       f"each day's from the {fs.lookback} sessions before it and the day itself.")
+        shown = {"expressions": dg.MetadataValue.md("| column | expression |\n|---|---|\n" + "\n".join(
+            f"| {column} | `{text}` |" for column, text in fs.expressions.items()))}
+    return dg.AssetSpec(key, description=description, kinds={"duckdb", "numpy"},
+                        deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(
+                            start_offset=-LOOKBACK))],
+                        metadata={"dagster/table_name": fs.table, **shown})
+
+
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec(key, description=f"Qlib {fs.name.capitalize()}: {len(fs.columns)} raw float32 columns with "
-                                      "Qlib's names and order (normalization is fitted per checkpoint, not stored).",
-                     deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(
-                         start_offset=-store.LOOKBACK))],
-                     kinds={"duckdb", "numpy"}, metadata={"dagster/table_name": fs.table})
-        for key, fs in FEATURE_KEYS.items()
-    ],
+    specs=[_spec(key, fs) for key, fs in FEATURE_KEYS.items()],
     partitions_def=trading_days,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb",
@@ -58,7 +68,7 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     refuse_before_the_close(end, "a session's features are computed from its prices, in after the close")
     with warehouse.get_connection() as con:
         refuse_days_without(con, wh.PRICES, "date", start, end, "raw/prices")
-        warn_of_unstored_sessions(context, con, start, end, store.LOOKBACK)
+        warn_of_unstored_sessions(context, con, start, end, max(fs.lookback for fs in selected))
         written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
         digests = {fs.name: wh.day_versions(con, fs.table, start, end) for fs in selected}
         versions = {fs.name: rows_version(context, dg.AssetKey(["features", fs.name]), digests[fs.name])

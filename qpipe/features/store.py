@@ -1,7 +1,8 @@
 """Feature tables in the warehouse: load the lookback a range needs, compute, replace atomically.
 
 A range of days [start, end] reads only ``LOOKBACK`` trading days before ``start`` (the longest
-window, 60 rows, plus the one extra row of ``Ref($close, 1)`` inside it) and writes only rows
+window, 60 rows, plus the one extra row of ``Ref($close, 1)`` inside it; a user's set its own
+longest expression's, qpipe.features.custom) and writes only rows
 dated inside the range, so a one-day partition equals the full-history computation. Long
 ranges are computed in blocks of days (each with its own lookback, so the values are the same): as
 many as ``block_cells`` price cells hold for the range's instruments, at least ``CHUNK_DAYS``, and
@@ -27,9 +28,11 @@ from qpipe.data import warehouse as wh
 from qpipe.features import ops
 from qpipe.features.alpha158 import ALPHA158_NAMES, alpha158_columns
 from qpipe.features.alpha360 import ALPHA360_NAMES, alpha360_columns
+from qpipe.features.custom import read_feature_sets
+from qpipe.features.expressions import Expression
 from qpipe.features.label import LABEL_NAME, label
 from qpipe.features.panel import PRICE_FIELDS, Panel, panel_from_frame
-from qpipe.settings import BLOCK_CELLS
+from qpipe.settings import BLOCK_CELLS, get_settings
 
 LOOKBACK = 61  # rows before a day that its features read
 LABEL_HORIZON = 2  # LABEL0 of day d is known at the close of the 2nd trading day after d
@@ -49,6 +52,8 @@ class FeatureSet:
     name: str
     columns: list[str]
     compute: Callable[[Panel, Any], Iterator[tuple[str, np.ndarray]]]  # (panel, operator table) -> columns
+    lookback: int = LOOKBACK  # rows before a day that its features read
+    expressions: dict[str, str] | None = None  # a user's set: column -> its Qlib expression (qpipe.features.custom)
 
     @property
     def table(self) -> str:
@@ -59,9 +64,21 @@ class FeatureSet:
         return _ddl(self.columns)
 
 
+def expression_set(name: str, expressions: dict[str, Expression]) -> FeatureSet:
+    """A user's feature set: its columns' Qlib expressions, evaluated with the operator table of the step."""
+    def compute(panel: Panel, operators: Any) -> Iterator[tuple[str, np.ndarray]]:
+        for column, expression in expressions.items():
+            yield column, operators.float32(expression.evaluate(panel, operators))
+
+    return FeatureSet(name, list(expressions), compute, max(e.lookback for e in expressions.values()),
+                      {column: e.text for column, e in expressions.items()})
+
+
 FEATURE_SETS = {
     "alpha158": FeatureSet("alpha158", ALPHA158_NAMES, alpha158_columns),
     "alpha360": FeatureSet("alpha360", ALPHA360_NAMES, alpha360_columns),
+    **{name: expression_set(name, expressions)
+       for name, expressions in read_feature_sets(get_settings().feature_sets or "").items()},
 }
 LABEL_TABLE = "features.label"
 LABEL_DDL = _ddl([LABEL_NAME]) + ", known_on DATE NOT NULL"
@@ -187,7 +204,8 @@ def feature_blocks(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
                    operators: Any = ops) -> Iterator[tuple[FeatureSet, pa.Table]]:
     """Each feature set's rows for the trading days in [start, end], block by block, computed with ``operators``."""
     lo, hi = day_range(calendar(con), start, end)
-    for skip, panel in _blocks(con, lo, hi, LOOKBACK, 0, chunk_days, block_cells):
+    lookback = max(fs.lookback for fs in feature_sets)  # (a set's values are the same with a longer history)
+    for skip, panel in _blocks(con, lo, hi, lookback, 0, chunk_days, block_cells):
         for feature_set in feature_sets:
             yield feature_set, _rows_table(panel, slice(skip, None), feature_set.compute(panel, operators))
 

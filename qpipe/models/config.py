@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from qpipe.models.registry import get_spec, spec_for_network, spec_for_qlib_class
-from qpipe.models.spec import ModelSpec
+from qpipe.models.spec import ModelSpec, Preset
 
 if TYPE_CHECKING:
     import torch
@@ -102,9 +102,10 @@ def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
     """Qlib's benchmark setting of ``model`` on ``feature_set``, with ``overrides`` (``step_len`` included)."""
     spec = get_spec(model)
     feature_set = FEATURE_SETS.get(feature_set, feature_set)  # Qlib's handler name (Alpha158) too
-    if feature_set not in spec.presets:
-        raise ConfigError(f"model {spec.name!r} has no preset for feature set {feature_set!r}; valid: {', '.join(spec.presets)}")
-    preset = spec.presets[feature_set]
+    preset = spec.presets.get(feature_set) or _user_set_preset(spec, feature_set)
+    if preset is None:
+        raise ConfigError(f"model {spec.name!r} has no preset for feature set {feature_set!r}; valid: "
+                          f"{', '.join([*spec.presets, *(_user_sets() if 'alpha158' in spec.presets else {})])}")
     step_len = overrides.pop("step_len", preset.step_len)
     kept = spec.from_qlib(overrides)
     not_read = sorted(k for k in overrides if k in spec.qlib_not_read and k not in kept)
@@ -114,6 +115,30 @@ def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
                           f"{spec.qlib_not_read[key]}; remove it")
     params = {**spec.from_qlib({**spec.qlib_class_defaults(step_len), **preset.params}), **kept}
     return validated_config(spec, feature_set, step_len, params, source=f"{spec.name}/{feature_set}")
+
+
+def _user_sets() -> dict[str, int]:
+    """The user's own feature sets (QPIPE_FEATURE_SETS) and their numbers of columns."""
+    from qpipe.features.store import FEATURE_SETS as STORED
+
+    return {name: len(fs.columns) for name, fs in STORED.items() if fs.expressions is not None}
+
+
+def _user_set_preset(spec: ModelSpec, feature_set: str) -> Preset | None:
+    """A model's setting on a user's feature set: its Alpha158 preset (TSDatasetH windows for a sequence model, rows
+    for the others), the network's width (``input_dim``, else ``d_feat``) the set's columns, the benchmark's
+    processors (not the preset's own chains, which name Alpha158's columns)."""
+    columns = _user_sets().get(feature_set)
+    base = spec.presets.get("alpha158")
+    if columns is None or base is None:
+        return None
+    width = "input_dim" if "input_dim" in spec.net_parameters() else "d_feat"
+    params = dict(base.params)
+    if "pt_model_kwargs" in params:  # the network's own, in Qlib's form (the MLP's)
+        params["pt_model_kwargs"] = {**params["pt_model_kwargs"], width: columns}
+    else:
+        params[width] = columns
+    return Preset(base.step_len, params)
 
 
 def read_qlib_yaml(path: Path) -> dict[str, Any]:
@@ -154,7 +179,9 @@ def config_from_qlib_document(document: dict[str, Any], path: Path,
     model_class = lookup("task.model.class")
     handler = lookup("task.dataset.kwargs.handler.class")
     if handler not in FEATURE_SETS:
-        raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}; supported: {', '.join(FEATURE_SETS)}")
+        raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}; supported: {', '.join(FEATURE_SETS)} "
+                          "(a handler of your own expressions: a set of QPIPE_FEATURE_SETS, trained from the Dagster "
+                          "UI or `dagster asset materialize`, README: Your own features)")
     dataset = lookup("task.dataset.class")
     if dataset == "DatasetH":
         step_len = None
@@ -216,8 +243,9 @@ def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Ma
         raise ConfigError(f"{source}: unknown hyper-parameter {unknown[0]!r} = {given[unknown[0]]!r} for model "
                           f"{spec.name!r}" + (f" (did you mean {close[0]}?)" if close else "")
                           + f"; valid: {', '.join(names)}")
-    if feature_set not in FEATURE_SETS.values():
-        raise ConfigError(f"{source}: unknown feature set {feature_set!r}; valid: {', '.join(FEATURE_SETS.values())}")
+    if feature_set not in FEATURE_SETS.values() and feature_set not in _user_sets():
+        raise ConfigError(f"{source}: unknown feature set {feature_set!r}; valid: "
+                          f"{', '.join([*FEATURE_SETS.values(), *_user_sets()])}")
     if step_len is not None:
         step_len = _check(source, "step_len", step_len, _positive_int)
         if spec.sampler == "flat":

@@ -1,0 +1,86 @@
+"""A user's own feature sets of Qlib expressions, beside Alpha158 and Alpha360: ``QPIPE_FEATURE_SETS`` names a YAML
+file holding them, one set per key (its asset ``features/<name>``, its DuckDB table ``features.<name>``)::
+
+    momentum:                          # column: expression
+      ROC1: Ref($close, 1)/$close
+      VMA120R: Mean($volume, 120)/($volume+1e-12)
+    copied:                            # Qlib's QlibDataLoader form: [[expressions], [names]]
+      feature:
+        - ["($close-$open)/$open", "Std($close, 10)/$close"]
+        - ["KMID", "STD10"]
+
+Each set reads as many sessions before a day as its longest expression does (Qlib's extended window), so a one-day
+partition equals the whole history's value. A model trains on a set with its Alpha158 preset: TSDatasetH windows for
+the sequence models, rows for the others, its width (``d_feat``, ``input_dim``) the set's number of columns, and the
+benchmark's processors (RobustZScoreNorm, Fillna; DropnaLabel, CSRankNorm).
+"""
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qpipe.features.expressions import Expression, ExpressionError, parse
+
+SET_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")  # an asset key's and a DuckDB table's part
+COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+TAKEN = ("alpha158", "alpha360", "label")  # qpipe's own tables in the features schema
+
+
+class FeatureSetError(ValueError):
+    pass
+
+
+def read_feature_sets(path: str | Path) -> dict[str, dict[str, Expression]]:
+    """The sets of the YAML file at ``path`` (none for ""): set -> column -> expression; a FeatureSetError names the
+    file, the set, the column and what is wrong."""
+    if not str(path):
+        return {}
+    where = f"QPIPE_FEATURE_SETS = {path}"
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise FeatureSetError(f"{where}: cannot read the feature sets: {error}") from None
+    if not isinstance(document, dict) or not document:
+        raise FeatureSetError(f"{where}: expected a mapping of feature sets (name: {{column: expression}}), "
+                              f"not {type(document).__name__}")
+    return {str(name): _read_set(f"{where}: set {name}", name, body) for name, body in document.items()}
+
+
+def _read_set(where: str, name: Any, body: Any) -> dict[str, Expression]:
+    if not isinstance(name, str) or not SET_NAME.match(name):
+        raise FeatureSetError(f"{where}: a set's name is lower-case letters, digits and _, starting with a letter")
+    if name in TAKEN:
+        raise FeatureSetError(f"{where}: the name is qpipe's own ({', '.join(TAKEN)}): name it otherwise")
+    columns = _qlib_form(where, body) if isinstance(body, dict) and set(body) == {"feature"} else body
+    if not isinstance(columns, dict) or not columns:
+        raise FeatureSetError(f"{where}: expected columns (name: expression) or Qlib's feature: [[expressions], "
+                              "[names]]")
+    seen: dict[str, str] = {}
+    expressions = {}
+    for column, text in columns.items():
+        if not isinstance(column, str) or not COLUMN_NAME.match(column):
+            raise FeatureSetError(f"{where}: column {column!r}: a column's name is letters, digits and _")
+        if column.lower() in seen:  # DuckDB's column names ignore case
+            raise FeatureSetError(f"{where}: columns {seen[column.lower()]} and {column} are one name to DuckDB")
+        seen[column.lower()] = column
+        if not isinstance(text, str):
+            raise FeatureSetError(f"{where}: column {column}: the expression must be a string, not {text!r}")
+        try:
+            expressions[column] = parse(text)
+        except ExpressionError as error:
+            raise FeatureSetError(f"{where}: column {column}: {error}") from None
+    return expressions
+
+
+def _qlib_form(where: str, body: dict) -> dict[str, Any]:
+    """QlibDataLoader's ``feature: [[expressions], [names]]`` as columns."""
+    pair = body["feature"]
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, list) for part in pair)
+            and len(pair[0]) == len(pair[1])):
+        raise FeatureSetError(f"{where}: feature must be two lists of one length, [[expressions], [names]]")
+    names = [str(name) for name in pair[1]]
+    if len(set(names)) < len(names):
+        raise FeatureSetError(f"{where}: a name comes twice in feature's names")
+    return dict(zip(names, pair[0]))
