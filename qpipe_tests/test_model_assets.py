@@ -13,6 +13,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from qpipe.assets.features import feature_tables, label_table
 from qpipe.assets.models import model_assets, model_checks
@@ -515,21 +516,28 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
     resources, root = env
     instance = dg.DagsterInstance.ephemeral()
 
-    def materialize(keys, start, end, config=None, **options):
+    def materialize(keys, start, end, config=None, threads=1, **options):
         return dg.materialize(ASSETS, selection=[dg.AssetKey.from_user_string(k) for k in keys], instance=instance,
                               tags={"dagster/asset_partition_range_start": start,
                                     "dagster/asset_partition_range_end": end},
-                              resources=resources, run_config={"ops": config or {}}, **options)
+                              resources={**resources, "compute": Compute(threads=threads)},
+                              run_config={"ops": config or {}}, **options)
 
-    def trained(day, lr):
+    def trained(day, lr, threads=1):
         params = {"n_epochs": 1, "batch_size": 256, "hidden_size": 8, "lr": lr}
         result = materialize(["models/gru_checkpoint"], day, day,
-                             {"models__gru_checkpoint": {"config": {**QUICK, "params": params}}})
+                             {"models__gru_checkpoint": {"config": {**QUICK, "params": params}}}, threads)
         return result, json.loads((root / "checkpoints" / "gru" / f"{day}.json").read_text())["weights"]["sha256"]
 
     first, sha = trained(DAY, 0.002)
     (event,) = first.asset_materializations_for_node("models__gru_checkpoint")
     assert event.metadata["weights_sha256"].value == sha
+    # what reproduces it, in the UI (found in review: the seed drawn and the code's commit were in the sidecar only)
+    sidecar = json.loads((root / "checkpoints" / "gru" / f"{DAY}.json").read_text())
+    assert event.metadata["seed"].value == sidecar["seed"] and sidecar["provenance"]["threads"] == 1
+    assert event.metadata["qpipe_source"].value == sidecar["versions"]["qpipe_source"]
+    assert re.fullmatch(r"[0-9a-f]{40}(\+changes)?", sidecar["versions"]["qpipe_source"])
+    assert event.metadata["versions"].value["torch"] == torch.__version__
     # its data version: the weights with the columns and processor state they read (the same again: nothing stale)
     assert instance.get_latest_data_version_record(dg.AssetKey(["models", "gru_checkpoint"]), partition_key=DAY) \
         .asset_materialization.tags["dagster/data_version"] == stored_version(root / "checkpoints" / "gru" / DAY)[1]
@@ -554,13 +562,14 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
     before = scores_version()
     materialize(["predictions/gru_predictions"], *SCORED)
     assert scores_version() == before
-    retrained, new_sha = trained(DAY, 0.02)
+    retrained, new_sha = trained(DAY, 0.02, threads=2)
     assert new_sha != sha
     # found in review: the scores of SCORED[1], made by checkpoint DAY two months before, stayed FRESH in Dagster
     assert stale(SCORED[1]) == StaleStatus.STALE
     warnings = [e.user_message for e in instance.all_logs(retrained.run_id) if e.level == logging.WARNING]
     assert any(f"the stored gru scores of {SCORED[0]}..{SCORED[1]} were made by this checkpoint's previous weights "
-               f"({sha[:12]}; now {new_sha[:12]})" in w and "--partition-range 2024-02-01...2024-03-28" in w
+               f"({sha[:12]}; now {new_sha[:12]}, trained with 1 CPU threads then and 2 now: a CPU run's weights "
+               "depend on its thread count, QPIPE_THREADS)" in w and "--partition-range 2024-02-01...2024-03-28" in w
                for w in warnings), warnings
 
     trained("2024-02-15", 0.002)
@@ -574,6 +583,12 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
     assert refused.message.startswith("dagster._core.definitions.events.Failure: gru checkpoint 2024-02-20, one of "
                                       "those named to score 2024-02-01..2024-03-28, is not in"), refused.message
     assert refused.cause is None  # the message first (found in review: under ~20 lines of "caused by" stack)
+    # the newer checkpoint takes its days over: their stored IC and backtest are the old scores' (found in review)
+    switched = materialize(["predictions/gru_predictions"], *SCORED)
+    warnings = [e.user_message for e in instance.all_logs(switched.run_id) if e.level == logging.WARNING]
+    assert any(f"day(s) of gru scores (2024-02-15..{SCORED[1]}) were made by checkpoint {DAY} and are now by "
+               "2024-02-15: their IC and backtest are the old scores' until reports/gru_ic and reports/gru_backtest "
+               "run again" in w for w in warnings), warnings
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         before = con.execute("SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY ALL").fetchall()
 

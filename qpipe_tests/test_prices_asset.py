@@ -676,3 +676,11 @@ def test_a_symbol_relabelled_over_its_whole_history_is_named_with_the_range_to_i
     result = dg.materialize([raw_universe, members_have_their_history], resources=_resources(warehouse_path, source))
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.metadata["members_without_their_history"].value == 0
+    # a vendor's correction of one stored day, ingested with the range: that day is named (found in review: the
+    # range's every day got one new data version, the day that changed unnamed)
+    frame.loc[0, "close"] = 10.01
+    frame.to_csv(path, index=False)
+    corrected = run(["raw/prices"])
+    warnings = [e.user_message for e in instance.all_logs(corrected.run_id) if e.level == logging.WARNING]
+    assert any(f"the source's rows of 1 stored session(s) differ from those stored before, and replaced them: "
+               f"{days[0]};" in w for w in warnings), warnings

@@ -594,3 +594,30 @@ def test_amp_bf16_trains_every_architecture_and_scores_close_to_float32(model):
     assert exact.dtype == half.dtype == np.float32 and not np.array_equal(exact, half)  # bf16 really ran
     assert np.abs(half - exact).max() <= 0.05 * max(1.0, np.abs(exact).max())
     assert np.corrcoef(exact, half)[0, 1] > (0.85 if model == "tabnet" else 0.99)
+
+
+def test_a_checkpoint_older_than_a_network_argument_is_named_with_the_default_it_scores_with(small_run, tmp_path,
+                                                                                            monkeypatch):
+    """Found in review: a network argument added to the code (a leaky slope, 0.1 -> 0.2) changed an old checkpoint's
+    scores in silence: its sidecar records the arguments of its day, the new one took today's default."""
+    import dataclasses
+    from typing import Literal
+
+    from qpipe.models import alstm
+
+    config, result = _fit(small_run, seed=0)
+    _save(tmp_path / "ck", config, result)
+    assert load_checkpoint(tmp_path / "ck").assumed == {}
+
+    class Sloped(alstm.ALSTMModel):
+        def __init__(self, d_feat: int = 6, hidden_size: int = 64, num_layers: int = 2, dropout: float = 0.0,
+                     rnn_type: Literal["GRU", "LSTM"] = "GRU", negative_slope: float = 0.2):
+            super().__init__(d_feat, hidden_size, num_layers, dropout, rnn_type)
+
+    monkeypatch.setattr(alstm, "SPEC", dataclasses.replace(alstm.SPEC, net=Sloped))
+    loaded = load_checkpoint(tmp_path / "ck")
+    assert loaded.assumed == {"negative_slope": 0.2}
+    assert re.match(r"alstm checkpoint 2024-01-31 records no negative_slope \(network arguments added to the code "
+                    r"since it was trained: qpipe source .*\): it scores with today's default \(negative_slope=0.2\), "
+                    r"which may not be the network that was trained; retrain it", loaded.assumed_warning(
+                        "alstm", "2024-01-31"))

@@ -6,6 +6,7 @@ torch, the engine and matplotlib are imported inside the steps that use them: th
 have a higher step priority, so a run that trains several trains the fastest first.
 """
 
+import json
 import resource
 import time
 import traceback
@@ -183,6 +184,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         processing = config.processing(model)
         path = checkpoints.path_for(arch, day)
         previous, _ = stored_version(path)
+        trained_before = _recorded_provenance(path) if previous else {}
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
             scored = predicting.days_scored_by(con, arch, day) if previous else None
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
@@ -215,8 +217,11 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                                                             "process_type": data.process_type},
                                            provenance={"train_config": config.model_dump(),
                                                        "run_id": context.run.run_id,
-                                                       "market": config.market or settings.market},  # as resolved
+                                                       "market": config.market or settings.market,  # as resolved
+                                                       # a CPU run's weights depend on it (found in review)
+                                                       "threads": compute.threads},
                                            concepts=data.concepts)
+        saved = json.loads(sidecar.read_text())
         best = result.history[result.best_epoch - 1]
         context.log.info(f"best epoch {result.best_epoch}/{len(result.history)}: valid IC {best['valid_ic']:+.4f}, "
                          f"valid loss {best['valid_loss']:.4f}; {result.seconds_per_epoch:.1f}s per epoch on "
@@ -230,7 +235,11 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             in_a_job = "qpipe/main" in context.run.tags  # the main job or qpipe qrun, whose next run predicts again
             (context.log.info if in_a_job else context.log.warning)(
                 f"the stored {arch} scores of {scored[0]}..{scored[1]} were made by this checkpoint's previous weights "
-                f"({previous[:12]}; now {sha[:12]}): "
+                f"({previous[:12]}; now {sha[:12]}"
+                + (f", trained with {trained_before['threads']} CPU threads then and {compute.threads} now: a CPU "
+                   "run's weights depend on its thread count, QPIPE_THREADS"
+                   if trained_before.get("threads") not in (None, compute.threads) and result.device == "cpu" else "")
+                + "): "
                 + ("this job's next runs predict the days they cover again" if in_a_job else
                    f"predict them again to have them from these (dg launch --assets predictions/{arch}_predictions "
                    f"--partition-range {scored[0]}...{scored[1]})"))
@@ -257,6 +266,9 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             "device": result.device,
             "processes": result.processes,
             "threads": compute.threads,
+            "seed": saved["seed"],  # the one drawn where the config says seed: null (found in review)
+            "qpipe_source": saved["versions"]["qpipe_source"] or "unrecorded (not a git checkout)",
+            "versions": dg.MetadataValue.json(saved["versions"]),
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),
             "seconds": round(time.perf_counter() - began, 1),
             "sidecar": dg.MetadataValue.path(str(sidecar)),
@@ -357,17 +369,24 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         refuse_before_the_close(end, "a session is scored from its features, made once its prices are in after the "
                                      "close")
         with warehouse.get_connection() as con:
+            before = _checkpoint_of(con, arch, start, end)
             written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
                                                          market=get_settings().market, load_cells=compute.load_cells,
                                                          recorded=lost_checkpoints(context.instance, arch, checkpoints),
-                                                         only=config.checkpoints)
-            checkpoint_of = dict(con.execute(f"SELECT date::VARCHAR, any_value(checkpoint_partition::VARCHAR) FROM "
-                                             f"{wh.PREDICTIONS} WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1",
-                                             [arch, start.date(), end.date()]).fetchall())
+                                                         only=config.checkpoints, warn=context.log.warning)
+            checkpoint_of = _checkpoint_of(con, arch, start, end)
             digests = wh.day_versions(con, wh.PREDICTIONS, start, end, model=arch)
             version = rows_version(context, predictions_key(arch), digests)  # the same scores again change nothing
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
                          f"{', '.join(f'{p} (weights {sha[:12]})' for p, sha in used.items())}" + recording(context))
+        switched = sorted(day for day, checkpoint in checkpoint_of.items() if before.get(day, checkpoint) != checkpoint)
+        if switched:  # (found in review: the IC stored of such days was the old scores', with no word of it)
+            # the main job and qpipe qrun score, report and trade the days again in their next runs
+            (context.log.info if "qpipe/main" in context.run.tags else context.log.warning)(
+                f"{len(switched)} day(s) of {arch} scores ({switched[0]}..{switched[-1]}) were made by checkpoint "
+                f"{before[switched[0]]} and are now by {checkpoint_of[switched[0]]}: their IC and backtest are the old "
+                f"scores' until reports/{arch}_ic and reports/{arch}_backtest run again over them (dg launch --assets "
+                f"reports/{arch}_ic,reports/{arch}_backtest --partition-range {switched[0]}...{switched[-1]})")
         rows_by_partition(context, digests)
         per_partition(context, {day: {"checkpoint": checkpoint} for day, checkpoint in checkpoint_of.items()})
         return dg.MaterializeResult(data_version=version, metadata={"rows_written": written,
@@ -520,6 +539,25 @@ def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
                if days and not broken and placebo is not None else {})})
 
     return _check
+
+
+def _recorded_provenance(path: Path) -> dict[str, Any]:
+    """How the checkpoint stored at ``path`` was trained, as its sidecar records it ({} where it cannot be read)."""
+    from qpipe.training.checkpoint import checkpoint_paths
+
+    try:
+        return json.loads(checkpoint_paths(path)[1].read_text()).get("provenance") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _checkpoint_of(con, arch: str, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, str]:
+    """The checkpoint partition of each day's stored ``arch`` scores in [start, end]."""
+    if not wh.has_table(con, wh.PREDICTIONS):
+        return {}
+    return dict(con.execute(f"SELECT date::VARCHAR, any_value(checkpoint_partition::VARCHAR) FROM {wh.PREDICTIONS} "
+                            "WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1", [arch, start.date(), end.date()])
+                .fetchall())
 
 
 def backtest_key(arch: str) -> dg.AssetKey:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from qpipe.models.config import ModelConfig, build_model
+from qpipe.models.registry import get_spec
 from qpipe.training.result import TrainResult
 
 FORMAT = "qpipe-checkpoint/1"
@@ -71,6 +72,25 @@ class Checkpoint:
     config: ModelConfig
     columns: list[str]
     sidecar: dict[str, Any]  # the whole JSON document (windows, processor_state, history, ...)
+
+    @property
+    def assumed(self) -> dict[str, Any]:
+        """The network's arguments the sidecar does not record (added to the code after the training), with the
+        default they take now: the network that scores may not be the one that was trained (found in review)."""
+        recorded = self.sidecar["config"]["params"]
+        return {name: self.config.params[name] for name in get_spec(self.config.model).net_parameters()
+                if name not in recorded and name in self.config.params}
+
+    def assumed_warning(self, arch: str, partition: str) -> str:
+        """What to tell the user of ``assumed`` arguments ("" when there are none)."""
+        if not self.assumed:
+            return ""
+        trained = self.sidecar.get("versions", {}).get("qpipe_source") or "unrecorded"
+        return (f"{arch} checkpoint {partition} records no {', '.join(self.assumed)} (network arguments added to the "
+                f"code since it was trained: qpipe source {trained[:12]}, now {_source_revision()[:12] or 'unknown'}): "
+                f"it scores with today's default ({', '.join(f'{k}={v!r}' for k, v in self.assumed.items())}), which "
+                f"may not be the network that was trained; retrain it to score with what it records (dg launch "
+                f"--assets models/{arch}_checkpoint --partition {partition})")
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:

@@ -1,7 +1,7 @@
 """Scores for a range of days, each day from the newest checkpoint trained at or before it."""
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import duckdb
 import numpy as np
@@ -61,13 +61,14 @@ NONE = ""  # the days before a store's first checkpoint (an ISO date sorts after
 
 def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, end, market: str,
                       load_cells: int = LOAD_CELLS, recorded: Sequence[str] = (),
-                      only: Sequence[str] = ()) -> tuple[int, dict[str, str]]:
+                      only: Sequence[str] = (), warn: Callable[[str], None] = lambda _: None) -> tuple[int, dict[str, str]]:
     """Replace ``arch``'s scores on [start, end] in one transaction; returns (rows written, the sha256 of the weights
     of each checkpoint partition used).
 
     Each day is scored by the newest checkpoint at or before it in ``store`` (among ``only``, when given: a
     workflow's own). Where one of ``recorded`` (the partitions Dagster holds a materialization of) would be newer,
-    its files are gone: refused, rather than scoring those days with an older model in silence.
+    its files are gone: refused, rather than scoring those days with an older model in silence. A checkpoint that
+    records none of a network argument added to the code since its training is ``warn``-ed of (Checkpoint.assumed).
 
     Each checkpoint scores its days in blocks of at most about ``load_cells`` feature cells, streamed into one
     INSERT while the next block is scored (``wh.streamed_inserts``), so a backfill of years holds a block's
@@ -99,6 +100,8 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
         with wh.streamed_inserts(con, in_transaction=True) as insert:
             for partition, covered in by_checkpoint.items():
                 checkpoint = _load(store, arch, partition)
+                if checkpoint.assumed:
+                    warn(checkpoint.assumed_warning(arch, partition))
                 _refuse_days_without_features(reader, checkpoint.config.feature_set, covered)
                 weights[partition] = checkpoint.sidecar["weights"]["sha256"]
                 infer = infer_chain(checkpoint)
