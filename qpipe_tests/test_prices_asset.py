@@ -544,6 +544,14 @@ def test_the_same_rows_stored_again_leave_what_depends_on_them_up_to_date(tmp_pa
     run(["raw/prices"])
     assert version("raw/prices", days[-1]) != first
     assert stale("features/alpha158", days[-1]) == stale("features/label", days[-1]) == StaleStatus.STALE
+    # a vendor's correction of one stored day, ingested with the range: that day is named (found in review: the
+    # range's every day got one new data version, the day that changed unnamed)
+    frame.loc[0, "close"] = 10.01
+    frame.to_csv(path, index=False)
+    corrected = run(["raw/prices"])
+    warnings = [e.user_message for e in instance.all_logs(corrected.run_id) if e.level == logging.WARNING]
+    assert any(f"the source's rows of 1 stored session(s) differ from those stored before, and replaced them: "
+               f"{days[0]};" in w for w in warnings), warnings
 
 
 def test_the_members_version_changes_with_the_members_not_with_spans_that_only_go_on(tmp_path, warehouse_path):
@@ -676,11 +684,3 @@ def test_a_symbol_relabelled_over_its_whole_history_is_named_with_the_range_to_i
     result = dg.materialize([raw_universe, members_have_their_history], resources=_resources(warehouse_path, source))
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.metadata["members_without_their_history"].value == 0
-    # a vendor's correction of one stored day, ingested with the range: that day is named (found in review: the
-    # range's every day got one new data version, the day that changed unnamed)
-    frame.loc[0, "close"] = 10.01
-    frame.to_csv(path, index=False)
-    corrected = run(["raw/prices"])
-    warnings = [e.user_message for e in instance.all_logs(corrected.run_id) if e.level == logging.WARNING]
-    assert any(f"the source's rows of 1 stored session(s) differ from those stored before, and replaced them: "
-               f"{days[0]};" in w for w in warnings), warnings
