@@ -877,3 +877,16 @@ def test_a_handler_span_beyond_the_data_is_reported_as_the_span_used(tmp_path):
     assert _entry(workflow, f"{kwargs}.end_time").meaning.startswith(
         "prices and features to 2020-12-31, the calendar's last session: the data end before end_time")
     assert [str(d) for d in workflow.span] == ["2007-01-04", "2020-12-31"] and str(workflow.prices_from) == "2007-01-04"
+
+
+def test_a_workflow_keeps_the_shells_settings_it_does_not_decide(monkeypatch):
+    """Found in review: QPIPE_SUSPEND_IDLE=1, the README's way to store a provider's rows without volume as
+    suspended (Alpha158's volume ratios of ~1e19 otherwise), was dropped by qpipe qrun as the workflow's to decide."""
+    from types import SimpleNamespace
+
+    from qpipe.workflow.home import left_out
+
+    for name, value in (("QPIPE_SUSPEND_IDLE", "1"), ("QPIPE_DEVICE", "cpu"), ("QPIPE_BENCHMARK", "SH000300"),
+                        ("QPIPE_MARKET", "csi300")):
+        monkeypatch.setenv(name, value)
+    assert left_out(SimpleNamespace(settings={"QPIPE_MARKET": "csi500"})) == {"QPIPE_BENCHMARK": "SH000300"}

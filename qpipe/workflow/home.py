@@ -11,10 +11,11 @@ from pathlib import Path
 from qpipe.settings import VARIABLES, Settings
 from qpipe.workflow.translate import Workflow
 
-# Settings of the machine, not of a workflow: kept from the shell (QPIPE_CONCEPTS: HIST's concepts, which a Qlib
-# workflow names as .npy files qpipe does not read)
+# Settings a Qlib workflow does not decide: kept from the shell. The machine's, HIST's concepts (QPIPE_CONCEPTS,
+# which a Qlib workflow names as .npy files qpipe does not read), and how the provider's rows without volume are
+# stored (QPIPE_SUSPEND_IDLE, found in review: the README's way out of Alpha158's huge volume ratios was dropped)
 MACHINE = ("QPIPE_DEVICE", "QPIPE_FEATURE_DEVICE", "QPIPE_BLOCK_CELLS", "QPIPE_LOAD_CELLS", "QPIPE_FRAME_CELLS",
-           "QPIPE_FRESH_BY", "QPIPE_CONCEPTS")
+           "QPIPE_FRESH_BY", "QPIPE_CONCEPTS", "QPIPE_SUSPEND_IDLE")
 
 OWNER = "workflow.txt"  # in the home: the resolved path of the YAML whose runs it holds
 
