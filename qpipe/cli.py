@@ -147,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="JSON, as QPIPE_SOURCE_COLUMNS: {\"<name in file>\": \"<qpipe name>\"}")
     dump.add_argument("--date-format", default="", help="strptime format of the dates, as QPIPE_SOURCE_DATE_FORMAT")
     args = parser.parse_args(argv)
-    return {"qrun": qrun, "dump-bin": dump_bin}[args.command](args)
+    from qpipe.settings import SettingsError
+
+    try:
+        return {"qrun": qrun, "dump-bin": dump_bin}[args.command](args)
+    except SettingsError as error:  # a bad QPIPE_* of the shell that the modules read: one line, not a traceback
+        print(f"qpipe {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -184,9 +184,16 @@ class Settings(BaseModel):
     @field_validator("feature_sets")
     @classmethod
     def _feature_sets(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.expanduser().is_file():
+        """The file, read here so that a wrong set is one line wherever settings are checked, not a traceback."""
+        from qpipe.features.custom import read_feature_sets
+
+        if value is None:
+            return None
+        if not value.expanduser().is_file():
             raise ValueError(f"{value} is not a file: QPIPE_FEATURE_SETS names a YAML file of feature sets")
-        return None if value is None else value.expanduser().absolute()
+        value = value.expanduser().absolute()
+        read_feature_sets(value)
+        return value
 
     @field_validator("device", mode="before")
     @classmethod

@@ -4,9 +4,11 @@ which a model trains with its Alpha158 preset and the set's width."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,9 +53,20 @@ def test_a_wrong_set_is_refused_naming_the_file_the_set_the_column_and_why(tmp_p
         read_feature_sets(path)
 
 
-def test_a_missing_file_is_a_settings_error(tmp_path):
+def test_a_missing_file_or_a_wrong_set_is_a_settings_error_of_one_line(tmp_path):
     with pytest.raises(SettingsError, match="QPIPE_FEATURE_SETS = .*is not a file"):
         Settings.from_env({"QPIPE_FEATURE_SETS": str(tmp_path / "nowhere.yaml")})
+    wrong = tmp_path / "sets.yaml"
+    wrong.write_text("m:\n  X: EMA($close, 5)\n")
+    message = f"QPIPE_FEATURE_SETS = {wrong}: set m: column X: 'EMA($close, 5)': EMA is not an operator"
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_env({"QPIPE_FEATURE_SETS": str(wrong)})
+    env = {**os.environ, "QPIPE_FEATURE_SETS": str(wrong), "DAGSTER_HOME": str(tmp_path)}
+    qrun = [str(Path(sys.executable).parent / "qpipe"), "qrun", str(tmp_path / "any.yaml"), "--dry-run"]
+    for command, prefix in (([sys.executable, "-m", "qpipe.main"], "qpipe: "), (qrun, "qpipe qrun: ")):
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and done.stderr.strip().splitlines() == [prefix + message + done.stderr.strip()
+                                                                             .split(message, 1)[1]], done.stderr
 
 
 SCRIPT = """

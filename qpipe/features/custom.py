@@ -15,6 +15,7 @@ the sequence models, rows for the others, its width (``d_feat``, ``input_dim``) 
 benchmark's processors (RobustZScoreNorm, Fillna; DropnaLabel, CSRankNorm).
 """
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,20 @@ def read_feature_sets(path: str | Path) -> dict[str, dict[str, Expression]]:
     file, the set, the column and what is wrong."""
     if not str(path):
         return {}
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise FeatureSetError(f"QPIPE_FEATURE_SETS = {path}: cannot read the feature sets: {error}") from None
+    return _parsed(str(path), text)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(path: str, text: str) -> dict[str, dict[str, Expression]]:
+    """(Settings are read on every call of get_settings: the file is parsed once per content.)"""
     where = f"QPIPE_FEATURE_SETS = {path}"
     try:
-        document = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
         raise FeatureSetError(f"{where}: cannot read the feature sets: {error}") from None
     if not isinstance(document, dict) or not document:
         raise FeatureSetError(f"{where}: expected a mapping of feature sets (name: {{column: expression}}), "
