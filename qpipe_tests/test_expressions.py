@@ -56,6 +56,22 @@ def test_comparisons_delta_and_constants_follow_numpy_as_qlibs_engine():
     assert parse("1 / 4").evaluate(panel, ops).shape == panel.shape
 
 
+@pytest.mark.parametrize("text", ["($close>$open) - 0.5", "($close>$open) - ($close<$open)", "-($close>$open)",
+                                  "Abs($close>$open)", "Ref($close>$open, 1)", "Greater($close>$open, 0)",
+                                  "Mean(($close>$open)*($close>Ref($close,1)), 5)", "Std($close>=$open, 5)"])
+def test_a_comparisons_mask_is_read_as_0_or_1_alike_on_the_cpu_and_the_gpus_table(text):
+    """Found in review: arithmetic on a mask worked on the CPU and failed on torch (bool - 0.5), or differed (Ref of a
+    mask shifted NaN into a bool: True); the mask is 0/1 float64 where an operator reads it, as pandas' rolling."""
+    from qpipe.features.ops_torch import TorchOps
+
+    panel = panel_from_frame(_fixture_frame())
+    torch_ops = TorchOps("cpu")
+    cpu, gpu = (o.float32(parse(text).evaluate(panel, o)) for o in (ops, torch_ops))
+    np.testing.assert_array_equal(cpu, gpu)
+    if text.startswith("Ref"):
+        assert np.isnan(cpu[0]).all() and set(np.unique(cpu[1:][~np.isnan(cpu[1:])])) <= {0.0, 1.0}
+
+
 @pytest.mark.parametrize("text, message", [
     ("Ref($close, -2)/Ref($close, -1) - 1", r"Ref\(-2\) reads a later session: a label's expression"),
     ("Mean($close, 0)", "Mean's window of 0 .* is not supported"),

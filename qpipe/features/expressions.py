@@ -3,8 +3,8 @@
 An expression is parsed as Qlib parses it: ``$field`` is a price field, ``Name(...)`` an operator of the table below,
 ``+ - * /`` and ``> < >= <= == !=`` Python's operators, numbers constants. It is evaluated on a Panel by the same
 operators and with the same dtype flow as Alpha158's hand-written formulas (element-wise steps stay float32, rolling
-results are float64, one float32 cast at the end), on the CPU kernels or a GPU's ``TorchOps``: the expression of
-each Alpha158 column gives that column to the last bit. A feature reads only the past: an expression that reads a
+results are float64, one float32 cast at the end; a comparison's mask is read as 0/1 by what reads it), on the CPU
+kernels or a GPU's ``TorchOps``: the expression of each Alpha158 column gives that column to the last bit. A feature reads only the past: an expression that reads a
 later session (``Ref($close, -1)``, a label's) is refused.
 """
 
@@ -58,13 +58,14 @@ class Expression:
                     fields[name] = ops.asarray(panel[name])
                 return fields[name]
             if isinstance(node, ast.UnaryOp):
-                return -value(node.operand)
+                return -_numeric(value(node.operand))
             if isinstance(node, ast.BinOp):
-                return ARITHMETIC[type(node.op)](value(node.left), value(node.right))
+                return ARITHMETIC[type(node.op)](_numeric(value(node.left)), _numeric(value(node.right)))
             if isinstance(node, ast.Compare):
-                return getattr(ops, COMPARISONS[type(node.ops[0])])(value(node.left), value(node.comparators[0]))
+                return getattr(ops, COMPARISONS[type(node.ops[0])])(_numeric(value(node.left)),
+                                                                    _numeric(value(node.comparators[0])))
             name, kinds = OPERATORS[node.func.id]
-            args = [value(arg) if kind == "x" else _number(arg) for arg, kind in zip(node.args, kinds)]
+            args = [_numeric(value(arg)) if kind == "x" else _number(arg) for arg, kind in zip(node.args, kinds)]
             if name == "delta":  # Qlib's Delta: x - Ref(x, N)
                 return args[0] - ops.ref(args[0], args[1], first)
             return getattr(ops, name)(*args, first) if "n" in kinds else getattr(ops, name)(*args)
@@ -75,6 +76,15 @@ class Expression:
         if np.isscalar(result):  # a constant expression: every row
             result = np.full(panel.shape, result, dtype=np.float32)
         return result
+
+
+def _numeric(value: Any) -> Any:
+    """A comparison's mask as 0/1 float64 where an operator reads it, as pandas' rolling reads a bool series (numpy's
+    and torch's own arithmetic on bools refuses, stays bool, or shifts NaN into a bool)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or str(dtype) not in ("bool", "torch.bool"):
+        return value
+    return value.astype(np.float64) if isinstance(value, np.ndarray) else value.double()
 
 
 def parse(text: str) -> Expression:
