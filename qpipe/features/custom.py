@@ -23,13 +23,14 @@ from typing import Any
 import yaml
 
 from qpipe.features.expressions import Expression, ExpressionError, parse
+from qpipe.settings import SettingsError
 
 SET_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")  # an asset key's and a DuckDB table's part
 COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 TAKEN = ("alpha158", "alpha360", "label")  # qpipe's own tables in the features schema
 
 
-class FeatureSetError(ValueError):
+class FeatureSetError(SettingsError):
     pass
 
 

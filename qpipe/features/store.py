@@ -13,6 +13,7 @@ computed (a long range streamed into one INSERT per staging table), and the rang
 transaction: a failure writes nothing.
 """
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from qpipe.features.custom import read_feature_sets
 from qpipe.features.expressions import Expression
 from qpipe.features.label import LABEL_NAME, label
 from qpipe.features.panel import PRICE_FIELDS, Panel, panel_from_frame
-from qpipe.settings import BLOCK_CELLS, get_settings
+from qpipe.settings import BLOCK_CELLS
 
 LOOKBACK = 61  # rows before a day that its features read
 LABEL_HORIZON = 2  # LABEL0 of day d is known at the close of the 2nd trading day after d
@@ -77,8 +78,9 @@ def expression_set(name: str, expressions: dict[str, Expression]) -> FeatureSet:
 FEATURE_SETS = {
     "alpha158": FeatureSet("alpha158", ALPHA158_NAMES, alpha158_columns),
     "alpha360": FeatureSet("alpha360", ALPHA360_NAMES, alpha360_columns),
+    # (QPIPE_FEATURE_SETS alone: the shell's other settings may be ones a qpipe qrun workflow leaves out)
     **{name: expression_set(name, expressions)
-       for name, expressions in read_feature_sets(get_settings().feature_sets or "").items()},
+       for name, expressions in read_feature_sets(os.environ.get("QPIPE_FEATURE_SETS", "")).items()},
 }
 LABEL_TABLE = "features.label"
 LABEL_DDL = _ddl([LABEL_NAME]) + ", known_on DATE NOT NULL"
