@@ -6,8 +6,8 @@ It fires ``qpipe.calendar.SCHEDULE_DELAY`` after the exchange's close, in the ex
 A tick runs its day's partition, and before it each session since the newest stored prices partition (at most
 CATCH_UP): Dagster runs only the last due tick of a schedule like this one after the daemon was down (it catches up
 only partitioned schedules), and the days in between would be missing. It also runs again each of the CATCH_UP sessions
-before its own whose newest run failed (a fault fixed since, a vendor's file late past the retries): once per failed
-run, its run key naming that run. Run keys (the day) keep a day from running twice; the runs of the schedule take
+before its own whose newest daily_pipeline run failed (a fault fixed since, a vendor's file late past the retries):
+once per failed run, its run key naming that run. Run keys (the day) keep a day from running twice; the runs of the schedule take
 turns (dagster.yaml's tag limit on dagster/schedule_name), oldest first.
 
 On days that are not retrain days (QPIPE_RETRAIN_EVERY) the run leaves the checkpoints out; the
@@ -82,19 +82,22 @@ def _missed(context: dg.ScheduleEvaluationContext, day: date) -> list[date]:
 
 
 def _failed(context: dg.ScheduleEvaluationContext, day: date) -> dict[date, str]:
-    """The sessions of the CATCH_UP before ``day`` whose newest run failed, each with that run's id.
+    """The sessions of the CATCH_UP before ``day`` whose newest daily_pipeline run failed, each with that run's id.
 
-    A run of any job counts (a re-execution, a backfill of the day): a later one that succeeded or is under way means
-    the day is in hand; a run cancelled by hand is left alone.
+    A re-execution or a backfill of the day is a daily_pipeline run too: the newest decides. Runs of other jobs (an
+    asset materialized alone, an experiment) are not the day's pipeline and change nothing; a run Dagster retries
+    itself (run_retries: dagster/will_retry) and a run cancelled by hand are left alone (found in review).
     """
     recent = CALENDAR.trading_days(day - timedelta(days=7 * CATCH_UP), day - timedelta(days=1))[-CATCH_UP:]
     if not len(recent):
         return {}
+    runs = context.instance.get_runs(dg.RunsFilter(job_name="daily_pipeline",
+                                                   tags={"dagster/partition": list(recent.astype(str))}))
     newest: dict[str, dg.DagsterRun] = {}
-    for run in context.instance.get_runs(dg.RunsFilter(tags={"dagster/partition": list(recent.astype(str))})):
-        newest.setdefault(run.tags["dagster/partition"], run)  # newest first
+    for run in runs:  # newest first
+        newest.setdefault(run.tags["dagster/partition"], run)
     return {date.fromisoformat(key): run.run_id for key, run in sorted(newest.items())
-            if run.status == dg.DagsterRunStatus.FAILURE}
+            if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") != "true"}
 
 
 def _request(context: dg.ScheduleEvaluationContext, day: date, caught_up: str | None, run_key: str) -> dg.RunRequest:

@@ -333,7 +333,15 @@ def test_the_launchpad_shows_the_backtests_settings_and_refuses_a_misspelt_one_w
     assert "deal_price not in enum" in refused({"deal_price": "high"})
     assert "topk" in refused({"topk": "fifty"})
     assert dg.validate_run_config(job, {"ops": {"reports__mlp_backtest": {"config": {"port_analysis": {
-        "topk": 30, "account": 1000000, "risk_degree": 1, "limit_threshold": "none", "trade_unit": 100}}}}})
+        "topk": 30, "account": 1000000, "risk_degree": 1, "limit_threshold": "none", "trade_unit": 100,
+        "deal_price": "$close"}}}}})  # (Qlib's $close: found in review, its description named it, the type refused it)
+    # through the Python API too (found in review: PortAnalysis(n_dorp=3) dropped the name in silence)
+    from pydantic import ValidationError
+
+    from qpipe.assets.models import PortAnalysis
+
+    with pytest.raises(ValidationError, match="n_dorp"):
+        PortAnalysis(n_dorp=3)
 
 
 def test_risk_analysis_by_hand_in_both_modes():

@@ -89,9 +89,9 @@ def test_a_tick_runs_again_the_recent_sessions_whose_newest_run_failed_once_per_
 
     ny = ZoneInfo("America/New_York")
     with dg.instance_for_test() as instance:
-        def run(day: str, status: dg.DagsterRunStatus) -> str:
-            return instance.add_run(dg.DagsterRun(job_name="daily_pipeline", status=status,
-                                                  tags={"dagster/partition": day})).run_id
+        def run(day: str, status: dg.DagsterRunStatus, job: str = "daily_pipeline", **tags: str) -> str:
+            return instance.add_run(dg.DagsterRun(job_name=job, status=status,
+                                                  tags={"dagster/partition": day, **tags})).run_id
 
         for day in ("2023-12-01", "2024-01-09", "2024-01-10", "2024-01-11", "2024-01-12"):
             instance.report_runless_asset_event(dg.AssetMaterialization(PRICES, partition=day))
@@ -100,6 +100,11 @@ def test_a_tick_runs_again_the_recent_sessions_whose_newest_run_failed_once_per_
         run("2024-01-10", dg.DagsterRunStatus.SUCCESS)  # re-executed by hand
         failed = run("2024-01-11", dg.DagsterRunStatus.FAILURE)
         run("2024-01-12", dg.DagsterRunStatus.CANCELED)  # stopped by hand: left alone
+        # found in review: an asset materialized alone that failed re-ran the whole pipeline of its day; a run that
+        # Dagster's run_retries relaunches itself was run twice
+        run("2024-01-09", dg.DagsterRunStatus.SUCCESS)
+        run("2024-01-09", dg.DagsterRunStatus.FAILURE, job="__ASSET_JOB")
+        run("2024-01-05", dg.DagsterRunStatus.FAILURE, **{"dagster/will_retry": "true"})
         tick = _tick(datetime(2024, 1, 16, 17, 30, tzinfo=ny), instance)
         holiday = _tick(datetime(2024, 1, 15, 17, 30, tzinfo=ny), instance)
         run("2024-01-11", dg.DagsterRunStatus.STARTED)  # the tick's re-run, under way

@@ -53,7 +53,17 @@ def test_comparisons_delta_and_constants_follow_numpy_as_qlibs_engine():
         np.testing.assert_array_equal(parse("$close >= $open").evaluate(panel, ops), close >= panel["open"])
         np.testing.assert_array_equal(parse("Delta($volume, 3)").evaluate(panel, ops), volume - ops.ref(volume, 3, first))
         np.testing.assert_array_equal(parse("-$close * 2").evaluate(panel, ops), -close * 2)
-    assert parse("1 / 4").evaluate(panel, ops).shape == panel.shape
+    # a number on either side of a comparison, or as one of Greater's two, alike on the CPU and torch (found in
+    # review: torch refused 1 < $close); numbers alone divide as IEEE does (found in review: 1/0 raised)
+    from qpipe.features.ops_torch import TorchOps
+
+    torch_ops = TorchOps("cpu")
+    for text, expected in (("1 < $close", close > 1), ("Greater(1, $close)", np.maximum(close, 1)),
+                           ("$close * (1/0)", close * np.inf), ("$close + 0/0", close + np.nan)):
+        for operators in (ops, torch_ops):
+            with np.errstate(invalid="ignore"):
+                got = operators.float32(parse(text).evaluate(panel, operators))
+            np.testing.assert_array_equal(got, expected.astype(np.float32), err_msg=text)
 
 
 @pytest.mark.parametrize("text", ["($close>$open) - 0.5", "($close>$open) - ($close<$open)", "-($close>$open)",
@@ -82,6 +92,13 @@ def test_a_comparisons_mask_is_read_as_0_or_1_alike_on_the_cpu_and_the_gpus_tabl
     ("($close - $open", "not an expression"),
     ("close / $open", "'close' is neither a field"),
     ("$close ** 2", r"'\$close \*\* 2' is not an expression qpipe evaluates"),
+    ("$close + * 2", r"not an expression \(invalid syntax at column 10\)"),  # the text's column (found in review)
+    ("_close / $open", "'_close' is neither a field"),
+    ("1/0", "reads no field"),  # found in review: a ZeroDivisionError at run time
+    ("Mean(3, 5)", "Mean's expression argument must read a field"),  # found in review: an AttributeError at run time
+    ("Corr($close, 2, 5)", "Corr's expression arguments must read a field"),
+    ("Greater(1, 2)", "Greater.s expression arguments must read a field"),
+    ("Quantile($close, 5, 1.5)", r"Quantile's quantile must be a number in \[0, 1\], not '1.5'"),  # found in review
     ("$low < $close < $high", "a comparison is one of"),
     ("Quantile($close, 5, 'q')", "Quantile's quantile must be a number"),
 ])

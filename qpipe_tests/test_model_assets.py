@@ -475,6 +475,9 @@ def test_backtest_extended_day_by_day_equals_one_range_and_reaches_the_leaderboa
     message = str(other.get_step_failure_events()[0].event_specific_data.error)
     assert (f"the stored mlp backtest up to {days[-2]} was traded with other settings (topk 8 -> 50, n_drop 2 -> 5): "
             "going on would join two strategies into one record") in message, message
+    # the command to run it again carries these settings (found in review: without them it ran the defaults)
+    assert ("--config-json '{\"ops\": {\"reports__mlp_backtest\": {\"config\": {\"port_analysis\": {"
+            in message), message
     with duckdb.connect(database) as con:  # two days missing: the first to run again is the first missing one
         con.execute("DELETE FROM reports.backtest_daily WHERE model = 'mlp' AND date IN (?, ?)", days[-3:-1])
     gap = run(days[-1], days[-1], ["reports/mlp_backtest"], resources, strategy, raise_on_error=False)

@@ -36,6 +36,21 @@ def warn_of_unstored_sessions(context: dg.AssetExecutionContext, con: duckdb.Duc
             "data; across a gap otherwise): materialize raw/prices for them first if the source has them")
 
 
+def warn_of_empty_columns(context: dg.AssetExecutionContext, con: duckdb.DuckDBPyConnection, fs: store.FeatureSet,
+                          start: pd.Timestamp, end: pd.Timestamp) -> None:
+    """Name a user's set's columns that hold no number on any row written (found in review: $vwap of a source
+    without one gave a column of NaN, in silence)."""
+    if fs.expressions is None:
+        return
+    counts = con.execute("SELECT " + ", ".join(f'count(*) FILTER (WHERE isfinite("{c}"))' for c in fs.columns)
+                         + f" FROM {fs.table} WHERE date BETWEEN ? AND ?", [start.date(), end.date()]).fetchone()
+    empty = [c for c, n in zip(fs.columns, counts) if n == 0]
+    if empty:
+        context.log.warning(f"{fs.name}: {', '.join(f'{c} ({fs.expressions[c]})' for c in empty)} hold no number "
+                            f"on any row of {start.date()}..{end.date()}: NaN or infinite everywhere (a field the "
+                            "source lacks, as $vwap of one without it, or an expression that is never a number)")
+
+
 def _spec(key: dg.AssetKey, fs: store.FeatureSet) -> dg.AssetSpec:
     if fs.expressions is None:
         description, shown = (f"Qlib {fs.name.capitalize()}: {len(fs.columns)} raw float32 columns with Qlib's names "
@@ -68,8 +83,14 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     refuse_before_the_close(end, "a session's features are computed from its prices, in after the close")
     with warehouse.get_connection() as con:
         refuse_days_without(con, wh.PRICES, "date", start, end, "raw/prices")
+        try:  # a user's set whose definition changed since its table was written: named, nothing written
+            store.refuse_changed_sets(con, selected)
+        except ValueError as error:
+            raise dg.Failure(str(error)) from None
         warn_of_unstored_sessions(context, con, start, end, max(fs.lookback for fs in selected))
         written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
+        for fs in selected:
+            warn_of_empty_columns(context, con, fs, start, end)
         digests = {fs.name: wh.day_versions(con, fs.table, start, end) for fs in selected}
         versions = {fs.name: rows_version(context, dg.AssetKey(["features", fs.name]), digests[fs.name])
                     for fs in selected}

@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from copy import copy
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import dagster as dg
 import numpy as np
 import pandas as pd
-from pydantic import Field, create_model, field_validator
+from pydantic import ConfigDict, Field, create_model, field_validator
 from pydantic.fields import FieldInfo
 
 from qpipe.assets.by_partition import finite, per_partition, rows_by_partition, rows_version
@@ -570,17 +570,28 @@ REGION_SETTINGS = ("limit_threshold", "trade_unit")  # the market's exchange dec
 def _port_analysis_fields() -> dict[str, tuple]:
     """BacktestConfig's settings as the launchpad types them, so that a misspelt name or a value of the wrong type is
     refused while it is typed (found in review: a dict let both through to the run). Their rules (a cost >= 0) are
-    BacktestConfig's, checked at run start in one line; the region's two take a number, ``none`` or ``region``."""
-    from qpipe.evaluation.backtest import BacktestConfig
+    BacktestConfig's, checked at run start in one line; the region's two take a number, ``none`` or ``region``;
+    deal_price Qlib's ``$close`` too."""
+    from qpipe.evaluation.backtest import BacktestConfig, DealPrice
 
-    return {name: (Any, Field("region", description=f"{field.description}; region: the Qlib region's of the "
-                                                    "market's exchange (XSHG/XSHE: cn's lots of 100 and 9.5% limit; "
-                                                    "any other: us's whole shares and no limit)"))
-            if name in REGION_SETTINGS else (field.annotation, Field(field.default, description=field.description))
-            for name, field in BacktestConfig.model_fields.items()}
+    def typed(name: str, field: FieldInfo) -> tuple:
+        if name in REGION_SETTINGS:
+            return Any, Field("region", description=f"{field.description}; region: the Qlib region's of the market's "
+                                                    "exchange (XSHG/XSHE: cn's lots of 100 and 9.5% limit; any other: "
+                                                    "us's whole shares and no limit)")
+        if name == "deal_price":  # (found in review: its description named $close, which the launchpad refused)
+            prices = get_args(DealPrice)
+            return Literal[(*prices, *(f"${p}" for p in prices))], Field(field.default, description=field.description)
+        return field.annotation, Field(field.default, description=field.description)
+
+    return {name: typed(name, field) for name, field in BacktestConfig.model_fields.items()}
 
 
-PortAnalysis = create_model("PortAnalysis", __base__=dg.Config, **_port_analysis_fields())
+class _Strict(dg.Config):
+    model_config = ConfigDict(extra="forbid")  # (found in review: PortAnalysis(n_dorp=3) dropped the name in silence)
+
+
+PortAnalysis = create_model("PortAnalysis", __base__=_Strict, **_port_analysis_fields())
 
 
 class PortfolioConfig(dg.Config):

@@ -69,10 +69,14 @@ def read_state(con: duckdb.DuckDBPyConnection, model: str, start: date,
         was, now = json.loads(stored[0]), config.model_dump()
         changed = ", ".join(f"{k} {was.get(k)!r} -> {now[k]!r}" for k in now if was.get(k) != now[k])
         (first,) = con.execute(f"SELECT min(date) FROM {DAILY} WHERE model = ?", [model]).fetchone()
+        # the command with these settings (found in review: without them, it ran the defaults)
+        given = {k: "none" if v is None else v for k, v in now.items() if v != BacktestConfig.model_fields[k].default}
+        config_json = json.dumps({"ops": {f"reports__{model}_backtest": {"config": {"port_analysis": given}}}})
         raise BacktestGap(f"the stored {model} backtest up to {previous} was traded with other settings ({changed}): "
                           "going on would join two strategies into one record. Run it again from its first day with "
-                          f"these (dg launch --assets reports/{model}_backtest --partition-range {first}...{start}), "
-                          "or give this run the stored settings (the tear sheet's strategy table)")
+                          f"these (dg launch --assets reports/{model}_backtest --partition-range {first}...{start} "
+                          f"--config-json '{config_json}'), or give this run the stored settings (the tear sheet's "
+                          "strategy table)")
     cash, account = con.execute(f"SELECT cash, account FROM {DAILY} WHERE model = ? AND date = ?", [model, previous]).fetchall()[0]
     holdings = con.execute(f"SELECT instrument, amount, price, held_days FROM {POSITIONS} WHERE model = ? AND date = ? "
                            "ORDER BY instrument", [model, previous]).df()

@@ -22,12 +22,15 @@ from typing import Any
 
 import yaml
 
+from qpipe.data.warehouse import STAGING
 from qpipe.features.expressions import Expression, ExpressionError, parse
 from qpipe.settings import SettingsError
 
 SET_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")  # an asset key's and a DuckDB table's part
 COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-TAKEN = ("alpha158", "alpha360", "label")  # qpipe's own tables in the features schema
+TAKEN = ("alpha158", "alpha360", "label", "expressions")  # qpipe's own tables in the features schema
+KEY_COLUMNS = ("date", "instrument")  # every feature table's own
+QLIB_LABEL = "Ref($close,-2)/Ref($close,-1)-1"  # the label qpipe trains on (features/label), spaces left out
 
 
 class FeatureSetError(SettingsError):
@@ -63,9 +66,11 @@ def _parsed(path: str, text: str) -> dict[str, dict[str, Expression]]:
 def _read_set(where: str, name: Any, body: Any) -> dict[str, Expression]:
     if not isinstance(name, str) or not SET_NAME.match(name):
         raise FeatureSetError(f"{where}: a set's name is lower-case letters, digits and _, starting with a letter")
-    if name in TAKEN:
-        raise FeatureSetError(f"{where}: the name is qpipe's own ({', '.join(TAKEN)}): name it otherwise")
-    columns = _qlib_form(where, body) if isinstance(body, dict) and set(body) == {"feature"} else body
+    if name in TAKEN or name.endswith(STAGING):  # (found in review: a set x_incoming was x's staging table)
+        raise FeatureSetError(f"{where}: the name is qpipe's own ({', '.join(TAKEN)}, or a name ending in "
+                              f"{STAGING}, a staging table's): name it otherwise")
+    qlib_form = isinstance(body, dict) and "feature" in body and set(body) <= {"feature", "label"}
+    columns = _qlib_form(where, body) if qlib_form else body
     if not isinstance(columns, dict) or not columns:
         raise FeatureSetError(f"{where}: expected columns (name: expression) or Qlib's feature: [[expressions], "
                               "[names]]")
@@ -74,6 +79,8 @@ def _read_set(where: str, name: Any, body: Any) -> dict[str, Expression]:
     for column, text in columns.items():
         if not isinstance(column, str) or not COLUMN_NAME.match(column):
             raise FeatureSetError(f"{where}: column {column!r}: a column's name is letters, digits and _")
+        if column.lower() in KEY_COLUMNS:
+            raise FeatureSetError(f"{where}: column {column}: the name is every feature table's key column")
         if column.lower() in seen:  # DuckDB's column names ignore case
             raise FeatureSetError(f"{where}: columns {seen[column.lower()]} and {column} are one name to DuckDB")
         seen[column.lower()] = column
@@ -87,7 +94,13 @@ def _read_set(where: str, name: Any, body: Any) -> dict[str, Expression]:
 
 
 def _qlib_form(where: str, body: dict) -> dict[str, Any]:
-    """QlibDataLoader's ``feature: [[expressions], [names]]`` as columns."""
+    """QlibDataLoader's ``feature: [[expressions], [names]]`` as columns; its ``label``, if there, must be qpipe's."""
+    label = body.get("label")
+    expressions = label[0] if isinstance(label, list) and len(label) == 2 and isinstance(label[0], list) else label
+    if label is not None and [str(x).replace(" ", "") for x in (expressions if isinstance(expressions, list)
+                                                                 else [expressions])] != [QLIB_LABEL]:
+        raise FeatureSetError(f"{where}: label = {label!r}: qpipe trains on one label, features/label, Qlib's "
+                              "Ref($close, -2)/Ref($close, -1) - 1: remove label or set it to that")
     pair = body["feature"]
     if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, list) for part in pair)
             and len(pair[0]) == len(pair[1])):

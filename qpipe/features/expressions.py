@@ -20,7 +20,9 @@ import numpy as np
 from qpipe.features.panel import PRICE_FIELDS, Panel
 
 FIELD = re.compile(r"\$([A-Za-z_]\w*)")
-FIELD_PREFIX = "__field_"
+FIELD_PREFIX = "_"  # $close is parsed as the name _close: as long as $, so that a syntax error's column is the text's
+UNDERSCORED = re.compile(r"(?<![\w$])_\w*")  # a name of the text that would pass for a field
+FIELD_NAME = re.compile(r"(?<![\w$])_(?=\w)")  # a parsed field's prefix, written back as $
 
 # Qlib's operator -> (qpipe's operator, its arguments in order: x an expression, n a window of sessions, q a number)
 OPERATORS: dict[str, tuple[str, str]] = {
@@ -31,6 +33,8 @@ OPERATORS: dict[str, tuple[str, str]] = {
     "Greater": ("greater", "xx"), "Less": ("less", "xx"), "Abs": ("abs", "x"), "Log": ("log", "x"), "Sign": ("sign", "x"),
 }  # fmt: skip
 COMPARISONS = {ast.Gt: "gt", ast.Lt: "lt", ast.GtE: "ge", ast.LtE: "le", ast.Eq: "eq", ast.NotEq: "ne"}
+MIRRORED = {"gt": "lt", "lt": "gt", "ge": "le", "le": "ge", "eq": "eq", "ne": "ne"}  # 1 < $close is $close > 1
+EITHER_CONSTANT = ("Greater", "Less")  # one of their two expressions may be a number (Greater($close - $open, 0))
 ARITHMETIC: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
@@ -51,7 +55,7 @@ class Expression:
 
         def value(node: ast.expr) -> Any:
             if isinstance(node, ast.Constant):
-                return node.value
+                return float(node.value)
             if isinstance(node, ast.Name):
                 name = node.id.removeprefix(FIELD_PREFIX)
                 if name not in fields:
@@ -60,22 +64,27 @@ class Expression:
             if isinstance(node, ast.UnaryOp):
                 return -_numeric(value(node.operand))
             if isinstance(node, ast.BinOp):
-                return ARITHMETIC[type(node.op)](_numeric(value(node.left)), _numeric(value(node.right)))
+                left, right = _numeric(value(node.left)), _numeric(value(node.right))
+                if isinstance(left, float) and isinstance(right, float):  # numbers alone: IEEE (1/0 = inf)
+                    return float(ARITHMETIC[type(node.op)](np.float64(left), np.float64(right)))
+                return ARITHMETIC[type(node.op)](left, right)
             if isinstance(node, ast.Compare):
-                return getattr(ops, COMPARISONS[type(node.ops[0])])(_numeric(value(node.left)),
-                                                                    _numeric(value(node.comparators[0])))
+                left, right = _numeric(value(node.left)), _numeric(value(node.comparators[0]))
+                compare = COMPARISONS[type(node.ops[0])]
+                if isinstance(left, float):  # the operator tables take an array first
+                    left, right, compare = right, left, MIRRORED[compare]
+                return getattr(ops, compare)(left, right)
             name, kinds = OPERATORS[node.func.id]
             args = [_numeric(value(arg)) if kind == "x" else _number(arg) for arg, kind in zip(node.args, kinds)]
+            if name in ("greater", "less") and isinstance(args[0], float):  # (symmetric: the array first)
+                args.reverse()
             if name == "delta":  # Qlib's Delta: x - Ref(x, N)
                 return args[0] - ops.ref(args[0], args[1], first)
             return getattr(ops, name)(*args, first) if "n" in kinds else getattr(ops, name)(*args)
 
         first = ops.asarray(panel.first)
-        with np.errstate(divide="ignore", invalid="ignore"):  # IEEE division, silently, as Qlib's engine
-            result = value(self.tree)
-        if np.isscalar(result):  # a constant expression: every row
-            result = np.full(panel.shape, result, dtype=np.float32)
-        return result
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # IEEE, silently, as Qlib's engine
+            return value(self.tree)
 
 
 def _numeric(value: Any) -> Any:
@@ -89,12 +98,22 @@ def _numeric(value: Any) -> Any:
 
 def parse(text: str) -> Expression:
     """``text`` as an Expression, or an ExpressionError naming what is wrong and where."""
+    stray = UNDERSCORED.search(text)
+    if stray:
+        raise ExpressionError(f"{text!r}: {stray.group()!r} is neither a field ($close) nor an operator call")
     source = FIELD.sub(lambda m: FIELD_PREFIX + m.group(1), text.strip())
     try:
         tree = ast.parse(source, mode="eval").body
     except SyntaxError as error:
         raise ExpressionError(f"{text!r}: not an expression ({error.msg} at column {error.offset})") from None
-    return Expression(text, tree, _lookback(tree, text))
+    lookback = _lookback(tree, text)
+    if not _reads_a_field(tree):
+        raise ExpressionError(f"{text!r}: reads no field: a feature is computed from the prices ($close, ...)")
+    return Expression(text, tree, lookback)
+
+
+def _reads_a_field(node: ast.AST) -> bool:
+    return any(isinstance(child, ast.Name) and child.id.startswith(FIELD_PREFIX) for child in ast.walk(node))
 
 
 def _lookback(node: ast.expr, text: str) -> int:
@@ -123,7 +142,8 @@ def _lookback(node: ast.expr, text: str) -> int:
         return max(_lookback(node.left, text), _lookback(node.comparators[0], text))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
         return _call_lookback(node, text, refuse)
-    raise refuse(f"{ast.unparse(node).replace(FIELD_PREFIX, '$')!r} is not an expression qpipe evaluates: "
+    written = FIELD_NAME.sub("$", ast.unparse(node))
+    raise refuse(f"{written!r} is not an expression qpipe evaluates: "
                  f"$fields, numbers, + - * /, comparisons and the operators {', '.join(OPERATORS)}")
 
 
@@ -136,13 +156,18 @@ def _call_lookback(node: ast.Call, text: str, refuse: Callable[[str], Expression
         raise refuse(f"{name} takes {len(kinds)} arguments ({', '.join(_ARGUMENT[k] for k in kinds)}), "
                      f"not {len(node.args)}")
     reads, window = 0, 0
+    expressions = [arg for arg, kind in zip(node.args, kinds) if kind == "x"]
+    reading = [_reads_a_field(arg) for arg in expressions]
+    if not (any(reading) if name in EITHER_CONSTANT else all(reading)):
+        raise refuse(f"{name}'s expression argument{'s' if len(expressions) > 1 else ''} must read a field "
+                     f"($close, ...), not only numbers")
     for arg, kind in zip(node.args, kinds):
         if kind == "x":
             reads = max(reads, _lookback(arg, text))
             continue
         literal = _number(arg)
-        if kind == "q" and (isinstance(literal, bool) or not isinstance(literal, int | float)):
-            raise refuse(f"{name}'s quantile must be a number, not {ast.unparse(arg)!r}")
+        if kind == "q" and (isinstance(literal, bool) or not isinstance(literal, int | float) or not 0 <= literal <= 1):
+            raise refuse(f"{name}'s quantile must be a number in [0, 1], not {ast.unparse(arg)!r}")
         if kind == "n":
             if isinstance(literal, bool) or not isinstance(literal, int):
                 raise refuse(f"{name}'s window must be a whole number of sessions, not {ast.unparse(arg)!r}")

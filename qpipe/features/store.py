@@ -83,6 +83,7 @@ FEATURE_SETS = {
        for name, expressions in read_feature_sets(os.environ.get("QPIPE_FEATURE_SETS", "")).items()},
 }
 LABEL_TABLE = "features.label"
+EXPRESSIONS = "features.expressions"  # a user's sets: the expression each column of their tables was computed from
 LABEL_DDL = _ddl([LABEL_NAME]) + ", known_on DATE NOT NULL"
 
 
@@ -241,8 +242,10 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
     log, and ends with a checkpoint of its own (``wh.checkpoint``). So does any range on a lake, whose inserts go
     to Parquet files as they come: its transaction holds their names, not their rows.
     """
+    refuse_changed_sets(con, feature_sets)
     for fs in feature_sets:
         wh.ensure_table(con, fs.table, fs.ddl)
+    record_expressions(con, feature_sets)
     written = {fs.name: 0 for fs in feature_sets}
     if lake.is_lake(con) or _range_cells(con, start, end) <= block_cells:  # a lake writes Parquet files as it goes
         with wh.bulk_load(con):
@@ -267,6 +270,42 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
         for name in staging.values():
             con.execute(f"DROP TABLE IF EXISTS {name}")
     return written
+
+
+def refuse_changed_sets(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet]) -> None:
+    """A ValueError where a user's set's stored table holds other columns, or was computed from other expressions,
+    than QPIPE_FEATURE_SETS says now (found in review: a changed expression went into the days written after it, the
+    others kept the old one; an added column was dropped in silence, a removed one failed in DuckDB's words)."""
+    for fs in feature_sets:
+        if fs.expressions is None or not wh.has_table(con, fs.table):
+            continue
+        stored = [c for c, *_ in con.execute(f"SELECT * FROM {fs.table} LIMIT 0").description][2:]
+        recorded = dict(con.execute(f"SELECT column_name, expression FROM {EXPRESSIONS} WHERE set_name = ?",
+                                    [fs.name]).fetchall()) if wh.has_table(con, EXPRESSIONS) else {}
+        changed = [f"{c}: {recorded[c]} then, {fs.expressions[c]} now" for c in fs.columns
+                   if c in recorded and recorded[c] != fs.expressions[c]]
+        if stored != fs.columns or changed:
+            what = "; ".join(changed) if stored == fs.columns else (
+                f"its columns are {', '.join(stored)}; QPIPE_FEATURE_SETS's are {', '.join(fs.columns)}")
+            raise ValueError(
+                f"{fs.table} was computed from another definition of the set {fs.name} ({what}): its days would mix "
+                f"the two. Give the new definition a name of its own in QPIPE_FEATURE_SETS (features/<new name>), or "
+                f"drop the old table to compute every day again (DROP TABLE {fs.table} in the warehouse; checkpoints "
+                "trained on it then score the new definition: train them again)")
+
+
+def record_expressions(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet]) -> None:
+    """The expressions each user's set in ``feature_sets`` is computed from, kept beside its table."""
+    sets = [fs for fs in feature_sets if fs.expressions is not None]
+    if not sets:
+        return
+    wh.ensure_table(con, EXPRESSIONS, "set_name VARCHAR NOT NULL, column_name VARCHAR NOT NULL, "
+                                      "expression VARCHAR NOT NULL")
+    with wh.transaction(con):
+        for fs in sets:
+            con.execute(f"DELETE FROM {EXPRESSIONS} WHERE set_name = ?", [fs.name])
+            con.executemany(f"INSERT INTO {EXPRESSIONS} VALUES (?, ?, ?)",
+                            [(fs.name, column, text) for column, text in fs.expressions.items()])
 
 
 def _range_cells(con: duckdb.DuckDBPyConnection, start, end) -> int:

@@ -117,6 +117,11 @@ def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
     return validated_config(spec, feature_set, step_len, params, source=f"{spec.name}/{feature_set}")
 
 
+def feature_set_names() -> list[str]:
+    """The feature sets this process knows: Alpha158, Alpha360 and those of QPIPE_FEATURE_SETS."""
+    return [*FEATURE_SETS.values(), *_user_sets()]
+
+
 def _user_sets() -> dict[str, int]:
     """The user's own feature sets (QPIPE_FEATURE_SETS) and their numbers of columns."""
     from qpipe.features.store import FEATURE_SETS as STORED
@@ -243,9 +248,8 @@ def validated_config(spec: ModelSpec, feature_set: str, step_len: Any, given: Ma
         raise ConfigError(f"{source}: unknown hyper-parameter {unknown[0]!r} = {given[unknown[0]]!r} for model "
                           f"{spec.name!r}" + (f" (did you mean {close[0]}?)" if close else "")
                           + f"; valid: {', '.join(names)}")
-    if feature_set not in FEATURE_SETS.values() and feature_set not in _user_sets():
-        raise ConfigError(f"{source}: unknown feature set {feature_set!r}; valid: "
-                          f"{', '.join([*FEATURE_SETS.values(), *_user_sets()])}")
+    if feature_set not in feature_set_names():
+        raise ConfigError(f"{source}: unknown feature set {feature_set!r}; valid: {', '.join(feature_set_names())}")
     if step_len is not None:
         step_len = _check(source, "step_len", step_len, _positive_int)
         if spec.sampler == "flat":

@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from qpipe.models.config import ModelConfig, build_model
+from qpipe.models.config import ModelConfig, build_model, feature_set_names
 from qpipe.models.registry import get_spec
 from qpipe.training.result import TrainResult
 
@@ -211,6 +211,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if broken is not None:
         raise CheckpointError(f"{weights_path}: the weights hold NaN or infinite values (first in {broken!r}); "
                               "its scores would be NaN: retrain this partition")
+    feature_set = sidecar["config"].get("feature_set")
+    if isinstance(feature_set, str) and feature_set not in feature_set_names():  # the settings', not the files' fault
+        raise ValueError(f"{sidecar_path}: trained on the feature set {feature_set!r}, which this process "
+                         f"does not define (it has {', '.join(feature_set_names())}): set QPIPE_FEATURE_SETS to the "
+                         "file that defines it, for the code server and the daemon too")
     try:
         config = ModelConfig.from_json(sidecar["config"], source=str(sidecar_path))
         model = build_model(config)
