@@ -7,8 +7,8 @@ A tick runs its day's partition, and before it each session since the newest sto
 CATCH_UP): Dagster runs only the last due tick of a schedule like this one after the daemon was down (it catches up
 only partitioned schedules), and the days in between would be missing. It also runs again each of the CATCH_UP sessions
 before its own whose newest daily_pipeline run failed (a fault fixed since, a vendor's file late past the retries):
-once per failed run, its run key naming that run. Run keys (the day) keep a day from running twice; the runs of the schedule take
-turns (dagster.yaml's tag limit on dagster/schedule_name), oldest first.
+once per failed run, its run key naming that run. Run keys (the day) keep a day from running twice; the runs of the
+schedule take turns (dagster.yaml's tag limit on dagster/schedule_name), oldest first.
 
 On days that are not retrain days (QPIPE_RETRAIN_EVERY) the run leaves the checkpoints out; the
 predictions then come from the newest checkpoint at or before the day. Architectures not listed in

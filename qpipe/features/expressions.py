@@ -4,8 +4,9 @@ An expression is parsed as Qlib parses it: ``$field`` is a price field, ``Name(.
 ``+ - * /`` and ``> < >= <= == !=`` Python's operators, numbers constants. It is evaluated on a Panel by the same
 operators and with the same dtype flow as Alpha158's hand-written formulas (element-wise steps stay float32, rolling
 results are float64, one float32 cast at the end; a comparison's mask is read as 0/1 by what reads it), on the CPU
-kernels or a GPU's ``TorchOps``: the expression of each Alpha158 column gives that column to the last bit. A feature reads only the past: an expression that reads a
-later session (``Ref($close, -1)``, a label's) is refused.
+kernels or a GPU's ``TorchOps``: the expression of each Alpha158 column gives that column to the last bit. A feature
+reads only the past: an expression that reads a later session (``Ref($close, -1)``, a label's) is refused, and so is
+one that reads no field, or an operator of numbers alone.
 """
 
 import ast
