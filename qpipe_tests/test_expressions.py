@@ -4,6 +4,7 @@ feature must not read, is refused by name."""
 
 import numpy as np
 import pytest
+import torch
 
 from qpipe.features import ops
 from qpipe.features.alpha158 import ALPHA158_EXPRESSIONS, ALPHA158_NAMES, alpha158_columns
@@ -11,6 +12,8 @@ from qpipe.features.expressions import ExpressionError, parse
 from qpipe.features.panel import panel_from_frame
 from qpipe.features.store import LOOKBACK
 from qpipe_tests.test_alpha_features import _fixture_frame
+
+DEVICES = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
 def _assert_expressions_give_alpha158(panel, ops=ops) -> None:
@@ -32,11 +35,13 @@ def test_every_alpha158_expression_gives_its_column_bit_for_bit_on_real_prices(s
     _assert_expressions_give_alpha158(panel_from_frame(real.rename(columns={"symbol": "instrument"}).assign(vwap=vwap)))
 
 
-def test_the_expressions_run_on_the_gpus_operator_table_too():
-    """``TorchOps`` on the CPU here (the GPU check script runs it on CUDA): the same columns as its own Alpha158."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_expressions_run_on_the_gpus_operator_table_too(device):
+    """``TorchOps`` on every visible GPU (deploy/device/gpu-check.sh runs this file there), and on the CPU: the same
+    columns as its own Alpha158."""
     from qpipe.features.ops_torch import TorchOps
 
-    _assert_expressions_give_alpha158(panel_from_frame(_fixture_frame()), TorchOps("cpu"))
+    _assert_expressions_give_alpha158(panel_from_frame(_fixture_frame()), TorchOps(device))
 
 
 def test_the_lookback_is_qlibs_extended_window_and_within_the_stores():
@@ -69,13 +74,14 @@ def test_comparisons_delta_and_constants_follow_numpy_as_qlibs_engine():
 @pytest.mark.parametrize("text", ["($close>$open) - 0.5", "($close>$open) - ($close<$open)", "-($close>$open)",
                                   "Abs($close>$open)", "Ref($close>$open, 1)", "Greater($close>$open, 0)",
                                   "Mean(($close>$open)*($close>Ref($close,1)), 5)", "Std($close>=$open, 5)"])
-def test_a_comparisons_mask_is_read_as_0_or_1_alike_on_the_cpu_and_the_gpus_table(text):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_comparisons_mask_is_read_as_0_or_1_alike_on_the_cpu_and_the_gpus_table(text, device):
     """Found in review: arithmetic on a mask worked on the CPU and failed on torch (bool - 0.5), or differed (Ref of a
     mask shifted NaN into a bool: True); the mask is 0/1 float64 where an operator reads it, as pandas' rolling."""
     from qpipe.features.ops_torch import TorchOps
 
     panel = panel_from_frame(_fixture_frame())
-    torch_ops = TorchOps("cpu")
+    torch_ops = TorchOps(device)
     cpu, gpu = (o.float32(parse(text).evaluate(panel, o)) for o in (ops, torch_ops))
     np.testing.assert_array_equal(cpu, gpu)
     if text.startswith("Ref"):
