@@ -890,3 +890,98 @@ def test_a_workflow_keeps_the_shells_settings_it_does_not_decide(monkeypatch):
                         ("QPIPE_MARKET", "csi300")):
         monkeypatch.setenv(name, value)
     assert left_out(SimpleNamespace(settings={"QPIPE_MARKET": "csi500"})) == {"QPIPE_BENCHMARK": "SH000300"}
+
+
+LOADER = {"class": "QlibDataLoader", "module_path": "qlib.data.dataset.loader", "kwargs": {"config": {
+    "feature": [["Ref($close, 1)/$close", "Mean($close, 30)/$close", "Std($close, 10)/$close",
+                 "Mean($volume, 80)/($volume+1e-12)", "Corr($close, Log($volume+1), 10)"],
+                ["ROC1", "MA30", "STD10", "VMA80", "CORR10"]],
+    "label": [["Ref($close, -2) / Ref($close, -1) - 1"], ["LABEL0"]]}}}
+
+
+def _with_loader(d) -> None:
+    """Qlib's LSTM Alpha158 workflow on a DataHandlerLP of its own expressions: five columns, windows of 20."""
+    handler = d["task"]["dataset"]["kwargs"]["handler"]
+    handler.update({"class": "DataHandlerLP", "module_path": "qlib.data.dataset.handler"})
+    kwargs = handler["kwargs"]
+    kwargs.pop("label", None)
+    kwargs["data_loader"] = LOADER
+    kwargs["infer_processors"] = [{"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier":
+                                                                             True}},
+                                  {"class": "Fillna", "kwargs": {"fields_group": "feature"}}]
+    d["task"]["model"]["kwargs"]["d_feat"] = 5
+
+
+def test_a_workflows_own_loader_is_a_feature_set_of_its_expressions(tmp_path):
+    """Qlib's DataHandlerLP with a QlibDataLoader of one's own expressions (refused before: Alpha158 and Alpha360
+    only): the workflow's feature set, named after its YAML, written for its runs into its home."""
+    from qpipe.workflow.translate import translate
+
+    workflow = translate(_edited(tmp_path, _with_loader, "workflow_config_lstm_Alpha158.yaml"))
+    assert workflow.model.feature_set == "workflow" and workflow.model.params["d_feat"] == 5
+    assert workflow.model.step_len == 20
+    assert list(workflow.feature_sets["workflow"]) == ["ROC1", "MA30", "STD10", "VMA80", "CORR10"]
+    entries = {e.key: e for e in workflow.entries}
+    loader = "task.dataset.kwargs.handler.kwargs.data_loader"
+    assert entries[f"{loader}.class"].status == "honoured"
+    assert "features/workflow: its 5 expressions" in entries[f"{loader}.class"].meaning
+    assert "79 sessions before each day" in entries[f"{loader}.class"].meaning  # Mean($volume, 80)
+    assert entries[f"{loader}.kwargs.config.label"].status == "honoured"
+    assert entries["task.dataset.kwargs.handler.module_path"].status == "honoured"
+    assert not [e for e in workflow.entries if e.key.startswith(loader) and e.status != "honoured"]
+
+    def wrong(d):
+        _with_loader(d)
+        d["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["data_loader"]["kwargs"]["config"]["feature"][0][0] = \
+            "EMA($close, 5)"
+
+    with pytest.raises(ConfigError, match=r"workflow.yaml: task.dataset.kwargs.handler.kwargs.data_loader.kwargs."
+                                          r"config: column ROC1: 'EMA\(\$close, 5\)': EMA is not an operator"):
+        translate(_edited(tmp_path, wrong, "workflow_config_lstm_Alpha158.yaml"))
+
+
+@pytest.mark.slow
+def test_a_workflow_with_its_own_loader_runs_end_to_end(tmp_path, monkeypatch):
+    """The loader's workflow through the console script on a small CN provider: its expressions computed into the
+    workflow's own warehouse, the LSTM trained on their 20-session windows, the test segment scored and reported."""
+    from qpipe.calendar import exchange_calendar
+    from qpipe.data.qlib_provider import write_qlib_provider
+    from qpipe.data.synthetic import SyntheticSpec, generate_market
+
+    provider = tmp_path / "cn_data"
+    market = generate_market(SyntheticSpec(n_instruments=30, index_size=20, origin="2018-06-01"), start="2019-01-02",
+                             end="2019-12-31", calendar=exchange_calendar("XSHG"))
+    write_qlib_provider(market.prices, provider, market.universe)
+
+    def shorten(d):
+        _with_loader(d)
+        d["qlib_init"]["provider_uri"] = str(provider)
+        d["market"] = _kwargs(d)["instruments"] = "syn20"
+        del d["benchmark"]
+        _kwargs(d).update(start_time="2019-06-03", end_time="2019-12-27", fit_start_time="2019-06-03",
+                          fit_end_time="2019-09-30")
+        d["task"]["dataset"]["kwargs"]["segments"] = {"train": ["2019-06-03", "2019-09-30"],
+                                                      "valid": ["2019-10-08", "2019-11-15"],
+                                                      "test": ["2019-11-18", "2019-12-27"]}
+        d["task"]["model"]["kwargs"].update(hidden_size=8, batch_size=256)
+        d["task"]["record"] = d["task"]["record"][:2]  # SignalRecord, SigAnaRecord
+
+    path = _edited(tmp_path, shorten, "workflow_config_lstm_Alpha158.yaml")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("QPIPE_HOME", str(tmp_path / "qpipe"))
+    done = subprocess.run([QPIPE, "qrun", path, "--epochs", "1"], capture_output=True, text=True, timeout=900,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "workflow.yaml -> qpipe: lstm on workflow" in done.stdout and "SigAnaRecord (" in done.stdout
+    qpipe = tmp_path / "qpipe" / "workflows" / "workflow"
+    assert yaml.safe_load((qpipe / "feature_sets.yaml").read_text())["workflow"]["VMA80"] == \
+        "Mean($volume, 80)/($volume+1e-12)"
+    with duckdb.connect(str(qpipe / "warehouse.duckdb"), read_only=True) as con:
+        columns = [c for c, *_ in con.execute("SELECT * FROM features.workflow LIMIT 0").description]
+        first = con.execute("SELECT min(date) FROM features.workflow").fetchone()[0]
+        scored = con.execute("SELECT count(DISTINCT date) FROM predictions.scores").fetchone()[0]
+    assert columns == ["date", "instrument", "ROC1", "MA30", "STD10", "VMA80", "CORR10"]
+    assert str(first) == "2019-06-03" and scored > 20

@@ -74,6 +74,27 @@ def _read_set(where: str, name: Any, body: Any) -> dict[str, Expression]:
     if not isinstance(columns, dict) or not columns:
         raise FeatureSetError(f"{where}: expected columns (name: expression) or Qlib's feature: [[expressions], "
                               "[names]]")
+    return _expressions(where, columns)
+
+
+def loader_expressions(where: str, config: Any) -> dict[str, Expression]:
+    """A Qlib workflow's QlibDataLoader ``config`` (``feature: [[expressions], [names]]``, its label Qlib's), as a
+    set's columns; a FeatureSetError names ``where`` and what is wrong."""
+    if not (isinstance(config, dict) and "feature" in config and set(config) <= {"feature", "label"}):
+        raise FeatureSetError(f"{where}: expected Qlib's {{feature: [[expressions], [names]], label: ...}}, not "
+                              f"{str(config)[:80]}")
+    return _expressions(where, _qlib_form(where, config))
+
+
+def workflow_set_name(path: str | Path) -> str:
+    """The feature set of a Qlib workflow's own loader, named after its YAML (each workflow has its own warehouse)."""
+    name = re.sub(r"[^a-z0-9_]+", "_", Path(path).stem.lower()).strip("_")
+    name = name if name and name[0].isalpha() else f"workflow_{name}"
+    return f"{name}_set" if name in TAKEN or name.endswith(STAGING) else name
+
+
+def _expressions(where: str, columns: dict) -> dict[str, Expression]:
+    """The columns' names checked and their expressions parsed."""
     seen: dict[str, str] = {}
     expressions = {}
     for column, text in columns.items():
@@ -104,7 +125,8 @@ def _qlib_form(where: str, body: dict) -> dict[str, Any]:
     pair = body["feature"]
     if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, list) for part in pair)
             and len(pair[0]) == len(pair[1])):
-        raise FeatureSetError(f"{where}: feature must be two lists of one length, [[expressions], [names]]")
+        raise FeatureSetError(f"{where}: feature must be two lists of one length, [[expressions], [names]] (qpipe "
+                              "names each column: a list of expressions alone would name them by their text)")
     names = [str(name) for name in pair[1]]
     if len(set(names)) < len(names):
         raise FeatureSetError(f"{where}: a name comes twice in feature's names")

@@ -113,9 +113,11 @@ def benchmark_processing(feature_set: str, step_len: int | None) -> Processing:
 
 
 def handler_processing(feature_set: str, kwargs: dict[str, Any], source: str) -> Processing:
-    """The processing a Qlib handler's kwargs ask for; a chain they do not name is the handler's default."""
-    return processing(source, infer_processors=kwargs.get("infer_processors", HANDLER_INFER[feature_set]),
-                      learn_processors=kwargs.get("learn_processors", HANDLER_LEARN),
+    """The processing a Qlib handler's kwargs ask for; a chain they do not name is the handler's default (a
+    DataHandlerLP's, of a loader's own expressions: none)."""
+    alpha = feature_set in HANDLER_INFER
+    return processing(source, infer_processors=kwargs.get("infer_processors", HANDLER_INFER.get(feature_set, [])),
+                      learn_processors=kwargs.get("learn_processors", HANDLER_LEARN if alpha else []),
                       process_type=kwargs.get("process_type", "append"))
 
 

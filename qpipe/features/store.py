@@ -75,6 +75,12 @@ def expression_set(name: str, expressions: dict[str, Expression]) -> FeatureSet:
                       {column: e.text for column, e in expressions.items()})
 
 
+def register(name: str, expressions: dict[str, Expression]) -> FeatureSet:
+    """A Qlib workflow's own loader set, in this process (its runs' processes read it from QPIPE_FEATURE_SETS)."""
+    FEATURE_SETS[name] = expression_set(name, expressions)
+    return FEATURE_SETS[name]
+
+
 FEATURE_SETS = {
     "alpha158": FeatureSet("alpha158", ALPHA158_NAMES, alpha158_columns),
     "alpha360": FeatureSet("alpha360", ALPHA360_NAMES, alpha360_columns),

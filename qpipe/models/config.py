@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
 FEATURE_SETS = {"Alpha158": "alpha158", "Alpha360": "alpha360"}  # Qlib handler class -> qpipe feature set
+LOADER_HANDLER = "DataHandlerLP"  # Qlib's handler of a QlibDataLoader's own expressions: a set of the workflow's
 QLIB_TSDATASET_STEP_LEN = 30  # TSDatasetH's default step_len
 
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -117,6 +118,22 @@ def model_config(model: str, feature_set: str, **overrides: Any) -> ModelConfig:
     return validated_config(spec, feature_set, step_len, params, source=f"{spec.name}/{feature_set}")
 
 
+def _loader_set(loader: Any, path: Path) -> str:
+    """The feature set of a DataHandlerLP's QlibDataLoader, registered in this process under the workflow's name."""
+    from qpipe.features import store
+    from qpipe.features.custom import FeatureSetError, loader_expressions, workflow_set_name
+
+    key = "task.dataset.kwargs.handler.kwargs.data_loader"
+    if not isinstance(loader, dict) or loader.get("class") != "QlibDataLoader":
+        raise ConfigError(f"{path}: {key} = {str(loader)[:80]}: qpipe reads a QlibDataLoader's expressions (class: "
+                          "QlibDataLoader, kwargs: {config: {feature: [[expressions], [names]]}})")
+    try:
+        expressions = loader_expressions(f"{path}: {key}.kwargs.config", (loader.get("kwargs") or {}).get("config"))
+    except FeatureSetError as error:
+        raise ConfigError(str(error)) from None
+    return store.register(workflow_set_name(path), expressions).name
+
+
 def feature_set_names() -> list[str]:
     """The feature sets this process knows: Alpha158, Alpha360 and those of QPIPE_FEATURE_SETS."""
     return [*FEATURE_SETS.values(), *_user_sets()]
@@ -183,10 +200,14 @@ def config_from_qlib_document(document: dict[str, Any], path: Path,
 
     model_class = lookup("task.model.class")
     handler = lookup("task.dataset.kwargs.handler.class")
-    if handler not in FEATURE_SETS:
-        raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}; supported: {', '.join(FEATURE_SETS)} "
-                          "(a handler of your own expressions: a set of QPIPE_FEATURE_SETS, trained from the Dagster "
-                          "UI or `dagster asset materialize`, README: Your own features)")
+    if handler == LOADER_HANDLER:
+        feature_set = _loader_set(lookup("task.dataset.kwargs.handler.kwargs.data_loader", None), path)
+    elif handler in FEATURE_SETS:
+        feature_set = FEATURE_SETS[handler]
+    else:
+        raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}; supported: "
+                          f"{', '.join([*FEATURE_SETS, LOADER_HANDLER])} (DataHandlerLP with a QlibDataLoader of "
+                          "your own expressions)")
     dataset = lookup("task.dataset.class")
     if dataset == "DatasetH":
         step_len = None
@@ -206,12 +227,14 @@ def config_from_qlib_document(document: dict[str, Any], path: Path,
         raise ConfigError(f"{path}: {error}") from None
     # (before validation: a checkpoint's model_path replaces the YAML's pickled one, found in review: always refused)
     params = {**params, **spec.from_qlib(dict(overrides or {}))}
-    if FEATURE_SETS[handler] not in spec.presets:  # a checkpoint's settings start from its feature set's preset
-        raise ConfigError(f"{path}: task.dataset.kwargs.handler.class = {handler!r}: model {spec.name!r} has no preset "
-                          f"for feature set {FEATURE_SETS[handler]!r} (its ModelSpec has presets for "
-                          f"{', '.join(spec.presets) or 'none'}; a spec needs a preset per feature set it accepts)")
+    if feature_set not in spec.presets and _user_set_preset(spec, feature_set) is None:  # (a checkpoint's settings
+        raise ConfigError(                                                          # start from its set's preset)
+            f"{path}: task.dataset.kwargs.handler.class = {handler!r}: model {spec.name!r} has no preset for feature "
+            f"set {feature_set!r} (its ModelSpec has presets for {', '.join(spec.presets) or 'none'}; a spec needs a "
+            "preset per feature set it accepts" + ("; a loader's expressions take its alpha158 preset)"
+                                                   if handler == LOADER_HANDLER else ")"))
     try:
-        return validated_config(spec, FEATURE_SETS[handler], step_len, params, source=str(path))
+        return validated_config(spec, feature_set, step_len, params, source=str(path))
     except ConfigError as error:
         if model_class == GENERAL_PTNN and "pt_model_uri" not in kwargs:  # the model's name came from nowhere visible
             raise ConfigError(f"{error} (GeneralPTNN without pt_model_uri trains its default network, "

@@ -11,7 +11,7 @@ import numpy as np
 
 from qpipe.evaluation.backtest import close_match
 from qpipe.features.handler import Processing, chain_names, handler_processing
-from qpipe.models.config import ConfigError, ModelConfig
+from qpipe.models.config import LOADER_HANDLER, ConfigError, ModelConfig
 from qpipe.models.registry import get_spec
 from qpipe.workflow.entries import Entry, Reader, date, short
 from qpipe.workflow.rolling import Rolling
@@ -32,13 +32,17 @@ QLIB_HANDLER_EMPTY = {  # none given is Qlib's default and qpipe's; any other ->
 QLIB_HANDLER_MEMORY = ("drop_raw", "init_data", "fetch_orig")  # how Qlib's handler holds its data in memory
 
 
-def handler_arguments(r: Reader, key: str, handler: str) -> None:
+def handler_arguments(r: Reader, key: str, handler: str, model: ModelConfig) -> None:
     """The handler's arguments that translate() does not read elsewhere: reported, or refused where Qlib's handler
-    would raise (TypeError), with the closest valid name."""
+    would raise (TypeError), with the closest valid name. A DataHandlerLP takes a data_loader where Alpha158 and
+    Alpha360 take a label."""
     given = r.get(key) or {}
     if not isinstance(given, dict):
         raise ConfigError(f"{r.path}: {key} = {short(given)}: expected a mapping of {handler}'s arguments")
-    valid = (*QLIB_HANDLER_READ, "freq", *QLIB_HANDLER_EMPTY, *QLIB_HANDLER_MEMORY)
+    read = [*QLIB_HANDLER_READ[:-1], "data_loader"] if handler == LOADER_HANDLER else QLIB_HANDLER_READ
+    valid = (*read, "freq", *QLIB_HANDLER_EMPTY, *QLIB_HANDLER_MEMORY)
+    if handler == LOADER_HANDLER:
+        loader_entries(r, f"{key}.data_loader", model)
     for name, value in given.items():
         if name not in valid:
             raise ConfigError(f"{r.path}: {key}.{name} = {short(value)}: not an argument of Qlib's {handler} (Qlib "
@@ -53,6 +57,24 @@ def handler_arguments(r: Reader, key: str, handler: str) -> None:
         elif name in QLIB_HANDLER_MEMORY:
             r.say(f"{key}.{name}", "not honoured", "Qlib's handling of the data in memory, no bearing on the "
                   "figures: qpipe reads its feature store")
+
+
+def loader_entries(r: Reader, key: str, model: ModelConfig) -> None:
+    """A DataHandlerLP's QlibDataLoader: its expressions are the workflow's own feature set (read, and refused where
+    wrong, by config_from_qlib_document); its label must be qpipe's."""
+    from qpipe.features.store import FEATURE_SETS
+
+    fs = FEATURE_SETS[model.feature_set]
+    r.say(f"{key}.class", "honoured", f"features/{model.feature_set}: its {len(fs.columns)} expressions, computed by "
+          f"qpipe's operators from {fs.lookback} sessions before each day (QPIPE_FEATURE_SETS in the workflow's home)")
+    module = r.get(f"{key}.module_path")
+    if module is not None:
+        r.say(f"{key}.module_path", "honoured" if module == "qlib.data.dataset.loader" else "not honoured",
+              "Qlib's own class" if module == "qlib.data.dataset.loader" else "qpipe has only Qlib's QlibDataLoader")
+    r.say(f"{key}.kwargs.config.feature", "honoured", ", ".join(fs.columns))
+    label = r.get(f"{key}.kwargs.config.label")
+    if label is not None:
+        label_entry(r, f"{key}.kwargs.config.label", label)
 
 
 def handler_span(r: Reader, kwargs: str, days: np.ndarray) -> tuple[dt.date, dt.date]:

@@ -8,6 +8,8 @@ are imported (found in code review: a bad value the workflow replaces, QPIPE_LAK
 import os
 from pathlib import Path
 
+import yaml
+
 from qpipe.settings import VARIABLES, Settings
 from qpipe.workflow.translate import Workflow
 
@@ -52,10 +54,16 @@ def left_out(workflow: Workflow) -> dict[str, str]:
 
 
 def settle(workflow: Workflow, home: Path) -> None:
-    """The workflow's settings in this process's environment, read by its settings and the code server it starts."""
+    """The workflow's settings in this process's environment, read by its settings and the code server it starts;
+    a DataHandlerLP's loader set written in the home for them (QPIPE_FEATURE_SETS)."""
     for name in left_out(workflow):
         del os.environ[name]
     os.environ.update({**workflow.settings, "QPIPE_HOME": str(home)})
+    if workflow.feature_sets:
+        sets = home / "feature_sets.yaml"
+        home.mkdir(parents=True, exist_ok=True)
+        sets.write_text(yaml.safe_dump(workflow.feature_sets, sort_keys=False))
+        os.environ["QPIPE_FEATURE_SETS"] = str(sets)
 
 
 def refuse_a_missing_provider(workflow: Workflow) -> None:

@@ -19,8 +19,8 @@ import numpy as np
 
 from qpipe.evaluation.backtest import REGION_DEFAULTS, close_match
 from qpipe.features.handler import Processing
-from qpipe.features.store import LABEL_HORIZON, LOOKBACK
-from qpipe.models.config import ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
+from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
+from qpipe.models.config import LOADER_HANDLER, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
 from qpipe.workflow.entries import Entry, Reader, date, short
 from qpipe.workflow.handler_entries import (batch_entry, fit_window_entries, handler_arguments, handler_span,
                                             label_entry, processor_entries)
@@ -55,6 +55,8 @@ class Workflow:
     # The sessions after the test segment whose closes know its last labels (LABEL_HORIZON, as far as the data go):
     # Qlib's expressions read prices past end_time for them (found in review: qpipe's IC left the last two out)
     labels_known: tuple[dt.date, dt.date] | None = None
+    # A DataHandlerLP's loader: set -> column -> expression, the QPIPE_FEATURE_SETS its runs read (home.settle)
+    feature_sets: dict[str, dict[str, str]] | None = None
 
     @property
     def data_end(self) -> dt.date:
@@ -202,8 +204,9 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         _in_the_provider(r, provider, market, benchmark, benchmark_key)
 
     handler = "task.dataset.kwargs.handler"
+    loader = r.get(f"{handler}.class") == LOADER_HANDLER
     r.say(f"{handler}.class", "honoured", f"feature set {model.feature_set}")
-    _module(r, f"{handler}.module_path", "qlib.contrib.data.handler")
+    _module(r, f"{handler}.module_path", "qlib.data.dataset.handler" if loader else "qlib.contrib.data.handler")
     r.say("task.dataset.class", "honoured", "flat rows" if model.step_len is None else
           f"windows of {model.step_len} sessions")
     _module(r, "task.dataset.module_path", "qlib.data.dataset")
@@ -211,7 +214,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         r.say("task.dataset.kwargs.step_len", "honoured", f"step_len {model.step_len}")
 
     kwargs = f"{handler}.kwargs"
-    handler_arguments(r, kwargs, str(r.get(f"{handler}.class")))
+    handler_arguments(r, kwargs, str(r.get(f"{handler}.class")), model)
     days, sessions_from = _sessions(provider, region)
     span = handler_span(r, kwargs, days)
     instruments = r.get(f"{kwargs}.instruments")
@@ -236,7 +239,8 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
             raise ConfigError(f"{path}: {segments}.{name} = [{bounds[name][0]}, {bounds[name][1]}] is not a span "
                               f"inside the handler's {span[0]}..{span[1]}")
     first = int(np.searchsorted(days, np.datetime64(span[0], "D")))
-    prices_from = days[max(0, first - LOOKBACK)].item()  # the history Qlib's expressions read before start_time
+    lookback = max(LOOKBACK, FEATURE_SETS[model.feature_set].lookback)  # (a loader's expressions may read more)
+    prices_from = days[max(0, first - lookback)].item()  # the history Qlib's expressions read before start_time
     settings["QPIPE_PARTITIONS_START"] = str(prices_from)
     split = fixed_split(days, bounds, path)
     segment_entries(r, segments, bounds, split)
@@ -260,9 +264,11 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
     if here:  # (a refusal the checkpoint's run makes, after prices and features are written)
         batch_entry(r, model, provider, market, days, checkpoints)
     after = days[days > test[-1]][:LABEL_HORIZON]
+    own = FEATURE_SETS[model.feature_set].expressions if loader else None
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
                     checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
-                    len(test), (after[0].item(), after[-1].item()) if len(after) else None)
+                    len(test), (after[0].item(), after[-1].item()) if len(after) else None,
+                    {model.feature_set: own} if own else None)
 
 
 def _anchor_entries(r: Reader) -> None:
