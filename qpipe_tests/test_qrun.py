@@ -1,6 +1,7 @@
 """``qpipe qrun WORKFLOW.yaml --dry-run`` (issue 16, point 1's report): every Qlib benchmark workflow translates;
 each key is honoured, honoured with a named difference, or named as not honoured with the reason."""
 
+import copy
 import datetime
 import json
 import os
@@ -905,7 +906,7 @@ def _with_loader(d) -> None:
     handler.update({"class": "DataHandlerLP", "module_path": "qlib.data.dataset.handler"})
     kwargs = handler["kwargs"]
     kwargs.pop("label", None)
-    kwargs["data_loader"] = LOADER
+    kwargs["data_loader"] = copy.deepcopy(LOADER)  # (a test may alter its copy)
     kwargs["infer_processors"] = [{"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier":
                                                                              True}},
                                   {"class": "Fillna", "kwargs": {"fields_group": "feature"}}]
