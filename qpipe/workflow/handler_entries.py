@@ -39,7 +39,8 @@ def handler_arguments(r: Reader, key: str, handler: str, model: ModelConfig) -> 
     given = r.get(key) or {}
     if not isinstance(given, dict):
         raise ConfigError(f"{r.path}: {key} = {short(given)}: expected a mapping of {handler}'s arguments")
-    read = [*QLIB_HANDLER_READ[:-1], "data_loader"] if handler == LOADER_HANDLER else QLIB_HANDLER_READ
+    read = [*(name for name in QLIB_HANDLER_READ if name != "label"), "data_loader"] if handler == LOADER_HANDLER \
+        else QLIB_HANDLER_READ
     valid = (*read, "freq", *QLIB_HANDLER_EMPTY, *QLIB_HANDLER_MEMORY)
     if handler == LOADER_HANDLER:
         loader_entries(r, f"{key}.data_loader", model)
