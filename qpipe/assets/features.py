@@ -83,12 +83,12 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     refuse_before_the_close(end, "a session's features are computed from its prices, in after the close")
     with warehouse.get_connection() as con:
         refuse_days_without(con, wh.PRICES, "date", start, end, "raw/prices")
-        try:  # a user's set whose definition changed since its table was written: named, nothing written
-            store.refuse_changed_sets(con, selected)
-        except ValueError as error:
-            raise dg.Failure(str(error)) from None
         warn_of_unstored_sessions(context, con, start, end, max(fs.lookback for fs in selected))
-        written = store.write_features(con, selected, start, end, block_cells=compute.block_cells, operators=operators)
+        try:  # a user's set whose definition changed since its table was written: named, nothing written
+            written = store.write_features(con, selected, start, end, block_cells=compute.block_cells,
+                                           operators=operators)
+        except store.ChangedSetError as error:
+            raise dg.Failure(str(error)) from None
         for fs in selected:
             warn_of_empty_columns(context, con, fs, start, end)
         digests = {fs.name: wh.day_versions(con, fs.table, start, end) for fs in selected}

@@ -278,8 +278,12 @@ def write_features(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet
     return written
 
 
+class ChangedSetError(ValueError):
+    pass
+
+
 def refuse_changed_sets(con: duckdb.DuckDBPyConnection, feature_sets: list[FeatureSet]) -> None:
-    """A ValueError where a user's set's stored table holds other columns, or was computed from other expressions,
+    """A ChangedSetError where a user's set's stored table holds other columns, or was computed from other expressions,
     than QPIPE_FEATURE_SETS says now (found in review: a changed expression went into the days written after it, the
     others kept the old one; an added column was dropped in silence, a removed one failed in DuckDB's words)."""
     for fs in feature_sets:
@@ -293,7 +297,7 @@ def refuse_changed_sets(con: duckdb.DuckDBPyConnection, feature_sets: list[Featu
         if stored != fs.columns or changed:
             what = "; ".join(changed) if stored == fs.columns else (
                 f"its columns are {', '.join(stored)}; QPIPE_FEATURE_SETS's are {', '.join(fs.columns)}")
-            raise ValueError(
+            raise ChangedSetError(
                 f"{fs.table} was computed from another definition of the set {fs.name} ({what}): its days would mix "
                 f"the two. Give the new definition a name of its own in QPIPE_FEATURE_SETS (features/<new name>), or "
                 f"drop the old table to compute every day again (DROP TABLE {fs.table} in the warehouse; checkpoints "

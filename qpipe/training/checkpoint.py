@@ -83,12 +83,13 @@ class Checkpoint:
 
     def assumed_warning(self, arch: str, partition: str) -> str:
         """What to tell the user of ``assumed`` arguments ("" when there are none)."""
-        if not self.assumed:
+        assumed = self.assumed
+        if not assumed:
             return ""
         trained = self.sidecar.get("versions", {}).get("qpipe_source") or "unrecorded"
-        return (f"{arch} checkpoint {partition} records no {', '.join(self.assumed)} (network arguments added to the "
+        return (f"{arch} checkpoint {partition} records no {', '.join(assumed)} (network arguments added to the "
                 f"code since it was trained: qpipe source {trained[:12]}, now {_source_revision()[:12] or 'unknown'}): "
-                f"it scores with today's default ({', '.join(f'{k}={v!r}' for k, v in self.assumed.items())}), which "
+                f"it scores with today's default ({', '.join(f'{k}={v!r}' for k, v in assumed.items())}), which "
                 f"may not be the network that was trained; retrain it to score with what it records (dg launch "
                 f"--assets models/{arch}_checkpoint --partition {partition})")
 

@@ -100,8 +100,9 @@ def write_predictions(con: duckdb.DuckDBPyConnection, store, arch: str, start, e
         with wh.streamed_inserts(con, in_transaction=True) as insert:
             for partition, covered in by_checkpoint.items():
                 checkpoint = _load(store, arch, partition)
-                if checkpoint.assumed:
-                    warn(checkpoint.assumed_warning(arch, partition))
+                warning = checkpoint.assumed_warning(arch, partition)
+                if warning:
+                    warn(warning)
                 _refuse_days_without_features(reader, checkpoint.config.feature_set, covered)
                 weights[partition] = checkpoint.sidecar["weights"]["sha256"]
                 infer = infer_chain(checkpoint)
