@@ -19,8 +19,8 @@ def scheduled_models(selection: dg.AssetSelection) -> dg.AssetSelection:
     from qpipe.models.registry import ARCHITECTURES
     from qpipe.settings import get_settings
 
-    for arch in set(ARCHITECTURES) - set(get_settings().models):
-        selection = selection - dg.AssetSelection.tag("qpipe/arch", arch)
+    for name in set(ARCHITECTURES) - set(get_settings().models):  # (a variant has assets where QPIPE_MODELS names it)
+        selection = selection - dg.AssetSelection.tag("qpipe/model", name)
     return selection
 
 # Step processes forked from a server that has loaded the code location once, instead of a fresh interpreter per

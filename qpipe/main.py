@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from qpipe.settings import SettingsError, get_settings, parse_models
+from qpipe.settings import SettingsError, get_settings, parse_models, refuse_unknown_sets
 
 if __name__ == "__main__":  # a bad QPIPE_* value: one line, not a traceback from the imports below that read it
     from qpipe.data.validation import PriceDataError
@@ -42,7 +42,7 @@ from qpipe.assets.models import TrainConfig, backtest_key, checkpoint_key, ic_ke
 from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
-from qpipe.models.registry import ARCHITECTURES, TRAINING_COST
+from qpipe.models.registry import ARCHITECTURES, TRAINING_COST, model_parts
 from qpipe.training_profiles import QUICK_MODELS, QUICK_WINDOW, Profile, checkpoint_config, training_window
 
 TEST_DAYS = 250  # out-of-sample sessions scored after the checkpoint
@@ -92,25 +92,32 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
     first_train = max(LOOKBACK, min(first_train, len(days) - 1 - LABEL_HORIZON - daily_window(profile) + 1))
     prices_from, features_from = days[first_train - LOOKBACK], days[first_train]
     checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
-    cheapest_first = sorted(models, key=TRAINING_COST.__getitem__)
-    training = {"ops": {checkpoint_key(arch).to_python_identifier(): {"config": checkpoint_config("quick", arch, epochs)}
-                        for arch in models},
+    cheapest_first = sorted(models, key=lambda name: TRAINING_COST[model_parts(name)[0]])
+    training = {"ops": {checkpoint_key(name).to_python_identifier():
+                        {"config": checkpoint_config("quick", model_parts(name)[0], epochs)} for name in models},
         "execution": {"config": {"multiprocess": {"max_concurrent": plan.parallel_steps}}}}
     return [
         Stage(f"prices and universe {prices_from}..{end}", "daily_pipeline", ["raw/prices", "raw/universe", "raw/concepts"],
               _span(prices_from, end), {**IN_PROCESS, **QUIET}),
         Stage(f"features and labels {features_from}..{end}", "daily_pipeline",
-              ["features/alpha158", "features/alpha360", "features/label"], _span(features_from, end), {**IN_PROCESS, **QUIET}),
+              [f"features/{name}" for name in feature_sets(models)], _span(features_from, end), {**IN_PROCESS, **QUIET}),
         Stage(f"checkpoints on {checkpoint_day}: {', '.join(cheapest_first)} (cheapest first, "
               f"{plan.parallel_steps} at once)", "daily_pipeline",
-              [checkpoint_key(arch).to_user_string() for arch in models], {"dagster/partition": str(checkpoint_day)},
+              [checkpoint_key(name).to_user_string() for name in models], {"dagster/partition": str(checkpoint_day)},
               {**training, **QUIET}),
         Stage(f"predictions, IC reports and backtests {first_scored}..{end}", "daily_pipeline",
-              [key.to_user_string() for arch in models
-               for key in (predictions_key(arch), ic_key(arch), backtest_key(arch))],
+              [key.to_user_string() for name in models
+               for key in (predictions_key(name), ic_key(name), backtest_key(name))],
               _span(first_scored, end), {**IN_PROCESS, **QUIET}),
         Stage("leaderboard", "leaderboard_job", ["reports/leaderboard"], {}, {**IN_PROCESS, **QUIET}),
     ]
+
+
+def feature_sets(models: tuple[str, ...]) -> list[str]:
+    """The feature tables the main job materializes: Alpha158, Alpha360, the sets of the variants among ``models``
+    (``lstm_momentum``), and the labels."""
+    own = sorted({model_parts(name)[1] for name in models} - {None, "alpha158", "alpha360"})
+    return ["alpha158", "alpha360", *own, "label"]
 
 
 def planned(calendar, end: date | None, models: tuple[str, ...], test_days: int, plan: ComputePlan,
@@ -192,13 +199,15 @@ def main() -> None:
                         help="last session (default: the source's latest, up to the last one over)")
     parser.add_argument("--test-days", type=int, default=TEST_DAYS, help="sessions scored after the checkpoint")
     parser.add_argument("--models", default=",".join(QUICK_MODELS),
-                        help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)})")
+                        help=f"architectures to train, comma-separated (of {', '.join(ARCHITECTURES)}), and "
+                             "variants on another feature set than Alpha360: lstm_alpha158")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of every model (default: the quick profile's, MLP 30, the others 4); early stopping "
                              "still applies")
     args = parser.parse_args()
     try:
         models = parse_models(args.models)
+        refuse_unknown_sets(models, get_settings().feature_sets, "--models")
     except ValueError as error:
         parser.error(str(error).replace("QPIPE_MODELS", "--models"))
     if args.epochs is not None and args.epochs < 1:
@@ -231,6 +240,11 @@ def main() -> None:
           f"  runs are kept in the Dagster instance at {os.environ['DAGSTER_HOME']} (see them with: dg dev)\n"
           f"  {plan.describe()}; {training_slots(instance, plan)} training slot(s) (pool gpu); Ctrl-C stops the run",
           flush=True)
+    unlisted = [name for name in models if name not in ARCHITECTURES and name not in settings.models]
+    if unlisted:  # a variant has assets where QPIPE_MODELS names it: in the code server's
+        os.environ["QPIPE_MODELS"] = ",".join((*settings.models, *unlisted))
+        print(f"  {', '.join(unlisted)}: shown in the UI (dg dev) and trained by the schedule where QPIPE_MODELS "
+              f"names {'it' if len(unlisted) == 1 else 'them'} (e.g. QPIPE_MODELS=all,{','.join(unlisted)})", flush=True)
     log_file = Path(os.environ["DAGSTER_HOME"]) / "logs" / "qpipe-main.log"
     with code_server(instance, log_file) as server:
         for number, stage in enumerate(plan_stages, 1):

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qpipe.models.registry import ARCHITECTURES
+from qpipe.models.registry import ARCHITECTURES, DEFAULT_FEATURE_SET, model_parts
 from qpipe.training_profiles import Profile
 
 CADENCES = ("daily", "weekly", "monthly")
@@ -62,17 +62,35 @@ def parse_cadence(text: str | int) -> str | int:
 
 
 def parse_models(text: str | tuple) -> tuple[str, ...]:
-    """QPIPE_MODELS: a comma-separated list of architectures, or "all"."""
+    """QPIPE_MODELS: a comma-separated list of architectures ("all": every one) and variants, an architecture on
+    another feature set than Alpha360 (``lstm_alpha158``: qpipe.models.registry.model_parts)."""
     if isinstance(text, tuple):
         text = ",".join(text)
-    if text.strip().lower() == "all":
-        return ARCHITECTURES
-    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in ARCHITECTURES]
+    names: list[str] = []
+    for name in (name.strip().lower() for name in text.split(",") if name.strip()):
+        names.extend(each for each in (ARCHITECTURES if name == "all" else (name,)) if each not in names)
+    unknown = [name for name in names if model_parts(name)[0] not in ARCHITECTURES]
     if unknown or not names:
         raise ValueError(f"QPIPE_MODELS = {text!r}: unknown model {unknown[0] if unknown else '(none)'!r}; "
-                         f"valid models: {', '.join(ARCHITECTURES)} (or all)")
-    return names
+                         f"valid models: {', '.join(ARCHITECTURES)} (or all), and an architecture on another feature "
+                         "set, <architecture>_<feature set> (e.g. lstm_alpha158)")
+    same = [name for name in names if model_parts(name)[1] == DEFAULT_FEATURE_SET]
+    if same:
+        raise ValueError(f"QPIPE_MODELS = {text!r}: {same[0]} is what {model_parts(same[0])[0]} trains on its own "
+                         f"(its feature set {DEFAULT_FEATURE_SET}): name {model_parts(same[0])[0]}")
+    return tuple(names)
+
+
+def refuse_unknown_sets(models: tuple[str, ...], feature_sets: "Path | None", setting: str = "QPIPE_MODELS") -> None:
+    """A variant's feature set must be Alpha158 or a set of the QPIPE_FEATURE_SETS file."""
+    from qpipe.features.custom import read_feature_sets
+
+    known = ("alpha158", *read_feature_sets(feature_sets or ""))
+    for name in models:
+        arch, feature_set = model_parts(name)
+        if feature_set is not None and feature_set not in known:
+            raise ValueError(f"{setting}: {name} is {arch} on the feature set {feature_set!r}, which is neither "
+                             f"alpha158 nor a set of QPIPE_FEATURE_SETS ({', '.join(known)})")
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -134,7 +152,7 @@ class Settings(BaseModel):
     device: str = "auto"
     # How often the daily schedule retrains checkpoints: daily, weekly, monthly or every N trading days.
     retrain_every: str | int = "daily"
-    # The architectures the daily schedule trains, scores and reports (all by default).
+    # The architectures the daily schedule trains, scores and reports (all by default), and variants (parse_models).
     models: tuple[str, ...] = ARCHITECTURES
     # Hours after a session's close by which its partitions are due (qpipe.freshness): the daily run starts 90 min
     # after the close; raise it where retrains of the Qlib profile run longer (up to a week, for a weekend's retrain).
@@ -245,6 +263,16 @@ class Settings(BaseModel):
             except json.JSONDecodeError as error:
                 raise ValueError(f"QPIPE_SOURCE_COLUMNS = {value!r} is not a JSON object: {error}") from None
         return value
+
+    @model_validator(mode="after")
+    def _variants_have_their_sets(self) -> "Settings":
+        refuse_unknown_sets(self.variants, self.feature_sets)
+        return self
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The models of QPIPE_MODELS that are an architecture on another feature set (``lstm_alpha158``)."""
+        return tuple(name for name in self.models if name not in ARCHITECTURES)
 
     @model_validator(mode="after")
     def _lake_has_data(self) -> "Settings":

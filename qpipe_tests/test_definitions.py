@@ -59,6 +59,44 @@ def test_leaderboard_is_requested_after_each_successful_run_that_stored_daily_ic
     assert isinstance(again, dg.RunRequest) and again.run_key == run_id
 
 
+def test_a_variant_of_qpipe_models_has_its_assets_beside_its_architectures_and_the_schedule_trains_it(tmp_path):
+    """QPIPE_MODELS=mlp,gru_alpha158: GRU on Alpha158 is a model of its own (keys, tags, the launchpad's feature set,
+    the leaderboard's inputs, the schedule's selection), and GRU on Alpha360 keeps its assets, left unscheduled."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = """if True:
+        import json
+        import dagster as dg
+        from qpipe.definitions import defs
+        from qpipe.jobs import DAILY, scheduled_models
+        graph = defs.resolve_asset_graph()
+        key = dg.AssetKey(["models", "gru_alpha158_checkpoint"])
+        config = defs.resolve_assets_def(key).op.config_schema.config_type.fields["feature_set"].default_value
+        leaderboard = defs.resolve_assets_def(dg.AssetKey(["reports", "leaderboard"]))
+        print(json.dumps({
+            "keys": sorted(k.to_user_string() for k in graph.get_all_asset_keys() if "gru" in k.to_user_string()),
+            "tags": graph.get(key).tags, "description": graph.get(key).description, "feature_set": config,
+            "ranked": sorted(k.to_user_string() for k in leaderboard.dependency_keys if "gru" in k.to_user_string()),
+            "scheduled": sorted(k.to_user_string() for k in scheduled_models(DAILY).resolve(graph)
+                                if k.path[0] in ("models", "predictions", "reports"))}))"""
+    env = {**os.environ, "QPIPE_MODELS": "mlp,gru_alpha158", "QPIPE_HOME": str(tmp_path)}
+    shown = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                      env=env).stdout)
+    variant = ["models/gru_alpha158_checkpoint", "predictions/gru_alpha158_predictions",
+               "reports/gru_alpha158_backtest", "reports/gru_alpha158_ic"]
+    assert shown["keys"] == sorted([*variant, "models/gru_checkpoint", "predictions/gru_predictions",
+                                    "reports/gru_backtest", "reports/gru_ic"])
+    assert shown["tags"]["qpipe/arch"] == "gru" and shown["tags"]["qpipe/model"] == "gru_alpha158"
+    assert shown["description"].startswith("GRU on alpha158 trained on") and shown["feature_set"] == "alpha158"
+    assert shown["ranked"] == ["reports/gru_alpha158_backtest", "reports/gru_alpha158_ic", "reports/gru_backtest",
+                               "reports/gru_ic"]
+    assert shown["scheduled"] == sorted([*variant, "models/mlp_checkpoint", "predictions/mlp_predictions",
+                                         "reports/mlp_backtest", "reports/mlp_ic"])
+
+
 def test_code_location_loads_without_torch_or_matplotlib():
     """Every step process loads the code location; only training, scoring and charts need torch or matplotlib."""
     import subprocess

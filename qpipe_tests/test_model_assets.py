@@ -615,3 +615,49 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
             and f"no checkpoint is left to score {SCORED[0]}..{SCORED[1]}" in error), error
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         assert con.execute("SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY ALL").fetchall() == before
+
+
+def test_an_architecture_on_two_feature_sets_is_two_models_side_by_side(env, isolated_home):
+    """Qlib's table has most networks twice, on Alpha158 and on Alpha360; a home held one of them (found in review).
+    The variant ``mlp_alpha158`` of QPIPE_MODELS has assets of its own beside ``mlp``'s: its checkpoints, scores, IC
+    and backtest, and its row of the leaderboard."""
+    from qpipe.assets.leaderboard import leaderboard
+    from qpipe.assets.models import build_model_defs
+
+    resources, root = env
+    assets = [*ASSETS, *build_model_defs("mlp_alpha158"), leaderboard]
+
+    def materialize(keys, start, end, config=None, raise_on_error=True):
+        return dg.materialize(assets, selection=[dg.AssetKey.from_user_string(k) for k in keys], resources=resources,
+                              tags={"dagster/asset_partition_range_start": start,
+                                    "dagster/asset_partition_range_end": end},
+                              run_config={"ops": config or {}}, raise_on_error=raise_on_error)
+
+    materialize(["features/alpha158"], "2023-09-01", SCORED[1])
+    materialize(["models/mlp_checkpoint", "models/mlp_alpha158_checkpoint"], DAY, DAY,
+                {f"models__{name}_checkpoint": {"config": QUICK} for name in ("mlp", "mlp_alpha158")})
+    sidecars = {name: json.loads((root / "checkpoints" / name / f"{DAY}.json").read_text())
+                for name in ("mlp", "mlp_alpha158")}
+    assert {name: (s["feature_set"], len(s["columns"])) for name, s in sidecars.items()} == {
+        "mlp": ("alpha360", 360), "mlp_alpha158": ("alpha158", 157)}  # Qlib's MLP Alpha158 drops VWAP0
+    keys = [f"{kind}/{name}_{what}" for name in ("mlp", "mlp_alpha158")
+            for kind, what in (("predictions", "predictions"), ("reports", "ic"), ("reports", "backtest"))]
+    materialize(keys, *SCORED)
+    materialize([leaderboard.key.to_user_string()], SCORED[1], SCORED[1])
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        board = dict(con.execute("SELECT model, dataset FROM reports.leaderboard").fetchall())
+        scores = con.execute("SELECT model, count(*), avg(score) FROM predictions.scores WHERE model LIKE 'mlp%' "
+                             "GROUP BY model ORDER BY model").fetchall()
+        traded = dict(con.execute("SELECT model, count(*) FROM reports.backtest_daily GROUP BY model").fetchall())
+    assert board["mlp"] == "Alpha360" and board["mlp_alpha158"] == "Alpha158"
+    assert [s[0] for s in scores] == ["mlp", "mlp_alpha158"] and scores[0][1] == scores[1][1] > 0
+    assert scores[0][2] != scores[1][2]
+    assert traded["mlp"] == traded["mlp_alpha158"] > 0
+    # the variant is its feature set: a run config asking it for another is refused, its checkpoint kept
+    before = (root / "checkpoints" / "mlp_alpha158" / f"{DAY}.safetensors").read_bytes()
+    refused = materialize(["models/mlp_alpha158_checkpoint"], DAY, DAY, {"models__mlp_alpha158_checkpoint": {
+        "config": {**QUICK, "feature_set": "alpha360"}}}, raise_on_error=False)
+    assert not refused.success
+    assert ("models/mlp_alpha158_checkpoint is mlp on alpha158, and its run config trains it on alpha360: on alpha360, "
+            "materialize models/mlp_checkpoint") in str(refused.get_step_failure_events()[0].event_specific_data.error)
+    assert (root / "checkpoints" / "mlp_alpha158" / f"{DAY}.safetensors").read_bytes() == before

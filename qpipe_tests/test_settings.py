@@ -24,6 +24,12 @@ def test_defaults_work_out_of_the_box(tmp_path):
     ("QPIPE_SOURCE_COLUMNS", "{Name: instrument}", "QPIPE_SOURCE_COLUMNS = '{Name: instrument}' is not a JSON object"),
     ("QPIPE_RETRAIN_EVERY", "biweekly", "QPIPE_RETRAIN_EVERY = 'biweekly': expected one of daily, weekly, monthly"),
     ("QPIPE_MODELS", "lstm,xgboost", "QPIPE_MODELS = 'lstm,xgboost': unknown model 'xgboost'"),
+    ("QPIPE_MODELS", "xgboost_alpha158", "QPIPE_MODELS = 'xgboost_alpha158': unknown model 'xgboost_alpha158'; valid "
+                                         "models: mlp, lstm,"),
+    ("QPIPE_MODELS", "lstm,lstm_alpha360", "QPIPE_MODELS = 'lstm,lstm_alpha360': lstm_alpha360 is what lstm trains on "
+                                           "its own (its feature set alpha360): name lstm"),
+    ("QPIPE_MODELS", "lstm_momentum", "QPIPE_MODELS: lstm_momentum is lstm on the feature set 'momentum', which is "
+                                      "neither alpha158 nor a set of QPIPE_FEATURE_SETS (alpha158)"),
     ("QPIPE_DEVICE", "tpu", "QPIPE_DEVICE = 'tpu': expected auto, cpu, cuda, cuda:<index> or mps, not 'tpu'"),
     ("QPIPE_PARTITIONS_START", "notadate", "QPIPE_PARTITIONS_START = 'notadate': expected a date, YYYY-MM-DD"),
     ("QPIPE_QLIB_INGEST", "some", "QPIPE_QLIB_INGEST = 'some': Input should be 'market' or 'all'"),
@@ -79,6 +85,10 @@ def _in_the_future(text: str) -> str:
     ([], {"QPIPE_PARTITIONS_START": FUTURE}, f"qpipe: QPIPE_PARTITIONS_START = {FUTURE}: no session from it"),
     ([], {"QPIPE_MARKET": "sp999"}, "qpipe: QPIPE_MARKET = 'sp999': not a market of the synthetic source, which has "
                                     "all, syn200"),
+    (["--models", "gru_alpha360"], {}, "main.py: error: --models = 'gru_alpha360': gru_alpha360 is what gru trains on "
+                                       "its own (its feature set alpha360): name gru"),
+    (["--models", "gru_momentum"], {}, "main.py: error: --models: gru_momentum is gru on the feature set 'momentum', "
+                                       "which is neither alpha158 nor a set of QPIPE_FEATURE_SETS (alpha158)"),
     ([], {"QPIPE_THREADS": "0"}, "qpipe: QPIPE_THREADS = '0': expected auto or a positive number of threads per step"),
     ([], {"QPIPE_HOME": "a-file"}, "qpipe: QPIPE_HOME = 'a-file': "),
     ([], {"QPIPE_SOURCE": "tabular", "QPIPE_SOURCE_PATH": "future.csv"}, "qpipe: dates in the future: source future.csv: "
@@ -154,3 +164,30 @@ def test_the_main_job_needs_only_its_own_windows_and_prepares_the_schedules_as_f
     assert features_from("qlib") == str(days[LOOKBACK])  # as far back as the prices go
     with pytest.raises(ValueError, match="the main job needs 513 sessions"):  # its own windows do not fit
         stages(last, ("mlp",), 150, compute_plan(1), first_day=first, profile="quick")
+
+
+def test_qpipe_models_names_architectures_and_their_variants_on_other_feature_sets(tmp_path):
+    """Qlib's table has most networks on Alpha158 and on Alpha360: ``all`` is every architecture (on Alpha360), and
+    ``<architecture>_<feature set>`` one more model, each a row of the leaderboard; the main job trains it with its
+    architecture's quick profile, on the features it materializes."""
+    import datetime as dt
+
+    from qpipe.calendar import trading_days
+    from qpipe.compute import compute_plan
+    from qpipe.main import stages
+    from qpipe.models.registry import ARCHITECTURES
+
+    sets = tmp_path / "sets.yaml"
+    sets.write_text("momentum:\n  ROC1: Ref($close, 1)/$close\n")
+    settings = Settings.from_env({"QPIPE_MODELS": "all, LSTM_alpha158,lstm_momentum, mlp", "QPIPE_FEATURE_SETS": str(sets)})
+    assert settings.models == (*ARCHITECTURES, "lstm_alpha158", "lstm_momentum")
+    assert settings.variants == ("lstm_alpha158", "lstm_momentum")
+    days = trading_days("2020-01-02", "2021-12-01")
+    runs = stages(dt.date.fromisoformat(str(days[-1])), ("mlp_alpha158", "lstm_momentum"), 20, compute_plan(1),
+                  first_day=dt.date.fromisoformat(str(days[0])), profile="quick")
+    assert runs[1].keys == ["features/alpha158", "features/alpha360", "features/momentum", "features/label"]
+    assert runs[2].keys == ["models/mlp_alpha158_checkpoint", "models/lstm_momentum_checkpoint"]
+    trained = runs[2].run_config["ops"]
+    assert trained["models__mlp_alpha158_checkpoint"]["config"]["params"] == {"n_epochs": 30, "batch_size": 512}
+    assert trained["models__lstm_momentum_checkpoint"]["config"]["params"] == {"n_epochs": 4, "hidden_size": 32}
+    assert "reports/lstm_momentum_backtest" in runs[3].keys

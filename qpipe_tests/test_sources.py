@@ -26,7 +26,9 @@ def test_csv_folder_of_per_symbol_files_reads_all_of_sp500(tmp_path, sp500):
         rows.to_csv(folder / f"{symbol}.csv", index=False)
     prices = TabularSource(str(folder)).prices()
     expected = _expected_adjusted(sp500)
-    assert len(prices) == 606_505 and prices["instrument"].nunique() == 489
+    assert prices["instrument"].nunique() == 489
+    prices = prices[prices["close"].notna()].reset_index(drop=True)  # and the 7 days the files lack: see below
+    assert len(prices) == 606_505
     np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
     np.testing.assert_allclose(prices["volume"], expected["volume"], rtol=1e-12)
     assert prices["vwap"].isna().all()  # the source has no vwap, so VWAP features will be NaN as in Qlib
@@ -52,7 +54,8 @@ def test_a_name_column_is_the_symbol_whatever_else_the_header_holds(tmp_path, sp
 def test_parquet_file_with_mapped_columns(tmp_path, sp500):
     path = tmp_path / "renamed.parquet"
     sp500.rename(columns={"symbol": "permno", "close": "px_last"}).to_parquet(path)
-    prices = TabularSource(str(path), columns={"permno": "instrument", "px_last": "close"}).prices()
+    prices = TabularSource(str(path), columns={"permno": "instrument", "px_last": "close"}).prices().dropna(
+        subset="close", ignore_index=True)  # the 7 suspended days the files lack (SP500_GAPS)
     expected = _expected_adjusted(sp500)
     np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
 
@@ -63,6 +66,38 @@ def test_already_adjusted_rows_are_taken_as_they_are(tmp_path, sp500):
     prices = TabularSource(str(path), prices_adjusted=True).prices()
     expected = sp500.head(100).sort_values(["date", "symbol"])
     np.testing.assert_allclose(prices["close"], expected["close"], rtol=1e-12)
+
+
+SP500_GAPS = {("2015-04-28", "MMC"), ("2015-08-25", "ESS"), *((day, "UA") for day in (
+    "2015-11-09", "2015-12-14", "2016-02-08", "2016-02-22", "2016-03-21"))}  # the rows SOURCE.md says were dropped
+
+
+def test_a_day_a_stock_lacks_between_its_first_and_last_rows_is_read_as_qlibs_dump_bin_writes_it(tmp_path, sp500):
+    """Qlib's dump_bin writes each stock's days between its first and last rows, a day without a row as NaN: a
+    suspended day, whose Alpha158 features (windows reaching past it) Qlib still scores. Before, such a day had no
+    row in qpipe, and so no features: a user's CSV of suspended stocks did not give Qlib's figures."""
+    path = tmp_path / "sp500.parquet"
+    sp500.to_parquet(path)
+    source = TabularSource(str(path))
+    prices = source.prices()
+    empty = prices[prices["close"].isna()]
+    assert {(f"{d:%Y-%m-%d}", name) for d, name in empty[["date", "instrument"]].itertuples(index=False)} == SP500_GAPS
+    assert empty[["open", "high", "low", "vwap", "volume", "factor"]].isna().all(axis=None)
+    assert len(prices) == len(sp500) + len(SP500_GAPS) and not prices.duplicated(["date", "instrument"]).any()
+    assert prices.equals(prices.sort_values(["date", "instrument"], ignore_index=True))
+    spans = prices.groupby("instrument")["date"].agg(["min", "max"])  # nothing before a first row or after a last
+    expected = sp500.assign(date=pd.to_datetime(sp500["date"])).groupby("symbol")["date"].agg(["min", "max"])
+    assert spans.rename_axis("symbol").equals(expected)
+    assert spans.loc["BHF", "min"] == pd.Timestamp("2017-07-17") and spans.loc["COH", "max"] == pd.Timestamp("2017-10-30")
+    # a window holds the days of its range, the window of the day alone too
+    window = source.prices("2015-12-01", "2015-12-31")
+    assert window.equals(prices[prices["date"].between("2015-12-01", "2015-12-31")].reset_index(drop=True))
+    day = source.prices("2016-02-08", "2016-02-08")
+    assert day["close"].isna().sum() == 1 and day.loc[day["close"].isna(), "instrument"].tolist() == ["UA"]
+    # a file changed since the last read is read again
+    sp500[~((sp500["symbol"] == "AAPL") & (sp500["date"].astype(str) == "2016-02-09"))].to_parquet(path)
+    again = source.prices("2016-02-08", "2016-02-10")
+    assert set(again.loc[again["close"].isna(), "instrument"]) == {"UA", "AAPL"}
 
 
 def test_qlib_provider_round_trip_keeps_suspension_rows_and_membership(tmp_path, sp500):

@@ -9,8 +9,7 @@ backfill from the UI, a range launched from the command line), but for the runs 
 import dagster as dg
 
 from qpipe.assets.charts import inline
-from qpipe.assets.models import backtest_key, ic_key
-from qpipe.models.registry import ARCHITECTURES
+from qpipe.assets.models import MODELS, backtest_key, ic_key
 from qpipe.resources import CheckpointStore, Warehouse
 from qpipe.settings import get_settings
 
@@ -23,7 +22,7 @@ LEADERBOARD_TABLE = "reports.leaderboard"
                 "and, from its backtest, annualized excess return, IR and max drawdown with cost (PortAnaRecord); "
                 "best Rank IC first; DuckDB reports.leaderboard, a markdown table, a cumulative Rank IC chart and an HTML "
                 "tear sheet linking each model's.",
-    deps=[dg.AssetDep(key) for arch in ARCHITECTURES for key in (ic_key(arch), backtest_key(arch))],
+    deps=[dg.AssetDep(key) for name in MODELS for key in (ic_key(name), backtest_key(name))],
     group_name="summary",
     kinds={"duckdb", "matplotlib"},
     metadata={"dagster/table_name": LEADERBOARD_TABLE},
@@ -37,7 +36,7 @@ def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse,
         wh.ensure_table(con, report.DAILY_IC, report.DAILY_IC_DDL)
         daily = report.read_daily_ic(con)
         if daily.empty:
-            raise dg.Failure("no daily IC stored yet: materialize reports/<arch>_ic for some days first")
+            raise dg.Failure("no daily IC stored yet: materialize reports/<model>_ic for some days first")
         backtests = backtest_store.read_daily(con)
         board = report.leaderboard(daily).merge(backtest_store.portfolio_columns(backtests), on="model", how="left")
         board.insert(1, "dataset", [datasets(con, checkpoints, model) for model in board["model"]])
@@ -80,8 +79,8 @@ leaderboard_job = dg.define_asset_job("leaderboard_job", selection=[leaderboard.
                                       description="Refresh reports/leaderboard.")
 
 
-IC_KEYS = frozenset(ic_key(arch) for arch in ARCHITECTURES)
-BACKTEST_KEYS = frozenset(backtest_key(arch) for arch in ARCHITECTURES)
+IC_KEYS = frozenset(ic_key(name) for name in MODELS)
+BACKTEST_KEYS = frozenset(backtest_key(name) for name in MODELS)
 
 
 def _materialized(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetMaterialization]:

@@ -1,5 +1,7 @@
-"""models/<arch>_checkpoint, predictions/<arch>_predictions, reports/<arch>_ic: built for every registered
-architecture. Each key ends with the architecture's name, which is what a node of the asset graph shows.
+"""models/<model>_checkpoint, predictions/<model>_predictions, reports/<model>_ic, reports/<model>_backtest: built for
+every registered architecture and every variant QPIPE_MODELS names (``lstm_alpha158``: an architecture on another
+feature set, qpipe.models.registry.model_parts). Each key ends with the model's name, which is what a node of the asset
+graph shows.
 
 torch, the engine and matplotlib are imported inside the steps that use them: the code location
 (and every step process that only ingests or computes features) loads without them. Cheap models
@@ -30,7 +32,7 @@ from qpipe.data import warehouse as wh
 from qpipe.devices import step_devices
 from qpipe.evaluation.ic import ic_summary
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LABEL_TABLE
-from qpipe.models.registry import ARCHITECTURES, TRAINING_COST, UnknownModelError
+from qpipe.models.registry import ARCHITECTURES, TRAINING_COST, UnknownModelError, model_parts
 from qpipe.partitions import trading_days
 from qpipe.resources import CheckpointStore, Compute, Warehouse
 from qpipe.settings import get_settings, parse_device
@@ -43,16 +45,16 @@ if TYPE_CHECKING:
 LABEL = dg.AssetKey(["features", "label"])
 
 
-def checkpoint_key(arch: str) -> dg.AssetKey:
-    return dg.AssetKey(["models", f"{arch}_checkpoint"])
+def checkpoint_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["models", f"{name}_checkpoint"])
 
 
-def predictions_key(arch: str) -> dg.AssetKey:
-    return dg.AssetKey(["predictions", f"{arch}_predictions"])
+def predictions_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["predictions", f"{name}_predictions"])
 
 
-def ic_key(arch: str) -> dg.AssetKey:
-    return dg.AssetKey(["reports", f"{arch}_ic"])
+def ic_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["reports", f"{name}_ic"])
 
 
 def _checkpoint_step_tags(arch: str) -> dict[str, str]:
@@ -131,27 +133,40 @@ def _with_default(field: FieldInfo, value) -> FieldInfo:
     return changed
 
 
-def train_config(arch: str, profile: str) -> type[TrainConfig]:
-    """``TrainConfig`` with the defaults of the QPIPE_TRAINING profile for ``arch``: what the launchpad shows, and
-    what a launch or backfill from the UI without a config trains with (``qlib``: TrainConfig's own)."""
+def train_config(name: str, profile: str) -> type[TrainConfig]:
+    """``TrainConfig`` with the defaults of the QPIPE_TRAINING profile for the model ``name`` (a variant's: its
+    feature set too): what the launchpad shows, and what a launch or backfill from the UI without a config trains with
+    (``qlib``: TrainConfig's own)."""
     from qpipe.training_profiles import checkpoint_config
 
-    defaults = checkpoint_config(profile, arch)
+    arch, feature_set = model_parts(name)
+    defaults = checkpoint_config(profile, arch) | ({"feature_set": feature_set} if feature_set else {})
     if not defaults:
         return TrainConfig
     # the field with only its default changed: its rules stay (found in review: train_days 10 went through, since a
     # Field(default, description) dropped ge=20)
     fields = {name: (TrainConfig.model_fields[name].annotation, _with_default(TrainConfig.model_fields[name], value))
               for name, value in defaults.items()}
-    return create_model(f"TrainConfig_{profile}_{arch}", __base__=TrainConfig, **fields)
+    return create_model(f"TrainConfig_{profile}_{name}", __base__=TrainConfig, **fields)
 
 
-def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
-    config_class = train_config(arch, get_settings().training)
+def _title(name: str) -> str:
+    """LSTM, or LSTM on alpha158 for the variant lstm_alpha158."""
+    arch, feature_set = model_parts(name)
+    return arch.upper() + (f" on {feature_set}" if feature_set else "")
+
+
+def _tags(name: str) -> dict[str, str]:
+    """Selectable in the UI and by `dg launch --assets 'tag:qpipe/arch=lstm'` (both LSTMs) or `tag:qpipe/model=...`."""
+    return {"qpipe/arch": model_parts(name)[0], "qpipe/model": name}
+
+
+def _checkpoint_asset(name: str) -> dg.AssetsDefinition:
+    config_class = train_config(name, get_settings().training)
 
     @dg.asset(
-        key=checkpoint_key(arch),
-        description=f"{arch.upper()} trained on the window of labels known at the partition's close; "
+        key=checkpoint_key(name),
+        description=f"{_title(name)} trained on the window of labels known at the partition's close; "
                     "safetensors weights + JSON sidecar (config, windows, processor state, metrics).",
         partitions_def=trading_days,
         deps=[dg.AssetDep(["features", fs], partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-720))
@@ -160,8 +175,8 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         pool="gpu",
         group_name="models",
         kinds={"pytorch", "safetensors"},
-        tags={"qpipe/arch": arch},
-        op_tags=_checkpoint_step_tags(arch),
+        tags=_tags(name),
+        op_tags=_checkpoint_step_tags(model_parts(name)[0]),
     )
     @failures_named()
     def _checkpoint(context: dg.AssetExecutionContext, config: config_class, warehouse: Warehouse,
@@ -180,24 +195,29 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
         # the device, the model and the processors, checked in the step (a value refused as Dagster built the config
         # came under its wrapper's stack, found in review), before any data is read
         device = parse_device(config.device) if config.device else settings.device
+        arch, fixed = model_parts(name)
         model = config.resolve(arch)
+        if fixed and model.feature_set != fixed:
+            raise ValueError(f"models/{name}_checkpoint is {arch} on {fixed}, and its run config trains it on "
+                             f"{model.feature_set}: on {model.feature_set}, materialize models/{arch}_checkpoint (or "
+                             f"the variant {arch}_{model.feature_set} of QPIPE_MODELS); nothing was written")
         processing = config.processing(model)
-        path = checkpoints.path_for(arch, day)
+        path = checkpoints.path_for(name, day)
         previous, _ = stored_version(path)
         trained_before = _recorded_provenance(path) if previous else {}
         with warehouse.get_connection() as con:  # read the window, then let go of the warehouse
-            scored = predicting.days_scored_by(con, arch, day) if previous else None
+            scored = predicting.days_scored_by(con, name, day) if previous else None
             data = dataset.load_training_data(con, model, day, config.train_days, config.valid_days,
                                               market=config.market or settings.market,
                                               shuffle_labels=config.shuffle_labels, processing=processing,
                                               load_cells=compute.load_cells, frame_cells=compute.frame_cells,
                                               scratch=compute.scratch)
-        context.log.info(f"{arch}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
+        context.log.info(f"{name}: {int(data.train.is_sample.sum())} train / {int(data.valid.is_sample.sum())} "
                          f"valid samples, {data.describe_frames()}, windows {data.windows.to_json()}; processors: "
                          f"{processing.names()}"
                          + (" -- labels SHUFFLED within days (placebo control)" if config.shuffle_labels else ""))
         if data.concepts is not None and not data.train.concepts.any():
-            context.log.warning(f"{arch}: raw.concepts holds no concept membership of this window's stocks, so the "
+            context.log.warning(f"{name}: raw.concepts holds no concept membership of this window's stocks, so the "
                                 "predefined-concept module reads all-zero rows; name a file of memberships with "
                                 "QPIPE_CONCEPTS (the README shows how to make one from Qlib's HIST .npy files)")
         began = time.perf_counter()
@@ -228,20 +248,20 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
                          f"{result.device} ({compute.threads} thread{'s' if compute.threads > 1 else ''})")
         from qpipe.evaluation.report import training_curves_chart
 
-        chart = training_curves_chart(result.history, result.best_epoch, f"{arch} {day}",
-                                      Path(checkpoints.root) / arch / f"{day}.curves.png", result.placebo_valid_loss)
+        chart = training_curves_chart(result.history, result.best_epoch, f"{name} {day}",
+                                      Path(checkpoints.root) / name / f"{day}.curves.png", result.placebo_valid_loss)
         sha, version = stored_version(path)
         if scored and sha != previous:
             in_a_job = "qpipe/main" in context.run.tags  # the main job or qpipe qrun, whose next run predicts again
             (context.log.info if in_a_job else context.log.warning)(
-                f"the stored {arch} scores of {scored[0]}..{scored[1]} were made by this checkpoint's previous weights "
+                f"the stored {name} scores of {scored[0]}..{scored[1]} were made by this checkpoint's previous weights "
                 f"({previous[:12]}; now {sha[:12]}"
                 + (f", trained with {trained_before['threads']} CPU threads then and {compute.threads} now: a CPU "
                    "run's weights depend on its thread count, QPIPE_THREADS"
                    if trained_before.get("threads") not in (None, compute.threads) and result.device == "cpu" else "")
                 + "): "
                 + ("this job's next runs predict the days they cover again" if in_a_job else
-                   f"predict them again to have them from these (dg launch --assets predictions/{arch}_predictions "
+                   f"predict them again to have them from these (dg launch --assets predictions/{name}_predictions "
                    f"--partition-range {scored[0]}...{scored[1]})"))
         # the data version: the weights with the columns and processor state they read (the same again leave the
         # predictions up to date)
@@ -250,7 +270,7 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
             "weights_sha256": sha,
             **training_metadata(result, model.params, int(data.train.is_sample.sum())),
             "curves": dg.MetadataValue.path(str(chart)),
-            "training curves": inline(chart, f"{arch} {day} training curves"),
+            "training curves": inline(chart, f"{name} {day} training curves"),
             "best_epoch": result.best_epoch,
             "valid_loss": round(float(best["valid_loss"]), 6),
             "valid_ic": round(float(best["valid_ic"]), 4),
@@ -277,11 +297,11 @@ def _checkpoint_asset(arch: str) -> dg.AssetsDefinition:
     return _checkpoint
 
 
-def lost_checkpoints(instance: dg.DagsterInstance, arch: str, checkpoints: CheckpointStore) -> list[str]:
+def lost_checkpoints(instance: dg.DagsterInstance, name: str, checkpoints: CheckpointStore) -> list[str]:
     """The checkpoint partitions Dagster last materialized into this store whose files are gone (a checkpoint
     materialized into another QPIPE_HOME is not this store's)."""
-    key, folder = checkpoint_key(arch), checkpoints.path_for(arch, "").resolve()
-    gone = sorted(instance.get_materialized_partitions(key) - set(checkpoints.partitions(arch)))
+    key, folder = checkpoint_key(name), checkpoints.path_for(name, "").resolve()
+    gone = sorted(instance.get_materialized_partitions(key) - set(checkpoints.partitions(name)))
     if not gone:
         return []
     latest: dict[str, str] = {}
@@ -345,19 +365,19 @@ class PredictConfig(dg.Config):
         return [date.fromisoformat(day).isoformat() for day in days]
 
 
-def _predictions_asset(arch: str) -> dg.AssetsDefinition:
+def _predictions_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=predictions_key(arch),
-        description=f"{arch.upper()} scores per (date, instrument) from the newest checkpoint at or before "
+        key=predictions_key(name),
+        description=f"{_title(name)} scores per (date, instrument) from the newest checkpoint at or before "
                     "each day; DuckDB predictions.scores.",
         partitions_def=trading_days,
-        deps=[dg.AssetDep(checkpoint_key(arch), partition_mapping=CHECKPOINTS_A_DAY_READS), dg.AssetDep(UNIVERSE)]
+        deps=[dg.AssetDep(checkpoint_key(name), partition_mapping=CHECKPOINTS_A_DAY_READS), dg.AssetDep(UNIVERSE)]
              + [dg.AssetDep(["features", fs]) for fs in FEATURE_SETS],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",
         group_name="predictions",
         kinds={"duckdb", "pytorch"},
-        tags={"qpipe/arch": arch},
+        tags=_tags(name),
         metadata={"dagster/table_name": wh.PREDICTIONS},
     )
     @failures_named()
@@ -369,24 +389,24 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
         refuse_before_the_close(end, "a session is scored from its features, made once its prices are in after the "
                                      "close")
         with warehouse.get_connection() as con:
-            before = _checkpoint_of(con, arch, start, end)
-            written, used = predicting.write_predictions(con, checkpoints, arch, start, end,
+            before = _checkpoint_of(con, name, start, end)
+            written, used = predicting.write_predictions(con, checkpoints, name, start, end,
                                                          market=get_settings().market, load_cells=compute.load_cells,
-                                                         recorded=lost_checkpoints(context.instance, arch, checkpoints),
+                                                         recorded=lost_checkpoints(context.instance, name, checkpoints),
                                                          only=config.checkpoints, warn=context.log.warning)
-            checkpoint_of = _checkpoint_of(con, arch, start, end)
-            digests = wh.day_versions(con, wh.PREDICTIONS, start, end, model=arch)
-            version = rows_version(context, predictions_key(arch), digests)  # the same scores again change nothing
+            checkpoint_of = _checkpoint_of(con, name, start, end)
+            digests = wh.day_versions(con, wh.PREDICTIONS, start, end, model=name)
+            version = rows_version(context, predictions_key(name), digests)  # the same scores again change nothing
         context.log.info(f"{written} scores for {start.date()}..{end.date()} from checkpoint{'s' if len(used) > 1 else ''} "
                          f"{', '.join(f'{p} (weights {sha[:12]})' for p, sha in used.items())}" + recording(context))
         switched = sorted(day for day, checkpoint in checkpoint_of.items() if before.get(day, checkpoint) != checkpoint)
         if switched:  # (found in review: the IC stored of such days was the old scores', with no word of it)
             # the main job and qpipe qrun score, report and trade the days again in their next runs
             (context.log.info if "qpipe/main" in context.run.tags else context.log.warning)(
-                f"{len(switched)} day(s) of {arch} scores ({switched[0]}..{switched[-1]}) were made by checkpoint "
+                f"{len(switched)} day(s) of {name} scores ({switched[0]}..{switched[-1]}) were made by checkpoint "
                 f"{before[switched[0]]} and are now by {checkpoint_of[switched[0]]}: their IC and backtest are the old "
-                f"scores' until reports/{arch}_ic and reports/{arch}_backtest run again over them (dg launch --assets "
-                f"reports/{arch}_ic,reports/{arch}_backtest --partition-range {switched[0]}...{switched[-1]})")
+                f"scores' until reports/{name}_ic and reports/{name}_backtest run again over them (dg launch --assets "
+                f"reports/{name}_ic,reports/{name}_backtest --partition-range {switched[0]}...{switched[-1]})")
         rows_by_partition(context, digests)
         per_partition(context, {day: {"checkpoint": checkpoint} for day, checkpoint in checkpoint_of.items()})
         return dg.MaterializeResult(data_version=version, metadata={"rows_written": written,
@@ -396,19 +416,19 @@ def _predictions_asset(arch: str) -> dg.AssetsDefinition:
     return _predictions
 
 
-def _ic_asset(arch: str) -> dg.AssetsDefinition:
+def _ic_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=ic_key(arch),
-        description=f"{arch.upper()} daily IC and Rank IC against the raw label (Qlib SigAnaRecord), for the "
+        key=ic_key(name),
+        description=f"{_title(name)} daily IC and Rank IC against the raw label (Qlib SigAnaRecord), for the "
                     "labels that became known on the partition's days; IC, ICIR, Rank IC, Rank ICIR to date.",
         partitions_def=trading_days,
-        deps=[dg.AssetDep(predictions_key(arch), partition_mapping=dg.TimeWindowPartitionMapping(
+        deps=[dg.AssetDep(predictions_key(name), partition_mapping=dg.TimeWindowPartitionMapping(
             start_offset=-LABEL_HORIZON, end_offset=-LABEL_HORIZON)), dg.AssetDep(LABEL)],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",
         group_name="reports",
         kinds={"duckdb", "matplotlib"},
-        tags={"qpipe/arch": arch},
+        tags=_tags(name),
     )
     def _ic(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
         from qpipe.evaluation import report
@@ -417,11 +437,11 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
         refuse_before_the_close(end, "the IC of a session is of the labels its close makes known")
         with warehouse.get_connection() as con:
             refuse_days_without(con, LABEL_TABLE, "known_on", start, end, "features/label")
-            daily = report.write_daily_ic(con, arch, start, end)
-            history = report.read_daily_ic(con, arch, end)
-        chart = report.cumulative_ic_chart(history, arch, get_settings().home / "reports" / f"{arch}_ic.png")
+            daily = report.write_daily_ic(con, name, start, end)
+            history = report.read_daily_ic(con, name, end)
+        chart = report.cumulative_ic_chart(history, name, get_settings().home / "reports" / f"{name}_ic.png")
         summary = ic_summary(history)
-        context.log.info(f"{arch}: IC of {len(daily)} session{'s' if len(daily) != 1 else ''} stored; to date "
+        context.log.info(f"{name}: IC of {len(daily)} session{'s' if len(daily) != 1 else ''} stored; to date "
                          f"{report.format_summary(summary)}"
                          + recording(context))
         # what the UI plots over partitions: each partition's own IC, of the labels known on it, and the figures to
@@ -433,7 +453,7 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
             figures[str(day.date())] = finite({"IC": row["IC"], "Rank IC": row["Rank IC"],
                                                **{f"{k} to date": v for k, v in to_date.items()}})
         # the chart on the last day's materialization only: the one the asset's page shows
-        context.add_asset_metadata({"cumulative IC": inline(chart, f"{arch} cumulative IC")},
+        context.add_asset_metadata({"cumulative IC": inline(chart, f"{name} cumulative IC")},
                                    partition_key=context.partition_keys[-1])
         per_partition(context, figures)
         return dg.MaterializeResult(metadata={
@@ -444,8 +464,8 @@ def _ic_asset(arch: str) -> dg.AssetsDefinition:
     return _ic
 
 
-def _scores_spread_check(arch: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=predictions_key(arch), name="scores_differ_within_each_day", pool="duckdb",
+def _scores_spread_check(name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=predictions_key(name), name="scores_differ_within_each_day", pool="duckdb",
                     description="Each day's scores are not all equal: a model that gives every stock one score (it "
                                 "collapsed: features of ~1e18, a learning rate too high) ranks nothing, and its IC is "
                                 "undefined; a warning, not a stop.")
@@ -455,7 +475,7 @@ def _scores_spread_check(arch: str) -> dg.AssetChecksDefinition:
                 WITH d AS (SELECT date, min(score) = max(score) AND count(*) > 1 AS flat FROM {wh.PREDICTIONS}
                            WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1)
                 SELECT count(*), count(*) FILTER (WHERE flat), min(CASE WHEN flat THEN strftime(date, '%Y-%m-%d') END)
-                FROM d""", [arch, *check_range(context)]).fetchall()[0]
+                FROM d""", [name, *check_range(context)]).fetchall()[0]
         return dg.AssetCheckResult(passed=flat == 0, severity=dg.AssetCheckSeverity.WARN,
                                    description=f"{flat} of {days} days have one score for every stock (the first: "
                                                f"{example}): the model collapsed" if flat else None,
@@ -464,8 +484,8 @@ def _scores_spread_check(arch: str) -> dg.AssetChecksDefinition:
     return _check
 
 
-def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=predictions_key(arch), name="one_finite_score_per_member", blocking=True, pool="duckdb",
+def _predictions_check(name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=predictions_key(name), name="one_finite_score_per_member", blocking=True, pool="duckdb",
                     description="Each day: one finite score for every member of the market with prices (and so "
                                 "features), no other.")
     def _check(context: dg.AssetCheckExecutionContext, warehouse: Warehouse) -> dg.AssetCheckResult:
@@ -483,7 +503,7 @@ def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
                        coalesce(sum(s.n - s.k), 0), coalesce(sum(s.bad), 0),
                        min(CASE WHEN s.n IS DISTINCT FROM m.n THEN strftime(coalesce(m.date, s.date), '%Y-%m-%d') END)
                 FROM members m FULL JOIN scores s ON s.date = m.date""",
-                [*check_range(context), get_settings().market, arch]).fetchall()[0]
+                [*check_range(context), get_settings().market, name]).fetchall()[0]
         why = ("no day of scores or members" if days == 0 else
                f"{short_days} days whose scores are not one per member with prices, the first {example}"
                if short_days else f"{int(duplicates)} duplicate and {int(non_finite)} non-finite scores"
@@ -500,8 +520,8 @@ def _predictions_check(arch: str) -> dg.AssetChecksDefinition:
 SIGNIFICANT_T = 2.0  # t-statistic of the daily valid ICs above which a model ranks the stocks better than chance
 
 
-def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=checkpoint_key(arch), name="valid_score_finite_and_beats_a_placebo", blocking=True,
+def _checkpoint_check(name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=checkpoint_key(name), name="valid_score_finite_and_beats_a_placebo", blocking=True,
                     description="The checkpoints of the run's days: best valid loss and IC finite (else an error that "
                                 "blocks their predictions); the valid loss no worse than a placebo that scores every "
                                 f"stock 0, or the daily valid ICs significantly positive, t > {SIGNIFICANT_T:g} (else a warning: the "
@@ -513,10 +533,10 @@ def _checkpoint_check(arch: str) -> dg.AssetChecksDefinition:
         from qpipe.training.checkpoint import checkpoint_paths
 
         first, last = (str(day) for day in check_range(context))
-        days = [day for day in checkpoints.partitions(arch) if first <= day <= last]
+        days = [day for day in checkpoints.partitions(name) if first <= day <= last]
         broken, worse = [], []
         for day in days:
-            sidecar = json.loads(checkpoint_paths(checkpoints.path_for(arch, day))[1].read_text())
+            sidecar = json.loads(checkpoint_paths(checkpoints.path_for(name, day))[1].read_text())
             best = sidecar["history"][sidecar["best_epoch"] - 1]
             loss, ic, placebo = best["valid_loss"], best["valid_ic"], sidecar.get("placebo_valid_loss")
             ranks = (best.get("valid_ic_t") or 0) > SIGNIFICANT_T  # (sidecars before it: None, or absent)
@@ -551,17 +571,17 @@ def _recorded_provenance(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _checkpoint_of(con, arch: str, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, str]:
-    """The checkpoint partition of each day's stored ``arch`` scores in [start, end]."""
+def _checkpoint_of(con, name: str, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, str]:
+    """The checkpoint partition of each day's stored ``name`` scores in [start, end]."""
     if not wh.has_table(con, wh.PREDICTIONS):
         return {}
     return dict(con.execute(f"SELECT date::VARCHAR, any_value(checkpoint_partition::VARCHAR) FROM {wh.PREDICTIONS} "
-                            "WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1", [arch, start.date(), end.date()])
+                            "WHERE model = ? AND date BETWEEN ? AND ? GROUP BY 1", [name, start.date(), end.date()])
                 .fetchall())
 
 
-def backtest_key(arch: str) -> dg.AssetKey:
-    return dg.AssetKey(["reports", f"{arch}_backtest"])
+def backtest_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["reports", f"{name}_backtest"])
 
 
 REGION_SETTINGS = ("limit_threshold", "trade_unit")  # the market's exchange decides them at run time
@@ -632,22 +652,22 @@ def backtest_figures(daily) -> dict[str, float]:
     return finite(figures)
 
 
-def _backtest_asset(arch: str) -> dg.AssetsDefinition:
+def _backtest_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=backtest_key(arch),
-        description=f"{arch.upper()} scores traded as Qlib's PortAnaRecord (TopkDropoutStrategy, daily exchange): "
+        key=backtest_key(name),
+        description=f"{_title(name)} scores traded as Qlib's PortAnaRecord (TopkDropoutStrategy, daily exchange): "
                     "the score of day T trades at T+1; DuckDB reports.backtest_daily / _positions / _trades / "
                     "_strategy; "
                     "annualized excess return, IR and max drawdown with and without cost to date, the benchmark's; a "
                     "self-contained HTML tear sheet (backtest, risk, alphalens-style signal views).",
         partitions_def=trading_days,
-        deps=[dg.AssetDep(predictions_key(arch), partition_mapping=dg.TimeWindowPartitionMapping(
+        deps=[dg.AssetDep(predictions_key(name), partition_mapping=dg.TimeWindowPartitionMapping(
             start_offset=-1, end_offset=-1)), dg.AssetDep(["raw", "prices"])],
         backfill_policy=dg.BackfillPolicy.single_run(),
         pool="duckdb",
         group_name="reports",
         kinds={"duckdb", "matplotlib"},
-        tags={"qpipe/arch": arch},
+        tags=_tags(name),
         metadata={"dagster/table_name": "reports.backtest_daily"},
     )
     def _backtest(context: dg.AssetExecutionContext, config: PortfolioConfig, warehouse: Warehouse,
@@ -663,15 +683,15 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
         with warehouse.get_connection() as con:
             refuse_days_without(con, wh.PRICES, "date", start, end, "raw/prices")
             try:
-                result, later = backtest_store.run_backtest(con, arch, start.date(), end.date(), settings.market,
+                result, later = backtest_store.run_backtest(con, name, start.date(), end.date(), settings.market,
                                                             portfolio, benchmark=settings.benchmark,
                                                             load_cells=compute.load_cells)
             except backtest_store.BacktestGap as gap:
                 raise dg.Failure(str(gap)) from None
-            daily = backtest_store.read_daily(con, arch)
-            indicators = backtest_store.read_daily(con, arch, backtest_store.INDICATORS_TABLE)
-            chart = report.backtest_chart(daily, arch, folder / f"{arch}_backtest.png")
-            sheet = tearsheet.write_model_tearsheet(con, arch, later[-1] if later else end.date(),
+            daily = backtest_store.read_daily(con, name)
+            indicators = backtest_store.read_daily(con, name, backtest_store.INDICATORS_TABLE)
+            chart = report.backtest_chart(daily, name, folder / f"{name}_backtest.png")
+            sheet = tearsheet.write_model_tearsheet(con, name, later[-1] if later else end.date(),
                                                     portfolio.model_dump(), chart, folder)
         # what the UI plots over partitions: on each day, risk_analysis to that day, Qlib's indicator_analysis of the
         # trades to it, and the day's own figures
@@ -684,22 +704,22 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
             for day, row in result.report.iterrows()}
         per_partition(context, days)
         figures = to_date(pd.Timestamp(later[-1] if later else end))
-        signal = folder / f"{arch}_signal.png"  # the tear sheet's alphalens-style views (found in review: only in
-        context.add_asset_metadata({"backtest": inline(chart, f"{arch} backtest"),  # the HTML, no use remotely)
-                                    **({"signal": inline(signal, f"{arch} quantile returns and IC decay")}
+        signal = folder / f"{name}_signal.png"  # the tear sheet's alphalens-style views (found in review: only in
+        context.add_asset_metadata({"backtest": inline(chart, f"{name} backtest"),  # the HTML, no use remotely)
+                                    **({"signal": inline(signal, f"{name} quantile returns and IC decay")}
                                        if signal.exists() else {})},
                                    partition_key=context.partition_keys[-1])  # on the page's materialization
         if result.deals_at_close:
             context.log.warning(f"{portfolio.deal_price} is missing on {result.deals_at_close} of the quotes that have "
                                 "a close (a source without it: Yahoo's has no vwap): those deal at the close, as "
                                 "Qlib's exchange deals them (it warns 'setting deal_price to close price')")
-        context.log.info(f"{arch}: {len(result.report)} sessions traded, {len(result.trades)} orders"
+        context.log.info(f"{name}: {len(result.report)} sessions traded, {len(result.trades)} orders"
                          + "; to date: " + ", ".join(f"{k} {v:+.4f}" for k, v in figures.items()) + recording(context))
         if later:  # traded again from this range's new state: Dagster records them as materialized by this run
-            context.log.info(f"{arch}: the {len(later)} stored days after {end.date()} ({later[0]}..{later[-1]}) "
+            context.log.info(f"{name}: the {len(later)} stored days after {end.date()} ({later[0]}..{later[-1]}) "
                              "follow from these: traded again too")
             for day in map(str, later):
-                context.log_event(dg.AssetMaterialization(asset_key=backtest_key(arch), partition=day, metadata={
+                context.log_event(dg.AssetMaterialization(asset_key=backtest_key(name), partition=day, metadata={
                     **days[day], "traded again": f"after the run of {start.date()}..{end.date()}"}))
         return dg.MaterializeResult(metadata={
             "days": len(daily), "orders": len(result.trades), "deals_at_close": result.deals_at_close,
@@ -712,10 +732,11 @@ def _backtest_asset(arch: str) -> dg.AssetsDefinition:
     return _backtest
 
 
-def build_model_defs(arch: str) -> list[dg.AssetsDefinition]:
-    return [_checkpoint_asset(arch), _predictions_asset(arch), _ic_asset(arch), _backtest_asset(arch)]
+def build_model_defs(name: str) -> list[dg.AssetsDefinition]:
+    return [_checkpoint_asset(name), _predictions_asset(name), _ic_asset(name), _backtest_asset(name)]
 
 
-model_assets = [asset for arch in ARCHITECTURES for asset in build_model_defs(arch)]
-model_checks = [check for arch in ARCHITECTURES
-                for check in (_checkpoint_check(arch), _predictions_check(arch), _scores_spread_check(arch))]
+MODELS = ARCHITECTURES + get_settings().variants  # every model with assets: the architectures, QPIPE_MODELS' variants
+model_assets = [asset for name in MODELS for asset in build_model_defs(name)]
+model_checks = [check for name in MODELS
+                for check in (_checkpoint_check(name), _predictions_check(name), _scores_spread_check(name))]

@@ -81,6 +81,7 @@ def _scan_or_explain(con: duckdb.DuckDBPyConnection, sql: str, source: str) -> d
                              detail=f"{detail} (a file cut mid-row, or rows of another layout?)") from None
 
 
+_LAYOUTS: dict[tuple, tuple[np.ndarray, ...]] = {}  # TabularSource._layout's, of the source read last
 FEW_BAD_DATES = 0.01  # the share of a source's distinct date values that may fail to parse: typos, not a wrong format
 # Date formats a date column may be in, named in the hint of an "unparseable date" error.
 DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y.%m.%d", "%d-%b-%Y",
@@ -148,7 +149,55 @@ class TabularSource:
             return empty_prices()  # the source has no rows on those days: the caller says so
         frame["date"] = frame["date"].astype("datetime64[ns]")
         frame["_file"] = pd.Categorical.from_codes(frame.pop("_file_id"), [str(f) for f in files])
-        return validate_prices(frame, self.path)
+        return self._with_suspended_days(validate_prices(frame, self.path), start, end)
+
+    def _with_suspended_days(self, frame: pd.DataFrame, start, end) -> pd.DataFrame:
+        """``frame`` with a row of empty prices for each day of the source's calendar between a stock's first and last
+        rows in the files that it has no row of: Qlib's ``dump_bin`` writes such a day so (its features, windows that
+        reach past it, are still scored), and so ``raw.prices`` holds it as a suspended day."""
+        days, names, firsts, lasts = self._layout(frame if start is None and end is None else None)
+        days = days[(days >= np.datetime64(pd.Timestamp(start).date() if start is not None else days[0]))
+                    & (days <= np.datetime64(pd.Timestamp(end).date() if end is not None else days[-1]))]
+        first, last = np.searchsorted(days, firsts, "left"), np.searchsorted(days, lasts, "right")
+        have = frame["instrument"].value_counts().reindex(names, fill_value=0).to_numpy()
+        short = np.flatnonzero(last - first > have)
+        if len(short) == 0:
+            return frame
+        dated = frame.groupby("instrument")["date"]
+        stored = set(frame["instrument"])
+        gaps = []
+        for k in short:
+            name = names[k]
+            span = days[first[k]:last[k]]
+            held = dated.get_group(name).to_numpy().astype("datetime64[D]") if name in stored else span[:0]
+            gaps.append(pd.DataFrame({"date": np.setdiff1d(span, held).astype("datetime64[ns]"), "instrument": name}))
+        empty = pd.concat(gaps, ignore_index=True).reindex(columns=frame.columns)
+        empty = empty.astype({c: frame[c].dtype for c in frame.columns if c not in ("date", "instrument")})
+        return pd.concat([frame, empty], ignore_index=True).sort_values(["date", "instrument"], ignore_index=True)
+
+    def _layout(self, whole: pd.DataFrame | None = None) -> tuple[np.ndarray, ...]:
+        """The source's calendar, its stocks and the dates of their first and last rows: from ``whole``, its rows, where
+        they were all read, else from a scan of its dates and symbols, once while its files are unchanged (a long
+        range's ingest reads its rows block by block)."""
+        files = self.files()
+        key = (self.path, tuple(sorted(self.columns.items())), self.date_format,
+               tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+        if key in _LAYOUTS:
+            return _LAYOUTS[key]
+        if whole is not None:
+            spans = whole.groupby("instrument", sort=True)["date"].agg(["min", "max"])
+            layout = (np.unique(whole["date"].to_numpy().astype("datetime64[D]")), spans.index.to_numpy().astype(str),
+                      spans["min"].to_numpy().astype("datetime64[D]"), spans["max"].to_numpy().astype("datetime64[D]"))
+        else:
+            spans = self._scan(("date", "instrument"), f"""
+                SELECT trim(instrument) AS instrument, min({self._parsed('date')}) AS first,
+                       max({self._parsed('date')}) AS last
+                FROM scan WHERE instrument IS NOT NULL AND trim(instrument) <> '' GROUP BY 1 HAVING first IS NOT NULL""")
+            layout = (self._days(), np.asarray(spans["instrument"]).astype(str),
+                      *(np.asarray(spans[end]).astype("datetime64[D]") for end in ("first", "last")))
+        _LAYOUTS.clear()  # one source at a time is read; a changed file makes a new key
+        _LAYOUTS[key] = layout
+        return layout
 
     def reference(self, load_cells: int = LOAD_CELLS) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The ``all`` market (each symbol's first to last date) from the whole table, validated as the ingest

@@ -22,8 +22,19 @@ BUILTIN_COST = {"mlp": 0.9, "tabnet": 1.0, "gats": 2.3, "hist": 2.4, "gru": 3.0,
 UNMEASURED_COST = 10.0  # a plugin's, or a new file's not yet measured: after the RNNs, before the attention models
 
 
+DEFAULT_FEATURE_SET = "alpha360"  # what an architecture's own checkpoint asset trains on unless its run config says
+
+
 class UnknownModelError(LookupError):
     pass
+
+
+def model_parts(name: str) -> tuple[str, str | None]:
+    """A model's architecture, and the feature set its name fixes: ``lstm`` trains on its run config's set (Alpha360
+    by default), the variant ``lstm_alpha158`` on Alpha158 alone; each has assets of its own, so both rows of Qlib's
+    table live side by side. (An architecture's name has no underscore: ``PLUGIN_NAME``.)"""
+    arch, _, feature_set = name.partition("_")
+    return arch, feature_set or None
 
 
 def _where(point: EntryPoint) -> str:
