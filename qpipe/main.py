@@ -210,6 +210,14 @@ def main() -> None:
         refuse_unknown_sets(models, get_settings().feature_sets, "--models")
     except ValueError as error:
         parser.error(str(error).replace("QPIPE_MODELS", "--models"))
+    from qpipe.models.config import model_config
+
+    for name in models:  # a variant Qlib has no setting of (hist_alpha158): now, not after prices and features
+        arch, feature_set = model_parts(name)
+        try:
+            model_config(arch, feature_set or "alpha360")
+        except ValueError as error:
+            parser.error(f"--models: {name}: {error}")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: expected a positive number of epochs")
     if args.test_days < 1:

@@ -89,6 +89,8 @@ def _in_the_future(text: str) -> str:
                                        "its own (its feature set alpha360): name gru"),
     (["--models", "gru_momentum"], {}, "main.py: error: --models: gru_momentum is gru on the feature set 'momentum', "
                                        "which is neither alpha158 nor a set of QPIPE_FEATURE_SETS (alpha158)"),
+    (["--models", "mlp,hist_alpha158"], {}, "main.py: error: --models: hist_alpha158: model 'hist' has no preset for "
+                                            "feature set 'alpha158'; valid: alpha360"),
     ([], {"QPIPE_THREADS": "0"}, "qpipe: QPIPE_THREADS = '0': expected auto or a positive number of threads per step"),
     ([], {"QPIPE_HOME": "a-file"}, "qpipe: QPIPE_HOME = 'a-file': "),
     ([], {"QPIPE_SOURCE": "tabular", "QPIPE_SOURCE_PATH": "future.csv"}, "qpipe: dates in the future: source future.csv: "
