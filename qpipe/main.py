@@ -94,7 +94,7 @@ def stages(last_day: date, models: tuple[str, ...], test_days: int, plan: Comput
     checkpoint_day, first_scored, end = days[checkpoint], days[checkpoint + 1], days[-1]
     cheapest_first = sorted(models, key=lambda name: TRAINING_COST[model_parts(name)[0]])
     training = {"ops": {checkpoint_key(name).to_python_identifier():
-                        {"config": checkpoint_config("quick", model_parts(name)[0], epochs)} for name in models},
+                        {"config": checkpoint_config("quick", name, epochs)} for name in models},
         "execution": {"config": {"multiprocess": {"max_concurrent": plan.parallel_steps}}}}
     return [
         Stage(f"prices and universe {prices_from}..{end}", "daily_pipeline", ["raw/prices", "raw/universe", "raw/concepts"],

@@ -106,8 +106,8 @@ def _request(context: dg.ScheduleEvaluationContext, day: date, caught_up: str | 
     selection = scheduled_models(DAILY if retrain else WITHOUT_RETRAINING)
     graph = context.repository_def.asset_graph
     keys = None if selection is DAILY else sorted(selection.resolve(graph))
-    training = {checkpoint_key(arch).to_python_identifier(): {"config": checkpoint_config(settings.training, arch)}
-                for arch in settings.models} if retrain and settings.training != "qlib" else {}
+    training = {checkpoint_key(name).to_python_identifier(): {"config": checkpoint_config(settings.training, name)}
+                for name in settings.models} if retrain and settings.training != "qlib" else {}
     return dg.RunRequest(partition_key=day.isoformat(), run_key=run_key, asset_selection=keys,
                          asset_check_keys=None if keys is None else sorted(checks_but_freshness(graph, set(keys))),
                          run_config={"ops": training} if training else {},

@@ -69,7 +69,8 @@ def parse_models(text: str | tuple) -> tuple[str, ...]:
     names: list[str] = []
     for name in (name.strip().lower() for name in text.split(",") if name.strip()):
         names.extend(each for each in (ARCHITECTURES if name == "all" else (name,)) if each not in names)
-    unknown = [name for name in names if model_parts(name)[0] not in ARCHITECTURES]
+    # (an empty feature set, lstm_, was a second LSTM on Alpha360: found in review)
+    unknown = [name for name in names if model_parts(name)[0] not in ARCHITECTURES or name.endswith("_")]
     if unknown or not names:
         raise ValueError(f"QPIPE_MODELS = {text!r}: unknown model {unknown[0] if unknown else '(none)'!r}; "
                          f"valid models: {', '.join(ARCHITECTURES)} (or all), and an architecture on another feature "

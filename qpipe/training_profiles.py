@@ -9,6 +9,8 @@ find the embedded market's planted signal (the Transformer and Localformer: abou
 
 from typing import Any, Literal
 
+from qpipe.models.registry import model_parts
+
 Profile = Literal["qlib", "quick"]  # QPIPE_TRAINING
 QUICK_WINDOW = {"train_days": 240, "valid_days": 60}
 # The MLP takes batches of 512 instead of Qlib's 4096: on 48,000 training rows that gives it enough steps. The
@@ -27,9 +29,11 @@ def training_window(profile: Profile) -> dict[str, int]:
     return dict(QUICK_WINDOW) if profile == "quick" else {}
 
 
-def checkpoint_config(profile: Profile, arch: str, epochs: int | None = None) -> dict[str, Any]:
-    """The checkpoint asset's config for ``arch`` under ``profile`` (empty for ``qlib``: its defaults); ``epochs``
-    replaces the profile's ``n_epochs`` (early stopping still applies)."""
+def checkpoint_config(profile: Profile, model: str, epochs: int | None = None) -> dict[str, Any]:
+    """The checkpoint asset's config for ``model`` (an architecture, or a variant: its architecture's) under
+    ``profile`` (empty for ``qlib``: its defaults); ``epochs`` replaces the profile's ``n_epochs`` (early stopping still
+    applies)."""
+    arch, _ = model_parts(model)  # (found in review: the schedule trained mlp_alpha158 4 epochs of batch 8192)
     params = dict(QUICK_PARAMS.get(arch, {"n_epochs": QUICK_EPOCHS})) if profile == "quick" else {}
     if epochs:
         params["n_epochs"] = epochs

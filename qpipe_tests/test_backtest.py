@@ -342,6 +342,9 @@ def test_the_launchpad_shows_the_backtests_settings_and_refuses_a_misspelt_one_w
 
     with pytest.raises(ValidationError, match="n_dorp"):
         PortAnalysis(n_dorp=3)
+    with pytest.raises(ValidationError, match="topk\n  Input should be a valid integer"):
+        PortAnalysis(topk="10")
+    assert PortAnalysis(topk=10, open_cost=1, limit_threshold=None).topk == 10  # an int is a float's value
 
 
 def test_risk_analysis_by_hand_in_both_modes():

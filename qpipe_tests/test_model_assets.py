@@ -617,7 +617,7 @@ def test_scores_name_the_weights_that_made_them_and_a_checkpoint_whose_files_are
         assert con.execute("SELECT * FROM predictions.scores WHERE model = 'gru' ORDER BY ALL").fetchall() == before
 
 
-def test_an_architecture_on_two_feature_sets_is_two_models_side_by_side(env, isolated_home):
+def test_an_architecture_on_two_feature_sets_is_two_models_side_by_side(env, isolated_home, monkeypatch):
     """Qlib's table has most networks twice, on Alpha158 and on Alpha360; a home held one of them (found in review).
     The variant ``mlp_alpha158`` of QPIPE_MODELS has assets of its own beside ``mlp``'s: its checkpoints, scores, IC
     and backtest, and its row of the leaderboard."""
@@ -627,8 +627,11 @@ def test_an_architecture_on_two_feature_sets_is_two_models_side_by_side(env, iso
     resources, root = env
     assets = [*ASSETS, *build_model_defs("mlp_alpha158"), leaderboard]
 
+    instance = dg.DagsterInstance.ephemeral()
+
     def materialize(keys, start, end, config=None, raise_on_error=True):
         return dg.materialize(assets, selection=[dg.AssetKey.from_user_string(k) for k in keys], resources=resources,
+                              instance=instance,
                               tags={"dagster/asset_partition_range_start": start,
                                     "dagster/asset_partition_range_end": end},
                               run_config={"ops": config or {}}, raise_on_error=raise_on_error)
@@ -659,5 +662,13 @@ def test_an_architecture_on_two_feature_sets_is_two_models_side_by_side(env, iso
         "config": {**QUICK, "feature_set": "alpha360"}}}, raise_on_error=False)
     assert not refused.success
     assert ("models/mlp_alpha158_checkpoint is mlp on alpha158, and its run config trains it on alpha360: on alpha360, "
-            "materialize models/mlp_checkpoint") in str(refused.get_step_failure_events()[0].event_specific_data.error)
+            "materialize models/mlp_checkpoint; nothing was written") in str(
+        refused.get_step_failure_events()[0].event_specific_data.error)
     assert (root / "checkpoints" / "mlp_alpha158" / f"{DAY}.safetensors").read_bytes() == before
+    # the architecture's own asset may train on Alpha158 too, and says that it then repeats the variant
+    monkeypatch.setattr("qpipe.assets.models.MODELS", ("mlp", "mlp_alpha158"))
+    again = materialize(["models/mlp_checkpoint"], DAY, DAY, {"models__mlp_checkpoint": {
+        "config": {**QUICK, "feature_set": "alpha158"}}})
+    assert any(e.level == logging.WARNING and e.user_message.startswith(
+        "mlp trains on alpha158 here, as the variant mlp_alpha158 does: the leaderboard then has two rows")
+        for e in instance.all_logs(again.run_id))

@@ -26,6 +26,7 @@ def test_defaults_work_out_of_the_box(tmp_path):
     ("QPIPE_MODELS", "lstm,xgboost", "QPIPE_MODELS = 'lstm,xgboost': unknown model 'xgboost'"),
     ("QPIPE_MODELS", "xgboost_alpha158", "QPIPE_MODELS = 'xgboost_alpha158': unknown model 'xgboost_alpha158'; valid "
                                          "models: mlp, lstm,"),
+    ("QPIPE_MODELS", "lstm_", "QPIPE_MODELS = 'lstm_': unknown model 'lstm_'"),
     ("QPIPE_MODELS", "lstm,lstm_alpha360", "QPIPE_MODELS = 'lstm,lstm_alpha360': lstm_alpha360 is what lstm trains on "
                                            "its own (its feature set alpha360): name lstm"),
     ("QPIPE_MODELS", "lstm_momentum", "QPIPE_MODELS: lstm_momentum is lstm on the feature set 'momentum', which is "

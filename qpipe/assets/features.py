@@ -10,6 +10,7 @@ from qpipe.assets.by_partition import rows_by_partition, rows_version
 from qpipe.assets.prices import (PRICES, check_range, partition_dates, recording, refuse_before_the_close,
                                  refuse_days_without)
 from qpipe.calendar import market_calendar
+from qpipe.code_versions import feature_version
 from qpipe.data import warehouse as wh
 from qpipe.data.validation import first_few
 from qpipe.features import store
@@ -61,6 +62,7 @@ def _spec(key: dg.AssetKey, fs: store.FeatureSet) -> dg.AssetSpec:
         shown = {"expressions": dg.MetadataValue.md("| column | expression |\n|---|---|\n" + "\n".join(
             f"| {column} | `{text}` |" for column, text in fs.expressions.items()))}
     return dg.AssetSpec(key, description=description, kinds={"duckdb", "numpy"},
+                        code_version=feature_version(fs.name, fs.expressions),
                         deps=[dg.AssetDep(PRICES, partition_mapping=dg.TimeWindowPartitionMapping(
                             start_offset=-LOOKBACK))],
                         metadata={"dagster/table_name": fs.table, **shown})
@@ -117,6 +119,7 @@ def feature_tables(context: dg.AssetExecutionContext, warehouse: Warehouse, comp
     group_name="features",
     kinds={"duckdb", "numpy"},
     metadata={"dagster/table_name": store.LABEL_TABLE},
+    code_version=feature_version("label"),
 )
 def label_table(context: dg.AssetExecutionContext, warehouse: Warehouse, compute: Compute) -> dg.MaterializeResult:
     start, end = partition_dates(context)

@@ -10,6 +10,7 @@ import dagster as dg
 
 from qpipe.assets.charts import inline
 from qpipe.assets.models import MODELS, backtest_key, ic_key
+from qpipe.code_versions import leaderboard_version
 from qpipe.resources import CheckpointStore, Warehouse
 from qpipe.settings import get_settings
 
@@ -26,6 +27,7 @@ LEADERBOARD_TABLE = "reports.leaderboard"
     group_name="summary",
     kinds={"duckdb", "matplotlib"},
     metadata={"dagster/table_name": LEADERBOARD_TABLE},
+    code_version=leaderboard_version(),
 )
 def leaderboard(context: dg.AssetExecutionContext, warehouse: Warehouse,
                 checkpoints: CheckpointStore) -> dg.MaterializeResult:

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from qpipe.assets.by_partition import per_partition, rows_by_partition, rows_version
 from qpipe.calendar import SCHEDULE_DELAY, market_calendar
+from qpipe.code_versions import ingest_version
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored
 from qpipe.data.ingest import NoRows, ingest_prices
@@ -77,6 +78,7 @@ class PricesConfig(IngestConfig):
     group_name="ingest",
     kinds={"duckdb"},
     metadata={"dagster/table_name": wh.PRICES},
+    code_version=ingest_version(),
 )
 def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehouse: Warehouse,
                price_source: PriceSource, compute: Compute):
@@ -212,10 +214,11 @@ def report_anchoring(context: dg.AssetExecutionContext, anchored: Anchored, unan
         # After the prices (found in review: a step of its own, it read a late or unfinished vendor file beside the
         # first look of raw/prices, and the day's members stayed those of the day before when the retry found it all)
         dg.AssetSpec(UNIVERSE, description="Index membership spans (market, instrument, start_date, end_date).",
-                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.UNIVERSE}, deps=[PRICES]),
+                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.UNIVERSE}, deps=[PRICES],
+                     code_version=ingest_version()),
         dg.AssetSpec(CONCEPTS, description="Sector and concept memberships (HIST's stock2concept): the source's, "
                                            "or those of the file QPIPE_CONCEPTS names.",
-                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.CONCEPTS}),
+                     kinds={"duckdb"}, metadata={"dagster/table_name": wh.CONCEPTS}, code_version=ingest_version()),
     ],
     backfill_policy=dg.BackfillPolicy.single_run(),  # so CLI partition ranges over group:ingest can include it
     pool="duckdb",
