@@ -482,3 +482,35 @@ def test_a_concepts_file_takes_common_names_and_a_missing_kind_is_concept(tmp_pa
     (tmp_path / "cut.parquet").write_bytes(b"PAR1 not parquet")
     with pytest.raises(PriceDataError, match="unreadable concepts file: source .*cut.parquet"):
         read_concepts(tmp_path / "cut.parquet")
+
+
+def test_files_written_while_they_are_read_are_read_again_and_never_give_a_made_up_suspended_day(tmp_path, monkeypatch):
+    """Found in review: a vendor finishing the day's file between the read of its rows and the scan of its stocks'
+    last dates made every stock still unwritten a suspended day, which passed the partial-day refusal."""
+    path = tmp_path / "prices.csv"
+    header = "date,symbol,open,high,low,close,volume\n"
+    done = [f"2024-01-0{d},{s},10,11,9,10,100\n" for d in (2, 3) for s in ("AAA", "BBB", "CCC")]
+    path.write_text(header + "".join(done[:4]))  # the vendor has written 2024-01-03's AAA only
+    source, reads = TabularSource(str(path)), []
+    rows = TabularSource._rows
+
+    def vendor_finishes_meanwhile(self, files, start, end):
+        reads.append(start)
+        frame = rows(self, files, start, end)
+        if len(reads) == 1:
+            path.write_text(header + "".join(done))
+        return frame
+
+    monkeypatch.setattr(TabularSource, "_rows", vendor_finishes_meanwhile)
+    day = source.prices("2024-01-03", "2024-01-03")
+    assert len(reads) == 2 and day["instrument"].tolist() == ["AAA", "BBB", "CCC"] and day["close"].notna().all()
+
+    def vendor_always_writing(self, files, start, end):
+        frame = rows(self, files, start, end)
+        with path.open("a") as file:
+            file.write(f"2024-01-04,S{len(path.read_text())},10,11,9,10,100\n")
+        return frame
+
+    monkeypatch.setattr(TabularSource, "_rows", vendor_always_writing)
+    with pytest.raises(PriceDataError, match="source changing.*its files changed while they were read, 3 times"):
+        source.prices("2024-01-03", "2024-01-03")

@@ -123,6 +123,19 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                "Alpha158's volume features divide by the volume there (VMA5 of ~1e12 times the mean volume), and the "
                "backtest takes them as suspended: to store them suspended, set QPIPE_SUSPEND_IDLE=1 (every run: the "
                "schedule's, qpipe qrun's) or suspend_idle in raw/prices' config (this run), and ingest them again"))
+    if done.emptied:
+        context.log.warning(
+            f"{len(done.emptied)} session(s) on which most stocks' rows are empty (or absent between a stock's first "
+            f"and last rows, which is stored as a suspended day, as Qlib's dump_bin writes it): "
+            f"{first_few(done.emptied)}; a day the vendor's file lost? They are stored as suspended days")
+    if done.unstored:
+        days = sorted({row.split(" ")[0] for row in done.unstored})
+        context.log.warning(
+            f"the source has {len(done.unstored)} rows on sessions stored before {start.date()} that the warehouse "
+            f"lacks: {first_few(done.unstored)} (a stock back from days without rows: they are its suspended days, as "
+            "Qlib's dump_bin writes them; or rows the vendor added late). A run writes its own sessions: to store "
+            f"them, dg launch --assets 'group:ingest' --partition-range {days[0]}...{days[-1]}, then the same with "
+            "'group:features'")
     context.log.info(f"wrote {done.rows} price rows ({done.suspended} suspended) for {done.instruments} instruments"
                      + recording(context))
     rows_by_partition(context, digests)
@@ -160,8 +173,9 @@ def warn_of_the_calendar(context: dg.AssetExecutionContext, calendar, price_sour
     if len(extra):
         context.log.warning(
             f"{len(extra)} dates of {source} are not sessions of {exchange}: {first_few(extra)} (a holiday row?). "
-            f"Under QPIPE_CALENDAR=auto they are partitions, and every other stock has a day without a row in its "
-            f"features; remove those rows, or set QPIPE_CALENDAR={exchange}, which refuses them")
+            f"Under QPIPE_CALENDAR=auto they are partitions, and every other stock has a suspended day there (a row "
+            f"of empty prices, as Qlib's dump_bin writes it) that its features read; remove those rows, or set "
+            f"QPIPE_CALENDAR={exchange}, which refuses them")
     return len(gaps), len(extra)
 
 

@@ -45,6 +45,12 @@ class Ingested:
     blocks: int
     anchored: Anchored
     unanchored: list[str]  # stocks with stored prices outside the range that nothing anchors
+    # "date: k of n": sessions on which most stocks' rows are empty (a vendor's failed download stored as suspensions?)
+    emptied: list[str]
+    unstored: list[str]  # "date instrument" of the source's rows on sessions stored before the range that it lacks
+
+
+EMPTIED = (5, 0.3)  # a session with more empty rows than both (a count, a share of its rows) is named
 
 
 def read_in_blocks(sessions: np.ndarray, rows_per_block: int, read: Callable[[int, int], pd.DataFrame]
@@ -93,7 +99,7 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         raise NoRows(f"no session of {calendar.name} between {start.date()} and {end.date()}; nothing was written")
     rows_per_block = load_cells // CELLS_A_PRICE_ROW
     around_from, around_to = anchor_sessions(calendar, start, end)
-    around, priced, names, idle = [], set(), set(), []
+    around, priced, names, idle, emptied = [], set(), set(), [], []
     counts = {"rows": 0, "suspended": 0, "blocks": 0}
     last_two: list[set[str]] = [set(), set()]  # the instruments of the last two sessions read
     # a fixed name in a DuckDB file (one writer at a time); on a lake, where writers do not take turns, one per run
@@ -123,6 +129,10 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
                              f"({first_few(early)}; it covers {first}..{final}): materialize from {first} on; "
                              "nothing was written")
         check_sessions(rows["date"], block, describe, calendar.name, calendar.matched)
+        per_day = rows.groupby("date")["close"].agg(["size", "count"])
+        empty = per_day["size"] - per_day["count"]
+        emptied.extend(f"{d:%Y-%m-%d}: {k} of {n}" for d, k, n in zip(per_day.index, empty, per_day["size"])
+                       if k > EMPTIED[0] and k > EMPTIED[1] * n)
         for day in block[-2:]:
             last_two[:] = [last_two[1], set(rows["instrument"][rows["date"] == day])]
         priced.update(rows["instrument"][rows["close"].notna()])
@@ -166,7 +176,28 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         finally:
             con.execute(f"DROP TABLE IF EXISTS {staging}")
     return Ingested(counts["rows"], len(names), counts["suspended"], idle, pd.Timestamp(sessions[0]),
-                    pd.Timestamp(sessions[-1]), counts["blocks"], anchored, unanchored)
+                    pd.Timestamp(sessions[-1]), counts["blocks"], anchored, unanchored, emptied,
+                    _unstored(con, pd.concat(around, ignore_index=True), start))
+
+
+def _unstored(con: duckdb.DuckDBPyConnection, around: pd.DataFrame, start: pd.Timestamp) -> list[str]:
+    """The source's rows before ``start`` (those a run reads to anchor on) on sessions the warehouse holds, which it
+    lacks: a stock back from days without rows has them now (a source's suspended days: tabular.py), or a vendor added
+    a row late. A run writes its own sessions only, so they are named (found in review: the schedule never stored a
+    suspension's days, in silence)."""
+    before = around.loc[around["date"] < start, ["date", "instrument"]]
+    if before.empty or not wh.has_table(con, wh.PRICES):
+        return []
+    con.register("_before", before)
+    try:
+        missing = con.execute(f"""
+            SELECT strftime(b.date, '%Y-%m-%d') || ' ' || b.instrument FROM _before b
+            WHERE CAST(b.date AS DATE) IN (SELECT DISTINCT date FROM {wh.PRICES} WHERE date BETWEEN ? AND ?)
+              AND NOT EXISTS (SELECT 1 FROM {wh.PRICES} p WHERE p.date = CAST(b.date AS DATE) AND p.instrument = b.instrument)
+            ORDER BY 1""", [before["date"].min().date(), before["date"].max().date()]).fetchall()
+    finally:
+        con.unregister("_before")
+    return [row[0] for row in missing]
 
 
 def _anchored(con, source, start, end, priced, around) -> tuple[Anchored, list[str]]:

@@ -9,6 +9,7 @@ with its file, instrument and date instead of failing somewhere inside a parser.
 import csv
 import gzip
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -81,7 +82,58 @@ def _scan_or_explain(con: duckdb.DuckDBPyConnection, sql: str, source: str) -> d
                              detail=f"{detail} (a file cut mid-row, or rows of another layout?)") from None
 
 
-_LAYOUTS: dict[tuple, tuple[np.ndarray, ...]] = {}  # TabularSource._layout's, of the source read last
+READS_OF_A_CHANGING_SOURCE = 3
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A source's calendar (its files' dates), its stocks, and the dates of each one's first and last rows."""
+
+    days: np.ndarray  # datetime64[D], ascending
+    instruments: np.ndarray  # object (str), sorted
+    first: np.ndarray  # datetime64[D] per instrument
+    last: np.ndarray
+
+
+_LAYOUTS: dict[tuple, Layout] = {}  # TabularSource._layout's, of the source read last
+_LAYOUT_LOCK = threading.Lock()
+
+
+def _stamp(files: list[Path]) -> tuple:
+    """What changes when a file does: its path, modification time and size."""
+    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
+def _with_suspended_days(frame: pd.DataFrame, layout: Layout, start, end) -> pd.DataFrame:
+    """``frame`` (sorted by date and instrument) with a row of empty prices for each day of the source's calendar,
+    within start..end, between a stock's first and last rows that it has no row of: Qlib's ``dump_bin`` writes such a
+    day so (a NaN row: its features, windows that reach past it, are still scored), and so ``raw.prices`` holds it
+    as a suspended day."""
+    days = layout.days
+    days = days[(days >= np.datetime64(pd.Timestamp(start).date() if start is not None else days[0]))
+                & (days <= np.datetime64(pd.Timestamp(end).date() if end is not None else days[-1]))]
+    first = np.searchsorted(days, layout.first, "left")
+    last = np.searchsorted(days, layout.last, "right")
+    stocks = np.flatnonzero(last > first)  # those listed in the window
+    present = np.zeros((len(days), len(stocks)), dtype=bool)
+    column = np.full(len(layout.instruments), -1)
+    column[stocks] = np.arange(len(stocks))
+    code = column[pd.Categorical(frame["instrument"], categories=layout.instruments).codes]
+    row = np.searchsorted(days, frame["date"].to_numpy().astype("datetime64[D]"))
+    seen = code >= 0
+    present[row[seen], code[seen]] = True
+    index = np.arange(len(days))[:, None]
+    t, j = np.nonzero((index >= first[stocks]) & (index < last[stocks]) & ~present)
+    if len(t) == 0:
+        return frame
+    empty = pd.DataFrame({"date": days[t].astype("datetime64[ns]"), "instrument": layout.instruments[stocks[j]]})
+    empty = empty.reindex(columns=frame.columns).astype(frame.dtypes.to_dict())
+    both = pd.concat([frame, empty], ignore_index=True)
+    # in (date, instrument) order, as the frame was: sorted by day, then by the layout's sorted names
+    names = np.concatenate([code, j])
+    when = np.concatenate([row, t])
+    order = np.lexsort((np.where(names >= 0, names, len(stocks)), when))
+    return both.iloc[order].reset_index(drop=True)
 FEW_BAD_DATES = 0.01  # the share of a source's distinct date values that may fail to parse: typos, not a wrong format
 # Date formats a date column may be in, named in the hint of an "unparseable date" error.
 DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y.%m.%d", "%d-%b-%Y",
@@ -128,10 +180,27 @@ class TabularSource:
         return files
 
     def prices(self, start=None, end=None) -> pd.DataFrame:
-        """The rows dated start..end (all by default). The filter is pushed into DuckDB's scan, so only
-        those rows are parsed and checked (a CSV is still read through; Parquet row groups are skipped
-        by their statistics); rows whose date does not parse are kept, to be reported."""
-        files = self.files()
+        """The rows dated start..end (all by default), and the days a stock lacks between its first and last rows as
+        rows of empty prices (``_with_suspended_days``). The filter is pushed into DuckDB's scan, so only those rows
+        are parsed and checked (a CSV is still read through; Parquet row groups are skipped by their statistics);
+        rows whose date does not parse are kept, to be reported. Files that change while they are read (a vendor
+        writing them) are read again: rows and first and last dates of one version of them."""
+        for _ in range(READS_OF_A_CHANGING_SOURCE):
+            files = self.files()
+            stamp = _stamp(files)
+            frame = self._rows(files, start, end)
+            if frame.empty:
+                return frame
+            whole = frame if start is None and end is None else None
+            layout = self._layout(stamp, whole)
+            if _stamp(self.files()) == stamp:
+                return _with_suspended_days(frame, layout, start, end)
+        raise PriceDataError("source changing", self.path, detail=(
+            f"its files changed while they were read, {READS_OF_A_CHANGING_SOURCE} times (a vendor writing them?): "
+            "run again once they are written"))
+
+    def _rows(self, files: list[Path], start, end) -> pd.DataFrame:
+        """The files' rows dated start..end, validated."""
         scans = []
         for (parquet, header), ids in self._groups(files).items():
             mapping = self._mapping(files[ids[0]], list(header))
@@ -149,54 +218,32 @@ class TabularSource:
             return empty_prices()  # the source has no rows on those days: the caller says so
         frame["date"] = frame["date"].astype("datetime64[ns]")
         frame["_file"] = pd.Categorical.from_codes(frame.pop("_file_id"), [str(f) for f in files])
-        return self._with_suspended_days(validate_prices(frame, self.path), start, end)
+        return validate_prices(frame, self.path)
 
-    def _with_suspended_days(self, frame: pd.DataFrame, start, end) -> pd.DataFrame:
-        """``frame`` with a row of empty prices for each day of the source's calendar between a stock's first and last
-        rows in the files that it has no row of: Qlib's ``dump_bin`` writes such a day so (its features, windows that
-        reach past it, are still scored), and so ``raw.prices`` holds it as a suspended day."""
-        days, names, firsts, lasts = self._layout(frame if start is None and end is None else None)
-        days = days[(days >= np.datetime64(pd.Timestamp(start).date() if start is not None else days[0]))
-                    & (days <= np.datetime64(pd.Timestamp(end).date() if end is not None else days[-1]))]
-        first, last = np.searchsorted(days, firsts, "left"), np.searchsorted(days, lasts, "right")
-        have = frame["instrument"].value_counts().reindex(names, fill_value=0).to_numpy()
-        short = np.flatnonzero(last - first > have)
-        if len(short) == 0:
-            return frame
-        dated = frame.groupby("instrument")["date"]
-        stored = set(frame["instrument"])
-        gaps = []
-        for k in short:
-            name = names[k]
-            span = days[first[k]:last[k]]
-            held = dated.get_group(name).to_numpy().astype("datetime64[D]") if name in stored else span[:0]
-            gaps.append(pd.DataFrame({"date": np.setdiff1d(span, held).astype("datetime64[ns]"), "instrument": name}))
-        empty = pd.concat(gaps, ignore_index=True).reindex(columns=frame.columns)
-        empty = empty.astype({c: frame[c].dtype for c in frame.columns if c not in ("date", "instrument")})
-        return pd.concat([frame, empty], ignore_index=True).sort_values(["date", "instrument"], ignore_index=True)
-
-    def _layout(self, whole: pd.DataFrame | None = None) -> tuple[np.ndarray, ...]:
+    def _layout(self, stamp: tuple, whole: pd.DataFrame | None = None) -> "Layout":
         """The source's calendar, its stocks and the dates of their first and last rows: from ``whole``, its rows, where
-        they were all read, else from a scan of its dates and symbols, once while its files are unchanged (a long
-        range's ingest reads its rows block by block)."""
-        files = self.files()
-        key = (self.path, tuple(sorted(self.columns.items())), self.date_format,
-               tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files))
-        if key in _LAYOUTS:
-            return _LAYOUTS[key]
+        they were all read, else from a scan of its dates and symbols, once per version of its files (``stamp``: a
+        long range's ingest reads its rows block by block)."""
+        key = (self.path, tuple(sorted(self.columns.items())), self.date_format, stamp)
+        with _LAYOUT_LOCK:
+            if key in _LAYOUTS:
+                return _LAYOUTS[key]
         if whole is not None:
-            spans = whole.groupby("instrument", sort=True)["date"].agg(["min", "max"])
-            layout = (np.unique(whole["date"].to_numpy().astype("datetime64[D]")), spans.index.to_numpy().astype(str),
-                      spans["min"].to_numpy().astype("datetime64[D]"), spans["max"].to_numpy().astype("datetime64[D]"))
+            spans = whole.groupby("instrument")["date"].agg(["min", "max"])
+            layout = Layout(np.unique(whole["date"].to_numpy().astype("datetime64[D]")), spans.index.to_numpy(object),
+                            spans["min"].to_numpy().astype("datetime64[D]"),
+                            spans["max"].to_numpy().astype("datetime64[D]"))
         else:
             spans = self._scan(("date", "instrument"), f"""
                 SELECT trim(instrument) AS instrument, min({self._parsed('date')}) AS first,
                        max({self._parsed('date')}) AS last
-                FROM scan WHERE instrument IS NOT NULL AND trim(instrument) <> '' GROUP BY 1 HAVING first IS NOT NULL""")
-            layout = (self._days(), np.asarray(spans["instrument"]).astype(str),
-                      *(np.asarray(spans[end]).astype("datetime64[D]") for end in ("first", "last")))
-        _LAYOUTS.clear()  # one source at a time is read; a changed file makes a new key
-        _LAYOUTS[key] = layout
+                FROM scan WHERE instrument IS NOT NULL AND trim(instrument) <> '' GROUP BY 1 HAVING first IS NOT NULL
+                ORDER BY 1""")
+            layout = Layout(self._days(), np.asarray(spans["instrument"]).astype(object),
+                            *(np.asarray(spans[end]).astype("datetime64[D]") for end in ("first", "last")))
+        with _LAYOUT_LOCK:
+            _LAYOUTS.clear()  # one source at a time is read; changed files make a new key
+            _LAYOUTS[key] = layout
         return layout
 
     def reference(self, load_cells: int = LOAD_CELLS) -> tuple[pd.DataFrame, pd.DataFrame]:
