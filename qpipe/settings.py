@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qpipe.models.registry import ARCHITECTURES, DEFAULT_FEATURE_SET, model_parts
+from qpipe.models.registry import ARCHITECTURES, DEFAULT_FEATURE_SET, ON_ALPHA158, model_parts
 from qpipe.training_profiles import Profile
 
 CADENCES = ("daily", "weekly", "monthly")
@@ -63,12 +63,16 @@ def parse_cadence(text: str | int) -> str | int:
 
 def parse_models(text: str | tuple) -> tuple[str, ...]:
     """QPIPE_MODELS: a comma-separated list of architectures ("all": every one) and variants, an architecture on
-    another feature set than Alpha360 (``lstm_alpha158``: qpipe.models.registry.model_parts)."""
+    another feature set than Alpha360 (``lstm_alpha158``: qpipe.models.registry.model_parts; ``all_alpha158``: those
+    of every architecture Qlib runs on Alpha158, ``all_<set>`` on a set of QPIPE_FEATURE_SETS)."""
     if isinstance(text, tuple):
         text = ",".join(text)
     names: list[str] = []
     for name in (name.strip().lower() for name in text.split(",") if name.strip()):
-        names.extend(each for each in (ARCHITECTURES if name == "all" else (name,)) if each not in names)
+        arch, feature_set = model_parts(name)
+        every = ARCHITECTURES if name == "all" else tuple(f"{a}_{feature_set}" for a in ON_ALPHA158) if (
+            arch == "all" and feature_set) else (name,)
+        names.extend(each for each in every if each not in names)
     # (an empty feature set, lstm_, was a second LSTM on Alpha360: found in review)
     unknown = [name for name in names if model_parts(name)[0] not in ARCHITECTURES or name.endswith("_")]
     if unknown or not names:

@@ -185,6 +185,14 @@ def test_qpipe_models_names_architectures_and_their_variants_on_other_feature_se
     settings = Settings.from_env({"QPIPE_MODELS": "all, LSTM_alpha158,lstm_momentum, mlp", "QPIPE_FEATURE_SETS": str(sets)})
     assert settings.models == (*ARCHITECTURES, "lstm_alpha158", "lstm_momentum")
     assert settings.variants == ("lstm_alpha158", "lstm_momentum")
+    # Qlib's whole table: every architecture on Alpha360, and those Qlib runs on Alpha158 on Alpha158 too
+    from qpipe.models.registry import BUILTIN, ON_ALPHA158, get_spec
+
+    assert ON_ALPHA158 == tuple(arch for arch in BUILTIN if "alpha158" in get_spec(arch).presets)
+    table = Settings.from_env({"QPIPE_MODELS": "all,all_alpha158"}).models
+    assert table == (*ARCHITECTURES, *(f"{arch}_alpha158" for arch in ON_ALPHA158)) and len(table) == 18
+    assert Settings.from_env({"QPIPE_MODELS": "all_momentum", "QPIPE_FEATURE_SETS": str(sets)}).models[-1] == \
+        "tabnet_momentum"
     days = trading_days("2020-01-02", "2021-12-01")
     runs = stages(dt.date.fromisoformat(str(days[-1])), ("mlp_alpha158", "lstm_momentum"), 20, compute_plan(1),
                   first_day=dt.date.fromisoformat(str(days[0])), profile="quick")

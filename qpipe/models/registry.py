@@ -23,6 +23,9 @@ UNMEASURED_COST = 10.0  # a plugin's, or a new file's not yet measured: after th
 
 
 DEFAULT_FEATURE_SET = "alpha360"  # what an architecture's own checkpoint asset trains on unless its run config says
+# The built-in architectures with a Qlib setting on Alpha158 (the files' presets say so too: test_models.py), whose
+# variants QPIPE_MODELS=all_alpha158 names; a user's feature set takes that setting (QPIPE_MODELS=all_<set>)
+ON_ALPHA158 = ("mlp", "lstm", "gru", "alstm", "transformer", "localformer", "gats", "tabnet")
 
 
 class UnknownModelError(LookupError):
