@@ -31,6 +31,7 @@ if __name__ == "__main__":  # a bad QPIPE_* value: one line, not a traceback fro
         get_settings()
         from qpipe.compute import compute_plan
         from qpipe.partitions import trading_days as _  # the source's calendar and the partitions built from it
+        import qpipe.assets.models  # noqa: F401 (QPIPE_MODELS' variants, each with a Qlib setting)
 
         compute_plan()
     except (SettingsError, PriceDataError, ValueError) as error:
@@ -38,7 +39,8 @@ if __name__ == "__main__":  # a bad QPIPE_* value: one line, not a traceback fro
 
 import dagster as dg  # noqa: E402 (after the settings' check)
 
-from qpipe.assets.models import TrainConfig, backtest_key, checkpoint_key, ic_key, predictions_key
+from qpipe.assets.models import (TrainConfig, backtest_key, checkpoint_key, ic_key, predictions_key,
+                                 refuse_variant_without_a_preset)
 from qpipe.calendar import EARLIEST, market_calendar, trading_days
 from qpipe.compute import ComputePlan, compute_plan
 from qpipe.features.store import LABEL_HORIZON, LOOKBACK
@@ -208,16 +210,11 @@ def main() -> None:
     try:
         models = parse_models(args.models)
         refuse_unknown_sets(models, get_settings().feature_sets, "--models")
+        for name in models:  # a variant Qlib has no setting of (hist_alpha158): now, not after prices and features
+            if model_parts(name)[1]:
+                refuse_variant_without_a_preset(name)
     except ValueError as error:
         parser.error(str(error).replace("QPIPE_MODELS", "--models"))
-    from qpipe.models.config import model_config
-
-    for name in models:  # a variant Qlib has no setting of (hist_alpha158): now, not after prices and features
-        arch, feature_set = model_parts(name)
-        try:
-            model_config(arch, feature_set or "alpha360")
-        except ValueError as error:
-            parser.error(f"--models: {name}: {error}")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: expected a positive number of epochs")
     if args.test_days < 1:

@@ -154,7 +154,7 @@ def train_config(name: str, profile: str) -> type[TrainConfig]:
     return create_model(f"TrainConfig_{profile}_{name}", __base__=TrainConfig, **fields)
 
 
-def _refuse_variant_without_a_preset(name: str) -> None:
+def refuse_variant_without_a_preset(name: str) -> None:
     """A variant of QPIPE_MODELS that Qlib has no setting of (hist_alpha158) fails the definitions' load, named, not
     its every scheduled run (found in review). The network's file is imported, and torch with it, only for a variant."""
     from qpipe.models.config import model_config
@@ -222,9 +222,9 @@ def _checkpoint_asset(name: str) -> dg.AssetsDefinition:
                                  else f"name the variant {arch}_{model.feature_set} in QPIPE_MODELS (or materialize "
                                       f"models/{arch}_checkpoint with feature_set: {model.feature_set})")
                              + "; nothing was written")
-        if not fixed and f"{arch}_{model.feature_set}" in MODELS:
+        if not fixed and f"{arch}_{model.feature_set}" in MODELS:  # (found in review: two rows, nothing said)
             context.log.warning(f"{name} trains on {model.feature_set} here, as the variant {arch}_{model.feature_set} "
-                                "does: the leaderboard then has two rows of the same network and data (found in review)")
+                                "does: the leaderboard then has two rows of the same network and data")
         processing = config.processing(model)
         path = checkpoints.path_for(name, day)
         previous, _ = stored_version(path)
@@ -763,7 +763,7 @@ def _backtest_asset(name: str) -> dg.AssetsDefinition:
 
 def build_model_defs(name: str) -> list[dg.AssetsDefinition]:
     if model_parts(name)[1]:
-        _refuse_variant_without_a_preset(name)
+        refuse_variant_without_a_preset(name)
     return [_checkpoint_asset(name), _predictions_asset(name), _ic_asset(name), _backtest_asset(name)]
 
 
