@@ -82,7 +82,7 @@ def records_again(workflow, home) -> int:
         print(f"qpipe qrun: {error}", file=sys.stderr)
         return 2
     if not print_records(workflow, home / "warehouse.duckdb"):
-        print(f"qpipe qrun: {home} holds no records of {workflow.model.model}'s test segment {workflow.test[0]}.."
+        print(f"qpipe qrun: {home} holds no records of {workflow.name}'s test segment {workflow.test[0]}.."
               f"{workflow.test[1]} (its run did not reach them)", file=sys.stderr)
         return 1
     return 0

@@ -71,14 +71,18 @@ def test_every_benchmark_workflow_translates_and_names_what_it_cannot_honour(pat
     assert [(str(c.day), c.train_days, c.valid_days) for c in workflow.checkpoints] == [("2016-12-30", 1702, 486)]
     # (XSHG sessions; valid ends 2016-12-28)
     assert [str(d) for d in workflow.test] == ["2017-01-03", "2020-07-31"]
+    # the model as a home of every row of Qlib's table names it (QPIPE_MODELS=all,all_alpha158): lstm, lstm_alpha158
+    model = workflow.model.model + ("_alpha158" if path.stem.endswith("_Alpha158") else "")
+    assert workflow.name == model
     assert workflow.settings == {"QPIPE_SOURCE": "qlib", "QPIPE_SOURCE_PATH": str(Path("~/.qlib/qlib_data/cn_data").expanduser()),
                                  "QPIPE_QLIB_MARKET": "csi300", "QPIPE_BENCHMARK": "SH000300",
-                                 "QPIPE_PARTITIONS_START": "2007-09-28"}  # 61 sessions of history before start_time
+                                 "QPIPE_PARTITIONS_START": "2007-09-28",  # 61 sessions of history before start_time
+                                 "QPIPE_MODELS": model}
     assert workflow.port_analysis == {"trade_unit": 100, "topk": 50, "n_drop": 5, "account": 100000000,
                                       "limit_threshold": 0.095, "deal_price": "close", "open_cost": 0.0005,
                                       "close_cost": 0.0015, "min_cost": 5}
-    assert workflow.test_assets() == [f"predictions/{workflow.model.model}_predictions",
-                                      f"reports/{workflow.model.model}_ic", f"reports/{workflow.model.model}_backtest"]
+    assert workflow.test_assets() == [f"predictions/{model}_predictions", f"reports/{model}_ic",
+                                      f"reports/{model}_backtest"]
     changed = [e for e in workflow.entries if e.status == "changed"]
     assert changed[0].key == "task.dataset.kwargs.segments.valid" and "look-ahead" in changed[0].meaning
     # the MLP's batches: drawn without replacement, where Qlib's DNNModelPytorch draws with replacement
@@ -488,6 +492,7 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, monkeypatc
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("QPIPE_HOME", str(tmp_path / "qpipe"))
     arch = name.split("_")[0]
+    model = f"{arch}_alpha158"  # the variant's assets, as QPIPE_MODELS=all,all_alpha158 names them
     if name == "mlp_Alpha158":
         from qpipe.definitions import defs
 
@@ -516,7 +521,7 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, monkeypatc
             again.stdout + again.stderr
     assert f"workflow.yaml -> qpipe: {arch} on alpha158" in runs and "not honoured (" in runs
     n = 8 if name == "mlp_Alpha158" else 6  # three checkpoints when rolling
-    for stage in (f"[1/{n}] prices and universe", f"[3/{n}] {arch} checkpoint on 2019-10-31",
+    for stage in (f"[1/{n}] prices and universe", f"[3/{n}] {model} checkpoint on 2019-10-31",
                   f"[{n - 2}/{n}] test segment 2019-11-01..2019-12-27",
                   f"[{n - 1}/{n}] IC of the test segment's last sessions, their labels known 2019-12-30..2019-12-31",
                   f"[{n}/{n}] leaderboard", "Out-of-sample leaderboard"):
@@ -538,8 +543,8 @@ def test_a_workflow_runs_end_to_end_on_a_provider_directory(tmp_path, monkeypatc
     assert predicted == test and traded == test and ic_days == test and held == 5  # an IC of every test session
     windows = [sessions[sessions.index("2019-10-31") + k] for k in (0, 20, 40)] if name == "mlp_Alpha158" else ["2019-10-31"]
     assert used == {day: max(w for w in windows if w <= day) for day in test}  # the newest checkpoint by that close
-    assert sorted(p.stem for p in (qpipe / "checkpoints" / arch).glob("*.json")) == windows
-    sidecar = json.loads((qpipe / "checkpoints" / arch / "2019-10-31.json").read_text())
+    assert sorted(p.stem for p in (qpipe / "checkpoints" / model).glob("*.json")) == windows
+    sidecar = json.loads((qpipe / "checkpoints" / model / "2019-10-31.json").read_text())
     valid_end = sessions[sessions.index("2019-10-31") - 2]  # the last label known at the checkpoint's close
     assert sidecar["windows"] == {"train": ["2019-04-01", "2019-08-30"], "valid": ["2019-09-02", valid_end]}
     state = sidecar["processor_state"]  # the YAML's chains, fitted on the train window and saved

@@ -40,6 +40,11 @@ def model_parts(name: str) -> tuple[str, str | None]:
     return arch, feature_set or None
 
 
+def model_name(arch: str, feature_set: str) -> str:
+    """The model ``arch`` on ``feature_set`` is: the architecture on Alpha360, else its variant (``lstm_alpha158``)."""
+    return arch if feature_set == DEFAULT_FEATURE_SET else f"{arch}_{feature_set}"
+
+
 def _where(point: EntryPoint) -> str:
     return f"entry point {point.name} = {point.value} (group {ENTRY_POINT_GROUP}" + (
         f", distribution {point.dist.name})" if point.dist else ")")

@@ -5,7 +5,7 @@ never loaded."""
 from qpipe.features.handler import Processing
 from qpipe.features.store import FEATURE_SETS
 from qpipe.models.config import GENERAL_PTNN, QLIB_IGNORED, ConfigError, ModelConfig
-from qpipe.models.registry import get_spec
+from qpipe.models.registry import get_spec, model_name
 from qpipe.models.spec import ModelSpec
 from qpipe.workflow.entries import Entry, Reader
 
@@ -20,7 +20,8 @@ def without_pickles(document: dict) -> dict:
 
 
 def model_entries(r: Reader, model: ModelConfig, processing: Processing) -> None:
-    r.say("task.model.class", "honoured", f"architecture {model.model}: models/{model.model}_checkpoint")
+    r.say("task.model.class", "honoured", f"architecture {model.model}: models/"
+          f"{model_name(model.model, model.feature_set)}_checkpoint")
     r.say("task.model.module_path", "honoured", "(the class names the architecture)")
     columns = processing.trained_columns(list(FEATURE_SETS[model.feature_set].columns))
     refusal = _network_refusal(model, columns)

@@ -52,7 +52,7 @@ def print_records(workflow, warehouse: Path) -> bool:
     """Print what Qlib's records print of ``workflow``'s test segment, from the DuckDB file ``warehouse`` (read only:
     ``qpipe qrun --records`` needs no provider directory); whether it holds any."""
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        records = qlib_records(con, workflow.model.model, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
+        records = qlib_records(con, workflow.name, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
                                portfolio=workflow.port_analysis is not None)
     if records:
         print(records)

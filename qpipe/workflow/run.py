@@ -18,8 +18,8 @@ from qpipe.workflow.translate import Workflow
 def stages(workflow: Workflow) -> list[Stage]:
     """Prices, features, the checkpoint of the fixed split, the test segment's assets, the leaderboard."""
     model = workflow.model
-    arch, start, end = model.model, workflow.span[0], workflow.data_end
-    checkpoint = checkpoint_key(arch).to_python_identifier()
+    name, start, end = workflow.name, workflow.span[0], workflow.data_end
+    checkpoint = checkpoint_key(name).to_python_identifier()
     # Dagster's config holds no nulls; a missing key takes its default
     params = {k: v for k, v in {**model.to_json()["params"], "step_len": model.step_len}.items() if v is not None}
 
@@ -28,26 +28,26 @@ def stages(workflow: Workflow) -> list[Stage]:
                 "params": params, **workflow.processing.model_dump()}
 
     # the test segment is scored by this workflow's checkpoints alone, not by those an earlier one left in the store
-    test_config = {predictions_key(arch).to_python_identifier():
+    test_config = {predictions_key(name).to_python_identifier():
                    {"config": {"checkpoints": [str(c.day) for c in workflow.checkpoints]}}}
     if workflow.port_analysis is not None:
         # (Dagster's run config holds no nulls: Qlib's null limit_threshold or trade_unit goes as "none")
         port_analysis = {k: "none" if v is None else v for k, v in workflow.port_analysis.items()}
-        test_config[backtest_key(arch).to_python_identifier()] = {"config": {"port_analysis": port_analysis}}
+        test_config[backtest_key(name).to_python_identifier()] = {"config": {"port_analysis": port_analysis}}
     runs = [
         Stage(f"prices and universe {workflow.prices_from}..{end}", "daily_pipeline",
               ["raw/prices", "raw/universe", "raw/concepts"], _span(workflow.prices_from, end), {**IN_PROCESS, **QUIET}),
         Stage(f"features and labels {start}..{end}", "daily_pipeline", [f"features/{model.feature_set}", "features/label"],
               _span(start, end), {**IN_PROCESS, **QUIET}),
-        *(Stage(f"{arch} checkpoint on {c.day} ({c.train_days} train, {c.valid_days} valid sessions)", "daily_pipeline",
-                [f"models/{arch}_checkpoint"], {"dagster/partition": str(c.day)},
+        *(Stage(f"{name} checkpoint on {c.day} ({c.train_days} train, {c.valid_days} valid sessions)", "daily_pipeline",
+                [f"models/{name}_checkpoint"], {"dagster/partition": str(c.day)},
                 {"ops": {checkpoint: {"config": training(c)}}, **QUIET}) for c in workflow.checkpoints),
         Stage(f"test segment {workflow.test[0]}..{workflow.test[1]}", "daily_pipeline", workflow.test_assets(),
               _span(*workflow.test), {"ops": test_config, **IN_PROCESS, **QUIET}),
     ]
     if workflow.ic_tail:
         runs.append(Stage(f"IC of the test segment's last sessions, their labels known {workflow.ic_tail[0]}.."
-                          f"{workflow.ic_tail[1]}", "daily_pipeline", [f"reports/{arch}_ic"], _span(*workflow.ic_tail),
+                          f"{workflow.ic_tail[1]}", "daily_pipeline", [f"reports/{name}_ic"], _span(*workflow.ic_tail),
                           {**IN_PROCESS, **QUIET}))
     if workflow.ranks_on_the_leaderboard:
         runs.append(Stage("leaderboard", "leaderboard_job", ["reports/leaderboard"], {}, {**IN_PROCESS, **QUIET}))

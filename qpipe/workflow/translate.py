@@ -21,6 +21,7 @@ from qpipe.evaluation.backtest import REGION_DEFAULTS, close_match
 from qpipe.features.handler import Processing
 from qpipe.features.store import FEATURE_SETS, LABEL_HORIZON, LOOKBACK
 from qpipe.models.config import LOADER_HANDLER, ConfigError, ModelConfig, config_from_qlib_document, read_qlib_yaml
+from qpipe.models.registry import model_name
 from qpipe.workflow.entries import Entry, Reader, date, short
 from qpipe.workflow.handler_entries import (batch_entry, fit_window_entries, handler_arguments, handler_span,
                                             label_entry, processor_entries)
@@ -57,6 +58,12 @@ class Workflow:
     labels_known: tuple[dt.date, dt.date] | None = None
     # A DataHandlerLP's loader: set -> column -> expression, the QPIPE_FEATURE_SETS its runs read (home.settle)
     feature_sets: dict[str, dict[str, str]] | None = None
+
+    @property
+    def name(self) -> str:
+        """The model's name, its assets' (``lstm``; ``lstm_alpha158``: a variant of QPIPE_MODELS), as a home of
+        QPIPE_MODELS=all,all_alpha158 names it."""
+        return model_name(self.model.model, self.model.feature_set)
 
     @property
     def data_end(self) -> dt.date:
@@ -96,7 +103,7 @@ class Workflow:
                 lines += [f"    {e.key:<{width}}  {short(e.value)} -> {e.meaning}" for e in chosen]
         lines.append(f"  runs (sessions counted on {self.sessions_from}):")
         lines.append("    settings: " + " ".join(f"{k}={v}" for k, v in self.settings.items()))
-        arch, features = self.model.model, self.model.feature_set
+        arch, features = self.name, self.model.feature_set
         lines += [f"    1. raw/prices, raw/universe, raw/concepts {self.prices_from}..{self.data_end}",
                   f"    2. features/{features}, features/label {self.span[0]}..{self.data_end}",
                   f"    3. models/{arch}_checkpoint on " + ", ".join(
@@ -126,7 +133,7 @@ class Workflow:
         return "SigAnaRecord" in self.records
 
     def test_assets(self) -> list[str]:
-        arch = self.model.model
+        arch = self.name
         assets = [f"predictions/{arch}_predictions"]
         if self.ranks_on_the_leaderboard:
             assets.append(f"reports/{arch}_ic")
@@ -265,6 +272,7 @@ def translate(path: str | Path, rolling: Rolling | None = None) -> Workflow:
         batch_entry(r, model, provider, market, days, checkpoints)
     after = days[days > test[-1]][:LABEL_HORIZON]
     own = FEATURE_SETS[model.feature_set].expressions if loader else None
+    settings["QPIPE_MODELS"] = model_name(model.model, model.feature_set)  # (a variant's assets exist where it names it)
     return Workflow(path, model, processing, settings, prices_from, (features[0].item(), features[-1].item()),
                     checkpoints, (test[0].item(), test[-1].item()), port_analysis, records, r.entries, sessions_from,
                     len(test), (after[0].item(), after[-1].item()) if len(after) else None,
