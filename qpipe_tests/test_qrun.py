@@ -163,7 +163,6 @@ def test_region_us_trades_whole_shares_without_a_limit_as_qlibs_reg_us_and_reach
     """Found in review: region us backtested fractional shares (Qlib's REG_US: trade_unit 1, limit_threshold None);
     a null of the YAML could not reach the backtest at all (Dagster's run config holds no nulls)."""
     from qpipe.assets.models import PortfolioConfig
-    from qpipe.workflow.run import stages
 
     def us(d):
         d["qlib_init"]["region"] = "us"
