@@ -2,8 +2,9 @@
 
 Dagster records it with every materialization (the lineage says which code made a table, a checkpoint or a score)
 and marks an asset whose code changed since (the UI's "code version changed"), so an upgrade that changes Alpha158's
-operators flags the feature tables, and the checkpoints and scores below them, but leaves the prices alone. A user's
-feature set is versioned by its expressions too, a plugin's network by its distribution's version.
+operators flags the feature tables, not the prices (what reads the tables is marked once they are computed again and
+their rows changed: their data versions). A user's feature set is versioned by its expressions too, a plugin's network
+by its distribution's version.
 """
 
 import hashlib

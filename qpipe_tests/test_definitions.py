@@ -193,6 +193,8 @@ def test_each_asset_has_the_code_version_of_the_files_that_compute_it_and_its_ma
     assert changed("training/engine.py") == {"lstm", "gru"}
     assert changed("data/tabular.py") == {"ingest"}
     assert changed("evaluation/backtest.py") == {"backtest"}
+    assert cv.feature_version("mine", {"ROC1": "Ref($close, 1)/$close"}) != cv.feature_version(
+        "mine", {"ROC1": "Ref($close, 2)/$close"})  # a user's set: its expressions
     with dg.instance_for_test() as instance:
         dg.materialize([raw_prices], partition_key="2024-03-01", instance=instance, resources={
             "warehouse": Warehouse(database=str(tmp_path / "w.duckdb")), "compute": Compute(threads=1),

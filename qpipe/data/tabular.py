@@ -134,6 +134,8 @@ def _with_suspended_days(frame: pd.DataFrame, layout: Layout, start, end) -> pd.
     when = np.concatenate([row, t])
     order = np.lexsort((np.where(names >= 0, names, len(stocks)), when))
     return both.iloc[order].reset_index(drop=True)
+
+
 FEW_BAD_DATES = 0.01  # the share of a source's distinct date values that may fail to parse: typos, not a wrong format
 # Date formats a date column may be in, named in the hint of an "unparseable date" error.
 DATE_FORMATS = ("%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%d-%m-%Y", "%m-%d-%Y", "%Y.%m.%d", "%d-%b-%Y",
@@ -220,7 +222,7 @@ class TabularSource:
         frame["_file"] = pd.Categorical.from_codes(frame.pop("_file_id"), [str(f) for f in files])
         return validate_prices(frame, self.path)
 
-    def _layout(self, stamp: tuple, whole: pd.DataFrame | None = None) -> "Layout":
+    def _layout(self, stamp: tuple, whole: pd.DataFrame | None = None) -> Layout:
         """The source's calendar, its stocks and the dates of their first and last rows: from ``whole``, its rows, where
         they were all read, else from a scan of its dates and symbols, once per version of its files (``stamp``: a
         long range's ingest reads its rows block by block)."""
