@@ -15,8 +15,10 @@ INGEST = ("data", "calendar.py")
 OPERATORS = ("features/ops.py", "features/ops_torch.py", "features/panel.py", "features/store.py")
 FEATURE_FILES = {"alpha158": ("features/alpha158.py",), "alpha360": ("features/alpha360.py",),
                  "label": ("features/label.py",)}
+# (the whole training loop's folder, and the IC that picks the kept epoch under metric: ic; coarse: a change of its
+# progress lines marks every checkpoint)
 NETWORK = ("training", "features/handler.py", "features/processors.py", "models/spec.py", "models/config.py",
-           "models/recurrent.py")
+           "models/recurrent.py", "evaluation/ic.py", "training_profiles.py")
 IC = ("evaluation/ic.py", "evaluation/report.py")
 BACKTEST = ("evaluation/backtest.py", "evaluation/backtest_store.py", "evaluation/risk.py")
 LEADERBOARD = ("evaluation/report.py", "evaluation/backtest_store.py", "evaluation/tearsheet.py")

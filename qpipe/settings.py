@@ -79,6 +79,9 @@ def parse_models(text: str | tuple) -> tuple[str, ...]:
         raise ValueError(f"QPIPE_MODELS = {text!r}: unknown model {unknown[0] if unknown else '(none)'!r}; "
                          f"valid models: {', '.join(ARCHITECTURES)} (or all), and an architecture on another feature "
                          "set, <architecture>_<feature set> (e.g. lstm_alpha158)")
+    if any(model_parts(name) == ("all", DEFAULT_FEATURE_SET) for name in text.lower().replace(" ", "").split(",")):
+        raise ValueError(f"QPIPE_MODELS = {text!r}: all_{DEFAULT_FEATURE_SET} is what the architectures train on "
+                         "their own: name all")
     same = [name for name in names if model_parts(name)[1] == DEFAULT_FEATURE_SET]
     if same:
         raise ValueError(f"QPIPE_MODELS = {text!r}: {same[0]} is what {model_parts(same[0])[0]} trains on its own "
@@ -90,12 +93,13 @@ def refuse_unknown_sets(models: tuple[str, ...], feature_sets: "Path | None", se
     """A variant's feature set must be Alpha158 or a set of the QPIPE_FEATURE_SETS file."""
     from qpipe.features.custom import read_feature_sets
 
-    known = ("alpha158", *read_feature_sets(feature_sets or ""))
+    own = tuple(read_feature_sets(feature_sets or ""))
     for name in models:
         arch, feature_set = model_parts(name)
-        if feature_set is not None and feature_set not in known:
-            raise ValueError(f"{setting}: {name} is {arch} on the feature set {feature_set!r}, which is neither "
-                             f"alpha158 nor a set of QPIPE_FEATURE_SETS ({', '.join(known)})")
+        if feature_set is not None and feature_set not in ("alpha158", *own):
+            raise ValueError(f"{setting}: {name} is {arch} on the feature set {feature_set!r}, which is not alpha158"
+                             + (f" nor a set of QPIPE_FEATURE_SETS ({feature_sets}: {', '.join(own)})" if feature_sets
+                                else ", and QPIPE_FEATURE_SETS names no file of your own sets"))
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

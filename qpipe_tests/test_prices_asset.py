@@ -688,41 +688,51 @@ def test_a_symbol_relabelled_over_its_whole_history_is_named_with_the_range_to_i
 
 def test_a_stock_back_from_days_without_rows_names_them_and_a_day_most_stocks_lack_is_named(tmp_path, warehouse_path):
     """Found in review: day by day, as the schedule runs, a stock's days without rows were stored as no rows while a
-    range's ingest stores them as suspended days (Qlib's dump_bin), and nothing said so; and a day most stocks lacked
-    (a vendor's failed download) went in as suspensions without a word, where the coverage check used to warn."""
-    days = [str(d) for d in trading_days("2024-01-02", "2024-01-12")]
+    range's ingest stores them as suspended days (Qlib's dump_bin), and nothing said so (then only the last 10 of a
+    longer suspension were named); and a day most stocks lacked (a vendor's failed download) went in as suspensions
+    without a word, where the coverage check used to warn."""
+    days = [str(d) for d in trading_days("2024-01-02", "2024-02-09")]
     names = [f"S{i:02d}" for i in range(10)]
     path = tmp_path / "prices.csv"
     source = PriceSource(kind="tabular", path=str(path))
     instance = dg.DagsterInstance.ephemeral()
 
-    def vendor(last: int) -> None:
-        """The file as it stands on the evening of days[last]: S00 has no rows on days[2] and days[3]; on days[6] all
-        but two stocks are missing."""
-        rows = [f"{d},{s},10,11,9,10,100" for i, d in enumerate(days[:last + 1]) for s in names
-                if not (s == "S00" and i in (2, 3)) and not (i == 6 and s not in ("S00", "S01"))]
-        path.write_text("date,symbol,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    def lacks(name: str, i: int) -> bool:
+        """S00 has no rows on days[2] and days[3], S02 none on days[5..17] (13 sessions); on days[20] all but two
+        stocks are missing."""
+        return (name == "S00" and i in (2, 3)) or (name == "S02" and 5 <= i <= 17) or (
+            i == 20 and name not in ("S00", "S01"))
 
     def evening(i: int, first: int | None = None) -> list[str]:
-        vendor(i)
+        """The file as it stands on the evening of days[i], and the run of days[first..i]."""
+        rows = [f"{d},{s},10,11,9,10,100" for k, d in enumerate(days[:i + 1]) for s in names if not lacks(s, k)]
+        path.write_text("date,symbol,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
         result = dg.materialize([raw_prices], instance=instance, resources=_resources(warehouse_path, source), tags={
             "dagster/asset_partition_range_start": days[i if first is None else first],
             "dagster/asset_partition_range_end": days[i]})
         return [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
 
-    for i in range(4):
-        assert evening(i) == []
-    back = evening(4)
-    assert [w for w in back if w.startswith("the source has 2 rows on sessions stored before")] == [
+    def named(warnings: list[str]) -> str:
+        (warning,) = [w for w in warnings if w.startswith("the source has ")]
+        return warning
+
+    said = {i: evening(i) for i in range(19)}
+    assert named(said[4]) == (
         f"the source has 2 rows on sessions stored before {days[4]} that the warehouse lacks: {days[2]} S00, {days[3]} "
         "S00 (a stock back from days without rows: they are its suspended days, as Qlib's dump_bin writes them; or "
         "rows the vendor added late). A run writes its own sessions: to store them, dg launch --assets 'group:ingest' "
-        f"--partition-range {days[2]}...{days[3]}, then the same with 'group:features'"], back
-    evening(5)
-    # days[6] as the evening's last day is a partial day, refused; with the next day's rows in, a day of suspensions
-    assert any(w.startswith("1 session(s) on which most stocks' rows are empty") and f"{days[6]}: 8 of 10" in w
-               for w in evening(7, first=6))
-    _materialize(warehouse_path, source, partition_range=(days[2], days[3]))  # as the warning says
+        f"--partition-range {days[2]}...{days[3]}, then the same with 'group:features'")
+    assert named(said[18]).startswith(f"the source has 13 rows on sessions stored before {days[18]} that the warehouse "
+                                      f"lacks: {days[5]} S02, {days[6]} S02, {days[7]} S02")  # all 13, not the last 10
+    assert f"--partition-range {days[5]}...{days[17]}," in named(said[18])
+    # until they are stored, the runs whose 10 sessions before them hold them name S00's again; nothing else
+    again = {i: named(ws) for i, ws in said.items() if ws and i not in (4, 18)}
+    assert sorted(again) == list(range(5, 14)) and all("S00" in w and "S02" not in w for w in again.values())
+    evening(19)
+    # days[20] as the evening's last day is a partial day, refused; with the next day's rows in, a day of suspensions
+    assert any(w.startswith("1 session(s) on which more than 30% of the stocks' rows are empty") and
+               f"{days[20]}: 8 of 10" in w for w in evening(21, first=20))
+    _materialize(warehouse_path, source, partition_range=(days[2], days[17]))  # as the warnings say
     stored = {(r[0].isoformat(), r[1]): r[5] for r in table_rows(warehouse_path, "raw.prices")}
-    assert stored[(days[2], "S00")] is None and stored[(days[3], "S00")] is None  # suspended days now
-    assert sum(close is None for (day, _), close in stored.items() if day == days[6]) == 8
+    assert all(stored[(days[i], name)] is None for name, i in [("S00", 2), ("S00", 3), *(("S02", i) for i in range(5, 18))])
+    assert sum(close is None for (day, _), close in stored.items() if day == days[20]) == 8

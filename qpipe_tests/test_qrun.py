@@ -726,6 +726,28 @@ def test_sig_ana_record_counts_the_sessions_its_ic_is_of():
     assert "SigAnaRecord (1 sessions with an IC, of 3 with a known label): {'IC': 0.1, 'ICIR': nan" in printed, printed
 
 
+def test_the_records_of_a_home_run_before_variants_are_found_under_the_architecture(tmp_path, capsys):
+    """Found in review: qrun now names Qlib's LSTM Alpha158 workflow lstm_alpha158, and `--records` of a home an
+    earlier qpipe ran (its scores stored as lstm) said it held no records of the test segment."""
+    from qpipe.evaluation import report
+    from qpipe.workflow.records import print_records
+
+    workflow = translate(SHARED / "qlib_configs" / "workflow_config_lstm_Alpha158.yaml")
+    assert workflow.name == "lstm_alpha158"
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        con.execute("CREATE SCHEMA reports")
+        con.execute(f"CREATE TABLE {report.DAILY_IC} ({report.DAILY_IC_DDL})")
+        days = [workflow.test[0], workflow.test[0] + datetime.timedelta(days=1)]
+        frame = pd.DataFrame({"model": "lstm", "date": days, "known_on": days, "IC": [0.1, 0.2],
+                              "Rank IC": [0.2, 0.1], "n": 30})
+        con.execute(f"INSERT INTO {report.DAILY_IC} SELECT * FROM frame")
+    assert print_records(workflow, tmp_path / "warehouse.duckdb")
+    printed = capsys.readouterr().out
+    assert f"Qlib's records of the test segment {workflow.test[0]}..{workflow.test[1]} (lstm):" in printed
+    assert printed.strip().endswith("(stored as lstm by an earlier qpipe, which named the model after its "
+                                    "architecture alone; a run now stores it as lstm_alpha158)")
+
+
 def test_a_top_level_block_task_does_not_refer_to_is_one_line_not_one_per_key(tmp_path):
     """Found in review: with PortAnaRecord removed, each of port_analysis_config's 14 keys was reported as "not a
     key qpipe knows: ignored"; Qlib reads it only through the record."""

@@ -30,7 +30,9 @@ def test_defaults_work_out_of_the_box(tmp_path):
     ("QPIPE_MODELS", "lstm,lstm_alpha360", "QPIPE_MODELS = 'lstm,lstm_alpha360': lstm_alpha360 is what lstm trains on "
                                            "its own (its feature set alpha360): name lstm"),
     ("QPIPE_MODELS", "lstm_momentum", "QPIPE_MODELS: lstm_momentum is lstm on the feature set 'momentum', which is "
-                                      "neither alpha158 nor a set of QPIPE_FEATURE_SETS (alpha158)"),
+                                      "not alpha158, and QPIPE_FEATURE_SETS names no file of your own sets"),
+    ("QPIPE_MODELS", "all,all_alpha360", "QPIPE_MODELS = 'all,all_alpha360': all_alpha360 is what the architectures "
+                                         "train on their own: name all"),
     ("QPIPE_DEVICE", "tpu", "QPIPE_DEVICE = 'tpu': expected auto, cpu, cuda, cuda:<index> or mps, not 'tpu'"),
     ("QPIPE_PARTITIONS_START", "notadate", "QPIPE_PARTITIONS_START = 'notadate': expected a date, YYYY-MM-DD"),
     ("QPIPE_QLIB_INGEST", "some", "QPIPE_QLIB_INGEST = 'some': Input should be 'market' or 'all'"),
@@ -89,7 +91,7 @@ def _in_the_future(text: str) -> str:
     (["--models", "gru_alpha360"], {}, "main.py: error: --models = 'gru_alpha360': gru_alpha360 is what gru trains on "
                                        "its own (its feature set alpha360): name gru"),
     (["--models", "gru_momentum"], {}, "main.py: error: --models: gru_momentum is gru on the feature set 'momentum', "
-                                       "which is neither alpha158 nor a set of QPIPE_FEATURE_SETS (alpha158)"),
+                                       "which is not alpha158, and QPIPE_FEATURE_SETS names no file of your own sets"),
     (["--models", "mlp,hist_alpha158"], {}, "main.py: error: --models: hist_alpha158: model 'hist' has no preset for "
                                             "feature set 'alpha158'; valid: alpha360"),
     ([], {"QPIPE_THREADS": "0"}, "qpipe: QPIPE_THREADS = '0': expected auto or a positive number of threads per step"),

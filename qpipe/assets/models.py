@@ -68,7 +68,7 @@ def _checkpoint_step_tags(arch: str) -> dict[str, str]:
 class TrainConfig(dg.Config):
     """How a checkpoint is trained; hyper-parameters use Qlib's names."""
 
-    feature_set: str = Field(default="alpha360", description="alpha360, alpha158 or a set of QPIPE_FEATURE_SETS")
+    feature_set: str = Field(default=DEFAULT_FEATURE_SET, description="alpha360, alpha158 or a set of QPIPE_FEATURE_SETS")
     train_days: int = Field(default=480, ge=20, description="trading days of labels to train on")
     valid_days: int = Field(default=120, ge=5, description="trading days of labels for early stopping")
     # (values Optional: Dagster's dict[str, Any] fails on a null member, and Qlib's YAMLs write seed: null and the like)

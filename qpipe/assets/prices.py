@@ -10,7 +10,7 @@ from qpipe.calendar import SCHEDULE_DELAY, market_calendar
 from qpipe.code_versions import ingest_version
 from qpipe.data import warehouse as wh
 from qpipe.data.anchoring import ANCHOR_SESSIONS, Anchored
-from qpipe.data.ingest import NoRows, ingest_prices
+from qpipe.data.ingest import EMPTIED, NoRows, ingest_prices
 from qpipe.data.validation import PriceDataError, first_few
 from qpipe.partitions import trading_days
 from qpipe.resources import Compute, PriceSource, Warehouse
@@ -104,7 +104,7 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
             look_again(context, config, error)
             raise dg.Failure(str(error)) from None
         except PriceDataError as error:
-            if error.rule == "partial day":
+            if error.rule in ("partial day", "source changing"):  # a vendor still writing the day
                 look_again(context, config, error)
             raise
     report_anchoring(context, done.anchored, done.unanchored, end)
@@ -125,9 +125,9 @@ def raw_prices(context: dg.AssetExecutionContext, config: PricesConfig, warehous
                "schedule's, qpipe qrun's) or suspend_idle in raw/prices' config (this run), and ingest them again"))
     if done.emptied:
         context.log.warning(
-            f"{len(done.emptied)} session(s) on which most stocks' rows are empty (or absent between a stock's first "
-            f"and last rows, which is stored as a suspended day, as Qlib's dump_bin writes it): "
-            f"{first_few(done.emptied)}; a day the vendor's file lost? They are stored as suspended days")
+            f"{len(done.emptied)} session(s) on which more than {EMPTIED[1]:.0%} of the stocks' rows are empty (or "
+            f"absent between a stock's first and last rows, which is stored as a suspended day, as Qlib's dump_bin "
+            f"writes it): {first_few(done.emptied)}; a day the vendor's file lost? They are stored as suspended days")
     if done.unstored:
         days = sorted({row.split(" ")[0] for row in done.unstored})
         context.log.warning(

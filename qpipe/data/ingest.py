@@ -45,12 +45,15 @@ class Ingested:
     blocks: int
     anchored: Anchored
     unanchored: list[str]  # stocks with stored prices outside the range that nothing anchors
-    # "date: k of n": sessions on which most stocks' rows are empty (a vendor's failed download stored as suspensions?)
+    # "date: k of n": sessions on which many stocks' rows are empty (a vendor's failed download stored as suspensions?)
     emptied: list[str]
-    unstored: list[str]  # "date instrument" of the source's rows on sessions stored before the range that it lacks
+    # "date instrument": the stored sessions a stock back from days without rows lacks, and the source's rows before
+    # the range that the warehouse lacks
+    unstored: list[str]
 
 
 EMPTIED = (5, 0.3)  # a session with more empty rows than both (a count, a share of its rows) is named
+GAP_SEARCH = pd.Timedelta(days=366)  # how far back a stock's last stored day is looked for (_unstored)
 
 
 def read_in_blocks(sessions: np.ndarray, rows_per_block: int, read: Callable[[int, int], pd.DataFrame]
@@ -100,6 +103,7 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
     rows_per_block = load_cells // CELLS_A_PRICE_ROW
     around_from, around_to = anchor_sessions(calendar, start, end)
     around, priced, names, idle, emptied = [], set(), set(), [], []
+    firsts: dict[str, pd.Timestamp] = {}  # each stock's first row in the range
     counts = {"rows": 0, "suspended": 0, "blocks": 0}
     last_two: list[set[str]] = [set(), set()]  # the instruments of the last two sessions read
     # a fixed name in a DuckDB file (one writer at a time); on a lake, where writers do not take turns, one per run
@@ -116,7 +120,7 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
         idle.extend(f"{d:%Y-%m-%d} {name}" for d, name in rows.loc[quiet & inside, ["date", "instrument"]].itertuples(
             index=False))
         around.append(rows[~inside])
-        rows = rows[inside]
+        quiet, rows = quiet[inside], rows[inside]
         if rows.empty:
             first, final = source.span()
             raise NoRows(f"{describe} has no rows between {pd.Timestamp(block[0]).date()} and "
@@ -129,10 +133,12 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
                              f"({first_few(early)}; it covers {first}..{final}): materialize from {first} on; "
                              "nothing was written")
         check_sessions(rows["date"], block, describe, calendar.name, calendar.matched)
-        per_day = rows.groupby("date")["close"].agg(["size", "count"])
-        empty = per_day["size"] - per_day["count"]
-        emptied.extend(f"{d:%Y-%m-%d}: {k} of {n}" for d, k, n in zip(per_day.index, empty, per_day["size"])
+        empty = rows["close"].isna() & ~quiet if suspend_idle else rows["close"].isna()  # (not suspend_idle's: traded)
+        per_day = empty.groupby(rows["date"]).agg(["sum", "size"])
+        emptied.extend(f"{d:%Y-%m-%d}: {k} of {n}" for d, k, n in zip(per_day.index, per_day["sum"], per_day["size"])
                        if k > EMPTIED[0] and k > EMPTIED[1] * n)
+        for name, first in rows.groupby("instrument")["date"].min().items():
+            firsts.setdefault(name, first)
         for day in block[-2:]:
             last_two[:] = [last_two[1], set(rows["instrument"][rows["date"] == day])]
         priced.update(rows["instrument"][rows["close"].notna()])
@@ -177,26 +183,38 @@ def ingest_prices(con: duckdb.DuckDBPyConnection, source, calendar, start: pd.Ti
             con.execute(f"DROP TABLE IF EXISTS {staging}")
     return Ingested(counts["rows"], len(names), counts["suspended"], idle, pd.Timestamp(sessions[0]),
                     pd.Timestamp(sessions[-1]), counts["blocks"], anchored, unanchored, emptied,
-                    _unstored(con, pd.concat(around, ignore_index=True), start))
+                    _unstored(con, firsts, pd.concat(around, ignore_index=True), start))
 
 
-def _unstored(con: duckdb.DuckDBPyConnection, around: pd.DataFrame, start: pd.Timestamp) -> list[str]:
-    """The source's rows before ``start`` (those a run reads to anchor on) on sessions the warehouse holds, which it
-    lacks: a stock back from days without rows has them now (a source's suspended days: tabular.py), or a vendor added
-    a row late. A run writes its own sessions only, so they are named (found in review: the schedule never stored a
-    suspension's days, in silence)."""
-    before = around.loc[around["date"] < start, ["date", "instrument"]]
-    if before.empty or not wh.has_table(con, wh.PRICES):
+def _unstored(con: duckdb.DuckDBPyConnection, firsts: dict[str, pd.Timestamp], around: pd.DataFrame,
+              start: pd.Timestamp) -> list[str]:
+    """"date instrument" of what the warehouse lacks before ``start``: the stored sessions between a stock's last stored
+    row (up to GAP_SEARCH back) and its first row of the range, its suspended days as Qlib's dump_bin writes them
+    (tabular.py), and the source's rows it read before the range (to anchor on) that a vendor added late. A run writes
+    its own sessions only, so they are named (found in review: the schedule never stored a suspension's days, in
+    silence; then only its last 10 were named)."""
+    if not firsts or not wh.has_table(con, wh.PRICES):
         return []
-    con.register("_before", before)
+    earliest = (start - GAP_SEARCH).date()
+    registered = {"_firsts": pd.DataFrame({"instrument": list(firsts), "first": list(firsts.values())}),
+                  "_before": around.loc[around["date"] < start, ["date", "instrument"]]}
+    for name, frame in registered.items():
+        con.register(name, frame)
     try:
         missing = con.execute(f"""
+            WITH stored AS (SELECT date, instrument FROM {wh.PRICES} WHERE date >= ? AND date < ?),
+                 sessions AS (SELECT DISTINCT date FROM stored),
+                 last AS (SELECT instrument, max(date) AS last FROM stored GROUP BY 1)
+            SELECT strftime(s.date, '%Y-%m-%d') || ' ' || l.instrument FROM last l
+              JOIN _firsts f USING (instrument) JOIN sessions s ON s.date > l.last AND s.date < CAST(f.first AS DATE)
+            UNION
             SELECT strftime(b.date, '%Y-%m-%d') || ' ' || b.instrument FROM _before b
-            WHERE CAST(b.date AS DATE) IN (SELECT DISTINCT date FROM {wh.PRICES} WHERE date BETWEEN ? AND ?)
-              AND NOT EXISTS (SELECT 1 FROM {wh.PRICES} p WHERE p.date = CAST(b.date AS DATE) AND p.instrument = b.instrument)
-            ORDER BY 1""", [before["date"].min().date(), before["date"].max().date()]).fetchall()
+            WHERE CAST(b.date AS DATE) IN (SELECT date FROM sessions)
+              AND NOT EXISTS (SELECT 1 FROM stored p WHERE p.date = CAST(b.date AS DATE) AND p.instrument = b.instrument)
+            ORDER BY 1""", [earliest, start.date()]).fetchall()
     finally:
-        con.unregister("_before")
+        for name in registered:
+            con.unregister(name)
     return [row[0] for row in missing]
 
 

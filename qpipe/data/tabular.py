@@ -118,7 +118,8 @@ def _with_suspended_days(frame: pd.DataFrame, layout: Layout, start, end) -> pd.
     present = np.zeros((len(days), len(stocks)), dtype=bool)
     column = np.full(len(layout.instruments), -1)
     column[stocks] = np.arange(len(stocks))
-    code = column[pd.Categorical(frame["instrument"], categories=layout.instruments).codes]
+    listed = pd.Categorical(frame["instrument"], categories=layout.instruments).codes  # -1: not in the layout
+    code = np.where(listed >= 0, column[listed], -1)
     row = np.searchsorted(days, frame["date"].to_numpy().astype("datetime64[D]"))
     seen = code >= 0
     present[row[seen], code[seen]] = True

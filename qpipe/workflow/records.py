@@ -48,12 +48,29 @@ def qlib_records(con: duckdb.DuckDBPyConnection, model: str, start: date, end: d
     return "\n".join([f"\nQlib's records of the test segment {start}..{end} ({model}):", *lines])
 
 
+def _stored(con: duckdb.DuckDBPyConnection, model: str) -> bool:
+    """Whether the warehouse holds a daily IC or a backtest day of ``model``."""
+    tables = [table for table in (report.DAILY_IC, backtest_store.DAILY) if wh.has_table(con, table)]
+    return any(con.execute(f"SELECT 1 FROM {table} WHERE model = ? LIMIT 1", [model]).fetchone() for table in tables)
+
+
 def print_records(workflow, warehouse: Path) -> bool:
     """Print what Qlib's records print of ``workflow``'s test segment, from the DuckDB file ``warehouse`` (read only:
     ``qpipe qrun --records`` needs no provider directory); whether it holds any."""
+    def of(model: str) -> str:
+        return qlib_records(con, model, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
+                            portfolio=workflow.port_analysis is not None)
+
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        records = qlib_records(con, workflow.name, *workflow.test, signal=workflow.ranks_on_the_leaderboard,
-                               portfolio=workflow.port_analysis is not None)
+        records = of(workflow.name)
+        if workflow.name != workflow.model.model and not _stored(con, workflow.name) and _stored(
+                con, workflow.model.model):
+            # a home run before qpipe named a workflow's model as its variant (lstm_alpha158): stored as lstm (found
+            # in review: "holds no records", which was not so)
+            records = of(workflow.model.model)
+            if records:
+                records += (f"\n(stored as {workflow.model.model} by an earlier qpipe, which named the model after its "
+                            f"architecture alone; a run now stores it as {workflow.name})")
     if records:
         print(records)
     return bool(records)
