@@ -486,6 +486,36 @@ def test_the_schedules_run_looks_again_at_a_late_source_and_a_run_you_launch_fai
     assert {r[3].isoformat() for r in table_rows(warehouse_path, "raw.universe")} == {"2024-01-03"}
 
 
+def test_a_source_written_while_the_schedules_run_reads_it_is_looked_at_again(tmp_path, warehouse_path, monkeypatch):
+    """A vendor still writing its files (they change while qpipe reads them) is a late source, looked at again in the
+    schedule's run, not a failure of the night (found in review)."""
+    import qpipe.assets.prices
+    from qpipe.data.tabular import TabularSource
+
+    monkeypatch.setattr(qpipe.assets.prices, "LOOK_AGAIN_SECONDS", 0.1)
+    path = tmp_path / "prices.csv"
+    path.write_text(GOOD)
+    rows = TabularSource._rows
+
+    def vendor_writing(self, files, start, end):
+        frame = rows(self, files, start, end)
+        with path.open("a") as file:
+            file.write(f"2024-01-04,S{path.stat().st_size},10,11,9,10,100\n")
+        return frame
+
+    monkeypatch.setattr(TabularSource, "_rows", vendor_writing)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([raw_prices], partition_key="2024-01-03", instance=instance, raise_on_error=False,
+                            tags={"dagster/schedule_name": "after_close"},
+                            run_config={"ops": {"raw__prices": {"config": {"late_source_retries": 2}}}},
+                            resources=_resources(warehouse_path, PriceSource(kind="tabular", path=str(path))))
+    assert not result.success
+    assert len([e for e in instance.all_logs(result.run_id) if e.dagster_event
+                and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]) == 2
+    assert any("source changing" in e.user_message and "looking again" in e.user_message
+               for e in instance.all_logs(result.run_id) if e.level == logging.WARNING)
+
+
 def test_the_same_rows_stored_again_leave_what_depends_on_them_up_to_date(tmp_path, warehouse_path):
     """Found in review: ingesting a day's identical prices again marked features, labels, predictions and reports
     stale (each run was a new data version). The data version of prices, features and labels is now their rows'."""
