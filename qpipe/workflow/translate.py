@@ -103,15 +103,15 @@ class Workflow:
                 lines += [f"    {e.key:<{width}}  {short(e.value)} -> {e.meaning}" for e in chosen]
         lines.append(f"  runs (sessions counted on {self.sessions_from}):")
         lines.append("    settings: " + " ".join(f"{k}={v}" for k, v in self.settings.items()))
-        arch, features = self.name, self.model.feature_set
+        name, features = self.name, self.model.feature_set
         lines += [f"    1. raw/prices, raw/universe, raw/concepts {self.prices_from}..{self.data_end}",
                   f"    2. features/{features}, features/label {self.span[0]}..{self.data_end}",
-                  f"    3. models/{arch}_checkpoint on " + ", ".join(
+                  f"    3. models/{name}_checkpoint on " + ", ".join(
                       f"{c.day} (train_days {c.train_days}, valid_days {c.valid_days})" for c in self.checkpoints),
                   f"    4. {', '.join(self.test_assets())} {self.test[0]}..{self.test[1]}"
                   + (", each session scored by the newest checkpoint" if len(self.checkpoints) > 1 else "")]
         if self.ic_tail:  # (qpipe.workflow.run.stages makes these runs)
-            lines.append(f"    5. reports/{arch}_ic {self.ic_tail[0]}..{self.ic_tail[1]}: the ICs of the test "
+            lines.append(f"    5. reports/{name}_ic {self.ic_tail[0]}..{self.ic_tail[1]}: the ICs of the test "
                          "segment's last sessions, whose labels are known after it (as Qlib reads them)")
         if self.ranks_on_the_leaderboard:
             lines.append(f"    {5 + bool(self.ic_tail)}. reports/leaderboard, printed at the end")
@@ -133,12 +133,12 @@ class Workflow:
         return "SigAnaRecord" in self.records
 
     def test_assets(self) -> list[str]:
-        arch = self.name
-        assets = [f"predictions/{arch}_predictions"]
+        name = self.name
+        assets = [f"predictions/{name}_predictions"]
         if self.ranks_on_the_leaderboard:
-            assets.append(f"reports/{arch}_ic")
+            assets.append(f"reports/{name}_ic")
         if self.port_analysis is not None:
-            assets.append(f"reports/{arch}_backtest")
+            assets.append(f"reports/{name}_backtest")
         return assets
 
 
