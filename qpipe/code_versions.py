@@ -7,6 +7,7 @@ their rows changed: their data versions). A user's feature set is versioned by i
 by its distribution's version.
 """
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def digest(parts: tuple[str, ...], extra: str = "", root: Path = ROOT) -> str:
     return sha.hexdigest()[:12]
 
 
+# (each wrapper once per process: the definitions ask for one version per model's four assets)
+@functools.cache
 def ingest_version() -> str:
     return digest(INGEST)
 
@@ -46,6 +49,7 @@ def feature_version(name: str, expressions: dict[str, str] | None = None) -> str
     return digest(OPERATORS + own, text)
 
 
+@functools.cache
 def network_version(arch: str) -> str:
     """A checkpoint's and its scores': the training loop, the processors and the network's file (a plugin's: its
     distribution and version)."""
@@ -58,13 +62,16 @@ def network_version(arch: str) -> str:
                            f"{point.dist.version if point.dist else ''}")
 
 
+@functools.cache
 def ic_version() -> str:
     return digest(IC)
 
 
+@functools.cache
 def backtest_version() -> str:
     return digest(BACKTEST)
 
 
+@functools.cache
 def leaderboard_version() -> str:
     return digest(LEADERBOARD)

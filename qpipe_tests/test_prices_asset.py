@@ -15,7 +15,7 @@ from qpipe.data import warehouse as wh
 from qpipe.data.validation import CELLS_A_PRICE_ROW
 from qpipe.resources import Compute, PriceSource, Warehouse
 from qpipe_tests.conftest import table_rows
-from qpipe_tests.test_sources import BAD_CASES, GOOD
+from qpipe_tests.test_sources import BAD_CASES, GOOD, vendor_always_writing
 
 
 def _resources(warehouse_path, source: PriceSource, **compute) -> dict:
@@ -490,20 +490,11 @@ def test_a_source_written_while_the_schedules_run_reads_it_is_looked_at_again(tm
     """A vendor still writing its files (they change while qpipe reads them) is a late source, looked at again in the
     schedule's run, not a failure of the night (found in review)."""
     import qpipe.assets.prices
-    from qpipe.data.tabular import TabularSource
 
     monkeypatch.setattr(qpipe.assets.prices, "LOOK_AGAIN_SECONDS", 0.1)
     path = tmp_path / "prices.csv"
     path.write_text(GOOD)
-    rows = TabularSource._rows
-
-    def vendor_writing(self, files, start, end):
-        frame = rows(self, files, start, end)
-        with path.open("a") as file:
-            file.write(f"2024-01-04,S{path.stat().st_size},10,11,9,10,100\n")
-        return frame
-
-    monkeypatch.setattr(TabularSource, "_rows", vendor_writing)
+    vendor_always_writing(monkeypatch, path)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([raw_prices], partition_key="2024-01-03", instance=instance, raise_on_error=False,
                             tags={"dagster/schedule_name": "after_close"},

@@ -484,6 +484,20 @@ def test_a_concepts_file_takes_common_names_and_a_missing_kind_is_concept(tmp_pa
         read_concepts(tmp_path / "cut.parquet")
 
 
+def vendor_always_writing(monkeypatch, path) -> None:
+    """Each read of the rows of ``path`` (a CSV of GOOD's columns) is followed by a row more in the file: a vendor
+    still writing it."""
+    rows = TabularSource._rows
+
+    def read_then_append(self, files, start, end):
+        frame = rows(self, files, start, end)
+        with path.open("a") as file:
+            file.write(f"2024-01-04,S{path.stat().st_size},10,11,9,10,100\n")
+        return frame
+
+    monkeypatch.setattr(TabularSource, "_rows", read_then_append)
+
+
 def test_files_written_while_they_are_read_are_read_again_and_never_give_a_made_up_suspended_day(tmp_path, monkeypatch):
     """Found in review: a vendor finishing the day's file between the read of its rows and the scan of its stocks'
     last dates made every stock still unwritten a suspended day, which passed the partial-day refusal."""
@@ -505,12 +519,6 @@ def test_files_written_while_they_are_read_are_read_again_and_never_give_a_made_
     day = source.prices("2024-01-03", "2024-01-03")
     assert len(reads) == 2 and day["instrument"].tolist() == ["AAA", "BBB", "CCC"] and day["close"].notna().all()
 
-    def vendor_always_writing(self, files, start, end):
-        frame = rows(self, files, start, end)
-        with path.open("a") as file:
-            file.write(f"2024-01-04,S{len(path.read_text())},10,11,9,10,100\n")
-        return frame
-
-    monkeypatch.setattr(TabularSource, "_rows", vendor_always_writing)
+    vendor_always_writing(monkeypatch, path)
     with pytest.raises(PriceDataError, match="source changing.*its files changed while they were read, 3 times"):
         source.prices("2024-01-03", "2024-01-03")
